@@ -1,0 +1,209 @@
+//! Encrypted inputs and outputs.
+//!
+//! The client encrypts each input integer q as the plaintext `q·Δ` (Δ from the model's stage-0
+//! encoding) under the big LWE key with TFHE-rs's seeded encryption: the masks are regenerated
+//! from one shared seed, so only the bodies travel, about 8 bytes per pixel. The server expands
+//! them ([`EncryptedImage::expand`]) before computing.
+
+use hexray_model::simulate::Prediction;
+use hexray_model::Circuit;
+use ndarray::ArrayView3;
+use tfhe::core_crypto::commons::generators::DeterministicSeeder;
+use tfhe::core_crypto::commons::math::random::{Seed, Seeder};
+use tfhe::core_crypto::prelude::*;
+use tfhe::core_crypto::seeders::new_seeder;
+
+use crate::envelope::{self, ImageEnvelope, OutputEnvelope};
+use crate::error::CryptoError;
+use crate::keys::ClientKey;
+use crate::params::ParameterSet;
+
+/// Largest encrypted image accepted: 8 bytes × 2^17 pixels plus headers.
+pub const IMAGE_LIMIT: u64 = (8 << 17) + 4096;
+/// Largest encrypted output accepted: 64 outputs of 2049 words.
+pub const OUTPUT_LIMIT: u64 = 64 * 2049 * 8 + 4096;
+
+/// An encrypted, preprocessed image, as a client uploads it.
+pub struct EncryptedImage {
+    set: ParameterSet,
+    ciphertexts: SeededLweCiphertextListOwned<u64>,
+}
+
+/// A model's encrypted output accumulators, as the server returns them.
+pub struct EncryptedOutput {
+    set: ParameterSet,
+    ciphertexts: LweCiphertextListOwned<u64>,
+}
+
+impl ClientKey {
+    /// Encrypts a preprocessed image for `circuit`, with fresh randomness.
+    pub fn encrypt(&self, circuit: &Circuit, input: ArrayView3<i64>) -> Result<EncryptedImage, CryptoError> {
+        self.encrypt_with(circuit, input, new_seeder().as_mut())
+    }
+
+    /// Encrypts with randomness from `seed`: reproducible tests only.
+    pub fn encrypt_deterministic(
+        &self,
+        circuit: &Circuit,
+        input: ArrayView3<i64>,
+        seed: u128,
+    ) -> Result<EncryptedImage, CryptoError> {
+        let mut seeder = DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(seed));
+        self.encrypt_with(circuit, input, &mut seeder)
+    }
+
+    fn encrypt_with(
+        &self,
+        circuit: &Circuit,
+        input: ArrayView3<i64>,
+        seeder: &mut dyn Seeder,
+    ) -> Result<EncryptedImage, CryptoError> {
+        circuit.check_input(input)?;
+        let set = self.parameter_set();
+        let delta = circuit.input_delta();
+        let plaintexts: Vec<u64> = input.iter().map(|&q| (q as u64).wrapping_mul(delta)).collect();
+        let mut ciphertexts = SeededLweCiphertextList::new(
+            0u64,
+            set.big_lwe_dimension().to_lwe_size(),
+            LweCiphertextCount(plaintexts.len()),
+            seeder.seed().into(),
+            CiphertextModulus::new_native(),
+        );
+        encrypt_seeded_lwe_ciphertext_list(
+            &self.lwe_key(),
+            &mut ciphertexts,
+            &PlaintextList::from_container(plaintexts),
+            set.encryption_noise(),
+            seeder,
+        );
+        Ok(EncryptedImage { set, ciphertexts })
+    }
+
+    /// Decrypts raw phases (plaintext plus noise), e.g. to measure noise.
+    pub fn decrypt_phases(&self, ciphertexts: &LweCiphertextListOwned<u64>) -> Vec<u64> {
+        let key = self.lwe_key();
+        ciphertexts.iter().map(|ct| decrypt_lwe_ciphertext(&key, &ct).0).collect()
+    }
+
+    /// Decrypts the output accumulators and decodes them to class probabilities.
+    pub fn decrypt(&self, circuit: &Circuit, output: &EncryptedOutput) -> Result<Prediction, CryptoError> {
+        check_set("encrypted output", self.parameter_set(), output.set)?;
+        check_count("encrypted output", circuit.output_len(), output.ciphertexts.lwe_ciphertext_count().0)?;
+        let stage = circuit.stages.last().expect("a circuit has an output stage");
+        let accumulators = self
+            .decrypt_phases(&output.ciphertexts)
+            .into_iter()
+            .enumerate()
+            .map(|(j, phase)| stage.decode(j, phase))
+            .collect();
+        Ok(Prediction::from_accumulators(circuit, accumulators))
+    }
+}
+
+impl EncryptedImage {
+    pub fn parameter_set(&self) -> ParameterSet {
+        self.set
+    }
+
+    pub fn len(&self) -> usize {
+        self.ciphertexts.lwe_ciphertext_count().0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Regenerates the masks from the seed: one full LWE ciphertext per input integer.
+    pub fn expand(self) -> LweCiphertextListOwned<u64> {
+        self.ciphertexts.decompress_into_lwe_ciphertext_list()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let envelope = ImageEnvelope {
+            parameter_set: self.set.name().to_owned(),
+            ciphertexts: self.ciphertexts.clone(),
+        };
+        envelope::to_bytes(&envelope, IMAGE_LIMIT)
+    }
+
+    /// Reads an upload and checks it against the parameter set and input size it must have.
+    pub fn from_bytes(bytes: &[u8], set: ParameterSet, expected_len: usize) -> Result<Self, CryptoError> {
+        const WHAT: &str = "encrypted image";
+        let ImageEnvelope { parameter_set, ciphertexts } = envelope::from_bytes(bytes, IMAGE_LIMIT, WHAT)?;
+        check_name(WHAT, set, &parameter_set)?;
+        check_shape(WHAT, set, ciphertexts.lwe_size(), ciphertexts.ciphertext_modulus())?;
+        check_count(WHAT, expected_len, ciphertexts.lwe_ciphertext_count().0)?;
+        Ok(EncryptedImage { set, ciphertexts })
+    }
+}
+
+impl EncryptedOutput {
+    /// Wraps the server's output ciphertexts.
+    pub fn new(set: ParameterSet, ciphertexts: LweCiphertextListOwned<u64>) -> Self {
+        EncryptedOutput { set, ciphertexts }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let envelope = OutputEnvelope {
+            parameter_set: self.set.name().to_owned(),
+            ciphertexts: self.ciphertexts.clone(),
+        };
+        envelope::to_bytes(&envelope, OUTPUT_LIMIT)
+    }
+
+    pub fn from_bytes(bytes: &[u8], set: ParameterSet, expected_len: usize) -> Result<Self, CryptoError> {
+        const WHAT: &str = "encrypted output";
+        let OutputEnvelope { parameter_set, ciphertexts } = envelope::from_bytes(bytes, OUTPUT_LIMIT, WHAT)?;
+        check_name(WHAT, set, &parameter_set)?;
+        check_shape(WHAT, set, ciphertexts.lwe_size(), ciphertexts.ciphertext_modulus())?;
+        check_count(WHAT, expected_len, ciphertexts.lwe_ciphertext_count().0)?;
+        Ok(EncryptedOutput { set, ciphertexts })
+    }
+}
+
+fn check_set(what: &'static str, expected: ParameterSet, found: ParameterSet) -> Result<(), CryptoError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(CryptoError::ParameterMismatch {
+            what,
+            expected: expected.name().into(),
+            found: found.name().into(),
+        })
+    }
+}
+
+fn check_name(what: &'static str, expected: ParameterSet, found: &str) -> Result<(), CryptoError> {
+    if expected.name() == found {
+        Ok(())
+    } else {
+        Err(CryptoError::ParameterMismatch {
+            what,
+            expected: expected.name().into(),
+            found: found.chars().take(80).collect(),
+        })
+    }
+}
+
+fn check_shape(
+    what: &'static str,
+    set: ParameterSet,
+    lwe_size: LweSize,
+    modulus: CiphertextModulus<u64>,
+) -> Result<(), CryptoError> {
+    if lwe_size != set.big_lwe_dimension().to_lwe_size() || !modulus.is_native_modulus() {
+        return Err(CryptoError::Malformed {
+            what,
+            reason: format!("ciphertexts of size {} do not belong to {}", lwe_size.0, set.name()),
+        });
+    }
+    Ok(())
+}
+
+fn check_count(what: &'static str, expected: usize, found: usize) -> Result<(), CryptoError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(CryptoError::Count { what, expected, found })
+    }
+}

@@ -1,0 +1,145 @@
+//! Keys: the client key stays with the client; the compressed server key (bootstrapping and
+//! keyswitching keys, seeded) is what a client uploads so the server can compute.
+//!
+//! Every key is (de)serialised with TFHE-rs's safe serialization: a versioned header, a type
+//! name, and a size limit enforced while reading, so a forged or oversized blob is refused
+//! before anything large is allocated. Every key carries its parameter set, and loading checks it
+//! against the parameter sets HEXray supports.
+
+use tfhe::conformance::ParameterSetConformant;
+use tfhe::core_crypto::commons::generators::DeterministicSeeder;
+use tfhe::core_crypto::commons::math::random::Seed;
+use tfhe::core_crypto::prelude::{DefaultRandomGenerator, LweSecretKeyView};
+use tfhe::shortint;
+use tfhe::shortint::ciphertext::MaxDegree;
+use tfhe::shortint::engine::ShortintEngine;
+
+use crate::envelope::{self, ClientKeyEnvelope, ServerKeyEnvelope};
+use crate::error::CryptoError;
+use crate::params::ParameterSet;
+
+/// Largest client key accepted (a 2_2 client key is about 24 KiB).
+pub const CLIENT_KEY_LIMIT: u64 = 1 << 20;
+/// Largest compressed server key accepted (a 2_2 one is about 30 MiB).
+pub const COMPRESSED_SERVER_KEY_LIMIT: u64 = 1 << 27;
+
+/// The secret key. It encrypts inputs and decrypts outputs, and never leaves the client.
+#[derive(Clone)]
+pub struct ClientKey {
+    pub(crate) inner: shortint::ClientKey,
+    set: ParameterSet,
+}
+
+/// The server's evaluation keys in seeded (compressed) form, as uploaded.
+#[derive(Clone)]
+pub struct CompressedServerKey {
+    inner: shortint::CompressedServerKey,
+    set: ParameterSet,
+}
+
+/// Evaluation keys ready to bootstrap.
+pub struct ServerKey {
+    pub inner: shortint::ServerKey,
+    set: ParameterSet,
+}
+
+impl ClientKey {
+    /// Generates a fresh client key from the operating system's entropy.
+    pub fn generate(set: ParameterSet) -> Self {
+        ClientKey { inner: shortint::ClientKey::new(set.tfhe()), set }
+    }
+
+    /// Generates a client key and its server key from a seed: reproducible tests and
+    /// benchmarks only, since anyone with the seed has the key.
+    pub fn generate_deterministic(set: ParameterSet, seed: u128) -> (Self, CompressedServerKey) {
+        let mut seeder = DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(seed));
+        let seeded = ShortintEngine::new_from_seeder(&mut seeder);
+        let previous = ShortintEngine::with_thread_local_mut(|e| std::mem::replace(e, seeded));
+        let client = Self::generate(set);
+        let server = client.server_key();
+        ShortintEngine::with_thread_local_mut(|e| *e = previous);
+        (client, server)
+    }
+
+    /// Generates the compressed server key for this client key.
+    pub fn server_key(&self) -> CompressedServerKey {
+        CompressedServerKey { inner: shortint::CompressedServerKey::new(&self.inner), set: self.set }
+    }
+
+    pub fn parameter_set(&self) -> ParameterSet {
+        self.set
+    }
+
+    /// The LWE key inputs are encrypted under (the GLWE key seen as an LWE key).
+    pub(crate) fn lwe_key(&self) -> LweSecretKeyView<'_, u64> {
+        self.inner.encryption_key()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        envelope::to_bytes(&ClientKeyEnvelope(self.inner.clone()), CLIENT_KEY_LIMIT)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let ClientKeyEnvelope(inner) = envelope::from_bytes(bytes, CLIENT_KEY_LIMIT, "client key")?;
+        let params = inner.parameters().ap_parameters();
+        let set = params.and_then(ParameterSet::from_tfhe).ok_or_else(|| mismatch("client key", params))?;
+        // The key's length must match its parameters, or encryption would index out of bounds.
+        if inner.encryption_key().lwe_dimension() != set.big_lwe_dimension() {
+            return Err(CryptoError::Malformed {
+                what: "client key",
+                reason: "its length does not match its parameter set".into(),
+            });
+        }
+        Ok(ClientKey { inner, set })
+    }
+}
+
+impl CompressedServerKey {
+    pub fn parameter_set(&self) -> ParameterSet {
+        self.set
+    }
+
+    /// Expands the seeded key into evaluation keys (Fourier bootstrapping key and keyswitching
+    /// key). Takes a few seconds and about 120 MB; servers do it once per client.
+    pub fn decompress(&self) -> ServerKey {
+        ServerKey { inner: self.inner.decompress(), set: self.set }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        envelope::to_bytes(&ServerKeyEnvelope(self.inner.clone()), COMPRESSED_SERVER_KEY_LIMIT)
+    }
+
+    /// Reads a compressed server key, checking that every part of it has exactly the shape of
+    /// one of the supported parameter sets.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let ServerKeyEnvelope(inner) =
+            envelope::from_bytes(bytes, COMPRESSED_SERVER_KEY_LIMIT, "server key")?;
+        let set = ParameterSet::ALL
+            .into_iter()
+            .find(|set| {
+                let p = set.tfhe();
+                let max_degree = MaxDegree::new(p.message_modulus().0 * p.carry_modulus().0 - 1);
+                inner.is_conformant(&(p, max_degree))
+            })
+            .ok_or_else(|| CryptoError::ParameterMismatch {
+                what: "server key",
+                expected: ParameterSet::ALL.map(ParameterSet::name).join(" or "),
+                found: "an unsupported or inconsistent parameter set".into(),
+            })?;
+        Ok(CompressedServerKey { inner, set })
+    }
+}
+
+impl ServerKey {
+    pub fn parameter_set(&self) -> ParameterSet {
+        self.set
+    }
+}
+
+fn mismatch(what: &'static str, found: impl std::fmt::Debug) -> CryptoError {
+    CryptoError::ParameterMismatch {
+        what,
+        expected: ParameterSet::ALL.map(ParameterSet::name).join(" or "),
+        found: format!("{found:?}").chars().take(200).collect(),
+    }
+}

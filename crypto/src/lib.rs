@@ -1,0 +1,21 @@
+//! HEXray's TFHE layer, built only on TFHE-rs's published parameter sets.
+//!
+//! - [`params`]: the two standard 2^-128 parameter sets HEXray can run on, and the noise
+//!   variances the compiler needs, computed with TFHE-rs's own noise formulas;
+//! - [`keys`]: client key generation, compressed server keys and their size-limited,
+//!   parameter-checked serialization;
+//! - [`ciphertext`]: seeded encryption of a preprocessed image and decryption of the outputs.
+//!
+//! The server-side evaluation lives in `hexray-evaluator`; this crate is what a client needs.
+
+pub mod ciphertext;
+mod envelope;
+pub mod error;
+pub mod keys;
+pub mod params;
+
+pub use ciphertext::{EncryptedImage, EncryptedOutput};
+pub use error::CryptoError;
+pub use keys::{ClientKey, CompressedServerKey, ServerKey};
+pub use params::ParameterSet;
+pub use tfhe;

@@ -1,0 +1,319 @@
+//! Fits the reference models that the engine is tested and benchmarked with until the trainer
+//! exists. Deliberately tiny: no gradient descent.
+//!
+//! - Hidden linear layers get deterministic random integer weights in [-7, 7] (seeded ChaCha).
+//! - Each hidden neuron is standardised on the training set: its bias removes the mean, its
+//!   input scale divides by the standard deviation.
+//! - Each neuron's activation is its own quadratic a·z²+b·z+c, fitted by least squares to ReLU
+//!   over the neuron's observed pre-activations (per-element coefficients, as in Zhang et al.),
+//!   requantized to 4 unsigned bits, clipped at the 99.5th percentile.
+//! - The output layer is a ridge regression of the label on the last hidden integers.
+//!
+//! Usage: `cargo run --release -p hexray-evaluator --example reference_model -- \
+//!         a|b ../shared/data/pneumoniamnist.npz models/reference-a.hexray`
+
+use std::fs::File;
+
+use anyhow::{bail, Context, Result};
+use hexray_crypto::params::DEFAULT_PARAMETER_SET;
+use hexray_model::activation::{Function, Granularity, Quantizer};
+use hexray_model::format::{Activation, Crop, InputSpec, Layer, OutputSpec, ResizeFilter, Shape};
+use hexray_model::linear::{self, Affine};
+use hexray_model::preprocess::preprocess_luma;
+use hexray_model::{CompiledModel, Network};
+use image::GrayImage;
+use ndarray::{Array2, Array3, Axis};
+use ndarray_npy::NpzReader;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const ACT_BITS: u8 = 4;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [topology, data, out] = args.as_slice() else {
+        bail!("usage: reference_model a|b DATASET.npz OUT.hexray");
+    };
+    let input = InputSpec {
+        width: 28,
+        height: 28,
+        channels: 1,
+        bits: 8,
+        scale: 1.0 / 255.0,
+        crop: Crop::CentreSquare,
+        resize_filter: ResizeFilter::Triangle,
+    };
+    let (train, train_y) = load(data, "train", &input)?;
+    let (test, test_y) = load(data, "test", &input)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+
+    // Hidden linear layers, each followed by an activation; the output layer is fitted last.
+    let hidden: Vec<Vec<Layer>> = match topology.as_str() {
+        "a" => vec![
+            vec![conv(&mut rng, 1, 4, 7, 3, 0)],
+            vec![Layer::Flatten, dense(&mut rng, 256, 64)],
+        ],
+        "b" => vec![
+            vec![conv(&mut rng, 1, 8, 3, 2, 1)],
+            vec![conv(&mut rng, 8, 16, 3, 2, 1)],
+            vec![Layer::Flatten, dense(&mut rng, 784, 32)],
+        ],
+        other => bail!("unknown topology {other}: expected a or b"),
+    };
+
+    let mut layers = Vec::new();
+    let mut shape = Shape::Image { c: 1, h: 28, w: 28 };
+    let mut x_train = flatten(&train);
+    for stage in hidden {
+        let mut forms = Affine::identity(shape.len());
+        let mut stage_layers = Vec::new();
+        for mut layer in stage {
+            forms = linear::apply(layers.len() + stage_layers.len(), &layer, shape, &forms, x_train.ncols())?;
+            shape = next_shape(&layer, shape);
+            if let Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. } = &mut layer {
+                bias.iter_mut().for_each(|b| *b = 0);
+            }
+            stage_layers.push(layer);
+        }
+        let acc = accumulate(&forms, &x_train);
+        let (activation, centring) = fit_activation(&acc, shape);
+        // The centring constants become the stage's last layer's bias (one per channel).
+        if let Some(Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. }) = stage_layers.last_mut() {
+            bias.copy_from_slice(&centring);
+        }
+        layers.extend(stage_layers);
+        let acc = accumulate_with(&forms, &x_train, &layers);
+        x_train = apply_activation(&activation, &acc);
+        layers.push(Layer::Activation(activation));
+    }
+    let (weights, bias, logit_scale) = fit_output(&x_train, &train_y);
+    layers.push(Layer::Dense { inputs: x_train.ncols() as u32, outputs: 2, weights, bias });
+
+    let network = Network {
+        input,
+        layers,
+        output: OutputSpec { classes: vec!["normal".into(), "pneumonia".into()], logit_scale },
+    };
+    let model = CompiledModel::build(
+        &format!("reference-{topology}"),
+        "1",
+        &format!(
+            "Reference topology ({topology}) for engine tests: random integer features, per-element \
+             quadratic activations fitted to ReLU, ridge-regression output. Fitted on PneumoniaMNIST \
+             (CC BY 4.0) by evaluator/examples/reference_model.rs."
+        ),
+        network,
+        DEFAULT_PARAMETER_SET.fhe_parameters(),
+    )?;
+    let (_, circuit) = CompiledModel::from_bytes(&model.to_bytes())?;
+    let correct = test
+        .axis_iter(Axis(0))
+        .zip(&test_y)
+        .filter(|(img, &y)| circuit.simulate(img.view()).unwrap().class() == y)
+        .count();
+    println!(
+        "reference-{topology}: {} bootstraps, exact-simulation test accuracy {:.3} ({correct}/{})",
+        circuit.bootstrap_count(),
+        correct as f64 / test_y.len() as f64,
+        test_y.len()
+    );
+    std::fs::write(out, model.to_bytes()).with_context(|| format!("writing {out}"))?;
+    Ok(())
+}
+
+/// Images as preprocessed tensors `[n][1][28][28]` flattened per image, and labels.
+fn load(path: &str, split: &str, spec: &InputSpec) -> Result<(ndarray::Array4<i64>, Vec<usize>)> {
+    let mut npz = NpzReader::new(File::open(path).with_context(|| format!("opening {path}"))?)?;
+    let images: Array3<u8> = npz.by_name(&format!("{split}_images"))?;
+    let labels: Array2<u8> = npz.by_name(&format!("{split}_labels"))?;
+    let tensors: Vec<Array3<i64>> = images
+        .axis_iter(Axis(0))
+        .map(|img| {
+            let (h, w) = img.dim();
+            let luma = GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect()).unwrap();
+            preprocess_luma(luma, spec)
+        })
+        .collect::<Result<_, _>>()?;
+    let views: Vec<_> = tensors.iter().map(|t| t.view().insert_axis(Axis(0))).collect();
+    Ok((ndarray::concatenate(Axis(0), &views)?, labels.iter().map(|&l| l as usize).collect()))
+}
+
+fn flatten(images: &ndarray::Array4<i64>) -> Array2<i64> {
+    let n = images.len_of(Axis(0));
+    images.to_shape((n, images.len() / n)).unwrap().to_owned()
+}
+
+fn random_weights(rng: &mut ChaCha8Rng, n: usize) -> Vec<i32> {
+    (0..n).map(|_| rng.gen_range(-7..=7)).collect()
+}
+
+fn conv(rng: &mut ChaCha8Rng, cin: u32, cout: u32, k: u32, stride: u32, padding: u32) -> Layer {
+    Layer::Conv2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: k,
+        stride,
+        padding,
+        weights: random_weights(rng, (cin * cout * k * k) as usize),
+        bias: vec![0; cout as usize],
+    }
+}
+
+fn dense(rng: &mut ChaCha8Rng, inputs: u32, outputs: u32) -> Layer {
+    Layer::Dense {
+        inputs,
+        outputs,
+        weights: random_weights(rng, (inputs * outputs) as usize),
+        bias: vec![0; outputs as usize],
+    }
+}
+
+fn next_shape(layer: &Layer, shape: Shape) -> Shape {
+    match (layer, shape) {
+        (Layer::Conv2d { out_channels, kernel, stride, padding, .. }, Shape::Image { h, w, .. }) => {
+            let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
+            Shape::Image { c: *out_channels as usize, h: (h + 2 * p - k) / s + 1, w: (w + 2 * p - k) / s + 1 }
+        }
+        (Layer::Flatten, s) => Shape::Flat(s.len()),
+        (Layer::Dense { outputs, .. }, _) => Shape::Flat(*outputs as usize),
+        (l, _) => unreachable!("reference topologies do not use {l:?}"),
+    }
+}
+
+/// Accumulators `[image][neuron]` of the composed forms (biases excluded).
+fn accumulate(forms: &[Affine], x: &Array2<i64>) -> Array2<f64> {
+    Array2::from_shape_fn((x.nrows(), forms.len()), |(i, j)| {
+        forms[j].terms.iter().map(|&(k, w)| (w * x[[i, k as usize]]) as f64).sum()
+    })
+}
+
+/// Accumulators including the biases now set on the stage's last layer.
+fn accumulate_with(forms: &[Affine], x: &Array2<i64>, layers: &[Layer]) -> Array2<f64> {
+    let bias = match layers.last() {
+        Some(Layer::Conv2d { bias, .. }) => {
+            let per = forms.len() / bias.len();
+            (0..forms.len()).map(|j| bias[j / per] as f64).collect::<Vec<_>>()
+        }
+        Some(Layer::Dense { bias, .. }) => bias.iter().map(|&b| b as f64).collect(),
+        _ => vec![0.0; forms.len()],
+    };
+    let mut acc = accumulate(forms, x);
+    for (mut col, b) in acc.axis_iter_mut(Axis(1)).zip(bias) {
+        col += b;
+    }
+    acc
+}
+
+/// Per-neuron standardisation and quadratic fit; returns the activation and each neuron's
+/// centring bias (per channel for convolutions: the channel mean).
+fn fit_activation(acc: &Array2<f64>, shape: Shape) -> (Activation, Vec<i64>) {
+    let channels = shape.channels();
+    let per = acc.ncols() / channels;
+    let mut centring = Vec::with_capacity(channels);
+    let mut scales = Vec::with_capacity(acc.ncols());
+    let mut functions = Vec::with_capacity(acc.ncols());
+    for c in 0..channels {
+        let cols = acc.slice(ndarray::s![.., c * per..(c + 1) * per]);
+        let mean = cols.mean().unwrap();
+        centring.push(-mean.round() as i64);
+        for j in 0..per {
+            let z: Vec<f64> = cols.column(j).iter().map(|a| a - mean.round()).collect();
+            let std = (z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt().max(1.0);
+            scales.push(1.0 / std);
+            functions.push(Function::Polynomial { coefficients: fit_relu_quadratic(z.iter().map(|v| v / std)) });
+        }
+    }
+    let activation = Activation {
+        granularity: Granularity::Element,
+        functions,
+        input_scales: scales,
+        output: Quantizer { bits: ACT_BITS, signed: false, scale: 1.0 },
+    };
+    // Clip at the 99.5th percentile of the activations' outputs.
+    let outputs: Vec<f64> = (0..acc.nrows())
+        .flat_map(|i| (0..acc.ncols()).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            let (f, s) = (&activation.functions[j], activation.input_scales[j]);
+            f.eval((acc[[i, j]] + centring[j / per] as f64) * s)
+        })
+        .collect();
+    let top = percentile(outputs, 0.995).max(1e-3);
+    let scale = top / ((1 << ACT_BITS) - 1) as f64;
+    (Activation { output: Quantizer { scale, ..activation.output }, ..activation }, centring)
+}
+
+fn apply_activation(act: &Activation, acc: &Array2<f64>) -> Array2<i64> {
+    Array2::from_shape_fn(acc.dim(), |(i, j)| {
+        act.output.quantize(act.functions[j].eval(acc[[i, j]] * act.input_scales[j]))
+    })
+}
+
+/// Least-squares fit of ReLU by c + b·z + a·z² over samples z: coefficients [c, b, a].
+fn fit_relu_quadratic(z: impl Iterator<Item = f64>) -> Vec<f64> {
+    let (mut ata, mut aty) = ([[0.0; 3]; 3], [0.0; 3]);
+    for v in z {
+        let row = [1.0, v, v * v];
+        for r in 0..3 {
+            for c in 0..3 {
+                ata[r][c] += row[r] * row[c];
+            }
+            aty[r] += row[r] * v.max(0.0);
+        }
+    }
+    solve(ata.iter().map(|r| r.to_vec()).collect(), aty.to_vec(), 1e-6)
+}
+
+/// Ridge regression of y ∈ {−1, +1} on the integer features, quantized to an output layer.
+fn fit_output(x: &Array2<i64>, y: &[usize]) -> (Vec<i32>, Vec<i64>, f64) {
+    let d = x.ncols() + 1;
+    let mut ata = vec![vec![0.0; d]; d];
+    let mut aty = vec![0.0; d];
+    for (row, &label) in x.axis_iter(Axis(0)).zip(y) {
+        let feats: Vec<f64> = row.iter().map(|&v| v as f64).chain([1.0]).collect();
+        let target = if label == 1 { 1.0 } else { -1.0 };
+        for r in 0..d {
+            for c in 0..d {
+                ata[r][c] += feats[r] * feats[c];
+            }
+            aty[r] += feats[r] * target;
+        }
+    }
+    let w = solve(ata, aty, 1.0);
+    let max = w[..d - 1].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let scale = 127.0 / max;
+    let q: Vec<i32> = w[..d - 1].iter().map(|v| (v * scale).round() as i32).collect();
+    let b = (w[d - 1] * scale).round() as i64;
+    // Class 1 scores +f, class 0 scores −f; logits ±2f make the ±1 targets confident.
+    let weights = q.iter().map(|v| -v).chain(q.iter().copied()).collect();
+    (weights, vec![-b, b], 2.0 / scale)
+}
+
+/// Solves (A + λI)x = b by Gaussian elimination with partial pivoting.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>, ridge: f64) -> Vec<f64> {
+    let n = b.len();
+    for (i, row) in a.iter_mut().enumerate() {
+        row[i] += ridge;
+    }
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).unwrap();
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for r in col + 1..n {
+            let f = a[r][col] / a[col][col];
+            for c in col..n {
+                a[r][c] -= f * a[col][c];
+            }
+            b[r] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        x[r] = (b[r] - (r + 1..n).map(|c| a[r][c] * x[c]).sum::<f64>()) / a[r][r];
+    }
+    x
+}
+
+fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q) as usize]
+}

@@ -1,0 +1,169 @@
+//! Encrypted evaluation of a compiled circuit.
+//!
+//! For every hidden neuron, one task computes the neuron's composed dot product on the LWE
+//! ciphertexts with wrapping integer arithmetic (clear weights, no bootstrap), adds its clear
+//! constant, and immediately applies its lookup table with TFHE-rs's keyswitch + programmable
+//! bootstrap (`apply_lookup_table_assign`, which uses the centred modulus switch). Fusing the two
+//! keeps the dot product's inputs hot in cache and makes each task the same size, so rayon keeps
+//! every core on bootstraps. The output stage is a leveled dot product only.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hexray_crypto::tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_add_scalar_mul_assign;
+use hexray_crypto::tfhe::core_crypto::prelude::*;
+use hexray_crypto::tfhe::shortint::ciphertext::{Degree, NoiseLevel};
+use hexray_crypto::tfhe::shortint::server_key::LookupTableOwned;
+use hexray_crypto::tfhe::shortint::Ciphertext;
+use hexray_crypto::{EncryptedImage, EncryptedOutput, ServerKey};
+use hexray_model::{Circuit, Stage};
+use rayon::prelude::*;
+use thiserror::Error;
+
+use crate::model::LoadedModel;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("{what} uses parameter set {found}, but the model was compiled for {expected}")]
+    ParameterMismatch {
+        what: &'static str,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("the encrypted image holds {found} values, but the model reads {expected}")]
+    InputLength { expected: usize, found: usize },
+}
+
+/// Where the time went, summed over threads for the parts that run in parallel.
+#[derive(Clone, Debug, Default)]
+pub struct EvaluationStats {
+    pub bootstraps: usize,
+    pub wall: Duration,
+    /// Expanding the seeded input ciphertexts.
+    pub expand: Duration,
+    /// Dot products, constants and table construction: everything but the bootstraps.
+    pub linear_cpu: Duration,
+    /// Keyswitch + bootstrap.
+    pub bootstrap_cpu: Duration,
+}
+
+/// Evaluates `model` on an encrypted image. `progress` is called after every bootstrap.
+pub fn evaluate(
+    model: &LoadedModel,
+    key: &ServerKey,
+    input: EncryptedImage,
+    progress: &(dyn Fn() + Sync),
+) -> Result<(EncryptedOutput, EvaluationStats), EngineError> {
+    let set = model.parameter_set;
+    for (what, found) in [("server key", key.parameter_set()), ("encrypted image", input.parameter_set())] {
+        if found != set {
+            return Err(EngineError::ParameterMismatch { what, expected: set.name(), found: found.name() });
+        }
+    }
+    let circuit = &model.circuit;
+    if input.len() != circuit.input_len() {
+        return Err(EngineError::InputLength { expected: circuit.input_len(), found: input.len() });
+    }
+
+    let start = Instant::now();
+    let mut values = input.expand();
+    let expand = start.elapsed();
+    let timers = Timers::default();
+    let (output, hidden) = circuit.stages.split_last().expect("a circuit has an output stage");
+    for (index, stage) in hidden.iter().enumerate() {
+        let next_delta = circuit.stages[index + 1].delta;
+        let outputs: Vec<Vec<u64>> = (0..stage.neurons.len())
+            .into_par_iter()
+            .map(|j| {
+                let ct = bootstrap_neuron(circuit, stage, j, &values, next_delta, key, &timers);
+                progress();
+                ct
+            })
+            .collect();
+        values = into_list(outputs, values.lwe_size());
+    }
+    let linear_start = Instant::now();
+    let outputs = (0..output.neurons.len())
+        .into_par_iter()
+        .map(|j| dot_product(output, j, &values).into_container())
+        .collect();
+    let outputs = into_list(outputs, values.lwe_size());
+    timers.add(&timers.linear, linear_start);
+
+    let stats = EvaluationStats {
+        bootstraps: circuit.bootstrap_count(),
+        wall: start.elapsed(),
+        expand,
+        linear_cpu: Duration::from_nanos(timers.linear.load(Ordering::Relaxed)),
+        bootstrap_cpu: Duration::from_nanos(timers.bootstrap.load(Ordering::Relaxed)),
+    };
+    Ok((EncryptedOutput::new(set, outputs), stats))
+}
+
+/// Nanoseconds spent per kind of work, summed across threads.
+#[derive(Default)]
+struct Timers {
+    linear: AtomicU64,
+    bootstrap: AtomicU64,
+}
+
+impl Timers {
+    fn add(&self, counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Neuron `j`'s phase: its dot product over the stage inputs plus its clear constant.
+fn dot_product(stage: &Stage, j: usize, inputs: &LweCiphertextListOwned<u64>) -> LweCiphertextOwned<u64> {
+    let mut acc = LweCiphertext::new(0u64, inputs.lwe_size(), inputs.ciphertext_modulus());
+    for &(i, w) in &stage.neurons[j].form.terms {
+        let input = inputs.get(i as usize);
+        slice_wrapping_add_scalar_mul_assign(acc.as_mut(), input.as_ref(), w as u64);
+    }
+    lwe_ciphertext_plaintext_add_assign(&mut acc, Plaintext(stage.constant(j)));
+    acc
+}
+
+/// Dot product, then one keyswitch + bootstrap through neuron `j`'s table.
+fn bootstrap_neuron(
+    circuit: &Circuit,
+    stage: &Stage,
+    j: usize,
+    inputs: &LweCiphertextListOwned<u64>,
+    next_delta: u64,
+    key: &ServerKey,
+    timers: &Timers,
+) -> Vec<u64> {
+    let linear_start = Instant::now();
+    let phase = dot_product(stage, j, inputs);
+    let table = stage.lookup_table(j, circuit.polynomial_size, next_delta);
+    let n = PolynomialSize(circuit.polynomial_size as usize);
+    let lut = LookupTableOwned {
+        acc: generate_programmable_bootstrap_glwe_lut(
+            n,
+            key.parameter_set().glwe_size(),
+            n.0,
+            inputs.ciphertext_modulus(),
+            1u64,
+            |p: u64| table[p as usize],
+        ),
+        degree: Degree::new(key.inner.message_modulus.0 * key.inner.carry_modulus.0 - 1),
+    };
+    let mut ct = Ciphertext::new(
+        phase,
+        Degree::new(0),
+        NoiseLevel::NOMINAL,
+        key.inner.message_modulus,
+        key.inner.carry_modulus,
+        key.parameter_set().tfhe().atomic_pattern(),
+    );
+    timers.add(&timers.linear, linear_start);
+    let bootstrap_start = Instant::now();
+    key.inner.apply_lookup_table_assign(&mut ct, &lut);
+    timers.add(&timers.bootstrap, bootstrap_start);
+    ct.ct.into_container()
+}
+
+fn into_list(ciphertexts: Vec<Vec<u64>>, lwe_size: LweSize) -> LweCiphertextListOwned<u64> {
+    LweCiphertextList::from_container(ciphertexts.concat(), lwe_size, CiphertextModulus::new_native())
+}

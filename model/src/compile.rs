@@ -1,0 +1,273 @@
+//! The compile step: network → circuit.
+//!
+//! A circuit is a list of stages. Each stage is a composed linear map over the previous stage's
+//! integers, then (except in the last, the output stage) one bootstrap per neuron.
+//!
+//! **Encoding.** Stage inputs are encrypted as `q·Δ` on the 64-bit torus. A neuron's phase after
+//! its dot product plus a clear constant is
+//!
+//! ```text
+//! phase = (acc − acc_min)·Δ + margin,        acc ∈ [acc_min, acc_max]
+//! ```
+//!
+//! where `[acc_min, acc_max]` is the worst case over every input the previous stage can produce
+//! (range analysis), and `margin` is [`NOISE_MARGIN_SIGMAS`] standard deviations of the noise the
+//! phase carries. Δ is the largest integer with `margin + R·Δ + margin ≤ 2^63` for the stage's
+//! widest range R, so every reachable phase, noise included, stays in the half torus and the
+//! padding bit can never be set. A network for which no Δ ≥ 1 exists is refused.
+//!
+//! **Noise.** Inputs to stage 0 carry fresh-encryption noise, later inputs carry bootstrap output
+//! noise; a dot product multiplies their variance by ‖w‖². Before a bootstrap the keyswitch and
+//! the modulus switch add their own. All variances come from [`FheParameters`].
+
+use crate::activation::{Function, Granularity, Quantizer};
+use crate::error::{CompileError, ModelError};
+use crate::format::{Activation, Encoding, FheParameters, Layer, Network, Shape, StageEncoding};
+use crate::linear::{self, Affine};
+
+/// Guard band in noise standard deviations. Gaussian tails put the chance of a phase leaving
+/// the half torus below 2^-49 per neuron and bootstrap; far below everything else that can fail.
+pub const NOISE_MARGIN_SIGMAS: f64 = 8.0;
+
+const HALF_TORUS: i128 = 1 << 63;
+const TORUS: f64 = 18_446_744_073_709_551_616.0; // 2^64
+
+/// A compiled network, ready to evaluate encrypted or simulated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Circuit {
+    pub stages: Vec<Stage>,
+    /// Bootstraps read `2·polynomial_size` positions of the torus.
+    pub polynomial_size: u32,
+    pub input_shape: Shape,
+    pub classes: Vec<String>,
+    pub logit_scale: f64,
+}
+
+/// One linear map and, for hidden stages, one bootstrap per neuron.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stage {
+    /// Number of integers this stage reads.
+    pub inputs: usize,
+    /// Inclusive range of those integers.
+    pub input_range: (i64, i64),
+    pub neurons: Vec<Neuron>,
+    /// Torus value of one unit of this stage's input.
+    pub delta: u64,
+    pub margin: u64,
+    /// The activation applied by each neuron's bootstrap; `None` for the output stage.
+    pub activation: Option<StageActivation>,
+}
+
+/// A hidden stage's activation, with the shape its granularity refers to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageActivation {
+    pub shape: Shape,
+    pub granularity: Granularity,
+    pub functions: Vec<Function>,
+    pub input_scales: Vec<f64>,
+    pub output: Quantizer,
+}
+
+/// One neuron: its affine form over the stage input, its range and its noise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neuron {
+    pub form: Affine,
+    pub acc_min: i64,
+    pub acc_max: i64,
+    /// Standard deviation of the phase noise where it is read, as a fraction of the torus.
+    pub sigma: f64,
+}
+
+/// Per-stage figures for people: what the circuit costs and how noisy it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageReport {
+    pub neurons: usize,
+    pub bootstraps: usize,
+    /// Bits needed for the widest worst-case accumulator range.
+    pub accumulator_bits: u32,
+    /// Largest fan-in of a neuron's composed dot product.
+    pub max_fan_in: usize,
+    /// Largest ‖w‖₂ over the stage's neurons.
+    pub max_weight_norm: f64,
+    /// Worst noise standard deviation in accumulator units.
+    pub max_sigma_acc: f64,
+    /// Worst noise standard deviation in bootstrap positions (1/2N of the torus).
+    pub max_sigma_positions: f64,
+}
+
+impl Circuit {
+    /// Total bootstraps per image: the cost model.
+    pub fn bootstrap_count(&self) -> usize {
+        self.stages
+            .iter()
+            .filter(|s| s.activation.is_some())
+            .map(|s| s.neurons.len())
+            .sum()
+    }
+
+    /// Number of input integers the client encrypts.
+    pub fn input_len(&self) -> usize {
+        self.input_shape.len()
+    }
+
+    /// Number of output accumulators the client decrypts.
+    pub fn output_len(&self) -> usize {
+        self.stages.last().map_or(0, |s| s.neurons.len())
+    }
+
+    /// The torus value of one input integer, used by the client to encrypt.
+    pub fn input_delta(&self) -> u64 {
+        self.stages[0].delta
+    }
+
+    /// The serialisable encoding, as stored in the model file.
+    pub fn encoding(&self) -> Encoding {
+        Encoding {
+            stages: self
+                .stages
+                .iter()
+                .map(|s| StageEncoding {
+                    delta: s.delta,
+                    margin: s.margin,
+                    acc_min: s.neurons.iter().map(|n| n.acc_min).collect(),
+                    acc_max: s.neurons.iter().map(|n| n.acc_max).collect(),
+                    sigma: s.neurons.iter().map(|n| n.sigma).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn report(&self) -> Vec<StageReport> {
+        let positions = 2.0 * self.polynomial_size as f64;
+        self.stages
+            .iter()
+            .map(|s| {
+                let range = s.neurons.iter().map(|n| n.acc_max as i128 - n.acc_min as i128 + 1);
+                let max_sigma = s.neurons.iter().map(|n| n.sigma).fold(0.0, f64::max);
+                StageReport {
+                    neurons: s.neurons.len(),
+                    bootstraps: if s.activation.is_some() { s.neurons.len() } else { 0 },
+                    accumulator_bits: range.max().map_or(0, |r| 128 - (r - 1).leading_zeros()),
+                    max_fan_in: s.neurons.iter().map(|n| n.form.terms.len()).max().unwrap_or(0),
+                    max_weight_norm: s
+                        .neurons
+                        .iter()
+                        .map(|n| n.form.squared_norm().sqrt())
+                        .fold(0.0, f64::max),
+                    max_sigma_acc: max_sigma * TORUS / s.delta as f64,
+                    max_sigma_positions: max_sigma * positions,
+                }
+            })
+            .collect()
+    }
+}
+
+impl StageActivation {
+    /// The function and input scale that neuron `j` applies.
+    pub fn of(&self, j: usize) -> (&Function, f64) {
+        let k = self.granularity.index(self.shape, j);
+        (&self.functions[k], self.input_scales[k])
+    }
+}
+
+/// Validates and compiles a network for the given parameters.
+pub fn compile(network: &Network, fhe: &FheParameters) -> Result<Circuit, ModelError> {
+    let shapes = network.validate()?;
+    fhe.validate()?;
+
+    // Split the layers into stages at activations, composing each run of linear layers.
+    let mut stages = Vec::new();
+    let mut shape = network.input_shape();
+    let mut input_range = (0, (1i64 << network.input.bits) - 1);
+    let mut forms = Affine::identity(shape.len());
+    let mut stage_inputs = shape.len();
+    for (i, layer) in network.layers.iter().enumerate() {
+        match layer {
+            Layer::Activation(act) => {
+                let next_range = (act.output.min(), act.output.max());
+                let activation = stage_activation(act, shape);
+                stages.push(analyse(stages.len(), stage_inputs, input_range, forms, Some(activation), fhe)?);
+                input_range = next_range;
+                stage_inputs = shape.len();
+                forms = Affine::identity(stage_inputs);
+            }
+            linear_layer => forms = linear::apply(i, linear_layer, shape, &forms, stage_inputs)?,
+        }
+        shape = shapes[i];
+    }
+    stages.push(analyse(stages.len(), stage_inputs, input_range, forms, None, fhe)?);
+
+    Ok(Circuit {
+        stages,
+        polynomial_size: fhe.polynomial_size,
+        input_shape: network.input_shape(),
+        classes: network.output.classes.clone(),
+        logit_scale: network.output.logit_scale,
+    })
+}
+
+fn stage_activation(act: &Activation, shape: Shape) -> StageActivation {
+    StageActivation {
+        shape,
+        granularity: act.granularity,
+        functions: act.functions.clone(),
+        input_scales: act.input_scales.clone(),
+        output: act.output,
+    }
+}
+
+/// Range analysis, noise and encoding for one stage.
+fn analyse(
+    index: usize,
+    inputs: usize,
+    (lo, hi): (i64, i64),
+    forms: Vec<Affine>,
+    activation: Option<StageActivation>,
+    fhe: &FheParameters,
+) -> Result<Stage, CompileError> {
+    let input_variance = if index == 0 { fhe.fresh_variance } else { fhe.bootstrap_variance };
+    let before_bootstrap = if activation.is_some() {
+        fhe.keyswitch_variance + fhe.modulus_switch_variance
+    } else {
+        0.0
+    };
+    let limit = HALF_TORUS / 2;
+    let mut neurons = Vec::with_capacity(forms.len());
+    let mut widest = (0i128, 0usize);
+    for (j, form) in forms.into_iter().enumerate() {
+        let (mut min, mut max) = (form.bias as i128, form.bias as i128);
+        for &(_, w) in &form.terms {
+            let (a, b) = (w as i128 * lo as i128, w as i128 * hi as i128);
+            min += a.min(b);
+            max += a.max(b);
+        }
+        if min < -limit || max > limit {
+            return Err(CompileError::RangeOverflow { stage: index, neuron: j, range: max - min });
+        }
+        if max - min > widest.0 {
+            widest = (max - min, j);
+        }
+        let sigma = (form.squared_norm() * input_variance + before_bootstrap).sqrt();
+        neurons.push(Neuron { form, acc_min: min as i64, acc_max: max as i64, sigma });
+    }
+
+    let max_sigma = neurons.iter().map(|n| n.sigma).fold(0.0, f64::max);
+    let margin_f = (NOISE_MARGIN_SIGMAS * max_sigma * TORUS).ceil();
+    if !(margin_f < (HALF_TORUS / 2) as f64) {
+        return Err(CompileError::NoiseOverflow { stage: index, sigma: max_sigma });
+    }
+    let margin = margin_f as i128;
+    let usable = HALF_TORUS - 2 * margin;
+    let delta = usable / widest.0.max(1);
+    if delta < 1 {
+        return Err(CompileError::RangeOverflow { stage: index, neuron: widest.1, range: widest.0 });
+    }
+    Ok(Stage {
+        inputs,
+        input_range: (lo, hi),
+        neurons,
+        delta: delta as u64,
+        margin: margin as u64,
+        activation,
+    })
+}

@@ -1,0 +1,56 @@
+//! Typed errors. Every message names the field or file position at fault, because the person
+//! reading it is usually holding a model file that someone else produced.
+
+use thiserror::Error;
+
+/// A model file that cannot be used.
+#[derive(Debug, Error, PartialEq)]
+pub enum ModelError {
+    #[error("not a HEXray model: the file must start with the magic line `{expected}`")]
+    Magic { expected: String },
+    #[error("unsupported model format version {found} (this build reads version {supported})")]
+    Version { found: String, supported: u32 },
+    #[error("model file is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("model field `{field}`: {reason}")]
+    Field { field: String, reason: String },
+    #[error("model does not compile: {0}")]
+    Compile(#[from] CompileError),
+}
+
+impl ModelError {
+    pub(crate) fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ModelError::Field {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A network for which no safe encrypted circuit exists.
+#[derive(Debug, Error, PartialEq)]
+pub enum CompileError {
+    #[error("layer {layer}: integer overflow while composing linear layers ({what})")]
+    Overflow { layer: usize, what: String },
+    #[error(
+        "stage {stage}, neuron {neuron}: worst-case accumulator range {range} plus noise margins \
+         cannot fit the half torus (2^63); the padding bit could overflow"
+    )]
+    RangeOverflow { stage: usize, neuron: usize, range: i128 },
+    #[error("stage {stage}: noise margin ({sigma:.3e} of the torus) leaves no room for values")]
+    NoiseOverflow { stage: usize, sigma: f64 },
+}
+
+/// An image that cannot be turned into model input.
+#[derive(Debug, Error)]
+pub enum PreprocessError {
+    #[error("cannot decode the image (PNG or JPEG expected): {0}")]
+    Decode(String),
+    #[error("image is {width}×{height} pixels; the model needs at least {min_width}×{min_height}")]
+    TooSmall {
+        width: u32,
+        height: u32,
+        min_width: u32,
+        min_height: u32,
+    },
+}

@@ -1,0 +1,24 @@
+//! The HEXray contract shared by the trainer, the evaluator and the browser client.
+//!
+//! Everything that two parties must agree on bit for bit lives here and nowhere else:
+//! - [`format`]: the versioned model file and its validation;
+//! - [`preprocess`]: the one function that turns an image into quantized input integers;
+//! - [`compile`]: range analysis and the per-layer encoding (scale, offsets, noise) of the circuit;
+//! - [`table`]: the lookup table each hidden neuron's bootstrap applies;
+//! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise.
+//!
+//! The crate has no TFHE dependency, so it builds for `wasm32-unknown-unknown` as it is. The
+//! cryptographic parameters reach it as plain numbers ([`FheParameters`]).
+
+pub mod activation;
+pub mod compile;
+pub mod error;
+pub mod format;
+pub mod linear;
+pub mod preprocess;
+pub mod simulate;
+pub mod table;
+
+pub use compile::{compile, Circuit, Neuron, Stage};
+pub use error::{CompileError, ModelError, PreprocessError};
+pub use format::{CompiledModel, FheParameters, Network};

@@ -1,0 +1,118 @@
+//! Image → quantized input tensor. The client and the simulator call this one function, so both
+//! always see the same pixels.
+//!
+//! Steps, in order: decode (PNG or JPEG, any size, colour or grayscale) → ITU-R BT.601 luma →
+//! centred square crop (if the model asks for it) → resize to the model's input size with its
+//! filter → q = round(luma · (2^bits − 1) / 255).
+
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, GrayImage};
+use ndarray::Array3;
+
+use crate::error::PreprocessError;
+use crate::format::{Crop, InputSpec, ResizeFilter};
+
+/// Decodes an encoded image (PNG or JPEG) and preprocesses it.
+pub fn preprocess(bytes: &[u8], spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
+    let image = image::load_from_memory(bytes).map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    preprocess_image(&image, spec)
+}
+
+/// Preprocesses a decoded image.
+pub fn preprocess_image(image: &DynamicImage, spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
+    preprocess_luma(image.to_luma8(), spec)
+}
+
+/// Preprocesses an 8-bit grayscale image, e.g. one read from a MedMNIST array.
+pub fn preprocess_luma(mut luma: GrayImage, spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
+    let (w, h) = luma.dimensions();
+    if w < spec.width || h < spec.height {
+        return Err(PreprocessError::TooSmall {
+            width: w,
+            height: h,
+            min_width: spec.width,
+            min_height: spec.height,
+        });
+    }
+    if spec.crop == Crop::CentreSquare && w != h {
+        let side = w.min(h);
+        luma = imageops::crop_imm(&luma, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    }
+    if luma.dimensions() != (spec.width, spec.height) {
+        luma = imageops::resize(&luma, spec.width, spec.height, filter(spec.resize_filter));
+    }
+    let levels = ((1u32 << spec.bits) - 1) as f64;
+    let pixels = luma.pixels().map(|p| (p.0[0] as f64 * levels / 255.0).round() as i64).collect();
+    Ok(Array3::from_shape_vec((1, spec.height as usize, spec.width as usize), pixels)
+        .expect("the resized image has exactly width × height pixels"))
+}
+
+fn filter(f: ResizeFilter) -> FilterType {
+    match f {
+        ResizeFilter::Nearest => FilterType::Nearest,
+        ResizeFilter::Triangle => FilterType::Triangle,
+        ResizeFilter::CatmullRom => FilterType::CatmullRom,
+        ResizeFilter::Gaussian => FilterType::Gaussian,
+        ResizeFilter::Lanczos3 => FilterType::Lanczos3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Luma, Rgb, RgbImage};
+    use std::io::Cursor;
+
+    fn spec(bits: u8) -> InputSpec {
+        InputSpec {
+            width: 4,
+            height: 4,
+            channels: 1,
+            bits,
+            scale: 1.0,
+            crop: Crop::CentreSquare,
+            resize_filter: ResizeFilter::Triangle,
+        }
+    }
+
+    fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn colour_png_and_gray_png_give_the_same_tensor() {
+        let gray = GrayImage::from_fn(8, 6, |x, y| Luma([(x * 30 + y * 5) as u8]));
+        let rgb = RgbImage::from_fn(8, 6, |x, y| {
+            let v = (x * 30 + y * 5) as u8;
+            Rgb([v, v, v])
+        });
+        let a = preprocess(&encode(DynamicImage::ImageLuma8(gray), ImageFormat::Png), &spec(8)).unwrap();
+        let b = preprocess(&encode(DynamicImage::ImageRgb8(rgb), ImageFormat::Png), &spec(8)).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.dim(), (1, 4, 4));
+    }
+
+    #[test]
+    fn bits_scale_the_levels() {
+        let white = GrayImage::from_pixel(4, 4, Luma([255]));
+        let t = preprocess_luma(white, &spec(4)).unwrap();
+        assert!(t.iter().all(|&v| v == 15));
+    }
+
+    #[test]
+    fn jpeg_decodes() {
+        let img = DynamicImage::ImageLuma8(GrayImage::from_pixel(16, 16, Luma([128])));
+        let t = preprocess(&encode(img, ImageFormat::Jpeg), &spec(8)).unwrap();
+        assert!(t.iter().all(|&v| (126..=130).contains(&v)));
+    }
+
+    #[test]
+    fn garbage_and_small_images_are_errors() {
+        assert!(matches!(preprocess(b"not an image", &spec(8)), Err(PreprocessError::Decode(_))));
+        let small = GrayImage::from_pixel(3, 9, Luma([0]));
+        let err = preprocess_luma(small, &spec(8)).unwrap_err();
+        assert_eq!(err.to_string(), "image is 3×9 pixels; the model needs at least 4×4");
+    }
+}

@@ -1,0 +1,81 @@
+//! Phases, bootstrap positions and lookup tables: the arithmetic that the encrypted engine and
+//! the simulator must share exactly.
+//!
+//! A bootstrap over polynomial size N reads the phase at 2N positions of the torus. TFHE-rs's
+//! centred modulus switch subtracts half a position before rounding, so position `p` holds every
+//! phase in `[p, p+1)·2^64/2N` and its table entry is evaluated at the position's centre. Each
+//! position is its own box (the finest the polynomial allows): a neuron's table reads its
+//! accumulator at N points of its range, not at the 16 values a 2_2 shortint message holds.
+
+use crate::compile::{Circuit, Stage};
+
+impl Circuit {
+    /// Bits of the phase below the bootstrap position: 64 − log2(2N).
+    pub fn position_shift(&self) -> u32 {
+        63 - self.polynomial_size.trailing_zeros()
+    }
+}
+
+impl Stage {
+    /// The clear constant added after the dot product: `(bias − acc_min)·Δ + margin`.
+    pub fn constant(&self, j: usize) -> u64 {
+        let n = &self.neurons[j];
+        (n.form.bias.wrapping_sub(n.acc_min) as u64)
+            .wrapping_mul(self.delta)
+            .wrapping_add(self.margin)
+    }
+
+    /// Noise-free phase of neuron `j` for stage inputs `x`: what the server's dot product
+    /// encrypts.
+    pub fn phase(&self, j: usize, x: &[i64]) -> u64 {
+        self.neurons[j]
+            .form
+            .terms
+            .iter()
+            .fold(self.constant(j), |acc, &(i, w)| {
+                acc.wrapping_add((w.wrapping_mul(x[i as usize]) as u64).wrapping_mul(self.delta))
+            })
+    }
+
+    /// The output integer of neuron `j`'s table at position `p` (0 ≤ p < N).
+    ///
+    /// The position's centre is decoded to a real accumulator (clamped to the proven range, so
+    /// noise at the edges reads the edge value), scaled to the pre-activation, passed through
+    /// the trained function and requantized with clipping.
+    pub fn table_entry(&self, j: usize, p: usize, shift: u32) -> i64 {
+        let activation = self.activation.as_ref().expect("hidden stage");
+        let n = &self.neurons[j];
+        let centre = (p as f64 + 0.5) * (1u64 << shift) as f64;
+        let acc = (n.acc_min as f64 + (centre - self.margin as f64) / self.delta as f64)
+            .clamp(n.acc_min as f64, n.acc_max as f64);
+        let (function, scale) = activation.of(j);
+        activation.output.quantize(function.eval(acc * scale))
+    }
+
+    /// Neuron `j`'s lookup table for a bootstrap over `polynomial_size` positions, its outputs
+    /// encoded for the next stage as `q·next_delta`.
+    pub fn lookup_table(&self, j: usize, polynomial_size: u32, next_delta: u64) -> Vec<u64> {
+        let shift = 63 - polynomial_size.trailing_zeros();
+        (0..polynomial_size as usize)
+            .map(|p| (self.table_entry(j, p, shift) as u64).wrapping_mul(next_delta))
+            .collect()
+    }
+
+    /// What neuron `j`'s bootstrap outputs for `phase`: the table entry of its position, negated
+    /// in the upper half torus (TFHE's negacyclic rotation), which the margins make unreachable.
+    pub fn bootstrap(&self, j: usize, phase: u64, shift: u32) -> i64 {
+        let half = 1usize << (63 - shift);
+        let p = (phase >> shift) as usize;
+        if p < half {
+            self.table_entry(j, p, shift)
+        } else {
+            -self.table_entry(j, p - half, shift)
+        }
+    }
+
+    /// The real accumulator an output phase encodes.
+    pub fn decode(&self, j: usize, phase: u64) -> f64 {
+        let offset = phase.wrapping_sub(self.margin) as i64;
+        self.neurons[j].acc_min as f64 + offset as f64 / self.delta as f64
+    }
+}
