@@ -114,7 +114,7 @@ impl Timers {
 }
 
 /// Neuron `j`'s phase: its dot product over the stage inputs plus its clear constant.
-fn dot_product(stage: &Stage, j: usize, inputs: &LweCiphertextListOwned<u64>) -> LweCiphertextOwned<u64> {
+pub fn dot_product(stage: &Stage, j: usize, inputs: &LweCiphertextListOwned<u64>) -> LweCiphertextOwned<u64> {
     let mut acc = LweCiphertext::new(0u64, inputs.lwe_size(), inputs.ciphertext_modulus());
     for &(i, w) in &stage.neurons[j].form.terms {
         let input = inputs.get(i as usize);
@@ -136,19 +136,35 @@ fn bootstrap_neuron(
 ) -> Vec<u64> {
     let linear_start = Instant::now();
     let phase = dot_product(stage, j, inputs);
-    let table = stage.lookup_table(j, circuit.polynomial_size, next_delta);
-    let n = PolynomialSize(circuit.polynomial_size as usize);
-    let lut = LookupTableOwned {
+    let lut = lookup_table(key, &stage.lookup_table(j, circuit.polynomial_size, next_delta));
+    timers.add(&timers.linear, linear_start);
+    let bootstrap_start = Instant::now();
+    let out = bootstrap(key, phase, &lut);
+    timers.add(&timers.bootstrap, bootstrap_start);
+    out.into_container()
+}
+
+/// A bootstrap accumulator whose box `p` (one per position, N in the half torus) holds
+/// `table[p]`, a torus value.
+pub fn lookup_table(key: &ServerKey, table: &[u64]) -> LookupTableOwned {
+    let set = key.parameter_set();
+    let n = set.polynomial_size();
+    assert_eq!(table.len(), n.0, "a table has one entry per position of the half torus");
+    LookupTableOwned {
         acc: generate_programmable_bootstrap_glwe_lut(
             n,
-            key.parameter_set().glwe_size(),
+            set.glwe_size(),
             n.0,
-            inputs.ciphertext_modulus(),
+            CiphertextModulus::new_native(),
             1u64,
             |p: u64| table[p as usize],
         ),
         degree: Degree::new(key.inner.message_modulus.0 * key.inner.carry_modulus.0 - 1),
-    };
+    }
+}
+
+/// Keyswitch + programmable bootstrap of one big-key LWE ciphertext through `lut`.
+pub fn bootstrap(key: &ServerKey, phase: LweCiphertextOwned<u64>, lut: &LookupTableOwned) -> LweCiphertextOwned<u64> {
     let mut ct = Ciphertext::new(
         phase,
         Degree::new(0),
@@ -157,11 +173,8 @@ fn bootstrap_neuron(
         key.inner.carry_modulus,
         key.parameter_set().tfhe().atomic_pattern(),
     );
-    timers.add(&timers.linear, linear_start);
-    let bootstrap_start = Instant::now();
-    key.inner.apply_lookup_table_assign(&mut ct, &lut);
-    timers.add(&timers.bootstrap, bootstrap_start);
-    ct.ct.into_container()
+    key.inner.apply_lookup_table_assign(&mut ct, lut);
+    ct.ct
 }
 
 fn into_list(ciphertexts: Vec<Vec<u64>>, lwe_size: LweSize) -> LweCiphertextListOwned<u64> {

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! where `[acc_min, acc_max]` is the worst case over every input the previous stage can produce
-//! (range analysis), and `margin` is [`NOISE_MARGIN_SIGMAS`] standard deviations of the noise the
+//! (range analysis: each input lies between the smallest and largest entry of the table that
+//! produced it, or in the pixel range for stage 0), and `margin` is [`NOISE_MARGIN_SIGMAS`] standard deviations of the noise the
 //! phase carries. Δ is the largest integer with `margin + R·Δ + margin ≤ 2^63` for the stage's
 //! widest range R, so every reachable phase, noise included, stays in the half torus and the
 //! padding bit can never be set. A network for which no Δ ≥ 1 exists is refused.
@@ -46,10 +47,9 @@ pub struct Circuit {
 /// One linear map and, for hidden stages, one bootstrap per neuron.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stage {
-    /// Number of integers this stage reads.
-    pub inputs: usize,
-    /// Inclusive range of those integers.
-    pub input_range: (i64, i64),
+    /// Inclusive range of each integer this stage reads: the input bits for stage 0, the
+    /// extremes of each previous neuron's table afterwards.
+    pub input_ranges: Vec<(i64, i64)>,
     pub neurons: Vec<Neuron>,
     /// Torus value of one unit of this stage's input.
     pub delta: u64,
@@ -162,6 +162,25 @@ impl Circuit {
     }
 }
 
+impl Stage {
+    /// Number of integers this stage reads.
+    pub fn inputs(&self) -> usize {
+        self.input_ranges.len()
+    }
+
+    /// The smallest and largest integer each neuron's table can output, over every position.
+    fn output_ranges(&self, polynomial_size: u32) -> Vec<(i64, i64)> {
+        let shift = 63 - polynomial_size.trailing_zeros();
+        (0..self.neurons.len())
+            .map(|j| {
+                (0..polynomial_size as usize)
+                    .map(|p| self.table_entry(j, p, shift))
+                    .fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+            })
+            .collect()
+    }
+}
+
 impl StageActivation {
     /// The function and input scale that neuron `j` applies.
     pub fn of(&self, j: usize) -> (&Function, f64) {
@@ -176,26 +195,24 @@ pub fn compile(network: &Network, fhe: &FheParameters) -> Result<Circuit, ModelE
     fhe.validate()?;
 
     // Split the layers into stages at activations, composing each run of linear layers.
-    let mut stages = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
     let mut shape = network.input_shape();
-    let mut input_range = (0, (1i64 << network.input.bits) - 1);
+    let mut input_ranges = vec![(0, (1i64 << network.input.bits) - 1); shape.len()];
     let mut forms = Affine::identity(shape.len());
-    let mut stage_inputs = shape.len();
     for (i, layer) in network.layers.iter().enumerate() {
         match layer {
             Layer::Activation(act) => {
-                let next_range = (act.output.min(), act.output.max());
                 let activation = stage_activation(act, shape);
-                stages.push(analyse(stages.len(), stage_inputs, input_range, forms, Some(activation), fhe)?);
-                input_range = next_range;
-                stage_inputs = shape.len();
-                forms = Affine::identity(stage_inputs);
+                let stage = analyse(stages.len(), input_ranges, forms, Some(activation), fhe)?;
+                input_ranges = stage.output_ranges(fhe.polynomial_size);
+                forms = Affine::identity(shape.len());
+                stages.push(stage);
             }
-            linear_layer => forms = linear::apply(i, linear_layer, shape, &forms, stage_inputs)?,
+            linear_layer => forms = linear::apply(i, linear_layer, shape, &forms, input_ranges.len())?,
         }
         shape = shapes[i];
     }
-    stages.push(analyse(stages.len(), stage_inputs, input_range, forms, None, fhe)?);
+    stages.push(analyse(stages.len(), input_ranges, forms, None, fhe)?);
 
     Ok(Circuit {
         stages,
@@ -219,8 +236,7 @@ fn stage_activation(act: &Activation, shape: Shape) -> StageActivation {
 /// Range analysis, noise and encoding for one stage.
 fn analyse(
     index: usize,
-    inputs: usize,
-    (lo, hi): (i64, i64),
+    input_ranges: Vec<(i64, i64)>,
     forms: Vec<Affine>,
     activation: Option<StageActivation>,
     fhe: &FheParameters,
@@ -236,7 +252,8 @@ fn analyse(
     let mut widest = (0i128, 0usize);
     for (j, form) in forms.into_iter().enumerate() {
         let (mut min, mut max) = (form.bias as i128, form.bias as i128);
-        for &(_, w) in &form.terms {
+        for &(i, w) in &form.terms {
+            let (lo, hi) = input_ranges[i as usize];
             let (a, b) = (w as i128 * lo as i128, w as i128 * hi as i128);
             min += a.min(b);
             max += a.max(b);
@@ -263,8 +280,7 @@ fn analyse(
         return Err(CompileError::RangeOverflow { stage: index, neuron: widest.1, range: widest.0 });
     }
     Ok(Stage {
-        inputs,
-        input_range: (lo, hi),
+        input_ranges,
         neurons,
         delta: delta as u64,
         margin: margin as u64,

@@ -74,8 +74,8 @@ impl Circuit {
                 format!("expected a tensor of shape {expected:?}, found [{c}, {h}, {w}]"),
             ));
         }
-        let (lo, hi) = self.stages[0].input_range;
-        if let Some(v) = input.iter().find(|v| !(lo..=hi).contains(*v)) {
+        let ranges = &self.stages[0].input_ranges;
+        if let Some((v, (lo, hi))) = input.iter().zip(ranges).find(|(v, (lo, hi))| !(*lo..=*hi).contains(*v)) {
             return Err(ModelError::field("input", format!("value {v} is outside [{lo}, {hi}]")));
         }
         Ok(())
@@ -104,5 +104,56 @@ impl Circuit {
             .map(|j| output.decode(j, noisy(output.phase(j, xs), output.neurons[j].sigma)))
             .collect();
         Ok(Prediction::from_accumulators(self, accumulators))
+    }
+}
+
+/// The spread of the noisy simulator's outputs over many draws for one input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoisySpread {
+    pub runs: usize,
+    /// Per output: smallest and largest decoded accumulator seen.
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+    /// Draws whose predicted class differed from the exact simulation's.
+    pub class_changes: usize,
+}
+
+impl NoisySpread {
+    /// Whether every accumulator of `prediction` lies in the spread widened by `margin` on
+    /// each side.
+    pub fn contains(&self, prediction: &Prediction, margin: f64) -> bool {
+        prediction
+            .accumulators
+            .iter()
+            .zip(self.min.iter().zip(&self.max))
+            .all(|(a, (lo, hi))| *a >= lo - margin && *a <= hi + margin)
+    }
+}
+
+impl Circuit {
+    /// Runs the noisy simulator `runs` times and records the spread of its outputs.
+    pub fn noisy_spread(
+        &self,
+        input: ArrayView3<i64>,
+        runs: usize,
+        rng: &mut impl Rng,
+    ) -> Result<NoisySpread, ModelError> {
+        let exact = self.simulate(input)?.class();
+        let n = self.output_len();
+        let mut spread = NoisySpread {
+            runs,
+            min: vec![f64::INFINITY; n],
+            max: vec![f64::NEG_INFINITY; n],
+            class_changes: 0,
+        };
+        for _ in 0..runs {
+            let p = self.simulate_noisy(input, rng)?;
+            for (j, a) in p.accumulators.iter().enumerate() {
+                spread.min[j] = spread.min[j].min(*a);
+                spread.max[j] = spread.max[j].max(*a);
+            }
+            spread.class_changes += usize::from(p.class() != exact);
+        }
+        Ok(spread)
     }
 }

@@ -1,0 +1,139 @@
+//! `hexray bench`: the engine benchmark. It prints figures; nothing here passes or fails.
+//!
+//! 1. For each supported parameter set: client keygen time, compressed server key size,
+//!    decompression time and the single-thread keyswitch + bootstrap time (median).
+//! 2. For each model (the reference topologies by default): bootstraps per image, end-to-end
+//!    encrypted latency on all cores, the efficiency ratio
+//!    (bootstraps × single-bootstrap time / cores) ÷ latency, the share of non-bootstrap work,
+//!    and upload/download sizes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hexray_crypto::{ClientKey, EncryptedImage, ParameterSet, ServerKey};
+use hexray_evaluator::engine::{bootstrap, lookup_table};
+use hexray_evaluator::{evaluate, LoadedModel};
+use hexray_model::preprocess::preprocess;
+
+use crate::run::bootstrap_bar;
+
+const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/pneumoniamnist/test-0000-pneumonia.png");
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Models to benchmark (default: the reference topologies a and b).
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// Image to encrypt.
+    #[arg(long, default_value = SAMPLE)]
+    image: PathBuf,
+    /// Single-thread bootstraps timed per parameter set.
+    #[arg(long, default_value_t = 40)]
+    samples: usize,
+}
+
+pub fn bench(args: Args) -> Result<()> {
+    let cores = rayon::current_num_threads();
+    let models = if args.model.is_empty() {
+        ["reference-a", "reference-b"].map(|m| PathBuf::from(format!("{MODELS_DIR}/{m}.hexray"))).to_vec()
+    } else {
+        args.model
+    };
+    let image = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let first = LoadedModel::from_file(&models[0]).context("loading the first model")?;
+    let input = preprocess(&image, &first.model.network.input)?;
+    println!("machine: {cores} threads\n");
+
+    println!("{:<50} {:>9} {:>10} {:>11} {:>12}", "parameter set", "keygen s", "srv key MB", "decompress s", "PBS ms (1T)");
+    let mut pbs_time = None;
+    let mut default_keys = None;
+    for set in ParameterSet::ALL {
+        let t = Instant::now();
+        let client = ClientKey::generate(set);
+        let compressed = client.server_key();
+        let keygen = t.elapsed();
+        let size = compressed.to_bytes().len();
+        let t = Instant::now();
+        let server = compressed.decompress();
+        let decompress = t.elapsed();
+        let single = single_bootstrap(&client, &server, &first, input.view(), args.samples)?;
+        println!(
+            "{:<50} {:>9.2} {:>10.1} {:>11.2} {:>12.2}",
+            set.name(),
+            keygen.as_secs_f64(),
+            size as f64 / 1e6,
+            decompress.as_secs_f64(),
+            single.as_secs_f64() * 1e3
+        );
+        if set == first.parameter_set {
+            pbs_time = Some(single);
+            default_keys = Some((client, server));
+        }
+    }
+    let (pbs_time, (client, server)) = (pbs_time.expect("model set benchmarked"), default_keys.expect("keys"));
+
+    println!(
+        "\n{:<14} {:>6} {:>11} {:>10} {:>10} {:>9} {:>10} {:>10} {:>9}",
+        "model", "PBS", "latency s", "ideal s", "efficiency", "non-PBS", "encrypt ms", "upload B", "output B"
+    );
+    for path in &models {
+        let loaded = LoadedModel::from_file(path).with_context(|| format!("loading {}", path.display()))?;
+        let circuit = &loaded.circuit;
+        let input = preprocess(&image, &loaded.model.network.input)?;
+        let t = Instant::now();
+        let upload = client.encrypt(circuit, input.view())?.to_bytes();
+        let encrypt = t.elapsed();
+        let encrypted = EncryptedImage::from_bytes(&upload, loaded.parameter_set, circuit.input_len())?;
+        let bar = bootstrap_bar(circuit.bootstrap_count());
+        bar.set_message(loaded.model.name.clone());
+        let t = Instant::now();
+        let (output, stats) = evaluate(&loaded, &server, encrypted, &|| bar.inc(1))?;
+        let latency = t.elapsed();
+        bar.finish_and_clear();
+        let ideal = pbs_time.as_secs_f64() * stats.bootstraps as f64 / cores as f64;
+        let non_pbs = (stats.linear_cpu + stats.expand).as_secs_f64()
+            / (stats.linear_cpu + stats.expand + stats.bootstrap_cpu).as_secs_f64();
+        println!(
+            "{:<14} {:>6} {:>11.2} {:>10.2} {:>10.3} {:>8.2}% {:>10.1} {:>10} {:>9}",
+            loaded.model.name,
+            stats.bootstraps,
+            latency.as_secs_f64(),
+            ideal,
+            ideal / latency.as_secs_f64(),
+            100.0 * non_pbs,
+            encrypt.as_secs_f64() * 1e3,
+            upload.len(),
+            output.to_bytes().len()
+        );
+    }
+    Ok(())
+}
+
+/// Median single-thread keyswitch + bootstrap time, on a real encrypted input through a real
+/// neuron table of the model's first stage.
+fn single_bootstrap(
+    client: &ClientKey,
+    server: &ServerKey,
+    model: &LoadedModel,
+    input: ndarray::ArrayView3<i64>,
+    samples: usize,
+) -> Result<Duration> {
+    // The model is compiled for one set; its first-stage table is a realistic one for any set
+    // with the same polynomial size, which both supported sets share.
+    let circuit = &model.circuit;
+    let encrypted = client.encrypt(circuit, input)?.expand();
+    let stage = &circuit.stages[0];
+    let lut = lookup_table(server, &stage.lookup_table(0, circuit.polynomial_size, circuit.stages[1].delta));
+    let phase = hexray_evaluator::engine::dot_product(stage, 0, &encrypted);
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = bootstrap(server, phase.clone(), &lut);
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    Ok(times[samples / 2])
+}

@@ -1,0 +1,28 @@
+//! Shared fixtures: the bundled reference model, sample images and deterministic keys.
+
+use std::path::PathBuf;
+
+use hexray_crypto::{ClientKey, ServerKey};
+use hexray_evaluator::LoadedModel;
+use hexray_model::preprocess::preprocess;
+use ndarray::Array3;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn reference_model() -> LoadedModel {
+    LoadedModel::from_file(&repo().join("models/reference-a.hexray")).expect("bundled model loads")
+}
+
+/// A committed sample image, preprocessed for `model`.
+pub fn sample(model: &LoadedModel, name: &str) -> Array3<i64> {
+    let bytes = std::fs::read(repo().join("samples").join(name)).expect("sample exists");
+    preprocess(&bytes, &model.model.network.input).expect("sample preprocesses")
+}
+
+/// Keys from a fixed seed, so that every bootstrap in a test is reproducible.
+pub fn keys(model: &LoadedModel) -> (ClientKey, ServerKey) {
+    let (client, server) = ClientKey::generate_deterministic(model.parameter_set, 0x4845_5852_4159);
+    (client, server.decompress())
+}

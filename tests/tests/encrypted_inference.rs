@@ -1,0 +1,45 @@
+//! Encrypted inference agrees with the plaintext simulator on real chest X-rays.
+
+mod common;
+
+use hexray_crypto::{EncryptedImage, EncryptedOutput};
+use hexray_evaluator::evaluate;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+#[test]
+fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
+    let model = common::reference_model();
+    let (client, server) = common::keys(&model);
+    let circuit = &model.circuit;
+    let images = [
+        "pneumoniamnist/test-0001-pneumonia.png",
+        "pneumoniamnist/test-0235-normal.png",
+        "covid-cxr-actualmed/normal-1.png",
+    ];
+    for (seed, name) in images.into_iter().enumerate() {
+        let input = common::sample(&model, name);
+        // Through bytes, as a client and a server would exchange them.
+        let upload = client.encrypt_deterministic(circuit, input.view(), seed as u128).unwrap().to_bytes();
+        let encrypted = EncryptedImage::from_bytes(&upload, model.parameter_set, circuit.input_len()).unwrap();
+        let (output, stats) = evaluate(&model, &server, encrypted, &|| {}).unwrap();
+        assert_eq!(stats.bootstraps, 320);
+        let download = output.to_bytes();
+        let output = EncryptedOutput::from_bytes(&download, model.parameter_set, circuit.output_len()).unwrap();
+        let encrypted = client.decrypt(circuit, &output).unwrap();
+
+        let exact = circuit.simulate(input.view()).unwrap();
+        let spread = circuit.noisy_spread(input.view(), 300, &mut ChaCha8Rng::seed_from_u64(seed as u64)).unwrap();
+        let width = spread.max.iter().zip(&spread.min).map(|(a, b)| a - b).fold(0.0, f64::max);
+        println!(
+            "{name}: encrypted {:?}, exact {:?}, spread {:?}..{:?}, class changes {}",
+            encrypted.accumulators, exact.accumulators, spread.min, spread.max, spread.class_changes
+        );
+        assert!(spread.contains(&encrypted, 0.1 * width), "{name}: encrypted result outside the noisy spread");
+        if spread.class_changes == 0 {
+            assert_eq!(encrypted.class(), exact.class(), "{name}: encrypted class differs");
+        }
+        let total: f64 = encrypted.probabilities.iter().sum();
+        assert!((total - 1.0).abs() < 1e-9);
+    }
+}
