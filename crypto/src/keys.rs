@@ -143,3 +143,19 @@ fn mismatch(what: &'static str, found: impl std::fmt::Debug) -> CryptoError {
         found: format!("{found:?}").chars().take(200).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tfhe::shortint::parameters::v1_8::V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128;
+
+    #[test]
+    fn keys_of_an_unsupported_parameter_set_are_refused() {
+        let foreign = shortint::ClientKey::new(V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128);
+        let client = envelope::to_bytes(&ClientKeyEnvelope(foreign.clone()), CLIENT_KEY_LIMIT);
+        assert!(matches!(ClientKey::from_bytes(&client), Err(CryptoError::ParameterMismatch { .. })));
+        let server = shortint::CompressedServerKey::new(&foreign);
+        let server = envelope::to_bytes(&ServerKeyEnvelope(server), COMPRESSED_SERVER_KEY_LIMIT);
+        assert!(matches!(CompressedServerKey::from_bytes(&server), Err(CryptoError::ParameterMismatch { .. })));
+    }
+}

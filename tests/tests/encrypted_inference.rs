@@ -43,3 +43,31 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
         assert!((total - 1.0).abs() < 1e-9);
     }
 }
+
+#[test]
+fn keys_and_ciphertexts_of_another_parameter_set_are_refused() {
+    let model = common::reference_model();
+    let (client, server) = hexray_crypto::ClientKey::generate_deterministic(hexray_crypto::ParameterSet::Ks64, 11);
+    let server = server.decompress();
+    let input = common::sample(&model, "pneumoniamnist/test-0000-pneumonia.png");
+    let image = client.encrypt_deterministic(&model.circuit, input.view(), 1).unwrap();
+    let err = evaluate(&model, &server, image, &|| {}).err().expect("a Ks64 key cannot run a KS32 model");
+    assert!(err.to_string().contains("server key uses parameter set"), "{err}");
+}
+
+#[test]
+fn a_model_whose_noise_figures_were_edited_is_refused() {
+    let bytes = std::fs::read(common::repo().join("models/reference-a.hexray")).unwrap();
+    let (mut model, _) = hexray_model::CompiledModel::from_bytes(&bytes).unwrap();
+    model.fhe.modulus_switch_variance /= 4.0;
+    let rebuilt = hexray_model::CompiledModel::build(
+        &model.name,
+        &model.model_version,
+        &model.description,
+        model.network.clone(),
+        model.fhe.clone(),
+    )
+    .unwrap();
+    let err = hexray_evaluator::LoadedModel::from_bytes(&rebuilt.to_bytes(), "edited").err().unwrap();
+    assert!(err.to_string().contains("`fhe`"), "{err}");
+}

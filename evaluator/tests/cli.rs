@@ -1,0 +1,52 @@
+//! The `hexray` command line, run as a user would.
+
+use std::process::Command;
+
+fn hexray(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hexray")).args(args).output().expect("hexray runs")
+}
+
+fn sample(name: &str) -> String {
+    format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn run_prints_a_diagnosis_costs_and_the_simulator_comparison() {
+    let out = hexray(&["run", "--image", &sample("covid-cxr-actualmed/covid-1.png"), "--noisy-runs", "50"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("bootstraps 320"), "{stdout}");
+    assert!(stdout.contains("diagnosis  "), "{stdout}");
+    assert!(stdout.contains("evaluate (server)"), "{stdout}");
+    assert!(stdout.contains("max |encrypted − exact|"), "{stdout}");
+    let percentages: f64 = stdout
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [_class, p] => p.strip_suffix('%')?.parse::<f64>().ok(),
+            _ => None,
+        })
+        .sum();
+    assert!((percentages - 100.0).abs() < 0.1, "class probabilities sum to {percentages}%");
+}
+
+#[test]
+fn inspect_reports_bootstraps_and_noise() {
+    let out = hexray(&["inspect"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("bootstraps 320 per image"), "{stdout}");
+    assert!(stdout.contains("output"), "{stdout}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let not_an_image = format!("{}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = hexray(&["run", "--image", &not_an_image]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot decode the image"), "{stderr}");
+
+    let out = hexray(&["inspect", "--model", &not_an_image]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a HEXray model"));
+}

@@ -1,0 +1,221 @@
+//! The model file: round trips, and every malformed file is refused with an error naming the
+//! field, never a panic.
+
+use hexray_model::activation::{Function, Granularity, Quantizer};
+use hexray_model::format::{Activation, Crop, InputSpec, Layer, OutputSpec, ResizeFilter};
+use hexray_model::{CompileError, CompiledModel, FheParameters, ModelError, Network};
+use ndarray::Array3;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Variances of the order of TFHE-rs's 2_2 parameter sets.
+fn fhe() -> FheParameters {
+    FheParameters {
+        name: "TEST_PARAMS".into(),
+        polynomial_size: 2048,
+        fresh_variance: 1.6e-23,
+        bootstrap_variance: 1.18e-9,
+        keyswitch_variance: 2.33e-7,
+        modulus_switch_variance: 1.14e-6,
+    }
+}
+
+fn input(side: u32) -> InputSpec {
+    InputSpec {
+        width: side,
+        height: side,
+        channels: 1,
+        bits: 8,
+        scale: 1.0 / 255.0,
+        crop: Crop::CentreSquare,
+        resize_filter: ResizeFilter::Triangle,
+    }
+}
+
+/// conv(1→2, 3×3) → per-channel quadratic → flatten → dense(8→2).
+fn tiny() -> Network {
+    Network {
+        input: input(4),
+        layers: vec![
+            Layer::Conv2d {
+                in_channels: 1,
+                out_channels: 2,
+                kernel: 3,
+                stride: 1,
+                padding: 0,
+                weights: (0..18).map(|i| (i % 5) - 2).collect(),
+                bias: vec![3, -4],
+            },
+            Layer::Activation(Activation {
+                granularity: Granularity::Channel,
+                functions: vec![
+                    Function::Polynomial { coefficients: vec![0.1, 0.5, 0.25] },
+                    Function::Relu,
+                ],
+                input_scales: vec![0.01, 0.02],
+                output: Quantizer { bits: 4, signed: false, scale: 0.5 },
+            }),
+            Layer::Flatten,
+            Layer::Dense { inputs: 8, outputs: 2, weights: (0..16).map(|i| (i % 7) - 3).collect(), bias: vec![1, -1] },
+        ],
+        output: OutputSpec { classes: vec!["normal".into(), "pneumonia".into()], logit_scale: 0.1 },
+    }
+}
+
+fn build(network: Network) -> Result<CompiledModel, ModelError> {
+    CompiledModel::build("tiny", "1", "test model", network, fhe())
+}
+
+fn field_of(err: ModelError) -> String {
+    match err {
+        ModelError::Field { field, .. } => field,
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_trip_preserves_the_model_and_its_circuit() {
+    let model = build(tiny()).unwrap();
+    let (loaded, circuit) = CompiledModel::from_bytes(&model.to_bytes()).unwrap();
+    assert_eq!(loaded, model);
+    assert_eq!(circuit.bootstrap_count(), 8);
+    assert_eq!(circuit.stages.len(), 2);
+    let x = Array3::from_shape_fn((1, 4, 4), |(_, y, x)| (y * 60 + x * 5) as i64);
+    let p = circuit.simulate(x.view()).unwrap();
+    assert_eq!(p.probabilities.len(), 2);
+}
+
+#[test]
+fn exact_simulation_matches_integer_arithmetic_when_boxes_are_fine() {
+    // With a small accumulator range every integer has its own boxes, so the table reads the
+    // exact accumulator and the circuit equals the quantized network computed by hand.
+    let network = tiny();
+    let (_, circuit) = CompiledModel::from_bytes(&build(network.clone()).unwrap().to_bytes()).unwrap();
+    let x = Array3::from_shape_fn((1, 4, 4), |(_, y, x)| ((y * 4 + x) * 13 % 256) as i64);
+    let Layer::Conv2d { weights: cw, bias: cb, .. } = &network.layers[0] else { unreachable!() };
+    let Layer::Activation(act) = &network.layers[1] else { unreachable!() };
+    let Layer::Dense { weights: dw, bias: db, .. } = &network.layers[3] else { unreachable!() };
+    let mut hidden = Vec::new();
+    for o in 0..2 {
+        for y in 0..2 {
+            for xx in 0..2 {
+                let mut acc = cb[o];
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        acc += cw[o * 9 + ky * 3 + kx] as i64 * x[[0, y + ky, xx + kx]];
+                    }
+                }
+                hidden.push(act.output.quantize(act.functions[o].eval(acc as f64 * act.input_scales[o])));
+            }
+        }
+    }
+    let expected: Vec<f64> = (0..2)
+        .map(|c| (db[c] + (0..8).map(|i| dw[c * 8 + i] as i64 * hidden[i]).sum::<i64>()) as f64)
+        .collect();
+    let got = circuit.simulate(x.view()).unwrap().accumulators;
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
+    }
+}
+
+#[test]
+fn wrong_magic_and_unknown_version_are_refused() {
+    let bytes = build(tiny()).unwrap().to_bytes();
+    let body = &bytes[bytes.iter().position(|&b| b == b'\n').unwrap()..];
+    let with_header = |h: &str| [h.as_bytes(), body].concat();
+    assert!(matches!(CompiledModel::from_bytes(&with_header("ONNX-MODEL 1")), Err(ModelError::Magic { .. })));
+    assert!(matches!(
+        CompiledModel::from_bytes(&with_header("HEXRAY-MODEL 99")),
+        Err(ModelError::Version { found, .. }) if found == "99"
+    ));
+    assert!(matches!(CompiledModel::from_bytes(b""), Err(ModelError::Magic { .. })));
+}
+
+#[test]
+fn inconsistent_shapes_name_the_field() {
+    let mut network = tiny();
+    if let Layer::Dense { weights, .. } = &mut network.layers[3] {
+        weights.pop();
+    }
+    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[3].weights");
+
+    let mut network = tiny();
+    if let Layer::Dense { inputs, .. } = &mut network.layers[3] {
+        *inputs = 9;
+    }
+    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[3].inputs");
+
+    let mut network = tiny();
+    if let Layer::Activation(act) = &mut network.layers[1] {
+        act.input_scales.push(1.0);
+    }
+    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[1].input_scales");
+
+    let mut network = tiny();
+    network.layers.pop();
+    assert_eq!(field_of(build(network).unwrap_err()), "network.layers");
+}
+
+#[test]
+fn nan_coefficients_are_refused_in_memory_and_on_disk() {
+    let mut network = tiny();
+    if let Layer::Activation(act) = &mut network.layers[1] {
+        act.functions[0] = Function::Polynomial { coefficients: vec![0.0, f64::NAN] };
+    }
+    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[1].functions[0]");
+
+    let text = String::from_utf8(build(tiny()).unwrap().to_bytes()).unwrap();
+    let tampered = text.replacen("[0.1,0.5,0.25]", "[0.1,NaN,0.25]", 1);
+    assert_ne!(tampered, text);
+    let field = field_of(CompiledModel::from_bytes(tampered.as_bytes()).unwrap_err());
+    assert!(field.starts_with("network.layers[1]"), "{field}");
+}
+
+#[test]
+fn a_tampered_encoding_is_refused() {
+    let mut model = build(tiny()).unwrap();
+    model.encoding.stages[0].delta *= 2;
+    assert_eq!(field_of(CompiledModel::from_bytes(&model.to_bytes()).unwrap_err()), "encoding.stages[0].delta");
+}
+
+#[test]
+fn truncated_random_and_oversized_files_are_errors() {
+    let bytes = build(tiny()).unwrap().to_bytes();
+    for cut in [1, 10, bytes.len() / 3, bytes.len() / 2, bytes.len() - 3] {
+        assert!(CompiledModel::from_bytes(&bytes[..cut]).is_err(), "truncated at {cut}");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for len in [0, 7, 100, 5000] {
+        let noise: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        assert!(CompiledModel::from_bytes(&noise).is_err());
+        let prefixed = [b"HEXRAY-MODEL 1\n".as_slice(), &noise].concat();
+        assert!(CompiledModel::from_bytes(&prefixed).is_err());
+    }
+    let huge = vec![b' '; hexray_model::format::MAX_MODEL_BYTES + 1];
+    assert!(matches!(CompiledModel::from_bytes(&huge), Err(ModelError::TooLarge { .. })));
+}
+
+#[test]
+fn range_analysis_refuses_a_model_crafted_to_overflow() {
+    // 256 hidden neurons saturating at 2^24 − 1, summed with weights near 2^31: the output
+    // accumulator could reach 2^63, past the half torus.
+    let network = Network {
+        input: input(16),
+        layers: vec![
+            Layer::Flatten,
+            Layer::Dense { inputs: 256, outputs: 256, weights: vec![1; 256 * 256], bias: vec![0; 256] },
+            Layer::Activation(Activation {
+                granularity: Granularity::Layer,
+                functions: vec![Function::Relu],
+                input_scales: vec![1.0],
+                output: Quantizer { bits: 24, signed: false, scale: 1e-9 },
+            }),
+            Layer::Dense { inputs: 256, outputs: 2, weights: vec![i32::MAX; 512], bias: vec![0, 0] },
+        ],
+        output: OutputSpec { classes: vec!["a".into(), "b".into()], logit_scale: 1.0 },
+    };
+    match build(network) {
+        Err(ModelError::Compile(CompileError::RangeOverflow { stage: 1, .. })) => {}
+        other => panic!("expected a range overflow in stage 1, got {other:?}"),
+    }
+}
