@@ -37,7 +37,11 @@ pub struct EncryptedOutput {
 
 impl ClientKey {
     /// Encrypts a preprocessed image for `circuit`, with fresh randomness.
-    pub fn encrypt(&self, circuit: &Circuit, input: ArrayView3<i64>) -> Result<EncryptedImage, CryptoError> {
+    pub fn encrypt(
+        &self,
+        circuit: &Circuit,
+        input: ArrayView3<i64>,
+    ) -> Result<EncryptedImage, CryptoError> {
         self.encrypt_with(circuit, input, new_seeder().as_mut())
     }
 
@@ -61,7 +65,10 @@ impl ClientKey {
         circuit.check_input(input)?;
         let set = self.parameter_set();
         let delta = circuit.input_delta();
-        let plaintexts: Vec<u64> = input.iter().map(|&q| (q as u64).wrapping_mul(delta)).collect();
+        let plaintexts: Vec<u64> = input
+            .iter()
+            .map(|&q| (q as u64).wrapping_mul(delta))
+            .collect();
         let mut ciphertexts = SeededLweCiphertextList::new(
             0u64,
             set.big_lwe_dimension().to_lwe_size(),
@@ -82,14 +89,28 @@ impl ClientKey {
     /// Decrypts raw phases (plaintext plus noise), e.g. to measure noise.
     pub fn decrypt_phases(&self, ciphertexts: &LweCiphertextListOwned<u64>) -> Vec<u64> {
         let key = self.lwe_key();
-        ciphertexts.iter().map(|ct| decrypt_lwe_ciphertext(&key, &ct).0).collect()
+        ciphertexts
+            .iter()
+            .map(|ct| decrypt_lwe_ciphertext(&key, &ct).0)
+            .collect()
     }
 
     /// Decrypts the output accumulators and decodes them to class probabilities.
-    pub fn decrypt(&self, circuit: &Circuit, output: &EncryptedOutput) -> Result<Prediction, CryptoError> {
+    pub fn decrypt(
+        &self,
+        circuit: &Circuit,
+        output: &EncryptedOutput,
+    ) -> Result<Prediction, CryptoError> {
         check_set("encrypted output", self.parameter_set(), output.set)?;
-        check_count("encrypted output", circuit.output_len(), output.ciphertexts.lwe_ciphertext_count().0)?;
-        let stage = circuit.stages.last().expect("a circuit has an output stage");
+        check_count(
+            "encrypted output",
+            circuit.output_len(),
+            output.ciphertexts.lwe_ciphertext_count().0,
+        )?;
+        let stage = circuit
+            .stages
+            .last()
+            .expect("a circuit has an output stage");
         let accumulators = self
             .decrypt_phases(&output.ciphertexts)
             .into_iter()
@@ -127,11 +148,23 @@ impl EncryptedImage {
     }
 
     /// Reads an upload and checks it against the parameter set and input size it must have.
-    pub fn from_bytes(bytes: &[u8], set: ParameterSet, expected_len: usize) -> Result<Self, CryptoError> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        set: ParameterSet,
+        expected_len: usize,
+    ) -> Result<Self, CryptoError> {
         const WHAT: &str = "encrypted image";
-        let ImageEnvelope { parameter_set, ciphertexts } = envelope::from_bytes(bytes, IMAGE_LIMIT, WHAT)?;
+        let ImageEnvelope {
+            parameter_set,
+            ciphertexts,
+        } = envelope::from_bytes(bytes, IMAGE_LIMIT, WHAT)?;
         check_name(WHAT, set, &parameter_set)?;
-        check_shape(WHAT, set, ciphertexts.lwe_size(), ciphertexts.ciphertext_modulus())?;
+        check_shape(
+            WHAT,
+            set,
+            ciphertexts.lwe_size(),
+            ciphertexts.ciphertext_modulus(),
+        )?;
         check_count(WHAT, expected_len, ciphertexts.lwe_ciphertext_count().0)?;
         Ok(EncryptedImage { set, ciphertexts })
     }
@@ -151,17 +184,33 @@ impl EncryptedOutput {
         envelope::to_bytes(&envelope, OUTPUT_LIMIT)
     }
 
-    pub fn from_bytes(bytes: &[u8], set: ParameterSet, expected_len: usize) -> Result<Self, CryptoError> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        set: ParameterSet,
+        expected_len: usize,
+    ) -> Result<Self, CryptoError> {
         const WHAT: &str = "encrypted output";
-        let OutputEnvelope { parameter_set, ciphertexts } = envelope::from_bytes(bytes, OUTPUT_LIMIT, WHAT)?;
+        let OutputEnvelope {
+            parameter_set,
+            ciphertexts,
+        } = envelope::from_bytes(bytes, OUTPUT_LIMIT, WHAT)?;
         check_name(WHAT, set, &parameter_set)?;
-        check_shape(WHAT, set, ciphertexts.lwe_size(), ciphertexts.ciphertext_modulus())?;
+        check_shape(
+            WHAT,
+            set,
+            ciphertexts.lwe_size(),
+            ciphertexts.ciphertext_modulus(),
+        )?;
         check_count(WHAT, expected_len, ciphertexts.lwe_ciphertext_count().0)?;
         Ok(EncryptedOutput { set, ciphertexts })
     }
 }
 
-fn check_set(what: &'static str, expected: ParameterSet, found: ParameterSet) -> Result<(), CryptoError> {
+fn check_set(
+    what: &'static str,
+    expected: ParameterSet,
+    found: ParameterSet,
+) -> Result<(), CryptoError> {
     if expected == found {
         Ok(())
     } else {
@@ -194,7 +243,11 @@ fn check_shape(
     if lwe_size != set.big_lwe_dimension().to_lwe_size() || !modulus.is_native_modulus() {
         return Err(CryptoError::Malformed {
             what,
-            reason: format!("ciphertexts of size {} do not belong to {}", lwe_size.0, set.name()),
+            reason: format!(
+                "ciphertexts of size {} do not belong to {}",
+                lwe_size.0,
+                set.name()
+            ),
         });
     }
     Ok(())
@@ -204,6 +257,10 @@ fn check_count(what: &'static str, expected: usize, found: usize) -> Result<(), 
     if expected == found {
         Ok(())
     } else {
-        Err(CryptoError::Count { what, expected, found })
+        Err(CryptoError::Count {
+            what,
+            expected,
+            found,
+        })
     }
 }

@@ -99,5 +99,8 @@ where
     DeserializationConfig::new(limit)
         .disable_conformance()
         .deserialize_from(bytes)
-        .map_err(|e| CryptoError::Deserialize { what, reason: e.to_string() })
+        .map_err(|e| CryptoError::Deserialize {
+            what,
+            reason: e.to_string(),
+        })
 }

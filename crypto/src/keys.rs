@@ -46,7 +46,10 @@ pub struct ServerKey {
 impl ClientKey {
     /// Generates a fresh client key from the operating system's entropy.
     pub fn generate(set: ParameterSet) -> Self {
-        ClientKey { inner: shortint::ClientKey::new(set.tfhe()), set }
+        ClientKey {
+            inner: shortint::ClientKey::new(set.tfhe()),
+            set,
+        }
     }
 
     /// Generates a client key and its server key from a seed: reproducible tests and
@@ -63,7 +66,10 @@ impl ClientKey {
 
     /// Generates the compressed server key for this client key.
     pub fn server_key(&self) -> CompressedServerKey {
-        CompressedServerKey { inner: shortint::CompressedServerKey::new(&self.inner), set: self.set }
+        CompressedServerKey {
+            inner: shortint::CompressedServerKey::new(&self.inner),
+            set: self.set,
+        }
     }
 
     pub fn parameter_set(&self) -> ParameterSet {
@@ -82,7 +88,9 @@ impl ClientKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let ClientKeyEnvelope(inner) = envelope::from_bytes(bytes, CLIENT_KEY_LIMIT, "client key")?;
         let params = inner.parameters().ap_parameters();
-        let set = params.and_then(ParameterSet::from_tfhe).ok_or_else(|| mismatch("client key", params))?;
+        let set = params
+            .and_then(ParameterSet::from_tfhe)
+            .ok_or_else(|| mismatch("client key", params))?;
         // The key's length must match its parameters, or encryption would index out of bounds.
         if inner.encryption_key().lwe_dimension() != set.big_lwe_dimension() {
             return Err(CryptoError::Malformed {
@@ -102,11 +110,17 @@ impl CompressedServerKey {
     /// Expands the seeded key into evaluation keys (Fourier bootstrapping key and keyswitching
     /// key). Takes a few seconds and about 120 MB; servers do it once per client.
     pub fn decompress(&self) -> ServerKey {
-        ServerKey { inner: self.inner.decompress(), set: self.set }
+        ServerKey {
+            inner: self.inner.decompress(),
+            set: self.set,
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        envelope::to_bytes(&ServerKeyEnvelope(self.inner.clone()), COMPRESSED_SERVER_KEY_LIMIT)
+        envelope::to_bytes(
+            &ServerKeyEnvelope(self.inner.clone()),
+            COMPRESSED_SERVER_KEY_LIMIT,
+        )
     }
 
     /// Reads a compressed server key, checking that every part of it has exactly the shape of
@@ -153,9 +167,15 @@ mod tests {
     fn keys_of_an_unsupported_parameter_set_are_refused() {
         let foreign = shortint::ClientKey::new(V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128);
         let client = envelope::to_bytes(&ClientKeyEnvelope(foreign.clone()), CLIENT_KEY_LIMIT);
-        assert!(matches!(ClientKey::from_bytes(&client), Err(CryptoError::ParameterMismatch { .. })));
+        assert!(matches!(
+            ClientKey::from_bytes(&client),
+            Err(CryptoError::ParameterMismatch { .. })
+        ));
         let server = shortint::CompressedServerKey::new(&foreign);
         let server = envelope::to_bytes(&ServerKeyEnvelope(server), COMPRESSED_SERVER_KEY_LIMIT);
-        assert!(matches!(CompressedServerKey::from_bytes(&server), Err(CryptoError::ParameterMismatch { .. })));
+        assert!(matches!(
+            CompressedServerKey::from_bytes(&server),
+            Err(CryptoError::ParameterMismatch { .. })
+        ));
     }
 }

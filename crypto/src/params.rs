@@ -106,20 +106,37 @@ impl ParameterSet {
     /// The numbers the model compiler needs, from TFHE-rs's noise formulas.
     pub fn fhe_parameters(self) -> FheParameters {
         let torus = 2f64.powi(64);
-        let (glwe_dimension, polynomial_size, lwe_dimension, pbs, ks, post_ks_modulus, ms) = match self {
-            ParameterSet::Ks64 => {
-                let p = classic();
-                let ks = (p.ks_base_log, p.ks_level);
-                let pbs = (p.pbs_base_log, p.pbs_level);
-                (p.glwe_dimension, p.polynomial_size, p.lwe_dimension, pbs, ks, torus, p.modulus_switch_noise_reduction_params)
-            }
-            ParameterSet::Ks32 => {
-                let p = ks32();
-                let ks = (p.ks_base_log, p.ks_level);
-                let pbs = (p.pbs_base_log, p.pbs_level);
-                (p.glwe_dimension, p.polynomial_size, p.lwe_dimension, pbs, ks, 2f64.powi(32), p.modulus_switch_noise_reduction_params)
-            }
-        };
+        let (glwe_dimension, polynomial_size, lwe_dimension, pbs, ks, post_ks_modulus, ms) =
+            match self {
+                ParameterSet::Ks64 => {
+                    let p = classic();
+                    let ks = (p.ks_base_log, p.ks_level);
+                    let pbs = (p.pbs_base_log, p.pbs_level);
+                    (
+                        p.glwe_dimension,
+                        p.polynomial_size,
+                        p.lwe_dimension,
+                        pbs,
+                        ks,
+                        torus,
+                        p.modulus_switch_noise_reduction_params,
+                    )
+                }
+                ParameterSet::Ks32 => {
+                    let p = ks32();
+                    let ks = (p.ks_base_log, p.ks_level);
+                    let pbs = (p.pbs_base_log, p.pbs_level);
+                    (
+                        p.glwe_dimension,
+                        p.polynomial_size,
+                        p.lwe_dimension,
+                        pbs,
+                        ks,
+                        2f64.powi(32),
+                        p.modulus_switch_noise_reduction_params,
+                    )
+                }
+            };
         assert_eq!(
             ms,
             ModulusSwitchType::CenteredMeanNoiseReduction,
@@ -181,9 +198,14 @@ mod tests {
             let p = set.fhe_parameters();
             // Centred modulus switch over n = 918: n/48 positions² of 1/4096 of the torus.
             let positions = p.modulus_switch_variance.sqrt() * 4096.0;
-            assert!((positions - (918.0f64 / 48.0).sqrt()).abs() < 0.05, "{positions}");
+            assert!(
+                (positions - (918.0f64 / 48.0).sqrt()).abs() < 0.05,
+                "{positions}"
+            );
             assert!(p.keyswitch_variance < p.modulus_switch_variance);
-            assert!(p.fresh_variance < 1e-20 && p.bootstrap_variance < p.keyswitch_variance / 100.0);
+            assert!(
+                p.fresh_variance < 1e-20 && p.bootstrap_variance < p.keyswitch_variance / 100.0
+            );
             assert_eq!(ParameterSet::from_name(set.name()).unwrap(), set);
             assert_eq!(ParameterSet::from_tfhe(set.tfhe()), Some(set));
         }

@@ -26,7 +26,8 @@ fn main() -> Result<()> {
         }
         taken[label as usize] += 1;
         let (h, w) = img.dim();
-        let png = GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect()).expect("h×w pixels");
+        let png = GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect())
+            .expect("h×w pixels");
         let class = if label == 1 { "pneumonia" } else { "normal" };
         png.save(format!("{out}/test-{i:04}-{class}.png"))?;
     }

@@ -72,7 +72,13 @@ fn main() -> Result<()> {
         let mut forms = Affine::identity(shape.len());
         let mut stage_layers = Vec::new();
         for mut layer in stage {
-            forms = linear::apply(layers.len() + stage_layers.len(), &layer, shape, &forms, x_train.ncols())?;
+            forms = linear::apply(
+                layers.len() + stage_layers.len(),
+                &layer,
+                shape,
+                &forms,
+                x_train.ncols(),
+            )?;
             shape = next_shape(&layer, shape);
             if let Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. } = &mut layer {
                 bias.iter_mut().for_each(|b| *b = 0);
@@ -82,7 +88,9 @@ fn main() -> Result<()> {
         let acc = accumulate(&forms, &x_train);
         let (activation, centring) = fit_activation(&acc, shape);
         // The centring constants become the stage's last layer's bias (one per channel).
-        if let Some(Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. }) = stage_layers.last_mut() {
+        if let Some(Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. }) =
+            stage_layers.last_mut()
+        {
             bias.copy_from_slice(&centring);
         }
         layers.extend(stage_layers);
@@ -91,12 +99,20 @@ fn main() -> Result<()> {
         layers.push(Layer::Activation(activation));
     }
     let (weights, bias, logit_scale) = fit_output(&x_train, &train_y);
-    layers.push(Layer::Dense { inputs: x_train.ncols() as u32, outputs: 2, weights, bias });
+    layers.push(Layer::Dense {
+        inputs: x_train.ncols() as u32,
+        outputs: 2,
+        weights,
+        bias,
+    });
 
     let network = Network {
         input,
         layers,
-        output: OutputSpec { classes: vec!["normal".into(), "pneumonia".into()], logit_scale },
+        output: OutputSpec {
+            classes: vec!["normal".into(), "pneumonia".into()],
+            logit_scale,
+        },
     };
     let model = CompiledModel::build(
         &format!("reference-{topology}"),
@@ -136,12 +152,19 @@ fn load(path: &str, split: &str, spec: &InputSpec) -> Result<(ndarray::Array4<i6
         .axis_iter(Axis(0))
         .map(|img| {
             let (h, w) = img.dim();
-            let luma = GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect()).unwrap();
+            let luma =
+                GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect()).unwrap();
             preprocess_luma(luma, spec)
         })
         .collect::<Result<_, _>>()?;
-    let views: Vec<_> = tensors.iter().map(|t| t.view().insert_axis(Axis(0))).collect();
-    Ok((ndarray::concatenate(Axis(0), &views)?, labels.iter().map(|&l| l as usize).collect()))
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|t| t.view().insert_axis(Axis(0)))
+        .collect();
+    Ok((
+        ndarray::concatenate(Axis(0), &views)?,
+        labels.iter().map(|&l| l as usize).collect(),
+    ))
 }
 
 fn flatten(images: &ndarray::Array4<i64>) -> Array2<i64> {
@@ -150,7 +173,9 @@ fn flatten(images: &ndarray::Array4<i64>) -> Array2<i64> {
 }
 
 fn random_weights(rng: &mut ChaCha8Rng, n: usize) -> Vec<i32> {
-    (0..n).map(|_| rng.gen_range(-HIDDEN_WEIGHT_MAX..=HIDDEN_WEIGHT_MAX)).collect()
+    (0..n)
+        .map(|_| rng.gen_range(-HIDDEN_WEIGHT_MAX..=HIDDEN_WEIGHT_MAX))
+        .collect()
 }
 
 fn conv(rng: &mut ChaCha8Rng, cin: u32, cout: u32, k: u32, stride: u32, padding: u32) -> Layer {
@@ -176,9 +201,22 @@ fn dense(rng: &mut ChaCha8Rng, inputs: u32, outputs: u32) -> Layer {
 
 fn next_shape(layer: &Layer, shape: Shape) -> Shape {
     match (layer, shape) {
-        (Layer::Conv2d { out_channels, kernel, stride, padding, .. }, Shape::Image { h, w, .. }) => {
+        (
+            Layer::Conv2d {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                ..
+            },
+            Shape::Image { h, w, .. },
+        ) => {
             let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
-            Shape::Image { c: *out_channels as usize, h: (h + 2 * p - k) / s + 1, w: (w + 2 * p - k) / s + 1 }
+            Shape::Image {
+                c: *out_channels as usize,
+                h: (h + 2 * p - k) / s + 1,
+                w: (w + 2 * p - k) / s + 1,
+            }
         }
         (Layer::Flatten, s) => Shape::Flat(s.len()),
         (Layer::Dense { outputs, .. }, _) => Shape::Flat(*outputs as usize),
@@ -189,7 +227,11 @@ fn next_shape(layer: &Layer, shape: Shape) -> Shape {
 /// Accumulators `[image][neuron]` of the composed forms (biases excluded).
 fn accumulate(forms: &[Affine], x: &Array2<i64>) -> Array2<f64> {
     Array2::from_shape_fn((x.nrows(), forms.len()), |(i, j)| {
-        forms[j].terms.iter().map(|&(k, w)| (w * x[[i, k as usize]]) as f64).sum()
+        forms[j]
+            .terms
+            .iter()
+            .map(|&(k, w)| (w * x[[i, k as usize]]) as f64)
+            .sum()
     })
 }
 
@@ -198,7 +240,9 @@ fn accumulate_with(forms: &[Affine], x: &Array2<i64>, layers: &[Layer]) -> Array
     let bias = match layers.last() {
         Some(Layer::Conv2d { bias, .. }) => {
             let per = forms.len() / bias.len();
-            (0..forms.len()).map(|j| bias[j / per] as f64).collect::<Vec<_>>()
+            (0..forms.len())
+                .map(|j| bias[j / per] as f64)
+                .collect::<Vec<_>>()
         }
         Some(Layer::Dense { bias, .. }) => bias.iter().map(|&b| b as f64).collect(),
         _ => vec![0.0; forms.len()],
@@ -224,16 +268,24 @@ fn fit_activation(acc: &Array2<f64>, shape: Shape) -> (Activation, Vec<i64>) {
         centring.push(-mean.round() as i64);
         for j in 0..per {
             let z: Vec<f64> = cols.column(j).iter().map(|a| a - mean.round()).collect();
-            let std = (z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt().max(1.0);
+            let std = (z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64)
+                .sqrt()
+                .max(1.0);
             scales.push(1.0 / std);
-            functions.push(Function::Polynomial { coefficients: fit_relu_quadratic(z.iter().map(|v| v / std)) });
+            functions.push(Function::Polynomial {
+                coefficients: fit_relu_quadratic(z.iter().map(|v| v / std)),
+            });
         }
     }
     let activation = Activation {
         granularity: Granularity::Element,
         functions,
         input_scales: scales,
-        output: Quantizer { bits: ACT_BITS, signed: false, scale: 1.0 },
+        output: Quantizer {
+            bits: ACT_BITS,
+            signed: false,
+            scale: 1.0,
+        },
     };
     // Clip at the 99.5th percentile of the activations' outputs.
     let outputs: Vec<f64> = (0..acc.nrows())
@@ -245,12 +297,22 @@ fn fit_activation(acc: &Array2<f64>, shape: Shape) -> (Activation, Vec<i64>) {
         .collect();
     let top = percentile(outputs, 0.995).max(1e-3);
     let scale = top / ((1 << ACT_BITS) - 1) as f64;
-    (Activation { output: Quantizer { scale, ..activation.output }, ..activation }, centring)
+    (
+        Activation {
+            output: Quantizer {
+                scale,
+                ..activation.output
+            },
+            ..activation
+        },
+        centring,
+    )
 }
 
 fn apply_activation(act: &Activation, acc: &Array2<f64>) -> Array2<i64> {
     Array2::from_shape_fn(acc.dim(), |(i, j)| {
-        act.output.quantize(act.functions[j].eval(acc[[i, j]] * act.input_scales[j]))
+        act.output
+            .quantize(act.functions[j].eval(acc[[i, j]] * act.input_scales[j]))
     })
 }
 
@@ -287,7 +349,10 @@ fn fit_output(x: &Array2<i64>, y: &[usize]) -> (Vec<i32>, Vec<i64>, f64) {
     let w = solve(ata, aty, 1.0);
     let max = w[..d - 1].iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let scale = OUTPUT_WEIGHT_MAX / max;
-    let q: Vec<i32> = w[..d - 1].iter().map(|v| (v * scale).round() as i32).collect();
+    let q: Vec<i32> = w[..d - 1]
+        .iter()
+        .map(|v| (v * scale).round() as i32)
+        .collect();
     let b = (w[d - 1] * scale).round() as i64;
     // Class 1 scores +f, class 0 scores −f; logits ±2f make the ±1 targets confident.
     let weights = q.iter().map(|v| -v).chain(q.iter().copied()).collect();
@@ -301,15 +366,19 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>, ridge: f64) -> Vec<f64> {
         row[i] += ridge;
     }
     for col in 0..n {
-        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).unwrap();
+        let pivot = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap();
         a.swap(col, pivot);
         b.swap(col, pivot);
-        for r in col + 1..n {
-            let f = a[r][col] / a[col][col];
-            for c in col..n {
-                a[r][c] -= f * a[col][c];
+        let (top, bottom) = a.split_at_mut(col + 1);
+        let pivot_row = &top[col];
+        for (offset, row) in bottom.iter_mut().enumerate() {
+            let f = row[col] / pivot_row[col];
+            for (x, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *x -= f * p;
             }
-            b[r] -= f * b[col];
+            b[col + 1 + offset] -= f * b[col];
         }
     }
     let mut x = vec![0.0; n];

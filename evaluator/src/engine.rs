@@ -55,21 +55,34 @@ pub fn evaluate(
     progress: &(dyn Fn() + Sync),
 ) -> Result<(EncryptedOutput, EvaluationStats), EngineError> {
     let set = model.parameter_set;
-    for (what, found) in [("server key", key.parameter_set()), ("encrypted image", input.parameter_set())] {
+    for (what, found) in [
+        ("server key", key.parameter_set()),
+        ("encrypted image", input.parameter_set()),
+    ] {
         if found != set {
-            return Err(EngineError::ParameterMismatch { what, expected: set.name(), found: found.name() });
+            return Err(EngineError::ParameterMismatch {
+                what,
+                expected: set.name(),
+                found: found.name(),
+            });
         }
     }
     let circuit = &model.circuit;
     if input.len() != circuit.input_len() {
-        return Err(EngineError::InputLength { expected: circuit.input_len(), found: input.len() });
+        return Err(EngineError::InputLength {
+            expected: circuit.input_len(),
+            found: input.len(),
+        });
     }
 
     let start = Instant::now();
     let mut values = input.expand();
     let expand = start.elapsed();
     let timers = Timers::default();
-    let (output, hidden) = circuit.stages.split_last().expect("a circuit has an output stage");
+    let (output, hidden) = circuit
+        .stages
+        .split_last()
+        .expect("a circuit has an output stage");
     for (index, stage) in hidden.iter().enumerate() {
         let next_delta = circuit.stages[index + 1].delta;
         let outputs: Vec<Vec<u64>> = (0..stage.neurons.len())
@@ -114,7 +127,11 @@ impl Timers {
 }
 
 /// Neuron `j`'s phase: its dot product over the stage inputs plus its clear constant.
-pub fn dot_product(stage: &Stage, j: usize, inputs: &LweCiphertextListOwned<u64>) -> LweCiphertextOwned<u64> {
+pub fn dot_product(
+    stage: &Stage,
+    j: usize,
+    inputs: &LweCiphertextListOwned<u64>,
+) -> LweCiphertextOwned<u64> {
     let mut acc = LweCiphertext::new(0u64, inputs.lwe_size(), inputs.ciphertext_modulus());
     for &(i, w) in &stage.neurons[j].form.terms {
         let input = inputs.get(i as usize);
@@ -136,7 +153,10 @@ fn bootstrap_neuron(
 ) -> Vec<u64> {
     let linear_start = Instant::now();
     let phase = dot_product(stage, j, inputs);
-    let lut = lookup_table(key, &stage.lookup_table(j, circuit.polynomial_size, next_delta));
+    let lut = lookup_table(
+        key,
+        &stage.lookup_table(j, circuit.polynomial_size, next_delta),
+    );
     timers.add(&timers.linear, linear_start);
     let bootstrap_start = Instant::now();
     let out = bootstrap(key, phase, &lut);
@@ -149,7 +169,11 @@ fn bootstrap_neuron(
 pub fn lookup_table(key: &ServerKey, table: &[u64]) -> LookupTableOwned {
     let set = key.parameter_set();
     let n = set.polynomial_size();
-    assert_eq!(table.len(), n.0, "a table has one entry per position of the half torus");
+    assert_eq!(
+        table.len(),
+        n.0,
+        "a table has one entry per position of the half torus"
+    );
     LookupTableOwned {
         acc: generate_programmable_bootstrap_glwe_lut(
             n,
@@ -164,7 +188,11 @@ pub fn lookup_table(key: &ServerKey, table: &[u64]) -> LookupTableOwned {
 }
 
 /// Keyswitch + programmable bootstrap of one big-key LWE ciphertext through `lut`.
-pub fn bootstrap(key: &ServerKey, phase: LweCiphertextOwned<u64>, lut: &LookupTableOwned) -> LweCiphertextOwned<u64> {
+pub fn bootstrap(
+    key: &ServerKey,
+    phase: LweCiphertextOwned<u64>,
+    lut: &LookupTableOwned,
+) -> LweCiphertextOwned<u64> {
     let mut ct = Ciphertext::new(
         phase,
         Degree::new(0),
@@ -178,5 +206,9 @@ pub fn bootstrap(key: &ServerKey, phase: LweCiphertextOwned<u64>, lut: &LookupTa
 }
 
 fn into_list(ciphertexts: Vec<Vec<u64>>, lwe_size: LweSize) -> LweCiphertextListOwned<u64> {
-    LweCiphertextList::from_container(ciphertexts.concat(), lwe_size, CiphertextModulus::new_native())
+    LweCiphertextList::from_container(
+        ciphertexts.concat(),
+        lwe_size,
+        CiphertextModulus::new_native(),
+    )
 }

@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn hexray(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hexray")).args(args).output().expect("hexray runs")
+    Command::new(env!("CARGO_BIN_EXE_hexray"))
+        .args(args)
+        .output()
+        .expect("hexray runs")
 }
 
 fn sample(name: &str) -> String {
@@ -12,9 +15,19 @@ fn sample(name: &str) -> String {
 
 #[test]
 fn run_prints_a_diagnosis_costs_and_the_simulator_comparison() {
-    let out = hexray(&["run", "--image", &sample("covid-cxr-actualmed/covid-1.png"), "--noisy-runs", "50"]);
+    let out = hexray(&[
+        "run",
+        "--image",
+        &sample("covid-cxr-actualmed/covid-1.png"),
+        "--noisy-runs",
+        "50",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("bootstraps 320"), "{stdout}");
     assert!(stdout.contains("diagnosis  "), "{stdout}");
     assert!(stdout.contains("evaluate (server)"), "{stdout}");
@@ -26,7 +39,10 @@ fn run_prints_a_diagnosis_costs_and_the_simulator_comparison() {
             _ => None,
         })
         .sum();
-    assert!((percentages - 100.0).abs() < 0.1, "class probabilities sum to {percentages}%");
+    assert!(
+        (percentages - 100.0).abs() < 0.1,
+        "class probabilities sum to {percentages}%"
+    );
 }
 
 #[test]

@@ -100,7 +100,10 @@ impl Quantizer {
             return Err("bits must be between 1 and 24".into());
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(format!("scale must be a positive finite number, found {}", self.scale));
+            return Err(format!(
+                "scale must be a positive finite number, found {}",
+                self.scale
+            ));
         }
         Ok(())
     }
@@ -112,19 +115,29 @@ mod tests {
 
     #[test]
     fn polynomial_is_horner() {
-        let f = Function::Polynomial { coefficients: vec![1.0, -2.0, 0.5] };
+        let f = Function::Polynomial {
+            coefficients: vec![1.0, -2.0, 0.5],
+        };
         assert_eq!(f.eval(2.0), 1.0 - 4.0 + 2.0);
         assert_eq!(Function::Relu.eval(-3.0), 0.0);
     }
 
     #[test]
     fn quantizer_clips_both_ends() {
-        let q = Quantizer { bits: 4, signed: true, scale: 0.5 };
+        let q = Quantizer {
+            bits: 4,
+            signed: true,
+            scale: 0.5,
+        };
         assert_eq!((q.min(), q.max()), (-8, 7));
         assert_eq!(q.quantize(100.0), 7);
         assert_eq!(q.quantize(-100.0), -8);
         assert_eq!(q.quantize(1.26), 3);
-        let u = Quantizer { bits: 3, signed: false, scale: 1.0 };
+        let u = Quantizer {
+            bits: 3,
+            signed: false,
+            scale: 1.0,
+        };
         assert_eq!((u.quantize(-2.0), u.quantize(9.0)), (0, 7));
     }
 }

@@ -142,13 +142,25 @@ impl Circuit {
         self.stages
             .iter()
             .map(|s| {
-                let range = s.neurons.iter().map(|n| n.acc_max as i128 - n.acc_min as i128 + 1);
+                let range = s
+                    .neurons
+                    .iter()
+                    .map(|n| n.acc_max as i128 - n.acc_min as i128 + 1);
                 let max_sigma = s.neurons.iter().map(|n| n.sigma).fold(0.0, f64::max);
                 StageReport {
                     neurons: s.neurons.len(),
-                    bootstraps: if s.activation.is_some() { s.neurons.len() } else { 0 },
+                    bootstraps: if s.activation.is_some() {
+                        s.neurons.len()
+                    } else {
+                        0
+                    },
                     accumulator_bits: range.max().map_or(0, |r| 128 - (r - 1).leading_zeros()),
-                    max_fan_in: s.neurons.iter().map(|n| n.form.terms.len()).max().unwrap_or(0),
+                    max_fan_in: s
+                        .neurons
+                        .iter()
+                        .map(|n| n.form.terms.len())
+                        .max()
+                        .unwrap_or(0),
                     max_weight_norm: s
                         .neurons
                         .iter()
@@ -208,7 +220,9 @@ pub fn compile(network: &Network, fhe: &FheParameters) -> Result<Circuit, ModelE
                 forms = Affine::identity(shape.len());
                 stages.push(stage);
             }
-            linear_layer => forms = linear::apply(i, linear_layer, shape, &forms, input_ranges.len())?,
+            linear_layer => {
+                forms = linear::apply(i, linear_layer, shape, &forms, input_ranges.len())?
+            }
         }
         shape = shapes[i];
     }
@@ -241,7 +255,11 @@ fn analyse(
     activation: Option<StageActivation>,
     fhe: &FheParameters,
 ) -> Result<Stage, CompileError> {
-    let input_variance = if index == 0 { fhe.fresh_variance } else { fhe.bootstrap_variance };
+    let input_variance = if index == 0 {
+        fhe.fresh_variance
+    } else {
+        fhe.bootstrap_variance
+    };
     let before_bootstrap = if activation.is_some() {
         fhe.keyswitch_variance + fhe.modulus_switch_variance
     } else {
@@ -259,25 +277,42 @@ fn analyse(
             max += a.max(b);
         }
         if min < -limit || max > limit {
-            return Err(CompileError::RangeOverflow { stage: index, neuron: j, range: max - min });
+            return Err(CompileError::RangeOverflow {
+                stage: index,
+                neuron: j,
+                range: max - min,
+            });
         }
         if max - min > widest.0 {
             widest = (max - min, j);
         }
         let sigma = (form.squared_norm() * input_variance + before_bootstrap).sqrt();
-        neurons.push(Neuron { form, acc_min: min as i64, acc_max: max as i64, sigma });
+        neurons.push(Neuron {
+            form,
+            acc_min: min as i64,
+            acc_max: max as i64,
+            sigma,
+        });
     }
 
     let max_sigma = neurons.iter().map(|n| n.sigma).fold(0.0, f64::max);
     let margin_f = (NOISE_MARGIN_SIGMAS * max_sigma * TORUS).ceil();
-    if !(margin_f < (HALF_TORUS / 2) as f64) {
-        return Err(CompileError::NoiseOverflow { stage: index, sigma: max_sigma });
+    // Written so that a NaN σ also lands here.
+    if margin_f.is_nan() || margin_f >= (HALF_TORUS / 2) as f64 {
+        return Err(CompileError::NoiseOverflow {
+            stage: index,
+            sigma: max_sigma,
+        });
     }
     let margin = margin_f as i128;
     let usable = HALF_TORUS - 2 * margin;
     let delta = usable / widest.0.max(1);
     if delta < 1 {
-        return Err(CompileError::RangeOverflow { stage: index, neuron: widest.1, range: widest.0 });
+        return Err(CompileError::RangeOverflow {
+            stage: index,
+            neuron: widest.1,
+            range: widest.0,
+        });
     }
     Ok(Stage {
         input_ranges,

@@ -36,7 +36,11 @@ pub enum CompileError {
         "stage {stage}, neuron {neuron}: worst-case accumulator range {range} plus noise margins \
          cannot fit the half torus (2^63); the padding bit could overflow"
     )]
-    RangeOverflow { stage: usize, neuron: usize, range: i128 },
+    RangeOverflow {
+        stage: usize,
+        neuron: usize,
+        range: i128,
+    },
     #[error("stage {stage}: noise margin ({sigma:.3e} of the torus) leaves no room for values")]
     NoiseOverflow { stage: usize, sigma: f64 },
 }

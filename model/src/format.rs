@@ -97,7 +97,10 @@ pub enum Layer {
     },
     /// Average pooling, computed as the integer window sum. The 1/size² factor belongs to the
     /// next activation's `input_scales`, where the exporter folds it.
-    AvgPool { size: u32, stride: u32 },
+    AvgPool {
+        size: u32,
+        stride: u32,
+    },
     /// Flattens `[channel][y][x]` into a vector, in that order.
     Flatten,
     /// Fully connected layer. Weights are laid out `[out][in]`.
@@ -219,7 +222,10 @@ impl CompiledModel {
         let magic_error = || ModelError::Magic {
             expected: format!("{MAGIC} {FORMAT_VERSION}"),
         };
-        let newline = bytes.iter().position(|&b| b == b'\n').ok_or_else(magic_error)?;
+        let newline = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(magic_error)?;
         let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| magic_error())?;
         let version = header
             .strip_prefix(MAGIC)
@@ -232,9 +238,8 @@ impl CompiledModel {
             });
         }
         let mut json = serde_json::Deserializer::from_slice(&bytes[newline + 1..]);
-        let model: CompiledModel = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-            ModelError::field(e.path().to_string(), e.inner().to_string())
-        })?;
+        let model: CompiledModel = serde_path_to_error::deserialize(&mut json)
+            .map_err(|e| ModelError::field(e.path().to_string(), e.inner().to_string()))?;
         json.end()
             .map_err(|e| ModelError::field("(end of file)", e.to_string()))?;
         let circuit = model.verify()?;
@@ -255,7 +260,13 @@ impl CompiledModel {
                 ),
             ));
         }
-        for (s, (stored, derived)) in self.encoding.stages.iter().zip(&expected.stages).enumerate() {
+        for (s, (stored, derived)) in self
+            .encoding
+            .stages
+            .iter()
+            .zip(&expected.stages)
+            .enumerate()
+        {
             let mismatch = |what: &str| {
                 ModelError::field(
                     format!("encoding.stages[{s}].{what}"),
@@ -290,7 +301,8 @@ impl CompiledModel {
 
 impl FheParameters {
     pub(crate) fn validate(&self) -> Result<(), ModelError> {
-        if !self.polynomial_size.is_power_of_two() || !(256..=1 << 16).contains(&self.polynomial_size)
+        if !self.polynomial_size.is_power_of_two()
+            || !(256..=1 << 16).contains(&self.polynomial_size)
         {
             return Err(ModelError::field(
                 "fhe.polynomial_size",
@@ -304,7 +316,10 @@ impl FheParameters {
             ("fhe.modulus_switch_variance", self.modulus_switch_variance),
         ] {
             if !(v.is_finite() && (0.0..0.25).contains(&v)) {
-                return Err(ModelError::field(field, "must be a finite variance in [0, 0.25)"));
+                return Err(ModelError::field(
+                    field,
+                    "must be a finite variance in [0, 0.25)",
+                ));
             }
         }
         Ok(())
@@ -315,7 +330,11 @@ impl FheParameters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
     /// `[channels][height][width]`
-    Image { c: usize, h: usize, w: usize },
+    Image {
+        c: usize,
+        h: usize,
+        w: usize,
+    },
     Flat(usize),
 }
 
@@ -368,7 +387,10 @@ impl Network {
     pub fn validate(&self) -> Result<Vec<Shape>, ModelError> {
         let input = &self.input;
         if input.channels != 1 {
-            return Err(ModelError::field("network.input.channels", "must be 1 (grayscale)"));
+            return Err(ModelError::field(
+                "network.input.channels",
+                "must be 1 (grayscale)",
+            ));
         }
         for (field, v) in [("width", input.width), ("height", input.height)] {
             if v == 0 || v > MAX_DIM {
@@ -379,11 +401,17 @@ impl Network {
             }
         }
         if !(1..=8).contains(&input.bits) {
-            return Err(ModelError::field("network.input.bits", "must be between 1 and 8"));
+            return Err(ModelError::field(
+                "network.input.bits",
+                "must be between 1 and 8",
+            ));
         }
         positive_finite("network.input.scale", input.scale)?;
         if self.output.classes.len() < 2 {
-            return Err(ModelError::field("network.output.classes", "needs at least two classes"));
+            return Err(ModelError::field(
+                "network.output.classes",
+                "needs at least two classes",
+            ));
         }
         positive_finite("network.output.logit_scale", self.output.logit_scale)?;
 
@@ -394,13 +422,17 @@ impl Network {
             if shape.is_empty() || shape.len() > MAX_ELEMENTS {
                 return Err(ModelError::field(
                     format!("network.layers[{i}]"),
-                    format!("output has {} elements (1..={MAX_ELEMENTS} allowed)", shape.len()),
+                    format!(
+                        "output has {} elements (1..={MAX_ELEMENTS} allowed)",
+                        shape.len()
+                    ),
                 ));
             }
             shapes.push(shape);
         }
         match (self.layers.last(), shapes.last()) {
-            (Some(Layer::Dense { .. }), Some(Shape::Flat(n))) if *n == self.output.classes.len() => {}
+            (Some(Layer::Dense { .. }), Some(Shape::Flat(n)))
+                if *n == self.output.classes.len() => {}
             _ => {
                 return Err(ModelError::field(
                     "network.layers",
@@ -419,7 +451,10 @@ fn positive_finite(field: &str, v: f64) -> Result<(), ModelError> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
-        Err(ModelError::field(field, format!("must be a positive finite number, found {v}")))
+        Err(ModelError::field(
+            field,
+            format!("must be a positive finite number, found {v}"),
+        ))
     }
 }
 
@@ -427,7 +462,10 @@ fn expect_len<T>(field: String, v: &[T], n: usize) -> Result<(), ModelError> {
     if v.len() == n {
         Ok(())
     } else {
-        Err(ModelError::field(field, format!("expected {n} values, found {}", v.len())))
+        Err(ModelError::field(
+            field,
+            format!("expected {n} values, found {}", v.len()),
+        ))
     }
 }
 
@@ -442,7 +480,10 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
     };
     let dim = |name: &str, v: u32| {
         if v == 0 || v > MAX_DIM {
-            Err(ModelError::field(f(name), format!("must be between 1 and {MAX_DIM}")))
+            Err(ModelError::field(
+                f(name),
+                format!("must be between 1 and {MAX_DIM}"),
+            ))
         } else {
             Ok(v as usize)
         }
@@ -458,7 +499,10 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
             bias,
         } => {
             let (c, h, w) = image()?;
-            let (cin, cout) = (dim("in_channels", *in_channels)?, dim("out_channels", *out_channels)?);
+            let (cin, cout) = (
+                dim("in_channels", *in_channels)?,
+                dim("out_channels", *out_channels)?,
+            );
             let (k, s) = (dim("kernel", *kernel)?, dim("stride", *stride)?);
             if *padding > MAX_DIM {
                 return Err(ModelError::field(f("padding"), "is too large"));
@@ -471,7 +515,10 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
                 ));
             }
             if h + 2 * p < k || w + 2 * p < k {
-                return Err(ModelError::field(f("kernel"), "is larger than the padded input"));
+                return Err(ModelError::field(
+                    f("kernel"),
+                    "is larger than the padded input",
+                ));
             }
             expect_len(f("weights"), weights, cout * cin * k * k)?;
             expect_len(f("bias"), bias, cout)?;
@@ -487,7 +534,11 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
             if h < k || w < k {
                 return Err(ModelError::field(f("size"), "is larger than the input"));
             }
-            Ok(Shape::Image { c, h: (h - k) / s + 1, w: (w - k) / s + 1 })
+            Ok(Shape::Image {
+                c,
+                h: (h - k) / s + 1,
+                w: (w - k) / s + 1,
+            })
         }
         Layer::Flatten => Ok(Shape::Flat(input.len())),
         Layer::Dense {

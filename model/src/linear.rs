@@ -19,13 +19,19 @@ impl Affine {
     /// The forms of a stage's own inputs: input i is `1·input[i]`.
     pub fn identity(n: usize) -> Vec<Affine> {
         (0..n)
-            .map(|i| Affine { terms: vec![(i as u32, 1)], bias: 0 })
+            .map(|i| Affine {
+                terms: vec![(i as u32, 1)],
+                bias: 0,
+            })
             .collect()
     }
 
     /// Σ w² over the terms, which scales the noise of the inputs.
     pub fn squared_norm(&self) -> f64 {
-        self.terms.iter().map(|&(_, w)| (w as f64) * (w as f64)).sum()
+        self.terms
+            .iter()
+            .map(|&(_, w)| (w as f64) * (w as f64))
+            .sum()
     }
 }
 
@@ -38,11 +44,18 @@ struct Merger {
 
 impl Merger {
     fn new(stage_inputs: usize, layer: usize) -> Self {
-        Merger { dense: vec![0; stage_inputs], touched: Vec::new(), layer }
+        Merger {
+            dense: vec![0; stage_inputs],
+            touched: Vec::new(),
+            layer,
+        }
     }
 
     fn overflow(&self, what: &str) -> CompileError {
-        CompileError::Overflow { layer: self.layer, what: what.to_owned() }
+        CompileError::Overflow {
+            layer: self.layer,
+            what: what.to_owned(),
+        }
     }
 
     /// `bias + Σ weight·form` as one affine form.
@@ -58,8 +71,12 @@ impl Merger {
                 continue;
             }
             let form = &forms[index];
-            let scaled = weight.checked_mul(form.bias).ok_or_else(|| self.overflow("bias"))?;
-            out_bias = out_bias.checked_add(scaled).ok_or_else(|| self.overflow("bias"))?;
+            let scaled = weight
+                .checked_mul(form.bias)
+                .ok_or_else(|| self.overflow("bias"))?;
+            out_bias = out_bias
+                .checked_add(scaled)
+                .ok_or_else(|| self.overflow("bias"))?;
             for &(i, w) in &form.terms {
                 let sum = weight
                     .checked_mul(w)
@@ -81,7 +98,10 @@ impl Merger {
                 (w != 0).then_some((i, w))
             })
             .collect();
-        Ok(Affine { terms, bias: out_bias })
+        Ok(Affine {
+            terms,
+            bias: out_bias,
+        })
     }
 }
 
@@ -98,26 +118,35 @@ pub fn apply(
     let mut merger = Merger::new(stage_inputs, layer_index);
     match (layer, shape) {
         (
-            Layer::Conv2d { out_channels, kernel, stride, padding, weights, bias, .. },
+            Layer::Conv2d {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                weights,
+                bias,
+                ..
+            },
             Shape::Image { c, h, w },
         ) => {
             let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
             let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
             let mut out = Vec::with_capacity(*out_channels as usize * oh * ow);
-            for o in 0..*out_channels as usize {
+            for (o, &b) in bias.iter().enumerate().take(*out_channels as usize) {
                 for y in 0..oh {
                     for x in 0..ow {
                         let taps = (0..c).flat_map(|i| {
                             (0..k).flat_map(move |ky| (0..k).map(move |kx| (i, ky, kx)))
                         });
                         let parts = taps.filter_map(|(i, ky, kx)| {
-                            let (iy, ix) = ((y * s + ky).checked_sub(p)?, (x * s + kx).checked_sub(p)?);
+                            let (iy, ix) =
+                                ((y * s + ky).checked_sub(p)?, (x * s + kx).checked_sub(p)?);
                             (iy < h && ix < w).then(|| {
                                 let wi = ((o * c + i) * k + ky) * k + kx;
                                 (weights[wi] as i64, (i * h + iy) * w + ix)
                             })
                         });
-                        out.push(merger.combine(bias[o], parts, forms)?);
+                        out.push(merger.combine(b, parts, forms)?);
                     }
                 }
             }
@@ -140,7 +169,15 @@ pub fn apply(
             Ok(out)
         }
         (Layer::Flatten, _) => Ok(forms.to_vec()),
-        (Layer::Dense { inputs, outputs, weights, bias }, _) => {
+        (
+            Layer::Dense {
+                inputs,
+                outputs,
+                weights,
+                bias,
+            },
+            _,
+        ) => {
             let n = *inputs as usize;
             (0..*outputs as usize)
                 .map(|o| {
@@ -169,9 +206,20 @@ mod tests {
             4,
         )
         .unwrap();
-        let dense = Layer::Dense { inputs: 1, outputs: 1, weights: vec![3], bias: vec![1] };
+        let dense = Layer::Dense {
+            inputs: 1,
+            outputs: 1,
+            weights: vec![3],
+            bias: vec![1],
+        };
         let out = apply(1, &dense, Shape::Flat(1), &pooled, 4).unwrap();
-        assert_eq!(out, vec![Affine { terms: vec![(0, 3), (1, 3), (2, 3), (3, 3)], bias: 1 }]);
+        assert_eq!(
+            out,
+            vec![Affine {
+                terms: vec![(0, 3), (1, 3), (2, 3), (3, 3)],
+                bias: 1
+            }]
+        );
     }
 
     #[test]
@@ -185,15 +233,36 @@ mod tests {
             weights: (1..=9).collect(),
             bias: vec![5],
         };
-        let out = apply(0, &conv, Shape::Image { c: 1, h: 2, w: 2 }, &Affine::identity(4), 4).unwrap();
+        let out = apply(
+            0,
+            &conv,
+            Shape::Image { c: 1, h: 2, w: 2 },
+            &Affine::identity(4),
+            4,
+        )
+        .unwrap();
         // Top-left output sees kernel taps (1,1),(1,2),(2,1),(2,2) = weights 5,6,8,9.
-        assert_eq!(out[0], Affine { terms: vec![(0, 5), (1, 6), (2, 8), (3, 9)], bias: 5 });
+        assert_eq!(
+            out[0],
+            Affine {
+                terms: vec![(0, 5), (1, 6), (2, 8), (3, 9)],
+                bias: 5
+            }
+        );
     }
 
     #[test]
     fn overflow_is_an_error() {
-        let dense = Layer::Dense { inputs: 1, outputs: 1, weights: vec![i32::MAX], bias: vec![0] };
-        let big = vec![Affine { terms: vec![(0, i64::MAX / 2)], bias: 0 }];
+        let dense = Layer::Dense {
+            inputs: 1,
+            outputs: 1,
+            weights: vec![i32::MAX],
+            bias: vec![0],
+        };
+        let big = vec![Affine {
+            terms: vec![(0, i64::MAX / 2)],
+            bias: 0,
+        }];
         let err = apply(7, &dense, Shape::Flat(1), &big, 1).unwrap_err();
         assert!(matches!(err, CompileError::Overflow { layer: 7, .. }));
     }

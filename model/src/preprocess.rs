@@ -14,17 +14,24 @@ use crate::format::{Crop, InputSpec, ResizeFilter};
 
 /// Decodes an encoded image (PNG or JPEG) and preprocesses it.
 pub fn preprocess(bytes: &[u8], spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
-    let image = image::load_from_memory(bytes).map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    let image =
+        image::load_from_memory(bytes).map_err(|e| PreprocessError::Decode(e.to_string()))?;
     preprocess_image(&image, spec)
 }
 
 /// Preprocesses a decoded image.
-pub fn preprocess_image(image: &DynamicImage, spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
+pub fn preprocess_image(
+    image: &DynamicImage,
+    spec: &InputSpec,
+) -> Result<Array3<i64>, PreprocessError> {
     preprocess_luma(image.to_luma8(), spec)
 }
 
 /// Preprocesses an 8-bit grayscale image, e.g. one read from a MedMNIST array.
-pub fn preprocess_luma(mut luma: GrayImage, spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
+pub fn preprocess_luma(
+    mut luma: GrayImage,
+    spec: &InputSpec,
+) -> Result<Array3<i64>, PreprocessError> {
     let (w, h) = luma.dimensions();
     if w < spec.width || h < spec.height {
         return Err(PreprocessError::TooSmall {
@@ -42,9 +49,14 @@ pub fn preprocess_luma(mut luma: GrayImage, spec: &InputSpec) -> Result<Array3<i
         luma = imageops::resize(&luma, spec.width, spec.height, filter(spec.resize_filter));
     }
     let levels = ((1u32 << spec.bits) - 1) as f64;
-    let pixels = luma.pixels().map(|p| (p.0[0] as f64 * levels / 255.0).round() as i64).collect();
-    Ok(Array3::from_shape_vec((1, spec.height as usize, spec.width as usize), pixels)
-        .expect("the resized image has exactly width × height pixels"))
+    let pixels = luma
+        .pixels()
+        .map(|p| (p.0[0] as f64 * levels / 255.0).round() as i64)
+        .collect();
+    Ok(
+        Array3::from_shape_vec((1, spec.height as usize, spec.width as usize), pixels)
+            .expect("the resized image has exactly width × height pixels"),
+    )
 }
 
 fn filter(f: ResizeFilter) -> FilterType {
@@ -88,8 +100,16 @@ mod tests {
             let v = (x * 30 + y * 5) as u8;
             Rgb([v, v, v])
         });
-        let a = preprocess(&encode(DynamicImage::ImageLuma8(gray), ImageFormat::Png), &spec(8)).unwrap();
-        let b = preprocess(&encode(DynamicImage::ImageRgb8(rgb), ImageFormat::Png), &spec(8)).unwrap();
+        let a = preprocess(
+            &encode(DynamicImage::ImageLuma8(gray), ImageFormat::Png),
+            &spec(8),
+        )
+        .unwrap();
+        let b = preprocess(
+            &encode(DynamicImage::ImageRgb8(rgb), ImageFormat::Png),
+            &spec(8),
+        )
+        .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.dim(), (1, 4, 4));
     }
@@ -110,9 +130,15 @@ mod tests {
 
     #[test]
     fn garbage_and_small_images_are_errors() {
-        assert!(matches!(preprocess(b"not an image", &spec(8)), Err(PreprocessError::Decode(_))));
+        assert!(matches!(
+            preprocess(b"not an image", &spec(8)),
+            Err(PreprocessError::Decode(_))
+        ));
         let small = GrayImage::from_pixel(3, 9, Luma([0]));
         let err = preprocess_luma(small, &spec(8)).unwrap_err();
-        assert_eq!(err.to_string(), "image is 3×9 pixels; the model needs at least 4×4");
+        assert_eq!(
+            err.to_string(),
+            "image is 3×9 pixels; the model needs at least 4×4"
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! images; the trainer uses it to predict encrypted accuracy.
 
 use ndarray::{Array1, ArrayView3};
-use rand::Rng;
+use rand::{Rng, RngCore};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::compile::Circuit;
@@ -27,7 +27,10 @@ pub struct Prediction {
 impl Prediction {
     /// Decodes output accumulators into logits and softmax probabilities.
     pub fn from_accumulators(circuit: &Circuit, accumulators: Vec<f64>) -> Self {
-        let logits: Vec<f64> = accumulators.iter().map(|a| a * circuit.logit_scale).collect();
+        let logits: Vec<f64> = accumulators
+            .iter()
+            .map(|a| a * circuit.logit_scale)
+            .collect();
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let sum: f64 = exp.iter().sum();
@@ -43,7 +46,13 @@ impl Prediction {
         self.logits
             .iter()
             .enumerate()
-            .fold((0, f64::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
+            .fold((0, f64::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 {
+                    (i, l)
+                } else {
+                    best
+                }
+            })
             .0
     }
 }
@@ -51,7 +60,7 @@ impl Prediction {
 impl Circuit {
     /// Exact evaluation: no noise.
     pub fn simulate(&self, input: ArrayView3<i64>) -> Result<Prediction, ModelError> {
-        self.run(input, None::<&mut rand::rngs::ThreadRng>)
+        self.run(input, None)
     }
 
     /// Noisy evaluation: one draw of TFHE's noise at every phase.
@@ -75,13 +84,24 @@ impl Circuit {
             ));
         }
         let ranges = &self.stages[0].input_ranges;
-        if let Some((v, (lo, hi))) = input.iter().zip(ranges).find(|(v, (lo, hi))| !(*lo..=*hi).contains(*v)) {
-            return Err(ModelError::field("input", format!("value {v} is outside [{lo}, {hi}]")));
+        if let Some((v, (lo, hi))) = input
+            .iter()
+            .zip(ranges)
+            .find(|(v, (lo, hi))| !(*lo..=*hi).contains(*v))
+        {
+            return Err(ModelError::field(
+                "input",
+                format!("value {v} is outside [{lo}, {hi}]"),
+            ));
         }
         Ok(())
     }
 
-    fn run(&self, input: ArrayView3<i64>, mut rng: Option<&mut impl Rng>) -> Result<Prediction, ModelError> {
+    fn run(
+        &self,
+        input: ArrayView3<i64>,
+        mut rng: Option<&mut dyn RngCore>,
+    ) -> Result<Prediction, ModelError> {
         self.check_input(input)?;
         let shift = self.position_shift();
         let mut noisy = |phase: u64, sigma: f64| match rng.as_deref_mut() {
@@ -92,11 +112,16 @@ impl Circuit {
             None => phase,
         };
         let mut x: Array1<i64> = input.iter().copied().collect();
-        let (output, hidden) = self.stages.split_last().expect("a circuit has an output stage");
+        let (output, hidden) = self
+            .stages
+            .split_last()
+            .expect("a circuit has an output stage");
         for stage in hidden {
             let xs = x.as_slice().expect("contiguous");
             x = (0..stage.neurons.len())
-                .map(|j| stage.bootstrap(j, noisy(stage.phase(j, xs), stage.neurons[j].sigma), shift))
+                .map(|j| {
+                    stage.bootstrap(j, noisy(stage.phase(j, xs), stage.neurons[j].sigma), shift)
+                })
                 .collect();
         }
         let xs = x.as_slice().expect("contiguous");

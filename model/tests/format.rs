@@ -49,16 +49,30 @@ fn tiny() -> Network {
             Layer::Activation(Activation {
                 granularity: Granularity::Channel,
                 functions: vec![
-                    Function::Polynomial { coefficients: vec![0.1, 0.5, 0.25] },
+                    Function::Polynomial {
+                        coefficients: vec![0.1, 0.5, 0.25],
+                    },
                     Function::Relu,
                 ],
                 input_scales: vec![0.01, 0.02],
-                output: Quantizer { bits: 4, signed: false, scale: 0.5 },
+                output: Quantizer {
+                    bits: 4,
+                    signed: false,
+                    scale: 0.5,
+                },
             }),
             Layer::Flatten,
-            Layer::Dense { inputs: 8, outputs: 2, weights: (0..16).map(|i| (i % 7) - 3).collect(), bias: vec![1, -1] },
+            Layer::Dense {
+                inputs: 8,
+                outputs: 2,
+                weights: (0..16).map(|i| (i % 7) - 3).collect(),
+                bias: vec![1, -1],
+            },
         ],
-        output: OutputSpec { classes: vec!["normal".into(), "pneumonia".into()], logit_scale: 0.1 },
+        output: OutputSpec {
+            classes: vec!["normal".into(), "pneumonia".into()],
+            logit_scale: 0.1,
+        },
     }
 }
 
@@ -90,11 +104,28 @@ fn exact_simulation_matches_integer_arithmetic_when_boxes_are_fine() {
     // With a small accumulator range every integer has its own boxes, so the table reads the
     // exact accumulator and the circuit equals the quantized network computed by hand.
     let network = tiny();
-    let (_, circuit) = CompiledModel::from_bytes(&build(network.clone()).unwrap().to_bytes()).unwrap();
+    let (_, circuit) =
+        CompiledModel::from_bytes(&build(network.clone()).unwrap().to_bytes()).unwrap();
     let x = Array3::from_shape_fn((1, 4, 4), |(_, y, x)| ((y * 4 + x) * 13 % 256) as i64);
-    let Layer::Conv2d { weights: cw, bias: cb, .. } = &network.layers[0] else { unreachable!() };
-    let Layer::Activation(act) = &network.layers[1] else { unreachable!() };
-    let Layer::Dense { weights: dw, bias: db, .. } = &network.layers[3] else { unreachable!() };
+    let Layer::Conv2d {
+        weights: cw,
+        bias: cb,
+        ..
+    } = &network.layers[0]
+    else {
+        unreachable!()
+    };
+    let Layer::Activation(act) = &network.layers[1] else {
+        unreachable!()
+    };
+    let Layer::Dense {
+        weights: dw,
+        bias: db,
+        ..
+    } = &network.layers[3]
+    else {
+        unreachable!()
+    };
     let mut hidden = Vec::new();
     for o in 0..2 {
         for y in 0..2 {
@@ -105,12 +136,20 @@ fn exact_simulation_matches_integer_arithmetic_when_boxes_are_fine() {
                         acc += cw[o * 9 + ky * 3 + kx] as i64 * x[[0, y + ky, xx + kx]];
                     }
                 }
-                hidden.push(act.output.quantize(act.functions[o].eval(acc as f64 * act.input_scales[o])));
+                hidden.push(
+                    act.output
+                        .quantize(act.functions[o].eval(acc as f64 * act.input_scales[o])),
+                );
             }
         }
     }
     let expected: Vec<f64> = (0..2)
-        .map(|c| (db[c] + (0..8).map(|i| dw[c * 8 + i] as i64 * hidden[i]).sum::<i64>()) as f64)
+        .map(|c| {
+            (db[c]
+                + (0..8)
+                    .map(|i| dw[c * 8 + i] as i64 * hidden[i])
+                    .sum::<i64>()) as f64
+        })
         .collect();
     let got = circuit.simulate(x.view()).unwrap().accumulators;
     for (g, e) in got.iter().zip(&expected) {
@@ -123,12 +162,18 @@ fn wrong_magic_and_unknown_version_are_refused() {
     let bytes = build(tiny()).unwrap().to_bytes();
     let body = &bytes[bytes.iter().position(|&b| b == b'\n').unwrap()..];
     let with_header = |h: &str| [h.as_bytes(), body].concat();
-    assert!(matches!(CompiledModel::from_bytes(&with_header("ONNX-MODEL 1")), Err(ModelError::Magic { .. })));
+    assert!(matches!(
+        CompiledModel::from_bytes(&with_header("ONNX-MODEL 1")),
+        Err(ModelError::Magic { .. })
+    ));
     assert!(matches!(
         CompiledModel::from_bytes(&with_header("HEXRAY-MODEL 99")),
         Err(ModelError::Version { found, .. }) if found == "99"
     ));
-    assert!(matches!(CompiledModel::from_bytes(b""), Err(ModelError::Magic { .. })));
+    assert!(matches!(
+        CompiledModel::from_bytes(b""),
+        Err(ModelError::Magic { .. })
+    ));
 }
 
 #[test]
@@ -137,19 +182,28 @@ fn inconsistent_shapes_name_the_field() {
     if let Layer::Dense { weights, .. } = &mut network.layers[3] {
         weights.pop();
     }
-    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[3].weights");
+    assert_eq!(
+        field_of(build(network).unwrap_err()),
+        "network.layers[3].weights"
+    );
 
     let mut network = tiny();
     if let Layer::Dense { inputs, .. } = &mut network.layers[3] {
         *inputs = 9;
     }
-    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[3].inputs");
+    assert_eq!(
+        field_of(build(network).unwrap_err()),
+        "network.layers[3].inputs"
+    );
 
     let mut network = tiny();
     if let Layer::Activation(act) = &mut network.layers[1] {
         act.input_scales.push(1.0);
     }
-    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[1].input_scales");
+    assert_eq!(
+        field_of(build(network).unwrap_err()),
+        "network.layers[1].input_scales"
+    );
 
     let mut network = tiny();
     network.layers.pop();
@@ -160,9 +214,14 @@ fn inconsistent_shapes_name_the_field() {
 fn nan_coefficients_are_refused_in_memory_and_on_disk() {
     let mut network = tiny();
     if let Layer::Activation(act) = &mut network.layers[1] {
-        act.functions[0] = Function::Polynomial { coefficients: vec![0.0, f64::NAN] };
+        act.functions[0] = Function::Polynomial {
+            coefficients: vec![0.0, f64::NAN],
+        };
     }
-    assert_eq!(field_of(build(network).unwrap_err()), "network.layers[1].functions[0]");
+    assert_eq!(
+        field_of(build(network).unwrap_err()),
+        "network.layers[1].functions[0]"
+    );
 
     let text = String::from_utf8(build(tiny()).unwrap().to_bytes()).unwrap();
     let tampered = text.replacen("[0.1,0.5,0.25]", "[0.1,NaN,0.25]", 1);
@@ -175,14 +234,20 @@ fn nan_coefficients_are_refused_in_memory_and_on_disk() {
 fn a_tampered_encoding_is_refused() {
     let mut model = build(tiny()).unwrap();
     model.encoding.stages[0].delta *= 2;
-    assert_eq!(field_of(CompiledModel::from_bytes(&model.to_bytes()).unwrap_err()), "encoding.stages[0].delta");
+    assert_eq!(
+        field_of(CompiledModel::from_bytes(&model.to_bytes()).unwrap_err()),
+        "encoding.stages[0].delta"
+    );
 }
 
 #[test]
 fn truncated_random_and_oversized_files_are_errors() {
     let bytes = build(tiny()).unwrap().to_bytes();
     for cut in [1, 10, bytes.len() / 3, bytes.len() / 2, bytes.len() - 3] {
-        assert!(CompiledModel::from_bytes(&bytes[..cut]).is_err(), "truncated at {cut}");
+        assert!(
+            CompiledModel::from_bytes(&bytes[..cut]).is_err(),
+            "truncated at {cut}"
+        );
     }
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for len in [0, 7, 100, 5000] {
@@ -192,7 +257,10 @@ fn truncated_random_and_oversized_files_are_errors() {
         assert!(CompiledModel::from_bytes(&prefixed).is_err());
     }
     let huge = vec![b' '; hexray_model::format::MAX_MODEL_BYTES + 1];
-    assert!(matches!(CompiledModel::from_bytes(&huge), Err(ModelError::TooLarge { .. })));
+    assert!(matches!(
+        CompiledModel::from_bytes(&huge),
+        Err(ModelError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -203,16 +271,33 @@ fn range_analysis_refuses_a_model_crafted_to_overflow() {
         input: input(16),
         layers: vec![
             Layer::Flatten,
-            Layer::Dense { inputs: 256, outputs: 256, weights: vec![1; 256 * 256], bias: vec![0; 256] },
+            Layer::Dense {
+                inputs: 256,
+                outputs: 256,
+                weights: vec![1; 256 * 256],
+                bias: vec![0; 256],
+            },
             Layer::Activation(Activation {
                 granularity: Granularity::Layer,
                 functions: vec![Function::Relu],
                 input_scales: vec![1.0],
-                output: Quantizer { bits: 24, signed: false, scale: 1e-9 },
+                output: Quantizer {
+                    bits: 24,
+                    signed: false,
+                    scale: 1e-9,
+                },
             }),
-            Layer::Dense { inputs: 256, outputs: 2, weights: vec![i32::MAX; 512], bias: vec![0, 0] },
+            Layer::Dense {
+                inputs: 256,
+                outputs: 2,
+                weights: vec![i32::MAX; 512],
+                bias: vec![0, 0],
+            },
         ],
-        output: OutputSpec { classes: vec!["a".into(), "b".into()], logit_scale: 1.0 },
+        output: OutputSpec {
+            classes: vec!["a".into(), "b".into()],
+            logit_scale: 1.0,
+        },
     };
     match build(network) {
         Err(ModelError::Compile(CompileError::RangeOverflow { stage: 1, .. })) => {}

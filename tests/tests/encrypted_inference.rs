@@ -20,24 +20,52 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
     for (seed, name) in images.into_iter().enumerate() {
         let input = common::sample(&model, name);
         // Through bytes, as a client and a server would exchange them.
-        let upload = client.encrypt_deterministic(circuit, input.view(), seed as u128).unwrap().to_bytes();
-        let encrypted = EncryptedImage::from_bytes(&upload, model.parameter_set, circuit.input_len()).unwrap();
+        let upload = client
+            .encrypt_deterministic(circuit, input.view(), seed as u128)
+            .unwrap()
+            .to_bytes();
+        let encrypted =
+            EncryptedImage::from_bytes(&upload, model.parameter_set, circuit.input_len()).unwrap();
         let (output, stats) = evaluate(&model, &server, encrypted, &|| {}).unwrap();
         assert_eq!(stats.bootstraps, 320);
         let download = output.to_bytes();
-        let output = EncryptedOutput::from_bytes(&download, model.parameter_set, circuit.output_len()).unwrap();
+        let output =
+            EncryptedOutput::from_bytes(&download, model.parameter_set, circuit.output_len())
+                .unwrap();
         let encrypted = client.decrypt(circuit, &output).unwrap();
 
         let exact = circuit.simulate(input.view()).unwrap();
-        let spread = circuit.noisy_spread(input.view(), 300, &mut ChaCha8Rng::seed_from_u64(seed as u64)).unwrap();
-        let width = spread.max.iter().zip(&spread.min).map(|(a, b)| a - b).fold(0.0, f64::max);
+        let spread = circuit
+            .noisy_spread(
+                input.view(),
+                300,
+                &mut ChaCha8Rng::seed_from_u64(seed as u64),
+            )
+            .unwrap();
+        let width = spread
+            .max
+            .iter()
+            .zip(&spread.min)
+            .map(|(a, b)| a - b)
+            .fold(0.0, f64::max);
         println!(
             "{name}: encrypted {:?}, exact {:?}, spread {:?}..{:?}, class changes {}",
-            encrypted.accumulators, exact.accumulators, spread.min, spread.max, spread.class_changes
+            encrypted.accumulators,
+            exact.accumulators,
+            spread.min,
+            spread.max,
+            spread.class_changes
         );
-        assert!(spread.contains(&encrypted, 0.1 * width), "{name}: encrypted result outside the noisy spread");
+        assert!(
+            spread.contains(&encrypted, 0.1 * width),
+            "{name}: encrypted result outside the noisy spread"
+        );
         if spread.class_changes == 0 {
-            assert_eq!(encrypted.class(), exact.class(), "{name}: encrypted class differs");
+            assert_eq!(
+                encrypted.class(),
+                exact.class(),
+                "{name}: encrypted class differs"
+            );
         }
         let total: f64 = encrypted.probabilities.iter().sum();
         assert!((total - 1.0).abs() < 1e-9);
@@ -47,12 +75,20 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
 #[test]
 fn keys_and_ciphertexts_of_another_parameter_set_are_refused() {
     let model = common::reference_model();
-    let (client, server) = hexray_crypto::ClientKey::generate_deterministic(hexray_crypto::ParameterSet::Ks64, 11);
+    let (client, server) =
+        hexray_crypto::ClientKey::generate_deterministic(hexray_crypto::ParameterSet::Ks64, 11);
     let server = server.decompress();
     let input = common::sample(&model, "pneumoniamnist/test-0000-pneumonia.png");
-    let image = client.encrypt_deterministic(&model.circuit, input.view(), 1).unwrap();
-    let err = evaluate(&model, &server, image, &|| {}).err().expect("a Ks64 key cannot run a KS32 model");
-    assert!(err.to_string().contains("server key uses parameter set"), "{err}");
+    let image = client
+        .encrypt_deterministic(&model.circuit, input.view(), 1)
+        .unwrap();
+    let err = evaluate(&model, &server, image, &|| {})
+        .err()
+        .expect("a Ks64 key cannot run a KS32 model");
+    assert!(
+        err.to_string().contains("server key uses parameter set"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -68,6 +104,8 @@ fn a_model_whose_noise_figures_were_edited_is_refused() {
         model.fhe.clone(),
     )
     .unwrap();
-    let err = hexray_evaluator::LoadedModel::from_bytes(&rebuilt.to_bytes(), "edited").err().unwrap();
+    let err = hexray_evaluator::LoadedModel::from_bytes(&rebuilt.to_bytes(), "edited")
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("`fhe`"), "{err}");
 }

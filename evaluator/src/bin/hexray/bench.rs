@@ -19,7 +19,10 @@ use hexray_model::preprocess::preprocess;
 use crate::run::bootstrap_bar;
 
 const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/pneumoniamnist/test-0000-pneumonia.png");
+const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../samples/pneumoniamnist/test-0000-pneumonia.png"
+);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,16 +40,22 @@ pub struct Args {
 pub fn bench(args: Args) -> Result<()> {
     let cores = rayon::current_num_threads();
     let models = if args.model.is_empty() {
-        ["reference-a", "reference-b"].map(|m| PathBuf::from(format!("{MODELS_DIR}/{m}.hexray"))).to_vec()
+        ["reference-a", "reference-b"]
+            .map(|m| PathBuf::from(format!("{MODELS_DIR}/{m}.hexray")))
+            .to_vec()
     } else {
         args.model
     };
-    let image = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let image =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let first = LoadedModel::from_file(&models[0]).context("loading the first model")?;
     let input = preprocess(&image, &first.model.network.input)?;
     println!("machine: {cores} threads\n");
 
-    println!("{:<50} {:>9} {:>10} {:>11} {:>12}", "parameter set", "keygen s", "srv key MB", "decompress s", "PBS ms (1T)");
+    println!(
+        "{:<50} {:>9} {:>10} {:>11} {:>12}",
+        "parameter set", "keygen s", "srv key MB", "decompress s", "PBS ms (1T)"
+    );
     let mut pbs_time = None;
     let mut default_keys = None;
     for set in ParameterSet::ALL {
@@ -72,20 +81,33 @@ pub fn bench(args: Args) -> Result<()> {
             default_keys = Some((client, server));
         }
     }
-    let (pbs_time, (client, server)) = (pbs_time.expect("model set benchmarked"), default_keys.expect("keys"));
+    let (pbs_time, (client, server)) = (
+        pbs_time.expect("model set benchmarked"),
+        default_keys.expect("keys"),
+    );
 
     println!(
         "\n{:<14} {:>6} {:>11} {:>10} {:>10} {:>9} {:>10} {:>10} {:>9}",
-        "model", "PBS", "latency s", "ideal s", "efficiency", "non-PBS", "encrypt ms", "upload B", "output B"
+        "model",
+        "PBS",
+        "latency s",
+        "ideal s",
+        "efficiency",
+        "non-PBS",
+        "encrypt ms",
+        "upload B",
+        "output B"
     );
     for path in &models {
-        let loaded = LoadedModel::from_file(path).with_context(|| format!("loading {}", path.display()))?;
+        let loaded =
+            LoadedModel::from_file(path).with_context(|| format!("loading {}", path.display()))?;
         let circuit = &loaded.circuit;
         let input = preprocess(&image, &loaded.model.network.input)?;
         let t = Instant::now();
         let upload = client.encrypt(circuit, input.view())?.to_bytes();
         let encrypt = t.elapsed();
-        let encrypted = EncryptedImage::from_bytes(&upload, loaded.parameter_set, circuit.input_len())?;
+        let encrypted =
+            EncryptedImage::from_bytes(&upload, loaded.parameter_set, circuit.input_len())?;
         let bar = bootstrap_bar(circuit.bootstrap_count());
         bar.set_message(loaded.model.name.clone());
         let t = Instant::now();
@@ -125,7 +147,10 @@ fn single_bootstrap(
     let circuit = &model.circuit;
     let encrypted = client.encrypt(circuit, input)?.expand();
     let stage = &circuit.stages[0];
-    let lut = lookup_table(server, &stage.lookup_table(0, circuit.polynomial_size, circuit.stages[1].delta));
+    let lut = lookup_table(
+        server,
+        &stage.lookup_table(0, circuit.polynomial_size, circuit.stages[1].delta),
+    );
     let phase = hexray_evaluator::engine::dot_product(stage, 0, &encrypted);
     let mut times: Vec<Duration> = (0..samples)
         .map(|_| {

@@ -14,7 +14,10 @@ pub fn inspect(path: &Path) -> Result<()> {
 /// Prints the model's identity and its per-stage cost and noise.
 pub fn print_report(loaded: &LoadedModel) {
     let (model, circuit) = (&loaded.model, &loaded.circuit);
-    println!("model      {} v{} ({})", model.name, model.model_version, model.fhe.name);
+    println!(
+        "model      {} v{} ({})",
+        model.name, model.model_version, model.fhe.name
+    );
     println!("classes    {}", circuit.classes.join(", "));
     println!("bootstraps {} per image", circuit.bootstrap_count());
     println!(
@@ -24,7 +27,11 @@ pub fn print_report(loaded: &LoadedModel) {
     for (i, r) in circuit.report().iter().enumerate() {
         println!(
             "{:<6} {:>8} {:>6} {:>8} {:>9} {:>9.1} {:>11.3} {:>11.2}",
-            if i + 1 == circuit.stages.len() { "output".to_string() } else { i.to_string() },
+            if i + 1 == circuit.stages.len() {
+                "output".to_string()
+            } else {
+                i.to_string()
+            },
             r.neurons,
             r.bootstraps,
             r.accumulator_bits,

@@ -15,10 +15,15 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 /// The model bundled with the repository, used when `--model` is not given.
-pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/reference-a.hexray");
+pub const DEFAULT_MODEL: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/reference-a.hexray");
 
 #[derive(Parser)]
-#[command(name = "hexray", version, about = "Encrypted chest X-ray inference with TFHE")]
+#[command(
+    name = "hexray",
+    version,
+    about = "Encrypted chest X-ray inference with TFHE"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

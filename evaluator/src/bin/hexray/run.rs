@@ -31,9 +31,11 @@ pub struct Args {
 pub fn bootstrap_bar(total: usize) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} bootstraps, {per_sec}, eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} bootstraps, {per_sec}, eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar
 }
@@ -46,7 +48,8 @@ pub fn run(args: Args) -> Result<()> {
 
     // Client: preprocess and keys.
     let t = Instant::now();
-    let bytes = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let bytes =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let input = preprocess(&bytes, &loaded.model.network.input)
         .with_context(|| format!("preprocessing {}", args.image.display()))?;
     timed("preprocess", t);
@@ -77,27 +80,57 @@ pub fn run(args: Args) -> Result<()> {
 
     // Client: decrypt.
     let t = Instant::now();
-    let prediction = client.decrypt(circuit, &EncryptedOutput::from_bytes(&download, set, circuit.output_len())?)?;
+    let prediction = client.decrypt(
+        circuit,
+        &EncryptedOutput::from_bytes(&download, set, circuit.output_len())?,
+    )?;
     timed("decrypt", t);
 
     let exact = circuit.simulate(input.view())?;
-    let spread = circuit.noisy_spread(input.view(), args.noisy_runs, &mut ChaCha8Rng::seed_from_u64(1))?;
+    let spread = circuit.noisy_spread(
+        input.view(),
+        args.noisy_runs,
+        &mut ChaCha8Rng::seed_from_u64(1),
+    )?;
 
     println!("image      {}", args.image.display());
-    println!("model      {} v{} ({})", loaded.model.name, loaded.model.model_version, set.name());
-    println!("diagnosis  {} (decision support, not a diagnosis)", circuit.classes[prediction.class()]);
+    println!(
+        "model      {} v{} ({})",
+        loaded.model.name,
+        loaded.model.model_version,
+        set.name()
+    );
+    println!(
+        "diagnosis  {} (decision support, not a diagnosis)",
+        circuit.classes[prediction.class()]
+    );
     for (class, p) in circuit.classes.iter().zip(&prediction.probabilities) {
         println!("  {class:<12} {:>6.2}%", 100.0 * p);
     }
     println!("bootstraps {}", stats.bootstraps);
-    println!("upload     {} B image, {:.1} MB server key; download {} B", upload.len(), server_key_upload.len() as f64 / 1e6, download.len());
+    println!(
+        "upload     {} B image, {:.1} MB server key; download {} B",
+        upload.len(),
+        server_key_upload.len() as f64 / 1e6,
+        download.len()
+    );
     for (name, d) in &phases {
         println!("  {name:<26} {:>9.3} s", d.as_secs_f64());
     }
-    let linear_share = stats.linear_cpu.as_secs_f64() / (stats.linear_cpu + stats.bootstrap_cpu).as_secs_f64();
-    println!("  non-bootstrap share of engine CPU time: {:.2}%", 100.0 * linear_share);
-    println!("simulator  exact: {}", format_scores(&exact.accumulators, &exact.probabilities));
-    println!("           encrypted: {}", format_scores(&prediction.accumulators, &prediction.probabilities));
+    let linear_share =
+        stats.linear_cpu.as_secs_f64() / (stats.linear_cpu + stats.bootstrap_cpu).as_secs_f64();
+    println!(
+        "  non-bootstrap share of engine CPU time: {:.2}%",
+        100.0 * linear_share
+    );
+    println!(
+        "simulator  exact: {}",
+        format_scores(&exact.accumulators, &exact.probabilities)
+    );
+    println!(
+        "           encrypted: {}",
+        format_scores(&prediction.accumulators, &prediction.probabilities)
+    );
     let distance = prediction
         .accumulators
         .iter()
@@ -106,11 +139,18 @@ pub fn run(args: Args) -> Result<()> {
         .fold(0.0, f64::max);
     println!("           max |encrypted − exact| = {distance:.2} accumulator units");
     for (j, class) in circuit.classes.iter().enumerate() {
-        println!("           noisy spread {class:<10} [{:.1}, {:.1}] over {} runs", spread.min[j], spread.max[j], spread.runs);
+        println!(
+            "           noisy spread {class:<10} [{:.1}, {:.1}] over {} runs",
+            spread.min[j], spread.max[j], spread.runs
+        );
     }
     println!(
         "           encrypted result {} the noisy spread; noise changed the class in {}/{} runs",
-        if spread.contains(&prediction, 0.0) { "lies inside" } else { "lies OUTSIDE" },
+        if spread.contains(&prediction, 0.0) {
+            "lies inside"
+        } else {
+            "lies OUTSIDE"
+        },
         spread.class_changes,
         spread.runs
     );
