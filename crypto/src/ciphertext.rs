@@ -158,14 +158,14 @@ impl EncryptedImage {
             parameter_set,
             ciphertexts,
         } = envelope::from_bytes(bytes, IMAGE_LIMIT, WHAT)?;
-        check_name(WHAT, set, &parameter_set)?;
-        check_shape(
-            WHAT,
-            set,
-            ciphertexts.lwe_size(),
-            ciphertexts.ciphertext_modulus(),
-        )?;
-        check_count(WHAT, expected_len, ciphertexts.lwe_ciphertext_count().0)?;
+        Received {
+            what: WHAT,
+            parameter_set: &parameter_set,
+            lwe_size: ciphertexts.lwe_size(),
+            modulus: ciphertexts.ciphertext_modulus(),
+            count: ciphertexts.lwe_ciphertext_count().0,
+        }
+        .check(set, expected_len)?;
         Ok(EncryptedImage { set, ciphertexts })
     }
 }
@@ -194,14 +194,14 @@ impl EncryptedOutput {
             parameter_set,
             ciphertexts,
         } = envelope::from_bytes(bytes, OUTPUT_LIMIT, WHAT)?;
-        check_name(WHAT, set, &parameter_set)?;
-        check_shape(
-            WHAT,
-            set,
-            ciphertexts.lwe_size(),
-            ciphertexts.ciphertext_modulus(),
-        )?;
-        check_count(WHAT, expected_len, ciphertexts.lwe_ciphertext_count().0)?;
+        Received {
+            what: WHAT,
+            parameter_set: &parameter_set,
+            lwe_size: ciphertexts.lwe_size(),
+            modulus: ciphertexts.ciphertext_modulus(),
+            count: ciphertexts.lwe_ciphertext_count().0,
+        }
+        .check(set, expected_len)?;
         Ok(EncryptedOutput { set, ciphertexts })
     }
 }
@@ -222,35 +222,38 @@ fn check_set(
     }
 }
 
-fn check_name(what: &'static str, expected: ParameterSet, found: &str) -> Result<(), CryptoError> {
-    if expected.name() == found {
-        Ok(())
-    } else {
-        Err(CryptoError::ParameterMismatch {
-            what,
-            expected: expected.name().into(),
-            found: found.chars().take(80).collect(),
-        })
-    }
-}
-
-fn check_shape(
+/// What a received ciphertext list claims to be, to check before computing on it.
+struct Received<'a> {
     what: &'static str,
-    set: ParameterSet,
+    parameter_set: &'a str,
     lwe_size: LweSize,
     modulus: CiphertextModulus<u64>,
-) -> Result<(), CryptoError> {
-    if lwe_size != set.big_lwe_dimension().to_lwe_size() || !modulus.is_native_modulus() {
-        return Err(CryptoError::Malformed {
-            what,
-            reason: format!(
-                "ciphertexts of size {} do not belong to {}",
-                lwe_size.0,
-                set.name()
-            ),
-        });
+    count: usize,
+}
+
+impl Received<'_> {
+    fn check(&self, set: ParameterSet, expected_len: usize) -> Result<(), CryptoError> {
+        if set.name() != self.parameter_set {
+            return Err(CryptoError::ParameterMismatch {
+                what: self.what,
+                expected: set.name().into(),
+                found: self.parameter_set.chars().take(80).collect(),
+            });
+        }
+        if self.lwe_size != set.big_lwe_dimension().to_lwe_size()
+            || !self.modulus.is_native_modulus()
+        {
+            return Err(CryptoError::Malformed {
+                what: self.what,
+                reason: format!(
+                    "ciphertexts of size {} do not belong to {}",
+                    self.lwe_size.0,
+                    set.name()
+                ),
+            });
+        }
+        check_count(self.what, expected_len, self.count)
     }
-    Ok(())
 }
 
 fn check_count(what: &'static str, expected: usize, found: usize) -> Result<(), CryptoError> {

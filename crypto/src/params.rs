@@ -30,6 +30,25 @@ pub enum ParameterSet {
 /// The set HEXray compiles models for (chosen by the engine benchmark; see the README).
 pub const DEFAULT_PARAMETER_SET: ParameterSet = ParameterSet::Ks32;
 
+/// Builds a [`Spec`] from either of TFHE-rs's parameter structs.
+macro_rules! spec {
+    ($params:expr, $post_keyswitch_modulus:expr) => {{
+        let p = $params;
+        Spec {
+            lwe_dimension: p.lwe_dimension,
+            glwe_dimension: p.glwe_dimension,
+            polynomial_size: p.polynomial_size,
+            pbs_base_log: p.pbs_base_log,
+            pbs_level: p.pbs_level,
+            ks_base_log: p.ks_base_log,
+            ks_level: p.ks_level,
+            glwe_noise: p.glwe_noise_distribution,
+            modulus_switch: p.modulus_switch_noise_reduction_params,
+            post_keyswitch_modulus: $post_keyswitch_modulus,
+        }
+    }};
+}
+
 /// Mantissa bits of the f64 FFT used by the bootstrap, as in TFHE-rs's noise checks.
 const FFT_MANTISSA_BITS: f64 = 53.0;
 
@@ -69,115 +88,92 @@ impl ParameterSet {
 
     /// LWE dimension of the ciphertexts clients encrypt and the server computes on.
     pub fn big_lwe_dimension(self) -> LweDimension {
-        let (glwe, n) = self.glwe();
-        glwe.to_equivalent_lwe_dimension(n)
+        let spec = self.spec();
+        spec.glwe_dimension
+            .to_equivalent_lwe_dimension(spec.polynomial_size)
     }
 
     pub fn polynomial_size(self) -> PolynomialSize {
-        self.glwe().1
+        self.spec().polynomial_size
     }
 
     /// GLWE size of the bootstrap accumulator (lookup table).
     pub fn glwe_size(self) -> GlweSize {
-        self.glwe().0.to_glwe_size()
-    }
-
-    fn glwe(self) -> (GlweDimension, PolynomialSize) {
-        match self {
-            ParameterSet::Ks64 => {
-                let p = classic();
-                (p.glwe_dimension, p.polynomial_size)
-            }
-            ParameterSet::Ks32 => {
-                let p = ks32();
-                (p.glwe_dimension, p.polynomial_size)
-            }
-        }
+        self.spec().glwe_dimension.to_glwe_size()
     }
 
     /// Noise that client encryptions carry (the GLWE noise of the big key).
     pub fn encryption_noise(self) -> DynamicDistribution<u64> {
-        match self {
-            ParameterSet::Ks64 => classic().glwe_noise_distribution,
-            ParameterSet::Ks32 => ks32().glwe_noise_distribution,
-        }
+        self.spec().glwe_noise
     }
 
     /// The numbers the model compiler needs, from TFHE-rs's noise formulas.
     pub fn fhe_parameters(self) -> FheParameters {
         let torus = 2f64.powi(64);
-        let (glwe_dimension, polynomial_size, lwe_dimension, pbs, ks, post_ks_modulus, ms) =
-            match self {
-                ParameterSet::Ks64 => {
-                    let p = classic();
-                    let ks = (p.ks_base_log, p.ks_level);
-                    let pbs = (p.pbs_base_log, p.pbs_level);
-                    (
-                        p.glwe_dimension,
-                        p.polynomial_size,
-                        p.lwe_dimension,
-                        pbs,
-                        ks,
-                        torus,
-                        p.modulus_switch_noise_reduction_params,
-                    )
-                }
-                ParameterSet::Ks32 => {
-                    let p = ks32();
-                    let ks = (p.ks_base_log, p.ks_level);
-                    let pbs = (p.pbs_base_log, p.pbs_level);
-                    (
-                        p.glwe_dimension,
-                        p.polynomial_size,
-                        p.lwe_dimension,
-                        pbs,
-                        ks,
-                        2f64.powi(32),
-                        p.modulus_switch_noise_reduction_params,
-                    )
-                }
-            };
+        let spec = self.spec();
         assert_eq!(
-            ms,
+            spec.modulus_switch,
             ModulusSwitchType::CenteredMeanNoiseReduction,
             "the noise model below assumes TFHE-rs's centred modulus switch"
         );
-        let big = glwe_dimension.to_equivalent_lwe_dimension(polynomial_size);
-        let fresh_variance = match self.encryption_noise() {
+        let fresh_variance = match spec.glwe_noise {
             DynamicDistribution::TUniform(t) => t.variance(torus).0,
             DynamicDistribution::Gaussian(g) => g.std * g.std,
         };
         let bootstrap = pbs_variance_132_bits_security_tuniform_fft_mul(
-            lwe_dimension,
-            glwe_dimension,
-            polynomial_size,
-            pbs.0,
-            pbs.1,
+            spec.lwe_dimension,
+            spec.glwe_dimension,
+            spec.polynomial_size,
+            spec.pbs_base_log,
+            spec.pbs_level,
             FFT_MANTISSA_BITS,
             torus,
         );
         let keyswitch = keyswitch_additive_variance_132_bits_security_tuniform(
-            big,
-            lwe_dimension,
-            ks.0,
-            ks.1,
+            self.big_lwe_dimension(),
+            spec.lwe_dimension,
+            spec.ks_base_log,
+            spec.ks_level,
             torus,
-            post_ks_modulus,
+            spec.post_keyswitch_modulus,
         );
         let modulus_switch = centered_binary_shifted_modulus_switch_additive_variance(
-            lwe_dimension,
-            post_ks_modulus,
-            2.0 * polynomial_size.0 as f64,
+            spec.lwe_dimension,
+            spec.post_keyswitch_modulus,
+            2.0 * spec.polynomial_size.0 as f64,
         );
         FheParameters {
             name: self.name().to_owned(),
-            polynomial_size: polynomial_size.0 as u32,
+            polynomial_size: spec.polynomial_size.0 as u32,
             fresh_variance,
             bootstrap_variance: bootstrap.0,
             keyswitch_variance: keyswitch.0,
             modulus_switch_variance: modulus_switch.0,
         }
     }
+
+    fn spec(self) -> Spec {
+        match self {
+            ParameterSet::Ks64 => spec!(classic(), 2f64.powi(64)),
+            ParameterSet::Ks32 => spec!(ks32(), 2f64.powi(32)),
+        }
+    }
+}
+
+/// The fields HEXray reads from a parameter set. TFHE-rs has one struct per atomic pattern,
+/// with these fields in common.
+struct Spec {
+    lwe_dimension: LweDimension,
+    glwe_dimension: GlweDimension,
+    polynomial_size: PolynomialSize,
+    pbs_base_log: DecompositionBaseLog,
+    pbs_level: DecompositionLevelCount,
+    ks_base_log: DecompositionBaseLog,
+    ks_level: DecompositionLevelCount,
+    glwe_noise: DynamicDistribution<u64>,
+    modulus_switch: ModulusSwitchType,
+    /// Modulus of the keyswitch's output, which the modulus switch starts from.
+    post_keyswitch_modulus: f64,
 }
 
 fn classic() -> ClassicPBSParameters {

@@ -17,7 +17,9 @@ use std::fs::File;
 use anyhow::{bail, Context, Result};
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::activation::{Function, Granularity, Quantizer};
-use hexray_model::format::{Activation, Crop, InputSpec, Layer, OutputSpec, ResizeFilter, Shape};
+use hexray_model::format::{
+    window_count, Activation, Crop, InputSpec, Layer, OutputSpec, ResizeFilter, Shape,
+};
 use hexray_model::linear::{self, Affine};
 use hexray_model::preprocess::preprocess_luma;
 use hexray_model::{CompiledModel, Network};
@@ -214,8 +216,8 @@ fn next_shape(layer: &Layer, shape: Shape) -> Shape {
             let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
             Shape::Image {
                 c: *out_channels as usize,
-                h: (h + 2 * p - k) / s + 1,
-                w: (w + 2 * p - k) / s + 1,
+                h: window_count(h, k, s, p),
+                w: window_count(w, k, s, p),
             }
         }
         (Layer::Flatten, s) => Shape::Flat(s.len()),

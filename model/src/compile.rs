@@ -175,11 +175,6 @@ impl Circuit {
 }
 
 impl Stage {
-    /// Number of integers this stage reads.
-    pub fn inputs(&self) -> usize {
-        self.input_ranges.len()
-    }
-
     /// The smallest and largest integer each neuron's table can output, over every position.
     fn output_ranges(&self, polynomial_size: u32) -> Vec<(i64, i64)> {
         let shift = 63 - polynomial_size.trailing_zeros();

@@ -447,6 +447,12 @@ impl Network {
     }
 }
 
+/// Positions of a `kernel`-wide window sliding by `stride` over `size + 2·padding` values.
+/// Callers have checked that the window fits.
+pub fn window_count(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding - kernel) / stride + 1
+}
+
 fn positive_finite(field: &str, v: f64) -> Result<(), ModelError> {
     if v.is_finite() && v > 0.0 {
         Ok(())
@@ -524,8 +530,8 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
             expect_len(f("bias"), bias, cout)?;
             Ok(Shape::Image {
                 c: cout,
-                h: (h + 2 * p - k) / s + 1,
-                w: (w + 2 * p - k) / s + 1,
+                h: window_count(h, k, s, p),
+                w: window_count(w, k, s, p),
             })
         }
         Layer::AvgPool { size, stride } => {
@@ -536,8 +542,8 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
             }
             Ok(Shape::Image {
                 c,
-                h: (h - k) / s + 1,
-                w: (w - k) / s + 1,
+                h: window_count(h, k, s, 0),
+                w: window_count(w, k, s, 0),
             })
         }
         Layer::Flatten => Ok(Shape::Flat(input.len())),

@@ -6,7 +6,7 @@
 //! simulator and the range analysis one representation to agree on.
 
 use crate::error::CompileError;
-use crate::format::{Layer, Shape};
+use crate::format::{window_count, Layer, Shape};
 
 /// `bias + Σ weight·input[index]` over the inputs of a stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub fn apply(
             Shape::Image { c, h, w },
         ) => {
             let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
-            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let (oh, ow) = (window_count(h, k, s, p), window_count(w, k, s, p));
             let mut out = Vec::with_capacity(*out_channels as usize * oh * ow);
             for (o, &b) in bias.iter().enumerate().take(*out_channels as usize) {
                 for y in 0..oh {
@@ -154,7 +154,7 @@ pub fn apply(
         }
         (Layer::AvgPool { size, stride }, Shape::Image { c, h, w }) => {
             let (k, s) = (*size as usize, *stride as usize);
-            let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+            let (oh, ow) = (window_count(h, k, s, 0), window_count(w, k, s, 0));
             let mut out = Vec::with_capacity(c * oh * ow);
             for ch in 0..c {
                 for y in 0..oh {
