@@ -83,17 +83,8 @@ pub fn evaluate(
         .stages
         .split_last()
         .expect("a circuit has an output stage");
-    for (index, stage) in hidden.iter().enumerate() {
-        let next_delta = circuit.stages[index + 1].delta;
-        let outputs: Vec<Vec<u64>> = (0..stage.neurons.len())
-            .into_par_iter()
-            .map(|j| {
-                let ct = bootstrap_neuron(circuit, stage, j, &values, next_delta, key, &timers);
-                progress();
-                ct
-            })
-            .collect();
-        values = into_list(outputs, values.lwe_size());
+    for index in 0..hidden.len() {
+        values = run_hidden_stage(circuit, index, &values, key, progress, &timers);
     }
     let linear_start = Instant::now();
     let outputs = (0..output.neurons.len())
@@ -111,6 +102,29 @@ pub fn evaluate(
         bootstrap_cpu: Duration::from_nanos(timers.bootstrap.load(Ordering::Relaxed)),
     };
     Ok((EncryptedOutput::new(set, outputs), stats))
+}
+
+/// One hidden stage: a dot product and a bootstrap per neuron, in parallel. The outputs are
+/// the next stage's inputs, encoded with its Δ.
+fn run_hidden_stage(
+    circuit: &Circuit,
+    index: usize,
+    inputs: &LweCiphertextListOwned<u64>,
+    key: &ServerKey,
+    progress: &(dyn Fn() + Sync),
+    timers: &Timers,
+) -> LweCiphertextListOwned<u64> {
+    let stage = &circuit.stages[index];
+    let next_delta = circuit.stages[index + 1].delta;
+    let outputs: Vec<Vec<u64>> = (0..stage.neurons.len())
+        .into_par_iter()
+        .map(|j| {
+            let ct = bootstrap_neuron(circuit, stage, j, inputs, next_delta, key, timers);
+            progress();
+            ct
+        })
+        .collect();
+    into_list(outputs, inputs.lwe_size())
 }
 
 /// Nanoseconds spent per kind of work, summed across threads.
