@@ -6,6 +6,7 @@
 //!    encrypted latency on all cores, the efficiency ratio
 //!    (bootstraps × single-bootstrap time / cores) ÷ latency, the share of non-bootstrap work,
 //!    and upload/download sizes.
+//! 3. The plaintext simulator's throughput, exact and noisy, on one thread.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use hexray_crypto::{ClientKey, EncryptedImage, ParameterSet, ServerKey};
 use hexray_evaluator::engine::{bootstrap, lookup_table};
 use hexray_evaluator::{evaluate, LoadedModel};
 use hexray_model::preprocess::preprocess;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::run::bootstrap_bar;
 
@@ -128,6 +131,29 @@ pub fn bench(args: Args) -> Result<()> {
             upload.len(),
             output.to_bytes().len()
         );
+    }
+
+    println!(
+        "\n{:<14} {:>22} {:>22}",
+        "simulator", "exact images/s (1T)", "noisy images/s (1T)"
+    );
+    for path in &models {
+        let loaded = LoadedModel::from_file(path)?;
+        let input = preprocess(&image, &loaded.model.network.input)?;
+        let circuit = &loaded.circuit;
+        let runs = 200;
+        let t = Instant::now();
+        for _ in 0..runs {
+            circuit.simulate(input.view())?;
+        }
+        let exact = runs as f64 / t.elapsed().as_secs_f64();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let t = Instant::now();
+        for _ in 0..runs {
+            circuit.simulate_noisy(input.view(), &mut rng)?;
+        }
+        let noisy = runs as f64 / t.elapsed().as_secs_f64();
+        println!("{:<14} {exact:>22.0} {noisy:>22.0}", loaded.model.name);
     }
     Ok(())
 }
