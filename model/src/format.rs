@@ -372,6 +372,9 @@ impl Shape {
 const MAX_DIM: u32 = 1 << 14;
 /// Upper bound on the elements of any tensor.
 const MAX_ELEMENTS: usize = 1 << 22;
+/// Upper bound on bootstraps per image. Far beyond any practical network (each costs ~30 ms of
+/// a core), and it bounds the work of loading a model, which reads every table once.
+pub const MAX_BOOTSTRAPS: usize = 1 << 18;
 
 impl Network {
     /// The input tensor's shape.
@@ -442,6 +445,19 @@ impl Network {
                     ),
                 ))
             }
+        }
+        let bootstraps: usize = self
+            .layers
+            .iter()
+            .zip(&shapes)
+            .filter(|(layer, _)| matches!(layer, Layer::Activation(_)))
+            .map(|(_, shape)| shape.len())
+            .sum();
+        if bootstraps > MAX_BOOTSTRAPS {
+            return Err(ModelError::field(
+                "network.layers",
+                format!("the network needs {bootstraps} bootstraps per image; at most {MAX_BOOTSTRAPS} are supported"),
+            ));
         }
         Ok(shapes)
     }

@@ -211,6 +211,26 @@ fn inconsistent_shapes_name_the_field() {
 }
 
 #[test]
+fn networks_beyond_the_bootstrap_limit_are_refused() {
+    // 2 × 512 × 512 activations: over the 2^18 bootstraps a model may need.
+    let side = 512;
+    let mut network = tiny();
+    network.input = input(side);
+    if let Layer::Conv2d { padding, .. } = &mut network.layers[0] {
+        *padding = 1;
+    }
+    if let Layer::Dense {
+        inputs, weights, ..
+    } = &mut network.layers[3]
+    {
+        *inputs = 2 * side * side;
+        *weights = vec![1; 2 * 2 * (side * side) as usize];
+    }
+    let err = build(network).unwrap_err();
+    assert!(err.to_string().contains("bootstraps per image"), "{err}");
+}
+
+#[test]
 fn nan_coefficients_are_refused_in_memory_and_on_disk() {
     let mut network = tiny();
     if let Layer::Activation(act) = &mut network.layers[1] {
