@@ -1,11 +1,11 @@
 //! Encrypted evaluation of a compiled circuit.
 //!
-//! For every hidden neuron, one task computes the neuron's composed dot product on the LWE
-//! ciphertexts with wrapping integer arithmetic (clear weights, no bootstrap), adds its clear
-//! constant, and immediately applies its lookup table with TFHE-rs's keyswitch + programmable
-//! bootstrap (`apply_lookup_table_assign`, which uses the centred modulus switch). Fusing the two
-//! keeps the dot product's inputs hot in cache and makes each task the same size, so rayon keeps
-//! every core on bootstraps. The output stage is a leveled dot product only.
+//! For a batch of up to 8 hidden neurons, one task computes each neuron's composed dot product
+//! on the LWE ciphertexts with wrapping integer arithmetic (clear weights, no bootstrap), adds its
+//! clear constant, and immediately applies the neurons' lookup tables with one batched keyswitch
+//! and programmable bootstrap ([`crate::batch`], bit for bit TFHE-rs's
+//! `apply_lookup_table_assign` with its centred modulus switch). Fusing the two keeps the work of every task alike, so rayon
+//! keeps every core on bootstraps. The output stage is a leveled dot product only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use hexray_model::{Circuit, Stage};
 use rayon::prelude::*;
 use thiserror::Error;
 
+use crate::batch::bootstrap_batch;
 use crate::model::LoadedModel;
 
 #[derive(Debug, Error)]
@@ -116,16 +117,43 @@ fn run_hidden_stage(
 ) -> LweCiphertextListOwned<u64> {
     let stage = &circuit.stages[index];
     let next_delta = circuit.stages[index + 1].delta;
-    let outputs: Vec<Vec<u64>> = (0..stage.neurons.len())
-        .into_par_iter()
-        .map(|j| {
-            let ct = bootstrap_neuron(circuit, stage, j, inputs, next_delta, key, timers);
-            progress();
-            ct
+    let neurons: Vec<usize> = (0..stage.neurons.len()).collect();
+    // Batches share each bootstrapping-key load; keep at least one batch per thread.
+    let batch = MAX_BATCH
+        .min(neurons.len().div_ceil(rayon::current_num_threads()))
+        .max(1);
+    let outputs: Vec<Vec<u64>> = neurons
+        .par_chunks(batch)
+        .flat_map_iter(|chunk| {
+            let linear_start = Instant::now();
+            let phases: Vec<_> = chunk
+                .iter()
+                .map(|&j| dot_product(stage, j, inputs))
+                .collect();
+            let tables: Vec<_> = chunk
+                .iter()
+                .map(|&j| {
+                    lookup_table(
+                        key,
+                        &stage.lookup_table(j, circuit.polynomial_size, next_delta),
+                    )
+                })
+                .collect();
+            timers.add(&timers.linear, linear_start);
+            let bootstrap_start = Instant::now();
+            let outputs = bootstrap_batch(key, &phases, &tables);
+            timers.add(&timers.bootstrap, bootstrap_start);
+            outputs.into_iter().map(|ct| {
+                progress();
+                ct.into_container()
+            })
         })
         .collect();
     into_list(outputs, inputs.lwe_size())
 }
+
+/// Most neurons bootstrapped together; past 8 the gain from sharing key loads levels off.
+const MAX_BATCH: usize = 8;
 
 /// Nanoseconds spent per kind of work, summed across threads.
 #[derive(Default)]
@@ -153,29 +181,6 @@ pub fn dot_product(
     }
     lwe_ciphertext_plaintext_add_assign(&mut acc, Plaintext(stage.constant(j)));
     acc
-}
-
-/// Dot product, then one keyswitch + bootstrap through neuron `j`'s table.
-fn bootstrap_neuron(
-    circuit: &Circuit,
-    stage: &Stage,
-    j: usize,
-    inputs: &LweCiphertextListOwned<u64>,
-    next_delta: u64,
-    key: &ServerKey,
-    timers: &Timers,
-) -> Vec<u64> {
-    let linear_start = Instant::now();
-    let phase = dot_product(stage, j, inputs);
-    let lut = lookup_table(
-        key,
-        &stage.lookup_table(j, circuit.polynomial_size, next_delta),
-    );
-    timers.add(&timers.linear, linear_start);
-    let bootstrap_start = Instant::now();
-    let out = bootstrap(key, phase, &lut);
-    timers.add(&timers.bootstrap, bootstrap_start);
-    out.into_container()
 }
 
 /// A bootstrap accumulator whose box `p` (one per position, N in the half torus) holds

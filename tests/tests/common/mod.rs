@@ -1,4 +1,6 @@
 //! Shared fixtures: the bundled reference model, sample images and deterministic keys.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
