@@ -1,0 +1,248 @@
+//! Datasets for training and evaluation.
+//!
+//! Every image goes through [`hexray_model::preprocess`], the function the browser client uses,
+//! so the trainer sees exactly the integers the encrypted model will receive. Every error names
+//! the file it comes from, and the array key or CSV line where there is one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use hexray_model::format::InputSpec;
+use hexray_model::preprocess::{preprocess, preprocess_luma};
+use image::GrayImage;
+use ndarray::{Array2, Array3, Axis};
+use ndarray_npy::NpzReader;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{path}: array `{key}`: {reason}")]
+    Array {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{path}, line {line}: {reason}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{image} (listed in {csv}): {reason}")]
+    Image {
+        csv: PathBuf,
+        image: PathBuf,
+        reason: String,
+    },
+    #[error("cannot split: {0}")]
+    Split(String),
+}
+
+/// Preprocessed images with their class labels and, where known, patient ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// One `[1][height][width]` tensor of input integers per image.
+    pub images: Vec<Array3<i64>>,
+    /// Class index per image.
+    pub labels: Vec<usize>,
+    /// Patient id per image, for splits that keep a patient on one side.
+    pub patients: Option<Vec<String>>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The images at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        Dataset {
+            images: indices.iter().map(|&i| self.images[i].clone()).collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            patients: self
+                .patients
+                .as_ref()
+                .map(|p| indices.iter().map(|&i| p[i].clone()).collect()),
+        }
+    }
+}
+
+/// Reads split `split` (`train`, `val` or `test`) of a MedMNIST `.npz` file: arrays
+/// `{split}_images` (n × h × w, u8) and `{split}_labels` (n × 1, u8).
+pub fn load_npz(path: &Path, split: &str, spec: &InputSpec) -> Result<Dataset, DataError> {
+    let file = File::open(path).map_err(|e| file_error(path, e))?;
+    let mut npz = NpzReader::new(file)
+        .map_err(|e| file_error(path, format!("not a readable .npz file: {e}")))?;
+    let array_error = |key: &str, reason: String| DataError::Array {
+        path: path.into(),
+        key: key.into(),
+        reason,
+    };
+    let images_key = format!("{split}_images");
+    let labels_key = format!("{split}_labels");
+    let images: Array3<u8> = npz
+        .by_name(&images_key)
+        .map_err(|e| array_error(&images_key, format!("{e} (expected n × height × width u8)")))?;
+    let labels: Array2<u8> = npz
+        .by_name(&labels_key)
+        .map_err(|e| array_error(&labels_key, format!("{e} (expected n × 1 u8)")))?;
+    if labels.ncols() != 1 || labels.nrows() != images.len_of(Axis(0)) {
+        return Err(array_error(
+            &labels_key,
+            format!(
+                "shape {:?} does not match {} images",
+                labels.dim(),
+                images.len_of(Axis(0))
+            ),
+        ));
+    }
+    let images = images
+        .axis_iter(Axis(0))
+        .enumerate()
+        .map(|(i, img)| {
+            let (h, w) = img.dim();
+            let luma = GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect())
+                .expect("an h × w array has h·w pixels");
+            preprocess_luma(luma, spec)
+                .map_err(|e| array_error(&images_key, format!("image {i}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Dataset {
+        images,
+        labels: labels.iter().map(|&l| l as usize).collect(),
+        patients: None,
+    })
+}
+
+/// Reads an image folder described by `csv` (`path,label[,patient_id]`, with a header; paths
+/// relative to the CSV's folder). `classes` gives each label's index.
+pub fn load_folder(csv: &Path, classes: &[&str], spec: &InputSpec) -> Result<Dataset, DataError> {
+    let root = csv.parent().unwrap_or(Path::new("."));
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_path(csv)
+        .map_err(|e| file_error(csv, e))?;
+    let header = reader.headers().map_err(|e| file_error(csv, e))?.clone();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let (Some(path_col), Some(label_col)) = (column("path"), column("label")) else {
+        return Err(DataError::Line {
+            path: csv.into(),
+            line: 1,
+            reason: "header must name `path` and `label`".into(),
+        });
+    };
+    let patient_col = column("patient_id");
+
+    let mut dataset = Dataset {
+        images: Vec::new(),
+        labels: Vec::new(),
+        patients: patient_col.map(|_| Vec::new()),
+    };
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let line_error = |reason: String| DataError::Line {
+            path: csv.into(),
+            line,
+            reason,
+        };
+        let record = record.map_err(|e| line_error(e.to_string()))?;
+        let field = |col: usize, name: &str| {
+            record
+                .get(col)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| line_error(format!("missing `{name}`")))
+        };
+        let label = field(label_col, "label")?;
+        let class = classes.iter().position(|c| *c == label).ok_or_else(|| {
+            line_error(format!(
+                "unknown label `{label}` (expected one of {})",
+                classes.join(", ")
+            ))
+        })?;
+        let image = root.join(field(path_col, "path")?);
+        let image_error = |reason: String| DataError::Image {
+            csv: csv.into(),
+            image: image.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&image).map_err(|e| image_error(e.to_string()))?;
+        dataset
+            .images
+            .push(preprocess(&bytes, spec).map_err(|e| image_error(e.to_string()))?);
+        dataset.labels.push(class);
+        if let (Some(patients), Some(col)) = (dataset.patients.as_mut(), patient_col) {
+            patients.push(field(col, "patient_id")?.to_owned());
+        }
+    }
+    if dataset.is_empty() {
+        return Err(file_error(csv, "lists no images"));
+    }
+    Ok(dataset)
+}
+
+/// `k` folds of image indices for cross-validation, deterministic in `seed`. With patient ids,
+/// every image of a patient lands in the same fold, so no patient is in both training and
+/// test data; otherwise images are dealt out one by one.
+pub fn folds(dataset: &Dataset, k: usize, seed: u64) -> Result<Vec<Vec<usize>>, DataError> {
+    let mut groups: Vec<Vec<usize>> = match &dataset.patients {
+        Some(patients) => {
+            let mut by_patient: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for (i, p) in patients.iter().enumerate() {
+                by_patient.entry(p).or_default().push(i);
+            }
+            by_patient.into_values().collect()
+        }
+        None => (0..dataset.len()).map(|i| vec![i]).collect(),
+    };
+    if k < 2 || groups.len() < k {
+        return Err(DataError::Split(format!(
+            "{} patients or images cannot make {k} folds",
+            groups.len()
+        )));
+    }
+    groups.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    // Largest groups first, each into the currently smallest fold: balanced fold sizes.
+    groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    let mut folds = vec![Vec::new(); k];
+    for group in groups {
+        let smallest = (0..k).min_by_key(|&f| folds[f].len()).expect("k ≥ 2");
+        folds[smallest].extend(group);
+    }
+    Ok(folds)
+}
+
+/// Patients (or, without ids, images) that appear in more than one of `folds`: empty for
+/// folds made by [`folds`].
+pub fn shared_patients(dataset: &Dataset, folds: &[Vec<usize>]) -> BTreeSet<String> {
+    let Some(patients) = &dataset.patients else {
+        return BTreeSet::new();
+    };
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut shared = BTreeSet::new();
+    for (f, fold) in folds.iter().enumerate() {
+        for &i in fold {
+            if *seen.entry(&patients[i]).or_insert(f) != f {
+                shared.insert(patients[i].clone());
+            }
+        }
+    }
+    shared
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> DataError {
+    DataError::File {
+        path: path.into(),
+        reason: reason.to_string(),
+    }
+}

@@ -1,0 +1,210 @@
+//! Dataset loaders: real files load through the client's preprocessing; every malformed input
+//! is an error that names the file.
+
+use std::path::{Path, PathBuf};
+
+use hexray_model::format::{Crop, InputSpec, ResizeFilter};
+use hexray_model::preprocess::{preprocess, preprocess_luma};
+use hexray_trainer::data::{folds, load_folder, load_npz, shared_patients};
+use image::GrayImage;
+use ndarray::{Array2, Array3};
+use ndarray_npy::NpzWriter;
+
+fn spec() -> InputSpec {
+    InputSpec {
+        width: 28,
+        height: 28,
+        channels: 1,
+        bits: 8,
+        scale: 1.0 / 255.0,
+        crop: Crop::CentreSquare,
+        resize_filter: ResizeFilter::Triangle,
+    }
+}
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")
+}
+
+fn write_npz(path: &Path, arrays: &[(&str, NpzArray)]) {
+    let mut npz = NpzWriter::new(std::fs::File::create(path).unwrap());
+    for (name, array) in arrays {
+        match array {
+            NpzArray::Images(a) => npz.add_array(*name, a).unwrap(),
+            NpzArray::Labels(a) => npz.add_array(*name, a).unwrap(),
+        }
+    }
+    npz.finish().unwrap();
+}
+
+enum NpzArray {
+    Images(Array3<u8>),
+    Labels(Array2<u8>),
+}
+
+#[test]
+fn npz_splits_load_through_the_client_preprocessing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mini.npz");
+    let images = Array3::from_shape_fn((5, 28, 28), |(i, y, x)| ((i * 40 + y * 3 + x) % 256) as u8);
+    let labels = Array2::from_shape_fn((5, 1), |(i, _)| (i % 2) as u8);
+    write_npz(
+        &path,
+        &[
+            ("train_images", NpzArray::Images(images.clone())),
+            ("train_labels", NpzArray::Labels(labels)),
+        ],
+    );
+
+    let data = load_npz(&path, "train", &spec()).unwrap();
+    assert_eq!(data.len(), 5);
+    assert_eq!(data.labels, vec![0, 1, 0, 1, 0]);
+    assert!(data.patients.is_none());
+    let first = GrayImage::from_raw(
+        28,
+        28,
+        images
+            .index_axis(ndarray::Axis(0), 0)
+            .iter()
+            .copied()
+            .collect(),
+    )
+    .unwrap();
+    assert_eq!(data.images[0], preprocess_luma(first, &spec()).unwrap());
+
+    let err = load_npz(&path, "val", &spec()).unwrap_err().to_string();
+    assert!(
+        err.contains("mini.npz") && err.contains("val_images"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_npz_files_name_the_file_and_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.npz");
+    assert!(load_npz(&missing, "train", &spec())
+        .unwrap_err()
+        .to_string()
+        .contains("absent.npz"));
+
+    let garbage = dir.path().join("garbage.npz");
+    std::fs::write(&garbage, b"this is not a zip archive").unwrap();
+    assert!(load_npz(&garbage, "train", &spec())
+        .unwrap_err()
+        .to_string()
+        .contains("garbage.npz"));
+
+    let mismatched = dir.path().join("mismatched.npz");
+    write_npz(
+        &mismatched,
+        &[
+            ("train_images", NpzArray::Images(Array3::zeros((3, 28, 28)))),
+            ("train_labels", NpzArray::Labels(Array2::zeros((2, 1)))),
+        ],
+    );
+    let err = load_npz(&mismatched, "train", &spec())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train_labels") && err.contains("does not match 3 images"),
+        "{err}"
+    );
+
+    let small = dir.path().join("small.npz");
+    write_npz(
+        &small,
+        &[
+            ("train_images", NpzArray::Images(Array3::zeros((1, 8, 8)))),
+            ("train_labels", NpzArray::Labels(Array2::zeros((1, 1)))),
+        ],
+    );
+    let err = load_npz(&small, "train", &spec()).unwrap_err().to_string();
+    assert!(err.contains("image 0") && err.contains("8×8"), "{err}");
+}
+
+/// A folder dataset of the committed X-rays: 4 images of 3 patients.
+fn folder(dir: &Path, csv: &str) -> PathBuf {
+    for (from, to) in [
+        ("covid-cxr-actualmed/covid-1.png", "covid-1.png"),
+        ("covid-cxr-actualmed/normal-1.png", "normal-1.png"),
+        ("pneumoniamnist/test-0234-normal.png", "normal-2.png"),
+    ] {
+        std::fs::copy(samples().join(from), dir.join(to)).unwrap();
+    }
+    std::fs::write(dir.join("not-an-image.png"), b"plain text").unwrap();
+    let path = dir.join("labels.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+const GOOD: &str = "path,label,patient_id\n\
+    covid-1.png,covid,P1\n\
+    normal-1.png,normal,P2\n\
+    normal-2.png,normal,P3\n\
+    covid-1.png,covid,P1\n";
+
+#[test]
+fn folder_datasets_load_with_patients_and_split_by_patient() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = folder(dir.path(), GOOD);
+    let data = load_folder(&csv, &["normal", "covid"], &spec()).unwrap();
+    assert_eq!(data.labels, vec![1, 0, 0, 1]);
+    assert_eq!(data.patients.as_deref().unwrap(), ["P1", "P2", "P3", "P1"]);
+    let bytes = std::fs::read(dir.path().join("normal-1.png")).unwrap();
+    assert_eq!(data.images[1], preprocess(&bytes, &spec()).unwrap());
+
+    let split = folds(&data, 2, 7).unwrap();
+    assert!(shared_patients(&data, &split).is_empty());
+    let mut all: Vec<usize> = split.concat();
+    all.sort();
+    assert_eq!(all, vec![0, 1, 2, 3]);
+    assert_eq!(
+        split,
+        folds(&data, 2, 7).unwrap(),
+        "deterministic for a seed"
+    );
+    // Both images of patient P1 are in one fold.
+    assert!(split.iter().any(|f| f.contains(&0) && f.contains(&3)));
+    assert!(
+        folds(&data, 4, 7).is_err(),
+        "three patients cannot make four folds"
+    );
+    let subset = data.subset(&split[0]);
+    assert_eq!(subset.len(), split[0].len());
+}
+
+#[test]
+fn malformed_folder_datasets_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = ["normal", "covid"];
+    let cases = [
+        (
+            "path,label\ncovid-1.png,flu\n",
+            "line 2: unknown label `flu`",
+        ),
+        ("path,label\nmissing.png,covid\n", "missing.png"),
+        ("path,label\nnot-an-image.png,covid\n", "not-an-image.png"),
+        (
+            "file,class\ncovid-1.png,covid\n",
+            "header must name `path` and `label`",
+        ),
+        ("path,label\n", "lists no images"),
+        (
+            "path,label,patient_id\ncovid-1.png,covid,\n",
+            "line 2: missing `patient_id`",
+        ),
+    ];
+    for (csv, expected) in cases {
+        let path = folder(dir.path(), csv);
+        let err = load_folder(&path, &classes, &spec())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{csv:?}: {err}");
+        assert!(err.contains("labels.csv"), "{err}");
+    }
+    let err = load_folder(&dir.path().join("nope.csv"), &classes, &spec())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope.csv"), "{err}");
+}
