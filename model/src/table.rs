@@ -37,19 +37,40 @@ impl Stage {
             })
     }
 
-    /// The output integer of neuron `j`'s table at position `p` (0 ≤ p < N).
+    /// The accumulator that position `p` (0 ≤ p < N) of neuron `j`'s table stands for.
     ///
-    /// The position's centre is decoded to a real accumulator (clamped to the proven range, so
-    /// noise at the edges reads the edge value), scaled to the pre-activation, passed through
-    /// the trained function and requantized with clipping.
-    pub fn table_entry(&self, j: usize, p: usize, shift: u32) -> i64 {
-        let activation = self.activation.as_ref().expect("hidden stage");
+    /// Accumulators are integers, so the position's centre is decoded and rounded to the
+    /// nearest one, then clamped to the proven range (noise at the edges reads the edge value).
+    /// When Δ spans at least one position, every integer reads back as itself; a wider range
+    /// shares each position between several integers, which all read its centre.
+    pub fn position_accumulator(&self, j: usize, p: usize, shift: u32) -> i64 {
         let n = &self.neurons[j];
         let centre = (p as f64 + 0.5) * (1u64 << shift) as f64;
-        let acc = (n.acc_min as f64 + (centre - self.margin as f64) / self.delta as f64)
-            .clamp(n.acc_min as f64, n.acc_max as f64);
+        let acc = n.acc_min as f64 + (centre - self.margin as f64) / self.delta as f64;
+        (acc.round() as i64).clamp(n.acc_min, n.acc_max)
+    }
+
+    /// The accumulator neuron `j`'s table reads when its exact (noise-free) accumulator is
+    /// `acc`: the representative of the position `acc`'s phase falls in. The trainer's integer
+    /// forward pass applies the activation here, so that it matches the circuit bit for bit.
+    pub fn read_accumulator(&self, j: usize, acc: i64, shift: u32) -> i64 {
+        let n = &self.neurons[j];
+        let phase = (acc.wrapping_sub(n.acc_min) as u64)
+            .wrapping_mul(self.delta)
+            .wrapping_add(self.margin);
+        self.position_accumulator(j, (phase >> shift) as usize, shift)
+    }
+
+    /// The output integer of neuron `j`'s table at position `p` (0 ≤ p < N): the trained
+    /// function of the position's accumulator, scaled to the pre-activation and requantized
+    /// with clipping.
+    pub fn table_entry(&self, j: usize, p: usize, shift: u32) -> i64 {
+        let activation = self.activation.as_ref().expect("hidden stage");
         let (function, scale) = activation.of(j);
-        activation.output.quantize(function.eval(acc * scale))
+        let acc = self.position_accumulator(j, p, shift);
+        activation
+            .output
+            .quantize(function.eval(acc as f64 * scale))
     }
 
     /// Neuron `j`'s lookup table for a bootstrap over `polynomial_size` positions, its outputs

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 /// The model bundled with the repository, used when `--model` is not given.
 pub const DEFAULT_MODEL: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/reference-a.hexray");
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/pneumonia-c.hexray");
 
 #[derive(Parser)]
 #[command(

@@ -1,0 +1,666 @@
+//! `hexray-train`: trains HE-friendly students and writes model files and reports.
+//!
+//! - `train`: one topology with the shipped recipe; writes the model file, a markdown and JSON
+//!   report, training curves and ROC curves;
+//! - `ablation`: the papers' ablation rows for several topologies, as `docs/ablation.md`;
+//! - `pareto`: the shipped recipe over candidate topologies, accuracy against bootstraps;
+//! - `transfer`: PneumoniaMNIST pre-training, then COVID-19 fine-tuning with patient-level
+//!   cross-validation.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hexray_crypto::params::DEFAULT_PARAMETER_SET;
+use hexray_model::activation::Granularity;
+use hexray_model::format::{Crop, InputSpec, ResizeFilter};
+use hexray_trainer::data::{folds, load_folder, load_npz, shared_patients, Dataset};
+use hexray_trainer::encrypted;
+use hexray_trainer::loss::Distillation;
+use hexray_trainer::metrics::{roc_curve, Scores};
+use hexray_trainer::net::ActivationMode;
+use hexray_trainer::pipeline::{
+    export_mismatches, score_circuit, score_float, teacher, train_and_compile, Config,
+};
+use hexray_trainer::plots::{line_chart, pareto_chart, roc_chart, Series};
+use hexray_trainer::report::{table, Row, RunReport, StageSummary};
+use hexray_trainer::topology::Topology;
+use hexray_trainer::train::{EpochLog, QatRecipe, Recipe, Settings, Tensors};
+
+#[derive(Parser)]
+#[command(name = "hexray-train", about = "Train HE-friendly networks for HEXray")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train one topology with the shipped recipe and export its model file.
+    Train {
+        #[command(flatten)]
+        common: Common,
+        /// A preset name or a spec such as c4k7s2p1x2,d16.
+        #[arg(long, default_value = "c")]
+        topology: String,
+        /// Directory for the model file, reports and plots.
+        #[arg(long, default_value = "runs/c")]
+        out: PathBuf,
+        /// Also copy the model file here.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Test images to run through real encrypted inference.
+        #[arg(long, default_value_t = 8)]
+        encrypted_sample: usize,
+    },
+    /// The ablation table of both papers for several topologies.
+    Ablation {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
+        topologies: Vec<String>,
+        /// The markdown document to write (a JSON twin is written beside it).
+        #[arg(long, default_value = "docs/ablation.md")]
+        out: PathBuf,
+    },
+    /// The shipped recipe over candidate topologies: accuracy against bootstraps.
+    Pareto {
+        #[command(flatten)]
+        common: Common,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "a,c,c-wide,c-narrow,c-tiny,c-deep,pool4,pool4-small"
+        )]
+        topologies: Vec<String>,
+        /// The PNG to write (a markdown table is written beside it).
+        #[arg(long, default_value = "docs/pareto.png")]
+        out: PathBuf,
+    },
+    /// Pre-train on PneumoniaMNIST, fine-tune on a COVID-19 folder dataset, cross-validated by
+    /// patient.
+    Transfer {
+        #[command(flatten)]
+        common: Common,
+        /// The folder dataset's labels.csv (path,label[,patient_id]).
+        #[arg(long, default_value = "../shared/data/covid-cxr-actualmed/labels.csv")]
+        folder: PathBuf,
+        #[arg(long, default_value = "normal,covid", value_delimiter = ',')]
+        classes: Vec<String>,
+        #[arg(long, default_value = "c")]
+        topology: String,
+        #[arg(long, default_value_t = 4)]
+        folds: usize,
+        #[arg(long, default_value = "docs/transfer.md")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The MedMNIST .npz file.
+    #[arg(long, default_value = "../shared/data/pneumoniamnist.npz")]
+    data: PathBuf,
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
+    #[arg(long, default_value_t = 30)]
+    teacher_epochs: usize,
+    #[arg(long, default_value_t = 5)]
+    blend_epochs: usize,
+    #[arg(long, default_value_t = 20)]
+    student_epochs: usize,
+    #[arg(long, default_value_t = 10)]
+    quantized_epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    weight_bits: u8,
+    #[arg(long, default_value_t = 5)]
+    activation_bits: u8,
+    /// Distillation temperature T.
+    #[arg(long, default_value_t = 4.0)]
+    temperature: f64,
+    /// Distillation weight α.
+    #[arg(long, default_value_t = 0.7)]
+    alpha: f64,
+    /// Noisy simulation draws per test image.
+    #[arg(long, default_value_t = 10)]
+    draws: usize,
+    /// Hide progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// PneumoniaMNIST's classes, in label order.
+const CLASSES: [&str; 2] = ["normal", "pneumonia"];
+
+fn input_spec() -> InputSpec {
+    InputSpec {
+        width: 28,
+        height: 28,
+        channels: 1,
+        bits: 8,
+        scale: 1.0 / 255.0,
+        crop: Crop::CentreSquare,
+        resize_filter: ResizeFilter::Triangle,
+    }
+}
+
+impl Common {
+    fn distillation(&self) -> Distillation {
+        Distillation {
+            temperature: self.temperature,
+            alpha: self.alpha,
+        }
+    }
+
+    /// The shipped recipe: per-element quadratics from the teacher, distilled, quantized and
+    /// noise-aware.
+    fn shipped(&self) -> Recipe {
+        Recipe {
+            square: false,
+            granularity: Granularity::Element,
+            from_teacher: true,
+            distillation: Some(self.distillation()),
+            blend_epochs: self.blend_epochs,
+            epochs: self.student_epochs,
+            quantization: Some(QatRecipe {
+                weight_bits: self.weight_bits,
+                activation_bits: self.activation_bits,
+                epochs: self.quantized_epochs,
+                noise: true,
+            }),
+        }
+    }
+
+    fn config(&self, topology: &str, recipe: Recipe, classes: &[String]) -> Result<Config> {
+        let input = input_spec();
+        let topology = Topology::parse(topology)?;
+        topology.check(hexray_model::format::Shape::Image { c: 1, h: 28, w: 28 })?;
+        Ok(Config {
+            topology,
+            recipe,
+            teacher_epochs: self.teacher_epochs,
+            settings: Settings {
+                batch_size: 64,
+                learning_rate: 2e-3,
+                seed: self.seed,
+                progress: !self.quiet,
+            },
+            input,
+            classes: classes.to_vec(),
+            fhe: DEFAULT_PARAMETER_SET.fhe_parameters(),
+        })
+    }
+
+    fn splits(&self) -> Result<[Dataset; 3]> {
+        let spec = input_spec();
+        let load = |split| {
+            load_npz(&self.data, split, &spec).with_context(|| format!("loading {split} split"))
+        };
+        Ok([load("train")?, load("val")?, load("test")?])
+    }
+}
+
+fn classes() -> Vec<String> {
+    CLASSES.iter().map(|c| c.to_string()).collect()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train {
+            common,
+            topology,
+            out,
+            model,
+            encrypted_sample,
+        } => train(&common, &topology, &out, model.as_deref(), encrypted_sample),
+        Command::Ablation {
+            common,
+            topologies,
+            out,
+        } => ablation(&common, &topologies, &out),
+        Command::Pareto {
+            common,
+            topologies,
+            out,
+        } => pareto(&common, &topologies, &out),
+        Command::Transfer {
+            common,
+            folder,
+            classes,
+            topology,
+            folds,
+            out,
+        } => transfer(&common, &folder, &classes, &topology, folds, &out),
+    }
+}
+
+fn write(path: &Path, contents: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The training curves of one run: loss and validation accuracy per epoch.
+fn curves(path: &Path, epochs: &[EpochLog]) -> Result<()> {
+    let series = |name: &str, f: fn(&EpochLog) -> f64| Series {
+        name: name.into(),
+        points: epochs.iter().map(|e| (e.epoch as f64, f(e))).collect(),
+    };
+    line_chart(
+        path,
+        "Training: teacher, replacement, student, quantized",
+        "epoch (all phases)",
+        "loss / accuracy",
+        &[
+            series("training loss", |e| e.loss),
+            series("validation accuracy", |e| e.validation_accuracy),
+        ],
+    )?;
+    Ok(())
+}
+
+fn train(
+    common: &Common,
+    topology: &str,
+    out: &Path,
+    model_copy: Option<&Path>,
+    sample: usize,
+) -> Result<()> {
+    let config = common.config(topology, common.shipped(), &classes())?;
+    let [train, val, test] = common.splits()?;
+    let scale = config.input.scale;
+    let (tr, va, te) = (
+        Tensors::new(&train, scale),
+        Tensors::new(&val, scale),
+        Tensors::new(&test, scale),
+    );
+    let start = Instant::now();
+    let mut log = Vec::new();
+    let teacher_net = teacher(None, &config, &tr, &va, &mut log);
+    let description = format!(
+        "Pneumonia vs normal on 28×28 chest X-rays. Topology {} ({}); per-element quadratic \
+         student distilled from a ReLU teacher, quantization- and noise-aware. Trained on \
+         PneumoniaMNIST (CC BY 4.0) by `hexray-train train`.",
+        config.topology.name,
+        config.topology.spec()
+    );
+    let name = format!("pneumonia-{}", config.topology.name);
+    let student = train_and_compile(
+        &config,
+        &teacher_net,
+        &tr,
+        &va,
+        &mut log,
+        &name,
+        &description,
+    )?;
+    let training_seconds = start.elapsed().as_secs_f64();
+    let (quantized, model, circuit) = student.quantized.expect("the shipped recipe quantizes");
+    let bootstraps = circuit.bootstrap_count();
+
+    let (teacher_scores, teacher_p) = score_float(&teacher_net, ActivationMode::Relu, &te);
+    let (student_scores, student_p) = score_float(&student.float, ActivationMode::Quadratic, &te);
+    let (exact, _) = score_circuit(&circuit, &test, 0, common.seed)?;
+    let (noisy, noisy_p) = score_circuit(&circuit, &test, common.draws, common.seed)?;
+    let mismatches =
+        export_mismatches(&quantized, &config.input, &config.classes, &circuit, &test)?;
+    if mismatches > 0 {
+        bail!("export check failed: {mismatches} test images differ between the trainer and the simulator");
+    }
+    let row = |name: &str, scores: Scores| Row {
+        name: name.into(),
+        scores,
+        bootstraps,
+    };
+    let mut rows = vec![
+        row("ReLU teacher (float)", teacher_scores),
+        row("quadratic student (float)", student_scores),
+        row("quantized student (exact simulation)", exact),
+        row(
+            &format!(
+                "quantized student (noisy simulation, {} draws)",
+                common.draws
+            ),
+            noisy,
+        ),
+    ];
+    let encrypted = match sample {
+        0 => None,
+        n => {
+            eprintln!("encrypted inference on {n} test images...");
+            let run = encrypted::run(&model, &test, n)?;
+            rows.push(row(
+                &format!("encrypted ({} test images)", run.labels.len()),
+                Scores::new(&run.probabilities, &run.labels),
+            ));
+            Some(run)
+        }
+    };
+    let report = RunReport {
+        predicted_latency_seconds: encrypted
+            .as_ref()
+            .map(|e| bootstraps as f64 * e.seconds_per_bootstrap / e.threads as f64),
+        config,
+        bootstraps,
+        stages: circuit
+            .report()
+            .iter()
+            .map(|s| StageSummary {
+                bootstraps: s.bootstraps,
+                accumulator_bits: s.accumulator_bits,
+                max_fan_in: s.max_fan_in,
+                max_sigma_positions: s.max_sigma_positions,
+            })
+            .collect(),
+        rows,
+        export_mismatches: mismatches,
+        test_images: test.len(),
+        encrypted,
+        training_seconds,
+        epochs: log,
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let model_path = out.join("model.hexray");
+    std::fs::write(&model_path, model.to_bytes())
+        .with_context(|| format!("writing {}", model_path.display()))?;
+    if let Some(copy) = model_copy {
+        std::fs::write(copy, model.to_bytes())
+            .with_context(|| format!("writing {}", copy.display()))?;
+    }
+    write(&out.join("report.md"), &report.markdown())?;
+    write(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
+    curves(&out.join("curves.png"), &report.epochs)?;
+    let positive = |p: &[Vec<f64>]| p.iter().map(|p| p[1]).collect::<Vec<_>>();
+    let truth = |labels: &[usize], repeat: usize| {
+        labels
+            .iter()
+            .flat_map(|&l| std::iter::repeat_n(l == 1, repeat))
+            .collect::<Vec<_>>()
+    };
+    let curve = |name: &str, p: &[Vec<f64>], repeat: usize, auc: f64| {
+        (
+            name.to_owned(),
+            auc,
+            roc_curve(&positive(p), &truth(&test.labels, repeat)),
+        )
+    };
+    roc_chart(
+        &out.join("roc.png"),
+        "ROC on the PneumoniaMNIST test split",
+        &[
+            curve("ReLU teacher", &teacher_p, 1, report.rows[0].scores.auc),
+            curve("float student", &student_p, 1, report.rows[1].scores.auc),
+            curve(
+                "noisy simulation",
+                &noisy_p,
+                common.draws,
+                report.rows[3].scores.auc,
+            ),
+        ],
+    )?;
+    println!("{}", report.markdown());
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The ablation rows, each one switch away from the previous.
+fn ablation_recipes(common: &Common) -> Vec<(&'static str, Recipe)> {
+    let kd = Some(common.distillation());
+    let base = Recipe {
+        square: false,
+        granularity: Granularity::Layer,
+        from_teacher: true,
+        distillation: None,
+        blend_epochs: common.blend_epochs,
+        epochs: common.student_epochs,
+        quantization: None,
+    };
+    vec![
+        (
+            "x², no training tricks",
+            Recipe {
+                square: true,
+                from_teacher: false,
+                blend_epochs: 0,
+                epochs: common.blend_epochs + common.student_epochs,
+                ..base.clone()
+            },
+        ),
+        ("quadratic per layer, no KD", base.clone()),
+        (
+            "quadratic per layer, KD",
+            Recipe {
+                distillation: kd,
+                ..base.clone()
+            },
+        ),
+        (
+            "quadratic per channel, KD",
+            Recipe {
+                distillation: kd,
+                granularity: Granularity::Channel,
+                ..base.clone()
+            },
+        ),
+        (
+            "quadratic per element, KD",
+            Recipe {
+                distillation: kd,
+                granularity: Granularity::Element,
+                ..base.clone()
+            },
+        ),
+        (
+            "per element, KD, quantized + noise-aware (shipped; noisy simulation)",
+            common.shipped(),
+        ),
+    ]
+}
+
+fn ablation(common: &Common, topologies: &[String], out: &Path) -> Result<()> {
+    let [train, val, test] = common.splits()?;
+    let scale = input_spec().scale;
+    let (tr, va, te) = (
+        Tensors::new(&train, scale),
+        Tensors::new(&val, scale),
+        Tensors::new(&test, scale),
+    );
+    let mut doc = String::from(
+        "# Ablation on the PneumoniaMNIST test split\n\n\
+         Generated by `cargo run --release -p hexray-trainer -- ablation` (see the README); do not \
+         edit by hand. Each row changes one switch of the method. Float rows are plaintext; the \
+         last row of each table is the compiled integer circuit under TFHE's predicted noise \
+         (noisy simulation, averaged over draws), which is what encrypted inference gives.\n\n",
+    );
+    let mut json = Vec::new();
+    for name in topologies {
+        let shipped = common.config(name, common.shipped(), &classes())?;
+        let start = Instant::now();
+        let mut log = Vec::new();
+        let teacher_net = teacher(None, &shipped, &tr, &va, &mut log);
+        let bootstraps = shipped
+            .topology
+            .bootstraps(hexray_model::format::Shape::Image { c: 1, h: 28, w: 28 });
+        let row = |name: &str, scores| Row {
+            name: name.into(),
+            scores,
+            bootstraps,
+        };
+        let mut rows = vec![row(
+            "ReLU teacher",
+            score_float(&teacher_net, ActivationMode::Relu, &te).0,
+        )];
+        for (label, recipe) in ablation_recipes(common) {
+            let config = Config {
+                recipe,
+                ..shipped.clone()
+            };
+            let student =
+                train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "ablation")?;
+            let scores = match &student.quantized {
+                Some((_, _, circuit)) => {
+                    score_circuit(circuit, &test, common.draws, common.seed)?.0
+                }
+                None => score_float(&student.float, ActivationMode::Quadratic, &te).0,
+            };
+            rows.push(row(label, scores));
+        }
+        doc += &format!(
+            "## Topology `{name}` ({}), {bootstraps} PBS per image\n\n{}\nTrained in {:.0} s.\n\n",
+            shipped.topology.spec(),
+            table(&rows),
+            start.elapsed().as_secs_f64()
+        );
+        json.push(
+            serde_json::json!({"topology": name, "spec": shipped.topology.spec(), "rows": rows}),
+        );
+    }
+    write(out, &doc)?;
+    write(
+        &out.with_extension("json"),
+        &serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("{doc}");
+    Ok(())
+}
+
+fn pareto(common: &Common, topologies: &[String], out: &Path) -> Result<()> {
+    let [train, val, test] = common.splits()?;
+    let scale = input_spec().scale;
+    let (tr, va) = (Tensors::new(&train, scale), Tensors::new(&val, scale));
+    let mut points = Vec::new();
+    let mut doc = String::from(
+        "# Accuracy against bootstraps\n\nGenerated by `cargo run --release -p hexray-trainer -- \
+         pareto`. Every topology is trained with the shipped recipe; accuracy is the noisy \
+         simulation's on the PneumoniaMNIST test split.\n\n\
+         | topology | spec | PBS | teacher | exact | noisy |\n|---|---|---|---|---|---|\n",
+    );
+    for name in topologies {
+        let config = common.config(name, common.shipped(), &classes())?;
+        let mut log = Vec::new();
+        let teacher_net = teacher(None, &config, &tr, &va, &mut log);
+        let teacher_acc = score_float(
+            &teacher_net,
+            ActivationMode::Relu,
+            &Tensors::new(&test, scale),
+        )
+        .0
+        .accuracy;
+        let student = train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "pareto")?;
+        let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
+        let exact = score_circuit(&circuit, &test, 0, common.seed)?.0.accuracy;
+        let noisy = score_circuit(&circuit, &test, common.draws, common.seed)?
+            .0
+            .accuracy;
+        let pbs = circuit.bootstrap_count();
+        doc += &format!(
+            "| {name} | {} | {pbs} | {teacher_acc:.3} | {exact:.3} | {noisy:.3} |\n",
+            config.topology.spec()
+        );
+        points.push((name.clone(), pbs as f64, noisy));
+    }
+    pareto_chart(
+        out,
+        "Noisy-simulation accuracy against bootstraps per image",
+        &points,
+        Some(0.86),
+    )?;
+    write(&out.with_extension("md"), &doc)?;
+    println!("{doc}");
+    Ok(())
+}
+
+fn transfer(
+    common: &Common,
+    folder: &Path,
+    class_names: &[String],
+    topology: &str,
+    k: usize,
+    out: &Path,
+) -> Result<()> {
+    let names: Vec<&str> = class_names.iter().map(String::as_str).collect();
+    let covid = load_folder(folder, &names, &input_spec())
+        .with_context(|| format!("loading {}", folder.display()))?;
+    let splits = folds(&covid, k, common.seed)?;
+    if !shared_patients(&covid, &splits).is_empty() {
+        bail!("a patient appears in two folds");
+    }
+    let [train, val, _] = common.splits()?;
+    let scale = input_spec().scale;
+    let config = common.config(topology, common.shipped(), class_names)?;
+    let mut log = Vec::new();
+    eprintln!("pre-training the teacher on PneumoniaMNIST...");
+    let pretrained = teacher(
+        None,
+        &config,
+        &Tensors::new(&train, scale),
+        &Tensors::new(&val, scale),
+        &mut log,
+    );
+
+    let mut pooled: [(Vec<Vec<f64>>, Vec<usize>); 2] = Default::default();
+    let mut doc = format!(
+        "# Transfer to COVID-19 chest X-rays\n\nGenerated by `cargo run --release -p \
+         hexray-trainer -- transfer`. {} images of {} patients, {k} folds split by patient. \
+         Each fold fine-tunes the PneumoniaMNIST teacher on the other folds, distils the shipped \
+         student from it and scores the compiled circuit (noisy simulation) on the held-out \
+         fold; a baseline trains the same recipe without pre-training.\n\n\
+         | fold | test images | pre-trained accuracy | from scratch accuracy |\n|---|---|---|---|\n",
+        covid.len(),
+        covid.patients.as_ref().map_or(covid.len(), |p| p.iter().collect::<std::collections::BTreeSet<_>>().len()),
+    );
+    for (f, held_out) in splits.iter().enumerate() {
+        let rest: Vec<usize> = (0..covid.len()).filter(|i| !held_out.contains(i)).collect();
+        let fold_train = Tensors::new(&covid.subset(&rest), scale);
+        let fold_test = covid.subset(held_out);
+        let mut accuracies = Vec::new();
+        for (slot, start) in [Some(&pretrained), None].into_iter().enumerate() {
+            let fine_tuned = teacher(start.cloned(), &config, &fold_train, &fold_train, &mut log);
+            let student = train_and_compile(
+                &config,
+                &fine_tuned,
+                &fold_train,
+                &fold_train,
+                &mut log,
+                "covid",
+                "transfer",
+            )?;
+            let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
+            let (scores, p) = score_circuit(&circuit, &fold_test, common.draws, common.seed)?;
+            accuracies.push(scores.accuracy);
+            pooled[slot].0.extend(p);
+            pooled[slot].1.extend(
+                fold_test
+                    .labels
+                    .iter()
+                    .flat_map(|&l| std::iter::repeat_n(l, common.draws)),
+            );
+        }
+        doc += &format!(
+            "| {f} | {} | {:.3} | {:.3} |\n",
+            held_out.len(),
+            accuracies[0],
+            accuracies[1]
+        );
+    }
+    let rows: Vec<Row> = ["pre-trained on PneumoniaMNIST", "from scratch"]
+        .iter()
+        .zip(&pooled)
+        .map(|(name, (p, labels))| Row {
+            name: (*name).into(),
+            scores: Scores::new(p, labels),
+            bootstraps: config
+                .topology
+                .bootstraps(hexray_model::format::Shape::Image { c: 1, h: 28, w: 28 }),
+        })
+        .collect();
+    doc += &format!("\nPooled over the held-out folds:\n\n{}", table(&rows));
+    write(out, &doc)?;
+    println!("{doc}");
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The network both the teacher and the student are made of, and its float forward pass.
+//!
+//! One module type serves both roles: the teacher runs it with ReLU, the student with its
+//! quadratics. Because their shapes match, the student starts from the teacher's weights
+//! (transfer learning) and only the activations change.
+//!
+//! The forward pass has three switches, each an ablation row:
+//! - the activation: ReLU, the gradual blend (1 − λ)·ReLU + λ·quadratic, or the quadratic;
+//! - quantization ([`Quantization`]): weights and activations on the integer grids the circuit
+//!   uses, trained through a straight-through estimator;
+//! - noise ([`Noise`]): each pre-activation perturbed with the σ the compiler predicts for it.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::{avg_pool2d, conv2d, linear};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
+use hexray_model::activation::Granularity;
+use hexray_model::format::Shape;
+use rand::{Rng, RngCore};
+use rand_distr::StandardNormal;
+
+use crate::activation::Quadratic;
+use crate::topology::{Block, Topology};
+
+/// One hidden block: linear layer, optional pooling, batch norm, activation.
+#[derive(Module, Debug)]
+pub struct Hidden {
+    pub conv: Option<Conv2d>,
+    pub dense: Option<Linear>,
+    /// Batch norm keeps pre-activations in the range the quadratic was fitted on; it is folded
+    /// into the linear layer before quantization ([`Net::fold_batch_norm`]).
+    pub norm: Option<BatchNorm>,
+    pub activation: Quadratic,
+    #[module(skip)]
+    pub pool: usize,
+    /// The shape this block outputs.
+    #[module(skip)]
+    pub shape: Shape,
+}
+
+/// A topology's hidden blocks and its output layer.
+#[derive(Module, Debug)]
+pub struct Net {
+    pub hidden: Vec<Hidden>,
+    pub output: Linear,
+    #[module(skip)]
+    pub input: Shape,
+}
+
+/// Which activation the hidden blocks apply.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ActivationMode {
+    Relu,
+    /// (1 − λ)·ReLU + λ·quadratic, the gradual replacement schedule.
+    Blend(f64),
+    Quadratic,
+}
+
+/// The integer grids of a quantized network, as the circuit will see them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantization {
+    /// Symmetric weight bits, per output channel (per tensor for the output layer).
+    pub weight_bits: u8,
+    /// Signed bits of every activation's output: what its lookup table produces.
+    pub activation_bits: u8,
+    /// Real value of one input integer.
+    pub input_scale: f64,
+    /// Real value of one output step of each hidden block's activation, calibrated on training
+    /// data.
+    pub activation_scales: Vec<f64>,
+}
+
+impl Quantization {
+    /// Largest weight integer: 2^(bits−1) − 1.
+    pub fn weight_max(&self) -> f64 {
+        ((1i64 << (self.weight_bits - 1)) - 1) as f64
+    }
+
+    /// The signed integer range of an activation's output.
+    pub fn activation_range(&self) -> (i64, i64) {
+        let half = 1i64 << (self.activation_bits - 1);
+        (-half, half - 1)
+    }
+
+    /// Real value of one step of block `layer`'s input.
+    pub fn input_step(&self, layer: usize) -> f64 {
+        match layer {
+            0 => self.input_scale,
+            l => self.activation_scales[l - 1],
+        }
+    }
+}
+
+/// TFHE's noise, as the compiler predicts it, in real pre-activation units.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NoiseLevels {
+    /// Per hidden block, one σ per neuron.
+    pub hidden: Vec<Vec<f32>>,
+    /// One σ per logit.
+    pub output: Vec<f32>,
+}
+
+/// How one forward pass runs.
+pub struct Pass<'a> {
+    pub mode: ActivationMode,
+    pub quantization: Option<&'a Quantization>,
+    /// Noise levels and the generator that draws them, when training noise-aware.
+    pub noise: Option<(&'a NoiseLevels, &'a mut dyn RngCore)>,
+}
+
+impl<'a> Pass<'a> {
+    /// A pass with `mode` and neither quantization nor noise.
+    pub fn float(mode: ActivationMode) -> Self {
+        Pass {
+            mode,
+            quantization: None,
+            noise: None,
+        }
+    }
+}
+
+impl Net {
+    /// A freshly initialised network of `topology` over `input`, with quadratics of
+    /// `granularity` (unused until the student switches them on).
+    pub fn new(
+        topology: &Topology,
+        input: Shape,
+        classes: usize,
+        granularity: Granularity,
+        device: &Device,
+    ) -> Self {
+        let mut previous = input;
+        let hidden = topology
+            .blocks
+            .iter()
+            .zip(topology.shapes(input))
+            .map(|(block, shape)| {
+                let (conv, dense, pool, features) = match *block {
+                    Block::Conv {
+                        channels,
+                        kernel,
+                        stride,
+                        padding,
+                        pool,
+                    } => {
+                        let conv = Conv2dConfig::new([previous.channels(), channels], [kernel; 2])
+                            .with_stride([stride; 2])
+                            .with_padding(PaddingConfig2d::Explicit(
+                                padding, padding, padding, padding,
+                            ))
+                            .init(device);
+                        (Some(conv), None, pool, channels)
+                    }
+                    Block::Dense { outputs } => {
+                        let dense = LinearConfig::new(previous.len(), outputs).init(device);
+                        (None, Some(dense), 1, outputs)
+                    }
+                };
+                previous = shape;
+                Hidden {
+                    conv,
+                    dense,
+                    norm: Some(BatchNormConfig::new(features).init(device)),
+                    activation: Quadratic::new(granularity, shape, device),
+                    pool,
+                    shape,
+                }
+            })
+            .collect();
+        Net {
+            hidden,
+            output: LinearConfig::new(previous.len(), classes).init(device),
+            input,
+        }
+    }
+
+    /// Logits for `[batch, c, h, w]` real-valued images.
+    pub fn forward(&self, images: Tensor<4>, pass: &mut Pass) -> Tensor<2> {
+        self.forward_with_activations(images, pass).0
+    }
+
+    /// Logits and every hidden block's activation output `[batch, neurons]`, from which the
+    /// activation grids are calibrated.
+    pub fn forward_with_activations(
+        &self,
+        images: Tensor<4>,
+        pass: &mut Pass,
+    ) -> (Tensor<2>, Vec<Tensor<2>>) {
+        let quantization = pass.quantization;
+        let batch = images.dims()[0];
+        let mut activations = Vec::with_capacity(self.hidden.len());
+        let mut x = images;
+        for (l, block) in self.hidden.iter().enumerate() {
+            let step = quantization.map(|q| (q, q.input_step(l)));
+            let z = block.pre_activation(x, step);
+            let n = block.shape.len();
+            let mut z = z.reshape([batch, n]);
+            if let Some((levels, rng)) = pass.noise.as_mut() {
+                z = z.clone() + gaussian(&levels.hidden[l], batch, *rng, &z.device());
+            }
+            let mut y = match pass.mode {
+                ActivationMode::Relu => relu(z),
+                ActivationMode::Blend(lambda) => block.activation.blend(z, lambda),
+                ActivationMode::Quadratic => block.activation.forward(z),
+            };
+            if let Some(q) = quantization {
+                y = fake_quantize_activation(y, q.activation_scales[l], q.activation_range());
+            }
+            activations.push(y.clone());
+            x = match block.shape {
+                Shape::Image { c, h, w } => y.reshape([batch, c, h, w]),
+                Shape::Flat(n) => y.reshape([batch, n, 1, 1]),
+            };
+        }
+        let features = x.flatten::<2>(1, 3);
+        let logits = match quantization {
+            Some(q) => {
+                let step = q.input_step(self.hidden.len());
+                let (w, b) = fake_quantize_dense(&self.output, step, q.weight_max(), false);
+                linear(features, w, Some(b))
+            }
+            None => self.output.forward(features),
+        };
+        let logits = match pass.noise.as_mut() {
+            Some((levels, rng)) => {
+                let device = logits.device();
+                logits + gaussian(&levels.output, batch, *rng, &device)
+            }
+            None => logits,
+        };
+        (logits, activations)
+    }
+
+    /// The same network with each batch norm folded into the linear layer before it, using
+    /// its running statistics: the form that is quantized and exported.
+    pub fn fold_batch_norm(mut self) -> Self {
+        for block in &mut self.hidden {
+            let Some(norm) = block.norm.take() else {
+                continue;
+            };
+            let scale = norm.gamma.val() / (norm.running_var.value() + norm.epsilon).sqrt();
+            let shift = norm.beta.val() - norm.running_mean.value() * scale.clone();
+            if let Some(conv) = &mut block.conv {
+                let [out, ..] = conv.weight.dims();
+                let weight = conv.weight.val() * scale.clone().reshape([out, 1, 1, 1]);
+                let bias = bias_or_zero(&conv.bias, out, &scale.device());
+                conv.weight = Param::from_tensor(weight.detach());
+                conv.bias = Some(Param::from_tensor((bias * scale + shift).detach()));
+            } else if let Some(dense) = &mut block.dense {
+                let [_, out] = dense.weight.dims();
+                let weight = dense.weight.val() * scale.clone().reshape([1, out]);
+                let bias = bias_or_zero(&dense.bias, out, &scale.device());
+                dense.weight = Param::from_tensor(weight.detach());
+                dense.bias = Some(Param::from_tensor((bias * scale + shift).detach()));
+            }
+        }
+        self
+    }
+
+    /// The student's starting point: the teacher's weights, with fresh quadratics of
+    /// `granularity` (initialised to the least-squares fit of ReLU).
+    pub fn with_quadratics(mut self, granularity: Granularity, device: &Device) -> Self {
+        for block in &mut self.hidden {
+            block.activation = Quadratic::new(granularity, block.shape, device);
+        }
+        self
+    }
+
+    /// The same network with every activation fixed to x² and no batch norm: the "no training
+    /// tricks" baseline of Baruch et al.
+    pub fn squared(mut self, device: &Device) -> Self {
+        for block in &mut self.hidden {
+            block.norm = None;
+            block.activation = Quadratic::square(block.shape, device);
+        }
+        self
+    }
+}
+
+impl Hidden {
+    /// The block's pre-activation before flattening, with weights on the integer grid when
+    /// `step` gives the quantization and this block's input step.
+    fn pre_activation(&self, x: Tensor<4>, step: Option<(&Quantization, f64)>) -> Tensor<4> {
+        let z = match (&self.conv, &self.dense) {
+            (Some(conv), _) => match step {
+                Some((q, step)) => {
+                    let (w, b) = fake_quantize_conv(conv, step, q.weight_max());
+                    conv2d(x, w, Some(b), conv_options(conv))
+                }
+                None => conv.forward(x),
+            },
+            (None, Some(dense)) => {
+                let [batch, ..] = x.dims();
+                let flat = x.flatten::<2>(1, 3);
+                let y = match step {
+                    Some((q, step)) => {
+                        let (w, b) = fake_quantize_dense(dense, step, q.weight_max(), true);
+                        linear(flat, w, Some(b))
+                    }
+                    None => dense.forward(flat),
+                };
+                let [_, n] = y.dims();
+                y.reshape([batch, n, 1, 1])
+            }
+            (None, None) => unreachable!("a hidden block has a linear layer"),
+        };
+        let z = match self.pool {
+            1 => z,
+            k => avg_pool2d(z, AvgPoolOptions::new([k, k])),
+        };
+        match &self.norm {
+            Some(norm) => norm.forward(z),
+            None => z,
+        }
+    }
+}
+
+/// The convolution's options, for the functional form that takes quantized weights.
+pub fn conv_options(conv: &Conv2d) -> ConvOptions<2> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(top, ..) => top,
+        _ => 0,
+    };
+    ConvOptions::new(conv.stride, [padding; 2], conv.dilation, conv.groups)
+}
+
+fn bias_or_zero(bias: &Option<Param<Tensor<1>>>, n: usize, device: &Device) -> Tensor<1> {
+    bias.as_ref()
+        .map(|b| b.val())
+        .unwrap_or_else(|| Tensor::zeros([n], device))
+}
+
+/// Per-output-channel weight scales: max |w| / `weight_max`, never zero.
+pub fn weight_scales(max_abs: Tensor<1>, weight_max: f64) -> Tensor<1> {
+    (max_abs / weight_max).clamp_min(1e-12)
+}
+
+/// `x` rounded to multiples of `scale` in the forward pass, passed through unchanged in the
+/// backward pass (the straight-through estimator).
+fn straight_through<const D: usize>(x: Tensor<D>, scale: Tensor<D>) -> Tensor<D> {
+    let rounded = (x.clone() / scale.clone()).round() * scale;
+    x.clone() + (rounded - x).detach()
+}
+
+/// A convolution's weights and bias on their integer grids: weights per output channel, the
+/// bias in units of (weight scale × input step), as the exported accumulator adds it.
+fn fake_quantize_conv(conv: &Conv2d, step: f64, weight_max: f64) -> (Tensor<4>, Tensor<1>) {
+    let weight = conv.weight.val();
+    let [out, ..] = weight.dims();
+    let scales = weight_scales(
+        weight
+            .clone()
+            .detach()
+            .max_abs_dims(&[1, 2, 3])
+            .reshape([out]),
+        weight_max,
+    );
+    let w = straight_through(weight, scales.clone().reshape([out, 1, 1, 1]));
+    let bias = bias_or_zero(&conv.bias, out, &w.device());
+    (w, straight_through(bias, scales * step))
+}
+
+/// A dense layer's weights (`[in, out]`) and bias on their integer grids, per output channel
+/// or, for the output layer whose logits share one scale, per tensor.
+fn fake_quantize_dense(
+    dense: &Linear,
+    step: f64,
+    weight_max: f64,
+    per_channel: bool,
+) -> (Tensor<2>, Tensor<1>) {
+    let weight = dense.weight.val();
+    let [_, out] = weight.dims();
+    let max_abs = match per_channel {
+        true => weight.clone().detach().max_abs_dims(&[0]).reshape([out]),
+        false => weight.clone().detach().max_abs().expand([out]),
+    };
+    let scales = weight_scales(max_abs, weight_max);
+    let w = straight_through(weight, scales.clone().reshape([1, out]));
+    let bias = bias_or_zero(&dense.bias, out, &w.device());
+    (w, straight_through(bias, scales * step))
+}
+
+/// An activation's output clipped to its table's range and rounded to its grid; gradients pass
+/// inside the range and stop outside it, where the clip is flat.
+fn fake_quantize_activation(y: Tensor<2>, scale: f64, (min, max): (i64, i64)) -> Tensor<2> {
+    let clipped = y.clamp(min as f64 * scale, max as f64 * scale);
+    let rounded = (clipped.clone() / scale).round() * scale;
+    clipped.clone() + (rounded - clipped).detach()
+}
+
+/// `[batch, σ.len()]` Gaussian noise with standard deviation σ per column, drawn from `rng` so
+/// that training is reproducible.
+fn gaussian(sigma: &[f32], batch: usize, rng: &mut dyn RngCore, device: &Device) -> Tensor<2> {
+    let values: Vec<f32> = (0..batch)
+        .flat_map(|_| sigma.to_vec())
+        .map(|s| s * rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    Tensor::from_data(TensorData::new(values, [batch, sigma.len()]), device)
+}

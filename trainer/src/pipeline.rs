@@ -1,0 +1,182 @@
+//! The whole method, end to end: teacher, student, quantized student, model file, and the
+//! scores of each on a test set.
+
+use hexray_model::format::{FheParameters, InputSpec};
+use hexray_model::{Circuit, CompiledModel, ModelError};
+use ndarray::Axis;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::data::Dataset;
+use crate::export::IntegerNet;
+use crate::metrics::Scores;
+use crate::net::{ActivationMode, Net, Pass};
+use crate::topology::Topology;
+use crate::train::{
+    predict, quantize_student, train_student, train_teacher, EpochLog, QuantizedStudent, Recipe,
+    Settings, Tensors,
+};
+
+/// Everything one run needs besides the data.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub topology: Topology,
+    pub recipe: Recipe,
+    pub teacher_epochs: usize,
+    pub settings: Settings,
+    pub input: InputSpec,
+    pub classes: Vec<String>,
+    #[serde(skip)]
+    pub fhe: FheParameters,
+}
+
+/// A trained student, and what it compiled to when the recipe quantized it.
+pub struct Student {
+    /// The float student (batch norm not folded).
+    pub float: Net,
+    pub quantized: Option<(QuantizedStudent, CompiledModel, Circuit)>,
+}
+
+/// Trains the student of `config.recipe` from `teacher`, quantizing and compiling it when the
+/// recipe asks.
+pub fn train_and_compile(
+    config: &Config,
+    teacher: &Net,
+    train: &Tensors,
+    val: &Tensors,
+    log: &mut Vec<EpochLog>,
+    name: &str,
+    description: &str,
+) -> Result<Student, ModelError> {
+    let recipe = &config.recipe;
+    let float = train_student(teacher, recipe, train, val, &config.settings, log);
+    let quantized = match &recipe.quantization {
+        None => None,
+        Some(qat) => {
+            let q = quantize_student(
+                float.clone(),
+                qat,
+                recipe.distillation,
+                teacher,
+                train,
+                val,
+                &config.input,
+                &config.classes,
+                &config.fhe,
+                &config.settings,
+                log,
+            )?;
+            let integer = IntegerNet::new(
+                &q.net,
+                &q.quantization,
+                config.input.clone(),
+                config.classes.clone(),
+            );
+            let model = CompiledModel::build(
+                name,
+                "1",
+                description,
+                integer.network(),
+                config.fhe.clone(),
+            )?;
+            let (model, circuit) = CompiledModel::from_bytes(&model.to_bytes())?;
+            Some((q, model, circuit))
+        }
+    };
+    Ok(Student { float, quantized })
+}
+
+/// Trains the teacher of `config`, from `start` when given (transfer learning).
+pub fn teacher(
+    start: Option<Net>,
+    config: &Config,
+    train: &Tensors,
+    val: &Tensors,
+    log: &mut Vec<EpochLog>,
+) -> Net {
+    train_teacher(
+        start,
+        &config.topology,
+        config.classes.len(),
+        train,
+        val,
+        config.teacher_epochs,
+        &config.settings,
+        log,
+    )
+}
+
+/// Scores of a float network.
+pub fn score_float(net: &Net, mode: ActivationMode, test: &Tensors) -> (Scores, Vec<Vec<f64>>) {
+    let probabilities = predict(net, test, &mut Pass::float(mode));
+    (Scores::new(&probabilities, &test.labels), probabilities)
+}
+
+/// Scores of the circuit's simulator, exact (`draws` = 0) or averaged over `draws` noisy
+/// draws per image.
+pub fn score_circuit(
+    circuit: &Circuit,
+    test: &Dataset,
+    draws: usize,
+    seed: u64,
+) -> Result<(Scores, Vec<Vec<f64>>), ModelError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut probabilities = Vec::with_capacity(test.len());
+    let mut labels = Vec::with_capacity(test.len());
+    for (image, &label) in test.images.iter().zip(&test.labels) {
+        if draws == 0 {
+            probabilities.push(circuit.simulate(image.view())?.probabilities);
+            labels.push(label);
+        } else {
+            for _ in 0..draws {
+                probabilities.push(
+                    circuit
+                        .simulate_noisy(image.view(), &mut rng)?
+                        .probabilities,
+                );
+                labels.push(label);
+            }
+        }
+    }
+    Ok((Scores::new(&probabilities, &labels), probabilities))
+}
+
+/// Checks the trainer's integer forward pass against the circuit simulator on `test`: the
+/// number of images whose output accumulators differ (0 when the export is right).
+pub fn export_mismatches(
+    student: &QuantizedStudent,
+    input: &InputSpec,
+    classes: &[String],
+    circuit: &Circuit,
+    test: &Dataset,
+) -> Result<usize, ModelError> {
+    let integer = IntegerNet::new(
+        &student.net,
+        &student.quantization,
+        input.clone(),
+        classes.to_vec(),
+    );
+    let device = burn::prelude::Device::flex();
+    let mut mismatches = 0;
+    for chunk in test.images.chunks(128) {
+        let views: Vec<_> = chunk.iter().map(|i| i.view()).collect();
+        let stacked = ndarray::stack(Axis(0), &views).expect("images of one shape");
+        let dims = stacked.dim();
+        let values: Vec<f32> = stacked.iter().map(|&v| v as f32).collect();
+        let tensor = burn::prelude::Tensor::<4>::from_data(
+            burn::prelude::TensorData::new(values, [dims.0, dims.1, dims.2, dims.3]),
+            &device,
+        );
+        let trainer = integer.forward(tensor, circuit);
+        for (image, mine) in chunk.iter().zip(trainer) {
+            let simulated = circuit.simulate(image.view())?.accumulators;
+            let same = simulated
+                .iter()
+                .zip(&mine)
+                .all(|(s, m)| s.round() as i64 == *m && (s - s.round()).abs() < 1e-6);
+            mismatches += usize::from(!same);
+        }
+    }
+    Ok(mismatches)
+}

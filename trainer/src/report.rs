@@ -1,0 +1,101 @@
+//! What a person reads after a run: a JSON document for tools and a markdown page for people.
+
+use serde::Serialize;
+
+use crate::encrypted::EncryptedRun;
+use crate::metrics::Scores;
+use crate::pipeline::Config;
+use crate::train::EpochLog;
+
+/// One evaluated model on the test set.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub scores: Scores,
+    pub bootstraps: usize,
+}
+
+/// A stage of the compiled circuit, for people.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageSummary {
+    pub bootstraps: usize,
+    pub accumulator_bits: u32,
+    pub max_fan_in: usize,
+    pub max_sigma_positions: f64,
+}
+
+/// One `train` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub config: Config,
+    pub bootstraps: usize,
+    pub stages: Vec<StageSummary>,
+    pub rows: Vec<Row>,
+    /// Test images whose trainer integer outputs differ from the simulator's (must be 0).
+    pub export_mismatches: usize,
+    pub test_images: usize,
+    pub encrypted: Option<EncryptedRun>,
+    /// Bootstraps × measured single-core seconds per bootstrap ÷ threads.
+    pub predicted_latency_seconds: Option<f64>,
+    pub training_seconds: f64,
+    pub epochs: Vec<EpochLog>,
+}
+
+/// The markdown table of `rows`.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| model | accuracy | F1 | AUC | PBS / image | confusion [true][pred] |\n|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let s = &row.scores;
+        out += &format!(
+            "| {} | {:.3} | {:.3} | {:.3} | {} | {:?} |\n",
+            row.name, s.accuracy, s.f1, s.auc, row.bootstraps, s.confusion
+        );
+    }
+    out
+}
+
+impl RunReport {
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "# Training report: topology `{}` ({})\n\n",
+            self.config.topology.name,
+            self.config.topology.spec()
+        );
+        out += &format!(
+            "Bootstraps per image: **{}**. Training took {:.1} s. Test images: {}.\n\n",
+            self.bootstraps, self.training_seconds, self.test_images
+        );
+        out += &table(&self.rows);
+        out += &format!(
+            "\nExport check: the trainer's integer forward pass and the circuit simulator differ \
+             on **{}** of {} test images.\n",
+            self.export_mismatches, self.test_images
+        );
+        if let Some(e) = &self.encrypted {
+            out += &format!(
+                "\nEncrypted inference on {} test images: the decrypted class equals the exact \
+                 simulation's on {}; {:.2} s per image with {} threads, {:.1} ms per bootstrap on \
+                 one core.\n",
+                e.labels.len(),
+                e.agree_with_simulator,
+                e.seconds_per_image,
+                e.threads,
+                e.seconds_per_bootstrap * 1e3
+            );
+        }
+        if let Some(latency) = self.predicted_latency_seconds {
+            out += &format!("Predicted latency per image: {latency:.2} s.\n");
+        }
+        out += "\n## Circuit\n\n| stage | PBS | accumulator bits | max fan-in | max σ (positions) |\n|---|---|---|---|---|\n";
+        for (i, s) in self.stages.iter().enumerate() {
+            out += &format!(
+                "| {i} | {} | {} | {} | {:.2} |\n",
+                s.bootstraps, s.accumulator_bits, s.max_fan_in, s.max_sigma_positions
+            );
+        }
+        out += "\nPlots: `curves.png` (training curves), `roc.png` (ROC curves).\n";
+        out
+    }
+}

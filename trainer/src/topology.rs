@@ -1,0 +1,228 @@
+//! Network topologies: the shape of what the server evaluates, and so its cost.
+//!
+//! Every hidden block is a linear layer (a convolution, optionally followed by sum pooling, or
+//! a dense layer), batch norm, and an activation over each of its outputs. Pooling sits
+//! *before* the activation: both it and the convolution are linear, so they fold into one
+//! stage and only the pooled neurons pay a bootstrap. A final dense layer gives the logits and
+//! costs nothing. The bootstrap count is therefore the number of hidden neurons.
+
+use hexray_model::format::{window_count, Shape};
+use serde::Serialize;
+
+/// One hidden block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    /// A convolution with zero padding, then a `pool`×`pool` average pool (1: none).
+    Conv {
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        pool: usize,
+    },
+    /// A fully connected layer over the flattened previous block.
+    Dense { outputs: usize },
+}
+
+/// A named stack of hidden blocks; the output layer is implied by the class count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    pub name: String,
+    pub blocks: Vec<Block>,
+}
+
+/// The named topologies and their specs: the engine's two benchmark shapes, the shipped one,
+/// and the candidates of the accuracy/bootstrap search (see `docs/ablation.md`).
+pub const PRESETS: &[(&str, &str)] = &[
+    // (a): 4×8×8 + 64 = 320 bootstraps.
+    ("a", "c4k7s3p0,d64"),
+    // (b): 8×14×14 + 16×7×7 + 32 = 2,384 bootstraps.
+    ("b", "c8k3s2p1,c16k3s2p1,d32"),
+    // (c), shipped: a 7×7 stride-2 convolution pooled 2×2 (4×6×6), then 16 neurons: 160.
+    ("c", "c4k7s2p1x2,d16"),
+    ("c-wide", "c8k7s2p1x2,d16"),
+    ("c-narrow", "c2k7s2p1x2,d16"),
+    ("c-tiny", "c2k7s2p1x2,d8"),
+    ("c-deep", "c4k7s2p1x2,d32"),
+    ("pool4", "c8k5s1p2x4,d16"),
+    ("pool4-small", "c4k5s1p2x4,d8"),
+];
+
+/// A topology spec that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("topology {spec:?}: {reason} (expected blocks like c4k7s2p1x2 or d16, comma-separated)")]
+pub struct TopologyError {
+    pub spec: String,
+    pub reason: String,
+}
+
+impl Topology {
+    /// A preset's name, or a spec: comma-separated blocks, `c<channels>k<kernel>s<stride>
+    /// p<padding>[x<pool>]` for a convolution and `d<outputs>` for a dense layer.
+    pub fn parse(name_or_spec: &str) -> Result<Topology, TopologyError> {
+        let spec = PRESETS
+            .iter()
+            .find(|(name, _)| *name == name_or_spec)
+            .map_or(name_or_spec, |(_, spec)| spec);
+        let fail = |reason: String| TopologyError {
+            spec: name_or_spec.to_owned(),
+            reason,
+        };
+        let mut blocks = Vec::new();
+        for part in spec.split(',') {
+            let numbers = |keys: &[char]| -> Result<Vec<usize>, TopologyError> {
+                let mut rest = part;
+                keys.iter()
+                    .map(|key| {
+                        let tail = rest
+                            .strip_prefix(*key)
+                            .ok_or_else(|| fail(format!("{part:?} lacks {key:?}")))?;
+                        let digits = tail
+                            .find(|c: char| !c.is_ascii_digit())
+                            .unwrap_or(tail.len());
+                        rest = &tail[digits..];
+                        match tail[..digits].parse::<usize>() {
+                            Ok(n) if n > 0 || *key == 'p' => Ok(n),
+                            _ => Err(fail(format!(
+                                "{part:?} needs a positive number after {key:?}"
+                            ))),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .and_then(|v| match rest.is_empty() {
+                        true => Ok(v),
+                        false => Err(fail(format!("{part:?} has trailing {rest:?}"))),
+                    })
+            };
+            let block = if part.starts_with('d') {
+                Block::Dense {
+                    outputs: numbers(&['d'])?[0],
+                }
+            } else if part.contains('x') {
+                let v = numbers(&['c', 'k', 's', 'p', 'x'])?;
+                Block::Conv {
+                    channels: v[0],
+                    kernel: v[1],
+                    stride: v[2],
+                    padding: v[3],
+                    pool: v[4],
+                }
+            } else {
+                let v = numbers(&['c', 'k', 's', 'p'])?;
+                Block::Conv {
+                    channels: v[0],
+                    kernel: v[1],
+                    stride: v[2],
+                    padding: v[3],
+                    pool: 1,
+                }
+            };
+            if matches!(block, Block::Conv { .. })
+                && matches!(blocks.last(), Some(Block::Dense { .. }))
+            {
+                return Err(fail("a convolution cannot follow a dense layer".into()));
+            }
+            blocks.push(block);
+        }
+        Ok(Topology {
+            name: name_or_spec.to_owned(),
+            blocks,
+        })
+    }
+
+    /// The spec that [`Topology::parse`] reads back.
+    pub fn spec(&self) -> String {
+        self.blocks
+            .iter()
+            .map(|b| match *b {
+                Block::Conv {
+                    channels,
+                    kernel,
+                    stride,
+                    padding,
+                    pool: 1,
+                } => format!("c{channels}k{kernel}s{stride}p{padding}"),
+                Block::Conv {
+                    channels,
+                    kernel,
+                    stride,
+                    padding,
+                    pool,
+                } => format!("c{channels}k{kernel}s{stride}p{padding}x{pool}"),
+                Block::Dense { outputs } => format!("d{outputs}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Checks that every block fits the image it reads.
+    pub fn check(&self, input: Shape) -> Result<(), TopologyError> {
+        let mut shape = input;
+        for block in &self.blocks {
+            if let (
+                Block::Conv {
+                    kernel,
+                    stride,
+                    padding,
+                    pool,
+                    ..
+                },
+                Shape::Image { h, w, .. },
+            ) = (*block, shape)
+            {
+                let fits = |size: usize| {
+                    size + 2 * padding >= kernel
+                        && window_count(size, kernel, stride, padding) >= pool
+                };
+                if !fits(h) || !fits(w) {
+                    return Err(TopologyError { spec: self.name.clone(), reason: format!("a {kernel}×{kernel} window pooled {pool}×{pool} does not fit a {h}×{w} input") });
+                }
+            }
+            shape = self.shapes_from(shape, std::slice::from_ref(block))[0];
+        }
+        Ok(())
+    }
+
+    /// The shape each block outputs (after pooling), for an input of `input`.
+    pub fn shapes(&self, input: Shape) -> Vec<Shape> {
+        self.shapes_from(input, &self.blocks)
+    }
+
+    fn shapes_from(&self, input: Shape, blocks: &[Block]) -> Vec<Shape> {
+        let mut shape = input;
+        blocks
+            .iter()
+            .map(|block| {
+                shape = match (*block, shape) {
+                    (
+                        Block::Conv {
+                            channels,
+                            kernel,
+                            stride,
+                            padding,
+                            pool,
+                        },
+                        Shape::Image { h, w, .. },
+                    ) => {
+                        let out = |size| window_count(size, kernel, stride, padding) / pool;
+                        Shape::Image {
+                            c: channels,
+                            h: out(h),
+                            w: out(w),
+                        }
+                    }
+                    // Parsing refuses a convolution after a dense layer.
+                    (Block::Conv { .. }, Shape::Flat(n)) => Shape::Flat(n),
+                    (Block::Dense { outputs }, _) => Shape::Flat(outputs),
+                };
+                shape
+            })
+            .collect()
+    }
+
+    /// Bootstraps per image: one per hidden neuron.
+    pub fn bootstraps(&self, input: Shape) -> usize {
+        self.shapes(input).iter().map(Shape::len).sum()
+    }
+}

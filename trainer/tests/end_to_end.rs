@@ -1,0 +1,105 @@
+//! A tiny end-to-end run on real PneumoniaMNIST images: teacher, distilled quadratic student,
+//! quantization- and noise-aware fine-tuning, export, and the circuit simulator. It takes a few
+//! seconds and must beat chance; the export must match the simulator bit for bit.
+
+use std::path::PathBuf;
+
+use hexray_crypto::params::DEFAULT_PARAMETER_SET;
+use hexray_model::activation::Granularity;
+use hexray_model::format::{Crop, InputSpec, ResizeFilter};
+use hexray_model::CompiledModel;
+use hexray_trainer::data::load_npz;
+use hexray_trainer::loss::Distillation;
+use hexray_trainer::pipeline::{
+    export_mismatches, score_circuit, teacher, train_and_compile, Config,
+};
+use hexray_trainer::topology::Topology;
+use hexray_trainer::train::{QatRecipe, Recipe, Settings, Tensors};
+
+/// The shared dataset CI places beside the checkout.
+fn pneumoniamnist() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/pneumoniamnist.npz");
+    assert!(
+        path.exists(),
+        "{} is missing: CI provides ../shared/data",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
+    let input = InputSpec {
+        width: 28,
+        height: 28,
+        channels: 1,
+        bits: 8,
+        scale: 1.0 / 255.0,
+        crop: Crop::CentreSquare,
+        resize_filter: ResizeFilter::Triangle,
+    };
+    let path = pneumoniamnist();
+    let train_full = load_npz(&path, "train", &input).unwrap();
+    let train = train_full.subset(&(0..train_full.len()).step_by(4).collect::<Vec<_>>());
+    let val = load_npz(&path, "val", &input).unwrap();
+    let test = load_npz(&path, "test", &input).unwrap();
+    let config = Config {
+        topology: Topology::parse("c-narrow").unwrap(),
+        recipe: Recipe {
+            square: false,
+            granularity: Granularity::Element,
+            from_teacher: true,
+            distillation: Some(Distillation {
+                temperature: 4.0,
+                alpha: 0.7,
+            }),
+            blend_epochs: 2,
+            epochs: 4,
+            quantization: Some(QatRecipe {
+                weight_bits: 4,
+                activation_bits: 5,
+                epochs: 3,
+                noise: true,
+            }),
+        },
+        teacher_epochs: 8,
+        settings: Settings {
+            batch_size: 32,
+            learning_rate: 2e-3,
+            seed: 5,
+            progress: false,
+        },
+        input: input.clone(),
+        classes: vec!["normal".into(), "pneumonia".into()],
+        fhe: DEFAULT_PARAMETER_SET.fhe_parameters(),
+    };
+    let (tr, va) = (
+        Tensors::new(&train, input.scale),
+        Tensors::new(&val, input.scale),
+    );
+    let mut log = Vec::new();
+    let teacher_net = teacher(None, &config, &tr, &va, &mut log);
+    let student =
+        train_and_compile(&config, &teacher_net, &tr, &va, &mut log, "tiny", "test").unwrap();
+    let (quantized, model, circuit) = student.quantized.unwrap();
+    assert_eq!(log.len(), 8 + 2 + 4 + 3, "one log entry per epoch");
+
+    // The file round-trips and loads as the evaluator would.
+    let (reloaded, _) = CompiledModel::from_bytes(&model.to_bytes()).unwrap();
+    assert_eq!(reloaded, model);
+    assert_eq!(circuit.bootstrap_count(), 2 * 6 * 6 + 16);
+
+    // Bit-exact: the trainer's integer forward pass equals the simulator on the test split.
+    assert_eq!(
+        export_mismatches(&quantized, &input, &config.classes, &circuit, &test).unwrap(),
+        0
+    );
+
+    // Better than chance (0.5 on the balanced split), exact and under TFHE's noise.
+    let exact = score_circuit(&circuit, &test, 0, 1).unwrap().0;
+    let noisy = score_circuit(&circuit, &test, 3, 1).unwrap().0;
+    assert!(exact.accuracy > 0.7, "exact accuracy {}", exact.accuracy);
+    assert!(noisy.accuracy > 0.7, "noisy accuracy {}", noisy.accuracy);
+    assert!(exact.auc > 0.8, "AUC {}", exact.auc);
+}

@@ -1,0 +1,157 @@
+//! The training math: the distillation loss and the quadratic activation's gradients.
+
+use burn::module::Param;
+use burn::prelude::*;
+use hexray_model::activation::Granularity;
+use hexray_model::format::Shape;
+use hexray_trainer::activation::{Quadratic, RELU_FIT};
+use hexray_trainer::loss::{cross_entropy, Distillation};
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    values(t)[0] as f64
+}
+
+#[test]
+fn distillation_loss_is_zero_when_the_student_equals_the_teacher() {
+    let device = device();
+    let logits = [[2.0f32, -1.0, 0.5], [0.1, 0.2, 3.0]];
+    let student = Tensor::<2>::from_floats(logits, &device).require_grad();
+    let teacher = Tensor::<2>::from_floats(logits, &device);
+    let labels = Tensor::<1, Int>::from_ints([0, 2], &device);
+    let kd = Distillation {
+        temperature: 4.0,
+        alpha: 1.0,
+    };
+    let loss = kd.loss(student.clone(), teacher.clone(), labels.clone());
+    assert!(scalar(loss.clone()).abs() < 1e-6);
+    let grads = loss.backward();
+    let grad = values(student.grad(&grads).expect("student has a gradient"));
+    assert!(
+        grad.iter().all(|g| g.is_finite() && g.abs() < 1e-5),
+        "{grad:?}"
+    );
+
+    // Away from the teacher the loss is positive, with finite gradients.
+    let other =
+        Tensor::<2>::from_floats([[0.0f32, 0.0, 0.0], [1.0, 1.0, -1.0]], &device).require_grad();
+    let mixed = Distillation {
+        temperature: 2.0,
+        alpha: 0.7,
+    };
+    let loss = mixed.loss(other.clone(), teacher, labels.clone());
+    assert!(scalar(loss.clone()) > 0.0);
+    let grad = values(other.grad(&loss.backward()).unwrap());
+    assert!(grad.iter().all(|g| g.is_finite()) && grad.iter().any(|g| g.abs() > 1e-3));
+
+    // With α = 0 it is the cross-entropy: −log(1/3) for uniform logits.
+    let uniform = Tensor::<2>::zeros([2, 3], &device);
+    let ce = scalar(cross_entropy(uniform, labels));
+    assert!((ce - 3f64.ln()).abs() < 1e-5, "{ce}");
+}
+
+/// `Σ w ⊙ quadratic(z)` for fixed weights w, as a function of every input and coefficient.
+fn objective(q: &Quadratic, z: Tensor<2>, w: &Tensor<2>) -> Tensor<1> {
+    (q.forward(z) * w.clone()).sum()
+}
+
+#[test]
+fn quadratic_gradients_match_finite_differences() {
+    let device = device();
+    for granularity in [
+        Granularity::Layer,
+        Granularity::Channel,
+        Granularity::Element,
+    ] {
+        // Two channels of a 1×2 image: four neurons.
+        let shape = Shape::Image { c: 2, h: 1, w: 2 };
+        let mut q = Quadratic::new(granularity, shape, &device);
+        let sets = granularity.count(shape);
+        let coefficient = |base: f32| {
+            Param::from_tensor(Tensor::<1>::from_floats(
+                (0..sets)
+                    .map(|k| base + 0.1 * k as f32)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+                &device,
+            ))
+        };
+        q.a = coefficient(0.3);
+        q.b = coefficient(-0.2);
+        q.c = coefficient(0.05);
+        let z_values = [[0.5f32, -1.2, 2.0, 0.3], [-0.7, 1.1, -0.4, 1.6]];
+        let z = Tensor::<2>::from_floats(z_values, &device).require_grad();
+        let w =
+            Tensor::<2>::from_floats([[1.0f32, -2.0, 0.5, 3.0], [0.7, 1.5, -1.0, 2.0]], &device);
+        let grads = objective(&q, z.clone(), &w).backward();
+
+        // d/dz = (2a·z + b)·w, by central differences on each input.
+        let analytic = values(z.grad(&grads).unwrap());
+        let eps = 1e-2f32;
+        for k in 0..8 {
+            let shifted = |d: f32| {
+                let mut v = z_values;
+                v[k / 4][k % 4] += d;
+                scalar(objective(&q, Tensor::<2>::from_floats(v, &device), &w))
+            };
+            let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+            assert!(
+                (numeric - analytic[k] as f64).abs() < 1e-2,
+                "{granularity:?} z[{k}]: {numeric} vs {}",
+                analytic[k]
+            );
+        }
+
+        // d/da, d/db, d/dc per coefficient set.
+        for (name, param) in [("a", &q.a), ("b", &q.b), ("c", &q.c)] {
+            let analytic = values(param.val().grad(&grads).unwrap());
+            for set in 0..sets {
+                let shifted = |d: f32| {
+                    let mut moved = q.clone();
+                    let mut v = values(param.val());
+                    v[set] += d;
+                    let p = Param::from_tensor(Tensor::<1>::from_floats(v.as_slice(), &device));
+                    match name {
+                        "a" => moved.a = p,
+                        "b" => moved.b = p,
+                        _ => moved.c = p,
+                    }
+                    scalar(objective(
+                        &moved,
+                        Tensor::<2>::from_floats(z_values, &device),
+                        &w,
+                    ))
+                };
+                let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+                assert!(
+                    (numeric - analytic[set] as f64).abs() < 1e-2,
+                    "{granularity:?} {name}[{set}]: {numeric} vs {}",
+                    analytic[set]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_blend_moves_from_relu_to_the_quadratic() {
+    let device = Device::flex();
+    let q = Quadratic::new(Granularity::Element, Shape::Flat(3), &device);
+    let z = Tensor::<2>::from_floats([[-1.0f32, 0.0, 2.0]], &device);
+    assert_eq!(values(q.blend(z.clone(), 0.0)), vec![0.0, 0.0, 2.0]);
+    let quadratic: Vec<f32> = [-1.0f64, 0.0, 2.0]
+        .iter()
+        .map(|z| (RELU_FIT[0] + RELU_FIT[1] * z + RELU_FIT[2] * z * z) as f32)
+        .collect();
+    for (got, want) in values(q.blend(z, 1.0)).iter().zip(&quadratic) {
+        assert!((got - want).abs() < 1e-5);
+    }
+    assert_eq!(q.coefficients().len(), 3);
+}
