@@ -1,5 +1,36 @@
 #!/usr/bin/env bash
-# Installs what HEXray needs on a fresh Debian machine with rustup: the wasm target (the shared
-# contract crate must build for the browser). Safe to run again.
+# Installs what HEXray needs on a fresh Debian machine with rustup, and nothing twice: the wasm
+# target, the wasm-bindgen CLI matching the pinned crate, wasm-pack, Chromium and its driver
+# (browser tests), and the browser tests' npm packages. Safe to run again.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
 rustup target add wasm32-unknown-unknown
+
+# The CLI must be exactly the version of the wasm-bindgen crate that wasm-client pins.
+bindgen_version=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' wasm-client/Cargo.toml)
+if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $bindgen_version" ]]; then
+  cargo install --locked wasm-bindgen-cli --version "$bindgen_version"
+fi
+wasm_pack_version=0.13.1
+if [[ "$(wasm-pack --version 2>/dev/null)" != "wasm-pack $wasm_pack_version" ]]; then
+  cargo install --locked wasm-pack --version "$wasm_pack_version"
+fi
+
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+  sudo=$([[ $(id -u) == 0 ]] || echo sudo)
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# Browser tests' packages, reinstalled only when the lock file changes (a copy of the lock file
+# that was installed is kept beside them).
+stamp=tests/browser/node_modules/.installed-lock.json
+if ! cmp -s tests/browser/package-lock.json "$stamp"; then
+  (cd tests/browser && npm ci --no-audit --no-fund)
+  cp tests/browser/package-lock.json "$stamp"
+fi

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Every check a submission must pass, in one release build (TFHE is unusably slow unoptimised).
+# Every check a submission must pass: formatting, clippy, the Rust tests in one release build
+# (TFHE is unusably slow unoptimised), the wasm client's tests in headless Chromium, and the
+# end-to-end test that drives the real page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
-# The contract crate is shared with the browser client: prove it builds for wasm32.
-cargo build --release --target wasm32-unknown-unknown -p hexray-model
 cargo test --release --workspace
+bash scripts/build-web.sh
+# wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.
+(cd wasm-client && wasm-pack test --headless --chrome --release --mode no-install)
+node --test tests/browser/

@@ -18,6 +18,8 @@ pub enum CryptoError {
         expected: usize,
         found: usize,
     },
+    #[error("the batch holds {found} blobs; between 1 and {max} are accepted")]
+    BatchSize { found: usize, max: usize },
     #[error("{what} is malformed: {reason}")]
     Malformed { what: &'static str, reason: String },
     #[error(transparent)]

@@ -4,13 +4,15 @@
 //!   variances the compiler needs, computed with TFHE-rs's own noise formulas;
 //! - [`keys`]: client key generation, compressed server keys and their size-limited,
 //!   parameter-checked serialization;
-//! - [`ciphertext`]: seeded encryption of a preprocessed image and decryption of the outputs.
+//! - [`ciphertext`]: seeded encryption of a preprocessed image and decryption of the outputs;
+//! - [`frames`]: several blobs (a batch of images or outputs) in one HTTP body.
 //!
 //! The server-side evaluation lives in `hexray-evaluator`; this crate is what a client needs.
 
 pub mod ciphertext;
 mod envelope;
 pub mod error;
+pub mod frames;
 pub mod keys;
 pub mod params;
 

@@ -102,6 +102,19 @@ impl ParameterSet {
         self.spec().glwe_dimension.to_glwe_size()
     }
 
+    /// Bytes an expanded server key occupies, which bounds a server's key cache: the Fourier
+    /// bootstrapping key (n·l·(k+1)² polynomials of N/2 complex f64) plus the keyswitching key
+    /// (kN·l_ks ciphertexts of n+1 words of the keyswitch's output width).
+    pub fn server_key_memory_bytes(self) -> usize {
+        let s = self.spec();
+        let k1 = s.glwe_dimension.to_glwe_size().0;
+        let n = s.lwe_dimension.0;
+        let bootstrapping = n * s.pbs_level.0 * k1 * k1 * s.polynomial_size.0 / 2 * 16;
+        let word = (s.post_keyswitch_modulus.log2() / 8.0).ceil() as usize;
+        let keyswitching = self.big_lwe_dimension().0 * s.ks_level.0 * (n + 1) * word;
+        bootstrapping + keyswitching
+    }
+
     /// Noise that client encryptions carry (the GLWE noise of the big key).
     pub fn encryption_noise(self) -> DynamicDistribution<u64> {
         self.spec().glwe_noise

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::activation::{Function, Granularity, Quantizer};
 use hexray_model::format::{
-    window_count, Activation, Crop, InputSpec, Layer, OutputSpec, ResizeFilter, Shape,
+    window_count, Activation, InputSpec, Intensity, Layer, OutputSpec, Shape,
 };
 use hexray_model::linear::{self, Affine};
 use hexray_model::preprocess::preprocess_luma;
@@ -40,15 +40,7 @@ fn main() -> Result<()> {
     let [topology, data, out] = args.as_slice() else {
         bail!("usage: reference_model a|b DATASET.npz OUT.hexray");
     };
-    let input = InputSpec {
-        width: 28,
-        height: 28,
-        channels: 1,
-        bits: 8,
-        scale: 1.0 / 255.0,
-        crop: Crop::CentreSquare,
-        resize_filter: ResizeFilter::Triangle,
-    };
+    let input = InputSpec::square_8bit(28, Intensity::AsIs);
     let (train, train_y) = load(data, "train", &input)?;
     let (test, test_y) = load(data, "test", &input)?;
     let mut rng = ChaCha8Rng::seed_from_u64(2024);

@@ -15,7 +15,7 @@ use hexray_crypto::tfhe::core_crypto::prelude::*;
 use hexray_crypto::tfhe::shortint::ciphertext::{Degree, NoiseLevel};
 use hexray_crypto::tfhe::shortint::server_key::LookupTableOwned;
 use hexray_crypto::tfhe::shortint::Ciphertext;
-use hexray_crypto::{EncryptedImage, EncryptedOutput, ServerKey};
+use hexray_crypto::{EncryptedImage, EncryptedOutput, ParameterSet, ServerKey};
 use hexray_model::{Circuit, Stage};
 use rayon::prelude::*;
 use thiserror::Error;
@@ -33,6 +33,8 @@ pub enum EngineError {
     },
     #[error("the encrypted image holds {found} values, but the model reads {expected}")]
     InputLength { expected: usize, found: usize },
+    #[error("a batch needs at least one encrypted image")]
+    EmptyBatch,
 }
 
 /// Where the time went, summed over threads for the parts that run in parallel.
@@ -48,36 +50,45 @@ pub struct EvaluationStats {
     pub bootstrap_cpu: Duration,
 }
 
-/// Evaluates `model` on an encrypted image. `progress` is called after every bootstrap.
+/// Evaluates `model` on one encrypted image. `progress` is called after every bootstrap.
 pub fn evaluate(
     model: &LoadedModel,
     key: &ServerKey,
     input: EncryptedImage,
     progress: &(dyn Fn() + Sync),
 ) -> Result<(EncryptedOutput, EvaluationStats), EngineError> {
+    let (mut outputs, stats) = evaluate_batch(model, key, vec![input], progress)?;
+    Ok((outputs.remove(0), stats))
+}
+
+/// Evaluates `model` on a batch of encrypted images, as paper 2 intends: each stage's neurons of
+/// all images form one stream of bootstraps, so a batch keeps every core busy even when one
+/// image's stage has fewer neurons than there are cores. Outputs come in input order.
+/// `progress` is called after every bootstrap.
+pub fn evaluate_batch(
+    model: &LoadedModel,
+    key: &ServerKey,
+    inputs: Vec<EncryptedImage>,
+    progress: &(dyn Fn() + Sync),
+) -> Result<(Vec<EncryptedOutput>, EvaluationStats), EngineError> {
     let set = model.parameter_set;
-    for (what, found) in [
-        ("server key", key.parameter_set()),
-        ("encrypted image", input.parameter_set()),
-    ] {
-        if found != set {
-            return Err(EngineError::ParameterMismatch {
-                what,
-                expected: set.name(),
-                found: found.name(),
+    let circuit = &model.circuit;
+    if inputs.is_empty() {
+        return Err(EngineError::EmptyBatch);
+    }
+    check_parameters("server key", key.parameter_set(), set)?;
+    for input in &inputs {
+        check_parameters("encrypted image", input.parameter_set(), set)?;
+        if input.len() != circuit.input_len() {
+            return Err(EngineError::InputLength {
+                expected: circuit.input_len(),
+                found: input.len(),
             });
         }
     }
-    let circuit = &model.circuit;
-    if input.len() != circuit.input_len() {
-        return Err(EngineError::InputLength {
-            expected: circuit.input_len(),
-            found: input.len(),
-        });
-    }
 
     let start = Instant::now();
-    let mut values = input.expand();
+    let mut values: Vec<_> = inputs.into_par_iter().map(EncryptedImage::expand).collect();
     let expand = start.elapsed();
     let timers = Timers::default();
     let (output, hidden) = circuit
@@ -88,51 +99,74 @@ pub fn evaluate(
         values = run_hidden_stage(circuit, index, &values, key, progress, &timers);
     }
     let linear_start = Instant::now();
-    let outputs = (0..output.neurons.len())
-        .into_par_iter()
-        .map(|j| dot_product(output, j, &values).into_container())
+    let outputs = values
+        .par_iter()
+        .map(|image| {
+            let neurons = (0..output.neurons.len())
+                .map(|j| dot_product(output, j, image).into_container())
+                .collect();
+            EncryptedOutput::new(set, into_list(neurons, image.lwe_size()))
+        })
         .collect();
-    let outputs = into_list(outputs, values.lwe_size());
     timers.add(&timers.linear, linear_start);
 
     let stats = EvaluationStats {
-        bootstraps: circuit.bootstrap_count(),
+        bootstraps: circuit.bootstrap_count() * values.len(),
         wall: start.elapsed(),
         expand,
         linear_cpu: Duration::from_nanos(timers.linear.load(Ordering::Relaxed)),
         bootstrap_cpu: Duration::from_nanos(timers.bootstrap.load(Ordering::Relaxed)),
     };
-    Ok((EncryptedOutput::new(set, outputs), stats))
+    Ok((outputs, stats))
 }
 
-/// One hidden stage: a dot product and a bootstrap per neuron, in parallel. The outputs are
-/// the next stage's inputs, encoded with its Δ.
+fn check_parameters(
+    what: &'static str,
+    found: ParameterSet,
+    expected: ParameterSet,
+) -> Result<(), EngineError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(EngineError::ParameterMismatch {
+            what,
+            expected: expected.name(),
+            found: found.name(),
+        })
+    }
+}
+
+/// One hidden stage for every image: a dot product and a bootstrap per (image, neuron), in
+/// parallel. The outputs are the next stage's inputs, encoded with its Δ.
 fn run_hidden_stage(
     circuit: &Circuit,
     index: usize,
-    inputs: &LweCiphertextListOwned<u64>,
+    images: &[LweCiphertextListOwned<u64>],
     key: &ServerKey,
     progress: &(dyn Fn() + Sync),
     timers: &Timers,
-) -> LweCiphertextListOwned<u64> {
+) -> Vec<LweCiphertextListOwned<u64>> {
     let stage = &circuit.stages[index];
     let next_delta = circuit.stages[index + 1].delta;
-    let neurons: Vec<usize> = (0..stage.neurons.len()).collect();
+    let width = stage.neurons.len();
+    let work: Vec<(usize, usize)> = (0..images.len())
+        .flat_map(|image| (0..width).map(move |j| (image, j)))
+        .collect();
     // Batches share each bootstrapping-key load; keep at least one batch per thread.
     let batch = MAX_BATCH
-        .min(neurons.len().div_ceil(rayon::current_num_threads()))
+        .min(work.len().div_ceil(rayon::current_num_threads()))
         .max(1);
-    let outputs: Vec<Vec<u64>> = neurons
+    let mut outputs: Vec<Vec<u64>> = work
         .par_chunks(batch)
         .flat_map_iter(|chunk| {
             let linear_start = Instant::now();
             let phases: Vec<_> = chunk
                 .iter()
-                .map(|&j| dot_product(stage, j, inputs))
+                .map(|&(image, j)| dot_product(stage, j, &images[image]))
                 .collect();
             let tables: Vec<_> = chunk
                 .iter()
-                .map(|&j| {
+                .map(|&(_, j)| {
                     lookup_table(
                         key,
                         &stage.lookup_table(j, circuit.polynomial_size, next_delta),
@@ -149,7 +183,11 @@ fn run_hidden_stage(
             })
         })
         .collect();
-    into_list(outputs, inputs.lwe_size())
+    let lwe_size = images[0].lwe_size();
+    images
+        .iter()
+        .map(|_| into_list(outputs.drain(..width).collect(), lwe_size))
+        .collect()
 }
 
 /// Most neurons bootstrapped together; past 8 the gain from sharing key loads levels off.

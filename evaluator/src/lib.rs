@@ -2,11 +2,13 @@
 //!
 //! - [`model`]: a model file loaded, compiled and tied to its TFHE parameter set;
 //! - [`engine`]: encrypted evaluation, one fused dot product and bootstrap per hidden neuron;
-//! - [`batch`]: bootstraps in batches that share each load of the bootstrapping key.
+//! - [`batch`]: bootstraps in batches that share each load of the bootstrapping key;
+//! - [`server`]: the actix-web server: page, API, key store and job queue.
 
 pub mod batch;
 pub mod engine;
 pub mod model;
+pub mod server;
 
-pub use engine::{evaluate, EngineError, EvaluationStats};
+pub use engine::{evaluate, evaluate_batch, EngineError, EvaluationStats};
 pub use model::LoadedModel;

@@ -57,6 +57,42 @@ pub struct InputSpec {
     pub scale: f64,
     pub crop: Crop,
     pub resize_filter: ResizeFilter,
+    /// Per-image intensity normalisation after resizing. Absent in files written before it
+    /// existed, which means [`Intensity::AsIs`].
+    #[serde(default)]
+    pub intensity: Intensity,
+}
+
+impl InputSpec {
+    /// A grayscale `side`×`side` input of 8-bit pixels scaled to [0, 1], cropped to a centred
+    /// square and resized with a triangle filter: the MedMNIST convention.
+    pub fn square_8bit(side: u32, intensity: Intensity) -> Self {
+        InputSpec {
+            width: side,
+            height: side,
+            channels: 1,
+            bits: 8,
+            scale: 1.0 / 255.0,
+            crop: Crop::CentreSquare,
+            resize_filter: ResizeFilter::Triangle,
+            intensity,
+        }
+    }
+}
+
+/// Per-image intensity normalisation. X-rays from different scanners, exposures and windowing
+/// differ in brightness and contrast; normalising each image removes that difference before the
+/// network sees it, on the client, in clear, so it costs no bootstrap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Intensity {
+    /// Pixels as resized.
+    #[default]
+    AsIs,
+    /// Linear stretch of the 1st..99th percentile of the image's pixels to 0..255.
+    Stretch,
+    /// Histogram equalisation: each pixel becomes its rank (empirical CDF) scaled to 0..255.
+    Equalize,
 }
 
 /// How a non-square image is cropped before resizing.

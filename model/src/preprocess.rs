@@ -3,14 +3,15 @@
 //!
 //! Steps, in order: decode (PNG or JPEG, any size, colour or grayscale) → ITU-R BT.601 luma →
 //! centred square crop (if the model asks for it) → resize to the model's input size with its
-//! filter → q = round(luma · (2^bits − 1) / 255).
+//! filter → per-image intensity normalisation (if the model asks for it) →
+//! q = round(luma · (2^bits − 1) / 255).
 
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, GrayImage};
 use ndarray::Array3;
 
 use crate::error::PreprocessError;
-use crate::format::{Crop, InputSpec, ResizeFilter};
+use crate::format::{Crop, InputSpec, Intensity, ResizeFilter};
 
 /// Decodes an encoded image (PNG or JPEG) and preprocesses it.
 pub fn preprocess(bytes: &[u8], spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
@@ -48,6 +49,7 @@ pub fn preprocess_luma(
     if luma.dimensions() != (spec.width, spec.height) {
         luma = imageops::resize(&luma, spec.width, spec.height, filter(spec.resize_filter));
     }
+    normalise(&mut luma, spec.intensity);
     let levels = ((1u32 << spec.bits) - 1) as f64;
     let pixels = luma
         .pixels()
@@ -57,6 +59,57 @@ pub fn preprocess_luma(
         Array3::from_shape_vec((1, spec.height as usize, spec.width as usize), pixels)
             .expect("the resized image has exactly width × height pixels"),
     )
+}
+
+/// Applies `intensity` in place. Both mappings depend only on the image's own histogram, so a
+/// uniformly brighter or lower-contrast copy of an image maps (up to rounding) to the same pixels.
+fn normalise(luma: &mut GrayImage, intensity: Intensity) {
+    let mut histogram = [0usize; 256];
+    for p in luma.pixels() {
+        histogram[p.0[0] as usize] += 1;
+    }
+    let total = luma.pixels().len();
+    let map: [u8; 256] = match intensity {
+        Intensity::AsIs => return,
+        Intensity::Stretch => {
+            let low = percentile(&histogram, total, 0.01) as f64;
+            let high = percentile(&histogram, total, 0.99) as f64;
+            if high <= low {
+                return; // A flat image has no contrast to stretch.
+            }
+            std::array::from_fn(|v| {
+                ((v as f64 - low) / (high - low) * 255.0)
+                    .round()
+                    .clamp(0.0, 255.0) as u8
+            })
+        }
+        Intensity::Equalize => {
+            let mut below = 0;
+            std::array::from_fn(|v| {
+                // The midpoint rank of value v: ties share one level, and a flat image maps to
+                // mid-grey rather than to white.
+                let rank = below as f64 + histogram[v] as f64 / 2.0;
+                below += histogram[v];
+                (rank / total as f64 * 255.0).round() as u8
+            })
+        }
+    };
+    for p in luma.pixels_mut() {
+        p.0[0] = map[p.0[0] as usize];
+    }
+}
+
+/// The smallest pixel value v with at least `fraction` of the pixels ≤ v.
+fn percentile(histogram: &[usize; 256], total: usize, fraction: f64) -> u8 {
+    let needed = (fraction * total as f64).ceil().max(1.0) as usize;
+    let mut seen = 0;
+    for (v, &count) in histogram.iter().enumerate() {
+        seen += count;
+        if seen >= needed {
+            return v as u8;
+        }
+    }
+    255
 }
 
 fn filter(f: ResizeFilter) -> FilterType {
@@ -84,6 +137,7 @@ mod tests {
             scale: 1.0,
             crop: Crop::CentreSquare,
             resize_filter: ResizeFilter::Triangle,
+            intensity: Intensity::AsIs,
         }
     }
 
@@ -126,6 +180,53 @@ mod tests {
         let img = DynamicImage::ImageLuma8(GrayImage::from_pixel(16, 16, Luma([128])));
         let t = preprocess(&encode(img, ImageFormat::Jpeg), &spec(8)).unwrap();
         assert!(t.iter().all(|&v| (126..=130).contains(&v)));
+    }
+
+    #[test]
+    fn normalisation_removes_brightness_and_contrast() {
+        let base = GrayImage::from_fn(4, 4, |x, y| Luma([(x * 40 + y * 10) as u8]));
+        // The same picture, darker and with half the contrast.
+        let dim = GrayImage::from_fn(4, 4, |x, y| Luma([(20 + x * 20 + y * 5) as u8]));
+        for intensity in [Intensity::Stretch, Intensity::Equalize] {
+            let spec = InputSpec {
+                intensity,
+                ..spec(8)
+            };
+            let a = preprocess_luma(base.clone(), &spec).unwrap();
+            let b = preprocess_luma(dim.clone(), &spec).unwrap();
+            let gap = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).max().unwrap();
+            assert!(gap <= 2, "{intensity:?}: {a:?} vs {b:?}");
+            let spread = a.iter().max().unwrap() - a.iter().min().unwrap();
+            assert!(
+                spread >= 200,
+                "{intensity:?} spreads the pixels over {spread} levels"
+            );
+        }
+        let raw = preprocess_luma(dim, &spec(8)).unwrap();
+        assert!(raw.iter().all(|&v| v <= 20 + 60 + 15));
+    }
+
+    #[test]
+    fn flat_images_stay_finite() {
+        let flat = GrayImage::from_pixel(4, 4, Luma([77]));
+        let stretched = preprocess_luma(
+            flat.clone(),
+            &InputSpec {
+                intensity: Intensity::Stretch,
+                ..spec(8)
+            },
+        )
+        .unwrap();
+        assert!(stretched.iter().all(|&v| v == 77));
+        let equalized = preprocess_luma(
+            flat,
+            &InputSpec {
+                intensity: Intensity::Equalize,
+                ..spec(8)
+            },
+        )
+        .unwrap();
+        assert!(equalized.iter().all(|&v| v == 128));
     }
 
     #[test]

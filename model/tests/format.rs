@@ -2,7 +2,7 @@
 //! field, never a panic.
 
 use hexray_model::activation::{Function, Granularity, Quantizer};
-use hexray_model::format::{Activation, Crop, InputSpec, Layer, OutputSpec, ResizeFilter};
+use hexray_model::format::{Activation, InputSpec, Intensity, Layer, OutputSpec};
 use hexray_model::{CompileError, CompiledModel, FheParameters, ModelError, Network};
 use ndarray::Array3;
 use rand::{Rng, SeedableRng};
@@ -21,15 +21,7 @@ fn fhe() -> FheParameters {
 }
 
 fn input(side: u32) -> InputSpec {
-    InputSpec {
-        width: side,
-        height: side,
-        channels: 1,
-        bits: 8,
-        scale: 1.0 / 255.0,
-        crop: Crop::CentreSquare,
-        resize_filter: ResizeFilter::Triangle,
-    }
+    InputSpec::square_8bit(side, Intensity::AsIs)
 }
 
 /// conv(1→2, 3×3) → per-channel quadratic → flatten → dense(8→2).

@@ -3,7 +3,7 @@
 mod common;
 
 use hexray_crypto::{EncryptedImage, EncryptedOutput};
-use hexray_evaluator::evaluate;
+use hexray_evaluator::{evaluate, evaluate_batch};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -108,4 +108,43 @@ fn a_model_whose_noise_figures_were_edited_is_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("`fhe`"), "{err}");
+}
+
+#[test]
+fn a_batch_gives_bit_for_bit_what_each_image_gives_alone() {
+    let model = common::reference_model();
+    let (client, server) = common::keys(&model);
+    let circuit = &model.circuit;
+    let encrypt = |seed: u128, name: &str| {
+        client
+            .encrypt_deterministic(circuit, common::sample(&model, name).view(), seed)
+            .unwrap()
+    };
+    let names = [
+        "pneumoniamnist/test-0001-pneumonia.png",
+        "covid-cxr-actualmed/normal-1.png",
+    ];
+    let batch = names
+        .iter()
+        .enumerate()
+        .map(|(seed, name)| encrypt(seed as u128, name))
+        .collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let (outputs, stats) = evaluate_batch(&model, &server, batch, &|| {
+        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(stats.bootstraps, 2 * circuit.bootstrap_count());
+    assert_eq!(done.into_inner(), stats.bootstraps);
+    for (seed, (name, output)) in names.iter().zip(&outputs).enumerate() {
+        let (alone, _) = evaluate(&model, &server, encrypt(seed as u128, name), &|| {}).unwrap();
+        assert!(
+            output.to_bytes() == alone.to_bytes(),
+            "{name} differs in a batch"
+        );
+    }
+    assert!(matches!(
+        evaluate_batch(&model, &server, Vec::new(), &|| {}),
+        Err(hexray_evaluator::EngineError::EmptyBatch)
+    ));
 }

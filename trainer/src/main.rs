@@ -14,17 +14,17 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::activation::Granularity;
-use hexray_model::format::{Crop, InputSpec, ResizeFilter};
+use hexray_model::format::{InputSpec, Intensity, Shape};
 use hexray_trainer::data::{folds, load_folder, load_npz, shared_patients, Dataset};
 use hexray_trainer::encrypted;
 use hexray_trainer::loss::Distillation;
 use hexray_trainer::metrics::{roc_curve, Scores};
-use hexray_trainer::net::ActivationMode;
+use hexray_trainer::net::{ActivationMode, Net};
 use hexray_trainer::pipeline::{
     export_mismatches, score_circuit, score_float, teacher, train_and_compile, Config,
 };
 use hexray_trainer::plots::{line_chart, pareto_chart, roc_chart, Series};
-use hexray_trainer::report::{table, Row, RunReport, StageSummary};
+use hexray_trainer::report::{seed_table, table, Row, RunReport, SeedRow, StageSummary};
 use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{EpochLog, QatRecipe, Recipe, Settings, Tensors};
 
@@ -60,6 +60,9 @@ enum Command {
         common: Common,
         #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
         topologies: Vec<String>,
+        /// Seeds per row, from --seed upward; tables show mean ± standard deviation.
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
         /// The markdown document to write (a JSON twin is written beside it).
         #[arg(long, default_value = "docs/ablation.md")]
         out: PathBuf,
@@ -74,6 +77,9 @@ enum Command {
             default_value = "a,c,c-wide,c-narrow,c-tiny,c-deep,pool4,pool4-small"
         )]
         topologies: Vec<String>,
+        /// Seeds per row, from --seed upward; tables show mean ± standard deviation.
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
         /// The PNG to write (a markdown table is written beside it).
         #[arg(long, default_value = "docs/pareto.png")]
         out: PathBuf,
@@ -125,27 +131,39 @@ struct Common {
     /// Noisy simulation draws per test image.
     #[arg(long, default_value_t = 10)]
     draws: usize,
+    /// Per-image intensity normalisation, written into the model so the client applies it too:
+    /// as-is, stretch or equalize.
+    #[arg(long, default_value = "equalize", value_parser = parse_intensity)]
+    intensity: Intensity,
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
 }
 
+/// The network input: one 28×28 grayscale channel.
+const INPUT_SHAPE: Shape = Shape::Image { c: 1, h: 28, w: 28 };
+
 /// PneumoniaMNIST's classes, in label order.
 const CLASSES: [&str; 2] = ["normal", "pneumonia"];
 
-fn input_spec() -> InputSpec {
-    InputSpec {
-        width: 28,
-        height: 28,
-        channels: 1,
-        bits: 8,
-        scale: 1.0 / 255.0,
-        crop: Crop::CentreSquare,
-        resize_filter: ResizeFilter::Triangle,
+/// Parses an `--intensity` value: the kebab-case names of [`Intensity`].
+fn parse_intensity(name: &str) -> Result<Intensity, String> {
+    match name {
+        "as-is" => Ok(Intensity::AsIs),
+        "stretch" => Ok(Intensity::Stretch),
+        "equalize" => Ok(Intensity::Equalize),
+        _ => Err(format!(
+            "unknown intensity normalisation `{name}`; use as-is, stretch or equalize"
+        )),
     }
 }
 
 impl Common {
+    /// PneumoniaMNIST's 28×28 input, with this run's intensity normalisation.
+    fn input_spec(&self) -> InputSpec {
+        InputSpec::square_8bit(28, self.intensity)
+    }
+
     fn distillation(&self) -> Distillation {
         Distillation {
             temperature: self.temperature,
@@ -173,9 +191,9 @@ impl Common {
     }
 
     fn config(&self, topology: &str, recipe: Recipe, classes: &[String]) -> Result<Config> {
-        let input = input_spec();
+        let input = self.input_spec();
         let topology = Topology::parse(topology)?;
-        topology.check(hexray_model::format::Shape::Image { c: 1, h: 28, w: 28 })?;
+        topology.check(INPUT_SHAPE)?;
         Ok(Config {
             topology,
             recipe,
@@ -193,7 +211,7 @@ impl Common {
     }
 
     fn splits(&self) -> Result<[Dataset; 3]> {
-        let spec = input_spec();
+        let spec = self.input_spec();
         let load = |split| {
             load_npz(&self.data, split, &spec).with_context(|| format!("loading {split} split"))
         };
@@ -217,13 +235,15 @@ fn main() -> Result<()> {
         Command::Ablation {
             common,
             topologies,
+            seeds,
             out,
-        } => ablation(&common, &topologies, &out),
+        } => ablation(&common, &topologies, seeds, &out),
         Command::Pareto {
             common,
             topologies,
+            seeds,
             out,
-        } => pareto(&common, &topologies, &out),
+        } => pareto(&common, &topologies, seeds, &out),
         Command::Transfer {
             common,
             folder,
@@ -462,63 +482,68 @@ fn ablation_recipes(common: &Common) -> Vec<(&'static str, Recipe)> {
     ]
 }
 
-fn ablation(common: &Common, topologies: &[String], out: &Path) -> Result<()> {
+fn ablation(common: &Common, topologies: &[String], seeds: usize, out: &Path) -> Result<()> {
     let [train, val, test] = common.splits()?;
-    let scale = input_spec().scale;
+    let scale = common.input_spec().scale;
     let (tr, va, te) = (
         Tensors::new(&train, scale),
         Tensors::new(&val, scale),
         Tensors::new(&test, scale),
     );
-    let mut doc = String::from(
+    let mut doc = format!(
         "# Ablation on the PneumoniaMNIST test split\n\n\
          Generated by `cargo run --release -p hexray-trainer -- ablation` (see the README); do not \
          edit by hand. Each row changes one switch of the method. Float rows are plaintext; the \
          last row of each table is the compiled integer circuit under TFHE's predicted noise \
-         (noisy simulation, averaged over draws), which is what encrypted inference gives.\n\n",
+         (noisy simulation, averaged over draws), which is what encrypted inference gives. Every \
+         cell is the mean ± standard deviation over {seeds} seeds (teacher and student both \
+         retrained), because PneumoniaMNIST's test split is shifted from its validation split \
+         and single runs move by several points.\n\n",
     );
     let mut json = Vec::new();
     for name in topologies {
-        let shipped = common.config(name, common.shipped(), &classes())?;
         let start = Instant::now();
-        let mut log = Vec::new();
-        let teacher_net = teacher(None, &shipped, &tr, &va, &mut log);
-        let bootstraps = shipped
-            .topology
-            .bootstraps(hexray_model::format::Shape::Image { c: 1, h: 28, w: 28 });
-        let row = |name: &str, scores| Row {
-            name: name.into(),
-            scores,
-            bootstraps,
-        };
-        let mut rows = vec![row(
-            "ReLU teacher",
-            score_float(&teacher_net, ActivationMode::Relu, &te).0,
-        )];
-        for (label, recipe) in ablation_recipes(common) {
-            let config = Config {
-                recipe,
-                ..shipped.clone()
-            };
-            let student =
-                train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "ablation")?;
-            let scores = match &student.quantized {
-                Some((_, _, circuit)) => {
-                    score_circuit(circuit, &test, common.draws, common.seed)?.0
-                }
-                None => score_float(&student.float, ActivationMode::Quadratic, &te).0,
-            };
-            rows.push(row(label, scores));
+        let mut rows: Vec<SeedRow> = Vec::new();
+        for run in with_seeds(common, seeds) {
+            let shipped = run.config(name, run.shipped(), &classes())?;
+            let mut log = Vec::new();
+            let teacher_net = teacher(None, &shipped, &tr, &va, &mut log);
+            let mut scores = vec![(
+                "ReLU teacher",
+                score_float(&teacher_net, ActivationMode::Relu, &te).0,
+            )];
+            for (label, recipe) in ablation_recipes(&run) {
+                let config = Config {
+                    recipe,
+                    ..shipped.clone()
+                };
+                let student =
+                    train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "ablation")?;
+                scores.push((
+                    label,
+                    match &student.quantized {
+                        Some((_, _, circuit)) => {
+                            score_circuit(circuit, &test, run.draws, run.seed)?.0
+                        }
+                        None => score_float(&student.float, ActivationMode::Quadratic, &te).0,
+                    },
+                ));
+            }
+            add_seed(
+                &mut rows,
+                run.seed,
+                shipped.topology.bootstraps(INPUT_SHAPE),
+                scores,
+            );
         }
+        let spec = Topology::parse(name)?.spec();
         doc += &format!(
-            "## Topology `{name}` ({}), {bootstraps} PBS per image\n\n{}\nTrained in {:.0} s.\n\n",
-            shipped.topology.spec(),
-            table(&rows),
+            "## Topology `{name}` ({spec}), {} PBS per image\n\n{}\nTrained in {:.0} s.\n\n",
+            rows[0].bootstraps,
+            seed_table(&rows),
             start.elapsed().as_secs_f64()
         );
-        json.push(
-            serde_json::json!({"topology": name, "spec": shipped.topology.spec(), "rows": rows}),
-        );
+        json.push(serde_json::json!({"topology": name, "spec": spec, "rows": rows}));
     }
     write(out, &doc)?;
     write(
@@ -529,44 +554,86 @@ fn ablation(common: &Common, topologies: &[String], out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn pareto(common: &Common, topologies: &[String], out: &Path) -> Result<()> {
+/// `common` once per seed: --seed, --seed + 1, …
+fn with_seeds(common: &Common, seeds: usize) -> impl Iterator<Item = Common> + '_ {
+    (0..seeds as u64).map(move |k| Common {
+        seed: common.seed + k,
+        ..common.clone()
+    })
+}
+
+/// Appends one seed's scores to `rows`, which hold one row per name in the order first seen.
+fn add_seed(rows: &mut Vec<SeedRow>, seed: u64, bootstraps: usize, scores: Vec<(&str, Scores)>) {
+    for (name, score) in scores {
+        match rows.iter_mut().find(|r| r.name == name) {
+            Some(row) => {
+                row.seeds.push(seed);
+                row.scores.push(score);
+            }
+            None => rows.push(SeedRow {
+                name: name.into(),
+                bootstraps,
+                seeds: vec![seed],
+                scores: vec![score],
+            }),
+        }
+    }
+}
+
+fn pareto(common: &Common, topologies: &[String], seeds: usize, out: &Path) -> Result<()> {
     let [train, val, test] = common.splits()?;
-    let scale = input_spec().scale;
-    let (tr, va) = (Tensors::new(&train, scale), Tensors::new(&val, scale));
+    let scale = common.input_spec().scale;
+    let (tr, va, te) = (
+        Tensors::new(&train, scale),
+        Tensors::new(&val, scale),
+        Tensors::new(&test, scale),
+    );
     let mut points = Vec::new();
-    let mut doc = String::from(
+    let mut doc = format!(
         "# Accuracy against bootstraps\n\nGenerated by `cargo run --release -p hexray-trainer -- \
-         pareto`. Every topology is trained with the shipped recipe; accuracy is the noisy \
-         simulation's on the PneumoniaMNIST test split.\n\n\
+         pareto` (see the README). Every topology is trained with the shipped recipe on {seeds} \
+         seeds; each cell is the mean ± standard deviation over them, on the PneumoniaMNIST test \
+         split. `noisy` is the compiled circuit under TFHE's predicted noise, what encrypted \
+         inference gives; the plot shows its mean.\n\n\
          | topology | spec | PBS | teacher | exact | noisy |\n|---|---|---|---|---|---|\n",
     );
     for name in topologies {
-        let config = common.config(name, common.shipped(), &classes())?;
-        let mut log = Vec::new();
-        let teacher_net = teacher(None, &config, &tr, &va, &mut log);
-        let teacher_acc = score_float(
-            &teacher_net,
-            ActivationMode::Relu,
-            &Tensors::new(&test, scale),
-        )
-        .0
-        .accuracy;
-        let student = train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "pareto")?;
-        let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
-        let exact = score_circuit(&circuit, &test, 0, common.seed)?.0.accuracy;
-        let noisy = score_circuit(&circuit, &test, common.draws, common.seed)?
-            .0
-            .accuracy;
-        let pbs = circuit.bootstrap_count();
+        let mut rows = Vec::new();
+        for run in with_seeds(common, seeds) {
+            let config = run.config(name, run.shipped(), &classes())?;
+            let mut log = Vec::new();
+            let teacher_net = teacher(None, &config, &tr, &va, &mut log);
+            let teacher_scores = score_float(&teacher_net, ActivationMode::Relu, &te).0;
+            let student =
+                train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "pareto")?;
+            let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
+            let scores = vec![
+                ("teacher", teacher_scores),
+                ("exact", score_circuit(&circuit, &test, 0, run.seed)?.0),
+                (
+                    "noisy",
+                    score_circuit(&circuit, &test, run.draws, run.seed)?.0,
+                ),
+            ];
+            add_seed(&mut rows, run.seed, circuit.bootstrap_count(), scores);
+        }
+        let accuracy = |row: &SeedRow| {
+            let (mean, sd) = row.mean_sd(|s| s.accuracy);
+            format!("{mean:.3} ± {sd:.3}")
+        };
+        let pbs = rows[0].bootstraps;
         doc += &format!(
-            "| {name} | {} | {pbs} | {teacher_acc:.3} | {exact:.3} | {noisy:.3} |\n",
-            config.topology.spec()
+            "| {name} | {} | {pbs} | {} | {} | {} |\n",
+            Topology::parse(name)?.spec(),
+            accuracy(&rows[0]),
+            accuracy(&rows[1]),
+            accuracy(&rows[2]),
         );
-        points.push((name.clone(), pbs as f64, noisy));
+        points.push((name.clone(), pbs as f64, rows[2].mean_sd(|s| s.accuracy).0));
     }
     pareto_chart(
         out,
-        "Noisy-simulation accuracy against bootstraps per image",
+        "Noisy-simulation accuracy (mean over seeds) against bootstraps per image",
         &points,
         Some(0.86),
     )?;
@@ -584,14 +651,14 @@ fn transfer(
     out: &Path,
 ) -> Result<()> {
     let names: Vec<&str> = class_names.iter().map(String::as_str).collect();
-    let covid = load_folder(folder, &names, &input_spec())
+    let covid = load_folder(folder, &names, &common.input_spec())
         .with_context(|| format!("loading {}", folder.display()))?;
     let splits = folds(&covid, k, common.seed)?;
     if !shared_patients(&covid, &splits).is_empty() {
         bail!("a patient appears in two folds");
     }
     let [train, val, _] = common.splits()?;
-    let scale = input_spec().scale;
+    let scale = common.input_spec().scale;
     let config = common.config(topology, common.shipped(), class_names)?;
     let mut log = Vec::new();
     eprintln!("pre-training the teacher on PneumoniaMNIST...");
@@ -620,7 +687,13 @@ fn transfer(
         let fold_test = covid.subset(held_out);
         let mut accuracies = Vec::new();
         for (slot, start) in [Some(&pretrained), None].into_iter().enumerate() {
-            let fine_tuned = teacher(start.cloned(), &config, &fold_train, &fold_train, &mut log);
+            let fine_tuned = teacher(
+                start.map(Net::independent_copy),
+                &config,
+                &fold_train,
+                &fold_train,
+                &mut log,
+            );
             let student = train_and_compile(
                 &config,
                 &fine_tuned,
@@ -654,9 +727,7 @@ fn transfer(
         .map(|(name, (p, labels))| Row {
             name: (*name).into(),
             scores: Scores::new(p, labels),
-            bootstraps: config
-                .topology
-                .bootstraps(hexray_model::format::Shape::Image { c: 1, h: 28, w: 28 }),
+            bootstraps: config.topology.bootstraps(INPUT_SHAPE),
         })
         .collect();
     doc += &format!("\nPooled over the held-out folds:\n\n{}", table(&rows));

@@ -234,6 +234,14 @@ impl Net {
         (logits, activations)
     }
 
+    /// A copy that shares nothing with `self`. `clone()` is not enough: burn's `RunningState`
+    /// (batch norm's running statistics) is shared between clones, so training a clone would
+    /// silently move the original's statistics too. Round-tripping through validation mode
+    /// rebuilds every running state and keeps the parameters trainable.
+    pub fn independent_copy(&self) -> Self {
+        self.valid().train()
+    }
+
     /// The same network with each batch norm folded into the linear layer before it, using
     /// its running statistics: the form that is quantized and exported.
     pub fn fold_batch_norm(mut self) -> Self {
@@ -241,8 +249,8 @@ impl Net {
             let Some(norm) = block.norm.take() else {
                 continue;
             };
-            let scale = norm.gamma.val() / (norm.running_var.value() + norm.epsilon).sqrt();
-            let shift = norm.beta.val() - norm.running_mean.value() * scale.clone();
+            let scale = norm.gamma.val() / (norm.running_var.value_sync() + norm.epsilon).sqrt();
+            let shift = norm.beta.val() - norm.running_mean.value_sync() * scale.clone();
             if let Some(conv) = &mut block.conv {
                 let [out, ..] = conv.weight.dims();
                 let weight = conv.weight.val() * scale.clone().reshape([out, 1, 1, 1]);

@@ -55,7 +55,7 @@ pub fn train_and_compile(
         None => None,
         Some(qat) => {
             let q = quantize_student(
-                float.clone(),
+                float.independent_copy(),
                 qat,
                 recipe.distillation,
                 teacher,

@@ -56,6 +56,53 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// One model trained and evaluated once per seed: how far a figure moves with the seed alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedRow {
+    pub name: String,
+    pub bootstraps: usize,
+    pub seeds: Vec<u64>,
+    /// One entry per seed, in the order of `seeds`.
+    pub scores: Vec<Scores>,
+}
+
+impl SeedRow {
+    /// Mean and sample standard deviation (0 for a single seed) of one figure over the seeds.
+    pub fn mean_sd(&self, figure: impl Fn(&Scores) -> f64) -> (f64, f64) {
+        let values: Vec<f64> = self.scores.iter().map(figure).collect();
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    }
+
+    fn cell(&self, figure: impl Fn(&Scores) -> f64) -> String {
+        let (mean, sd) = self.mean_sd(figure);
+        if self.scores.len() > 1 {
+            format!("{mean:.3} ± {sd:.3}")
+        } else {
+            format!("{mean:.3}")
+        }
+    }
+}
+
+/// The markdown table of `rows`: mean ± standard deviation over seeds.
+pub fn seed_table(rows: &[SeedRow]) -> String {
+    let mut out =
+        String::from("| model | accuracy | F1 | AUC | PBS / image |\n|---|---|---|---|---|\n");
+    for row in rows {
+        out += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            row.name,
+            row.cell(|s| s.accuracy),
+            row.cell(|s| s.f1),
+            row.cell(|s| s.auc),
+            row.bootstraps
+        );
+    }
+    out
+}
+
 impl RunReport {
     pub fn markdown(&self) -> String {
         let mut out = format!(

@@ -224,7 +224,7 @@ fn fit(
             validation_accuracy,
         });
         if best.as_ref().is_none_or(|(b, _)| validation_accuracy >= *b) {
-            best = Some((validation_accuracy, net.clone()));
+            best = Some((validation_accuracy, net.independent_copy()));
         }
     }
     bar.finish();
@@ -339,7 +339,7 @@ pub fn train_student(
     device.seed(settings.seed.wrapping_add(1));
     let classes = teacher.output.weight.dims()[1];
     let start = match recipe.from_teacher {
-        true => teacher.clone(),
+        true => teacher.independent_copy(),
         false => Net::new(
             &topology_of(teacher),
             teacher.input,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hexray_model::format::{Crop, InputSpec, ResizeFilter};
+use hexray_model::format::{InputSpec, Intensity};
 use hexray_model::preprocess::{preprocess, preprocess_luma};
 use hexray_trainer::data::{folds, load_folder, load_npz, shared_patients};
 use image::GrayImage;
@@ -11,15 +11,7 @@ use ndarray::{Array2, Array3};
 use ndarray_npy::NpzWriter;
 
 fn spec() -> InputSpec {
-    InputSpec {
-        width: 28,
-        height: 28,
-        channels: 1,
-        bits: 8,
-        scale: 1.0 / 255.0,
-        crop: Crop::CentreSquare,
-        resize_filter: ResizeFilter::Triangle,
-    }
+    InputSpec::square_8bit(28, Intensity::AsIs)
 }
 
 fn samples() -> PathBuf {

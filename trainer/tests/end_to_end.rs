@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::activation::Granularity;
-use hexray_model::format::{Crop, InputSpec, ResizeFilter};
+use hexray_model::format::{InputSpec, Intensity};
 use hexray_model::CompiledModel;
 use hexray_trainer::data::load_npz;
 use hexray_trainer::loss::Distillation;
@@ -30,15 +30,7 @@ fn pneumoniamnist() -> PathBuf {
 
 #[test]
 fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
-    let input = InputSpec {
-        width: 28,
-        height: 28,
-        channels: 1,
-        bits: 8,
-        scale: 1.0 / 255.0,
-        crop: Crop::CentreSquare,
-        resize_filter: ResizeFilter::Triangle,
-    };
+    let input = InputSpec::square_8bit(28, Intensity::AsIs);
     let path = pneumoniamnist();
     let train_full = load_npz(&path, "train", &input).unwrap();
     let train = train_full.subset(&(0..train_full.len()).step_by(4).collect::<Vec<_>>());

@@ -155,3 +155,42 @@ fn the_blend_moves_from_relu_to_the_quadratic() {
     }
     assert_eq!(q.coefficients().len(), 3);
 }
+
+/// Batch norm's running statistics are shared between burn clones; a student trained from a
+/// copy of its teacher must leave the teacher's statistics where they were.
+#[test]
+fn training_an_independent_copy_leaves_the_original_untouched() {
+    use hexray_trainer::net::{ActivationMode, Net, Pass};
+    use hexray_trainer::topology::Topology;
+
+    let device = device();
+    let topology = Topology::parse("c2k3s1p0,d4").unwrap();
+    let input = Shape::Image { c: 1, h: 6, w: 6 };
+    let teacher = Net::new(&topology, input, 2, Granularity::Layer, &device);
+    let statistics = |net: &Net| {
+        values(
+            net.hidden[0]
+                .norm
+                .as_ref()
+                .unwrap()
+                .running_mean
+                .value_sync(),
+        )
+    };
+    let before = statistics(&teacher);
+    let images = Tensor::<4>::random([8, 1, 6, 6], burn::tensor::Distribution::Default, &device);
+
+    let copy = teacher.independent_copy();
+    copy.forward(images.clone(), &mut Pass::float(ActivationMode::Relu));
+    assert_eq!(statistics(&teacher), before, "the copy moved the original");
+    assert_ne!(
+        statistics(&copy),
+        before,
+        "a training pass updates the copy's statistics"
+    );
+
+    // What `clone()` alone would have done:
+    let shared = teacher.clone();
+    shared.forward(images, &mut Pass::float(ActivationMode::Relu));
+    assert_ne!(statistics(&teacher), before);
+}

@@ -3,11 +3,17 @@
 //! - `hexray run --image X.png`: the whole pipeline on one machine (keygen, encrypt, evaluate,
 //!   decrypt), compared with the plaintext simulator;
 //! - `hexray inspect`: what a model costs (bootstraps) and how noisy each layer is;
-//! - `hexray bench`: the engine benchmark (parameter sets, reference topologies).
+//! - `hexray bench`: the engine benchmark (parameter sets, reference topologies);
+//! - `hexray simulate --image X.png`: the plaintext simulator's prediction, exact and noisy, as JSON;
+//! - `hexray bench-server`: amortised latency per image against batch size, and the server's overhead;
+//! - `hexray serve`: the self-hosted server with the clinician page and the API.
 
 mod bench;
+mod bench_server;
 mod inspect;
 mod run;
+mod serve;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -16,7 +22,21 @@ use clap::{Parser, Subcommand};
 
 /// The model bundled with the repository, used when `--model` is not given.
 pub const DEFAULT_MODEL: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/pneumonia-c.hexray");
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/pneumonia-a.hexray");
+
+/// One image through one model, compared with the noisy simulator: `run` and `simulate`.
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// Chest X-ray (PNG or JPEG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Model file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Noisy simulations, each drawing TFHE's predicted noise before every table.
+    #[arg(long, default_value_t = 300)]
+    pub noisy_runs: usize,
+}
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +52,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Encrypt an image, evaluate the model on the ciphertext and decrypt the diagnosis.
-    Run(run::Args),
+    Run(ImageArgs),
     /// Print a model's circuit: bootstraps, accumulator widths and noise per layer.
     Inspect {
         /// Model file.
@@ -41,6 +61,12 @@ enum Command {
     },
     /// Benchmark the engine and print the figures.
     Bench(bench::Args),
+    /// Print the plaintext simulator's prediction for an image (exact and noisy) as JSON.
+    Simulate(ImageArgs),
+    /// Benchmark batch inference and the server's overhead above the engine.
+    BenchServer(bench_server::Args),
+    /// Serve the clinician page and the encrypted inference API.
+    Serve(serve::Args),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +74,8 @@ fn main() -> Result<()> {
         Command::Run(args) => run::run(args),
         Command::Inspect { model } => inspect::inspect(&model),
         Command::Bench(args) => bench::bench(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::BenchServer(args) => bench_server::bench_server(args),
+        Command::Simulate(args) => simulate::simulate(args),
     }
 }

@@ -1,7 +1,6 @@
 //! `hexray run`: the whole encrypted pipeline on one machine, phase by phase, exactly as the
 //! client and the server split it (every blob crosses the "network" as bytes).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,20 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::DEFAULT_MODEL;
-
-#[derive(clap::Args)]
-pub struct Args {
-    /// Chest X-ray to diagnose (PNG or JPEG).
-    #[arg(long)]
-    image: PathBuf,
-    /// Model file.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: PathBuf,
-    /// Noisy simulations to compare the encrypted result with.
-    #[arg(long, default_value_t = 300)]
-    noisy_runs: usize,
-}
+use crate::ImageArgs;
 
 /// A progress bar counting bootstraps.
 pub fn bootstrap_bar(total: usize) -> ProgressBar {
@@ -40,7 +26,7 @@ pub fn bootstrap_bar(total: usize) -> ProgressBar {
     bar
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: ImageArgs) -> Result<()> {
     let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
     let (circuit, set) = (&loaded.circuit, loaded.parameter_set);
     let mut phases: Vec<(&str, Duration)> = Vec::new();

@@ -1,0 +1,191 @@
+//! `hexray bench-server`: what batching and the HTTP server cost. It prints figures; nothing
+//! here passes or fails.
+//!
+//! 1. Amortised encrypted latency per image for batches of 1, 4 and 16 images, each batch one
+//!    stream of bootstraps across its images (`evaluate_batch`).
+//! 2. Server overhead: the same batch through the whole API in-process (routing, body checks,
+//!    the job queue, polling, packing outputs), against the engine alone.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actix_http::Request;
+use actix_web::dev::Service;
+use actix_web::{test, web, App};
+use anyhow::{bail, Context, Result};
+use hexray_crypto::{frames, ClientKey, EncryptedImage};
+use hexray_evaluator::server::jobs::QueueConfig;
+use hexray_evaluator::server::{configure, AppState, Config, Limits};
+use hexray_evaluator::{evaluate_batch, LoadedModel};
+use hexray_model::preprocess::preprocess;
+
+use crate::DEFAULT_MODEL;
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/pneumoniamnist");
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file (the server serves the bundled one, which is the default here too).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Batch sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    batches: Vec<usize>,
+    /// Images per batch in the server-overhead comparison.
+    #[arg(long, default_value_t = 4)]
+    overhead_batch: usize,
+    /// Alternating engine/server rounds of that comparison; medians are compared, since this
+    /// machine's speed drifts between runs.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+pub fn bench_server(args: Args) -> Result<()> {
+    let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
+    let circuit = &loaded.circuit;
+    let (client, compressed) = ClientKey::generate_deterministic(loaded.parameter_set, 7);
+    let key = compressed.decompress();
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(SAMPLES)? {
+        let bytes = std::fs::read(entry?.path())?;
+        inputs.push(preprocess(&bytes, &loaded.model.network.input)?);
+    }
+    let encrypt = |n: usize| -> Result<Vec<EncryptedImage>> {
+        (0..n)
+            .map(|i| Ok(client.encrypt(circuit, inputs[i % inputs.len()].view())?))
+            .collect()
+    };
+    let threads = rayon::current_num_threads();
+    println!(
+        "model {} ({} bootstraps per image), {threads} threads\n",
+        loaded.model.name,
+        circuit.bootstrap_count()
+    );
+    println!(
+        "{:>6} {:>10} {:>16} {:>14}",
+        "batch", "total s", "s per image", "PBS per s"
+    );
+    for &n in &args.batches {
+        let batch = encrypt(n)?;
+        let start = Instant::now();
+        let (_, stats) = evaluate_batch(&loaded, &key, batch, &|| {})?;
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "{n:>6} {seconds:>10.2} {:>16.3} {:>14.1}",
+            seconds / n as f64,
+            stats.bootstraps as f64 / seconds
+        );
+    }
+
+    let n = args.overhead_batch;
+    let body = frames::pack(
+        &encrypt(n)?
+            .iter()
+            .map(EncryptedImage::to_bytes)
+            .collect::<Vec<_>>(),
+    );
+    let data = std::env::temp_dir().join(format!("hexray-bench-{}", std::process::id()));
+    let (mut engine, mut server) = (Vec::new(), Vec::new());
+    actix_web::rt::System::new().block_on(async {
+        let api = start_api(&data, &args.model, threads, &compressed.to_bytes()).await?;
+        for _ in 0..args.rounds.max(1) {
+            let start = Instant::now();
+            evaluate_batch(&loaded, &key, encrypt(n)?, &|| {})?;
+            engine.push(start.elapsed().as_secs_f64());
+            server.push(api.run(body.clone()).await?);
+        }
+        anyhow::Ok(())
+    })?;
+    std::fs::remove_dir_all(&data).ok();
+    let (engine, server) = (median(&mut engine), median(&mut server));
+    println!(
+        "\nserver overhead, batch of {n}, median of {} rounds: engine {engine:.2} s, through the API {server:.2} s: {:+.1}%",
+        args.rounds.max(1),
+        100.0 * (server / engine - 1.0)
+    );
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The whole API in-process (routing, body checks, the job queue, polling, packing outputs),
+/// serving `model`, with one client's key registered and expanded, as for a returning client.
+struct Api<S> {
+    app: S,
+    key_id: String,
+}
+
+type Response = actix_web::dev::ServiceResponse;
+
+/// Starts [`Api`] on a fresh data directory.
+async fn start_api(
+    data_dir: &std::path::Path,
+    model: &std::path::Path,
+    threads: usize,
+    key: &[u8],
+) -> Result<Api<impl Service<Request, Response = Response, Error = actix_web::Error>>> {
+    let models_dir = data_dir.join("models");
+    std::fs::create_dir_all(&models_dir)?;
+    std::fs::copy(model, models_dir.join("bench.hexray"))?;
+    let config = Config {
+        models_dir: Some(models_dir),
+        data_dir: data_dir.to_path_buf(),
+        queue: QueueConfig {
+            workers: 1,
+            threads,
+            capacity: 4,
+            retention: Duration::from_secs(600),
+        },
+        key_cache_bytes: 1 << 30,
+        limits: Limits {
+            key_bytes: 64 << 20,
+            batch_images: 64,
+        },
+    };
+    let state = web::Data::new(AppState::start(&config)?);
+    let app = test::init_service(App::new().configure(configure(state.clone(), None))).await;
+    let request = test::TestRequest::post()
+        .uri("/api/v1/keys")
+        .set_payload(key.to_vec())
+        .to_request();
+    let registered: serde_json::Value = test::call_and_read_body_json(&app, request).await;
+    let key_id = registered["key_id"]
+        .as_str()
+        .context("no key id")?
+        .to_owned();
+    state.keys.server_key(&key_id)?; // expand once
+    Ok(Api { app, key_id })
+}
+
+impl<S: Service<Request, Response = Response, Error = actix_web::Error>> Api<S> {
+    /// Seconds from submitting `body` to holding its outputs.
+    async fn run(&self, body: Vec<u8>) -> Result<f64> {
+        let start = Instant::now();
+        let request = test::TestRequest::post()
+            .uri(&format!("/api/v1/jobs?model=bench&key={}", self.key_id))
+            .set_payload(body)
+            .to_request();
+        let job: serde_json::Value = test::call_and_read_body_json(&self.app, request).await;
+        let id = job["job_id"].as_str().context("no job id")?.to_owned();
+        loop {
+            let request = test::TestRequest::get()
+                .uri(&format!("/api/v1/jobs/{id}"))
+                .to_request();
+            let status: serde_json::Value = test::call_and_read_body_json(&self.app, request).await;
+            match status["state"].as_str() {
+                Some("done") => break,
+                Some("failed") => bail!("the job failed: {}", status["error"]),
+                _ => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let request = test::TestRequest::get()
+            .uri(&format!("/api/v1/jobs/{id}/outputs"))
+            .to_request();
+        let outputs = test::call_and_read_body(&self.app, request).await;
+        frames::unpack(&outputs, 64)?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+}

@@ -1,0 +1,61 @@
+//! `hexray simulate`: what the plaintext simulator predicts for an image, exactly and under
+//! TFHE's noise, as JSON. It is the native reference the browser test compares the page with.
+
+use anyhow::{Context, Result};
+use hexray_evaluator::LoadedModel;
+use hexray_model::preprocess::preprocess;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::ImageArgs;
+
+pub fn simulate(args: ImageArgs) -> Result<()> {
+    let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
+    let circuit = &loaded.circuit;
+    let bytes =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let input = preprocess(&bytes, &loaded.model.network.input)
+        .with_context(|| format!("preprocessing {}", args.image.display()))?;
+    let exact = circuit.simulate(input.view())?;
+    let classes = circuit.classes.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let runs = (0..args.noisy_runs.max(2))
+        .map(|_| circuit.simulate_noisy(input.view(), &mut rng))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut votes = vec![0usize; classes];
+    for run in &runs {
+        votes[run.class()] += 1;
+    }
+    let column = |k: usize| runs.iter().map(move |r| r.probabilities[k]);
+    let n = runs.len() as f64;
+    let mean: Vec<f64> = (0..classes).map(|k| column(k).sum::<f64>() / n).collect();
+    let sd: Vec<f64> = (0..classes)
+        .map(|k| (column(k).map(|p| (p - mean[k]).powi(2)).sum::<f64>() / (n - 1.0)).sqrt())
+        .collect();
+    let low: Vec<f64> = (0..classes)
+        .map(|k| column(k).fold(f64::INFINITY, f64::min))
+        .collect();
+    let high: Vec<f64> = (0..classes)
+        .map(|k| column(k).fold(f64::NEG_INFINITY, f64::max))
+        .collect();
+    let report = json!({
+        "image": args.image.display().to_string(),
+        "model": { "name": loaded.model.name, "version": loaded.model.model_version },
+        "classes": circuit.classes,
+        "exact": {
+            "class": circuit.classes[exact.class()],
+            "probabilities": exact.probabilities,
+        },
+        "noisy": {
+            "runs": runs.len(),
+            "mean_probabilities": mean,
+            "sd_probabilities": sd,
+            "min_probabilities": low,
+            "max_probabilities": high,
+            "class_votes": votes,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Counters for `GET /metrics`, in Prometheus's text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub jobs_submitted: AtomicU64,
+    pub jobs_completed: AtomicU64,
+    pub jobs_failed: AtomicU64,
+    /// Refused with 503 because the queue was full.
+    pub jobs_rejected: AtomicU64,
+    pub images_completed: AtomicU64,
+    pub bootstraps: AtomicU64,
+    /// Wall-clock time spent evaluating jobs.
+    pub busy_nanos: AtomicU64,
+}
+
+/// Figures that are read from elsewhere at scrape time.
+pub struct Gauges {
+    pub queue_depth: usize,
+    pub running: usize,
+    pub keys_registered: usize,
+    pub keys_cached: usize,
+    pub key_cache_bytes: usize,
+    pub models: usize,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let busy = read(&self.busy_nanos) as f64 * 1e-9;
+        let rate = if busy > 0.0 {
+            read(&self.bootstraps) as f64 / busy
+        } else {
+            0.0
+        };
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let jobs = [
+            (
+                "hexray_jobs_submitted_total",
+                "Jobs accepted.",
+                &self.jobs_submitted,
+            ),
+            (
+                "hexray_jobs_completed_total",
+                "Jobs finished with outputs.",
+                &self.jobs_completed,
+            ),
+            (
+                "hexray_jobs_failed_total",
+                "Jobs that failed.",
+                &self.jobs_failed,
+            ),
+            (
+                "hexray_jobs_rejected_total",
+                "Jobs refused with 503 because the queue was full.",
+                &self.jobs_rejected,
+            ),
+            (
+                "hexray_images_completed_total",
+                "Encrypted images evaluated.",
+                &self.images_completed,
+            ),
+            (
+                "hexray_bootstraps_total",
+                "Programmable bootstraps run.",
+                &self.bootstraps,
+            ),
+        ];
+        for (name, help, counter) in jobs {
+            metric(name, "counter", help, read(counter) as f64);
+        }
+        metric(
+            "hexray_busy_seconds_total",
+            "counter",
+            "Wall-clock seconds spent evaluating jobs.",
+            busy,
+        );
+        metric(
+            "hexray_bootstraps_per_second",
+            "gauge",
+            "Bootstraps per second of evaluation, over the server's life.",
+            rate,
+        );
+        for (name, help, value) in [
+            (
+                "hexray_queue_depth",
+                "Jobs waiting for a worker.",
+                gauges.queue_depth,
+            ),
+            (
+                "hexray_jobs_running",
+                "Jobs being evaluated.",
+                gauges.running,
+            ),
+            (
+                "hexray_keys_registered",
+                "Server keys stored on disk.",
+                gauges.keys_registered,
+            ),
+            (
+                "hexray_keys_cached",
+                "Expanded server keys in memory.",
+                gauges.keys_cached,
+            ),
+            (
+                "hexray_key_cache_bytes",
+                "Bytes of expanded server keys in memory.",
+                gauges.key_cache_bytes,
+            ),
+            ("hexray_models", "Models served.", gauges.models),
+        ] {
+            metric(name, "gauge", help, value as f64);
+        }
+        out
+    }
+}

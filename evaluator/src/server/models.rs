@@ -1,0 +1,124 @@
+//! The models a server offers: every `*.hexray` file of a directory, or the bundled default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::model::{LoadError, LoadedModel};
+
+/// The model shipped inside the binary, so a fresh install serves something useful.
+const BUNDLED: (&str, &[u8]) = (
+    "pneumonia-a",
+    include_bytes!("../../../models/pneumonia-a.hexray"),
+);
+
+/// A model as served: its id, the file clients download, and the loaded circuit.
+pub struct ServedModel {
+    pub id: String,
+    pub file: Vec<u8>,
+    pub loaded: LoadedModel,
+}
+
+/// What `GET /api/v1/models` says about a model.
+#[derive(Serialize)]
+pub struct ModelSummary<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub description: &'a str,
+    pub classes: &'a [String],
+    pub bootstraps: usize,
+    pub inputs: usize,
+    pub parameter_set: &'static str,
+    pub file_bytes: usize,
+}
+
+impl ServedModel {
+    pub fn summary(&self) -> ModelSummary<'_> {
+        let model = &self.loaded.model;
+        ModelSummary {
+            id: &self.id,
+            name: &model.name,
+            version: &model.model_version,
+            description: &model.description,
+            classes: &model.network.output.classes,
+            bootstraps: self.loaded.circuit.bootstrap_count(),
+            inputs: self.loaded.circuit.input_len(),
+            parameter_set: self.loaded.parameter_set.name(),
+            file_bytes: self.file.len(),
+        }
+    }
+}
+
+/// The models by id.
+pub struct Models(BTreeMap<String, Arc<ServedModel>>);
+
+impl Models {
+    /// The bundled default model.
+    pub fn bundled() -> Result<Self, LoadError> {
+        let (id, file) = BUNDLED;
+        let loaded = LoadedModel::from_bytes(file, "bundled model")?;
+        let model = ServedModel {
+            id: id.into(),
+            file: file.to_vec(),
+            loaded,
+        };
+        Ok(Models(BTreeMap::from([(id.into(), Arc::new(model))])))
+    }
+
+    /// Every `*.hexray` file in `dir`, by file stem. A file that fails to load stops the server
+    /// rather than being skipped, so a typo never silently drops a model; an empty directory is
+    /// an error too.
+    pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
+        let io = |source| LoadError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut models = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_none_or(|e| e != "hexray") {
+                continue;
+            }
+            let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let file = std::fs::read(&path).map_err(|source| LoadError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let loaded = LoadedModel::from_bytes(&file, &path.display().to_string())?;
+            let model = ServedModel {
+                id: id.into(),
+                file,
+                loaded,
+            };
+            models.insert(id.to_owned(), Arc::new(model));
+        }
+        if models.is_empty() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the directory holds no *.hexray model file",
+            )));
+        }
+        Ok(Models(models))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<ServedModel>> {
+        self.0.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
+        self.0.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}

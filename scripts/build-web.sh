@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds the browser client into web/pkg: the wasm module and its JavaScript bindings, which
+# the page and its Web Worker import.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --target wasm32-unknown-unknown -p hexray-wasm
+wasm-bindgen --target web --no-typescript --out-dir web/pkg \
+  target/wasm32-unknown-unknown/release/hexray_wasm.wasm

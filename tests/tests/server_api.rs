@@ -1,0 +1,526 @@
+//! The HTTP API, through actix's test utilities: every error path, concurrent clients, restart
+//! survival, random bodies, and the OpenAPI description.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{test, web, App};
+use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_evaluator::server::jobs::QueueConfig;
+use hexray_evaluator::server::{configure, AppState, Config, Limits};
+use hexray_evaluator::LoadedModel;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+/// The bundled model, as the server serves it by default.
+fn model() -> &'static LoadedModel {
+    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        LoadedModel::from_file(&common::repo().join("models/pneumonia-a.hexray")).unwrap()
+    })
+}
+
+/// A client: its key and its compressed server key's bytes. Seeded, so tests are repeatable.
+fn client(seed: u128) -> (ClientKey, Vec<u8>) {
+    let (client, server) = ClientKey::generate_deterministic(ParameterSet::Ks32, seed);
+    (client, server.to_bytes())
+}
+
+fn shared_client() -> &'static (ClientKey, Vec<u8>) {
+    static CLIENT: OnceLock<(ClientKey, Vec<u8>)> = OnceLock::new();
+    CLIENT.get_or_init(|| client(1))
+}
+
+fn config(data_dir: &std::path::Path, capacity: usize) -> Config {
+    Config {
+        models_dir: None,
+        data_dir: data_dir.to_path_buf(),
+        queue: QueueConfig {
+            workers: 1,
+            threads: 2,
+            capacity,
+            retention: Duration::from_secs(600),
+        },
+        key_cache_bytes: 1 << 30,
+        limits: Limits {
+            key_bytes: 64 << 20,
+            batch_images: 4,
+        },
+    }
+}
+
+async fn app(
+    config: &Config,
+) -> impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error> {
+    let state = web::Data::new(AppState::start(config).unwrap());
+    test::init_service(App::new().configure(configure(state, None))).await
+}
+
+/// Sends a request; returns the status and the body.
+async fn call<S>(app: &S, method: Method, uri: &str, body: Vec<u8>) -> (StatusCode, web::Bytes)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let request = test::TestRequest::default()
+        .method(method)
+        .uri(uri)
+        .set_payload(body)
+        .to_request();
+    let response = test::call_service(app, request).await;
+    let status = response.status();
+    (status, response.into_body().try_into_bytes().unwrap())
+}
+
+/// An error's status and code, checking the body is the API's JSON error.
+async fn error<S>(app: &S, method: Method, uri: &str, body: Vec<u8>) -> (StatusCode, String)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let (status, bytes) = call(app, method, uri, body).await;
+    let json: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("{uri}: not JSON: {}", String::from_utf8_lossy(&bytes)));
+    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+    (status, json["code"].as_str().unwrap().to_owned())
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+/// Registers a key; returns its id.
+async fn register<S>(app: &S, key: &[u8]) -> String
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let (status, body) = call(app, Method::POST, "/api/v1/keys", key.to_vec()).await;
+    assert!(status.is_success(), "{status}: {body:?}");
+    json(&body)["key_id"].as_str().unwrap().to_owned()
+}
+
+/// Encrypts sample images into one batch body.
+fn batch(client: &ClientKey, names: &[&str]) -> Vec<u8> {
+    let blobs: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| {
+            let input = common::sample(model(), name);
+            client
+                .encrypt(&model().circuit, input.view())
+                .unwrap()
+                .to_bytes()
+        })
+        .collect();
+    frames::pack(&blobs)
+}
+
+/// Polls a job until it ends; returns its final status.
+async fn wait<S>(app: &S, job: &str) -> Value
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    loop {
+        let (status, body) = call(app, Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        let status = json(&body);
+        if matches!(status["state"].as_str(), Some("done" | "failed")) {
+            return status;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Decrypts a finished job's outputs and checks each against the simulator: within its noise,
+/// and the same class wherever noise never changes it.
+async fn check_outputs<S>(app: &S, job: &str, client: &ClientKey, names: &[&str])
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let (status, body) = call(
+        app,
+        Method::GET,
+        &format!("/api/v1/jobs/{job}/outputs"),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let circuit = &model().circuit;
+    let blobs = frames::unpack(&body, names.len()).unwrap();
+    assert_eq!(blobs.len(), names.len());
+    for (blob, name) in blobs.into_iter().zip(names) {
+        let output =
+            EncryptedOutput::from_bytes(blob, model().parameter_set, circuit.output_len()).unwrap();
+        let decrypted = client.decrypt(circuit, &output).unwrap();
+        let input = common::sample(model(), name);
+        // TFHE's noise, as the simulator draws it: each decrypted accumulator must lie within
+        // 6 standard deviations of the noisy runs' mean (a false alarm is a 1-in-10^9 event).
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let runs: Vec<_> = (0..200)
+            .map(|_| circuit.simulate_noisy(input.view(), &mut rng).unwrap())
+            .collect();
+        for (k, &value) in decrypted.accumulators.iter().enumerate() {
+            let mean = runs.iter().map(|r| r.accumulators[k]).sum::<f64>() / runs.len() as f64;
+            let sd = (runs
+                .iter()
+                .map(|r| (r.accumulators[k] - mean).powi(2))
+                .sum::<f64>()
+                / (runs.len() - 1) as f64)
+                .sqrt();
+            assert!(
+                (value - mean).abs() <= 6.0 * sd + 1e-9,
+                "{name}: output {k} is {value}, the simulator gives {mean} ± {sd}"
+            );
+        }
+        let exact = circuit.simulate(input.view()).unwrap();
+        if runs.iter().all(|r| r.class() == exact.class()) {
+            assert_eq!(decrypted.class(), exact.class(), "{name}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn every_error_path_answers_json_with_a_stable_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = config(dir.path(), 4);
+    small.limits.key_bytes = 1 << 20;
+    let app = app(&small).await;
+    let (client, key) = shared_client();
+    let e = |status: u16, code: &str| (StatusCode::from_u16(status).unwrap(), code.to_owned());
+
+    assert_eq!(
+        error(&app, Method::GET, "/api/v1/models/nope", vec![]).await,
+        e(404, "unknown_model")
+    );
+    assert_eq!(
+        error(&app, Method::GET, "/api/v1/keys/00ff", vec![]).await,
+        e(404, "unknown_key")
+    );
+    assert_eq!(
+        error(&app, Method::GET, "/api/v1/jobs/00ff", vec![]).await,
+        e(404, "unknown_job")
+    );
+    assert_eq!(
+        error(&app, Method::GET, "/api/v1/jobs/00ff/events", vec![]).await,
+        e(404, "unknown_job")
+    );
+    assert_eq!(
+        error(&app, Method::GET, "/api/v1/jobs/00ff/outputs", vec![]).await,
+        e(404, "unknown_job")
+    );
+    assert_eq!(
+        error(&app, Method::GET, "/nowhere", vec![]).await,
+        e(404, "not_found")
+    );
+    assert_eq!(
+        error(&app, Method::DELETE, "/api/v1/models", vec![]).await,
+        e(404, "not_found")
+    );
+    assert_eq!(
+        error(&app, Method::POST, "/api/v1/keys", b"garbage".to_vec()).await,
+        e(422, "malformed_key")
+    );
+    assert_eq!(
+        error(&app, Method::POST, "/api/v1/keys", key.clone()).await,
+        e(413, "too_large")
+    );
+    assert_eq!(
+        error(&app, Method::POST, "/api/v1/jobs", vec![]).await,
+        e(400, "bad_request")
+    );
+    assert_eq!(
+        error(
+            &app,
+            Method::POST,
+            "/api/v1/jobs?model=pneumonia-a&key=00ff&extra=1",
+            vec![]
+        )
+        .await,
+        e(400, "bad_request")
+    );
+
+    // A well-formed key of another parameter set is refused for this model.
+    let app = self::app(&config(dir.path(), 4)).await;
+    let (_, foreign) = ClientKey::generate_deterministic(ParameterSet::Ks64, 9);
+    let foreign = register(&app, &foreign.to_bytes()).await;
+    let id = register(&app, key).await;
+    let submit = |model: &str, key: &str| format!("/api/v1/jobs?model={model}&key={key}");
+    let one = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"]);
+    assert_eq!(
+        error(&app, Method::POST, &submit("nope", &id), one.clone()).await,
+        e(404, "unknown_model")
+    );
+    assert_eq!(
+        error(
+            &app,
+            Method::POST,
+            &submit("pneumonia-a", "00ff"),
+            one.clone()
+        )
+        .await,
+        e(404, "unknown_key")
+    );
+    assert_eq!(
+        error(
+            &app,
+            Method::POST,
+            &submit("pneumonia-a", &foreign),
+            one.clone()
+        )
+        .await,
+        e(422, "parameter_mismatch")
+    );
+    let job = submit("pneumonia-a", &id);
+    assert_eq!(
+        error(&app, Method::POST, &job, b"HXB1".to_vec()).await,
+        e(422, "malformed_ciphertext")
+    );
+    assert_eq!(
+        error(
+            &app,
+            Method::POST,
+            &job,
+            frames::pack(&[b"not a ciphertext"])
+        )
+        .await,
+        e(422, "malformed_ciphertext")
+    );
+    assert_eq!(
+        error(&app, Method::POST, &job, frames::pack::<Vec<u8>>(&[])).await,
+        e(422, "wrong_input_count")
+    );
+    let five = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"; 5]);
+    assert_eq!(
+        error(&app, Method::POST, &job, five).await,
+        e(422, "wrong_input_count")
+    );
+    let mut truncated = one.clone();
+    truncated.truncate(one.len() - 100);
+    assert_eq!(
+        error(&app, Method::POST, &job, truncated).await,
+        e(422, "malformed_ciphertext")
+    );
+
+    // A job that has not finished has no outputs yet.
+    let (status, body) = call(&app, Method::POST, &job, one).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job_id = json(&body)["job_id"].as_str().unwrap().to_owned();
+    let outputs = format!("/api/v1/jobs/{job_id}/outputs");
+    assert_eq!(
+        error(&app, Method::GET, &outputs, vec![]).await,
+        e(409, "not_ready")
+    );
+    assert_eq!(wait(&app, &job_id).await["state"], "done");
+}
+
+#[actix_web::test]
+async fn a_full_queue_answers_503_and_every_accepted_job_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 1)).await;
+    let (client, key) = shared_client();
+    let id = register(&app, key).await;
+    let body = batch(client, &["pneumoniamnist/test-0234-normal.png"]);
+    let uri = format!("/api/v1/jobs?model=pneumonia-a&key={id}");
+    let mut accepted = Vec::new();
+    let mut refused = false;
+    // One job runs and one waits; by the fourth submission the queue must be full.
+    for _ in 0..4 {
+        let request = test::TestRequest::post()
+            .uri(&uri)
+            .set_payload(body.clone())
+            .to_request();
+        let response = test::call_service(&app, request).await;
+        match response.status() {
+            StatusCode::ACCEPTED => {
+                let body = response.into_body().try_into_bytes().unwrap();
+                accepted.push(json(&body)["job_id"].as_str().unwrap().to_owned());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let retry = response
+                    .headers()
+                    .get("retry-after")
+                    .unwrap()
+                    .to_str()
+                    .unwrap();
+                assert!(retry.parse::<u64>().unwrap() > 0);
+                let body = response.into_body().try_into_bytes().unwrap();
+                assert_eq!(json(&body)["code"], "queue_full");
+                refused = true;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused, "four jobs fit in a queue of one");
+    assert!(!accepted.is_empty());
+    for job in &accepted {
+        let status = wait(&app, job).await;
+        assert_eq!(status["state"], "done", "{status}");
+        check_outputs(&app, job, client, &["pneumoniamnist/test-0234-normal.png"]).await;
+    }
+    let (_, metrics) = call(&app, Method::GET, "/metrics", vec![]).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(metrics.contains("hexray_jobs_rejected_total "), "{metrics}");
+    assert!(metrics.contains(&format!("hexray_jobs_completed_total {}", accepted.len())));
+}
+
+#[actix_web::test]
+async fn eight_clients_with_two_images_each_all_get_correct_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 16)).await;
+    let images = [
+        "pneumoniamnist/test-0000-pneumonia.png",
+        "pneumoniamnist/test-0001-pneumonia.png",
+        "pneumoniamnist/test-0002-pneumonia.png",
+        "pneumoniamnist/test-0003-pneumonia.png",
+        "pneumoniamnist/test-0234-normal.png",
+        "pneumoniamnist/test-0235-normal.png",
+        "pneumoniamnist/test-0236-normal.png",
+        "pneumoniamnist/test-0237-normal.png",
+        "covid-cxr-actualmed/covid-1.png",
+        "covid-cxr-actualmed/normal-1.png",
+    ];
+    let clients: Vec<_> = (0..8u128).map(|i| client(100 + i)).collect();
+    let app = &app;
+    let runs = clients
+        .iter()
+        .enumerate()
+        .map(|(i, (client, key))| async move {
+            let names = [images[i % images.len()], images[(i + 3) % images.len()]];
+            let id = register(app, key).await;
+            let uri = format!("/api/v1/jobs?model=pneumonia-a&key={id}");
+            let (status, body) = call(app, Method::POST, &uri, batch(client, &names)).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+            let job = json(&body)["job_id"].as_str().unwrap().to_owned();
+            let end = wait(app, &job).await;
+            assert_eq!(end["state"], "done", "{end}");
+            assert_eq!(end["bootstraps_done"], end["bootstraps_total"]);
+            check_outputs(app, &job, client, &names).await;
+            job
+        });
+    let jobs = futures_util::future::join_all(runs).await;
+    let distinct: std::collections::BTreeSet<_> = jobs.iter().collect();
+    assert_eq!(distinct.len(), 8);
+}
+
+#[actix_web::test]
+async fn key_registrations_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = shared_client();
+    let id = {
+        let app = app(&config(dir.path(), 4)).await;
+        register(&app, key).await
+    };
+    let app = app(&config(dir.path(), 4)).await;
+    let (status, body) = call(&app, Method::GET, &format!("/api/v1/keys/{id}"), vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["parameter_set"], ParameterSet::Ks32.name());
+    // Registering again is recognised, not stored twice.
+    let (status, body) = call(&app, Method::POST, "/api/v1/keys", key.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["created"], false);
+    let names = ["covid-cxr-actualmed/covid-1.png"];
+    let uri = format!("/api/v1/jobs?model=pneumonia-a&key={id}");
+    let (status, body) = call(&app, Method::POST, &uri, batch(client, &names)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job = json(&body)["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait(&app, &job).await["state"], "done");
+    check_outputs(&app, &job, client, &names).await;
+}
+
+#[actix_web::test]
+async fn random_and_truncated_bodies_never_get_a_5xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (client, key) = shared_client();
+    let id = register(&app, key).await;
+    let image = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"]);
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let routes = [
+        (Method::POST, "/api/v1/keys".to_owned()),
+        (
+            Method::POST,
+            format!("/api/v1/jobs?model=pneumonia-a&key={id}"),
+        ),
+        (Method::GET, "/api/v1/health".to_owned()),
+        (Method::GET, "/api/v1/models".to_owned()),
+        (Method::GET, "/api/v1/models/pneumonia-a".to_owned()),
+        (Method::GET, format!("/api/v1/keys/{id}")),
+        (Method::GET, "/api/v1/jobs/x/events".to_owned()),
+        (Method::GET, "/metrics".to_owned()),
+    ];
+    for round in 0..60 {
+        for (method, uri) in &routes {
+            let body = match round % 3 {
+                0 => (0..rng.gen_range(0..4096)).map(|_| rng.gen()).collect(),
+                1 => key[..rng.gen_range(0..key.len())].to_vec(),
+                _ => {
+                    let mut b = image[..rng.gen_range(0..image.len())].to_vec();
+                    if let Some(byte) = b.get_mut(rng.gen_range(0..image.len().max(1))) {
+                        *byte ^= 0x5a;
+                    }
+                    b
+                }
+            };
+            let (status, _) = call(&app, method.clone(), uri, body).await;
+            assert!(
+                !status.is_server_error(),
+                "{method} {uri}: {status} in round {round}"
+            );
+        }
+    }
+    let (status, _) = call(&app, Method::GET, "/api/v1/health", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn the_openapi_description_matches_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (status, body) = call(&app, Method::GET, "/api/v1/openapi.json", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let spec = json(&body);
+    let on_disk: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec, on_disk);
+
+    // Every documented operation exists: it answers something other than "no such route".
+    let mut operations = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let uri = path.replace("{id}", "0000");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, body) = call(&app, method.clone(), &uri, vec![]).await;
+            if !status.is_success() {
+                let code = json(&body)["code"].as_str().unwrap().to_owned();
+                assert_ne!(
+                    code, "not_found",
+                    "{method} {path} is documented but not served"
+                );
+                // And the error it gave is one the operation documents.
+                let documented = operation["responses"][status.as_str()]["description"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path}: {status} is not documented"));
+                assert!(
+                    documented.contains(&code),
+                    "{method} {path}: {code} not in {documented}"
+                );
+            }
+            operations += 1;
+        }
+    }
+    assert_eq!(operations, 11);
+
+    // The error codes are exactly the server's.
+    let codes: Vec<&str> = spec["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(codes, hexray_evaluator::server::error::ApiError::CODES);
+}

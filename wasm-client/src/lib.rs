@@ -1,0 +1,208 @@
+//! HEXray's browser client. Everything secret happens here, in the clinician's browser: the
+//! client key is generated, kept and used only on this side, images are preprocessed and
+//! encrypted before they leave, and the server's encrypted answers are decrypted here.
+//!
+//! It is a thin wasm-bindgen layer over the same crates the server uses: `hexray-model` for
+//! the model file and preprocessing, `hexray-crypto` for keys and ciphertexts. So the browser
+//! and the evaluator cannot disagree on pixels or encodings.
+//!
+//! The JavaScript API:
+//! - `generate_keys(progress)`: a new key pair as bytes (run it in a Web Worker);
+//! - `new Model(bytes)`: a model file fetched from the server; `model.info()`,
+//!   `model.preprocess(imageBytes)`;
+//! - `new Client(clientKeyBytes)`: `client.encrypt(model, imageBytes)`,
+//!   `client.decrypt(model, outputBytes)`;
+//! - `pack_batch([blobs])`, `unpack_batch(body, count)`: the HXB1 batch bodies.
+
+use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_model::{Circuit, CompiledModel};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+/// A key pair, as bytes for IndexedDB and for upload.
+#[wasm_bindgen(getter_with_clone)]
+pub struct KeyPair {
+    /// The secret client key. It never leaves the browser.
+    pub client_key: Vec<u8>,
+    /// The compressed server key (about 30 MB), uploaded once. It cannot decrypt.
+    pub server_key: Vec<u8>,
+}
+
+/// Generates a fresh key pair for `parameter_set` (a TFHE parameter set name, as in a model
+/// file). `progress(step, total, label)` is called before each step. Takes seconds: call it from
+/// a Web Worker so the page stays responsive.
+#[wasm_bindgen]
+pub fn generate_keys(parameter_set: &str, progress: &js_sys::Function) -> Result<KeyPair, JsError> {
+    let set = ParameterSet::from_name(parameter_set).map_err(error)?;
+    let report = |step: u32, label: &str| {
+        // A failing progress callback must not stop key generation; the console says why.
+        if let Err(e) = progress.call3(&JsValue::NULL, &step.into(), &3.into(), &label.into()) {
+            web_sys::console::warn_2(
+                &"hexray: the key generation progress callback threw".into(),
+                &e,
+            );
+        }
+    };
+    report(0, "generating the client key");
+    let client = ClientKey::generate(set);
+    report(1, "generating the server key");
+    let server = client.server_key();
+    report(2, "serializing");
+    let pair = KeyPair {
+        client_key: client.to_bytes(),
+        server_key: server.to_bytes(),
+    };
+    report(3, "done");
+    Ok(pair)
+}
+
+/// Bytes of WebAssembly memory in use: the key generation benchmark reads it.
+#[wasm_bindgen]
+pub fn memory_bytes() -> f64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    let buffer: js_sys::ArrayBuffer = memory.buffer().unchecked_into();
+    buffer.byte_length() as f64
+}
+
+/// A model file, loaded and compiled exactly as the server compiles it.
+#[wasm_bindgen]
+pub struct Model {
+    model: CompiledModel,
+    circuit: Circuit,
+}
+
+/// What the page shows about a model.
+#[derive(Serialize)]
+struct ModelInfo<'a> {
+    name: &'a str,
+    version: &'a str,
+    description: &'a str,
+    classes: &'a [String],
+    bootstraps: usize,
+    width: u32,
+    height: u32,
+    parameter_set: &'a str,
+}
+
+#[wasm_bindgen]
+impl Model {
+    #[wasm_bindgen(constructor)]
+    pub fn new(bytes: &[u8]) -> Result<Model, JsError> {
+        let (model, circuit) = CompiledModel::from_bytes(bytes).map_err(error)?;
+        Ok(Model { model, circuit })
+    }
+
+    pub fn info(&self) -> Result<JsValue, JsError> {
+        let input = &self.model.network.input;
+        let info = ModelInfo {
+            name: &self.model.name,
+            version: &self.model.model_version,
+            description: &self.model.description,
+            classes: &self.model.network.output.classes,
+            bootstraps: self.circuit.bootstrap_count(),
+            width: input.width,
+            height: input.height,
+            parameter_set: &self.model.fhe.name,
+        };
+        serde_wasm_bindgen::to_value(&info).map_err(error)
+    }
+
+    /// The input integers an encoded image (PNG or JPEG) becomes, row by row: what gets
+    /// encrypted. The page draws them as the preview of what the model sees.
+    pub fn preprocess(&self, image: &[u8]) -> Result<Vec<i32>, JsError> {
+        let tensor = hexray_model::preprocess::preprocess(image, &self.model.network.input)
+            .map_err(error)?;
+        Ok(tensor.iter().map(|&q| q as i32).collect())
+    }
+
+    /// The largest input integer: the preview scales pixels by it.
+    pub fn max_input(&self) -> i32 {
+        (1 << self.model.network.input.bits) - 1
+    }
+}
+
+/// A client key, loaded from IndexedDB or just generated.
+#[wasm_bindgen]
+pub struct Client {
+    key: ClientKey,
+}
+
+/// A decrypted result.
+#[derive(Serialize)]
+struct Diagnosis<'a> {
+    class: &'a str,
+    class_index: usize,
+    classes: &'a [String],
+    probabilities: Vec<f64>,
+}
+
+#[wasm_bindgen]
+impl Client {
+    #[wasm_bindgen(constructor)]
+    pub fn new(client_key: &[u8]) -> Result<Client, JsError> {
+        Ok(Client {
+            key: ClientKey::from_bytes(client_key).map_err(error)?,
+        })
+    }
+
+    /// Preprocesses and encrypts an encoded image for `model`: the bytes to upload.
+    pub fn encrypt(&self, model: &Model, image: &[u8]) -> Result<Vec<u8>, JsError> {
+        let input = hexray_model::preprocess::preprocess(image, &model.model.network.input)
+            .map_err(error)?;
+        let encrypted = self
+            .key
+            .encrypt(&model.circuit, input.view())
+            .map_err(error)?;
+        Ok(encrypted.to_bytes())
+    }
+
+    /// Decrypts one encrypted output from the server into the class and its probabilities.
+    pub fn decrypt(&self, model: &Model, output: &[u8]) -> Result<JsValue, JsError> {
+        let output = EncryptedOutput::from_bytes(
+            output,
+            self.key.parameter_set(),
+            model.circuit.output_len(),
+        )
+        .map_err(error)?;
+        let prediction = self.key.decrypt(&model.circuit, &output).map_err(error)?;
+        let classes = &model.model.network.output.classes;
+        let class_index = prediction.class();
+        let diagnosis = Diagnosis {
+            class: &classes[class_index],
+            class_index,
+            classes,
+            probabilities: prediction.probabilities,
+        };
+        serde_wasm_bindgen::to_value(&diagnosis).map_err(error)
+    }
+}
+
+/// Packs encrypted images (an array of `Uint8Array`) into one job body.
+#[wasm_bindgen]
+pub fn pack_batch(blobs: js_sys::Array) -> Vec<u8> {
+    let blobs: Vec<Vec<u8>> = blobs
+        .iter()
+        .map(|b| js_sys::Uint8Array::new(&b).to_vec())
+        .collect();
+    frames::pack(&blobs)
+}
+
+/// Splits a job's outputs body into its blobs (`Uint8Array`s); `count` is how many there must be.
+#[wasm_bindgen]
+pub fn unpack_batch(body: &[u8], count: usize) -> Result<js_sys::Array, JsError> {
+    let blobs = frames::unpack(body, count).map_err(error)?;
+    if blobs.len() != count {
+        return Err(JsError::new(&format!(
+            "the server returned {} outputs for {count} images",
+            blobs.len()
+        )));
+    }
+    Ok(blobs
+        .into_iter()
+        .map(|b| JsValue::from(js_sys::Uint8Array::from(b)))
+        .collect())
+}
+
+fn error(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}

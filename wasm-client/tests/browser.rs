@@ -1,0 +1,114 @@
+//! The client's API in a real browser (headless Chromium through wasm-pack): key generation,
+//! preprocessing identical to the native function, and an encrypt/decrypt round trip.
+
+use std::cell::OnceCell;
+
+use hexray_crypto::{ClientKey, CompressedServerKey, EncryptedImage, ParameterSet};
+use hexray_model::CompiledModel;
+use hexray_wasm::{generate_keys, pack_batch, unpack_batch, Client, KeyPair, Model};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const MODEL: &[u8] = include_bytes!("../../models/pneumonia-a.hexray");
+const XRAY: &[u8] = include_bytes!("../../samples/covid-cxr-actualmed/covid-1.png");
+/// What the native `hexray_model::preprocess` gives for `XRAY` and `MODEL`; the native test
+/// `tests/tests/wasm_fixture.rs` checks it is still true.
+const NATIVE: &str = include_str!("fixtures/covid-1.preprocessed.txt");
+
+fn ok<T>(result: Result<T, JsError>) -> T {
+    result.map_err(JsValue::from).unwrap()
+}
+
+thread_local! {
+    /// Key generation takes a while in a browser: the tests share one pair.
+    static KEYS: OnceCell<(Vec<u8>, Vec<u8>)> = const { OnceCell::new() };
+}
+
+fn keys() -> (Vec<u8>, Vec<u8>) {
+    KEYS.with(|keys| {
+        keys.get_or_init(|| {
+            let steps = js_sys::Array::new();
+            let record = Closure::<dyn Fn(u32, u32, String)>::new({
+                let steps = steps.clone();
+                move |step: u32, total: u32, _label: String| {
+                    steps.push(&format!("{step}/{total}").into());
+                }
+            });
+            let KeyPair {
+                client_key,
+                server_key,
+            } = ok(generate_keys(
+                ParameterSet::Ks32.name(),
+                record.as_ref().unchecked_ref(),
+            ));
+            // Progress went through every step, in order.
+            let reported: Vec<String> = steps.iter().map(|s| s.as_string().unwrap()).collect();
+            assert_eq!(reported, ["0/3", "1/3", "2/3", "3/3"]);
+            (client_key, server_key)
+        })
+        .clone()
+    })
+}
+
+#[wasm_bindgen_test]
+fn key_generation_gives_a_key_pair_of_the_models_parameter_set() {
+    let (client_key, server_key) = keys();
+    let client = ClientKey::from_bytes(&client_key).unwrap();
+    assert_eq!(client.parameter_set(), ParameterSet::Ks32);
+    let server = CompressedServerKey::from_bytes(&server_key).unwrap();
+    assert_eq!(server.parameter_set(), ParameterSet::Ks32);
+    assert!(
+        server_key.len() > 20 << 20,
+        "a compressed server key is about 30 MB"
+    );
+    // The secret key is not inside what gets uploaded.
+    assert!(!server_key
+        .windows(client_key.len())
+        .any(|w| w == client_key.as_slice()));
+    assert!(generate_keys("no such set", &js_sys::Function::new_no_args("")).is_err());
+}
+
+#[wasm_bindgen_test]
+fn preprocessing_equals_the_native_function() {
+    let model = ok(Model::new(MODEL));
+    let native: Vec<i32> = NATIVE
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(ok(model.preprocess(XRAY)), native);
+    assert!(model.preprocess(b"not an image").is_err());
+}
+
+#[wasm_bindgen_test]
+fn encrypt_then_decrypt_gives_back_the_preprocessed_image() {
+    let (client_key, _) = keys();
+    let model = ok(Model::new(MODEL));
+    let client = ok(Client::new(&client_key));
+    let upload = ok(client.encrypt(&model, XRAY));
+
+    // Decrypt the uploaded ciphertexts with the same key: each phase is q·Δ plus small noise.
+    let (_, circuit) = CompiledModel::from_bytes(MODEL).unwrap();
+    let image =
+        EncryptedImage::from_bytes(&upload, ParameterSet::Ks32, circuit.input_len()).unwrap();
+    let key = ClientKey::from_bytes(&client_key).unwrap();
+    let delta = circuit.input_delta() as f64;
+    let decrypted: Vec<i32> = key
+        .decrypt_phases(&image.expand())
+        .into_iter()
+        .map(|phase| (phase as i64 as f64 / delta).round() as i32)
+        .collect();
+    assert_eq!(decrypted, ok(model.preprocess(XRAY)));
+
+    // A batch body round-trips, and garbage is refused with an error, not a panic.
+    let blobs = js_sys::Array::of2(
+        &js_sys::Uint8Array::from(upload.as_slice()),
+        &js_sys::Uint8Array::from(&b"second"[..]),
+    );
+    let unpacked = ok(unpack_batch(&pack_batch(blobs), 2));
+    assert_eq!(js_sys::Uint8Array::new(&unpacked.get(0)).to_vec(), upload);
+    assert!(unpack_batch(&pack_batch(js_sys::Array::new()), 1).is_err());
+    assert!(client.decrypt(&model, b"garbage").is_err());
+    assert!(Client::new(b"garbage").is_err());
+}
