@@ -20,6 +20,12 @@
 //! **Noise.** Inputs to stage 0 carry fresh-encryption noise, later inputs carry bootstrap output
 //! noise; a dot product multiplies their variance by ‖w‖². Before a bootstrap the keyswitch and
 //! the modulus switch add their own. All variances come from [`FheParameters`].
+//!
+//! A stage keeps the two sources apart ([`Stage::input_sigma`], [`Stage::switch_sigma`])
+//! because they are not alike: the inputs' noise is shared by every neuron that reads the same
+//! ciphertexts, so two neurons' (and two logits') errors are correlated, while the switches'
+//! noise is fresh for every bootstrap. Each neuron's [`Neuron::sigma`] is the sum of both, the
+//! figure the margins are sized from.
 
 use crate::activation::{Function, Granularity, Quantizer};
 use crate::error::{CompileError, ModelError};
@@ -31,7 +37,7 @@ use crate::linear::{self, Affine};
 pub const NOISE_MARGIN_SIGMAS: f64 = 8.0;
 
 const HALF_TORUS: i128 = 1 << 63;
-const TORUS: f64 = 18_446_744_073_709_551_616.0; // 2^64
+pub(crate) const TORUS: f64 = 18_446_744_073_709_551_616.0; // 2^64
 
 /// A compiled network, ready to evaluate encrypted or simulated.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +60,12 @@ pub struct Stage {
     /// Torus value of one unit of this stage's input.
     pub delta: u64,
     pub margin: u64,
+    /// Standard deviation of the noise each input ciphertext carries, as a fraction of the
+    /// torus: fresh encryption noise for stage 0, bootstrap output noise after.
+    pub input_sigma: f64,
+    /// Standard deviation the keyswitch and modulus switch add before each bootstrap, as a
+    /// fraction of the torus; 0 for the output stage, which is not bootstrapped.
+    pub switch_sigma: f64,
     /// The activation applied by each neuron's bootstrap; `None` for the output stage.
     pub activation: Option<StageActivation>,
 }
@@ -74,7 +86,8 @@ pub struct Neuron {
     pub form: Affine,
     pub acc_min: i64,
     pub acc_max: i64,
-    /// Standard deviation of the phase noise where it is read, as a fraction of the torus.
+    /// Standard deviation of the phase noise where it is read, as a fraction of the torus:
+    /// `√(‖w‖²·input_sigma² + switch_sigma²)`.
     pub sigma: f64,
 }
 
@@ -314,6 +327,8 @@ fn analyse(
         neurons,
         delta: delta as u64,
         margin: margin as u64,
+        input_sigma: input_variance.sqrt(),
+        switch_sigma: before_bootstrap.sqrt(),
         activation,
     })
 }

@@ -150,6 +150,46 @@ fn exact_simulation_matches_integer_arithmetic_when_boxes_are_fine() {
 }
 
 #[test]
+fn simulated_noise_is_shared_by_outputs_that_read_the_same_ciphertexts() {
+    // Two logits with opposite weights over the same hidden ciphertexts: encrypted, their
+    // noise (and any level a noisy bootstrap got wrong) cancels exactly in their sum and
+    // doubles in their difference. A simulator drawing each output's noise on its own would
+    // spread the sum as widely as either output.
+    let mut network = tiny();
+    let Some(Layer::Dense { weights, bias, .. }) = network.layers.last_mut() else {
+        unreachable!()
+    };
+    *weights = (0..16)
+        .map(|i| {
+            if i < 8 {
+                (i % 7) - 3
+            } else {
+                3 - ((i - 8) % 7)
+            }
+        })
+        .collect();
+    *bias = vec![5, -5];
+    let (_, circuit) = CompiledModel::from_bytes(&build(network).unwrap().to_bytes()).unwrap();
+    let x = Array3::from_shape_fn((1, 4, 4), |(_, y, x)| ((y * 4 + x) * 29 % 256) as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (mut sums, mut firsts) = (Vec::new(), Vec::new());
+    for _ in 0..400 {
+        let a = circuit
+            .simulate_noisy(x.view(), &mut rng)
+            .unwrap()
+            .accumulators;
+        sums.push(a[0] + a[1]);
+        firsts.push(a[0]);
+    }
+    let sd = |v: &[f64]| {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    assert!(sd(&firsts) > 1e-3, "the outputs carry noise");
+    assert!(sd(&sums) < 1e-9, "the sum moved by {}", sd(&sums));
+}
+
+#[test]
 fn wrong_magic_and_unknown_version_are_refused() {
     let bytes = build(tiny()).unwrap().to_bytes();
     let body = &bytes[bytes.iter().position(|&b| b == b'\n').unwrap()..];

@@ -8,7 +8,9 @@
 //! - the activation: ReLU, the gradual blend (1 − λ)·ReLU + λ·quadratic, or the quadratic;
 //! - quantization ([`Quantization`]): weights and activations on the integer grids the circuit
 //!   uses, trained through a straight-through estimator;
-//! - noise ([`Noise`]): each pre-activation perturbed with the σ the compiler predicts for it.
+//! - noise ([`NoiseLevels`]): TFHE's noise as the compiler predicts it, added where it arises:
+//!   on each stage's inputs (so the linear layer correlates it, as encryption does) and on each
+//!   pre-activation (the switches before a bootstrap).
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -94,13 +96,16 @@ impl Quantization {
     }
 }
 
-/// TFHE's noise, as the compiler predicts it, in real pre-activation units.
+/// TFHE's noise, as the compiler predicts it, in real units, split by where it arises (see
+/// `hexray_model::compile`): what every input ciphertext of a stage carries, which the linear
+/// layer carries on to all the neurons that read it, and what each bootstrap's switches add.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NoiseLevels {
-    /// Per hidden block, one σ per neuron.
-    pub hidden: Vec<Vec<f32>>,
-    /// One σ per logit.
-    pub output: Vec<f32>,
+    /// Per stage (each hidden block, then the output layer), σ of each input's noise.
+    pub inputs: Vec<f32>,
+    /// Per hidden block, one σ per neuron: the keyswitch and modulus switch before its
+    /// bootstrap.
+    pub switches: Vec<Vec<f32>>,
 }
 
 /// How one forward pass runs.
@@ -195,11 +200,15 @@ impl Net {
         let mut x = images;
         for (l, block) in self.hidden.iter().enumerate() {
             let step = quantization.map(|q| (q, q.input_step(l)));
-            let z = block.pre_activation(x, step);
+            let x_noisy = match pass.noise.as_mut() {
+                Some((levels, rng)) => x.clone() + input_noise(&x, levels.inputs[l], *rng),
+                None => x,
+            };
+            let z = block.pre_activation(x_noisy, step);
             let n = block.shape.len();
             let mut z = z.reshape([batch, n]);
             if let Some((levels, rng)) = pass.noise.as_mut() {
-                z = z.clone() + gaussian(&levels.hidden[l], batch, *rng, &z.device());
+                z = z.clone() + gaussian(&levels.switches[l], batch, *rng, &z.device());
             }
             let mut y = match pass.mode {
                 ActivationMode::Relu => relu(z),
@@ -215,7 +224,11 @@ impl Net {
                 Shape::Flat(n) => y.reshape([batch, n, 1, 1]),
             };
         }
-        let features = x.flatten::<2>(1, 3);
+        let mut features = x.flatten::<2>(1, 3);
+        if let Some((levels, rng)) = pass.noise.as_mut() {
+            let sigma = levels.inputs[self.hidden.len()];
+            features = features.clone() + input_noise(&features, sigma, *rng);
+        }
         let logits = match quantization {
             Some(q) => {
                 let step = q.input_step(self.hidden.len());
@@ -223,13 +236,6 @@ impl Net {
                 linear(features, w, Some(b))
             }
             None => self.output.forward(features),
-        };
-        let logits = match pass.noise.as_mut() {
-            Some((levels, rng)) => {
-                let device = logits.device();
-                logits + gaussian(&levels.output, batch, *rng, &device)
-            }
-            None => logits,
         };
         (logits, activations)
     }
@@ -397,6 +403,15 @@ fn fake_quantize_activation(y: Tensor<2>, scale: f64, (min, max): (i64, i64)) ->
     let clipped = y.clamp(min as f64 * scale, max as f64 * scale);
     let rounded = (clipped.clone() / scale).round() * scale;
     clipped.clone() + (rounded - clipped).detach()
+}
+
+/// Gaussian noise of standard deviation `sigma` on every element of `x`, drawn from `rng`.
+fn input_noise<const D: usize>(x: &Tensor<D>, sigma: f32, rng: &mut dyn RngCore) -> Tensor<D> {
+    let shape = x.dims();
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| sigma * rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), &x.device())
 }
 
 /// `[batch, σ.len()]` Gaussian noise with standard deviation σ per column, drawn from `rng` so

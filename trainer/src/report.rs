@@ -131,6 +131,14 @@ impl RunReport {
                 e.threads,
                 e.seconds_per_bootstrap * 1e3
             );
+            let c = &e.calibration;
+            out += &format!(
+                "The noisy simulator expected {:.1} ± {:.1} correct, and encryption gave {}. \
+                 Decrypted decision margins against the simulator's {} draws per image: z-scores \
+                 of mean {:.2} and standard deviation {:.2} (1.00 when the simulated noise is \
+                 TFHE's).\n",
+                c.expected_correct, c.expected_correct_sd, c.correct, c.draws, c.z_mean, c.z_sd
+            );
         }
         if let Some(latency) = self.predicted_latency_seconds {
             out += &format!("Predicted latency per image: {latency:.2} s.\n");

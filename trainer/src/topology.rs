@@ -158,8 +158,8 @@ impl Topology {
 
     /// Checks that every block fits the image it reads.
     pub fn check(&self, input: Shape) -> Result<(), TopologyError> {
-        let mut shape = input;
-        for block in &self.blocks {
+        let inputs = std::iter::once(input).chain(self.shapes(input));
+        for (block, shape) in self.blocks.iter().zip(inputs) {
             if let (
                 Block::Conv {
                     kernel,
@@ -179,19 +179,14 @@ impl Topology {
                     return Err(TopologyError { spec: self.name.clone(), reason: format!("a {kernel}×{kernel} window pooled {pool}×{pool} does not fit a {h}×{w} input") });
                 }
             }
-            shape = self.shapes_from(shape, std::slice::from_ref(block))[0];
         }
         Ok(())
     }
 
     /// The shape each block outputs (after pooling), for an input of `input`.
     pub fn shapes(&self, input: Shape) -> Vec<Shape> {
-        self.shapes_from(input, &self.blocks)
-    }
-
-    fn shapes_from(&self, input: Shape, blocks: &[Block]) -> Vec<Shape> {
         let mut shape = input;
-        blocks
+        self.blocks
             .iter()
             .map(|block| {
                 shape = match (*block, shape) {

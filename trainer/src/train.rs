@@ -460,8 +460,9 @@ pub fn calibrate(
     }
 }
 
-/// Compiles the quantized network and returns the noise σ of each pre-activation and logit in
-/// real units: the circuit's σ (a fraction of the torus) over Δ, times the neuron's scale.
+/// Compiles the quantized network and returns its noise in real units: each stage's input
+/// σ and switch σ (fractions of the torus) over the stage's Δ, times the real value of one
+/// input integer or one accumulator unit.
 pub fn noise_levels(
     integer: &IntegerNet,
     fhe: &FheParameters,
@@ -469,31 +470,28 @@ pub fn noise_levels(
     let network = integer.network();
     let circuit = compile(&network, fhe)?;
     let torus = 18_446_744_073_709_551_616.0f64;
-    let hidden = integer
+    let input_steps = std::iter::once(integer.input.scale)
+        .chain(integer.blocks.iter().map(|b| b.activation.output.scale));
+    let inputs = circuit
+        .stages
+        .iter()
+        .zip(input_steps)
+        .map(|(stage, step)| (stage.input_sigma * torus / stage.delta as f64 * step) as f32)
+        .collect();
+    let switches = integer
         .blocks
         .iter()
         .zip(&circuit.stages)
         .map(|(block, stage)| {
             let act = &block.activation;
-            stage
-                .neurons
-                .iter()
-                .enumerate()
-                .map(|(j, n)| {
-                    let k = act.granularity.index(block.shape, j);
-                    (n.sigma * torus / stage.delta as f64 * act.input_scales[k]) as f32
-                })
+            let sigma = stage.switch_sigma * torus / stage.delta as f64;
+            (0..stage.neurons.len())
+                .map(|j| (sigma * act.input_scales[act.granularity.index(block.shape, j)]) as f32)
                 .collect()
         })
         .collect();
-    let last = circuit.stages.last().expect("an output stage");
-    let output = last
-        .neurons
-        .iter()
-        .map(|n| (n.sigma * torus / last.delta as f64 * integer.logit_scale) as f32)
-        .collect();
     debug_assert!(matches!(network.layers.last(), Some(Layer::Dense { .. })));
-    Ok((NoiseLevels { hidden, output }, circuit))
+    Ok((NoiseLevels { inputs, switches }, circuit))
 }
 
 /// Folds batch norm, calibrates the grids and fine-tunes on them, with TFHE's predicted noise

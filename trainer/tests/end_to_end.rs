@@ -4,17 +4,22 @@
 
 use std::path::PathBuf;
 
+use burn::prelude::*;
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::activation::Granularity;
 use hexray_model::format::{InputSpec, Intensity};
 use hexray_model::CompiledModel;
 use hexray_trainer::data::load_npz;
+use hexray_trainer::export::IntegerNet;
 use hexray_trainer::loss::Distillation;
+use hexray_trainer::net::{ActivationMode, Pass};
 use hexray_trainer::pipeline::{
     export_mismatches, score_circuit, teacher, train_and_compile, Config,
 };
 use hexray_trainer::topology::Topology;
-use hexray_trainer::train::{QatRecipe, Recipe, Settings, Tensors};
+use hexray_trainer::train::{noise_levels, QatRecipe, Recipe, Settings, Tensors};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// The shared dataset CI places beside the checkout.
 fn pneumoniamnist() -> PathBuf {
@@ -94,4 +99,51 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
     assert!(exact.accuracy > 0.7, "exact accuracy {}", exact.accuracy);
     assert!(noisy.accuracy > 0.7, "noisy accuracy {}", noisy.accuracy);
     assert!(exact.auc > 0.8, "AUC {}", exact.auc);
+
+    // The student trained under the circuit's noise: one image's logit margin spreads alike
+    // under the trainer's noisy forward pass and the noisy simulator, which
+    // `tests/noise_model.rs` and every encrypted report check against TFHE itself.
+    let integer = IntegerNet::new(
+        &quantized.net,
+        &quantized.quantization,
+        input.clone(),
+        config.classes.clone(),
+    );
+    let (levels, _) = noise_levels(&integer, &config.fhe).unwrap();
+    let (image, draws) = (7, 1000);
+    let copies = Tensors::new(&test.subset(&vec![image; draws]), input.scale);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let logits = quantized.net.valid().forward(
+        copies.batch(&(0..draws).collect::<Vec<_>>(), &Device::flex()),
+        &mut Pass {
+            mode: ActivationMode::Quadratic,
+            quantization: Some(&quantized.quantization),
+            noise: Some((&levels, &mut rng)),
+        },
+    );
+    let logits = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let trained: Vec<f64> = logits.chunks(2).map(|l| (l[1] - l[0]) as f64).collect();
+    let simulated: Vec<f64> = (0..draws)
+        .map(|_| {
+            let l = circuit
+                .simulate_noisy(test.images[image].view(), &mut rng)
+                .unwrap()
+                .logits;
+            l[1] - l[0]
+        })
+        .collect();
+    let ratio = sd(&trained) / sd(&simulated);
+    assert!(
+        (0.88..1.14).contains(&ratio),
+        "the trainer's noise spreads {ratio:.2}× the simulator's"
+    );
+}
+
+fn sd(values: &[f64]) -> f64 {
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt()
 }
