@@ -11,7 +11,9 @@ import zlib from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 const repo = path.resolve(import.meta.dirname, '../..');
-const hexray = path.join(repo, 'target/release/hexray');
+// Cargo's output folder: CARGO_TARGET_DIR when set (relative to the repository), else target/.
+const targetDir = path.resolve(repo, process.env.CARGO_TARGET_DIR ?? 'target');
+const hexray = path.join(targetDir, 'release/hexray');
 const xrayPath = path.join(repo, 'samples/covid-cxr-actualmed/covid-1.png');
 const port = 18000 + (process.pid % 1000);
 const base = `http://127.0.0.1:${port}`;
