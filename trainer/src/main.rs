@@ -58,7 +58,8 @@ enum Command {
     Ablation {
         #[command(flatten)]
         common: Common,
-        #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
+        /// Presets or specs, separated by spaces (commas separate a spec's blocks).
+        #[arg(long, num_args = 1.., default_values = ["a", "b", "c"])]
         topologies: Vec<String>,
         /// Seeds per row, from --seed upward; tables show mean ± standard deviation.
         #[arg(long, default_value_t = 3)]
@@ -71,10 +72,14 @@ enum Command {
     Pareto {
         #[command(flatten)]
         common: Common,
+        /// Presets or specs, separated by spaces (commas separate a spec's blocks).
         #[arg(
             long,
-            value_delimiter = ',',
-            default_value = "a,c,c-wide,c-narrow,c-tiny,c-deep,pool4,pool4-small"
+            num_args = 1..,
+            default_values = [
+                "a", "c", "c-wide", "c-narrow", "c-tiny", "c-deep", "pool4", "pool4-small",
+                "mlp-16", "mlp-32", "mlp-64", "mlp-64-16",
+            ]
         )]
         topologies: Vec<String>,
         /// Seeds per row, from --seed upward; tables show mean ± standard deviation.

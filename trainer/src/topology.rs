@@ -39,7 +39,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("a", "c4k7s3p0,d64"),
     // (b): 8×14×14 + 16×7×7 + 32 = 2,384 bootstraps.
     ("b", "c8k3s2p1,c16k3s2p1,d32"),
-    // (c), shipped: a 7×7 stride-2 convolution pooled 2×2 (4×6×6), then 16 neurons: 160.
+    // (c): a 7×7 stride-2 convolution pooled 2×2 (4×6×6), then 16 neurons: 160.
     ("c", "c4k7s2p1x2,d16"),
     ("c-wide", "c8k7s2p1x2,d16"),
     ("c-narrow", "c2k7s2p1x2,d16"),
@@ -47,6 +47,11 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("c-deep", "c4k7s2p1x2,d32"),
     ("pool4", "c8k5s1p2x4,d16"),
     ("pool4-small", "c4k5s1p2x4,d8"),
+    // No convolution: dense layers straight on the 784 pixels, one bootstrap per neuron.
+    ("mlp-16", "d16"),
+    ("mlp-32", "d32"),
+    ("mlp-64", "d64"),
+    ("mlp-64-16", "d64,d16"),
 ];
 
 /// A topology spec that does not parse.
