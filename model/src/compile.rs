@@ -37,7 +37,8 @@ use crate::linear::{self, Affine};
 pub const NOISE_MARGIN_SIGMAS: f64 = 8.0;
 
 const HALF_TORUS: i128 = 1 << 63;
-pub(crate) const TORUS: f64 = 18_446_744_073_709_551_616.0; // 2^64
+/// The 64-bit torus's size, 2^64: torus fractions times this are phases.
+pub const TORUS: f64 = 18_446_744_073_709_551_616.0;
 
 /// A compiled network, ready to evaluate encrypted or simulated.
 #[derive(Clone, Debug, PartialEq)]

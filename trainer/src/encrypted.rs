@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::data::Dataset;
+use crate::metrics::mean_sd;
 
 /// Why an encrypted run failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +72,10 @@ pub struct Calibration {
 const CALIBRATION_DRAWS: usize = 100;
 
 impl Calibration {
+    /// Scores each image, given with its label and its exact and decrypted predictions.
     fn new(
         circuit: &Circuit,
-        images: &[(ndarray::ArrayView3<i64>, usize, &Prediction)],
+        images: &[(ndarray::ArrayView3<i64>, usize, Prediction, Prediction)],
     ) -> Result<Self, hexray_model::ModelError> {
         let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
         let mut calibration = Calibration {
@@ -81,9 +83,8 @@ impl Calibration {
             ..Calibration::default()
         };
         let mut z = Vec::with_capacity(images.len());
-        for &(image, label, decrypted) in images {
-            let exact = circuit.simulate(image)?;
-            let margin = margin_of(&exact);
+        for &(image, label, ref exact, ref decrypted) in images {
+            let margin = margin_of(exact);
             let mut margins = Vec::with_capacity(CALIBRATION_DRAWS);
             let mut right = 0;
             for _ in 0..CALIBRATION_DRAWS {
@@ -91,7 +92,7 @@ impl Calibration {
                 margins.push(margin(&noisy));
                 right += usize::from(noisy.class() == label);
             }
-            let (mean, sd) = mean_sd(&margins);
+            let (mean, sd) = mean_sd(&margins, 0);
             z.push((margin(decrypted) - mean) / sd.max(f64::MIN_POSITIVE));
             let p = right as f64 / CALIBRATION_DRAWS as f64;
             calibration.expected_correct += p;
@@ -99,7 +100,7 @@ impl Calibration {
             calibration.correct += usize::from(decrypted.class() == label);
         }
         calibration.expected_correct_sd = calibration.expected_correct_sd.sqrt();
-        (calibration.z_mean, calibration.z_sd) = mean_sd(&z);
+        (calibration.z_mean, calibration.z_sd) = mean_sd(&z, 0);
         Ok(calibration)
     }
 }
@@ -112,13 +113,6 @@ fn margin_of(exact: &Prediction) -> impl Fn(&Prediction) -> f64 {
         .max_by(|&a, &b| exact.accumulators[a].total_cmp(&exact.accumulators[b]))
         .unwrap_or(top);
     move |p: &Prediction| p.accumulators[top] - p.accumulators[runner_up]
-}
-
-fn mean_sd(values: &[f64]) -> (f64, f64) {
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-    (mean, variance.sqrt())
 }
 
 /// Encrypts, evaluates and decrypts `count` images spread evenly over `test`, with a fresh key.
@@ -143,9 +137,10 @@ pub fn run(
         threads: rayon::current_num_threads(),
         calibration: Calibration::default(),
     };
-    let mut decrypted = Vec::with_capacity(count);
+    let mut scored = Vec::with_capacity(count);
     let (mut wall, mut bootstrap_cpu) = (0.0, 0.0);
-    for image in sample.iter().map(|&i| &test.images[i]) {
+    for &i in &sample {
+        let image = &test.images[i];
         let encrypted = client.encrypt(circuit, image.view())?;
         let start = Instant::now();
         let (output, stats) = evaluate(&loaded, &server, encrypted, &|| {})?;
@@ -155,13 +150,8 @@ pub fn run(
         let exact = circuit.simulate(image.view())?;
         run.agree_with_simulator += usize::from(prediction.class() == exact.class());
         run.probabilities.push(prediction.probabilities.clone());
-        decrypted.push(prediction);
+        scored.push((image.view(), test.labels[i], exact, prediction));
     }
-    let scored: Vec<_> = sample
-        .iter()
-        .zip(&decrypted)
-        .map(|(&i, p)| (test.images[i].view(), test.labels[i], p))
-        .collect();
     run.calibration = Calibration::new(circuit, &scored)?;
     let n = count.max(1) as f64;
     run.seconds_per_image = wall / n;

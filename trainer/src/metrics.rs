@@ -170,6 +170,18 @@ pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
     points
 }
 
+/// Mean and standard deviation of `values`, the squared deviations divided by `n − ddof` (at
+/// least 1): `ddof` 0 for a whole population (noise draws, z-scores), 1 for a sample (seeds).
+pub fn mean_sd(values: &[f64], ddof: usize) -> (f64, f64) {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+    let squares: f64 = values.iter().map(|v| (v - mean).powi(2)).sum();
+    (
+        mean,
+        (squares / n.saturating_sub(ddof).max(1) as f64).sqrt(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,14 +201,14 @@ impl Net {
         for (l, block) in self.hidden.iter().enumerate() {
             let step = quantization.map(|q| (q, q.input_step(l)));
             let x_noisy = match pass.noise.as_mut() {
-                Some((levels, rng)) => x.clone() + input_noise(&x, levels.inputs[l], *rng),
+                Some((levels, rng)) => x.clone() + gaussian_like(&x, &[levels.inputs[l]], *rng),
                 None => x,
             };
             let z = block.pre_activation(x_noisy, step);
             let n = block.shape.len();
             let mut z = z.reshape([batch, n]);
             if let Some((levels, rng)) = pass.noise.as_mut() {
-                z = z.clone() + gaussian(&levels.switches[l], batch, *rng, &z.device());
+                z = z.clone() + gaussian_like(&z, &levels.switches[l], *rng);
             }
             let mut y = match pass.mode {
                 ActivationMode::Relu => relu(z),
@@ -227,7 +227,7 @@ impl Net {
         let mut features = x.flatten::<2>(1, 3);
         if let Some((levels, rng)) = pass.noise.as_mut() {
             let sigma = levels.inputs[self.hidden.len()];
-            features = features.clone() + input_noise(&features, sigma, *rng);
+            features = features.clone() + gaussian_like(&features, &[sigma], *rng);
         }
         let logits = match quantization {
             Some(q) => {
@@ -405,21 +405,13 @@ fn fake_quantize_activation(y: Tensor<2>, scale: f64, (min, max): (i64, i64)) ->
     clipped.clone() + (rounded - clipped).detach()
 }
 
-/// Gaussian noise of standard deviation `sigma` on every element of `x`, drawn from `rng`.
-fn input_noise<const D: usize>(x: &Tensor<D>, sigma: f32, rng: &mut dyn RngCore) -> Tensor<D> {
+/// Gaussian noise shaped like `x`, drawn from `rng` so that training is reproducible. Element
+/// `i` (row-major) has standard deviation `sigma[i % sigma.len()]`: one σ for every element, or
+/// one per column of a `[batch, neurons]` tensor.
+fn gaussian_like<const D: usize>(x: &Tensor<D>, sigma: &[f32], rng: &mut dyn RngCore) -> Tensor<D> {
     let shape = x.dims();
     let values: Vec<f32> = (0..shape.iter().product::<usize>())
-        .map(|_| sigma * rng.sample::<f32, _>(StandardNormal))
+        .map(|i| sigma[i % sigma.len()] * rng.sample::<f32, _>(StandardNormal))
         .collect();
     Tensor::from_data(TensorData::new(values, shape), &x.device())
-}
-
-/// `[batch, σ.len()]` Gaussian noise with standard deviation σ per column, drawn from `rng` so
-/// that training is reproducible.
-fn gaussian(sigma: &[f32], batch: usize, rng: &mut dyn RngCore, device: &Device) -> Tensor<2> {
-    let values: Vec<f32> = (0..batch)
-        .flat_map(|_| sigma.to_vec())
-        .map(|s| s * rng.sample::<f32, _>(StandardNormal))
-        .collect();
-    Tensor::from_data(TensorData::new(values, [batch, sigma.len()]), device)
 }

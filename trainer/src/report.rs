@@ -70,10 +70,7 @@ impl SeedRow {
     /// Mean and sample standard deviation (0 for a single seed) of one figure over the seeds.
     pub fn mean_sd(&self, figure: impl Fn(&Scores) -> f64) -> (f64, f64) {
         let values: Vec<f64> = self.scores.iter().map(figure).collect();
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        (mean, var.sqrt())
+        crate::metrics::mean_sd(&values, 1)
     }
 
     fn cell(&self, figure: impl Fn(&Scores) -> f64) -> String {

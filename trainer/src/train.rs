@@ -6,6 +6,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use hexray_model::activation::Granularity;
+use hexray_model::compile::TORUS;
 use hexray_model::format::{FheParameters, InputSpec, Layer};
 use hexray_model::{compile, Circuit, ModelError};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -469,14 +470,13 @@ pub fn noise_levels(
 ) -> Result<(NoiseLevels, Circuit), ModelError> {
     let network = integer.network();
     let circuit = compile(&network, fhe)?;
-    let torus = 18_446_744_073_709_551_616.0f64;
     let input_steps = std::iter::once(integer.input.scale)
         .chain(integer.blocks.iter().map(|b| b.activation.output.scale));
     let inputs = circuit
         .stages
         .iter()
         .zip(input_steps)
-        .map(|(stage, step)| (stage.input_sigma * torus / stage.delta as f64 * step) as f32)
+        .map(|(stage, step)| (stage.input_sigma * TORUS / stage.delta as f64 * step) as f32)
         .collect();
     let switches = integer
         .blocks
@@ -484,7 +484,7 @@ pub fn noise_levels(
         .zip(&circuit.stages)
         .map(|(block, stage)| {
             let act = &block.activation;
-            let sigma = stage.switch_sigma * torus / stage.delta as f64;
+            let sigma = stage.switch_sigma * TORUS / stage.delta as f64;
             (0..stage.neurons.len())
                 .map(|j| (sigma * act.input_scales[act.granularity.index(block.shape, j)]) as f32)
                 .collect()
