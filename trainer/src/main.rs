@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, num_args = 1.., default_values = ["a", "b", "c"])]
         topologies: Vec<String>,
         /// Seeds per row, from --seed upward; tables show mean ± standard deviation.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         seeds: usize,
         /// The markdown document to write (a JSON twin is written beside it).
         #[arg(long, default_value = "docs/ablation.md")]
@@ -83,7 +83,7 @@ enum Command {
         )]
         topologies: Vec<String>,
         /// Seeds per row, from --seed upward; tables show mean ± standard deviation.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         seeds: usize,
         /// The PNG to write (a markdown table is written beside it).
         #[arg(long, default_value = "docs/pareto.png")]
@@ -123,8 +123,8 @@ struct Common {
     student_epochs: usize,
     #[arg(long, default_value_t = 10)]
     quantized_epochs: usize,
-    /// Bits of each weight (per-channel symmetric).
-    #[arg(long, default_value_t = 4)]
+    /// Bits of each weight (per-channel symmetric, so at least 2: one bit is the sign).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=16))]
     weight_bits: u8,
     /// Bits of each activation, the values a bootstrap's table outputs. More bits cost no
     /// bootstraps: 6 beat 5 on every one of three seeds (see the training report).
@@ -137,7 +137,7 @@ struct Common {
     #[arg(long, default_value_t = 0.7)]
     alpha: f64,
     /// Noisy simulation draws per test image.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     draws: usize,
     /// Per-image intensity normalisation, written into the model so the client applies it too:
     /// as-is, stretch or equalize.
@@ -153,6 +153,12 @@ const INPUT_SHAPE: Shape = Shape::Image { c: 1, h: 28, w: 28 };
 
 /// PneumoniaMNIST's classes, in label order.
 const CLASSES: [&str; 2] = ["normal", "pneumonia"];
+
+/// A count that must be positive: a table over no seeds, or a noisy score over no draws, would
+/// report numbers that mean nothing.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
 
 /// Parses an `--intensity` value: the kebab-case names of [`Intensity`].
 fn parse_intensity(name: &str) -> Result<Intensity, String> {
@@ -492,7 +498,17 @@ fn ablation_recipes(common: &Common) -> Vec<(&'static str, Recipe)> {
     ]
 }
 
+/// Parses and checks every topology before any data is loaded, so that a typo in the last of
+/// several fails at once rather than after the others have trained.
+fn check_topologies(topologies: &[String]) -> Result<()> {
+    for name in topologies {
+        Topology::parse(name)?.check(INPUT_SHAPE)?;
+    }
+    Ok(())
+}
+
 fn ablation(common: &Common, topologies: &[String], seeds: usize, out: &Path) -> Result<()> {
+    check_topologies(topologies)?;
     let ([_, _, test], [tr, va, te]) = common.splits_and_tensors()?;
     let mut doc = format!(
         "# Ablation on the PneumoniaMNIST test split\n\n\
@@ -585,6 +601,7 @@ fn add_seed(rows: &mut Vec<SeedRow>, seed: u64, bootstraps: usize, scores: Vec<(
 }
 
 fn pareto(common: &Common, topologies: &[String], seeds: usize, out: &Path) -> Result<()> {
+    check_topologies(topologies)?;
     let ([_, _, test], [tr, va, te]) = common.splits_and_tensors()?;
     let mut points = Vec::new();
     let mut doc = format!(
