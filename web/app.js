@@ -1,17 +1,28 @@
 // The clinician page: choose images, then keys → upload key → encrypt → evaluate → decrypt.
-// Only ciphertexts and the public evaluation key are ever sent; the secret key stays in
-// IndexedDB and images never leave this page unencrypted.
+// Only ciphertexts, the public evaluation key and the access token are ever sent; the secret
+// key stays in IndexedDB, and neither images nor results leave this page unencrypted.
 import init, { Client, Model, pack_batch, unpack_batch } from './pkg/hexray_wasm.js';
 import { forgetKeys, loadKeys, saveKeys } from './keystore.js';
 
 const $ = (id) => document.getElementById(id);
-const API = '/api/v1';
+// The evaluator's origin comes from index.html's <meta name="hexray-api">: empty when it also
+// serves this page, else the origin of the API when the page is hosted elsewhere.
+const API = `${(document.querySelector('meta[name="hexray-api"]')?.content ?? '').trim().replace(/\/+$/, '')}/api/v1`;
+const TOKEN = 'hexray.token';
+const POLL_MS = 2000;
 const state = { model: null, modelId: null, info: null, files: [], busy: false };
 
 /// What the page measured, for people and for the browser benchmark.
 window.hexrayTimings = {};
 
-class UserError extends Error {}
+/// An error to show as it is; `code` is the API's error code when the server gave one.
+class UserError extends Error {
+  constructor(message, { status, code } = {}) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
 
 // ---- steps and errors -------------------------------------------------------------------
 
@@ -24,6 +35,7 @@ function step(name, fraction, detail = '') {
 
 function resetSteps() {
   for (const name of ['keys', 'upload', 'encrypt', 'evaluate', 'decrypt']) step(name, 0);
+  $('notice').textContent = '';
 }
 
 function showError(message) {
@@ -36,29 +48,86 @@ function clearError() {
   $('error').hidden = true;
 }
 
-/// Fetches from the API, turning network failures and the API's JSON errors into sentences.
-async function api(path, options = {}) {
-  let response;
-  try {
-    response = await fetch(API + path, options);
-  } catch {
-    throw new UserError('The HEXray server cannot be reached. Check that it is running, then retry.');
-  }
-  if (!response.ok) {
-    let message = `The server answered ${response.status}.`;
+// ---- API ----------------------------------------------------------------------------------
+
+/// Makes one API request: `send(headers)` sends it with these extra headers (the stored token)
+/// and resolves with a Response. Every request to the API goes through here, so every one
+/// carries the token; network failures and the API's JSON errors become sentences, and a 401
+/// asks for a token and sends again.
+async function request(send) {
+  for (;;) {
+    let response;
     try {
-      const body = await response.json();
-      message = body.message;
-      if (body.code === 'queue_full') {
-        const wait = response.headers.get('Retry-After') || 'a few';
-        message = `The server is busy; please retry in ${wait} seconds.`;
-      }
-    } catch { /* not JSON: keep the status */ }
-    const error = new UserError(message);
-    error.status = response.status;
-    throw error;
+      response = await send(authorization());
+    } catch {
+      throw new UserError('The HEXray server cannot be reached. Check that it is running, then retry.');
+    }
+    if (response.status === 401) {
+      // The token is missing, or no longer valid: forget it and ask for another.
+      const refused = localStorage.getItem(TOKEN) !== null;
+      localStorage.removeItem(TOKEN);
+      await askForToken(refused);
+    } else if (!response.ok) {
+      throw await apiError(response);
+    } else {
+      return response;
+    }
   }
-  return response;
+}
+
+/// Fetches from the API.
+function api(path, options = {}) {
+  return request((headers) => fetch(API + path, { ...options, headers: { ...options.headers, ...headers } }));
+}
+
+function authorization() {
+  const token = localStorage.getItem(TOKEN);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+/// The API's JSON error as a sentence, keeping its status and code for the recoveries.
+async function apiError(response) {
+  let message = `The server answered ${response.status}.`;
+  let code;
+  try {
+    const body = await response.json();
+    code = body.code;
+    message = body.message || message;
+    if (code === 'queue_full') {
+      const wait = response.headers.get('Retry-After') || 'a few';
+      message = `The server is busy; please retry in ${wait} seconds.`;
+    }
+  } catch { /* not JSON: keep the status */ }
+  return new UserError(message, { status: response.status, code });
+}
+
+let tokenAnswer = null; // the open question, shared by requests refused at the same time
+
+/// Shows the token form and resolves once a token has been entered and stored. `refused`: the
+/// server turned down the stored one.
+function askForToken(refused = false) {
+  tokenAnswer ??= new Promise((resolve) => {
+    $('token-refused').hidden = !refused;
+    $('token').hidden = false;
+    $('token-input').value = '';
+    $('token-input').focus();
+    $('token-form').addEventListener('submit', (event) => {
+      event.preventDefault(); // handled here; the page never navigates (CSP: form-action 'none')
+      localStorage.setItem(TOKEN, $('token-input').value.trim());
+      $('token').hidden = true;
+      tokenAnswer = null;
+      resolve();
+    }, { once: true });
+  });
+  return tokenAnswer;
+}
+
+/// Opens the page: asks for a token first when the server needs one and none is stored, so the
+/// clinician is not greeted by a refusal, then loads the model.
+async function start() {
+  const health = await (await api('/health')).json();
+  if (health.auth === 'token' && !localStorage.getItem(TOKEN)) await askForToken();
+  await loadModel();
 }
 
 // ---- model --------------------------------------------------------------------------------
@@ -68,6 +137,7 @@ async function loadModel() {
   const { models } = await (await api('/models')).json();
   if (!models.length) throw new UserError('The server offers no model.');
   const summary = models[0];
+  // The model's client spec (JSON): what this page needs to preprocess, encrypt and decode.
   const bytes = new Uint8Array(await (await api(`/models/${encodeURIComponent(summary.id)}`)).arrayBuffer());
   state.model = new Model(bytes);
   state.modelId = summary.id;
@@ -88,15 +158,21 @@ async function addFiles(list) {
       entry.problem = `${file.name} is not a PNG or JPEG image.`;
     } else {
       entry.bytes = new Uint8Array(await file.arrayBuffer());
-      try {
-        entry.preview = state.model.preprocess(entry.bytes);
-      } catch (error) {
-        entry.problem = `${file.name}: ${error.message}`;
-      }
+      preprocessEntry(entry);
     }
     state.files.push(entry);
   }
   renderPreviews();
+}
+
+/// The image as the current model sees it, or why the model cannot take it.
+function preprocessEntry(entry) {
+  try {
+    entry.preview = state.model.preprocess(entry.bytes);
+    entry.problem = null;
+  } catch (error) {
+    entry.problem = `${entry.file.name}: ${error.message}`;
+  }
 }
 
 function renderPreviews() {
@@ -199,28 +275,26 @@ async function ensureKeys() {
   return keys;
 }
 
-/// Uploads the evaluation key with XMLHttpRequest, the one browser API that reports upload
-/// progress.
-function uploadKey(serverKey) {
+/// Uploads the evaluation key and returns the id the server knows it by.
+async function uploadKey(serverKey) {
+  const response = await request((headers) => postWithProgress(`${API}/keys`, serverKey, headers, (loaded, total) =>
+    step('upload', loaded / total, `${(loaded / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`)));
+  step('upload', 1, 'registered');
+  return (await response.json()).key_id;
+}
+
+/// POSTs with XMLHttpRequest, the one browser API that reports upload progress, and resolves
+/// with a Response as fetch would, so the answer is read like any other.
+function postWithProgress(url, body, headers, progress) {
   return new Promise((resolve, reject) => {
-    const request = new XMLHttpRequest();
-    request.open('POST', `${API}/keys`);
-    request.setRequestHeader('Content-Type', 'application/octet-stream');
-    request.upload.onprogress = (e) => {
-      if (e.lengthComputable) step('upload', e.loaded / e.total, `${(e.loaded / 1e6).toFixed(1)} of ${(e.total / 1e6).toFixed(1)} MB`);
-    };
-    request.onload = () => {
-      let body = {};
-      try { body = JSON.parse(request.responseText); } catch { /* handled below */ }
-      if (request.status === 200 || request.status === 201) {
-        step('upload', 1, 'registered');
-        resolve(body.key_id);
-      } else {
-        reject(new UserError(body.message || `The server refused the key (${request.status}).`));
-      }
-    };
-    request.onerror = () => reject(new UserError('The HEXray server cannot be reached. Check that it is running, then retry.'));
-    request.send(serverKey);
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', url);
+    xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress(e.loaded, e.total); };
+    xhr.onload = () => resolve(new Response(xhr.responseText, { status: xhr.status }));
+    xhr.onerror = () => reject(new TypeError('network error'));
+    xhr.send(body);
   });
 }
 
@@ -235,13 +309,40 @@ async function showKeyStatus(keys) {
 // ---- analysis -----------------------------------------------------------------------------
 
 async function analyse() {
-  const images = state.files.filter((e) => !e.problem);
   const started = performance.now();
   resetSteps();
   clearError();
+  let batch = await prepareBatch();
+  const recovered = new Set();
+  let final;
+  while (!final) {
+    try {
+      final = await evaluate(batch);
+    } catch (error) {
+      // Each loss on the server's side is recovered from once, then the batch goes again.
+      if (!(error.code in RECOVERIES) || recovered.has(error.code)) throw error;
+      recovered.add(error.code);
+      batch = await RECOVERIES[error.code](batch);
+    }
+  }
+  window.hexrayTimings.serverSeconds = final.seconds;
+
+  // The decrypted results stay in this page: nothing computed from them is ever sent.
+  step('decrypt', 0);
+  const { images, client } = batch;
+  const outputs = unpack_batch(new Uint8Array(await (await api(`/jobs/${final.job_id}/outputs`)).arrayBuffer()), images.length);
+  const results = outputs.map((output) => client.decrypt(state.model, output));
+  step('decrypt', 1, 'done');
+  const seconds = (performance.now() - started) / 1000;
+  window.hexrayTimings.endToEndSeconds = seconds;
+  results.forEach((result, i) => showResult(images[i].file.name, result, seconds, final.seconds));
+}
+
+/// Keys, and the usable images encrypted with them for the current model.
+async function prepareBatch() {
   const keys = await ensureKeys();
   const client = new Client(keys.clientKey);
-
+  const images = state.files.filter((e) => !e.problem);
   const encrypted = [];
   for (const [i, entry] of images.entries()) {
     step('encrypt', i / images.length, `${entry.file.name}`);
@@ -251,46 +352,121 @@ async function analyse() {
   const body = pack_batch(encrypted);
   step('encrypt', 1, `${images.length} image(s), ${(body.length / 1024).toFixed(0)} KiB to send`);
   window.hexrayTimings.uploadBytesPerImage = body.length / images.length;
+  return { keys, client, images, body };
+}
 
-  const query = `model=${encodeURIComponent(state.modelId)}&key=${encodeURIComponent(keys.keyId)}`;
+/// Submits the batch and follows the job to its end. A failed job is thrown with the server's
+/// error_code, so a key found damaged while the job ran is recovered from like a key refused
+/// at submission.
+async function evaluate({ keys, body }) {
+  const query = new URLSearchParams({ model: state.modelId, key: keys.keyId, fingerprint: state.info.fingerprint });
   const job = await (await api(`/jobs?${query}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/octet-stream' },
     body,
   })).json();
   const final = await followJob(job.job_id);
-  window.hexrayTimings.serverSeconds = final.seconds;
-
-  step('decrypt', 0);
-  const outputs = unpack_batch(new Uint8Array(await (await api(`/jobs/${job.job_id}/outputs`)).arrayBuffer()), images.length);
-  const results = outputs.map((output) => client.decrypt(state.model, output));
-  step('decrypt', 1, 'done');
-  const seconds = (performance.now() - started) / 1000;
-  window.hexrayTimings.endToEndSeconds = seconds;
-  results.forEach((result, i) => showResult(images[i].file.name, result, seconds, final.seconds));
+  if (final.state === 'failed') {
+    throw new UserError(`The server could not evaluate the images: ${final.error}`, { code: final.error_code });
+  }
+  return final;
 }
 
-/// Follows a job's server-sent events until it ends.
-function followJob(id) {
-  return new Promise((resolve, reject) => {
-    const events = new EventSource(`${API}/jobs/${id}/events`);
-    events.addEventListener('status', (event) => {
-      const status = JSON.parse(event.data);
-      step('evaluate', status.bootstraps_done / status.bootstraps_total,
-        `${status.state}: ${status.bootstraps_done} of ${status.bootstraps_total} bootstraps`);
-      if (status.state === 'done') {
-        events.close();
-        resolve(status);
-      } else if (status.state === 'failed') {
-        events.close();
-        reject(new UserError(`The server could not evaluate the images: ${status.error}`));
+/// What to redo before submitting a batch again, by the error code that refused or failed it.
+const RECOVERIES = { stale_model: refetchModel, unknown_key: reuploadKey };
+
+/// The server's model changed since this page fetched it: fetch it again, and redo what
+/// depends on it: previews, keys (should its parameter set have changed) and ciphertexts.
+async function refetchModel() {
+  await loadModel();
+  state.files.filter((e) => e.bytes).forEach(preprocessEntry);
+  renderPreviews();
+  return prepareBatch();
+}
+
+/// The server no longer has this browser's key (deleted, expired, or found damaged): upload
+/// the stored one again. The batch stays as it is: it was encrypted for the same key.
+async function reuploadKey(batch) {
+  const { keys } = batch;
+  keys.keyId = await uploadKey(keys.serverKey);
+  await saveKeys(keys);
+  showKeyStatus(keys);
+  $('notice').textContent = "The server had lost this browser's key; it was uploaded again.";
+  return batch;
+}
+
+/// Follows a job until it ends: by its event stream, or by polling when the server refuses
+/// another stream or the stream breaks. The job itself is never submitted again here.
+async function followJob(id) {
+  try {
+    const final = await streamJob(id);
+    if (final) return final;
+  } catch (error) {
+    if (error.code !== 'too_many_streams') throw error;
+  }
+  return pollJob(id);
+}
+
+/// Reads the job's progress events until a final state: null when the stream ends or breaks
+/// first. EventSource cannot send the token, so the stream is read with fetch.
+async function streamJob(id) {
+  const response = await api(`/jobs/${id}/events`, { headers: { Accept: 'text/event-stream' } });
+  try {
+    for await (const { event, data } of serverSentEvents(response.body)) {
+      if (event !== 'status') continue;
+      const status = JSON.parse(data);
+      showJobProgress(status);
+      if (isFinal(status)) return status;
+    }
+  } catch { /* the stream broke: the caller polls */ }
+  return null;
+}
+
+/// Asks for the job's state every POLL_MS until a final state.
+async function pollJob(id) {
+  for (;;) {
+    const status = await (await api(`/jobs/${id}`)).json();
+    showJobProgress(status);
+    if (isFinal(status)) return status;
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}
+
+const isFinal = (status) => status.state === 'done' || status.state === 'failed';
+
+function showJobProgress(status) {
+  step('evaluate', status.bootstraps_done / status.bootstraps_total,
+    `${status.state}: ${status.bootstraps_done} of ${status.bootstraps_total} bootstraps`);
+}
+
+/// The events of a server-sent event stream, as { event, data }: `field: value` lines, a blank
+/// line ending each event; lines starting with ':' are comments (the server's heartbeats).
+async function* serverSentEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  let event = 'message';
+  let data = [];
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      const lines = (buffer + value).split('\n');
+      buffer = lines.pop(); // an incomplete line waits for the next chunk
+      for (const line of lines.map((l) => l.replace(/\r$/, ''))) {
+        if (line === '') {
+          if (data.length) yield { event, data: data.join('\n') };
+          event = 'message';
+          data = [];
+        } else if (!line.startsWith(':')) {
+          const [, field, text] = line.match(/^([^:]*):? ?(.*)$/);
+          if (field === 'event') event = text;
+          else if (field === 'data') data.push(text);
+        }
       }
-    });
-    events.onerror = () => {
-      events.close();
-      reject(new UserError('Lost the connection to the server while it was evaluating. Retry to start again.'));
-    };
-  });
+    }
+  } finally {
+    reader.cancel().catch(() => { /* the stream had already failed */ });
+  }
 }
 
 function showResult(name, result, seconds, serverSeconds) {
@@ -365,7 +541,7 @@ function setup() {
   $('clear').addEventListener('click', () => { state.files = []; renderPreviews(); });
   $('retry').addEventListener('click', () => {
     clearError();
-    run(state.model ? analyse : loadModel);
+    run(state.model ? analyse : start);
   });
   $('forget').addEventListener('click', async () => {
     await forgetKeys();
@@ -373,7 +549,7 @@ function setup() {
     showKeyStatus();
   });
   showKeyStatus();
-  run(loadModel);
+  run(start);
 }
 
 setup();

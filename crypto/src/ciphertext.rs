@@ -1,12 +1,12 @@
 //! Encrypted inputs and outputs.
 //!
-//! The client encrypts each input integer q as the plaintext `q·Δ` (Δ from the model's stage-0
-//! encoding) under the big LWE key with TFHE-rs's seeded encryption: the masks are regenerated
+//! The client encrypts each input integer q as the plaintext `q·Δ` (Δ the public input unit of
+//! the model's [`ClientSpec`]) under the big LWE key with TFHE-rs's seeded encryption: the masks are regenerated
 //! from one shared seed, so only the bodies travel, about 8 bytes per pixel. The server expands
 //! them ([`EncryptedImage::expand`]) before computing.
 
 use hexray_model::simulate::Prediction;
-use hexray_model::Circuit;
+use hexray_model::{Circuit, ClientSpec, Diagnosis};
 use ndarray::ArrayView3;
 use tfhe::core_crypto::commons::generators::DeterministicSeeder;
 use tfhe::core_crypto::commons::math::random::{Seed, Seeder};
@@ -36,35 +36,50 @@ pub struct EncryptedOutput {
 }
 
 impl ClientKey {
-    /// Encrypts a preprocessed image for `circuit`, with fresh randomness.
+    /// Encrypts a preprocessed image for the model `spec` describes, with fresh randomness.
+    ///
+    /// ```
+    /// use hexray_crypto::{ClientKey, ParameterSet};
+    /// # let fhe = ParameterSet::Ks32.fhe_parameters();
+    /// # let (model, circuit) = hexray_model::testing::tiny_model_with(fhe);
+    /// let spec = model.client_spec(&circuit);
+    /// let key = ClientKey::generate(ParameterSet::Ks32);
+    /// let input = ndarray::Array3::<i64>::from_elem((1, 4, 4), 200);
+    /// let encrypted = key.encrypt(&spec, input.view()).unwrap();
+    /// assert_eq!(encrypted.len(), 16);
+    /// // A value outside the input's bits is refused, not wrapped.
+    /// let too_bright = ndarray::Array3::<i64>::from_elem((1, 4, 4), 256);
+    /// assert!(key.encrypt(&spec, too_bright.view()).is_err());
+    /// ```
     pub fn encrypt(
         &self,
-        circuit: &Circuit,
+        spec: &ClientSpec,
         input: ArrayView3<i64>,
     ) -> Result<EncryptedImage, CryptoError> {
-        self.encrypt_with(circuit, input, new_seeder().as_mut())
+        self.encrypt_with(spec, input, new_seeder().as_mut())
     }
 
     /// Encrypts with randomness from `seed`: reproducible tests only.
     pub fn encrypt_deterministic(
         &self,
-        circuit: &Circuit,
+        spec: &ClientSpec,
         input: ArrayView3<i64>,
         seed: u128,
     ) -> Result<EncryptedImage, CryptoError> {
         let mut seeder = DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(seed));
-        self.encrypt_with(circuit, input, &mut seeder)
+        self.encrypt_with(spec, input, &mut seeder)
     }
 
     fn encrypt_with(
         &self,
-        circuit: &Circuit,
+        spec: &ClientSpec,
         input: ArrayView3<i64>,
         seeder: &mut dyn Seeder,
     ) -> Result<EncryptedImage, CryptoError> {
-        circuit.check_input(input)?;
+        spec.input.check(input)?;
         let set = self.parameter_set();
-        let delta = circuit.input_delta();
+        check_set("model", set, ParameterSet::from_name(&spec.parameter_set)?)?;
+        let delta = spec.input_delta();
         let plaintexts: Vec<u64> = input
             .iter()
             .map(|&q| (q as u64).wrapping_mul(delta))
@@ -95,29 +110,56 @@ impl ClientKey {
             .collect()
     }
 
-    /// Decrypts the output accumulators and decodes them to class probabilities.
+    /// Decrypts the outputs into the diagnosis the client shows: logits rounded to the spec's
+    /// step, their softmax and the class.
     pub fn decrypt(
+        &self,
+        spec: &ClientSpec,
+        output: &EncryptedOutput,
+    ) -> Result<Diagnosis, CryptoError> {
+        Ok(spec.decode(&self.checked_phases(spec.output_len(), output)?))
+    }
+
+    /// The unrounded logits: for measuring noise against the simulator, never for showing.
+    pub fn decrypt_exact_logits(
+        &self,
+        spec: &ClientSpec,
+        output: &EncryptedOutput,
+    ) -> Result<Vec<f64>, CryptoError> {
+        Ok(spec.exact_logits(&self.checked_phases(spec.output_len(), output)?))
+    }
+
+    /// Decrypts the outputs into the model owner's accumulators, as the simulator reports
+    /// them: for checking encrypted results against the simulator where the circuit is at hand
+    /// (tests, the trainer's reports, `hexray run`). A client has only the spec and uses
+    /// [`ClientKey::decrypt`].
+    pub fn decrypt_prediction(
         &self,
         circuit: &Circuit,
         output: &EncryptedOutput,
     ) -> Result<Prediction, CryptoError> {
+        let stage = circuit.stages.last().expect("a circuit has an output stage");
+        let accumulators = self
+            .checked_phases(circuit.output_len(), output)?
+            .into_iter()
+            .map(|phase| stage.decode(phase))
+            .collect();
+        Ok(Prediction::from_accumulators(circuit, accumulators))
+    }
+
+    /// The raw phases of the outputs, once their parameter set and count are checked.
+    fn checked_phases(
+        &self,
+        count: usize,
+        output: &EncryptedOutput,
+    ) -> Result<Vec<u64>, CryptoError> {
         check_set("encrypted output", self.parameter_set(), output.set)?;
         check_count(
             "encrypted output",
-            circuit.output_len(),
+            count,
             output.ciphertexts.lwe_ciphertext_count().0,
         )?;
-        let stage = circuit
-            .stages
-            .last()
-            .expect("a circuit has an output stage");
-        let accumulators = self
-            .decrypt_phases(&output.ciphertexts)
-            .into_iter()
-            .enumerate()
-            .map(|(j, phase)| stage.decode(j, phase))
-            .collect();
-        Ok(Prediction::from_accumulators(circuit, accumulators))
+        Ok(self.decrypt_phases(&output.ciphertexts))
     }
 }
 

@@ -71,11 +71,12 @@ fn client_keys_round_trip_and_bad_blobs_are_refused() {
 
 #[test]
 fn ciphertexts_round_trip_and_bad_blobs_are_refused() {
-    let (_, circuit) = CompiledModel::from_bytes(MODEL).unwrap();
+    let (model, circuit) = CompiledModel::from_bytes(MODEL).unwrap();
+    let spec = model.client_spec(&circuit);
     let (client, _) = ClientKey::generate_deterministic(ParameterSet::Ks32, 8);
     let input = Array3::from_shape_fn((1, 28, 28), |(_, y, x)| ((x * 9 + y) % 256) as i64);
     let bytes = client
-        .encrypt_deterministic(&circuit, input.view(), 5)
+        .encrypt_deterministic(&spec, input.view(), 5)
         .unwrap()
         .to_bytes();
     let n = circuit.input_len();
@@ -116,7 +117,7 @@ fn ciphertexts_round_trip_and_bad_blobs_are_refused() {
 
     // Inputs outside the model's input range or shape are refused before encryption.
     let wrong_shape = Array3::<i64>::zeros((1, 27, 28));
-    assert!(client.encrypt(&circuit, wrong_shape.view()).is_err());
+    assert!(client.encrypt(&spec, wrong_shape.view()).is_err());
     let out_of_range = Array3::from_elem((1, 28, 28), 256i64);
-    assert!(client.encrypt(&circuit, out_of_range.view()).is_err());
+    assert!(client.encrypt(&spec, out_of_range.view()).is_err());
 }

@@ -215,7 +215,9 @@ pub fn dot_product(
     let mut acc = LweCiphertext::new(0u64, inputs.lwe_size(), inputs.ciphertext_modulus());
     for &(i, w) in &stage.neurons[j].form.terms {
         let input = inputs.get(i as usize);
-        slice_wrapping_add_scalar_mul_assign(acc.as_mut(), input.as_ref(), w as u64);
+        // Stage 0's inputs arrive in the public input unit; the gain scales them to its Δ.
+        let weight = (w as u64).wrapping_mul(stage.input_gain);
+        slice_wrapping_add_scalar_mul_assign(acc.as_mut(), input.as_ref(), weight);
     }
     lwe_ciphertext_plaintext_add_assign(&mut acc, Plaintext(stage.constant(j)));
     acc

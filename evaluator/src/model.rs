@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use hexray_crypto::{CryptoError, ParameterSet};
-use hexray_model::{Circuit, CompiledModel, ModelError};
+use hexray_model::{Circuit, ClientSpec, CompiledModel, ModelError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -24,6 +24,8 @@ pub struct LoadedModel {
     pub model: CompiledModel,
     pub circuit: Circuit,
     pub parameter_set: ParameterSet,
+    /// The public part, all a client gets.
+    pub spec: ClientSpec,
 }
 
 impl LoadedModel {
@@ -52,6 +54,7 @@ impl LoadedModel {
             });
         }
         Ok(LoadedModel {
+            spec: model.client_spec(&circuit),
             model,
             circuit,
             parameter_set,

@@ -29,7 +29,9 @@
 
 use crate::activation::{Function, Granularity, Quantizer};
 use crate::error::{CompileError, ModelError};
-use crate::format::{Activation, Encoding, FheParameters, Layer, Network, Shape, StageEncoding};
+use crate::format::{
+    Activation, Encoding, FheParameters, InputSpec, Layer, Network, Shape, StageEncoding,
+};
 use crate::linear::{self, Affine};
 
 /// Guard band in noise standard deviations. Gaussian tails put the chance of a phase leaving
@@ -46,7 +48,8 @@ pub struct Circuit {
     pub stages: Vec<Stage>,
     /// Bootstraps read `2·polynomial_size` positions of the torus.
     pub polynomial_size: u32,
-    pub input_shape: Shape,
+    /// What the client encrypts: the preprocessed image's size and bits.
+    pub input: InputSpec,
     pub classes: Vec<String>,
     pub logit_scale: f64,
 }
@@ -61,6 +64,13 @@ pub struct Stage {
     /// Torus value of one unit of this stage's input.
     pub delta: u64,
     pub margin: u64,
+    /// What the server multiplies this stage's weights by: `Δ / 2^INPUT_DELTA_LOG2` for stage 0,
+    /// whose inputs the client encrypts in the public unit, and 1 after, where each table
+    /// already writes its outputs in the next stage's Δ.
+    pub input_gain: u64,
+    /// The output stage's common origin: its phases encode `(acc − origin)·Δ`, signed. 0 for
+    /// hidden stages, whose phases encode `(acc − acc_min)·Δ + margin`.
+    pub origin: i64,
     /// Standard deviation of the noise each input ciphertext carries, as a fraction of the
     /// torus: fresh encryption noise for stage 0, bootstrap output noise after.
     pub input_sigma: f64,
@@ -121,17 +131,12 @@ impl Circuit {
 
     /// Number of input integers the client encrypts.
     pub fn input_len(&self) -> usize {
-        self.input_shape.len()
+        self.input.shape().len()
     }
 
     /// Number of output accumulators the client decrypts.
     pub fn output_len(&self) -> usize {
         self.stages.last().map_or(0, |s| s.neurons.len())
-    }
-
-    /// The torus value of one input integer, used by the client to encrypt.
-    pub fn input_delta(&self) -> u64 {
-        self.stages[0].delta
     }
 
     /// The serialisable encoding, as stored in the model file.
@@ -224,7 +229,14 @@ pub fn compile(network: &Network, fhe: &FheParameters) -> Result<Circuit, ModelE
         match layer {
             Layer::Activation(act) => {
                 let activation = stage_activation(act, shape);
-                let stage = analyse(stages.len(), input_ranges, forms, Some(activation), fhe)?;
+                let stage = analyse(
+                    stages.len(),
+                    input_ranges,
+                    forms,
+                    Some(activation),
+                    fhe,
+                    network.output.logit_scale,
+                )?;
                 input_ranges = stage.output_ranges(fhe.polynomial_size);
                 forms = Affine::identity(shape.len());
                 stages.push(stage);
@@ -235,12 +247,19 @@ pub fn compile(network: &Network, fhe: &FheParameters) -> Result<Circuit, ModelE
         }
         shape = shapes[i];
     }
-    stages.push(analyse(stages.len(), input_ranges, forms, None, fhe)?);
+    stages.push(analyse(
+        stages.len(),
+        input_ranges,
+        forms,
+        None,
+        fhe,
+        network.output.logit_scale,
+    )?);
 
     Ok(Circuit {
         stages,
         polynomial_size: fhe.polynomial_size,
-        input_shape: network.input_shape(),
+        input: network.input.clone(),
         classes: network.output.classes.clone(),
         logit_scale: network.output.logit_scale,
     })
@@ -256,18 +275,39 @@ fn stage_activation(act: &Activation, shape: Shape) -> StageActivation {
     }
 }
 
+/// The client encrypts every input integer q as `q·2^INPUT_DELTA_LOG2`, whatever the model, so
+/// that the public client spec reveals nothing about the weights. Stage 0's Δ is a multiple of
+/// it, and the server multiplies the first dot product's weights by the quotient
+/// ([`Stage::input_gain`]). The inputs' encryption noise grows by that gain too, which stays
+/// far below the noise the keyswitch and modulus switch add before the first bootstrap.
+pub const INPUT_DELTA_LOG2: u32 = 32;
+
+/// The output stage's phases decode into logits with one public unit: `logit = phase / 2^58`,
+/// with the phase read as a signed integer. Its Δ is `logit_scale · 2^58`, and the server
+/// centres the outputs on a common origin ([`Stage::origin`]); a common shift of every logit
+/// changes neither the softmax nor the class. So the logits must stay within ±2^(63−58) = ±32
+/// of that origin, noise included; softmax saturates long before that.
+pub const OUTPUT_UNIT_LOG2: u32 = 58;
+
 /// Range analysis, noise and encoding for one stage.
+///
+/// A hidden stage takes the largest Δ with which every accumulator range, plus its noise
+/// margins, fits the half torus (the padding bit stays clear). The output stage takes the
+/// public logit unit instead ([`OUTPUT_UNIT_LOG2`]) and needs its centred range to fit the
+/// signed torus. Stage 0's Δ is a whole multiple of the public input unit
+/// ([`INPUT_DELTA_LOG2`]).
 fn analyse(
     index: usize,
     input_ranges: Vec<(i64, i64)>,
     forms: Vec<Affine>,
     activation: Option<StageActivation>,
     fhe: &FheParameters,
+    logit_scale: f64,
 ) -> Result<Stage, CompileError> {
-    let input_variance = if index == 0 {
-        fhe.fresh_variance
+    let (base_variance, unit) = if index == 0 {
+        (fhe.fresh_variance, 1i128 << INPUT_DELTA_LOG2)
     } else {
-        fhe.bootstrap_variance
+        (fhe.bootstrap_variance, 1)
     };
     let before_bootstrap = if activation.is_some() {
         fhe.keyswitch_variance + fhe.modulus_switch_variance
@@ -275,9 +315,8 @@ fn analyse(
         0.0
     };
     let limit = HALF_TORUS / 2;
-    let mut neurons = Vec::with_capacity(forms.len());
-    let mut widest = (0i128, 0usize);
-    for (j, form) in forms.into_iter().enumerate() {
+    let mut ranges = Vec::with_capacity(forms.len());
+    for (j, form) in forms.iter().enumerate() {
         let (mut min, mut max) = (form.bias as i128, form.bias as i128);
         for &(i, w) in &form.terms {
             let (lo, hi) = input_ranges[i as usize];
@@ -292,42 +331,80 @@ fn analyse(
                 range: max - min,
             });
         }
-        if max - min > widest.0 {
-            widest = (max - min, j);
+        ranges.push((min, max));
+    }
+    let widest = ranges
+        .iter()
+        .enumerate()
+        .map(|(j, (min, max))| (max - min, j))
+        .max()
+        .unwrap_or((0, 0));
+    let max_norm = forms.iter().map(Affine::squared_norm).fold(0.0, f64::max);
+    // The noise margin for a given input gain (how much the server scales stage 0's inputs).
+    let margin_for = |gain: f64| -> Result<i128, CompileError> {
+        let gain = if index == 0 { gain } else { 1.0 };
+        let sigma = (max_norm * base_variance * gain * gain + before_bootstrap).sqrt();
+        let margin = (NOISE_MARGIN_SIGMAS * sigma * TORUS).ceil();
+        // Written so that a NaN σ also lands here.
+        if margin.is_nan() || margin >= (HALF_TORUS / 2) as f64 {
+            return Err(CompileError::NoiseOverflow {
+                stage: index,
+                sigma,
+            });
         }
-        let sigma = (form.squared_norm() * input_variance + before_bootstrap).sqrt();
-        neurons.push(Neuron {
+        Ok(margin as i128)
+    };
+    let overflow = CompileError::RangeOverflow {
+        stage: index,
+        neuron: widest.1,
+        range: widest.0,
+    };
+    let (delta, margin, origin) = if activation.is_some() {
+        // The margin is sized for the largest gain the range allows; the Δ it leaves can only
+        // be smaller, and so is the gain actually used.
+        let fit = |margin: i128| (HALF_TORUS - 2 * margin) / widest.0.max(1);
+        let gain_bound = (fit(margin_for(1.0)?) / unit).max(1);
+        let margin = margin_for(gain_bound as f64)?;
+        let delta = fit(margin) / unit * unit;
+        (delta, margin, 0)
+    } else {
+        let delta = (logit_scale * (1u64 << OUTPUT_UNIT_LOG2) as f64 / unit as f64).round() as i128 * unit;
+        let margin = margin_for((delta / unit) as f64)?;
+        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+        let origin = lo + (hi - lo) / 2;
+        let reach = (hi - origin).max(origin - lo);
+        if delta >= 1 && reach.saturating_mul(delta).saturating_add(margin) > HALF_TORUS {
+            return Err(CompileError::LogitRange {
+                half_width: reach as f64 * logit_scale,
+                limit: (1u64 << (63 - OUTPUT_UNIT_LOG2)) as f64,
+            });
+        }
+        (delta, margin, origin as i64)
+    };
+    if delta < 1 {
+        return Err(overflow);
+    }
+    // Only stage 0's inputs arrive in the public unit; later ones already carry this Δ.
+    let input_gain = if index == 0 { (delta / unit) as u64 } else { 1 };
+    let input_variance = base_variance * (input_gain as f64).powi(2);
+    let neurons = forms
+        .into_iter()
+        .zip(ranges)
+        .map(|(form, (min, max))| Neuron {
+            sigma: (form.squared_norm() * input_variance + before_bootstrap).sqrt(),
             form,
             acc_min: min as i64,
             acc_max: max as i64,
-            sigma,
-        });
-    }
-
-    let max_sigma = neurons.iter().map(|n| n.sigma).fold(0.0, f64::max);
-    let margin_f = (NOISE_MARGIN_SIGMAS * max_sigma * TORUS).ceil();
-    // Written so that a NaN σ also lands here.
-    if margin_f.is_nan() || margin_f >= (HALF_TORUS / 2) as f64 {
-        return Err(CompileError::NoiseOverflow {
-            stage: index,
-            sigma: max_sigma,
-        });
-    }
-    let margin = margin_f as i128;
-    let usable = HALF_TORUS - 2 * margin;
-    let delta = usable / widest.0.max(1);
-    if delta < 1 {
-        return Err(CompileError::RangeOverflow {
-            stage: index,
-            neuron: widest.1,
-            range: widest.0,
-        });
-    }
+        })
+        .collect();
     Ok(Stage {
         input_ranges,
         neurons,
         delta: delta as u64,
         margin: margin as u64,
+        input_gain,
+        origin,
         input_sigma: input_variance.sqrt(),
         switch_sigma: before_bootstrap.sqrt(),
         activation,

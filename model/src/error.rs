@@ -41,6 +41,11 @@ pub enum CompileError {
         neuron: usize,
         range: i128,
     },
+    #[error(
+        "the logits span ±{half_width:.1} around their centre in the worst case; the public \
+         output encoding holds ±{limit} (lower the logit scale)"
+    )]
+    LogitRange { half_width: f64, limit: f64 },
     #[error("stage {stage}: noise margin ({sigma:.3e} of the torus) leaves no room for values")]
     NoiseOverflow { stage: usize, sigma: f64 },
 }

@@ -15,7 +15,9 @@ use crate::error::ModelError;
 /// First token of every model file.
 pub const MAGIC: &str = "HEXRAY-MODEL";
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 encodes inputs in the public unit and outputs around a common origin, so that the
+/// client spec holds nothing derived from the weights.
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest model file accepted, so a hostile file cannot make a loader allocate without bound.
 pub const MAX_MODEL_BYTES: usize = 64 << 20;
 
@@ -64,6 +66,66 @@ pub struct InputSpec {
 }
 
 impl InputSpec {
+    /// Checks the numbers; `at` names the field in errors (`network.input` in a model file).
+    pub fn validate(&self, at: &str) -> Result<(), ModelError> {
+        if self.channels != 1 {
+            return Err(ModelError::field(
+                format!("{at}.channels"),
+                "must be 1 (grayscale)",
+            ));
+        }
+        for (field, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v > MAX_DIM {
+                return Err(ModelError::field(
+                    format!("{at}.{field}"),
+                    format!("must be between 1 and {MAX_DIM}"),
+                ));
+            }
+        }
+        if !(1..=8).contains(&self.bits) {
+            return Err(ModelError::field(
+                format!("{at}.bits"),
+                "must be between 1 and 8",
+            ));
+        }
+        positive_finite(&format!("{at}.scale"), self.scale)
+    }
+
+    /// The input tensor's shape.
+    pub fn shape(&self) -> Shape {
+        Shape::Image {
+            c: self.channels as usize,
+            h: self.height as usize,
+            w: self.width as usize,
+        }
+    }
+
+    /// The largest input integer, `2^bits − 1`.
+    pub fn max_value(&self) -> i64 {
+        (1i64 << self.bits) - 1
+    }
+
+    /// Checks that `input` is this spec's `[channels][height][width]` tensor with every value
+    /// in `0..=max_value()`: what a client may encrypt.
+    pub fn check(&self, input: ndarray::ArrayView3<i64>) -> Result<(), ModelError> {
+        let expected = self.shape();
+        let (c, h, w) = input.dim();
+        if (Shape::Image { c, h, w }) != expected {
+            return Err(ModelError::field(
+                "input",
+                format!("expected a tensor of shape {expected:?}, found [{c}, {h}, {w}]"),
+            ));
+        }
+        let max = self.max_value();
+        if let Some(v) = input.iter().find(|v| !(0..=max).contains(*v)) {
+            return Err(ModelError::field(
+                "input",
+                format!("value {v} is outside [0, {max}]"),
+            ));
+        }
+        Ok(())
+    }
+
     /// A grayscale `side`×`side` input of 8-bit pixels scaled to [0, 1], cropped to a centred
     /// square and resized with a triangle filter: the MedMNIST convention.
     pub fn square_8bit(side: u32, intensity: Intensity) -> Self {
@@ -415,43 +477,13 @@ pub const MAX_BOOTSTRAPS: usize = 1 << 18;
 impl Network {
     /// The input tensor's shape.
     pub fn input_shape(&self) -> Shape {
-        Shape::Image {
-            c: self.input.channels as usize,
-            h: self.input.height as usize,
-            w: self.input.width as usize,
-        }
+        self.input.shape()
     }
 
     /// Checks every shape and number, returning the shape after each layer.
     pub fn validate(&self) -> Result<Vec<Shape>, ModelError> {
-        let input = &self.input;
-        if input.channels != 1 {
-            return Err(ModelError::field(
-                "network.input.channels",
-                "must be 1 (grayscale)",
-            ));
-        }
-        for (field, v) in [("width", input.width), ("height", input.height)] {
-            if v == 0 || v > MAX_DIM {
-                return Err(ModelError::field(
-                    format!("network.input.{field}"),
-                    format!("must be between 1 and {MAX_DIM}"),
-                ));
-            }
-        }
-        if !(1..=8).contains(&input.bits) {
-            return Err(ModelError::field(
-                "network.input.bits",
-                "must be between 1 and 8",
-            ));
-        }
-        positive_finite("network.input.scale", input.scale)?;
-        if self.output.classes.len() < 2 {
-            return Err(ModelError::field(
-                "network.output.classes",
-                "needs at least two classes",
-            ));
-        }
+        self.input.validate("network.input")?;
+        check_classes("network.output.classes", &self.output.classes)?;
         positive_finite("network.output.logit_scale", self.output.logit_scale)?;
 
         let mut shape = self.input_shape();
@@ -503,6 +535,20 @@ impl Network {
 /// Callers have checked that the window fits.
 pub fn window_count(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
     (size + 2 * padding - kernel) / stride + 1
+}
+
+/// Most classes a model may have: the client decrypts one output per class.
+pub const MAX_CLASSES: usize = 64;
+
+pub(crate) fn check_classes(field: &str, classes: &[String]) -> Result<(), ModelError> {
+    if (2..=MAX_CLASSES).contains(&classes.len()) {
+        Ok(())
+    } else {
+        Err(ModelError::field(
+            field,
+            format!("needs 2 to {MAX_CLASSES} classes, found {}", classes.len()),
+        ))
+    }
 }
 
 fn positive_finite(field: &str, v: f64) -> Result<(), ModelError> {

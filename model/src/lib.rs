@@ -2,6 +2,7 @@
 //!
 //! Everything that two parties must agree on bit for bit lives here and nowhere else:
 //! - [`format`]: the versioned model file and its validation;
+//! - [`client_spec`]: the public part of a model, all a client gets: no weights;
 //! - [`preprocess`]: the one function that turns an image into quantized input integers;
 //! - [`compile`]: range analysis and the per-layer encoding (scale, offsets, noise) of the circuit;
 //! - [`table`]: the lookup table each hidden neuron's bootstrap applies;
@@ -11,6 +12,7 @@
 //! cryptographic parameters reach it as plain numbers ([`FheParameters`]).
 
 pub mod activation;
+pub mod client_spec;
 pub mod compile;
 pub mod error;
 pub mod format;
@@ -18,7 +20,10 @@ pub mod linear;
 pub mod preprocess;
 pub mod simulate;
 pub mod table;
+#[doc(hidden)]
+pub mod testing;
 
+pub use client_spec::{ClientSpec, Diagnosis};
 pub use compile::{compile, Circuit, Neuron, Stage};
 pub use error::{CompileError, ModelError, PreprocessError};
 pub use format::{CompiledModel, FheParameters, Network};

@@ -33,30 +33,41 @@ impl Prediction {
             .iter()
             .map(|a| a * circuit.logit_scale)
             .collect();
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-        let sum: f64 = exp.iter().sum();
         Prediction {
             accumulators,
-            probabilities: exp.iter().map(|e| e / sum).collect(),
+            probabilities: softmax(&logits),
             logits,
         }
     }
 
     /// Index of the most probable class.
     pub fn class(&self) -> usize {
-        self.logits
-            .iter()
-            .enumerate()
-            .fold((0, f64::NEG_INFINITY), |best, (i, &l)| {
-                if l > best.1 {
-                    (i, l)
-                } else {
-                    best
-                }
-            })
-            .0
+        argmax(&self.logits)
     }
+}
+
+/// Softmax probabilities of `logits`, computed stably.
+pub fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// The index of the largest value; the first one on a tie. The one rule every part of HEXray
+/// uses to name a class.
+pub fn argmax(values: &[f64]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
 }
 
 impl Circuit {
@@ -77,26 +88,7 @@ impl Circuit {
     /// Checks that `input` is the `[channels][height][width]` tensor this circuit reads and
     /// that every value lies in the input range.
     pub fn check_input(&self, input: ArrayView3<i64>) -> Result<(), ModelError> {
-        let expected = self.input_shape;
-        let (c, h, w) = input.dim();
-        if (crate::format::Shape::Image { c, h, w }) != expected {
-            return Err(ModelError::field(
-                "input",
-                format!("expected a tensor of shape {expected:?}, found [{c}, {h}, {w}]"),
-            ));
-        }
-        let ranges = &self.stages[0].input_ranges;
-        if let Some((v, (lo, hi))) = input
-            .iter()
-            .zip(ranges)
-            .find(|(v, (lo, hi))| !(*lo..=*hi).contains(*v))
-        {
-            return Err(ModelError::field(
-                "input",
-                format!("value {v} is outside [{lo}, {hi}]"),
-            ));
-        }
-        Ok(())
+        self.input.check(input)
     }
 
     fn run(
@@ -132,8 +124,7 @@ impl Circuit {
         let xs = x.as_slice().expect("contiguous");
         let accumulators = phases(output, xs)
             .into_iter()
-            .enumerate()
-            .map(|(j, phase)| output.decode(j, phase))
+            .map(|phase| output.decode(phase))
             .collect();
         Ok(Prediction::from_accumulators(self, accumulators))
     }

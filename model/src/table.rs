@@ -17,12 +17,17 @@ impl Circuit {
 }
 
 impl Stage {
-    /// The clear constant added after the dot product: `(bias − acc_min)·Δ + margin`.
+    /// The clear constant added after the dot product: `(bias − acc_min)·Δ + margin` before a
+    /// bootstrap, `(bias − origin)·Δ` in the output stage.
     pub fn constant(&self, j: usize) -> u64 {
         let n = &self.neurons[j];
-        (n.form.bias.wrapping_sub(n.acc_min) as u64)
-            .wrapping_mul(self.delta)
-            .wrapping_add(self.margin)
+        if self.activation.is_some() {
+            (n.form.bias.wrapping_sub(n.acc_min) as u64)
+                .wrapping_mul(self.delta)
+                .wrapping_add(self.margin)
+        } else {
+            (n.form.bias.wrapping_sub(self.origin) as u64).wrapping_mul(self.delta)
+        }
     }
 
     /// Noise-free phase of neuron `j` for stage inputs `x`: what the server's dot product
@@ -94,9 +99,8 @@ impl Stage {
         }
     }
 
-    /// The real accumulator an output phase encodes.
-    pub fn decode(&self, j: usize, phase: u64) -> f64 {
-        let offset = phase.wrapping_sub(self.margin) as i64;
-        self.neurons[j].acc_min as f64 + offset as f64 / self.delta as f64
+    /// The real accumulator an output-stage phase encodes.
+    pub fn decode(&self, phase: u64) -> f64 {
+        self.origin as f64 + phase as i64 as f64 / self.delta as f64
     }
 }

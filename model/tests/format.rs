@@ -3,69 +3,14 @@
 
 use hexray_model::activation::{Function, Granularity, Quantizer};
 use hexray_model::format::{Activation, InputSpec, Intensity, Layer, OutputSpec};
-use hexray_model::{CompileError, CompiledModel, FheParameters, ModelError, Network};
+use hexray_model::testing::{test_fhe as fhe, tiny_network as tiny};
+use hexray_model::{CompileError, CompiledModel, ModelError, Network};
 use ndarray::Array3;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Variances of the order of TFHE-rs's 2_2 parameter sets.
-fn fhe() -> FheParameters {
-    FheParameters {
-        name: "TEST_PARAMS".into(),
-        polynomial_size: 2048,
-        fresh_variance: 1.6e-23,
-        bootstrap_variance: 1.18e-9,
-        keyswitch_variance: 2.33e-7,
-        modulus_switch_variance: 1.14e-6,
-    }
-}
-
 fn input(side: u32) -> InputSpec {
     InputSpec::square_8bit(side, Intensity::AsIs)
-}
-
-/// conv(1→2, 3×3) → per-channel quadratic → flatten → dense(8→2).
-fn tiny() -> Network {
-    Network {
-        input: input(4),
-        layers: vec![
-            Layer::Conv2d {
-                in_channels: 1,
-                out_channels: 2,
-                kernel: 3,
-                stride: 1,
-                padding: 0,
-                weights: (0..18).map(|i| (i % 5) - 2).collect(),
-                bias: vec![3, -4],
-            },
-            Layer::Activation(Activation {
-                granularity: Granularity::Channel,
-                functions: vec![
-                    Function::Polynomial {
-                        coefficients: vec![0.1, 0.5, 0.25],
-                    },
-                    Function::Relu,
-                ],
-                input_scales: vec![0.01, 0.02],
-                output: Quantizer {
-                    bits: 4,
-                    signed: false,
-                    scale: 0.5,
-                },
-            }),
-            Layer::Flatten,
-            Layer::Dense {
-                inputs: 8,
-                outputs: 2,
-                weights: (0..16).map(|i| (i % 7) - 3).collect(),
-                bias: vec![1, -1],
-            },
-        ],
-        output: OutputSpec {
-            classes: vec!["normal".into(), "pneumonia".into()],
-            logit_scale: 0.1,
-        },
-    }
 }
 
 fn build(network: Network) -> Result<CompiledModel, ModelError> {
@@ -305,7 +250,7 @@ fn truncated_random_and_oversized_files_are_errors() {
     for len in [0, 7, 100, 5000] {
         let noise: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
         assert!(CompiledModel::from_bytes(&noise).is_err());
-        let prefixed = [b"HEXRAY-MODEL 1\n".as_slice(), &noise].concat();
+        let prefixed = [b"HEXRAY-MODEL 2\n".as_slice(), &noise].concat();
         assert!(CompiledModel::from_bytes(&prefixed).is_err());
     }
     let huge = vec![b' '; hexray_model::format::MAX_MODEL_BYTES + 1];

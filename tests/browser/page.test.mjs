@@ -1,10 +1,11 @@
-// Drives the real page in headless Chromium against a real server: the clinician's path from
-// dropping an X-ray to reading the result, what travels over the network, keys kept across
-// visits, errors in words, and the browser benchmark figures.
+// Drives the real page in headless Chromium against a real server that needs an access token:
+// the clinician's path from entering the token and dropping an X-ray to reading the result,
+// what travels over the network (both ways), keys kept across visits, a key the server lost
+// uploaded again by the page itself, errors in words, and the browser benchmark figures.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -18,10 +19,20 @@ const xrayPath = path.join(repo, 'samples/covid-cxr-actualmed/covid-1.png');
 const port = 18000 + (process.pid % 1000);
 const base = `http://127.0.0.1:${port}`;
 const minutes = (n) => n * 60_000;
+// Keys of the model's internals: the client spec and every other answer must carry none.
+const MODEL_INTERNALS = new Set(['weights', 'bias', 'functions', 'input_scales', 'encoding', 'acc_min',
+  'acc_max', 'sigma', 'layers', 'network', 'margin', 'delta', 'tables']);
 
-function startServer(dataDir) {
+/// A new access token in `tokensFile`: `hexray token new` prints it on its last line.
+function newToken(tokensFile) {
+  const out = execFileSync(hexray, ['token', 'new', '--label', 'browser-test', '--tokens-file', tokensFile], { encoding: 'utf8' });
+  return out.split('\n').map((line) => line.trim()).filter(Boolean).at(-1);
+}
+
+function startServer(dataDir, tokensFile) {
   const server = spawn(hexray, [
     'serve', '--bind', `127.0.0.1:${port}`, '--data-dir', dataDir, '--web-dir', path.join(repo, 'web'),
+    '--tokens-file', tokensFile,
   ], { stdio: ['ignore', 'ignore', 'inherit'] });
   return server;
 }
@@ -76,6 +87,13 @@ function tinyPng(size) {
   ]);
 }
 
+/// The keys of `value`, at any depth, that name a model internal.
+function internalsIn(value) {
+  if (Array.isArray(value)) return value.flatMap(internalsIn);
+  if (value === null || typeof value !== 'object') return [];
+  return Object.entries(value).flatMap(([key, inner]) => (MODEL_INTERNALS.has(key) ? [key] : []).concat(internalsIn(inner)));
+}
+
 async function lastResult(page, count) {
   await page.waitForFunction((n) => document.querySelectorAll('.result').length >= n, count, { timeout: minutes(10) });
   return page.evaluate(() => {
@@ -85,8 +103,12 @@ async function lastResult(page, count) {
 }
 
 test('a clinician analyses an X-ray; only ciphertexts and the evaluation key leave the page', { timeout: minutes(20) }, async () => {
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'hexray-e2e-'));
-  let server = startServer(dataDir);
+  const work = mkdtempSync(path.join(tmpdir(), 'hexray-e2e-'));
+  const dataDir = path.join(work, 'data');
+  mkdirSync(dataDir);
+  const tokensFile = path.join(work, 'tokens');
+  const token = newToken(tokensFile);
+  let server = startServer(dataDir, tokensFile);
   await waitUntilUp();
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
   try {
@@ -96,9 +118,30 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
       const body = request.postDataBuffer();
       if (body) bodies.push({ url: request.url(), body });
     });
+    // Every answer from the API, read as it arrives: a later navigation would discard it.
+    const responses = [];
+    page.on('response', (response) => {
+      if (!new URL(response.url()).pathname.startsWith('/api/')) return;
+      const seen = { url: response.url(), method: response.request().method(), type: response.headers()['content-type'] ?? '' };
+      responses.push(response.body().then((body) => ({ ...seen, body }), () => ({ ...seen, body: null })));
+    });
+    const violations = [];
+    page.on('console', (message) => {
+      if (/Content Security Policy/.test(message.text())) violations.push(message.text());
+    });
     page.on('pageerror', (error) => console.error('page error:', error));
     await page.goto(base);
+
+    // A fresh browser has no token: the page asks for one, labelled, and Enter submits it.
+    const tokenInput = page.getByLabel('Access token', { exact: true });
+    await tokenInput.waitFor();
+    assert.match(await page.locator('#token').textContent(), /needs an access token\. Ask your HEXray administrator/);
+    assert.equal(await tokenInput.getAttribute('type'), 'password');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'token-input', 'the token field has the focus');
+    await page.keyboard.type(token);
+    await page.keyboard.press('Enter');
     await page.waitForFunction(() => document.getElementById('model-info').textContent.includes('bootstraps'));
+    assert.equal(await page.locator('#token').isHidden(), true);
 
     // Wrong inputs are explained per file, in words.
     await page.setInputFiles('#files', [
@@ -132,32 +175,48 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     });
     assert.match(first.text, new RegExp(`${native.model.name} v${native.model.version}`));
 
+    // The client key is stored only wrapped, under a wrapping key no script can export; the
+    // test unwraps it through WebCrypto, as the page does.
+    const stored = await page.evaluate(async () => {
+      const db = await new Promise((resolve, reject) => {
+        const open = indexedDB.open('hexray');
+        open.onsuccess = () => resolve(open.result);
+        open.onerror = () => reject(open.error);
+      });
+      const get = (name) => new Promise((resolve, reject) => {
+        const request = db.transaction('keys').objectStore('keys').get(name);
+        request.onsuccess = () => resolve(request.result);
+        request.onerror = () => reject(request.error);
+      });
+      const record = await get('current');
+      const wrappingKey = await get('wrapping-key');
+      const clientKey = await crypto.subtle.decrypt({ name: 'AES-GCM', iv: record.iv }, wrappingKey, record.wrappedClientKey);
+      return { clientKey: Array.from(new Uint8Array(clientKey)), inClear: 'clientKey' in record, extractable: wrappingKey.extractable };
+    });
+    assert.equal(stored.inClear, false, 'the client key is not stored in clear');
+    assert.equal(stored.extractable, false, 'the wrapping key cannot be exported');
+
     // No request carried the client key or the image.
-    const keys = await page.evaluate(() => new Promise((resolve, reject) => {
-      const open = indexedDB.open('hexray');
-      open.onsuccess = () => {
-        const get = open.result.transaction('keys').objectStore('keys').get('current');
-        get.onsuccess = () => resolve({ clientKey: Array.from(get.result.clientKey), keyId: get.result.keyId });
-        get.onerror = () => reject(get.error);
-      };
-      open.onerror = () => reject(open.error);
-    }));
-    const clientKey = Buffer.from(keys.clientKey);
+    const clientKey = Buffer.from(stored.clientKey);
     const windows = (buf, size) => [0.25, 0.5, 0.75].map((f) => buf.subarray(Math.floor(buf.length * f), Math.floor(buf.length * f) + size));
+    const assertNothingSecretSent = () => {
+      for (const { url, body } of bodies) {
+        // 4 KiB of key: 512 secret coefficients, which no honest body repeats by chance.
+        for (const secret of windows(clientKey, 4096)) assert.equal(body.indexOf(secret), -1, `${url} carries client key bytes`);
+        for (const pixels of windows(xray, 64)) assert.equal(body.indexOf(pixels), -1, `${url} carries image bytes`);
+      }
+    };
     assert.ok(bodies.some((b) => b.url.endsWith('/api/v1/keys')), 'the evaluation key was uploaded');
     assert.ok(bodies.some((b) => b.url.includes('/api/v1/jobs')), 'a job was submitted');
-    for (const { url, body } of bodies) {
-      // 4 KiB of key: 512 secret coefficients, which no honest body repeats by chance.
-      for (const secret of windows(clientKey, 4096)) assert.equal(body.indexOf(secret), -1, `${url} carries client key bytes`);
-      for (const pixels of windows(xray, 64)) assert.equal(body.indexOf(pixels), -1, `${url} carries image bytes`);
-    }
+    assertNothingSecretSent();
 
     mkdirSync(path.join(import.meta.dirname, 'screenshots'), { recursive: true });
     await page.screenshot({ path: path.join(import.meta.dirname, 'screenshots/page.png'), fullPage: true });
 
-    // Second visit: the keys are kept, nothing is generated or uploaded again.
+    // Second visit: the token and the keys are kept, nothing is asked, generated or uploaded again.
     await page.reload();
     await page.waitForFunction(() => document.getElementById('model-info').textContent.includes('bootstraps'));
+    assert.equal(await page.locator('#token').isHidden(), true, 'the token is not asked again');
     bodies.length = 0;
     const dropped = Date.now();
     await page.setInputFiles('#files', xrayPath);
@@ -175,15 +234,53 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     await page.locator('#analyse').click();
     await page.waitForSelector('#error:not([hidden])');
     assert.match(await page.locator('#error-text').textContent(), /cannot be reached/);
-    server = startServer(dataDir);
+    server = startServer(dataDir, tokensFile);
     await waitUntilUp();
     await page.locator('#retry').click();
     await page.waitForFunction(() => document.querySelectorAll('.result').length >= 2, null, { timeout: minutes(5) });
     assert.match(await page.locator('#step-upload .detail').textContent(), /already registered/, 'the restarted server kept the key');
 
+    // The stored key is damaged while the server is down: the page uploads it again by itself.
+    await stop(server);
+    const keyFiles = readdirSync(path.join(dataDir, 'keys'), { recursive: true }).filter((f) => f.endsWith('.key'));
+    assert.equal(keyFiles.length, 1, `one stored key, not ${keyFiles}`);
+    const keyFile = path.join(dataDir, 'keys', keyFiles[0]);
+    const keyBytes = readFileSync(keyFile);
+    keyBytes[keyBytes.length >> 1] ^= 0xff;
+    writeFileSync(keyFile, keyBytes);
+    server = startServer(dataDir, tokensFile);
+    await waitUntilUp();
+    bodies.length = 0;
+    const shown = await page.locator('.result').count();
+    await page.locator('#clear').click();
+    await page.setInputFiles('#files', xrayPath);
+    await page.locator('#analyse').click();
+    await page.waitForFunction((n) => document.querySelectorAll('.result').length > n, shown, { timeout: minutes(5) });
+    assert.ok(bodies.some((b) => b.url.endsWith('/api/v1/keys')), 'the key was uploaded again');
+    assertNothingSecretSent();
+
     // Forgetting the keys removes them from the browser.
     await page.locator('#forget').click();
     await page.waitForFunction(() => document.getElementById('key-status').textContent.startsWith('No keys'));
+
+    // What came back: no model internals, no model file, and a small client spec.
+    const received = await Promise.all(responses);
+    for (const { url, type, body } of received) {
+      // Only a progress stream the page closed after its final event may have no body to read.
+      if (body === null) {
+        assert.match(type, /^text\/event-stream/, `${url}: no body`);
+        continue;
+      }
+      assert.equal(body.indexOf('HEXRAY-MODEL'), -1, `${url} carries the model file`);
+      if (type.startsWith('application/json')) assert.deepEqual(internalsIn(JSON.parse(body)), [], `${url} names model internals`);
+    }
+    const specs = received.filter(({ url, method }) => method === 'GET' && /^\/api\/v1\/models\/[^/]+$/.test(new URL(url).pathname));
+    assert.ok(specs.length > 0, 'the page fetched a client spec');
+    for (const { url, type, body } of specs) {
+      assert.match(type, /^application\/json/, `${url} is JSON`);
+      assert.ok(body.length < 4096, `${url}: ${body.length} bytes`);
+    }
+    assert.deepEqual(violations, [], 'the page keeps to its Content-Security-Policy');
 
     console.log('benchmark: browser key generation %s s, wasm memory %s MiB',
       (timings.keygenMs / 1000).toFixed(1), (timings.keygenMemoryBytes / 2 ** 20).toFixed(0));

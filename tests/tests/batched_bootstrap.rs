@@ -17,7 +17,7 @@ fn batched_bootstraps_equal_single_ones_bit_for_bit() {
         let (client, server) = ClientKey::generate_deterministic(set, 21);
         let server = server.decompress();
         let encrypted = client
-            .encrypt_deterministic(circuit, input.view(), 4)
+            .encrypt_deterministic(&model.spec, input.view(), 4)
             .unwrap()
             .expand();
         let neurons = [0, 5, 17, 64, 100, 255];

@@ -21,7 +21,7 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
         let input = common::sample(&model, name);
         // Through bytes, as a client and a server would exchange them.
         let upload = client
-            .encrypt_deterministic(circuit, input.view(), seed as u128)
+            .encrypt_deterministic(&model.spec, input.view(), seed as u128)
             .unwrap()
             .to_bytes();
         let encrypted =
@@ -32,7 +32,7 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
         let output =
             EncryptedOutput::from_bytes(&download, model.parameter_set, circuit.output_len())
                 .unwrap();
-        let encrypted = client.decrypt(circuit, &output).unwrap();
+        let encrypted = client.decrypt_prediction(circuit, &output).unwrap();
 
         let exact = circuit.simulate(input.view()).unwrap();
         let spread = circuit
@@ -80,7 +80,7 @@ fn keys_and_ciphertexts_of_another_parameter_set_are_refused() {
     let server = server.decompress();
     let input = common::sample(&model, "pneumoniamnist/test-0000-pneumonia.png");
     let image = client
-        .encrypt_deterministic(&model.circuit, input.view(), 1)
+        .encrypt_deterministic(&model.spec, input.view(), 1)
         .unwrap();
     let err = evaluate(&model, &server, image, &|| {})
         .err()
@@ -117,7 +117,7 @@ fn a_batch_gives_bit_for_bit_what_each_image_gives_alone() {
     let circuit = &model.circuit;
     let encrypt = |seed: u128, name: &str| {
         client
-            .encrypt_deterministic(circuit, common::sample(&model, name).view(), seed)
+            .encrypt_deterministic(&model.spec, common::sample(&model, name).view(), seed)
             .unwrap()
     };
     let names = [

@@ -83,7 +83,7 @@ fn measured_bootstrap_noise_matches_the_predicted_sigma() {
         let input = common::sample(&model, name);
         let pixels: Vec<i64> = input.iter().copied().collect();
         let encrypted = client
-            .encrypt_deterministic(circuit, input.view(), seed as u128)
+            .encrypt_deterministic(&model.spec, input.view(), seed as u128)
             .unwrap()
             .expand();
         first.extend(normalised_errors(

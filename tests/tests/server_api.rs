@@ -110,7 +110,7 @@ fn batch(client: &ClientKey, names: &[&str]) -> Vec<u8> {
         .map(|name| {
             let input = common::sample(model(), name);
             client
-                .encrypt(&model().circuit, input.view())
+                .encrypt(&model().spec, input.view())
                 .unwrap()
                 .to_bytes()
         })
@@ -154,7 +154,7 @@ where
     for (blob, name) in blobs.into_iter().zip(names) {
         let output =
             EncryptedOutput::from_bytes(blob, model().parameter_set, circuit.output_len()).unwrap();
-        let decrypted = client.decrypt(circuit, &output).unwrap();
+        let decrypted = client.decrypt_prediction(circuit, &output).unwrap();
         let input = common::sample(model(), name);
         // TFHE's noise, as the simulator draws it: each decrypted accumulator must lie within
         // 6 standard deviations of the noisy runs' mean (a false alarm is a 1-in-10^9 event).

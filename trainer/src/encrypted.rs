@@ -141,12 +141,12 @@ pub fn run(
     let (mut wall, mut bootstrap_cpu) = (0.0, 0.0);
     for &i in &sample {
         let image = &test.images[i];
-        let encrypted = client.encrypt(circuit, image.view())?;
+        let encrypted = client.encrypt(&loaded.spec, image.view())?;
         let start = Instant::now();
         let (output, stats) = evaluate(&loaded, &server, encrypted, &|| {})?;
         wall += start.elapsed().as_secs_f64();
         bootstrap_cpu += stats.bootstrap_cpu.as_secs_f64();
-        let prediction = client.decrypt(circuit, &output)?;
+        let prediction = client.decrypt_prediction(circuit, &output)?;
         let exact = circuit.simulate(image.view())?;
         run.agree_with_simulator += usize::from(prediction.class() == exact.class());
         run.probabilities.push(prediction.probabilities.clone());

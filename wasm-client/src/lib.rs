@@ -3,19 +3,20 @@
 //! encrypted before they leave, and the server's encrypted answers are decrypted here.
 //!
 //! It is a thin wasm-bindgen layer over the same crates the server uses: `hexray-model` for
-//! the model file and preprocessing, `hexray-crypto` for keys and ciphertexts. So the browser
-//! and the evaluator cannot disagree on pixels or encodings.
+//! the client spec and preprocessing, `hexray-crypto` for keys and ciphertexts. So the browser
+//! and the evaluator cannot disagree on pixels or encodings. The browser never holds the model
+//! itself: only its public client spec, which has no weights.
 //!
 //! The JavaScript API:
 //! - `generate_keys(progress)`: a new key pair as bytes (run it in a Web Worker);
-//! - `new Model(bytes)`: a model file fetched from the server; `model.info()`,
+//! - `new Model(bytes)`: a model's client spec (JSON) fetched from the server; `model.info()`,
 //!   `model.preprocess(imageBytes)`;
 //! - `new Client(clientKeyBytes)`: `client.encrypt(model, imageBytes)`,
 //!   `client.decrypt(model, outputBytes)`;
 //! - `pack_batch([blobs])`, `unpack_batch(body, count)`: the HXB1 batch bodies.
 
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
-use hexray_model::{Circuit, CompiledModel};
+use hexray_model::ClientSpec;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -64,11 +65,10 @@ pub fn memory_bytes() -> f64 {
     buffer.byte_length() as f64
 }
 
-/// A model file, loaded and compiled exactly as the server compiles it.
+/// A model's client spec: what to do to an image, how to encrypt it and how to read the answer.
 #[wasm_bindgen]
 pub struct Model {
-    model: CompiledModel,
-    circuit: Circuit,
+    spec: ClientSpec,
 }
 
 /// What the page shows about a model.
@@ -82,27 +82,32 @@ struct ModelInfo<'a> {
     width: u32,
     height: u32,
     parameter_set: &'a str,
+    fingerprint: &'a str,
 }
 
 #[wasm_bindgen]
 impl Model {
     #[wasm_bindgen(constructor)]
     pub fn new(bytes: &[u8]) -> Result<Model, JsError> {
-        let (model, circuit) = CompiledModel::from_bytes(bytes).map_err(error)?;
-        Ok(Model { model, circuit })
+        let spec = ClientSpec::from_json(bytes).map_err(error)?;
+        // The same check the server's loader runs: a spec for a parameter set this client
+        // cannot generate keys for is refused here, not at encryption.
+        ParameterSet::from_name(&spec.parameter_set).map_err(error)?;
+        Ok(Model { spec })
     }
 
     pub fn info(&self) -> Result<JsValue, JsError> {
-        let input = &self.model.network.input;
+        let spec = &self.spec;
         let info = ModelInfo {
-            name: &self.model.name,
-            version: &self.model.model_version,
-            description: &self.model.description,
-            classes: &self.model.network.output.classes,
-            bootstraps: self.circuit.bootstrap_count(),
-            width: input.width,
-            height: input.height,
-            parameter_set: &self.model.fhe.name,
+            name: &spec.name,
+            version: &spec.model_version,
+            description: &spec.description,
+            classes: &spec.classes,
+            bootstraps: spec.bootstraps,
+            width: spec.input.width,
+            height: spec.input.height,
+            parameter_set: &spec.parameter_set,
+            fingerprint: &spec.fingerprint,
         };
         serde_wasm_bindgen::to_value(&info).map_err(error)
     }
@@ -110,14 +115,14 @@ impl Model {
     /// The input integers an encoded image (PNG or JPEG) becomes, row by row: what gets
     /// encrypted. The page draws them as the preview of what the model sees.
     pub fn preprocess(&self, image: &[u8]) -> Result<Vec<i32>, JsError> {
-        let tensor = hexray_model::preprocess::preprocess(image, &self.model.network.input)
-            .map_err(error)?;
+        let tensor =
+            hexray_model::preprocess::preprocess(image, &self.spec.input).map_err(error)?;
         Ok(tensor.iter().map(|&q| q as i32).collect())
     }
 
     /// The largest input integer: the preview scales pixels by it.
     pub fn max_input(&self) -> i32 {
-        (1 << self.model.network.input.bits) - 1
+        self.spec.input.max_value() as i32
     }
 }
 
@@ -127,9 +132,9 @@ pub struct Client {
     key: ClientKey,
 }
 
-/// A decrypted result.
+/// A decrypted result, as the page shows it.
 #[derive(Serialize)]
-struct Diagnosis<'a> {
+struct Shown<'a> {
     class: &'a str,
     class_index: usize,
     classes: &'a [String],
@@ -147,31 +152,25 @@ impl Client {
 
     /// Preprocesses and encrypts an encoded image for `model`: the bytes to upload.
     pub fn encrypt(&self, model: &Model, image: &[u8]) -> Result<Vec<u8>, JsError> {
-        let input = hexray_model::preprocess::preprocess(image, &model.model.network.input)
-            .map_err(error)?;
-        let encrypted = self
-            .key
-            .encrypt(&model.circuit, input.view())
-            .map_err(error)?;
+        let input =
+            hexray_model::preprocess::preprocess(image, &model.spec.input).map_err(error)?;
+        let encrypted = self.key.encrypt(&model.spec, input.view()).map_err(error)?;
         Ok(encrypted.to_bytes())
     }
 
-    /// Decrypts one encrypted output from the server into the class and its probabilities.
+    /// Decrypts one encrypted output from the server into the class and its probabilities
+    /// (from logits rounded to the spec's step: no noise bits reach the page).
     pub fn decrypt(&self, model: &Model, output: &[u8]) -> Result<JsValue, JsError> {
-        let output = EncryptedOutput::from_bytes(
-            output,
-            self.key.parameter_set(),
-            model.circuit.output_len(),
-        )
-        .map_err(error)?;
-        let prediction = self.key.decrypt(&model.circuit, &output).map_err(error)?;
-        let classes = &model.model.network.output.classes;
-        let class_index = prediction.class();
-        let diagnosis = Diagnosis {
-            class: &classes[class_index],
-            class_index,
+        let output =
+            EncryptedOutput::from_bytes(output, self.key.parameter_set(), model.spec.output_len())
+                .map_err(error)?;
+        let diagnosis = self.key.decrypt(&model.spec, &output).map_err(error)?;
+        let classes = &model.spec.classes;
+        let diagnosis = Shown {
+            class: &classes[diagnosis.class],
+            class_index: diagnosis.class,
             classes,
-            probabilities: prediction.probabilities,
+            probabilities: diagnosis.probabilities,
         };
         serde_wasm_bindgen::to_value(&diagnosis).map_err(error)
     }

@@ -4,7 +4,7 @@
 use std::cell::OnceCell;
 
 use hexray_crypto::{ClientKey, CompressedServerKey, EncryptedImage, ParameterSet};
-use hexray_model::CompiledModel;
+use hexray_model::{ClientSpec, CompiledModel};
 use hexray_wasm::{generate_keys, pack_batch, unpack_batch, Client, KeyPair, Model};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
@@ -16,6 +16,12 @@ const XRAY: &[u8] = include_bytes!("../../samples/covid-cxr-actualmed/covid-1.pn
 /// What the native `hexray_model::preprocess` gives for `XRAY` and `MODEL`; the native test
 /// `tests/tests/wasm_fixture.rs` checks it is still true.
 const NATIVE: &str = include_str!("fixtures/covid-1.preprocessed.txt");
+
+/// The bundled model's client spec, as the server sends it.
+fn spec() -> Vec<u8> {
+    let (model, circuit) = CompiledModel::from_bytes(MODEL).unwrap();
+    model.client_spec(&circuit).to_json()
+}
 
 fn ok<T>(result: Result<T, JsError>) -> T {
     result.map_err(JsValue::from).unwrap()
@@ -72,7 +78,8 @@ fn key_generation_gives_a_key_pair_of_the_models_parameter_set() {
 
 #[wasm_bindgen_test]
 fn preprocessing_equals_the_native_function() {
-    let model = ok(Model::new(MODEL));
+    let model = ok(Model::new(&spec()));
+    assert!(Model::new(MODEL).is_err(), "the model file itself is not a spec");
     let native: Vec<i32> = NATIVE
         .split_whitespace()
         .map(|v| v.parse().unwrap())
@@ -84,16 +91,17 @@ fn preprocessing_equals_the_native_function() {
 #[wasm_bindgen_test]
 fn encrypt_then_decrypt_gives_back_the_preprocessed_image() {
     let (client_key, _) = keys();
-    let model = ok(Model::new(MODEL));
+    let model = ok(Model::new(&spec()));
     let client = ok(Client::new(&client_key));
     let upload = ok(client.encrypt(&model, XRAY));
 
-    // Decrypt the uploaded ciphertexts with the same key: each phase is q·Δ plus small noise.
-    let (_, circuit) = CompiledModel::from_bytes(MODEL).unwrap();
+    // Decrypt the uploaded ciphertexts with the same key: each phase is q·Δ plus small noise,
+    // Δ the public input unit.
+    let spec = ClientSpec::from_json(&spec()).unwrap();
     let image =
-        EncryptedImage::from_bytes(&upload, ParameterSet::Ks32, circuit.input_len()).unwrap();
+        EncryptedImage::from_bytes(&upload, ParameterSet::Ks32, spec.input_len()).unwrap();
     let key = ClientKey::from_bytes(&client_key).unwrap();
-    let delta = circuit.input_delta() as f64;
+    let delta = spec.input_delta() as f64;
     let decrypted: Vec<i32> = key
         .decrypt_phases(&image.expand())
         .into_iter()

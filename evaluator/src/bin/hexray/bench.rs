@@ -105,7 +105,7 @@ pub fn bench(args: Args) -> Result<()> {
         // Timed right before the run it is compared with: this machine's speed drifts by ±10%.
         let pbs_time = single_bootstrap(&client, &server, &loaded, input.view(), args.samples)?;
         let t = Instant::now();
-        let upload = client.encrypt(circuit, input.view())?.to_bytes();
+        let upload = client.encrypt(&loaded.spec, input.view())?.to_bytes();
         let encrypt = t.elapsed();
         let encrypted =
             EncryptedImage::from_bytes(&upload, loaded.parameter_set, circuit.input_len())?;
@@ -170,7 +170,9 @@ fn single_bootstrap(
     // The model is compiled for one set; its first-stage table is a realistic one for any set
     // with the same polynomial size, which both supported sets share.
     let circuit = &model.circuit;
-    let encrypted = client.encrypt(circuit, input)?.expand();
+    let mut spec = model.spec.clone();
+    spec.parameter_set = client.parameter_set().name().into();
+    let encrypted = client.encrypt(&spec, input)?.expand();
     let stage = &circuit.stages[0];
     let lut = lookup_table(
         server,

@@ -52,7 +52,7 @@ pub fn bench_server(args: Args) -> Result<()> {
     }
     let encrypt = |n: usize| -> Result<Vec<EncryptedImage>> {
         (0..n)
-            .map(|i| Ok(client.encrypt(circuit, inputs[i % inputs.len()].view())?))
+            .map(|i| Ok(client.encrypt(&loaded.spec, inputs[i % inputs.len()].view())?))
             .collect()
     };
     let threads = rayon::current_num_threads();

@@ -51,7 +51,7 @@ pub fn run(args: ImageArgs) -> Result<()> {
 
     // Client: encrypt.
     let t = Instant::now();
-    let upload = client.encrypt(circuit, input.view())?.to_bytes();
+    let upload = client.encrypt(&loaded.spec, input.view())?.to_bytes();
     timed("encrypt", t);
 
     // Server: evaluate.
@@ -66,7 +66,7 @@ pub fn run(args: ImageArgs) -> Result<()> {
 
     // Client: decrypt.
     let t = Instant::now();
-    let prediction = client.decrypt(
+    let prediction = client.decrypt_prediction(
         circuit,
         &EncryptedOutput::from_bytes(&download, set, circuit.output_len())?,
     )?;

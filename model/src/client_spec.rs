@@ -1,0 +1,229 @@
+//! The client spec: the public part of a model, and all a client ever gets of it.
+//!
+//! A model file holds the model owner's network: integer weights, biases, activation
+//! coefficients and, through them, every lookup table. If a browser had it, it could compute the
+//! diagnosis in clear and FHE would protect nothing; the weights would also leak to every
+//! visitor. So the server keeps the model file, and clients get this spec: what to do to an
+//! image, how to encrypt its integers, and how to read the answers (see
+//! `docs/client-spec.md`).
+//!
+//! Nothing in it is derived from the weights. Inputs are encrypted in one public unit
+//! ([`INPUT_DELTA_LOG2`]) and outputs decode with one public unit ([`OUTPUT_UNIT_LOG2`]) for every
+//! model; the server does the model-specific scaling and centring. Two models that differ only
+//! in their weights therefore have specs that differ only in their [`ClientSpec::fingerprint`].
+//!
+//! **What the client learns.** Each decrypted logit is rounded to [`LOGIT_STEP`] before the
+//! softmax. The output noise of the shipped model is about 0.07 in logit units, so the rounding
+//! removes the bits that noise sets (the IND-CPA-D stance: decrypted results that a client might
+//! show or share carry no noise bits to learn the key from), and nothing computed from a
+//! decryption is ever sent back.
+//!
+//! ```
+//! use hexray_model::client_spec::ClientSpec;
+//! # let (model, circuit) = hexray_model::testing::tiny_model();
+//! let spec = model.client_spec(&circuit);
+//! let json = spec.to_json();
+//! assert!(json.len() < 4096);
+//! assert_eq!(ClientSpec::from_json(&json).unwrap(), spec);
+//! // The phase of a logit of +2.5 (in the public unit) decodes to 2.5.
+//! let diagnosis = spec.decode(&[0, (2.5 * (1u64 << 58) as f64) as u64]);
+//! assert_eq!(diagnosis.logits, vec![0.0, 2.5]);
+//! assert_eq!(diagnosis.class, 1);
+//! ```
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use crate::compile::{INPUT_DELTA_LOG2, OUTPUT_UNIT_LOG2};
+use crate::compile::Circuit;
+use crate::error::ModelError;
+use crate::format::{check_classes, CompiledModel, InputSpec};
+use crate::simulate::{argmax, softmax};
+
+/// The `format` field of every client spec.
+pub const FORMAT: &str = "hexray-client-spec";
+/// The spec version this build reads and writes.
+pub const SPEC_VERSION: u32 = 1;
+/// Largest spec accepted, so a hostile server cannot make a client parse without bound.
+pub const MAX_SPEC_BYTES: usize = 64 << 10;
+/// Decrypted logits are rounded to a multiple of this before the softmax.
+pub const LOGIT_STEP: f64 = 0.25;
+
+/// What a client needs to preprocess, encrypt and decode for one model, and nothing else.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Always [`SPEC_VERSION`].
+    pub spec_version: u32,
+    pub name: String,
+    pub model_version: String,
+    pub description: String,
+    pub classes: Vec<String>,
+    /// Bootstraps per image: the cost, which the page turns into an expected time.
+    pub bootstraps: usize,
+    /// The image preprocessing, shared with the trainer bit for bit.
+    pub input: InputSpec,
+    /// The TFHE-rs parameter set keys and ciphertexts must use.
+    pub parameter_set: String,
+    pub input_encoding: InputEncoding,
+    pub output_decoding: OutputDecoding,
+    /// SHA-256 of the full model file, in hex: a job names it, so that a server whose model
+    /// changed refuses inputs encrypted for the old one.
+    pub fingerprint: String,
+}
+
+/// Each preprocessed integer q is encrypted as the torus value `q·2^delta_log2`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputEncoding {
+    pub delta_log2: u32,
+}
+
+/// Each output ciphertext's phase, read as a signed 64-bit integer and divided by
+/// `2^unit_log2`, is one class's logit (up to a shift common to all classes, which the softmax
+/// ignores), rounded to a multiple of `logit_step`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputDecoding {
+    pub unit_log2: u32,
+    pub logit_step: f64,
+}
+
+/// A decrypted answer: rounded logits, their softmax, and the class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnosis {
+    pub logits: Vec<f64>,
+    pub probabilities: Vec<f64>,
+    /// Index of the most probable class.
+    pub class: usize,
+}
+
+impl CompiledModel {
+    /// SHA-256 of the model file ([`CompiledModel::to_bytes`]), in hex.
+    pub fn fingerprint(&self) -> String {
+        hex(&Sha256::digest(self.to_bytes()))
+    }
+
+    /// The public part of this model, given its compiled circuit.
+    pub fn client_spec(&self, circuit: &Circuit) -> ClientSpec {
+        ClientSpec {
+            format: FORMAT.into(),
+            spec_version: SPEC_VERSION,
+            name: self.name.clone(),
+            model_version: self.model_version.clone(),
+            description: self.description.clone(),
+            classes: self.network.output.classes.clone(),
+            bootstraps: circuit.bootstrap_count(),
+            input: self.network.input.clone(),
+            parameter_set: self.fhe.name.clone(),
+            input_encoding: InputEncoding {
+                delta_log2: INPUT_DELTA_LOG2,
+            },
+            output_decoding: OutputDecoding {
+                unit_log2: OUTPUT_UNIT_LOG2,
+                logit_step: LOGIT_STEP,
+            },
+            fingerprint: self.fingerprint(),
+        }
+    }
+}
+
+impl ClientSpec {
+    /// The JSON document a server sends.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a client spec always serialises to JSON")
+    }
+
+    /// Parses and checks a spec: its format and version, its input, and that its encodings are
+    /// the ones this build implements.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
+        if bytes.len() > MAX_SPEC_BYTES {
+            return Err(ModelError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_SPEC_BYTES,
+            });
+        }
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let spec: ClientSpec = serde_path_to_error::deserialize(&mut json)
+            .map_err(|e| ModelError::field(e.path().to_string(), e.inner().to_string()))?;
+        json.end()
+            .map_err(|e| ModelError::field("(end of spec)", e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        if self.format != FORMAT {
+            return Err(ModelError::field("format", format!("must be `{FORMAT}`")));
+        }
+        if self.spec_version != SPEC_VERSION {
+            return Err(ModelError::Version {
+                found: self.spec_version.to_string(),
+                supported: SPEC_VERSION,
+            });
+        }
+        self.input.validate("input")?;
+        check_classes("classes", &self.classes)?;
+        let expected_output = OutputDecoding {
+            unit_log2: OUTPUT_UNIT_LOG2,
+            logit_step: LOGIT_STEP,
+        };
+        if self.input_encoding.delta_log2 != INPUT_DELTA_LOG2 || self.output_decoding != expected_output
+        {
+            return Err(ModelError::field(
+                "input_encoding",
+                "this client implements another encoding: update the client",
+            ));
+        }
+        let hex_digest = self.fingerprint.len() == 64
+            && self.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_digest {
+            return Err(ModelError::field("fingerprint", "must be a SHA-256 in hex"));
+        }
+        Ok(())
+    }
+
+    /// Number of input integers a client encrypts.
+    pub fn input_len(&self) -> usize {
+        self.input.shape().len()
+    }
+
+    /// Number of output ciphertexts a client decrypts: one per class.
+    pub fn output_len(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// The torus value of one input integer.
+    pub fn input_delta(&self) -> u64 {
+        1 << self.input_encoding.delta_log2
+    }
+
+    /// The logits the output phases encode, before rounding: for measuring noise, never for
+    /// showing.
+    pub fn exact_logits(&self, phases: &[u64]) -> Vec<f64> {
+        let unit = (1u64 << self.output_decoding.unit_log2) as f64;
+        phases.iter().map(|&p| p as i64 as f64 / unit).collect()
+    }
+
+    /// Decodes decrypted output phases into the diagnosis a client shows: logits rounded to
+    /// the step, their softmax and the class.
+    pub fn decode(&self, phases: &[u64]) -> Diagnosis {
+        let step = self.output_decoding.logit_step;
+        let logits: Vec<f64> = self
+            .exact_logits(phases)
+            .into_iter()
+            .map(|l| (l / step).round() * step)
+            .collect();
+        Diagnosis {
+            probabilities: softmax(&logits),
+            class: argmax(&logits),
+            logits,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,76 @@
+//! A tiny network and parameter set, for doc-tests and tests: small enough to read, and
+//! compiled exactly as any model is. Not part of the contract.
+
+use crate::activation::{Function, Granularity, Quantizer};
+use crate::compile::Circuit;
+use crate::format::{Activation, CompiledModel, FheParameters, InputSpec, Intensity, Layer, OutputSpec};
+use crate::Network;
+
+/// Noise variances of the order of TFHE-rs's 2_2 parameter sets.
+pub fn test_fhe() -> FheParameters {
+    FheParameters {
+        name: "TEST_PARAMS".into(),
+        polynomial_size: 2048,
+        fresh_variance: 1.6e-23,
+        bootstrap_variance: 1.18e-9,
+        keyswitch_variance: 2.33e-7,
+        modulus_switch_variance: 1.14e-6,
+    }
+}
+
+/// conv(1→2, 3×3) → per-channel activation → flatten → dense(8→2), on a 4×4 input.
+pub fn tiny_network() -> Network {
+    Network {
+        input: InputSpec::square_8bit(4, Intensity::AsIs),
+        layers: vec![
+            Layer::Conv2d {
+                in_channels: 1,
+                out_channels: 2,
+                kernel: 3,
+                stride: 1,
+                padding: 0,
+                weights: (0..18).map(|i| (i % 5) - 2).collect(),
+                bias: vec![3, -4],
+            },
+            Layer::Activation(Activation {
+                granularity: Granularity::Channel,
+                functions: vec![
+                    Function::Polynomial {
+                        coefficients: vec![0.1, 0.5, 0.25],
+                    },
+                    Function::Relu,
+                ],
+                input_scales: vec![0.01, 0.02],
+                output: Quantizer {
+                    bits: 4,
+                    signed: false,
+                    scale: 0.5,
+                },
+            }),
+            Layer::Flatten,
+            Layer::Dense {
+                inputs: 8,
+                outputs: 2,
+                weights: (0..16).map(|i| (i % 7) - 3).collect(),
+                bias: vec![1, -1],
+            },
+        ],
+        output: OutputSpec {
+            classes: vec!["normal".into(), "pneumonia".into()],
+            logit_scale: 0.1,
+        },
+    }
+}
+
+/// [`tiny_network`] compiled for [`test_fhe`], with its circuit.
+pub fn tiny_model() -> (CompiledModel, Circuit) {
+    tiny_model_with(test_fhe())
+}
+
+/// [`tiny_network`] compiled for `fhe`, with its circuit.
+pub fn tiny_model_with(fhe: FheParameters) -> (CompiledModel, Circuit) {
+    let model = CompiledModel::build("tiny", "1", "test model", tiny_network(), fhe)
+        .expect("the tiny network compiles");
+    let circuit = crate::compile(&model.network, &model.fhe).expect("and again");
+    (model, circuit)
+}

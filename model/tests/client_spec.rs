@@ -1,0 +1,108 @@
+//! The client spec: the public part of a model holds nothing derived from the weights.
+
+use hexray_model::client_spec::ClientSpec;
+use hexray_model::format::Layer;
+use hexray_model::testing::{test_fhe, tiny_network};
+use hexray_model::{compile, CompiledModel, ModelError};
+use serde_json::Value;
+
+fn spec_of(model: &CompiledModel) -> ClientSpec {
+    model.client_spec(&compile(&model.network, &model.fhe).unwrap())
+}
+
+/// Every key of a JSON document, at any depth.
+fn keys(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                out.push(k.clone());
+                keys(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
+    let a = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let mut network = tiny_network();
+    // Other weights and biases throughout, with other ranges, so every derived encoding moves.
+    for layer in &mut network.layers {
+        match layer {
+            Layer::Conv2d { weights, bias, .. } | Layer::Dense { weights, bias, .. } => {
+                weights.iter_mut().for_each(|w| *w = *w * 2 + 1);
+                bias.iter_mut().for_each(|b| *b = -*b * 7);
+            }
+            _ => {}
+        }
+    }
+    let b = CompiledModel::build("m", "1", "d", network, test_fhe()).unwrap();
+    assert_ne!(a.encoding, b.encoding, "the two circuits must be encoded differently");
+    let (spec_a, mut spec_b) = (spec_of(&a), spec_of(&b));
+    assert_ne!(spec_a.fingerprint, spec_b.fingerprint);
+    spec_b.fingerprint = spec_a.fingerprint.clone();
+    assert_eq!(spec_a, spec_b);
+    assert_eq!(spec_a.to_json(), spec_b.to_json());
+}
+
+#[test]
+fn a_spec_holds_no_weights_and_round_trips() {
+    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let spec = spec_of(&model);
+    let json = spec.to_json();
+    let mut found = Vec::new();
+    keys(&serde_json::from_slice(&json).unwrap(), &mut found);
+    for secret in [
+        "weights", "bias", "functions", "input_scales", "encoding", "acc_min", "acc_max",
+        "sigma", "layers", "network", "margin", "delta",
+    ] {
+        assert!(!found.iter().any(|k| k == secret), "the spec has `{secret}`");
+    }
+    assert_eq!(ClientSpec::from_json(&json).unwrap(), spec);
+    assert_eq!(spec.fingerprint, model.fingerprint());
+}
+
+#[test]
+fn a_foreign_or_altered_spec_is_refused_in_words() {
+    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let spec = spec_of(&model);
+    let field = |json: Value| match ClientSpec::from_json(json.to_string().as_bytes()) {
+        Err(ModelError::Field { field, .. }) => field,
+        other => panic!("expected a field error, got {other:?}"),
+    };
+    let base: Value = serde_json::from_slice(&spec.to_json()).unwrap();
+    let mut other = base.clone();
+    other["input_encoding"]["delta_log2"] = 40.into();
+    assert_eq!(field(other), "input_encoding");
+    let mut other = base.clone();
+    other["fingerprint"] = "abc".into();
+    assert_eq!(field(other), "fingerprint");
+    let mut other = base.clone();
+    other["classes"] = serde_json::json!(["one"]);
+    assert_eq!(field(other), "classes");
+    let mut other = base.clone();
+    other["weights"] = serde_json::json!([1, 2]);
+    assert!(ClientSpec::from_json(other.to_string().as_bytes()).is_err());
+    assert!(matches!(
+        ClientSpec::from_json(&vec![b' '; 70_000]),
+        Err(ModelError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn decoding_rounds_logits_to_the_public_step() {
+    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let spec = spec_of(&model);
+    let unit = (1u64 << 58) as f64;
+    // 1.1 rounds to 1.0; −0.6 rounds to −0.5: the noise bits below the step are gone.
+    let phases = [(1.1 * unit) as i64 as u64, (-0.6 * unit) as i64 as u64];
+    let diagnosis = spec.decode(&phases);
+    assert_eq!(diagnosis.logits, vec![1.0, -0.5]);
+    assert_eq!(diagnosis.class, 0);
+    let p0 = 1.0 / (1.0 + (-1.5f64).exp());
+    assert!((diagnosis.probabilities[0] - p0).abs() < 1e-12);
+    let exact = spec.exact_logits(&phases);
+    assert!((exact[0] - 1.1).abs() < 1e-9 && (exact[1] + 0.6).abs() < 1e-9);
+}
