@@ -7,3 +7,7 @@ cargo build --release --target wasm32-unknown-unknown -p hexray-wasm
 # Cargo writes to CARGO_TARGET_DIR when it is set.
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
   "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/hexray_wasm.wasm"
+# SHA-256 of every file the page serves, for IT to pin when hosting the page themselves
+# (`cd web && sha256sum -c SHA256SUMS`).
+(cd web && find . -type f \( -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.wasm' \) \
+  -not -path './node_modules/*' | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS)

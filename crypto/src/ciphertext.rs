@@ -138,7 +138,10 @@ impl ClientKey {
         circuit: &Circuit,
         output: &EncryptedOutput,
     ) -> Result<Prediction, CryptoError> {
-        let stage = circuit.stages.last().expect("a circuit has an output stage");
+        let stage = circuit
+            .stages
+            .last()
+            .expect("a circuit has an output stage");
         let accumulators = self
             .checked_phases(circuit.output_len(), output)?
             .into_iter()
@@ -187,6 +190,19 @@ impl EncryptedImage {
             ciphertexts: self.ciphertexts.clone(),
         };
         envelope::to_bytes(&envelope, IMAGE_LIMIT)
+    }
+
+    /// The size of an encrypted image of `inputs` values once serialized: what a job body
+    /// holds per image, so a server can bound bodies by the models it serves.
+    pub fn serialized_size(set: ParameterSet, inputs: usize) -> usize {
+        let ciphertexts = SeededLweCiphertextList::new(
+            0u64,
+            set.big_lwe_dimension().to_lwe_size(),
+            LweCiphertextCount(inputs),
+            Seed(0).into(),
+            CiphertextModulus::new_native(),
+        );
+        EncryptedImage { set, ciphertexts }.to_bytes().len()
     }
 
     /// Reads an upload and checks it against the parameter set and input size it must have.

@@ -107,6 +107,22 @@ impl CompressedServerKey {
         self.set
     }
 
+    /// The size of a serialized compressed server key of `set`: what a client uploads. It is
+    /// measured on a throwaway key, once per set and process (a second or two), so it is exact
+    /// for this build of TFHE-rs and a server can bound key bodies by it.
+    pub fn serialized_size(set: ParameterSet) -> usize {
+        static SIZES: [std::sync::OnceLock<usize>; 2] =
+            [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+        let slot = ParameterSet::ALL
+            .iter()
+            .position(|&s| s == set)
+            .expect("every set is in ALL");
+        *SIZES[slot].get_or_init(|| {
+            let (_, server) = ClientKey::generate_deterministic(set, 0);
+            server.to_bytes().len()
+        })
+    }
+
     /// Expands the seeded key into evaluation keys (Fourier bootstrapping key and keyswitching
     /// key). Takes a few seconds and about 120 MB; servers do it once per client.
     pub fn decompress(&self) -> ServerKey {

@@ -34,8 +34,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use crate::compile::{INPUT_DELTA_LOG2, OUTPUT_UNIT_LOG2};
 use crate::compile::Circuit;
+pub use crate::compile::{INPUT_DELTA_LOG2, OUTPUT_UNIT_LOG2};
 use crate::error::ModelError;
 use crate::format::{check_classes, CompiledModel, InputSpec};
 use crate::simulate::{argmax, softmax};
@@ -170,15 +170,16 @@ impl ClientSpec {
             unit_log2: OUTPUT_UNIT_LOG2,
             logit_step: LOGIT_STEP,
         };
-        if self.input_encoding.delta_log2 != INPUT_DELTA_LOG2 || self.output_decoding != expected_output
+        if self.input_encoding.delta_log2 != INPUT_DELTA_LOG2
+            || self.output_decoding != expected_output
         {
             return Err(ModelError::field(
                 "input_encoding",
                 "this client implements another encoding: update the client",
             ));
         }
-        let hex_digest = self.fingerprint.len() == 64
-            && self.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+        let hex_digest =
+            self.fingerprint.len() == 64 && self.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_digest {
             return Err(ModelError::field("fingerprint", "must be a SHA-256 in hex"));
         }

@@ -368,7 +368,8 @@ fn analyse(
         let delta = fit(margin) / unit * unit;
         (delta, margin, 0)
     } else {
-        let delta = (logit_scale * (1u64 << OUTPUT_UNIT_LOG2) as f64 / unit as f64).round() as i128 * unit;
+        let delta =
+            (logit_scale * (1u64 << OUTPUT_UNIT_LOG2) as f64 / unit as f64).round() as i128 * unit;
         let margin = margin_for((delta / unit) as f64)?;
         let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);

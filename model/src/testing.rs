@@ -3,7 +3,9 @@
 
 use crate::activation::{Function, Granularity, Quantizer};
 use crate::compile::Circuit;
-use crate::format::{Activation, CompiledModel, FheParameters, InputSpec, Intensity, Layer, OutputSpec};
+use crate::format::{
+    Activation, CompiledModel, FheParameters, InputSpec, Intensity, Layer, OutputSpec,
+};
 use crate::Network;
 
 /// Noise variances of the order of TFHE-rs's 2_2 parameter sets.

@@ -39,7 +39,10 @@ fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
         }
     }
     let b = CompiledModel::build("m", "1", "d", network, test_fhe()).unwrap();
-    assert_ne!(a.encoding, b.encoding, "the two circuits must be encoded differently");
+    assert_ne!(
+        a.encoding, b.encoding,
+        "the two circuits must be encoded differently"
+    );
     let (spec_a, mut spec_b) = (spec_of(&a), spec_of(&b));
     assert_ne!(spec_a.fingerprint, spec_b.fingerprint);
     spec_b.fingerprint = spec_a.fingerprint.clone();
@@ -55,10 +58,23 @@ fn a_spec_holds_no_weights_and_round_trips() {
     let mut found = Vec::new();
     keys(&serde_json::from_slice(&json).unwrap(), &mut found);
     for secret in [
-        "weights", "bias", "functions", "input_scales", "encoding", "acc_min", "acc_max",
-        "sigma", "layers", "network", "margin", "delta",
+        "weights",
+        "bias",
+        "functions",
+        "input_scales",
+        "encoding",
+        "acc_min",
+        "acc_max",
+        "sigma",
+        "layers",
+        "network",
+        "margin",
+        "delta",
     ] {
-        assert!(!found.iter().any(|k| k == secret), "the spec has `{secret}`");
+        assert!(
+            !found.iter().any(|k| k == secret),
+            "the spec has `{secret}`"
+        );
     }
     assert_eq!(ClientSpec::from_json(&json).unwrap(), spec);
     assert_eq!(spec.fingerprint, model.fingerprint());

@@ -255,7 +255,9 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     await page.locator('#clear').click();
     await page.setInputFiles('#files', xrayPath);
     await page.locator('#analyse').click();
-    await page.waitForFunction((n) => document.querySelectorAll('.result').length > n, shown, { timeout: minutes(5) });
+    await page.waitForFunction((n) => document.querySelectorAll('.result').length > n || !document.getElementById('error').hidden,
+      shown, { timeout: minutes(5) });
+    assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error-text').textContent());
     assert.ok(bodies.some((b) => b.url.endsWith('/api/v1/keys')), 'the key was uploaded again');
     assertNothingSecretSent();
 
@@ -266,7 +268,7 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     // What came back: no model internals, no model file, and a small client spec.
     const received = await Promise.all(responses);
     for (const { url, type, body } of received) {
-      // Only a progress stream the page closed after its final event may have no body to read.
+      // Chromium keeps no body of a server-sent event stream to read back: only those may lack one.
       if (body === null) {
         assert.match(type, /^text\/event-stream/, `${url}: no body`);
         continue;

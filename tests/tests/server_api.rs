@@ -11,8 +11,8 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{test, web, App};
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
-use hexray_evaluator::server::jobs::QueueConfig;
-use hexray_evaluator::server::{configure, AppState, Config, Limits};
+use hexray_evaluator::server::auth::{Access, Scope, Tokens};
+use hexray_evaluator::server::{configure, AppState, Config};
 use hexray_evaluator::LoadedModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -38,43 +38,79 @@ fn shared_client() -> &'static (ClientKey, Vec<u8>) {
 }
 
 fn config(data_dir: &std::path::Path, capacity: usize) -> Config {
-    Config {
-        models_dir: None,
-        data_dir: data_dir.to_path_buf(),
-        queue: QueueConfig {
-            workers: 1,
-            threads: 2,
-            capacity,
-            retention: Duration::from_secs(600),
-        },
-        key_cache_bytes: 1 << 30,
-        limits: Limits {
-            key_bytes: 64 << 20,
-            batch_images: 4,
-        },
-    }
+    let mut config = Config::defaults(data_dir, 2);
+    config.queue.capacity = capacity;
+    config.queue.retention = Duration::from_secs(600);
+    config.limits.batch_images = 4;
+    config
+}
+
+/// Two clinicians' tokens and the tokens file that holds them, made once.
+fn tokens() -> &'static (std::path::PathBuf, [String; 2]) {
+    static TOKENS: OnceLock<(std::path::PathBuf, [String; 2])> = OnceLock::new();
+    TOKENS.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("hexray-tokens-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let new = |label| Tokens::create(&path, label, Scope::Clinician).unwrap();
+        let tokens = [new("ward a"), new("ward b")];
+        (path, tokens)
+    })
+}
+
+/// The first clinician's token: what [`call`] sends.
+fn token() -> &'static str {
+    &tokens().1[0]
 }
 
 async fn app(
     config: &Config,
 ) -> impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error> {
-    let state = web::Data::new(AppState::start(config).unwrap());
+    let access = Access::Tokens(Tokens::load(&tokens().0).unwrap());
+    let state = web::Data::new(AppState::start(config, access).unwrap());
     test::init_service(App::new().configure(configure(state, None))).await
 }
 
-/// Sends a request; returns the status and the body.
+/// Sends a request as `token` (none: anonymous), with POST bodies as octet streams and from a
+/// loopback address; returns the status and the body.
+async fn call_as<S>(
+    app: &S,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: Vec<u8>,
+) -> (StatusCode, web::Bytes)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let mut request = test::TestRequest::default()
+        .method(method.clone())
+        .uri(uri)
+        .peer_addr("127.0.0.1:40000".parse().unwrap());
+    if let Some(token) = token {
+        request = request.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    if method == Method::POST {
+        request = request.insert_header(("content-type", "application/octet-stream"));
+    }
+    let response = test::call_service(app, request.set_payload(body).to_request()).await;
+    let status = response.status();
+    (status, response.into_body().try_into_bytes().unwrap())
+}
+
+/// Sends a request with the first clinician's token.
 async fn call<S>(app: &S, method: Method, uri: &str, body: Vec<u8>) -> (StatusCode, web::Bytes)
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
-    let request = test::TestRequest::default()
-        .method(method)
-        .uri(uri)
-        .set_payload(body)
-        .to_request();
-    let response = test::call_service(app, request).await;
-    let status = response.status();
-    (status, response.into_body().try_into_bytes().unwrap())
+    call_as(app, Some(token()), method, uri, body).await
+}
+
+/// The URI that submits a job for the bundled model with key `key`.
+fn job_uri(key: &str) -> String {
+    format!(
+        "/api/v1/jobs?model=pneumonia-a&key={key}&fingerprint={}",
+        model().spec.fingerprint
+    )
 }
 
 /// An error's status and code, checking the body is the API's JSON error.
@@ -123,7 +159,13 @@ async fn wait<S>(app: &S, job: &str) -> Value
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
+    // A stuck job fails the test instead of hanging CI.
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job} did not finish"
+        );
         let (status, body) = call(app, Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
         assert_eq!(status, StatusCode::OK);
         let status = json(&body);
@@ -185,9 +227,7 @@ where
 #[actix_web::test]
 async fn every_error_path_answers_json_with_a_stable_code() {
     let dir = tempfile::tempdir().unwrap();
-    let mut small = config(dir.path(), 4);
-    small.limits.key_bytes = 1 << 20;
-    let app = app(&small).await;
+    let app = app(&config(dir.path(), 4)).await;
     let (client, key) = shared_client();
     let e = |status: u16, code: &str| (StatusCode::from_u16(status).unwrap(), code.to_owned());
 
@@ -223,8 +263,10 @@ async fn every_error_path_answers_json_with_a_stable_code() {
         error(&app, Method::POST, "/api/v1/keys", b"garbage".to_vec()).await,
         e(422, "malformed_key")
     );
+    let mut oversized = key.clone();
+    oversized.push(0);
     assert_eq!(
-        error(&app, Method::POST, "/api/v1/keys", key.clone()).await,
+        error(&app, Method::POST, "/api/v1/keys", oversized).await,
         e(413, "too_large")
     );
     assert_eq!(
@@ -235,19 +277,26 @@ async fn every_error_path_answers_json_with_a_stable_code() {
         error(
             &app,
             Method::POST,
-            "/api/v1/jobs?model=pneumonia-a&key=00ff&extra=1",
+            &format!("{}&extra=1", job_uri("00ff")),
             vec![]
         )
         .await,
         e(400, "bad_request")
     );
 
-    // A well-formed key of another parameter set is refused for this model.
+    // A well-formed key of a parameter set no served model uses is larger than any key
+    // body the server accepts.
     let app = self::app(&config(dir.path(), 4)).await;
     let (_, foreign) = ClientKey::generate_deterministic(ParameterSet::Ks64, 9);
-    let foreign = register(&app, &foreign.to_bytes()).await;
+    assert_eq!(
+        error(&app, Method::POST, "/api/v1/keys", foreign.to_bytes()).await,
+        e(413, "too_large")
+    );
     let id = register(&app, key).await;
-    let submit = |model: &str, key: &str| format!("/api/v1/jobs?model={model}&key={key}");
+    let fingerprint = &model().spec.fingerprint;
+    let submit = |model: &str, key: &str| {
+        format!("/api/v1/jobs?model={model}&key={key}&fingerprint={fingerprint}")
+    };
     let one = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"]);
     assert_eq!(
         error(&app, Method::POST, &submit("nope", &id), one.clone()).await,
@@ -262,16 +311,6 @@ async fn every_error_path_answers_json_with_a_stable_code() {
         )
         .await,
         e(404, "unknown_key")
-    );
-    assert_eq!(
-        error(
-            &app,
-            Method::POST,
-            &submit("pneumonia-a", &foreign),
-            one.clone()
-        )
-        .await,
-        e(422, "parameter_mismatch")
     );
     let job = submit("pneumonia-a", &id);
     assert_eq!(
@@ -292,10 +331,12 @@ async fn every_error_path_answers_json_with_a_stable_code() {
         error(&app, Method::POST, &job, frames::pack::<Vec<u8>>(&[])).await,
         e(422, "wrong_input_count")
     );
+    // Five images do not fit the body limit of a batch of four, so they are refused before
+    // being read whole.
     let five = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"; 5]);
     assert_eq!(
         error(&app, Method::POST, &job, five).await,
-        e(422, "wrong_input_count")
+        e(413, "too_large")
     );
     let mut truncated = one.clone();
     truncated.truncate(one.len() - 100);
@@ -323,13 +364,15 @@ async fn a_full_queue_answers_503_and_every_accepted_job_finishes() {
     let (client, key) = shared_client();
     let id = register(&app, key).await;
     let body = batch(client, &["pneumoniamnist/test-0234-normal.png"]);
-    let uri = format!("/api/v1/jobs?model=pneumonia-a&key={id}");
+    let uri = job_uri(&id);
     let mut accepted = Vec::new();
     let mut refused = false;
     // One job runs and one waits; by the fourth submission the queue must be full.
     for _ in 0..4 {
         let request = test::TestRequest::post()
             .uri(&uri)
+            .insert_header(("authorization", format!("Bearer {}", token())))
+            .insert_header(("content-type", "application/octet-stream"))
             .set_payload(body.clone())
             .to_request();
         let response = test::call_service(&app, request).await;
@@ -369,7 +412,10 @@ async fn a_full_queue_answers_503_and_every_accepted_job_finishes() {
 #[actix_web::test]
 async fn eight_clients_with_two_images_each_all_get_correct_results() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 16)).await;
+    let mut shared = config(dir.path(), 16);
+    // The eight clients share one token here.
+    shared.queue.per_owner = 8;
+    let app = app(&shared).await;
     let images = [
         "pneumoniamnist/test-0000-pneumonia.png",
         "pneumoniamnist/test-0001-pneumonia.png",
@@ -390,8 +436,8 @@ async fn eight_clients_with_two_images_each_all_get_correct_results() {
         .map(|(i, (client, key))| async move {
             let names = [images[i % images.len()], images[(i + 3) % images.len()]];
             let id = register(app, key).await;
-            let uri = format!("/api/v1/jobs?model=pneumonia-a&key={id}");
-            let (status, body) = call(app, Method::POST, &uri, batch(client, &names)).await;
+            let (status, body) =
+                call(app, Method::POST, &job_uri(&id), batch(client, &names)).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
             let job = json(&body)["job_id"].as_str().unwrap().to_owned();
             let end = wait(app, &job).await;
@@ -422,8 +468,7 @@ async fn key_registrations_survive_a_restart() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["created"], false);
     let names = ["covid-cxr-actualmed/covid-1.png"];
-    let uri = format!("/api/v1/jobs?model=pneumonia-a&key={id}");
-    let (status, body) = call(&app, Method::POST, &uri, batch(client, &names)).await;
+    let (status, body) = call(&app, Method::POST, &job_uri(&id), batch(client, &names)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let job = json(&body)["job_id"].as_str().unwrap().to_owned();
     assert_eq!(wait(&app, &job).await["state"], "done");
@@ -440,10 +485,7 @@ async fn random_and_truncated_bodies_never_get_a_5xx() {
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let routes = [
         (Method::POST, "/api/v1/keys".to_owned()),
-        (
-            Method::POST,
-            format!("/api/v1/jobs?model=pneumonia-a&key={id}"),
-        ),
+        (Method::POST, job_uri(&id)),
         (Method::GET, "/api/v1/health".to_owned()),
         (Method::GET, "/api/v1/models".to_owned()),
         (Method::GET, "/api/v1/models/pneumonia-a".to_owned()),
@@ -523,4 +565,327 @@ async fn the_openapi_description_matches_the_server() {
         .map(|c| c.as_str().unwrap())
         .collect();
     assert_eq!(codes, hexray_evaluator::server::error::ApiError::CODES);
+}
+
+/// The data directory's stored key files, wherever their owner's folder is.
+fn stored_keys(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for owner in std::fs::read_dir(dir.join("keys")).unwrap() {
+        for entry in std::fs::read_dir(owner.unwrap().path()).unwrap() {
+            found.push(entry.unwrap().path());
+        }
+    }
+    found
+}
+
+#[actix_web::test]
+async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (client, key) = shared_client();
+    let other = Some(tokens().1[1].as_str());
+    for (method, uri) in [
+        (Method::GET, "/api/v1/models"),
+        (Method::GET, "/api/v1/models/pneumonia-a"),
+        (Method::POST, "/api/v1/keys"),
+        (Method::GET, "/api/v1/keys/00ff"),
+        (Method::POST, "/api/v1/jobs"),
+        (Method::GET, "/api/v1/jobs/00ff"),
+        (Method::GET, "/api/v1/jobs/00ff/events"),
+        (Method::GET, "/api/v1/jobs/00ff/outputs"),
+    ] {
+        for token in [None, Some("hxr_not-a-token")] {
+            let (status, body) = call_as(&app, token, method.clone(), uri, vec![]).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+            assert_eq!(json(&body)["code"], "unauthorized");
+        }
+    }
+    let (status, body) = call_as(&app, None, Method::GET, "/api/v1/health", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["auth"], "token");
+    // Metrics answer loopback peers only (or a metrics token).
+    let remote = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("192.0.2.7:40000".parse().unwrap())
+        .to_request();
+    assert_eq!(
+        test::call_service(&app, remote).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let id = register(&app, key).await;
+    let key_uri = format!("/api/v1/keys/{id}");
+    let (status, _) = call_as(&app, other, Method::GET, &key_uri, vec![]).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another token's key is unknown to it"
+    );
+    let one = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"]);
+    let (status, body) = call_as(&app, other, Method::POST, &job_uri(&id), one.clone()).await;
+    assert_eq!(
+        (status, json(&body)["code"].clone()),
+        (StatusCode::NOT_FOUND, "unknown_key".into())
+    );
+    let (status, body) = call(&app, Method::POST, &job_uri(&id), one).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job = json(&body)["job_id"].as_str().unwrap().to_owned();
+    for suffix in ["", "/events", "/outputs"] {
+        let uri = format!("/api/v1/jobs/{job}{suffix}");
+        let (status, body) = call_as(&app, other, Method::GET, &uri, vec![]).await;
+        assert_eq!(
+            (status, json(&body)["code"].clone()),
+            (StatusCode::NOT_FOUND, "unknown_job".into())
+        );
+    }
+    assert_eq!(wait(&app, &job).await["state"], "done");
+}
+
+#[actix_web::test]
+async fn the_client_spec_holds_no_weights_and_a_stale_fingerprint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (status, body) = call(&app, Method::GET, "/api/v1/models/pneumonia-a", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.len() < 4096, "the spec is {} bytes", body.len());
+    assert!(!body.windows(12).any(|w| w == b"HEXRAY-MODEL"));
+    let spec = hexray_model::ClientSpec::from_json(&body).unwrap();
+    assert_eq!(spec, model().spec);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for secret in [
+        "weights",
+        "bias",
+        "functions",
+        "input_scales",
+        "acc_min",
+        "sigma",
+        "layers",
+    ] {
+        assert!(!text.contains(secret), "the spec mentions {secret}");
+    }
+    let (_, key) = shared_client();
+    let id = register(&app, key).await;
+    let stale = format!(
+        "/api/v1/jobs?model=pneumonia-a&key={id}&fingerprint={}",
+        "0".repeat(64)
+    );
+    assert_eq!(
+        error(&app, Method::POST, &stale, vec![]).await,
+        (StatusCode::CONFLICT, "stale_model".to_owned())
+    );
+}
+
+#[actix_web::test]
+async fn bodies_that_are_not_octet_streams_are_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (_, key) = shared_client();
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = test::TestRequest::post()
+            .uri("/api/v1/keys")
+            .insert_header(("authorization", format!("Bearer {}", token())));
+        if let Some(t) = content_type {
+            request = request.insert_header(("content-type", t));
+        }
+        let response =
+            test::call_service(&app, request.set_payload(key.clone()).to_request()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+    }
+    assert!(stored_keys(dir.path()).is_empty());
+    register(&app, key).await;
+}
+
+#[actix_web::test]
+async fn a_token_over_its_key_quota_or_a_full_store_is_refused_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut limited = config(dir.path(), 4);
+    limited.keys.per_owner = 1;
+    let app = app(&limited).await;
+    let (_, first) = shared_client();
+    let (_, second) = client(2);
+    register(&app, first).await;
+    assert_eq!(
+        error(&app, Method::POST, "/api/v1/keys", second.clone()).await,
+        (StatusCode::TOO_MANY_REQUESTS, "key_quota".to_owned())
+    );
+    // The same key again is no new key, and another token has its own quota.
+    register(&app, first).await;
+    let other = Some(tokens().1[1].as_str());
+    let (status, _) = call_as(&app, other, Method::POST, "/api/v1/keys", second.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = config(dir.path(), 4);
+    small.keys.storage_bytes = first.len() as u64 + 1000;
+    let app = self::app(&small).await;
+    register(&app, first).await;
+    assert_eq!(
+        error(&app, Method::POST, "/api/v1/keys", second.clone()).await,
+        (StatusCode::INSUFFICIENT_STORAGE, "storage_full".to_owned())
+    );
+    assert_eq!(
+        stored_keys(dir.path()).len(),
+        1,
+        "nothing of the refused key is left"
+    );
+    let (status, _) = call(&app, Method::GET, "/api/v1/health", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn a_token_hogging_the_queue_gets_429_while_another_tokens_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut limited = config(dir.path(), 8);
+    limited.queue.per_owner = 1;
+    let app = app(&limited).await;
+    let (client, key) = shared_client();
+    let id = register(&app, key).await;
+    let other = Some(tokens().1[1].as_str());
+    let (status, body) = call_as(&app, other, Method::POST, "/api/v1/keys", key.clone()).await;
+    assert!(status.is_success(), "{body:?}");
+    let names = ["pneumoniamnist/test-0234-normal.png"];
+    let one = batch(client, &names);
+    let (status, body) = call(&app, Method::POST, &job_uri(&id), one.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let hog = json(&body)["job_id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(
+            error(&app, Method::POST, &job_uri(&id), one.clone()).await,
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_jobs".to_owned())
+        );
+    }
+    let (status, body) = call_as(&app, other, Method::POST, &job_uri(&id), one).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    let polite = json(&body)["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait(&app, &hog).await["state"], "done");
+    let (status, body) = call_as(
+        &app,
+        other,
+        Method::GET,
+        &format!("/api/v1/jobs/{polite}"),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(json(&body)["state"], "failed");
+}
+
+#[actix_web::test]
+async fn progress_streams_are_capped_per_job_and_ten_thousand_more_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut limited = config(dir.path(), 4);
+    limited.limits.streams_per_job = 2;
+    let app = app(&limited).await;
+    let (client, key) = shared_client();
+    let id = register(&app, key).await;
+    let one = batch(client, &["pneumoniamnist/test-0234-normal.png"]);
+    let (_, body) = call(&app, Method::POST, &job_uri(&id), one).await;
+    let job = json(&body)["job_id"].as_str().unwrap().to_owned();
+    let events = format!("/api/v1/jobs/{job}/events");
+    let open = |_| {
+        test::TestRequest::get()
+            .uri(&events)
+            .insert_header(("authorization", format!("Bearer {}", token())))
+            .to_request()
+    };
+    // Two streams stay open (their responses are held, unread).
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let response = test::call_service(&app, open(i)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    let mut refused = 0;
+    for i in 0..10_000 {
+        let response = test::call_service(&app, open(i)).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10_000);
+    // Closing one frees its slot.
+    held.pop();
+    assert_eq!(
+        test::call_service(&app, open(0)).await.status(),
+        StatusCode::OK
+    );
+    drop(held);
+    assert_eq!(wait(&app, &job).await["state"], "done");
+}
+
+#[actix_web::test]
+async fn a_damaged_key_is_quarantined_reported_unknown_and_repaired_by_a_new_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = shared_client();
+    let id = {
+        let app = app(&config(dir.path(), 4)).await;
+        register(&app, key).await
+    };
+    let stored = stored_keys(dir.path());
+    assert_eq!(stored.len(), 1);
+    let mut bytes = std::fs::read(&stored[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&stored[0], bytes).unwrap();
+    // A stray file and a crash's leftover do not stop a start.
+    std::fs::write(stored[0].with_file_name("notes.txt"), "x").unwrap();
+    std::fs::write(stored[0].with_file_name(".x.partial"), "x").unwrap();
+
+    let app = app(&config(dir.path(), 4)).await;
+    let names = ["covid-cxr-actualmed/covid-1.png"];
+    assert_eq!(
+        error(&app, Method::POST, &job_uri(&id), batch(client, &names)).await,
+        (StatusCode::NOT_FOUND, "unknown_key".to_owned())
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("quarantine"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let (status, body) = call(&app, Method::POST, "/api/v1/keys", key.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    let (status, body) = call(&app, Method::POST, &job_uri(&id), batch(client, &names)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    let job = json(&body)["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait(&app, &job).await["state"], "done");
+    check_outputs(&app, &job, client, &names).await;
+}
+
+#[actix_web::test]
+async fn concurrent_uploads_of_one_key_store_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (_, key) = shared_client();
+    let other = Some(tokens().1[1].as_str());
+    // Each token has two upload slots: two at once from one token both go through.
+    let uploads = (0..2).map(|_| call(&app, Method::POST, "/api/v1/keys", key.clone()));
+    let answers = futures_util::future::join_all(uploads).await;
+    let created: Vec<bool> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert!(status.is_success(), "{status}: {body:?}");
+            json(body)["created"].as_bool().unwrap()
+        })
+        .collect();
+    assert_eq!(created.iter().filter(|&&c| c).count(), 1, "{created:?}");
+    let (status, _) = call_as(&app, other, Method::POST, "/api/v1/keys", key.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the other token stores its own copy"
+    );
+    let files = stored_keys(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files
+        .iter()
+        .all(|f| f.extension().is_some_and(|e| e == "key")));
 }

@@ -79,7 +79,10 @@ fn key_generation_gives_a_key_pair_of_the_models_parameter_set() {
 #[wasm_bindgen_test]
 fn preprocessing_equals_the_native_function() {
     let model = ok(Model::new(&spec()));
-    assert!(Model::new(MODEL).is_err(), "the model file itself is not a spec");
+    assert!(
+        Model::new(MODEL).is_err(),
+        "the model file itself is not a spec"
+    );
     let native: Vec<i32> = NATIVE
         .split_whitespace()
         .map(|v| v.parse().unwrap())
@@ -98,8 +101,7 @@ fn encrypt_then_decrypt_gives_back_the_preprocessed_image() {
     // Decrypt the uploaded ciphertexts with the same key: each phase is q·Δ plus small noise,
     // Δ the public input unit.
     let spec = ClientSpec::from_json(&spec()).unwrap();
-    let image =
-        EncryptedImage::from_bytes(&upload, ParameterSet::Ks32, spec.input_len()).unwrap();
+    let image = EncryptedImage::from_bytes(&upload, ParameterSet::Ks32, spec.input_len()).unwrap();
     let key = ClientKey::from_bytes(&client_key).unwrap();
     let delta = spec.input_delta() as f64;
     let decrypted: Vec<i32> = key

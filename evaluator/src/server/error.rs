@@ -35,6 +35,26 @@ pub enum ApiError {
     QueueFull { retry_after: u64 },
     #[error("no route for {0}")]
     NotFound(String),
+    #[error("this server needs an access token: send `Authorization: Bearer <token>` (ask your HEXray administrator for one)")]
+    Unauthorized,
+    #[error("send the body as `Content-Type: application/octet-stream`")]
+    UnsupportedMediaType,
+    #[error(
+        "model `{0}` has changed since its spec was fetched: fetch the spec again and re-encrypt"
+    )]
+    StaleModel(String),
+    #[error("this token already has {limit} keys registered; forget an old one or wait for it to expire")]
+    KeyQuota { limit: usize },
+    #[error("the server's key storage is full; try again later or ask the administrator")]
+    StorageFull,
+    #[error("this token already has {limit} uploads in progress; wait for them to finish")]
+    TooManyUploads { limit: usize },
+    #[error("this token already has {limit} jobs queued or running; wait for one to finish")]
+    TooManyJobs { limit: usize },
+    #[error("this job already has {limit} progress streams open; poll the job instead")]
+    TooManyStreams { limit: usize },
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout { seconds: u64 },
     #[error("server error: {0}")]
     Internal(String),
 }
@@ -63,12 +83,21 @@ impl ApiError {
             ApiError::JobFailed { .. } => "job_failed",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::StaleModel(_) => "stale_model",
+            ApiError::KeyQuota { .. } => "key_quota",
+            ApiError::StorageFull => "storage_full",
+            ApiError::TooManyUploads { .. } => "too_many_uploads",
+            ApiError::TooManyJobs { .. } => "too_many_jobs",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::Internal(_) => "internal",
         }
     }
 
     /// Every code, for the test that keeps the OpenAPI description true.
-    pub const CODES: [&'static str; 14] = [
+    pub const CODES: [&'static str; 23] = [
         "unknown_model",
         "unknown_key",
         "unknown_job",
@@ -83,6 +112,15 @@ impl ApiError {
         "queue_full",
         "not_found",
         "internal",
+        "unauthorized",
+        "unsupported_media_type",
+        "stale_model",
+        "key_quota",
+        "storage_full",
+        "too_many_uploads",
+        "too_many_jobs",
+        "too_many_streams",
+        "body_timeout",
     ];
 }
 
@@ -99,7 +137,17 @@ impl ResponseError for ApiError {
             | ApiError::WrongInputCount(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotReady(_) | ApiError::JobFailed { .. } => StatusCode::CONFLICT,
+            ApiError::NotReady(_) | ApiError::JobFailed { .. } | ApiError::StaleModel(_) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::KeyQuota { .. }
+            | ApiError::TooManyUploads { .. }
+            | ApiError::TooManyJobs { .. }
+            | ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -107,8 +155,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::QueueFull { retry_after } = self {
-            response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+        match self {
+            ApiError::QueueFull { retry_after } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
         }
         response.json(Body {
             code: self.code(),

@@ -15,6 +15,7 @@ use hexray_crypto::{frames, EncryptedImage};
 use rand::RngCore;
 use serde::Serialize;
 
+use super::auth::Owner;
 use super::error::ApiError;
 use super::keys::KeyStore;
 use super::metrics::Metrics;
@@ -25,7 +26,11 @@ use crate::evaluate_batch;
 pub struct Job {
     pub id: String,
     pub model: Arc<ServedModel>,
+    /// The token that submitted it: only that token can see it.
+    pub owner: Owner,
     pub key_id: String,
+    /// Progress streams open on this job, bounded per job.
+    pub streams: AtomicUsize,
     pub images: usize,
     pub bootstraps_total: usize,
     pub bootstraps_done: AtomicUsize,
@@ -44,7 +49,7 @@ enum State {
         finished: Instant,
     },
     Failed {
-        message: String,
+        error: ApiError,
         finished: Instant,
     },
 }
@@ -64,6 +69,9 @@ pub struct Status {
     pub seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The failure's API code; `unknown_key` tells the client to upload its key again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
 }
 
 impl Status {
@@ -79,7 +87,7 @@ impl Job {
             State::Queued => ("queued", None, None),
             State::Running { started } => ("running", Some(started.elapsed().as_secs_f64()), None),
             State::Done { seconds, .. } => ("done", Some(*seconds), None),
-            State::Failed { message, .. } => ("failed", None, Some(message.clone())),
+            State::Failed { error, .. } => ("failed", None, Some(error)),
         };
         Status {
             job_id: self.id.clone(),
@@ -89,7 +97,8 @@ impl Job {
             bootstraps_done: self.bootstraps_done.load(Ordering::Relaxed),
             bootstraps_total: self.bootstraps_total,
             seconds,
-            error,
+            error: error.map(ToString::to_string),
+            error_code: error.map(ApiError::code),
         }
     }
 
@@ -97,12 +106,20 @@ impl Job {
     pub fn outputs(&self) -> Result<Arc<Vec<u8>>, ApiError> {
         match &*self.state.lock().expect("job state lock") {
             State::Done { outputs, .. } => Ok(outputs.clone()),
-            State::Failed { message, .. } => Err(ApiError::JobFailed {
+            State::Failed { error, .. } => Err(ApiError::JobFailed {
                 id: self.id.clone(),
-                message: message.clone(),
+                message: error.to_string(),
             }),
             _ => Err(ApiError::NotReady(self.id.clone())),
         }
+    }
+
+    /// Queued or running.
+    fn is_active(&self) -> bool {
+        matches!(
+            *self.state.lock().expect("job state lock"),
+            State::Queued | State::Running { .. }
+        )
     }
 
     fn finished_at(&self) -> Option<Instant> {
@@ -125,15 +142,34 @@ pub struct QueueConfig {
     pub capacity: usize,
     /// How long finished jobs (and their outputs) are kept for clients to fetch.
     pub retention: Duration,
+    /// Jobs one token may have queued or running, so one client cannot hold the queue.
+    pub per_owner: usize,
 }
 
 pub struct JobQueue {
     sender: SyncSender<Arc<Job>>,
-    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    jobs: Arc<Jobs>,
     queued: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
-    retention: Duration,
+    per_owner: usize,
     pub metrics: Arc<Metrics>,
+}
+
+/// Every job a client may still ask about, and how long finished ones are kept.
+struct Jobs {
+    table: Mutex<HashMap<String, Arc<Job>>>,
+    retention: Duration,
+}
+
+impl Jobs {
+    /// Removes finished jobs older than the retention, and their outputs.
+    fn forget_expired(&self) {
+        let retention = self.retention;
+        self.table
+            .lock()
+            .expect("job table lock")
+            .retain(|_, job| job.finished_at().is_none_or(|t| t.elapsed() < retention));
+    }
 }
 
 impl JobQueue {
@@ -164,12 +200,30 @@ impl JobQueue {
                 .spawn(move || worker.run())
                 .expect("a worker thread starts");
         }
+        let jobs = Arc::new(Jobs {
+            table: Mutex::new(HashMap::new()),
+            retention: config.retention,
+        });
+        // Expired outputs are removed on a timer, not only when the next job arrives.
+        let sweeper = Arc::downgrade(&jobs);
+        let period =
+            (config.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        std::thread::Builder::new()
+            .name("hexray-job-sweeper".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                match sweeper.upgrade() {
+                    Some(jobs) => jobs.forget_expired(),
+                    None => return,
+                }
+            })
+            .expect("the job sweeper starts");
         JobQueue {
             sender,
-            jobs: Mutex::new(HashMap::new()),
+            jobs,
             queued,
             running,
-            retention: config.retention,
+            per_owner: config.per_owner,
             metrics,
         }
     }
@@ -178,16 +232,19 @@ impl JobQueue {
     pub fn submit(
         &self,
         model: Arc<ServedModel>,
+        owner: Owner,
         key_id: String,
         inputs: Vec<EncryptedImage>,
     ) -> Result<Status, ApiError> {
-        self.forget_expired();
+        self.check_owner_room(&owner)?;
         let images = inputs.len();
         let job = Arc::new(Job {
             id: job_id(),
             bootstraps_total: images * model.loaded.circuit.bootstrap_count(),
             model,
+            owner,
             key_id,
+            streams: AtomicUsize::new(0),
             images,
             bootstraps_done: AtomicUsize::new(0),
             inputs: Mutex::new(Some(inputs)),
@@ -199,6 +256,7 @@ impl JobQueue {
                 Metrics::add(&self.metrics.jobs_submitted, 1);
                 let status = job.status();
                 self.jobs
+                    .table
                     .lock()
                     .expect("job table lock")
                     .insert(job.id.clone(), job);
@@ -212,11 +270,32 @@ impl JobQueue {
         }
     }
 
-    pub fn get(&self, id: &str) -> Result<Arc<Job>, ApiError> {
+    /// Refuses a job when its owner already has its share of the queue.
+    pub fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
+        let active = self
+            .jobs
+            .table
+            .lock()
+            .expect("job table lock")
+            .values()
+            .filter(|job| job.owner == *owner && job.is_active())
+            .count();
+        if active >= self.per_owner {
+            return Err(ApiError::TooManyJobs {
+                limit: self.per_owner,
+            });
+        }
+        Ok(())
+    }
+
+    /// `owner`'s job; another token's job is unknown to it.
+    pub fn get(&self, owner: &Owner, id: &str) -> Result<Arc<Job>, ApiError> {
         self.jobs
+            .table
             .lock()
             .expect("job table lock")
             .get(id)
+            .filter(|job| job.owner == *owner)
             .cloned()
             .ok_or_else(|| ApiError::UnknownJob(id.into()))
     }
@@ -227,14 +306,6 @@ impl JobQueue {
             self.queued.load(Ordering::SeqCst),
             self.running.load(Ordering::SeqCst),
         )
-    }
-
-    fn forget_expired(&self) {
-        let retention = self.retention;
-        self.jobs
-            .lock()
-            .expect("job table lock")
-            .retain(|_, job| job.finished_at().is_none_or(|t| t.elapsed() < retention));
     }
 }
 
@@ -268,7 +339,7 @@ impl Worker {
             // A panic in one job must not take the worker, or the server, down with it.
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.evaluate(&job)))
-                    .unwrap_or_else(|_| Err("the evaluation panicked".into()));
+                    .unwrap_or_else(|_| Err(ApiError::Internal("the evaluation panicked".into())));
             let finished = Instant::now();
             let seconds = (finished - started).as_secs_f64();
             Metrics::add(
@@ -295,10 +366,10 @@ impl Worker {
                         finished,
                     }
                 }
-                Err(message) => {
+                Err(error) => {
                     Metrics::add(&self.metrics.jobs_failed, 1);
-                    log::warn!("job {} failed: {message}", job.id);
-                    State::Failed { message, finished }
+                    log::warn!("job {} failed: {error}", job.id);
+                    State::Failed { error, finished }
                 }
             };
             *job.state.lock().expect("job state lock") = state;
@@ -306,24 +377,21 @@ impl Worker {
         }
     }
 
-    fn evaluate(&self, job: &Job) -> Result<Vec<u8>, String> {
-        let key = self
-            .keys
-            .server_key(&job.key_id)
-            .map_err(|e| e.to_string())?;
+    fn evaluate(&self, job: &Job) -> Result<Vec<u8>, ApiError> {
+        let key = self.keys.server_key(&job.owner, &job.key_id)?;
         let inputs = job
             .inputs
             .lock()
             .expect("job inputs lock")
             .take()
-            .ok_or("the job's inputs were already consumed")?;
+            .ok_or_else(|| ApiError::Internal("the job's inputs were already consumed".into()))?;
         let progress = || {
             job.bootstraps_done.fetch_add(1, Ordering::Relaxed);
         };
         let (outputs, _) = self
             .pool
             .install(|| evaluate_batch(&job.model.loaded, &key, inputs, &progress))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let blobs: Vec<Vec<u8>> = outputs.iter().map(|o| o.to_bytes()).collect();
         Ok(frames::pack(&blobs))
     }

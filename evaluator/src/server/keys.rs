@@ -1,18 +1,31 @@
-//! Clients' server keys: registered once, persisted, and kept expanded in a memory-bounded cache.
+//! Clients' server keys: registered once, persisted durably, checked when loaded, and kept
+//! expanded in a memory-bounded cache.
 //!
-//! A key's id is a hash of its compressed bytes, so registering the same key twice is harmless
-//! and a returning client can check its id without uploading 30 MB again. The compressed key
-//! is written to `<data dir>/keys/<id>.<set>.key` before the id is returned, so a restart loses
-//! no registration. Expanding a key takes about a second and 85 MB, so expanded keys live in an
-//! LRU cache whose total size is bounded; an evicted key is simply expanded again from disk.
+//! A key's id is the first 128 bits of the SHA-256 of its compressed bytes, so registering the
+//! same key twice is harmless, a returning client can check its id without uploading 30 MB
+//! again, and a stored file can be checked against its name. Each key belongs to the token that
+//! registered it and is stored at `<data dir>/keys/<owner>/<id>.<set>.key`: written to a unique
+//! temporary file, fsynced, renamed, and its directory fsynced before the id is returned, so a
+//! crash loses no registration and never leaves a half-written key under a real name.
+//!
+//! A stored key that no longer matches its id is moved to `<data dir>/quarantine/`, logged,
+//! and reported as unknown, so its browser uploads it again; uploading a known id repairs a
+//! missing or damaged file. Keys unused for longer than the expiry are deleted.
+//!
+//! Expanding a key takes about a second and 85 MB, so expanded keys live in an LRU cache whose
+//! total size is bounded; an evicted key is simply expanded again from disk.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use hexray_crypto::{CompressedServerKey, ParameterSet, ServerKey};
+use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use super::auth::Owner;
 use super::error::ApiError;
 
 /// A registered key, as the API describes it.
@@ -23,10 +36,30 @@ pub struct Registration {
     pub created: bool,
 }
 
+/// How much key storage clients may use.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyLimits {
+    /// Keys one token may have registered.
+    pub per_owner: usize,
+    /// Bytes of stored keys, all tokens together.
+    pub storage_bytes: u64,
+    /// Keys unused for this long are deleted.
+    pub expiry: Duration,
+}
+
+/// One stored key.
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    set: ParameterSet,
+    bytes: u64,
+    last_used: SystemTime,
+}
+
 pub struct KeyStore {
     dir: PathBuf,
-    /// Every persisted key's parameter set, by id.
-    index: Mutex<HashMap<String, ParameterSet>>,
+    quarantine: PathBuf,
+    limits: KeyLimits,
+    index: Mutex<HashMap<(Owner, String), Stored>>,
     cache: Mutex<Lru>,
 }
 
@@ -38,31 +71,72 @@ struct Lru {
 
 impl KeyStore {
     /// Opens (creating it if needed) the key directory under `data_dir` and indexes the keys
-    /// registered before a restart.
-    pub fn open(data_dir: &std::path::Path, cache_bytes: usize) -> std::io::Result<Self> {
+    /// registered before a restart. Entries that cannot be read are logged and skipped, and
+    /// temporary files left by a crash are removed: a damaged directory never stops a start.
+    pub fn open(data_dir: &Path, cache_bytes: usize, limits: KeyLimits) -> std::io::Result<Self> {
         let dir = data_dir.join("keys");
+        let quarantine = data_dir.join("quarantine");
         std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&quarantine)?;
         let mut index = HashMap::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let name = entry?.file_name();
-            let Some((id, set)) = name.to_str().and_then(parse_file_name) else {
+        for owner_dir in std::fs::read_dir(&dir)? {
+            let Some(owner_dir) = skip_unreadable(owner_dir) else {
                 continue;
             };
-            index.insert(id.to_owned(), set);
+            let owner_path = owner_dir.path();
+            let Some(owner) = owner_dir.file_name().to_str().map(|s| Owner(s.to_owned())) else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(&owner_path) else {
+                log::warn!(
+                    "skipping {}: not a readable directory",
+                    owner_path.display()
+                );
+                continue;
+            };
+            for entry in entries {
+                let Some(entry) = skip_unreadable(entry) else {
+                    continue;
+                };
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".partial") {
+                    let _ = std::fs::remove_file(entry.path());
+                    continue;
+                }
+                let (Some((id, set)), Ok(meta)) = (parse_file_name(&name), entry.metadata()) else {
+                    log::warn!("skipping {}: not a key file", entry.path().display());
+                    continue;
+                };
+                let stored = Stored {
+                    set,
+                    bytes: meta.len(),
+                    last_used: meta.modified().unwrap_or_else(|_| SystemTime::now()),
+                };
+                index.insert((owner.clone(), id.to_owned()), stored);
+            }
         }
-        Ok(KeyStore {
+        let store = KeyStore {
             dir,
+            quarantine,
+            limits,
             index: Mutex::new(index),
             cache: Mutex::new(Lru {
                 budget: cache_bytes,
                 entries: VecDeque::new(),
             }),
-        })
+        };
+        store.expire();
+        Ok(store)
     }
 
-    /// Validates and persists a compressed server key; returns its id. Blocking: it parses and
-    /// writes tens of megabytes.
-    pub fn register(&self, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
+    /// Validates and persists a compressed server key for `owner`; returns its id. Blocking: it
+    /// parses, hashes and writes tens of megabytes.
+    pub fn register(
+        &self,
+        owner: &Owner,
+        bytes: &[u8],
+    ) -> Result<(String, Registration), ApiError> {
         let key = CompressedServerKey::from_bytes(bytes).map_err(|e| match e {
             hexray_crypto::CryptoError::ParameterMismatch { .. } => {
                 ApiError::ParameterMismatch(e.to_string())
@@ -70,52 +144,98 @@ impl KeyStore {
             _ => ApiError::MalformedKey(e.to_string()),
         })?;
         let id = key_id(bytes);
-        let parameter_set = key.parameter_set();
-        if self.lookup(&id).is_some() {
+        let set = key.parameter_set();
+        let path = self.path(owner, &id, set);
+        let known = self.lookup(owner, &id).is_some();
+        if known && std::fs::read(&path).is_ok_and(|stored| key_id(&stored) == id) {
             return Ok((
                 id,
                 Registration {
-                    parameter_set,
+                    parameter_set: set,
                     created: false,
                 },
             ));
         }
-        // Write to a temporary name, then rename: a crash never leaves a truncated key behind.
-        let path = self.path(&id, parameter_set);
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, bytes)
-            .and_then(|()| std::fs::rename(&partial, &path))
+        if !known {
+            self.check_room(owner, bytes.len() as u64)?;
+        } else {
+            log::warn!("repairing the stored copy of key {id} from a new upload");
+        }
+        write_durably(&path, bytes)
             .map_err(|e| ApiError::Internal(format!("cannot store the key: {e}")))?;
-        self.index
+        let stored = Stored {
+            set,
+            bytes: bytes.len() as u64,
+            last_used: SystemTime::now(),
+        };
+        let created = self
+            .index
             .lock()
             .expect("key index lock")
-            .insert(id.clone(), parameter_set);
-        log::info!("registered server key {id} ({})", parameter_set.name());
+            .insert((owner.clone(), id.clone()), stored)
+            .is_none();
+        if created {
+            log::info!("registered server key {id} ({})", set.name());
+        }
         Ok((
             id,
             Registration {
-                parameter_set,
-                created: true,
+                parameter_set: set,
+                created,
             },
         ))
     }
 
-    /// The parameter set of a registered key.
-    pub fn lookup(&self, id: &str) -> Option<ParameterSet> {
-        self.index.lock().expect("key index lock").get(id).copied()
+    /// Refuses a new key when its owner is at the quota or the storage is full.
+    fn check_room(&self, owner: &Owner, bytes: u64) -> Result<(), ApiError> {
+        let index = self.index.lock().expect("key index lock");
+        let owned = index.keys().filter(|(o, _)| o == owner).count();
+        if owned >= self.limits.per_owner {
+            return Err(ApiError::KeyQuota {
+                limit: self.limits.per_owner,
+            });
+        }
+        let used: u64 = index.values().map(|s| s.bytes).sum();
+        if used + bytes > self.limits.storage_bytes {
+            log::warn!("key storage full: {used} bytes used");
+            return Err(ApiError::StorageFull);
+        }
+        Ok(())
     }
 
-    /// The expanded key, from the cache or expanded from disk. Blocking: expansion takes about a
-    /// second.
-    pub fn server_key(&self, id: &str) -> Result<Arc<ServerKey>, ApiError> {
+    /// The parameter set of a key `owner` registered.
+    pub fn lookup(&self, owner: &Owner, id: &str) -> Option<ParameterSet> {
+        self.index
+            .lock()
+            .expect("key index lock")
+            .get(&(owner.clone(), id.to_owned()))
+            .map(|s| s.set)
+    }
+
+    /// Checks that `owner`'s key is usable: in the cache, or stored intact. A damaged or
+    /// missing file is quarantined and the key reported unknown, so the client uploads it
+    /// again. Blocking: it may hash 30 MB.
+    pub fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError> {
+        let set = self
+            .lookup(owner, id)
+            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+        if self.cache.lock().expect("key cache lock").contains(id) {
+            return Ok(set);
+        }
+        self.read_intact(owner, id, set).map(|_| set)
+    }
+
+    /// The expanded key, from the cache or expanded from disk, and marks it used. Blocking:
+    /// expansion takes about a second.
+    pub fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {
+        let set = self
+            .lookup(owner, id)
+            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+        self.touch(owner, id, set);
         if let Some(key) = self.cache.lock().expect("key cache lock").get(id) {
             return Ok(key);
         }
-        let set = self
-            .lookup(id)
-            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
-        let bytes = std::fs::read(self.path(id, set))
-            .map_err(|e| ApiError::Internal(format!("cannot read key {id}: {e}")))?;
+        let bytes = self.read_intact(owner, id, set)?;
         let key = CompressedServerKey::from_bytes(&bytes)
             .map_err(|e| ApiError::Internal(format!("stored key {id} no longer reads: {e}")))?;
         let key = Arc::new(key.decompress());
@@ -124,6 +244,83 @@ impl KeyStore {
             .expect("key cache lock")
             .insert(id.into(), key.clone());
         Ok(key)
+    }
+
+    /// The stored bytes, if they still hash to `id`; otherwise the file is quarantined and the
+    /// key forgotten.
+    fn read_intact(&self, owner: &Owner, id: &str, set: ParameterSet) -> Result<Vec<u8>, ApiError> {
+        let path = self.path(owner, id, set);
+        match std::fs::read(&path) {
+            Ok(bytes) if key_id(&bytes) == id => return Ok(bytes),
+            Ok(_) => {
+                let stamp = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let target = self
+                    .quarantine
+                    .join(format!("{}-{id}-{stamp}.key", owner.0));
+                log::error!(
+                    "stored key {id} is damaged (its bytes no longer match its id): moved to {}",
+                    target.display()
+                );
+                if let Err(e) = std::fs::rename(&path, &target) {
+                    log::error!("cannot quarantine {}: {e}", path.display());
+                }
+            }
+            Err(e) => log::error!("stored key {id} cannot be read: {e}"),
+        }
+        self.forget(owner, id);
+        Err(ApiError::UnknownKey(id.into()))
+    }
+
+    fn forget(&self, owner: &Owner, id: &str) {
+        self.index
+            .lock()
+            .expect("key index lock")
+            .remove(&(owner.clone(), id.to_owned()));
+        self.cache.lock().expect("key cache lock").remove(id);
+    }
+
+    /// Records a use, in the index and as the file's modification time, which is what a
+    /// restarted server reads back.
+    fn touch(&self, owner: &Owner, id: &str, set: ParameterSet) {
+        let now = SystemTime::now();
+        if let Some(stored) = self
+            .index
+            .lock()
+            .expect("key index lock")
+            .get_mut(&(owner.clone(), id.to_owned()))
+        {
+            stored.last_used = now;
+        }
+        let file = std::fs::File::options()
+            .append(true)
+            .open(self.path(owner, id, set));
+        if let Err(e) = file.and_then(|f| f.set_modified(now)) {
+            log::warn!("cannot record the use of key {id}: {e}");
+        }
+    }
+
+    /// Deletes keys unused for longer than the expiry. Returns how many.
+    pub fn expire(&self) -> usize {
+        let expiry = self.limits.expiry;
+        let expired: Vec<(Owner, String, ParameterSet)> = self
+            .index
+            .lock()
+            .expect("key index lock")
+            .iter()
+            .filter(|(_, s)| s.last_used.elapsed().is_ok_and(|age| age > expiry))
+            .map(|((owner, id), s)| (owner.clone(), id.clone(), s.set))
+            .collect();
+        for (owner, id, set) in &expired {
+            log::info!(
+                "key {id} unused for over {} days: deleted",
+                expiry.as_secs() / 86_400
+            );
+            let _ = std::fs::remove_file(self.path(owner, id, *set));
+            self.forget(owner, id);
+        }
+        expired.len()
     }
 
     /// How many expanded keys the cache holds, and their size in bytes.
@@ -136,12 +333,53 @@ impl KeyStore {
         self.index.lock().expect("key index lock").len()
     }
 
-    fn path(&self, id: &str, set: ParameterSet) -> PathBuf {
-        self.dir.join(format!("{id}.{}.key", tag(set)))
+    fn path(&self, owner: &Owner, id: &str, set: ParameterSet) -> PathBuf {
+        self.dir
+            .join(&owner.0)
+            .join(format!("{id}.{}.key", tag(set)))
     }
 }
 
+/// Writes `bytes` to `path` so that a crash at any point leaves either no file or the whole
+/// file: a unique temporary file (concurrent uploads of one key never share one), fsynced,
+/// renamed, and the directory fsynced so the rename itself survives.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("a key path has a directory");
+    std::fs::create_dir_all(dir)?;
+    let mut nonce = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let name = path
+        .file_name()
+        .expect("a key path has a name")
+        .to_string_lossy();
+    let partial = dir.join(format!(
+        ".{name}.{:016x}.partial",
+        u64::from_le_bytes(nonce)
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+fn skip_unreadable(entry: std::io::Result<std::fs::DirEntry>) -> Option<std::fs::DirEntry> {
+    entry
+        .map_err(|e| log::warn!("skipping an unreadable entry of the key directory: {e}"))
+        .ok()
+}
+
 impl Lru {
+    fn contains(&self, id: &str) -> bool {
+        self.entries.iter().any(|(k, _)| k == id)
+    }
+
     fn get(&mut self, id: &str) -> Option<Arc<ServerKey>> {
         let at = self.entries.iter().position(|(k, _)| k == id)?;
         let entry = self.entries.remove(at).expect("position is in range");
@@ -150,10 +388,14 @@ impl Lru {
         Some(key)
     }
 
+    fn remove(&mut self, id: &str) {
+        self.entries.retain(|(k, _)| k != id);
+    }
+
     /// Inserts `key` and evicts the least recently used keys until the budget holds. The new
     /// key always stays, even alone over budget: a job needs it.
     fn insert(&mut self, id: String, key: Arc<ServerKey>) {
-        self.entries.retain(|(k, _)| *k != id);
+        self.remove(&id);
         self.entries.push_back((id, key));
         while self.used() > self.budget && self.entries.len() > 1 {
             let (evicted, _) = self.entries.pop_front().expect("more than one entry");

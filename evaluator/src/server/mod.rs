@@ -2,13 +2,16 @@
 //! inference API, in one actix-web binary.
 //!
 //! - [`models`]: the models served (a directory of `*.hexray` files, or the bundled default);
-//! - [`keys`]: clients' server keys, persisted and cached expanded;
+//!   clients get only their public client specs;
+//! - [`auth`]: bearer tokens, and who owns which key and job;
+//! - [`keys`]: clients' server keys, persisted durably, checked and cached expanded;
 //! - [`jobs`]: the bounded job queue and its workers;
 //! - [`routes`]: the API; [`error`]: its JSON errors; [`metrics`]: Prometheus counters.
 //!
 //! The server only ever holds server keys (which cannot decrypt), encrypted images and
 //! encrypted outputs. Its logs hold request lines and ids, never a body.
 
+pub mod auth;
 pub mod error;
 pub mod jobs;
 pub mod keys;
@@ -16,15 +19,20 @@ pub mod metrics;
 pub mod models;
 pub mod routes;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use actix_web::http::header;
+use actix_web::middleware::DefaultHeaders;
 use actix_web::web;
 use thiserror::Error;
 
+use self::auth::{Access, Owner};
 use self::error::ApiError;
 use self::jobs::{JobQueue, QueueConfig};
-use self::keys::KeyStore;
+use self::keys::{KeyLimits, KeyStore};
 use self::metrics::Metrics;
 use self::models::Models;
 use crate::model::LoadError;
@@ -39,22 +47,68 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Memory for expanded server keys.
     pub key_cache_bytes: usize,
+    pub keys: KeyLimits,
     pub limits: Limits,
 }
 
-/// Request limits, per route.
+impl Config {
+    /// A server of the bundled model on `data_dir` with `threads` evaluation threads and the
+    /// command line's default limits: for benchmarks and tests.
+    pub fn defaults(data_dir: &Path, threads: usize) -> Self {
+        Config {
+            models_dir: None,
+            data_dir: data_dir.to_path_buf(),
+            queue: QueueConfig {
+                workers: 1,
+                threads,
+                capacity: 16,
+                retention: Duration::from_secs(3600),
+                per_owner: 4,
+            },
+            key_cache_bytes: 1 << 30,
+            keys: KeyLimits {
+                per_owner: 4,
+                storage_bytes: 10 << 30,
+                expiry: Duration::from_secs(90 * 86_400),
+            },
+            limits: Limits {
+                batch_images: 16,
+                uploads_per_owner: 2,
+                body_timeout: Duration::from_secs(120),
+                streams_per_job: 4,
+            },
+        }
+    }
+}
+
+/// Request limits. Body sizes are not among them: they follow from the models served.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Largest `POST /keys` body.
-    pub key_bytes: usize,
     /// Most images in one job.
     pub batch_images: usize,
+    /// Bodies each token may be uploading at once.
+    pub uploads_per_owner: usize,
+    /// Time a request body has to arrive in full.
+    pub body_timeout: Duration,
+    /// Progress streams open at once on one job.
+    pub streams_per_job: usize,
+}
+
+/// The largest bodies the served models can need.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// A compressed server key of any served model's parameter set.
+    pub key: usize,
+    /// A batch of the largest model's encrypted images.
+    pub job: usize,
 }
 
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error(transparent)]
     Models(#[from] LoadError),
+    #[error(transparent)]
+    Tokens(#[from] auth::TokensError),
     #[error("cannot open the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -67,32 +121,106 @@ pub struct AppState {
     pub models: Models,
     pub keys: Arc<KeyStore>,
     pub jobs: JobQueue,
+    pub access: Access,
     pub limits: Limits,
+    pub bodies: BodyLimits,
+    /// Bodies being received, per token.
+    uploads: Mutex<HashMap<Owner, usize>>,
+}
+
+/// One body being received for `owner`; dropping it frees the slot.
+pub struct Upload<'a> {
+    state: &'a AppState,
+    owner: Owner,
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        let mut uploads = self.state.uploads.lock().expect("uploads lock");
+        if let Some(n) = uploads.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                uploads.remove(&self.owner);
+            }
+        }
+    }
 }
 
 impl AppState {
-    /// Loads the models, opens the key store and starts the job workers.
-    pub fn start(config: &Config) -> Result<Self, StartError> {
+    /// Loads the models, opens the key store and starts the job workers and the key expiry.
+    pub fn start(config: &Config, access: Access) -> Result<Self, StartError> {
         let models = match &config.models_dir {
             Some(dir) => Models::from_dir(dir)?,
             None => Models::bundled()?,
         };
         let keys = Arc::new(
-            KeyStore::open(&config.data_dir, config.key_cache_bytes).map_err(|source| {
-                StartError::DataDir {
+            KeyStore::open(&config.data_dir, config.key_cache_bytes, config.keys).map_err(
+                |source| StartError::DataDir {
                     path: config.data_dir.display().to_string(),
                     source,
-                }
-            })?,
+                },
+            )?,
         );
+        let expiring = Arc::downgrade(&keys);
+        std::thread::Builder::new()
+            .name("hexray-key-expiry".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(3600));
+                match expiring.upgrade() {
+                    Some(keys) => drop(keys.expire()),
+                    None => return,
+                }
+            })
+            .expect("the key expiry thread starts");
         let jobs = JobQueue::start(&config.queue, keys.clone(), Arc::new(Metrics::default()));
+        let bodies = models.body_limits(config.limits.batch_images);
         Ok(AppState {
             models,
             keys,
             jobs,
+            access,
             limits: config.limits,
+            bodies,
+            uploads: Mutex::new(HashMap::new()),
         })
     }
+
+    /// Claims an upload slot for `owner`, or refuses with 429.
+    pub fn begin_upload(&self, owner: &Owner) -> Result<Upload<'_>, ApiError> {
+        let mut uploads = self.uploads.lock().expect("uploads lock");
+        let n = uploads.entry(owner.clone()).or_insert(0);
+        if *n >= self.limits.uploads_per_owner {
+            return Err(ApiError::TooManyUploads {
+                limit: self.limits.uploads_per_owner,
+            });
+        }
+        *n += 1;
+        Ok(Upload {
+            state: self,
+            owner: owner.clone(),
+        })
+    }
+}
+
+/// The page's Content-Security-Policy: scripts and wasm only from this origin, no framing, no
+/// plug-ins, and requests only to `connect` (this origin, plus the evaluator when the page is
+/// hosted elsewhere).
+pub fn content_security_policy() -> String {
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+     img-src 'self' blob: data:; connect-src 'self'; worker-src 'self'; \
+     frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"
+        .into()
+}
+
+/// Security headers on every response: the CSP, no framing, no MIME sniffing, no referrer,
+/// and a browsing context of its own.
+pub fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add((header::CONTENT_SECURITY_POLICY, content_security_policy()))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "no-referrer"))
+        .add(("Cross-Origin-Opener-Policy", "same-origin"))
 }
 
 /// Registers the API, and the page from `web_dir` when given, on an actix app.
@@ -103,11 +231,6 @@ pub fn configure(
     let web_dir = web_dir.map(Path::to_path_buf);
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(state.clone())
-            .app_data(
-                web::QueryConfig::default().error_handler(|e, _| {
-                    ApiError::BadRequest(format!("query string: {e}")).into()
-                }),
-            )
             .app_data(
                 web::PathConfig::default()
                     .error_handler(|e, _| ApiError::BadRequest(format!("path: {e}")).into()),

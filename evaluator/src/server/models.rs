@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use hexray_crypto::{CompressedServerKey, EncryptedImage};
+
+use super::BodyLimits;
 use crate::model::{LoadError, LoadedModel};
 
 /// The model shipped inside the binary, so a fresh install serves something useful.
@@ -14,10 +17,10 @@ const BUNDLED: (&str, &[u8]) = (
     include_bytes!("../../../models/pneumonia-a.hexray"),
 );
 
-/// A model as served: its id, the file clients download, and the loaded circuit.
+/// A model as served: its id and the loaded circuit. The file itself never leaves the server;
+/// clients get [`LoadedModel::spec`].
 pub struct ServedModel {
     pub id: String,
-    pub file: Vec<u8>,
     pub loaded: LoadedModel,
 }
 
@@ -32,7 +35,7 @@ pub struct ModelSummary<'a> {
     pub bootstraps: usize,
     pub inputs: usize,
     pub parameter_set: &'static str,
-    pub file_bytes: usize,
+    pub fingerprint: &'a str,
 }
 
 impl ServedModel {
@@ -47,7 +50,7 @@ impl ServedModel {
             bootstraps: self.loaded.circuit.bootstrap_count(),
             inputs: self.loaded.circuit.input_len(),
             parameter_set: self.loaded.parameter_set.name(),
-            file_bytes: self.file.len(),
+            fingerprint: &self.loaded.spec.fingerprint,
         }
     }
 }
@@ -62,7 +65,6 @@ impl Models {
         let loaded = LoadedModel::from_bytes(file, "bundled model")?;
         let model = ServedModel {
             id: id.into(),
-            file: file.to_vec(),
             loaded,
         };
         Ok(Models(BTreeMap::from([(id.into(), Arc::new(model))])))
@@ -92,7 +94,6 @@ impl Models {
             let loaded = LoadedModel::from_bytes(&file, &path.display().to_string())?;
             let model = ServedModel {
                 id: id.into(),
-                file,
                 loaded,
             };
             models.insert(id.to_owned(), Arc::new(model));
@@ -104,6 +105,28 @@ impl Models {
             )));
         }
         Ok(Models(models))
+    }
+
+    /// The largest key and job bodies the served models need, for `batch_images` per job.
+    pub fn body_limits(&self, batch_images: usize) -> BodyLimits {
+        // Frames add a 4-byte length per blob and a short header.
+        let image = self
+            .iter()
+            .map(|m| {
+                EncryptedImage::serialized_size(m.loaded.parameter_set, m.loaded.spec.input_len())
+                    + 4
+            })
+            .max()
+            .unwrap_or(0);
+        let key = self
+            .iter()
+            .map(|m| CompressedServerKey::serialized_size(m.loaded.parameter_set))
+            .max()
+            .unwrap_or(0);
+        BodyLimits {
+            key,
+            job: batch_images * image + 64,
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<ServedModel>> {

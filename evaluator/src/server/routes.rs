@@ -1,17 +1,26 @@
 //! The HTTP API, under `/api/v1`. `docs/openapi.json` describes it, and a test keeps the two
-//! in step. Request bodies are read by hand, so every route has its own size limit and an
-//! oversized body gets the same JSON error as any other.
+//! in step.
+//!
+//! Every route but health and the OpenAPI document needs a token when the server has them
+//! ([`super::auth`]). Request bodies are read by hand, after every cheaper check (token,
+//! Content-Type, declared length, the token's upload slots), with a size limit derived from the
+//! served models and a deadline, so an oversized, slow or unwanted body gets the same JSON error
+//! as any other and is never buffered whole first.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::Stream;
 use futures_util::StreamExt;
 use hexray_crypto::{frames, CryptoError, EncryptedImage};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Owner;
 use super::error::ApiError;
+use super::jobs::Job;
 use super::metrics::Gauges;
 use super::AppState;
 
@@ -24,7 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/health", web::get().to(health))
             .route("/openapi.json", web::get().to(openapi))
             .route("/models", web::get().to(list_models))
-            .route("/models/{id}", web::get().to(model_file))
+            .route("/models/{id}", web::get().to(client_spec))
             .route("/keys", web::post().to(register_key))
             .route("/keys/{id}", web::get().to(key_status))
             .route("/jobs", web::post().to(submit_job))
@@ -49,6 +58,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
+        "auth": state.access.name(),
         "models": state.models.len(),
         "queue_depth": queued,
         "jobs_running": running,
@@ -61,33 +71,42 @@ async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
-async fn list_models(state: web::Data<AppState>) -> HttpResponse {
+async fn list_models(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    state.access.clinician(&request)?;
     let models: Vec<_> = state.models.iter().map(|m| m.summary()).collect();
-    HttpResponse::Ok().json(json!({ "models": models }))
+    Ok(HttpResponse::Ok().json(json!({ "models": models })))
 }
 
-/// The model file itself: the client needs it to preprocess, encrypt and decode.
-async fn model_file(
+/// The model's client spec: all a client needs to preprocess, encrypt and decode, and nothing
+/// of the network. The model file itself never leaves the server.
+async fn client_spec(
     state: web::Data<AppState>,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    state.access.clinician(&request)?;
     let model = state
         .models
         .get(&id)
         .ok_or_else(|| ApiError::UnknownModel(id.clone()))?;
     Ok(HttpResponse::Ok()
-        .content_type("application/octet-stream")
+        .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(model.file.clone()))
+        .body(model.loaded.spec.to_json()))
 }
 
 async fn register_key(
     state: web::Data<AppState>,
+    request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let bytes = read_body(body, state.limits.key_bytes).await?;
+    let owner = state.access.clinician(&request)?;
+    let bytes = read_body(&state, &owner, &request, body, state.bodies.key).await?;
     let store = state.keys.clone();
-    let (id, registration) = web::block(move || store.register(&bytes))
+    let (id, registration) = web::block(move || store.register(&owner, &bytes))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let mut response = if registration.created {
@@ -104,11 +123,13 @@ async fn register_key(
 
 async fn key_status(
     state: web::Data<AppState>,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let owner = state.access.clinician(&request)?;
     let set = state
         .keys
-        .lookup(&id)
+        .lookup(&owner, &id)
         .ok_or_else(|| ApiError::UnknownKey(id.clone()))?;
     Ok(HttpResponse::Ok().json(json!({ "key_id": *id, "parameter_set": set.name() })))
 }
@@ -118,24 +139,38 @@ async fn key_status(
 struct JobQuery {
     model: String,
     key: String,
+    /// The fingerprint of the client spec the images were encrypted for.
+    fingerprint: String,
 }
 
 /// Accepts a batch: the body packs one encrypted image per blob ([`frames`]).
 async fn submit_job(
     state: web::Data<AppState>,
-    query: web::Query<JobQuery>,
+    request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let JobQuery { model, key } = query.into_inner();
+    let owner = state.access.clinician(&request)?;
+    // Parsed after the token check, so an anonymous request learns nothing of the API.
+    let JobQuery {
+        model,
+        key,
+        fingerprint,
+    } = web::Query::<JobQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
+        .into_inner();
     let model = state
         .models
         .get(&model)
         .cloned()
         .ok_or(ApiError::UnknownModel(model))?;
-    let key_set = state
-        .keys
-        .lookup(&key)
-        .ok_or_else(|| ApiError::UnknownKey(key.clone()))?;
+    if fingerprint != model.loaded.spec.fingerprint {
+        return Err(ApiError::StaleModel(model.id.clone()));
+    }
+    let store = state.keys.clone();
+    let (checked_owner, checked_key) = (owner.clone(), key.clone());
+    let key_set = web::block(move || store.check(&checked_owner, &checked_key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     let set = model.loaded.parameter_set;
     if key_set != set {
         return Err(ApiError::ParameterMismatch(format!(
@@ -145,8 +180,9 @@ async fn submit_job(
             set.name()
         )));
     }
-    let limit = state.limits.batch_images * (hexray_crypto::ciphertext::IMAGE_LIMIT as usize + 4);
-    let body = read_body(body, limit).await?;
+    // Refuse a token at its share of the queue before reading its body.
+    state.jobs.check_owner_room(&owner)?;
+    let body = read_body(&state, &owner, &request, body, state.bodies.job).await?;
     let max_images = state.limits.batch_images;
     let inputs_len = model.loaded.circuit.input_len();
     let inputs = web::block(move || {
@@ -173,68 +209,113 @@ async fn submit_job(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let status = state.jobs.submit(model, key, inputs)?;
+    let status = state.jobs.submit(model, owner, key, inputs)?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/jobs/{}", status.job_id)))
         .json(status))
 }
 
+/// The job `id` of the request's token.
+fn owned_job(
+    state: &AppState,
+    request: &HttpRequest,
+    id: &str,
+) -> Result<std::sync::Arc<Job>, ApiError> {
+    let owner = state.access.clinician(request)?;
+    state.jobs.get(&owner, id)
+}
+
 async fn job_status(
     state: web::Data<AppState>,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.jobs.get(&id)?.status()))
+    Ok(HttpResponse::Ok().json(owned_job(&state, &request, &id)?.status()))
+}
+
+/// How often an idle progress stream says it is still alive, so proxies keep it open and
+/// clients notice a dead one.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// One open progress stream; dropping it (the stream ended or the client left) frees its slot.
+struct StreamSlot(std::sync::Arc<Job>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Server-sent events: a `status` event at once, then whenever the state or the bootstrap
-/// count has changed (at most five a second), ending after the final one.
+/// count has changed (at most five a second), ending after the final one; a comment line every
+/// [`HEARTBEAT`] while nothing changes. Each job allows a few streams at once.
 async fn job_events(
     state: web::Data<AppState>,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = state.jobs.get(&id)?;
-    // The stream's state: the (state, bootstraps done) last sent; None before the first event.
-    let stream = futures_util::stream::unfold(Some(None), move |last| {
-        let job = job.clone();
-        async move {
-            let last: Option<(&str, usize)> = last?;
-            if last.is_some() {
-                // At most five events a second, however fast the bootstraps go.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            loop {
-                let status = job.status();
-                let progress = (status.state, status.bootstraps_done);
-                if last != Some(progress) {
-                    let event = format!(
-                        "event: status\ndata: {}\n\n",
-                        serde_json::to_string(&status).expect("a status serializes")
-                    );
-                    let next = (!status.is_final()).then_some(Some(progress));
-                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(event)), next));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    });
+    let job = owned_job(&state, &request, &id)?;
+    let limit = state.limits.streams_per_job;
+    if job.streams.fetch_add(1, Ordering::SeqCst) >= limit {
+        job.streams.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::TooManyStreams { limit });
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .streaming(stream))
+        .streaming(progress_events(StreamSlot(job))))
+}
+
+fn progress_events(slot: StreamSlot) -> impl Stream<Item = Result<web::Bytes, actix_web::Error>> {
+    // The stream's state: its slot and the (state, bootstraps done) last sent; None before
+    // the first event. The slot lives as long as the stream.
+    futures_util::stream::unfold(Some((slot, None)), |state| async move {
+        let (slot, last): (StreamSlot, Option<(&str, usize)>) = state?;
+        if last.is_some() {
+            // At most five events a second, however fast the bootstraps go.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut quiet = Duration::ZERO;
+        loop {
+            let status = slot.0.status();
+            let progress = (status.state, status.bootstraps_done);
+            if last != Some(progress) {
+                let event = format!(
+                    "event: status\ndata: {}\n\n",
+                    serde_json::to_string(&status).expect("a status serializes")
+                );
+                let next = (!status.is_final()).then_some((slot, Some(progress)));
+                return Some((Ok(web::Bytes::from(event)), next));
+            }
+            if quiet >= HEARTBEAT {
+                return Some((
+                    Ok(web::Bytes::from_static(b": alive\n\n")),
+                    Some((slot, last)),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            quiet += Duration::from_millis(200);
+        }
+    })
 }
 
 /// The packed encrypted outputs ([`frames`]), one per input image, in order.
 async fn job_outputs(
     state: web::Data<AppState>,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let outputs = state.jobs.get(&id)?.outputs()?;
+    let outputs = owned_job(&state, &request, &id)?.outputs()?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .body(outputs.to_vec()))
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+async fn metrics(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    state.access.metrics(&request)?;
     let (queue_depth, running) = state.jobs.depth();
     let (keys_cached, key_cache_bytes) = state.keys.cached();
     let gauges = Gauges {
@@ -245,21 +326,58 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         key_cache_bytes,
         models: state.models.len(),
     };
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.jobs.metrics.render(&gauges))
+        .body(state.jobs.metrics.render(&gauges)))
 }
 
-/// Reads a request body of at most `limit` bytes, refusing a larger one as soon as the bytes
-/// received pass the limit, before the rest is read.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
+/// Reads a request body of at most `limit` bytes for `owner`, after the checks that cost
+/// nothing: the Content-Type must be `application/octet-stream` (which also keeps other web
+/// pages from posting simple cross-site requests), a declared length must fit, and the token
+/// must have an upload slot free. A larger body is refused as soon as the bytes received pass
+/// the limit, and a body that does not arrive within the deadline is dropped.
+async fn read_body(
+    state: &AppState,
+    owner: &Owner,
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let octets = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/octet-stream"))
+        });
+    if !octets {
+        return Err(ApiError::UnsupportedMediaType);
     }
-    Ok(body.freeze())
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let _slot = state.begin_upload(owner)?;
+    let seconds = state.limits.body_timeout.as_secs();
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(state.limits.body_timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout { seconds })?
 }

@@ -14,8 +14,8 @@ use actix_web::dev::Service;
 use actix_web::{test, web, App};
 use anyhow::{bail, Context, Result};
 use hexray_crypto::{frames, ClientKey, EncryptedImage};
-use hexray_evaluator::server::jobs::QueueConfig;
-use hexray_evaluator::server::{configure, AppState, Config, Limits};
+use hexray_evaluator::server::auth::{Access, Owner};
+use hexray_evaluator::server::{configure, AppState, Config};
 use hexray_evaluator::{evaluate_batch, LoadedModel};
 use hexray_model::preprocess::preprocess;
 
@@ -116,6 +116,7 @@ fn median(values: &mut [f64]) -> f64 {
 struct Api<S> {
     app: S,
     key_id: String,
+    fingerprint: String,
 }
 
 type Response = actix_web::dev::ServiceResponse;
@@ -130,25 +131,15 @@ async fn start_api(
     let models_dir = data_dir.join("models");
     std::fs::create_dir_all(&models_dir)?;
     std::fs::copy(model, models_dir.join("bench.hexray"))?;
-    let config = Config {
-        models_dir: Some(models_dir),
-        data_dir: data_dir.to_path_buf(),
-        queue: QueueConfig {
-            workers: 1,
-            threads,
-            capacity: 4,
-            retention: Duration::from_secs(600),
-        },
-        key_cache_bytes: 1 << 30,
-        limits: Limits {
-            key_bytes: 64 << 20,
-            batch_images: 64,
-        },
-    };
-    let state = web::Data::new(AppState::start(&config)?);
+    let mut config = Config::defaults(data_dir, threads);
+    config.models_dir = Some(models_dir);
+    config.queue.capacity = 4;
+    config.limits.batch_images = 64;
+    let state = web::Data::new(AppState::start(&config, Access::Open)?);
     let app = test::init_service(App::new().configure(configure(state.clone(), None))).await;
     let request = test::TestRequest::post()
         .uri("/api/v1/keys")
+        .insert_header(("content-type", "application/octet-stream"))
         .set_payload(key.to_vec())
         .to_request();
     let registered: serde_json::Value = test::call_and_read_body_json(&app, request).await;
@@ -156,8 +147,20 @@ async fn start_api(
         .as_str()
         .context("no key id")?
         .to_owned();
-    state.keys.server_key(&key_id)?; // expand once
-    Ok(Api { app, key_id })
+    state.keys.server_key(&Owner::open(), &key_id)?; // expand once
+    let fingerprint = state
+        .models
+        .get("bench")
+        .context("the model is served")?
+        .loaded
+        .spec
+        .fingerprint
+        .clone();
+    Ok(Api {
+        app,
+        key_id,
+        fingerprint,
+    })
 }
 
 impl<S: Service<Request, Response = Response, Error = actix_web::Error>> Api<S> {
@@ -165,7 +168,11 @@ impl<S: Service<Request, Response = Response, Error = actix_web::Error>> Api<S> 
     async fn run(&self, body: Vec<u8>) -> Result<f64> {
         let start = Instant::now();
         let request = test::TestRequest::post()
-            .uri(&format!("/api/v1/jobs?model=bench&key={}", self.key_id))
+            .uri(&format!(
+                "/api/v1/jobs?model=bench&key={}&fingerprint={}",
+                self.key_id, self.fingerprint
+            ))
+            .insert_header(("content-type", "application/octet-stream"))
             .set_payload(body)
             .to_request();
         let job: serde_json::Value = test::call_and_read_body_json(&self.app, request).await;

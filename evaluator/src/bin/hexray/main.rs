@@ -6,14 +6,18 @@
 //! - `hexray bench`: the engine benchmark (parameter sets, reference topologies);
 //! - `hexray simulate --image X.png`: the plaintext simulator's prediction, exact and noisy, as JSON;
 //! - `hexray bench-server`: amortised latency per image against batch size, and the server's overhead;
-//! - `hexray serve`: the self-hosted server with the clinician page and the API.
+//! - `hexray serve`: the self-hosted server with the clinician page and the API;
+//! - `hexray token new`: a bearer token for the server's tokens file;
+//! - `hexray client-spec`: the public part of a model, exactly what clients receive.
 
 mod bench;
 mod bench_server;
+mod client_spec;
 mod inspect;
 mod run;
 mod serve;
 mod simulate;
+mod token;
 
 use std::path::PathBuf;
 
@@ -66,7 +70,16 @@ enum Command {
     /// Benchmark batch inference and the server's overhead above the engine.
     BenchServer(bench_server::Args),
     /// Serve the clinician page and the encrypted inference API.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
+    /// Manage the server's bearer tokens.
+    #[command(subcommand)]
+    Token(token::Command),
+    /// Print a model's client spec, the only part of it clients receive (for audits).
+    ClientSpec {
+        /// Model file.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,8 +87,10 @@ fn main() -> Result<()> {
         Command::Run(args) => run::run(args),
         Command::Inspect { model } => inspect::inspect(&model),
         Command::Bench(args) => bench::bench(args),
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::BenchServer(args) => bench_server::bench_server(args),
         Command::Simulate(args) => simulate::simulate(args),
+        Command::Token(command) => token::run(command),
+        Command::ClientSpec { model } => client_spec::print(&model),
     }
 }

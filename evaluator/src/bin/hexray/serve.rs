@@ -1,20 +1,37 @@
 //! `hexray serve`: the self-hosted server. Every flag has an environment variable, for systemd
 //! units and containers.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actix_cors::Cors;
+use actix_web::http::header;
 use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpServer};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use hexray_evaluator::server::auth::{Access, Tokens};
 use hexray_evaluator::server::jobs::QueueConfig;
-use hexray_evaluator::server::{configure, AppState, Config, Limits};
+use hexray_evaluator::server::keys::KeyLimits;
+use hexray_evaluator::server::{configure, security_headers, AppState, Config, Limits};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Address to listen on. Put a TLS reverse proxy in front to serve other machines.
     #[arg(long, env = "HEXRAY_BIND", default_value = "127.0.0.1:8080")]
     bind: String,
+    /// Tokens file (`hexray token new`): every API route but health and the OpenAPI document
+    /// then needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "HEXRAY_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Run without tokens on a non-loopback address: only behind a reverse proxy that
+    /// authenticates every request itself.
+    #[arg(long, env = "HEXRAY_ALLOW_OPEN")]
+    allow_open: bool,
+    /// Origin allowed to call the API from a browser when the page is hosted elsewhere (the
+    /// hospital's own web server), e.g. `https://pages.hospital.example`.
+    #[arg(long, env = "HEXRAY_CORS_ORIGIN")]
+    cors_origin: Option<String>,
     /// Directory of *.hexray model files; without it, the bundled model is served.
     #[arg(long, env = "HEXRAY_MODELS_DIR")]
     models_dir: Option<PathBuf>,
@@ -33,12 +50,30 @@ pub struct Args {
     /// Jobs that may wait; beyond this the server answers 503 with Retry-After.
     #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = 16)]
     queue_limit: usize,
+    /// Jobs one token may have queued or running (429 beyond).
+    #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = 4)]
+    max_jobs_per_token: usize,
     /// Most images in one job.
     #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = 16)]
     max_batch: usize,
-    /// Largest server key upload, in MiB.
-    #[arg(long, env = "HEXRAY_MAX_KEY_MIB", default_value_t = 64)]
-    max_key_mib: usize,
+    /// Keys one token may have registered (429 beyond).
+    #[arg(long, env = "HEXRAY_MAX_KEYS_PER_TOKEN", default_value_t = 4)]
+    max_keys_per_token: usize,
+    /// Disk for stored keys, all tokens together, in MiB (507 beyond).
+    #[arg(long, env = "HEXRAY_MAX_KEY_STORAGE_MIB", default_value_t = 10240)]
+    max_key_storage_mib: u64,
+    /// Keys unused for this many days are deleted; the browser uploads them again.
+    #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = 90)]
+    key_expiry_days: u64,
+    /// Bodies one token may be uploading at once (429 beyond).
+    #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = 2)]
+    max_uploads_per_token: usize,
+    /// Seconds a request body has to arrive in full (408 beyond).
+    #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = 120)]
+    body_timeout_s: u64,
+    /// Progress streams open at once on one job (429 beyond).
+    #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = 4)]
+    max_streams_per_job: usize,
     /// Memory for expanded server keys, in MiB (about 85 MiB each).
     #[arg(long, env = "HEXRAY_KEY_CACHE_MIB", default_value_t = 1024)]
     key_cache_mib: usize,
@@ -52,6 +87,7 @@ pub struct Args {
 
 pub fn serve(args: Args) -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let access = access(&args)?;
     let config = Config {
         models_dir: args.models_dir,
         data_dir: args.data_dir,
@@ -63,14 +99,22 @@ pub fn serve(args: Args) -> Result<()> {
                 .max(1),
             capacity: args.queue_limit.max(1),
             retention: Duration::from_secs(args.job_retention_s),
+            per_owner: args.max_jobs_per_token.max(1),
         },
         key_cache_bytes: args.key_cache_mib << 20,
+        keys: KeyLimits {
+            per_owner: args.max_keys_per_token.max(1),
+            storage_bytes: args.max_key_storage_mib << 20,
+            expiry: Duration::from_secs(args.key_expiry_days.max(1) * 86_400),
+        },
         limits: Limits {
-            key_bytes: args.max_key_mib << 20,
             batch_images: args.max_batch.max(1),
+            uploads_per_owner: args.max_uploads_per_token.max(1),
+            body_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
+            streams_per_job: args.max_streams_per_job.max(1),
         },
     };
-    let state = web::Data::new(AppState::start(&config).context("starting the server")?);
+    let state = web::Data::new(AppState::start(&config, access).context("starting the server")?);
     for model in state.models.iter() {
         log::info!(
             "serving model {} ({} bootstraps per image)",
@@ -86,10 +130,13 @@ pub fn serve(args: Args) -> Result<()> {
         );
     }
     let routes = configure(state, web_dir.as_deref());
+    let cors_origin = args.cors_origin;
     log::info!("listening on http://{}", args.bind);
     actix_web::rt::System::new().block_on(async move {
         HttpServer::new(move || {
             App::new()
+                .wrap(cors(cors_origin.as_deref()))
+                .wrap(security_headers())
                 // Request line, status, size and time: never a body.
                 .wrap(Logger::new("%r %s %b B %D ms"))
                 .configure(routes.clone())
@@ -101,4 +148,53 @@ pub fn serve(args: Args) -> Result<()> {
         .await
         .context("running the server")
     })
+}
+
+/// Who may use the API: the tokens file's tokens, or anyone, which is allowed only on loopback
+/// unless the operator says a proxy authenticates.
+fn access(args: &Args) -> Result<Access> {
+    if let Some(path) = &args.tokens_file {
+        let tokens = Tokens::load(path)?;
+        if tokens.is_empty() {
+            bail!(
+                "{} holds no token: create one with `hexray token new --label NAME --tokens-file {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        log::info!("{} tokens accepted", tokens.len());
+        return Ok(Access::Tokens(tokens));
+    }
+    let addrs: Vec<SocketAddr> = args
+        .bind
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", args.bind))?
+        .collect();
+    let loopback = !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback());
+    if !loopback && !args.allow_open {
+        bail!(
+            "refusing to serve {} without authentication: give --tokens-file (see `hexray token \
+             new`), or --allow-open behind a reverse proxy that authenticates every request",
+            args.bind
+        );
+    }
+    log::warn!(
+        "running WITHOUT authentication: anyone who can reach {} can use this server",
+        args.bind
+    );
+    Ok(Access::Open)
+}
+
+/// CORS for a page hosted on another origin: only that origin, only the API's methods and
+/// headers.
+fn cors(origin: Option<&str>) -> Cors {
+    match origin {
+        Some(origin) => Cors::default()
+            .allowed_origin(origin)
+            .allowed_methods(["GET", "POST"])
+            .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER, header::LOCATION])
+            .max_age(3600),
+        None => Cors::default(),
+    }
 }

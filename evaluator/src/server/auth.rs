@@ -1,0 +1,199 @@
+//! Bearer tokens: who may use the API, and whose keys and jobs are whose.
+//!
+//! A tokens file holds one line per token: `<SHA-256 of the token, hex> <scope> <label>`. The
+//! token itself is printed once when created (`hexray token new`) and never stored, so the file
+//! grants nothing to whoever reads it. A `clinician` token uses the API; a `metrics` token can
+//! only read `/metrics`. Every key and job belongs to the token that created it, named by a
+//! prefix of the token's hash ([`Owner`]); another token gets 404 for them.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::error::ApiError;
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The inference API: models, keys, jobs.
+    Clinician,
+    /// `GET /metrics` only, for a Prometheus scraper.
+    Metrics,
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Clinician => "clinician",
+            Scope::Metrics => "metrics",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Scope::Clinician, Scope::Metrics]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
+/// Who owns a key or a job: the first 64 bits of the token's hash in hex, or `open` when the
+/// server runs without tokens. Safe as a directory name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner(pub String);
+
+impl Owner {
+    pub fn open() -> Self {
+        Owner("open".into())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum TokensError {
+    #[error("cannot read the tokens file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("tokens file {path}, line {line}: {reason}")]
+    Line {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// The tokens a server accepts, by hash.
+#[derive(Debug)]
+pub struct Tokens(HashMap<String, Scope>);
+
+impl Tokens {
+    /// Reads a tokens file. A malformed line stops the server rather than being skipped, so a
+    /// typo never silently locks someone out or lets someone in.
+    pub fn load(path: &Path) -> Result<Self, TokensError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut tokens = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |reason: &str| TokensError::Line {
+                path: path.display().to_string(),
+                line: i + 1,
+                reason: reason.into(),
+            };
+            let mut fields = line.splitn(3, ' ');
+            let hash = fields.next().unwrap_or_default();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad("expected `<sha-256 hex> <scope> <label>`"));
+            }
+            let scope = fields
+                .next()
+                .and_then(Scope::from_name)
+                .ok_or_else(|| bad("the scope must be `clinician` or `metrics`"))?;
+            tokens.insert(hash.to_ascii_lowercase(), scope);
+        }
+        Ok(Tokens(tokens))
+    }
+
+    /// Creates a token, appends its hash to `path` (creating the file), and returns the token.
+    pub fn create(path: &Path, label: &str, scope: Scope) -> Result<String, TokensError> {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let token = format!("hxr_{}", hex(&bytes));
+        let label: String = label
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let io = |source| TokensError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        writeln!(file, "{} {} {label}", hash(&token), scope.name()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(token)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The owner a request acts for, if it carries a token of `scope`.
+    fn check(&self, request: &HttpRequest, scope: Scope) -> Result<Owner, ApiError> {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        let digest = hash(token.trim());
+        match self.0.get(&digest) {
+            Some(&s) if s == scope => Ok(Owner(digest[..16].to_owned())),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// How the server decides who a request is.
+#[derive(Debug)]
+pub enum Access {
+    /// No tokens: every request acts as [`Owner::open`]. Only allowed on loopback, or behind an
+    /// authenticating reverse proxy when the operator says so.
+    Open,
+    Tokens(Tokens),
+}
+
+impl Access {
+    /// The owner of a clinician request, or 401.
+    pub fn clinician(&self, request: &HttpRequest) -> Result<Owner, ApiError> {
+        match self {
+            Access::Open => Ok(Owner::open()),
+            Access::Tokens(tokens) => tokens.check(request, Scope::Clinician),
+        }
+    }
+
+    /// Whether `/metrics` may answer: a loopback peer, or a metrics token.
+    pub fn metrics(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        let loopback = request
+            .peer_addr()
+            .is_some_and(|addr| addr.ip().is_loopback());
+        match self {
+            _ if loopback => Ok(()),
+            Access::Tokens(tokens) => tokens.check(request, Scope::Metrics).map(drop),
+            Access::Open => Err(ApiError::Unauthorized),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Tokens(_) => "token",
+        }
+    }
+}
+
+fn hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
