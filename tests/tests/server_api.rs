@@ -413,8 +413,10 @@ async fn a_full_queue_answers_503_and_every_accepted_job_finishes() {
 async fn eight_clients_with_two_images_each_all_get_correct_results() {
     let dir = tempfile::tempdir().unwrap();
     let mut shared = config(dir.path(), 16);
-    // The eight clients share one token here.
+    // The eight clients share one token here, so its limits must fit eight browsers.
     shared.queue.per_owner = 8;
+    shared.keys.per_owner = 8;
+    shared.limits.uploads_per_owner = 8;
     let app = app(&shared).await;
     let images = [
         "pneumoniamnist/test-0000-pneumonia.png",
@@ -888,4 +890,29 @@ async fn concurrent_uploads_of_one_key_store_it_once() {
     assert!(files
         .iter()
         .all(|f| f.extension().is_some_and(|e| e == "key")));
+}
+
+#[actix_web::test]
+async fn keys_unused_for_longer_than_the_expiry_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key) = shared_client();
+    let id = {
+        let app = app(&config(dir.path(), 4)).await;
+        register(&app, key).await
+    };
+    let stored = stored_keys(dir.path());
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(91 * 86_400);
+    std::fs::File::options()
+        .append(true)
+        .open(&stored[0])
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (status, _) = call(&app, Method::GET, &format!("/api/v1/keys/{id}"), vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        stored_keys(dir.path()).is_empty(),
+        "the expired key file is deleted"
+    );
 }

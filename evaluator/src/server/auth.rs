@@ -155,9 +155,12 @@ impl Tokens {
 /// How the server decides who a request is.
 #[derive(Debug)]
 pub enum Access {
-    /// No tokens: every request acts as [`Owner::open`]. Only allowed on loopback, or behind an
-    /// authenticating reverse proxy when the operator says so.
-    Open,
+    /// No tokens, bound to loopback: every request acts as [`Owner::open`], and must name a
+    /// loopback host, so that a web page cannot reach the server by DNS rebinding.
+    Loopback,
+    /// No tokens, behind a reverse proxy that authenticates every request (`--allow-open`):
+    /// every request acts as [`Owner::open`].
+    Proxied,
     Tokens(Tokens),
 }
 
@@ -165,7 +168,8 @@ impl Access {
     /// The owner of a clinician request, or 401.
     pub fn clinician(&self, request: &HttpRequest) -> Result<Owner, ApiError> {
         match self {
-            Access::Open => Ok(Owner::open()),
+            Access::Loopback if !names_loopback(request) => Err(ApiError::Unauthorized),
+            Access::Loopback | Access::Proxied => Ok(Owner::open()),
             Access::Tokens(tokens) => tokens.check(request, Scope::Clinician),
         }
     }
@@ -176,18 +180,36 @@ impl Access {
             .peer_addr()
             .is_some_and(|addr| addr.ip().is_loopback());
         match self {
-            _ if loopback => Ok(()),
+            Access::Loopback if loopback && names_loopback(request) => Ok(()),
+            Access::Proxied | Access::Tokens(_) if loopback => Ok(()),
             Access::Tokens(tokens) => tokens.check(request, Scope::Metrics).map(drop),
-            Access::Open => Err(ApiError::Unauthorized),
+            Access::Loopback | Access::Proxied => Err(ApiError::Unauthorized),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            Access::Open => "open",
+            Access::Loopback | Access::Proxied => "open",
             Access::Tokens(_) => "token",
         }
     }
+}
+
+/// Whether the request's Host is a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any
+/// port). A page on another site that rebinds its own name to 127.0.0.1 still sends its own
+/// name here.
+fn names_loopback(request: &HttpRequest) -> bool {
+    let host = request.connection_info().host().to_ascii_lowercase();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
+        None => host
+            .rsplit_once(':')
+            .map_or(host.clone(), |(name, _)| name.to_owned()),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn hash(token: &str) -> String {

@@ -135,7 +135,7 @@ async fn start_api(
     config.models_dir = Some(models_dir);
     config.queue.capacity = 4;
     config.limits.batch_images = 64;
-    let state = web::Data::new(AppState::start(&config, Access::Open)?);
+    let state = web::Data::new(AppState::start(&config, Access::Proxied)?);
     let app = test::init_service(App::new().configure(configure(state.clone(), None))).await;
     let request = test::TestRequest::post()
         .uri("/api/v1/keys")

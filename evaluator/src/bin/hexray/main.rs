@@ -6,11 +6,13 @@
 //! - `hexray bench`: the engine benchmark (parameter sets, reference topologies);
 //! - `hexray simulate --image X.png`: the plaintext simulator's prediction, exact and noisy, as JSON;
 //! - `hexray bench-server`: amortised latency per image against batch size, and the server's overhead;
+//! - `hexray bench-load`: many clients, some misbehaving, against a real server over HTTP;
 //! - `hexray serve`: the self-hosted server with the clinician page and the API;
 //! - `hexray token new`: a bearer token for the server's tokens file;
 //! - `hexray client-spec`: the public part of a model, exactly what clients receive.
 
 mod bench;
+mod bench_load;
 mod bench_server;
 mod client_spec;
 mod inspect;
@@ -69,6 +71,8 @@ enum Command {
     Simulate(ImageArgs),
     /// Benchmark batch inference and the server's overhead above the engine.
     BenchServer(bench_server::Args),
+    /// Load test: clients with their own tokens, some misbehaving, over HTTP; prints p50/p95.
+    BenchLoad(bench_load::Args),
     /// Serve the clinician page and the encrypted inference API.
     Serve(Box<serve::Args>),
     /// Manage the server's bearer tokens.
@@ -89,6 +93,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Serve(args) => serve::serve(*args),
         Command::BenchServer(args) => bench_server::bench_server(args),
+        Command::BenchLoad(args) => bench_load::bench_load(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Token(command) => token::run(command),
         Command::ClientSpec { model } => client_spec::print(&model),

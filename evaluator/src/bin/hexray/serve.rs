@@ -182,7 +182,13 @@ fn access(args: &Args) -> Result<Access> {
         "running WITHOUT authentication: anyone who can reach {} can use this server",
         args.bind
     );
-    Ok(Access::Open)
+    // A proxy on this machine forwards with its own Host header: with --allow-open the
+    // operator says one is in front, so only a bare loopback server checks the Host.
+    Ok(if loopback && !args.allow_open {
+        Access::Loopback
+    } else {
+        Access::Proxied
+    })
 }
 
 /// CORS for a page hosted on another origin: only that origin, only the API's methods and

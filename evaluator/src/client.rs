@@ -1,0 +1,184 @@
+//! A blocking client of the HTTP API: the command line's client side, and what the load
+//! benchmark and the durability tests drive a real server with.
+//!
+//! Like the page, it knows a model only by its client spec: it fetches the spec, encrypts for
+//! it, and names its fingerprint when it submits a job.
+
+use std::time::{Duration, Instant};
+
+use hexray_model::ClientSpec;
+use serde_json::Value;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("HTTP: {0}")]
+    Http(#[from] ureq::Error),
+    #[error("the server answered {status} `{code}`: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the server's answer is not what the API describes: {0}")]
+    Protocol(String),
+    #[error("job {0} did not finish in time")]
+    Timeout(String),
+}
+
+impl ClientError {
+    /// The API's error code, when the server refused the request.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// An answer: its status and body.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON, if the status is a success; the API's error otherwise.
+    pub fn json(self) -> Result<Value, ClientError> {
+        let value: Result<Value, _> = serde_json::from_slice(&self.body);
+        match (self.status, value) {
+            (200..=299, Ok(v)) => Ok(v),
+            (200..=299, Err(e)) => Err(ClientError::Protocol(e.to_string())),
+            (status, v) => {
+                let v = v.unwrap_or(Value::Null);
+                Err(ClientError::Api {
+                    status,
+                    code: v["code"].as_str().unwrap_or("").to_owned(),
+                    message: v["message"].as_str().unwrap_or("").to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The body, if the status is a success.
+    pub fn bytes(self) -> Result<Vec<u8>, ClientError> {
+        if (200..300).contains(&self.status) {
+            Ok(self.body)
+        } else {
+            self.json().map(|_| Vec::new())
+        }
+    }
+}
+
+/// One client of one server, with its token.
+pub struct ApiClient {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Option<&str>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        ApiClient {
+            agent,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// Sends one request; a body goes as `application/octet-stream`.
+    pub fn request(&self, path: &str, body: Option<&[u8]>) -> Result<Reply, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut response = match body {
+            Some(body) => {
+                let mut request = self.agent.post(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request
+                    .content_type("application/octet-stream")
+                    .send(body)?
+            }
+            None => {
+                let mut request = self.agent.get(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()?
+            }
+        };
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()?;
+        Ok(Reply { status, body })
+    }
+
+    /// A served model's client spec.
+    pub fn spec(&self, model: &str) -> Result<ClientSpec, ClientError> {
+        let bytes = self
+            .request(&format!("/api/v1/models/{model}"), None)?
+            .bytes()?;
+        ClientSpec::from_json(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Registers a compressed server key; returns its id.
+    pub fn register_key(&self, key: &[u8]) -> Result<String, ClientError> {
+        let reply = self.request("/api/v1/keys", Some(key))?.json()?;
+        string(&reply, "key_id")
+    }
+
+    /// Submits a packed batch of images encrypted for `spec`; returns the job id.
+    pub fn submit(
+        &self,
+        model: &str,
+        key: &str,
+        spec: &ClientSpec,
+        batch: &[u8],
+    ) -> Result<String, ClientError> {
+        let path = format!(
+            "/api/v1/jobs?model={model}&key={key}&fingerprint={}",
+            spec.fingerprint
+        );
+        let reply = self.request(&path, Some(batch))?.json()?;
+        string(&reply, "job_id")
+    }
+
+    /// Polls a job until it is done or failed; returns its last status.
+    pub fn wait(&self, job: &str, timeout: Duration) -> Result<Value, ClientError> {
+        let start = Instant::now();
+        loop {
+            let status = self.request(&format!("/api/v1/jobs/{job}"), None)?.json()?;
+            if matches!(status["state"].as_str(), Some("done" | "failed")) {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                return Err(ClientError::Timeout(job.into()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A finished job's packed encrypted outputs.
+    pub fn outputs(&self, job: &str) -> Result<Vec<u8>, ClientError> {
+        self.request(&format!("/api/v1/jobs/{job}/outputs"), None)?
+            .bytes()
+    }
+}
+
+fn string(value: &Value, field: &str) -> Result<String, ClientError> {
+    value[field]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ClientError::Protocol(format!("no `{field}` in {value}")))
+}

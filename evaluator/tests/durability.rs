@@ -1,0 +1,307 @@
+//! The real `hexray serve` process, killed with SIGKILL in the middle of a key upload and of a
+//! job, then restarted on the same data directory: no registered key is lost, a half-received
+//! key leaves nothing behind, and the server serves again. Also the start-up rules for open
+//! mode, and tokens end to end.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hexray_crypto::{frames, ClientKey, ParameterSet};
+use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::LoadedModel;
+use hexray_model::preprocess::preprocess;
+
+fn hexray() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hexray"))
+}
+
+/// A free loopback port.
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `hexray serve` with tokens on `data`, and waits until it answers.
+fn serve(data: &Path, tokens: &Path, port: u16) -> Child {
+    serve_with(data, tokens, port, &[])
+}
+
+/// [`serve`] with more flags.
+fn serve_with(data: &Path, tokens: &Path, port: u16, flags: &[&str]) -> Child {
+    let child = hexray()
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--tokens-file")
+        .arg(tokens)
+        .args(["--web-dir", "/nonexistent", "--threads", "2"])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("hexray serve starts");
+    let health = ApiClient::new(&format!("http://127.0.0.1:{port}"), None);
+    let start = Instant::now();
+    while health.request("/api/v1/health", None).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+fn new_token(tokens: &Path) -> String {
+    let out = hexray()
+        .args([
+            "token",
+            "new",
+            "--label",
+            "durability test",
+            "--tokens-file",
+        ])
+        .arg(tokens)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Every file under `dir`.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
+    let token = new_token(&tokens);
+    let port = port();
+    let base = format!("http://127.0.0.1:{port}");
+    let api = ApiClient::new(&base, Some(&token));
+    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 11);
+    let server_key = server_key.to_bytes();
+
+    let mut server = serve(&data, &tokens, port);
+    let id = api.register_key(&server_key).unwrap();
+    // A second key, half sent when the server dies.
+    let (_, second) = ClientKey::generate_deterministic(ParameterSet::Ks32, 12);
+    let second = second.to_bytes();
+    let mut upload = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        upload,
+        "POST /api/v1/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        second.len()
+    )
+    .unwrap();
+    upload.write_all(&second[..second.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let mut server = serve(&data, &tokens, port);
+    let reply = api.request(&format!("/api/v1/keys/{id}"), None).unwrap();
+    assert_eq!(reply.status, 200, "the registered key survived");
+    let keys: Vec<_> = files(&data.join("keys"));
+    assert_eq!(
+        keys.len(),
+        1,
+        "nothing of the half-sent key is left: {keys:?}"
+    );
+
+    // Kill it again while a job runs.
+    let model =
+        LoadedModel::from_bytes(include_bytes!("../../models/pneumonia-a.hexray"), "bundled")
+            .unwrap();
+    let spec = api.spec("pneumonia-a").unwrap();
+    assert_eq!(spec, model.spec);
+    let image = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../samples/covid-cxr-actualmed/covid-1.png"
+    ))
+    .unwrap();
+    let input = preprocess(&image, &spec.input).unwrap();
+    let batch = frames::pack(&[client.encrypt(&spec, input.view()).unwrap().to_bytes()]);
+    let job = api.submit("pneumonia-a", &id, &spec, &batch).unwrap();
+    let start = Instant::now();
+    loop {
+        let status = api.request(&format!("/api/v1/jobs/{job}"), None).unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+        if status["bootstraps_done"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the job never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let mut server = serve(&data, &tokens, port);
+    let reply = api.request(&format!("/api/v1/keys/{id}"), None).unwrap();
+    assert_eq!(reply.status, 200, "the key survived a kill during a job");
+    // Jobs live in memory: the killed one is gone, and resubmitting works.
+    let gone = api.request(&format!("/api/v1/jobs/{job}"), None).unwrap();
+    assert_eq!(gone.status, 404);
+    let job = api.submit("pneumonia-a", &id, &spec, &batch).unwrap();
+    let status = api.wait(&job, Duration::from_secs(300)).unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    let outputs = api.outputs(&job).unwrap();
+    let blobs = frames::unpack(&outputs, 1).unwrap();
+    let output =
+        hexray_crypto::EncryptedOutput::from_bytes(blobs[0], ParameterSet::Ks32, spec.output_len())
+            .unwrap();
+    let shown = client.decrypt(&spec, &output).unwrap();
+    let exact = model.circuit.simulate(input.view()).unwrap();
+    assert_eq!(
+        shown.class,
+        exact.class(),
+        "covid-1 is far from the boundary"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn open_mode_is_refused_off_loopback_and_a_loopback_server_checks_the_host() {
+    let out = hexray()
+        .args(["serve", "--bind", "0.0.0.0:0", "--web-dir", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without authentication"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = port();
+    let mut server = hexray()
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--web-dir", "/nonexistent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = ApiClient::new(&format!("http://127.0.0.1:{port}"), None);
+    let start = Instant::now();
+    while api.request("/api/v1/health", None).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(api.request("/api/v1/models", None).unwrap().status, 200);
+    // A page whose own name was rebound to 127.0.0.1 sends its own Host.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/models HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn token_new_stores_only_a_hash_and_serve_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let token = new_token(&tokens);
+    assert!(token.starts_with("hxr_") && token.len() > 40);
+    let file = std::fs::read_to_string(&tokens).unwrap();
+    assert!(!file.contains(&token), "the file holds the token itself");
+    assert!(file.contains("durability test"));
+    let port = port();
+    let mut server = serve(&dir.path().join("data"), &tokens, port);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        ApiClient::new(&base, None)
+            .request("/api/v1/models", None)
+            .unwrap()
+            .status,
+        401
+    );
+    let models = ApiClient::new(&base, Some(&token))
+        .request("/api/v1/models", None)
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(models["models"][0]["id"], "pneumonia-a");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// Starts a key upload that sends its headers and a few bytes, then stalls.
+fn stalled_upload(port: u16, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nHXB"
+    )
+    .unwrap();
+    stream
+}
+
+#[test]
+fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let (slow, polite) = (new_token(&tokens), new_token(&tokens));
+    let port = port();
+    let flags = ["--body-timeout-s", "3", "--max-uploads-per-token", "2"];
+    let mut server = serve_with(&dir.path().join("data"), &tokens, port, &flags);
+    let base = format!("http://127.0.0.1:{port}");
+    let (_, key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 13);
+    let key = key.to_bytes();
+
+    let mut stalled: Vec<TcpStream> = (0..2).map(|_| stalled_upload(port, &slow)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = ApiClient::new(&base, Some(&slow))
+        .register_key(&key)
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("too_many_uploads"), "{refused}");
+    // Another token is not held up by the first one's stalled bodies.
+    ApiClient::new(&base, Some(&polite))
+        .register_key(&key)
+        .unwrap();
+    for stream in &mut stalled {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        // The server answers and closes the connection.
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(stream, &mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_timeout"), "{answer}");
+    }
+    // The slots are free again once the stalled bodies are dropped.
+    ApiClient::new(&base, Some(&slow))
+        .register_key(&key)
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
