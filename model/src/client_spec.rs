@@ -225,6 +225,7 @@ impl ClientSpec {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes in lowercase hex: how every digest and id in HEXray is written.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

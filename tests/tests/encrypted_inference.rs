@@ -79,8 +79,16 @@ fn keys_and_ciphertexts_of_another_parameter_set_are_refused() {
         hexray_crypto::ClientKey::generate_deterministic(hexray_crypto::ParameterSet::Ks64, 11);
     let server = server.decompress();
     let input = common::sample(&model, "pneumoniamnist/test-0000-pneumonia.png");
+    // The client refuses to encrypt for a model of another set…
+    assert!(matches!(
+        client.encrypt_deterministic(&model.spec, input.view(), 1),
+        Err(hexray_crypto::CryptoError::ParameterMismatch { .. })
+    ));
+    // …and a client that does anyway is refused by the engine.
+    let mut forged = model.spec.clone();
+    forged.parameter_set = hexray_crypto::ParameterSet::Ks64.name().into();
     let image = client
-        .encrypt_deterministic(&model.spec, input.view(), 1)
+        .encrypt_deterministic(&forged, input.view(), 1)
         .unwrap();
     let err = evaluate(&model, &server, image, &|| {})
         .err()

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
+use hexray_model::client_spec::hex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -214,8 +215,4 @@ fn names_loopback(request: &HttpRequest) -> bool {
 
 fn hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hexray_crypto::{frames, EncryptedImage};
+use hexray_model::client_spec::hex;
 use rand::RngCore;
 use serde::Serialize;
 
@@ -313,7 +314,7 @@ impl JobQueue {
 fn job_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&bytes)
 }
 
 struct Worker {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hexray_crypto::{CompressedServerKey, ParameterSet, ServerKey};
+use hexray_model::client_spec::hex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -413,10 +414,7 @@ impl Lru {
 
 /// A key's id: the first 128 bits of the SHA-256 of its compressed bytes, in hex.
 pub fn key_id(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes)[..16])
 }
 
 fn tag(set: ParameterSet) -> &'static str {
