@@ -305,3 +305,81 @@ fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
+    let token = new_token(&tokens);
+    let port = port();
+    let mut server = serve(&data, &tokens, port);
+    let analyze = || {
+        hexray()
+            .args(["analyze", "--server", &format!("http://127.0.0.1:{port}")])
+            .arg("--keys-dir")
+            .arg(dir.path().join("keys"))
+            .args([
+                "--image",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../samples/covid-cxr-actualmed/covid-1.png"
+                ),
+            ])
+            .args([
+                "--image",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../samples/pneumoniamnist/test-0234-normal.png"
+                ),
+            ])
+            .env("HEXRAY_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let out = analyze();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each class is the plaintext simulator's (both images are far from the boundary).
+    let model =
+        LoadedModel::from_bytes(include_bytes!("../../models/pneumonia-a.hexray"), "bundled")
+            .unwrap();
+    for name in [
+        "covid-cxr-actualmed/covid-1.png",
+        "pneumoniamnist/test-0234-normal.png",
+    ] {
+        let path = format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"));
+        let input = preprocess(&std::fs::read(&path).unwrap(), &model.spec.input).unwrap();
+        let class = &model.spec.classes[model.circuit.simulate(input.view()).unwrap().class()];
+        assert!(stdout.contains(&format!("{path}: {class} (")), "{stdout}");
+    }
+    // The server loses the key (deleted here); the next run uploads it again by itself.
+    for file in files(&data.join("keys")) {
+        std::fs::remove_file(file).unwrap();
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let mut server = serve(&data, &tokens, port);
+    let out = analyze();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("uploading the evaluation key"), "{stderr}");
+    assert!(
+        !stderr.contains("generating a key pair"),
+        "the key pair is kept: {stderr}"
+    );
+    // Without the token, the server refuses in words.
+    let out = hexray()
+        .args(["analyze", "--server", &format!("http://127.0.0.1:{port}")])
+        .args(["--image", "x.png"])
+        .env_remove("HEXRAY_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -2,6 +2,7 @@
 //!
 //! - `hexray run --image X.png`: the whole pipeline on one machine (keygen, encrypt, evaluate,
 //!   decrypt), compared with the plaintext simulator;
+//! - `hexray analyze --server URL --image X.png`: a clinician's client of a remote server;
 //! - `hexray inspect`: what a model costs (bootstraps) and how noisy each layer is;
 //! - `hexray bench`: the engine benchmark (parameter sets, reference topologies);
 //! - `hexray simulate --image X.png`: the plaintext simulator's prediction, exact and noisy, as JSON;
@@ -11,6 +12,7 @@
 //! - `hexray token new`: a bearer token for the server's tokens file;
 //! - `hexray client-spec`: the public part of a model, exactly what clients receive.
 
+mod analyze;
 mod bench;
 mod bench_load;
 mod bench_server;
@@ -59,6 +61,8 @@ struct Cli {
 enum Command {
     /// Encrypt an image, evaluate the model on the ciphertext and decrypt the diagnosis.
     Run(ImageArgs),
+    /// Analyse X-rays on a remote server, as the page does: encrypted here, decrypted here.
+    Analyze(analyze::Args),
     /// Print a model's circuit: bootstraps, accumulator widths and noise per layer.
     Inspect {
         /// Model file.
@@ -89,6 +93,7 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(args),
+        Command::Analyze(args) => analyze::analyze(args),
         Command::Inspect { model } => inspect::inspect(&model),
         Command::Bench(args) => bench::bench(args),
         Command::Serve(args) => serve::serve(*args),

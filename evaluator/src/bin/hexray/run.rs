@@ -64,13 +64,13 @@ pub fn run(args: ImageArgs) -> Result<()> {
     let download = output.to_bytes();
     timed("evaluate (server)", t);
 
-    // Client: decrypt.
+    // Client: decrypt, knowing only the spec.
     let t = Instant::now();
-    let prediction = client.decrypt_prediction(
-        circuit,
-        &EncryptedOutput::from_bytes(&download, set, circuit.output_len())?,
-    )?;
+    let output = EncryptedOutput::from_bytes(&download, set, loaded.spec.output_len())?;
+    let diagnosis = client.decrypt(&loaded.spec, &output)?;
     timed("decrypt", t);
+    // The model owner's view of the same output, to compare with the simulator.
+    let prediction = client.decrypt_prediction(circuit, &output)?;
 
     let exact = circuit.simulate(input.view())?;
     let spread = circuit.noisy_spread(
@@ -88,9 +88,9 @@ pub fn run(args: ImageArgs) -> Result<()> {
     );
     println!(
         "diagnosis  {} (decision support, not a diagnosis)",
-        circuit.classes[prediction.class()]
+        loaded.spec.classes[diagnosis.class]
     );
-    for (class, p) in circuit.classes.iter().zip(&prediction.probabilities) {
+    for (class, p) in loaded.spec.classes.iter().zip(&diagnosis.probabilities) {
         println!("  {class:<12} {:>6.2}%", 100.0 * p);
     }
     println!("bootstraps {}", stats.bootstraps);

@@ -1,0 +1,160 @@
+//! `hexray analyze`: the command line as a clinician's client of a remote server, doing what
+//! the page does. It fetches the model's client spec (never the model), keeps its own key pair
+//! in a local directory (the secret key never leaves it), uploads the evaluation key once,
+//! encrypts the images, submits them as one job with the spec's fingerprint, and decrypts the
+//! answers here. A key the server lost is uploaded again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_evaluator::client::ApiClient;
+use hexray_model::preprocess::preprocess;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The server, e.g. `https://hexray.hospital.example` or `http://127.0.0.1:8080`.
+    #[arg(long, env = "HEXRAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The access token (`hexray token new`); the environment keeps it out of shell history.
+    #[arg(long, env = "HEXRAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The served model's id.
+    #[arg(long, default_value = "pneumonia-a")]
+    model: String,
+    /// Chest X-rays (PNG or JPEG); all go in one job.
+    #[arg(long, required = true)]
+    image: Vec<PathBuf>,
+    /// Where this client keeps its key pair, as the browser keeps it in IndexedDB.
+    #[arg(long, env = "HEXRAY_KEYS_DIR", default_value = "hexray-keys")]
+    keys_dir: PathBuf,
+}
+
+pub fn analyze(args: Args) -> Result<()> {
+    let api = ApiClient::new(&args.server, args.token.as_deref());
+    let spec = api
+        .spec(&args.model)
+        .with_context(|| format!("fetching the client spec of `{}`", args.model))?;
+    let set = ParameterSet::from_name(&spec.parameter_set)?;
+    let keys = Keys::load_or_create(&args.keys_dir, set)?;
+    let key_id = keys.registered(&api)?;
+    let mut blobs = Vec::with_capacity(args.image.len());
+    for path in &args.image {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let input = preprocess(&bytes, &spec.input)
+            .with_context(|| format!("preprocessing {}", path.display()))?;
+        blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes());
+    }
+    let batch = frames::pack(&blobs);
+    let submit = |key: &str| api.submit(&args.model, key, &spec, &batch);
+    let job = match submit(&key_id) {
+        Err(e) if e.code() == Some("unknown_key") => submit(&keys.upload(&api)?)?,
+        other => other?,
+    };
+    eprintln!(
+        "job {job}: {} image(s), {} bootstraps each",
+        blobs.len(),
+        spec.bootstraps
+    );
+    let status = api.wait(&job, Duration::from_secs(3600))?;
+    anyhow::ensure!(
+        status["state"] == "done",
+        "the server could not evaluate the images: {}",
+        status["error"]
+    );
+    let outputs = api.outputs(&job)?;
+    for (path, blob) in args
+        .image
+        .iter()
+        .zip(frames::unpack(&outputs, blobs.len())?)
+    {
+        let output = EncryptedOutput::from_bytes(blob, set, spec.output_len())?;
+        let diagnosis = keys.client.decrypt(&spec, &output)?;
+        let scores: Vec<String> = spec
+            .classes
+            .iter()
+            .zip(&diagnosis.probabilities)
+            .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
+            .collect();
+        println!(
+            "{}: {} ({})",
+            path.display(),
+            spec.classes[diagnosis.class],
+            scores.join(", ")
+        );
+    }
+    eprintln!("decision support, not a diagnosis: a qualified clinician reviews every result");
+    Ok(())
+}
+
+/// This client's key pair, kept in a directory only its user can read.
+struct Keys {
+    dir: PathBuf,
+    client: ClientKey,
+    server_key: Vec<u8>,
+}
+
+impl Keys {
+    fn load_or_create(dir: &Path, set: ParameterSet) -> Result<Self> {
+        let (client_path, server_path) = (dir.join("client.key"), dir.join("server.key"));
+        if client_path.exists() {
+            let client = ClientKey::from_bytes(&std::fs::read(&client_path)?)
+                .with_context(|| format!("reading {}", client_path.display()))?;
+            if client.parameter_set() == set {
+                return Ok(Keys {
+                    dir: dir.into(),
+                    client,
+                    server_key: std::fs::read(&server_path)?,
+                });
+            }
+        }
+        eprintln!("generating a key pair for {} (once)", set.name());
+        create_private_dir(dir)?;
+        let client = ClientKey::generate(set);
+        let server_key = client.server_key().to_bytes();
+        std::fs::write(&client_path, client.to_bytes())?;
+        std::fs::write(&server_path, &server_key)?;
+        Ok(Keys {
+            dir: dir.into(),
+            client,
+            server_key,
+        })
+    }
+
+    /// The key's id on the server, uploading it when the server does not have it.
+    fn registered(&self, api: &ApiClient) -> Result<String> {
+        let id_path = self.dir.join("key-id");
+        if let Ok(id) = std::fs::read_to_string(&id_path) {
+            if api
+                .request(&format!("/api/v1/keys/{}", id.trim()), None)?
+                .status
+                == 200
+            {
+                return Ok(id.trim().to_owned());
+            }
+        }
+        self.upload(api)
+    }
+
+    fn upload(&self, api: &ApiClient) -> Result<String> {
+        eprintln!(
+            "uploading the evaluation key ({:.1} MB)",
+            self.server_key.len() as f64 / 1e6
+        );
+        let id = api.register_key(&self.server_key)?;
+        std::fs::write(self.dir.join("key-id"), &id)?;
+        Ok(id)
+    }
+}
+
+/// Creates `dir` readable by its owner only: it holds the secret key.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
