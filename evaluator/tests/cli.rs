@@ -66,3 +66,16 @@ fn bad_input_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a HEXray model"));
 }
+
+#[test]
+fn client_spec_prints_the_public_part_only() {
+    let out = hexray(&["client-spec"]);
+    assert!(out.status.success());
+    let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(spec["format"], "hexray-client-spec");
+    assert_eq!(spec["fingerprint"].as_str().map(str::len), Some(64));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["weights", "bias", "acc_min", "sigma", "layers"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+}

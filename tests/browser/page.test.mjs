@@ -209,8 +209,14 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     // No request carried the client key or the image.
     const clientKey = Buffer.from(stored.clientKey);
     const windows = (buf, size) => [0.25, 0.5, 0.75].map((f) => buf.subarray(Math.floor(buf.length * f), Math.floor(buf.length * f) + size));
+    // Nor the decrypted answer: its probabilities, as the page holds and shows them.
+    const answers = first.probabilities.flatMap((p) => [String(p), (100 * p).toFixed(1)]);
     const assertNothingSecretSent = () => {
       for (const { url, body } of bodies) {
+        for (const answer of answers) {
+          assert.equal(url.includes(answer), false, `${url} carries the diagnosis`);
+          assert.equal(body.indexOf(answer), -1, `${url} carries the diagnosis`);
+        }
         // 4 KiB of key: 512 secret coefficients, which no honest body repeats by chance.
         for (const secret of windows(clientKey, 4096)) assert.equal(body.indexOf(secret), -1, `${url} carries client key bytes`);
         for (const pixels of windows(xray, 64)) assert.equal(body.indexOf(pixels), -1, `${url} carries image bytes`);

@@ -916,3 +916,22 @@ async fn keys_unused_for_longer_than_the_expiry_are_deleted() {
         "the expired key file is deleted"
     );
 }
+
+#[actix_web::test]
+async fn finished_jobs_are_removed_on_a_timer_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut short = config(dir.path(), 4);
+    short.queue.retention = Duration::from_secs(1);
+    let app = app(&short).await;
+    let (client, key) = shared_client();
+    let id = register(&app, key).await;
+    let one = batch(client, &["pneumoniamnist/test-0234-normal.png"]);
+    let (_, body) = call(&app, Method::POST, &job_uri(&id), one).await;
+    let job = json(&body)["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait(&app, &job).await["state"], "done");
+    // No other request arrives: only the timer can remove it.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = call(&app, Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["code"], "unknown_job");
+}
