@@ -152,7 +152,9 @@ async function loadModel() {
 const ACCEPTED = ['image/png', 'image/jpeg'];
 
 async function addFiles(list) {
-  for (const file of list) {
+  // Copied before the first await: a FileList or DataTransfer is emptied once its event ends.
+  const files = Array.from(list);
+  for (const file of files) {
     const entry = { file, bytes: null, problem: null };
     if (!ACCEPTED.includes(file.type) && !/\.(png|jpe?g)$/i.test(file.name)) {
       entry.problem = `${file.name} is not a PNG or JPEG image.`;
