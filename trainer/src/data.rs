@@ -222,6 +222,21 @@ pub fn folds(dataset: &Dataset, k: usize, seed: u64) -> Result<Vec<Vec<usize>>, 
     Ok(folds)
 }
 
+/// Splits `indices` of `dataset` into training and validation indices by patient: one of `k`
+/// patient folds of them validates, the rest trains. Model selection then never sees a patient
+/// it was trained on.
+pub fn hold_out(
+    dataset: &Dataset,
+    indices: &[usize],
+    k: usize,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+    let inner = folds(&dataset.subset(indices), k, seed)?;
+    let validation: Vec<usize> = inner[0].iter().map(|&i| indices[i]).collect();
+    let train = inner[1..].iter().flatten().map(|&i| indices[i]).collect();
+    Ok((train, validation))
+}
+
 /// Patients (or, without ids, images) that appear in more than one of `folds`: empty for
 /// folds made by [`folds`].
 pub fn shared_patients(dataset: &Dataset, folds: &[Vec<usize>]) -> BTreeSet<String> {

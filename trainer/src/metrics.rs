@@ -7,6 +7,7 @@
 //! class happens to be missing, so nothing here panics or returns NaN: an undefined ratio is
 //! replaced by the value that means "no information" (0 for F1 and accuracy, 0.5 for the AUC).
 
+use hexray_model::simulate::argmax;
 use serde::Serialize;
 
 /// Scores of a classifier on a labelled set.
@@ -88,17 +89,6 @@ fn ratio(numerator: f64, denominator: f64, otherwise: f64) -> f64 {
     } else {
         numerator / denominator
     }
-}
-
-/// Index of the largest value, the first one on ties (NaNs are never chosen over a number).
-fn argmax(values: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] || values[best].is_nan() {
-            best = i;
-        }
-    }
-    best
 }
 
 /// The ROC AUC of `scores` for the images marked `positive`: the probability that a random

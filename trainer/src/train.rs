@@ -8,6 +8,7 @@ use burn::prelude::*;
 use hexray_model::activation::Granularity;
 use hexray_model::compile::TORUS;
 use hexray_model::format::{FheParameters, InputSpec, Layer};
+use hexray_model::simulate::argmax;
 use hexray_model::{compile, Circuit, ModelError};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -157,14 +158,27 @@ pub fn predict(net: &Net, data: &Tensors, pass: &mut Pass) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Fraction of images whose most probable class is their label.
+/// Fraction of images whose most probable class is their label, by the one argmax rule the
+/// simulator and the reports use (the first class on a tie), so a tie is never counted right
+/// here and wrong there.
 pub fn accuracy(probabilities: &[Vec<f64>], labels: &[usize]) -> f64 {
     let correct = probabilities
         .iter()
         .zip(labels)
-        .filter(|(p, &label)| p.iter().all(|&q| q <= p[label]))
+        .filter(|(p, &label)| argmax(p) == label)
         .count();
     correct as f64 / labels.len().max(1) as f64
+}
+
+/// The random generator of one training phase: seeded by the run's seed and the phase's
+/// name, so phases shuffle differently (`seed ^ name length` made "teacher", "replace" and
+/// "student", all 7 letters, shuffle alike) and reruns repeat.
+pub fn phase_rng(seed: u64, phase: &str) -> ChaCha8Rng {
+    // FNV-1a: a stable hash, unlike std's, which may change between Rust releases.
+    let name = phase.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    ChaCha8Rng::seed_from_u64(seed ^ name)
 }
 
 /// One optimisation phase: `epochs` passes over `train` in shuffled batches, the loss given by
@@ -183,7 +197,7 @@ fn fit(
     mut validate: impl FnMut(&Net, usize) -> f64,
 ) -> Net {
     let mut optimizer = AdamConfig::new().init();
-    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed ^ phase.len() as u64);
+    let mut rng = phase_rng(settings.seed, phase);
     let batches = train.len().div_ceil(settings.batch_size);
     let bar = match settings.progress {
         true => ProgressBar::new((epochs * batches) as u64),

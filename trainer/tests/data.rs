@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hexray_model::format::{InputSpec, Intensity};
 use hexray_model::preprocess::{preprocess, preprocess_luma};
-use hexray_trainer::data::{folds, load_folder, load_npz, shared_patients};
+use hexray_trainer::data::{folds, hold_out, load_folder, load_npz, shared_patients};
 use image::GrayImage;
 use ndarray::{Array2, Array3};
 use ndarray_npy::NpzWriter;
@@ -164,6 +164,27 @@ fn folder_datasets_load_with_patients_and_split_by_patient() {
     );
     let subset = data.subset(&split[0]);
     assert_eq!(subset.len(), split[0].len());
+}
+
+#[test]
+fn transfer_validation_shares_no_patient_with_its_training_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = load_folder(&folder(dir.path(), GOOD), &["normal", "covid"], &spec()).unwrap();
+    // Of all four images (patients P1, P2, P3, P1), hold some patients out to choose on.
+    for seed in 0..8 {
+        let (train, validation) = hold_out(&data, &[0, 1, 2, 3], 2, seed).unwrap();
+        assert!(!train.is_empty() && !validation.is_empty());
+        assert!(shared_patients(&data, &[train.clone(), validation.clone()]).is_empty());
+        let mut all = [train, validation].concat();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3], "every image is used once");
+    }
+    // The indices are the dataset's, not the subset's.
+    let (train, validation) = hold_out(&data, &[1, 2, 3], 2, 1).unwrap();
+    assert!(train
+        .iter()
+        .chain(&validation)
+        .all(|i| [1, 2, 3].contains(i)));
 }
 
 #[test]

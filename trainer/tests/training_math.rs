@@ -194,3 +194,35 @@ fn training_an_independent_copy_leaves_the_original_untouched() {
     shared.forward(images, &mut Pass::float(ActivationMode::Relu));
     assert_ne!(statistics(&teacher), before);
 }
+
+#[test]
+fn one_argmax_rule_counts_a_tie_for_the_first_class_everywhere() {
+    use hexray_trainer::metrics::Scores;
+    use hexray_trainer::train::accuracy;
+    let tied = vec![vec![0.5, 0.5]];
+    // A tie names the first class: right for label 0, wrong for label 1, in training's
+    // checkpoint choice and in the reports alike.
+    assert_eq!(accuracy(&tied, &[0]), 1.0);
+    assert_eq!(accuracy(&tied, &[1]), 0.0);
+    assert_eq!(Scores::new(&tied, &[1]).accuracy, 0.0);
+    assert_eq!(Scores::new(&tied, &[0]).accuracy, 1.0);
+    assert_eq!(hexray_model::simulate::argmax(&[0.2, 0.7, 0.7]), 1);
+}
+
+#[test]
+fn each_training_phase_shuffles_differently_and_repeatably() {
+    use hexray_trainer::train::phase_rng;
+    use rand::seq::SliceRandom;
+    let order = |phase: &str| {
+        let mut order: Vec<usize> = (0..64).collect();
+        order.shuffle(&mut phase_rng(2024, phase));
+        order
+    };
+    let phases = ["teacher", "replace", "student", "quantized"];
+    for (i, a) in phases.iter().enumerate() {
+        assert_eq!(order(a), order(a), "{a} repeats");
+        for b in &phases[i + 1..] {
+            assert_ne!(order(a), order(b), "{a} and {b} shuffle alike");
+        }
+    }
+}
