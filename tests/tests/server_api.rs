@@ -49,7 +49,9 @@ fn config(data_dir: &std::path::Path, capacity: usize) -> Config {
 fn tokens() -> &'static (std::path::PathBuf, [String; 2]) {
     static TOKENS: OnceLock<(std::path::PathBuf, [String; 2])> = OnceLock::new();
     TOKENS.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("hexray-tokens-{}", std::process::id()));
+        // Cargo's scratch folder for integration tests, inside the target directory.
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("hexray-tokens-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let new = |label| Tokens::create(&path, label, Scope::Clinician).unwrap();
         let tokens = [new("ward a"), new("ward b")];
