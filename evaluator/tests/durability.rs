@@ -34,12 +34,16 @@ fn serve(data: &Path, tokens: &Path, port: u16) -> Child {
 
 /// [`serve`] with more flags.
 fn serve_with(data: &Path, tokens: &Path, port: u16, flags: &[&str]) -> Child {
+    let tokens = ["--tokens-file", tokens.to_str().expect("a UTF-8 path")];
+    start(data, port, &[&tokens[..], flags].concat())
+}
+
+/// Starts `hexray serve` on loopback with `flags`, and waits until it answers.
+fn start(data: &Path, port: u16, flags: &[&str]) -> Child {
     let child = hexray()
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
-        .arg("--tokens-file")
-        .arg(tokens)
         .args(["--web-dir", "/nonexistent", "--threads", "2"])
         .args(flags)
         .stdout(Stdio::null())
@@ -56,6 +60,12 @@ fn serve_with(data: &Path, tokens: &Path, port: u16, flags: &[&str]) -> Child {
         std::thread::sleep(Duration::from_millis(100));
     }
     child
+}
+
+/// SIGKILL: the server gets no chance to tidy up.
+fn kill(mut server: Child) {
+    server.kill().unwrap();
+    server.wait().unwrap();
 }
 
 fn new_token(tokens: &Path) -> String {
@@ -99,7 +109,7 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
     let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 11);
     let server_key = server_key.to_bytes();
 
-    let mut server = serve(&data, &tokens, port);
+    let server = serve(&data, &tokens, port);
     let id = api.register_key(&server_key).unwrap();
     // A second key, half sent when the server dies.
     let (_, second) = ClientKey::generate_deterministic(ParameterSet::Ks32, 12);
@@ -114,10 +124,9 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
     .unwrap();
     upload.write_all(&second[..second.len() / 2]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    kill(server);
 
-    let mut server = serve(&data, &tokens, port);
+    let server = serve(&data, &tokens, port);
     let reply = api.request(&format!("/api/v1/keys/{id}"), None).unwrap();
     assert_eq!(reply.status, 200, "the registered key survived");
     let keys: Vec<_> = files(&data.join("keys"));
@@ -154,10 +163,9 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
+    kill(server);
 
-    let mut server = serve(&data, &tokens, port);
+    let server = serve(&data, &tokens, port);
     let reply = api.request(&format!("/api/v1/keys/{id}"), None).unwrap();
     assert_eq!(reply.status, 200, "the key survived a kill during a job");
     // Jobs live in memory: the killed one is gone, and resubmitting works.
@@ -178,8 +186,7 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
         exact.class(),
         "covid-1 is far from the boundary"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    kill(server);
 }
 
 #[test]
@@ -194,21 +201,8 @@ fn open_mode_is_refused_off_loopback_and_a_loopback_server_checks_the_host() {
 
     let dir = tempfile::tempdir().unwrap();
     let port = port();
-    let mut server = hexray()
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--web-dir", "/nonexistent"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = start(dir.path(), port, &[]);
     let api = ApiClient::new(&format!("http://127.0.0.1:{port}"), None);
-    let start = Instant::now();
-    while api.request("/api/v1/health", None).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(api.request("/api/v1/models", None).unwrap().status, 200);
     // A page whose own name was rebound to 127.0.0.1 sends its own Host.
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -220,8 +214,7 @@ fn open_mode_is_refused_off_loopback_and_a_loopback_server_checks_the_host() {
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    kill(server);
 }
 
 #[test]
@@ -234,7 +227,7 @@ fn token_new_stores_only_a_hash_and_serve_needs_a_token() {
     assert!(!file.contains(&token), "the file holds the token itself");
     assert!(file.contains("durability test"));
     let port = port();
-    let mut server = serve(&dir.path().join("data"), &tokens, port);
+    let server = serve(&dir.path().join("data"), &tokens, port);
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(
         ApiClient::new(&base, None)
@@ -249,8 +242,7 @@ fn token_new_stores_only_a_hash_and_serve_needs_a_token() {
         .json()
         .unwrap();
     assert_eq!(models["models"][0]["id"], "pneumonia-a");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    kill(server);
 }
 
 /// Starts a key upload that sends its headers and a few bytes, then stalls.
@@ -272,7 +264,7 @@ fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     let (slow, polite) = (new_token(&tokens), new_token(&tokens));
     let port = port();
     let flags = ["--body-timeout-s", "3", "--max-uploads-per-token", "2"];
-    let mut server = serve_with(&dir.path().join("data"), &tokens, port, &flags);
+    let server = serve_with(&dir.path().join("data"), &tokens, port, &flags);
     let base = format!("http://127.0.0.1:{port}");
     let (_, key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 13);
     let key = key.to_bytes();
@@ -302,8 +294,7 @@ fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     ApiClient::new(&base, Some(&slow))
         .register_key(&key)
         .unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
+    kill(server);
 }
 
 #[test]
@@ -312,7 +303,7 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
     let token = new_token(&tokens);
     let port = port();
-    let mut server = serve(&data, &tokens, port);
+    let server = serve(&data, &tokens, port);
     let analyze = || {
         hexray()
             .args(["analyze", "--server", &format!("http://127.0.0.1:{port}")])
@@ -360,9 +351,8 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     for file in files(&data.join("keys")) {
         std::fs::remove_file(file).unwrap();
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let mut server = serve(&data, &tokens, port);
+    kill(server);
+    let server = serve(&data, &tokens, port);
     let out = analyze();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -380,6 +370,5 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    kill(server);
 }
