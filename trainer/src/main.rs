@@ -21,7 +21,8 @@ use hexray_trainer::loss::Distillation;
 use hexray_trainer::metrics::{roc_curve, Scores};
 use hexray_trainer::net::{ActivationMode, Net};
 use hexray_trainer::pipeline::{
-    export_mismatches, score_circuit, score_float, teacher, train_and_compile, Config,
+    export_mismatches, score_circuit, score_float, strong_teacher, teacher, train_and_compile,
+    Config,
 };
 use hexray_trainer::plots::{line_chart, pareto_chart, roc_chart, Series};
 use hexray_trainer::report::{seed_table, table, Row, RunReport, SeedRow, StageSummary};
@@ -117,6 +118,11 @@ struct Common {
     seed: u64,
     #[arg(long, default_value_t = 30)]
     teacher_epochs: usize,
+    /// A larger ReLU network to distil every student from (a preset or spec, e.g.
+    /// `c16k3s1p1,c16k3s1p1x2,c32k3s1p1,c32k3s1p1x2,d128`); without it, each student learns
+    /// from a teacher of its own topology.
+    #[arg(long)]
+    strong_teacher: Option<String>,
     #[arg(long, default_value_t = 5)]
     blend_epochs: usize,
     #[arg(long, default_value_t = 20)]
@@ -208,8 +214,17 @@ impl Common {
         let input = self.input_spec();
         let topology = Topology::parse(topology)?;
         topology.check(INPUT_SHAPE)?;
+        let strong_teacher = match &self.strong_teacher {
+            Some(spec) => {
+                let strong = Topology::parse(spec)?;
+                strong.check(INPUT_SHAPE)?;
+                Some(strong)
+            }
+            None => None,
+        };
         Ok(Config {
             topology,
+            strong_teacher,
             recipe,
             teacher_epochs: self.teacher_epochs,
             settings: Settings {
@@ -315,6 +330,7 @@ fn train(
     let start = Instant::now();
     let mut log = Vec::new();
     let teacher_net = teacher(None, &config, &tr, &va, &mut log);
+    let strong = strong_teacher(&config, &tr, &va, &mut log);
     let description = format!(
         "Pneumonia vs normal on 28×28 chest X-rays. Topology {} ({}); per-element quadratic \
          student distilled from a ReLU teacher, quantization- and noise-aware. Trained on \
@@ -326,6 +342,7 @@ fn train(
     let student = train_and_compile(
         &config,
         &teacher_net,
+        strong.as_ref(),
         &tr,
         &va,
         &mut log,
@@ -528,6 +545,7 @@ fn ablation(common: &Common, topologies: &[String], seeds: usize, out: &Path) ->
             let shipped = run.config(name, run.shipped(), &classes())?;
             let mut log = Vec::new();
             let teacher_net = teacher(None, &shipped, &tr, &va, &mut log);
+            let strong = strong_teacher(&shipped, &tr, &va, &mut log);
             let mut scores = vec![(
                 "ReLU teacher",
                 score_float(&teacher_net, ActivationMode::Relu, &te).0,
@@ -537,8 +555,16 @@ fn ablation(common: &Common, topologies: &[String], seeds: usize, out: &Path) ->
                     recipe,
                     ..shipped.clone()
                 };
-                let student =
-                    train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "ablation")?;
+                let student = train_and_compile(
+                    &config,
+                    &teacher_net,
+                    strong.as_ref(),
+                    &tr,
+                    &va,
+                    &mut log,
+                    name,
+                    "ablation",
+                )?;
                 scores.push((
                     label,
                     match &student.quantized {
@@ -618,9 +644,23 @@ fn pareto(common: &Common, topologies: &[String], seeds: usize, out: &Path) -> R
             let config = run.config(name, run.shipped(), &classes())?;
             let mut log = Vec::new();
             let teacher_net = teacher(None, &config, &tr, &va, &mut log);
-            let teacher_scores = score_float(&teacher_net, ActivationMode::Relu, &te).0;
-            let student =
-                train_and_compile(&config, &teacher_net, &tr, &va, &mut log, name, "pareto")?;
+            let strong = strong_teacher(&config, &tr, &va, &mut log);
+            let teacher_scores = score_float(
+                strong.as_ref().unwrap_or(&teacher_net),
+                ActivationMode::Relu,
+                &te,
+            )
+            .0;
+            let student = train_and_compile(
+                &config,
+                &teacher_net,
+                strong.as_ref(),
+                &tr,
+                &va,
+                &mut log,
+                name,
+                "pareto",
+            )?;
             let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
             let scores = vec![
                 ("teacher", teacher_scores),
@@ -717,6 +757,7 @@ fn transfer(
             let student = train_and_compile(
                 &config,
                 &fine_tuned,
+                None,
                 &fold_train,
                 &fold_val,
                 &mut log,

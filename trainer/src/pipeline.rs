@@ -27,6 +27,8 @@ pub struct Config {
     pub settings: Settings,
     pub input: InputSpec,
     pub classes: Vec<String>,
+    /// A larger ReLU network to distil the student from; `None`: the student-shaped teacher.
+    pub strong_teacher: Option<Topology>,
     #[serde(skip)]
     pub fhe: FheParameters,
 }
@@ -40,9 +42,11 @@ pub struct Student {
 
 /// Trains the student of `config.recipe` from `teacher`, quantizing and compiling it when the
 /// recipe asks.
+#[allow(clippy::too_many_arguments)]
 pub fn train_and_compile(
     config: &Config,
     teacher: &Net,
+    strong: Option<&Net>,
     train: &Tensors,
     val: &Tensors,
     log: &mut Vec<EpochLog>,
@@ -50,7 +54,16 @@ pub fn train_and_compile(
     description: &str,
 ) -> Result<Student, ModelError> {
     let recipe = &config.recipe;
-    let float = train_student(teacher, recipe, train, val, &config.settings, log);
+    let distil_from = strong.unwrap_or(teacher);
+    let float = train_student(
+        teacher,
+        distil_from,
+        recipe,
+        train,
+        val,
+        &config.settings,
+        log,
+    );
     let quantized = match &recipe.quantization {
         None => None,
         Some(qat) => {
@@ -58,7 +71,7 @@ pub fn train_and_compile(
                 float.independent_copy(),
                 qat,
                 recipe.distillation,
-                teacher,
+                distil_from,
                 train,
                 val,
                 &config.input,
@@ -105,6 +118,27 @@ pub fn teacher(
         &config.settings,
         log,
     )
+}
+
+/// Trains the config's strong teacher, when it names one: the same recipe as [`teacher`], on
+/// the larger topology.
+pub fn strong_teacher(
+    config: &Config,
+    train: &Tensors,
+    val: &Tensors,
+    log: &mut Vec<EpochLog>,
+) -> Option<Net> {
+    let topology = config.strong_teacher.as_ref()?;
+    Some(train_teacher(
+        None,
+        topology,
+        config.classes.len(),
+        train,
+        val,
+        config.teacher_epochs,
+        &config.settings,
+        log,
+    ))
 }
 
 /// Scores of a float network.

@@ -341,9 +341,12 @@ impl Objective<'_> {
     }
 }
 
-/// Trains the float student from the teacher by `recipe` (without its quantization phase).
+/// Trains the float student from the teacher by `recipe` (without its quantization phase):
+/// it starts from `teacher`, of its own topology, and is distilled from `distil_from`, which
+/// may be a larger network (paper 1, Baruch et al., allows a teacher larger than its student).
 pub fn train_student(
     teacher: &Net,
+    distil_from: &Net,
     recipe: &Recipe,
     train: &Tensors,
     val: &Tensors,
@@ -369,7 +372,7 @@ pub fn train_student(
     };
     let objective = Objective {
         train,
-        teacher: teacher_logits(teacher, train),
+        teacher: teacher_logits(distil_from, train),
         classes,
         distillation: recipe.distillation,
     };

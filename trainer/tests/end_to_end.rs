@@ -14,7 +14,7 @@ use hexray_trainer::export::IntegerNet;
 use hexray_trainer::loss::Distillation;
 use hexray_trainer::net::{ActivationMode, Pass};
 use hexray_trainer::pipeline::{
-    export_mismatches, score_circuit, teacher, train_and_compile, Config,
+    export_mismatches, score_circuit, strong_teacher, teacher, train_and_compile, Config,
 };
 use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{noise_levels, QatRecipe, Recipe, Settings, Tensors};
@@ -69,6 +69,8 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
         },
         input: input.clone(),
         classes: vec!["normal".into(), "pneumonia".into()],
+        // Distilled from a larger network than itself, as the method allows.
+        strong_teacher: Some(Topology::parse("c8k3s1p1x2,d32").unwrap()),
         fhe: DEFAULT_PARAMETER_SET.fhe_parameters(),
     };
     let (tr, va) = (
@@ -77,10 +79,20 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
     );
     let mut log = Vec::new();
     let teacher_net = teacher(None, &config, &tr, &va, &mut log);
-    let student =
-        train_and_compile(&config, &teacher_net, &tr, &va, &mut log, "tiny", "test").unwrap();
+    let strong = strong_teacher(&config, &tr, &va, &mut log).expect("the config names one");
+    let student = train_and_compile(
+        &config,
+        &teacher_net,
+        Some(&strong),
+        &tr,
+        &va,
+        &mut log,
+        "tiny",
+        "test",
+    )
+    .unwrap();
     let (quantized, model, circuit) = student.quantized.unwrap();
-    assert_eq!(log.len(), 8 + 2 + 4 + 3, "one log entry per epoch");
+    assert_eq!(log.len(), 8 + 8 + 2 + 4 + 3, "one log entry per epoch");
 
     // The file round-trips and loads as the evaluator would.
     let (reloaded, _) = CompiledModel::from_bytes(&model.to_bytes()).unwrap();
