@@ -106,6 +106,7 @@ fn main() -> Result<()> {
         output: OutputSpec {
             classes: vec!["normal".into(), "pneumonia".into()],
             logit_scale,
+            logit_bound_log2: hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2,
         },
     };
     let model = CompiledModel::build(

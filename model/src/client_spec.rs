@@ -8,8 +8,9 @@
 //! `docs/client-spec.md`).
 //!
 //! Nothing in it is derived from the weights. Inputs are encrypted in one public unit
-//! ([`INPUT_DELTA_LOG2`]) and outputs decode with one public unit ([`OUTPUT_UNIT_LOG2`]) for every
-//! model; the server does the model-specific scaling and centring. Two models that differ only
+//! ([`INPUT_DELTA_LOG2`]) for every model, and outputs decode with the unit the model's declared
+//! logit bound sets ([`output_unit_log2`]); the server does the model-specific scaling and
+//! centring. Two models that differ only
 //! in their weights therefore have specs that differ only in their [`ClientSpec::fingerprint`].
 //!
 //! **What the client learns.** Each decrypted logit is rounded to [`LOGIT_STEP`] before the
@@ -35,9 +36,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::compile::Circuit;
-pub use crate::compile::{INPUT_DELTA_LOG2, OUTPUT_UNIT_LOG2};
+pub use crate::compile::{output_unit_log2, INPUT_DELTA_LOG2};
 use crate::error::ModelError;
-use crate::format::{check_classes, CompiledModel, InputSpec};
+use crate::format::{check_classes, check_logit_bound, CompiledModel, InputSpec};
 use crate::simulate::{argmax, softmax};
 
 /// The `format` field of every client spec.
@@ -122,7 +123,7 @@ impl CompiledModel {
                 delta_log2: INPUT_DELTA_LOG2,
             },
             output_decoding: OutputDecoding {
-                unit_log2: OUTPUT_UNIT_LOG2,
+                unit_log2: output_unit_log2(self.network.output.logit_bound_log2),
                 logit_step: LOGIT_STEP,
             },
             fingerprint: self.fingerprint(),
@@ -166,12 +167,10 @@ impl ClientSpec {
         }
         self.input.validate("input")?;
         check_classes("classes", &self.classes)?;
-        let expected_output = OutputDecoding {
-            unit_log2: OUTPUT_UNIT_LOG2,
-            logit_step: LOGIT_STEP,
-        };
+        let bound = 63u32.saturating_sub(self.output_decoding.unit_log2);
+        check_logit_bound("output_decoding.unit_log2", bound)?;
         if self.input_encoding.delta_log2 != INPUT_DELTA_LOG2
-            || self.output_decoding != expected_output
+            || self.output_decoding.logit_step != LOGIT_STEP
         {
             return Err(ModelError::field(
                 "input_encoding",

@@ -30,7 +30,8 @@
 use crate::activation::{Function, Granularity, Quantizer};
 use crate::error::{CompileError, ModelError};
 use crate::format::{
-    Activation, Encoding, FheParameters, InputSpec, Layer, Network, Shape, StageEncoding,
+    Activation, Encoding, FheParameters, InputSpec, Layer, Network, OutputSpec, Shape,
+    StageEncoding,
 };
 use crate::linear::{self, Affine};
 
@@ -235,7 +236,7 @@ pub fn compile(network: &Network, fhe: &FheParameters) -> Result<Circuit, ModelE
                     forms,
                     Some(activation),
                     fhe,
-                    network.output.logit_scale,
+                    &network.output,
                 )?;
                 input_ranges = stage.output_ranges(fhe.polynomial_size);
                 forms = Affine::identity(shape.len());
@@ -253,7 +254,7 @@ pub fn compile(network: &Network, fhe: &FheParameters) -> Result<Circuit, ModelE
         forms,
         None,
         fhe,
-        network.output.logit_scale,
+        &network.output,
     )?);
 
     Ok(Circuit {
@@ -282,18 +283,45 @@ fn stage_activation(act: &Activation, shape: Shape) -> StageActivation {
 /// far below the noise the keyswitch and modulus switch add before the first bootstrap.
 pub const INPUT_DELTA_LOG2: u32 = 32;
 
-/// The output stage's phases decode into logits with one public unit: `logit = phase / 2^58`,
-/// with the phase read as a signed integer. Its Δ is `logit_scale · 2^58`, and the server
-/// centres the outputs on a common origin ([`Stage::origin`]); a common shift of every logit
-/// changes neither the softmax nor the class. So the logits must stay within ±2^(63−58) = ±32
-/// of that origin, noise included; softmax saturates long before that.
-pub const OUTPUT_UNIT_LOG2: u32 = 58;
+/// The output stage's phases decode into logits with a public unit: `logit = phase / 2^u`,
+/// the phase read as a signed integer, where `u = 63 − b` for the bound `±2^b` the model
+/// declares on its logits ([`crate::format::OutputSpec::logit_bound_log2`]). The output Δ is
+/// `logit_scale · 2^u`, and the server centres the outputs on a common origin
+/// ([`Stage::origin`]); a common shift of every logit changes neither the softmax nor the
+/// class. The worst-case logits, noise included, must stay within the bound. A tighter bound
+/// gives finer output precision, so exporters declare the smallest that fits
+/// ([`Network::fit_logit_bound`]).
+pub fn output_unit_log2(logit_bound_log2: u32) -> u32 {
+    63 - logit_bound_log2
+}
+
+/// The logit bound a model declares unless it says otherwise: ±32, which the bundled models
+/// fit.
+pub const DEFAULT_LOGIT_BOUND_LOG2: u32 = 5;
+/// The widest logit bound a model may declare: ±2^20.
+pub const MAX_LOGIT_BOUND_LOG2: u32 = 20;
+
+impl Network {
+    /// Declares the smallest logit bound, from the default up, with which this network
+    /// compiles for `fhe`, and returns the circuit: for exporters, which know the weights but
+    /// leave the worst case to the compiler.
+    pub fn fit_logit_bound(&mut self, fhe: &FheParameters) -> Result<Circuit, ModelError> {
+        for bound in DEFAULT_LOGIT_BOUND_LOG2..=MAX_LOGIT_BOUND_LOG2 {
+            self.output.logit_bound_log2 = bound;
+            match compile(self, fhe) {
+                Err(ModelError::Compile(CompileError::LogitRange { .. })) => continue,
+                result => return result,
+            }
+        }
+        compile(self, fhe)
+    }
+}
 
 /// Range analysis, noise and encoding for one stage.
 ///
 /// A hidden stage takes the largest Δ with which every accumulator range, plus its noise
 /// margins, fits the half torus (the padding bit stays clear). The output stage takes the
-/// public logit unit instead ([`OUTPUT_UNIT_LOG2`]) and needs its centred range to fit the
+/// public logit unit instead ([`output_unit_log2`]) and needs its centred range to fit the
 /// signed torus. Stage 0's Δ is a whole multiple of the public input unit
 /// ([`INPUT_DELTA_LOG2`]).
 fn analyse(
@@ -302,8 +330,9 @@ fn analyse(
     forms: Vec<Affine>,
     activation: Option<StageActivation>,
     fhe: &FheParameters,
-    logit_scale: f64,
+    output: &OutputSpec,
 ) -> Result<Stage, CompileError> {
+    let logit_scale = output.logit_scale;
     let (base_variance, unit) = if index == 0 {
         (fhe.fresh_variance, 1i128 << INPUT_DELTA_LOG2)
     } else {
@@ -368,8 +397,10 @@ fn analyse(
         let delta = fit(margin) / unit * unit;
         (delta, margin, 0)
     } else {
-        let delta =
-            (logit_scale * (1u64 << OUTPUT_UNIT_LOG2) as f64 / unit as f64).round() as i128 * unit;
+        let delta = (logit_scale * (1u64 << output_unit_log2(output.logit_bound_log2)) as f64
+            / unit as f64)
+            .round() as i128
+            * unit;
         let margin = margin_for((delta / unit) as f64)?;
         let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
@@ -378,7 +409,7 @@ fn analyse(
         if delta >= 1 && reach.saturating_mul(delta).saturating_add(margin) > HALF_TORUS {
             return Err(CompileError::LogitRange {
                 half_width: reach as f64 * logit_scale,
-                limit: (1u64 << (63 - OUTPUT_UNIT_LOG2)) as f64,
+                limit: (1u64 << output.logit_bound_log2) as f64,
             });
         }
         (delta, margin, origin as i64)

@@ -42,8 +42,9 @@ pub enum CompileError {
         range: i128,
     },
     #[error(
-        "the logits span ±{half_width:.1} around their centre in the worst case; the public \
-         output encoding holds ±{limit} (lower the logit scale)"
+        "the logits span ±{half_width:.1} around their centre in the worst case, over the \
+         ±{limit} the model declares (network.output.logit_bound_log2; \
+         `Network::fit_logit_bound` picks the smallest that fits)"
     )]
     LogitRange { half_width: f64, limit: f64 },
     #[error("stage {stage}: noise margin ({sigma:.3e} of the torus) leaves no room for values")]

@@ -231,6 +231,15 @@ pub struct Activation {
 pub struct OutputSpec {
     pub classes: Vec<String>,
     pub logit_scale: f64,
+    /// The model's public bound on its logits, ±2^this around their common centre: it sets the
+    /// output encoding a client reads (see [`crate::compile::output_unit_log2`]). Absent means
+    /// [`crate::compile::DEFAULT_LOGIT_BOUND_LOG2`].
+    #[serde(default = "default_logit_bound")]
+    pub logit_bound_log2: u32,
+}
+
+fn default_logit_bound() -> u32 {
+    crate::compile::DEFAULT_LOGIT_BOUND_LOG2
 }
 
 /// The TFHE parameter set a model was compiled for, as the numbers the compiler needs.
@@ -484,6 +493,10 @@ impl Network {
     pub fn validate(&self) -> Result<Vec<Shape>, ModelError> {
         self.input.validate("network.input")?;
         check_classes("network.output.classes", &self.output.classes)?;
+        check_logit_bound(
+            "network.output.logit_bound_log2",
+            self.output.logit_bound_log2,
+        )?;
         positive_finite("network.output.logit_scale", self.output.logit_scale)?;
 
         let mut shape = self.input_shape();
@@ -547,6 +560,20 @@ pub(crate) fn check_classes(field: &str, classes: &[String]) -> Result<(), Model
         Err(ModelError::field(
             field,
             format!("needs 2 to {MAX_CLASSES} classes, found {}", classes.len()),
+        ))
+    }
+}
+
+pub(crate) fn check_logit_bound(field: &str, bound_log2: u32) -> Result<(), ModelError> {
+    if (1..=crate::compile::MAX_LOGIT_BOUND_LOG2).contains(&bound_log2) {
+        Ok(())
+    } else {
+        Err(ModelError::field(
+            field,
+            format!(
+                "must be between 1 and {}",
+                crate::compile::MAX_LOGIT_BOUND_LOG2
+            ),
         ))
     }
 }

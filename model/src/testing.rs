@@ -60,6 +60,7 @@ pub fn tiny_network() -> Network {
         output: OutputSpec {
             classes: vec!["normal".into(), "pneumonia".into()],
             logit_scale: 0.1,
+            logit_bound_log2: crate::compile::DEFAULT_LOGIT_BOUND_LOG2,
         },
     }
 }

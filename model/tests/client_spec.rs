@@ -122,3 +122,29 @@ fn decoding_rounds_logits_to_the_public_step() {
     let exact = spec.exact_logits(&phases);
     assert!((exact[0] - 1.1).abs() < 1e-9 && (exact[1] + 0.6).abs() < 1e-9);
 }
+
+#[test]
+fn a_network_over_its_declared_logit_bound_is_refused_and_fit_declares_the_smallest() {
+    let mut network = tiny_network();
+    for layer in &mut network.layers {
+        if let Layer::Dense { weights, .. } = layer {
+            weights.iter_mut().for_each(|w| *w *= 4);
+        }
+    }
+    assert!(matches!(
+        compile(&network, &test_fhe()),
+        Err(ModelError::Compile(
+            hexray_model::CompileError::LogitRange { .. }
+        ))
+    ));
+    let circuit = network.fit_logit_bound(&test_fhe()).unwrap();
+    let bound = network.output.logit_bound_log2;
+    assert!(bound > hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2);
+    network.output.logit_bound_log2 = bound - 1;
+    assert!(compile(&network, &test_fhe()).is_err(), "the smallest bound that fits");
+    network.output.logit_bound_log2 = bound;
+    let model = CompiledModel::build("m", "1", "d", network, test_fhe()).unwrap();
+    let spec = model.client_spec(&circuit);
+    assert_eq!(spec.output_decoding.unit_log2, 63 - bound);
+    assert_eq!(ClientSpec::from_json(&spec.to_json()).unwrap(), spec);
+}

@@ -294,6 +294,7 @@ fn range_analysis_refuses_a_model_crafted_to_overflow() {
         output: OutputSpec {
             classes: vec!["a".into(), "b".into()],
             logit_scale: 1.0,
+            logit_bound_log2: hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2,
         },
     };
     match build(network) {

@@ -199,6 +199,8 @@ impl IntegerNet {
             output: OutputSpec {
                 classes: self.classes.clone(),
                 logit_scale: self.logit_scale,
+                // Exporters then declare the smallest bound that fits: `fit_logit_bound`.
+                logit_bound_log2: hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2,
             },
         }
     }

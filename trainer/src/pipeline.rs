@@ -86,13 +86,9 @@ pub fn train_and_compile(
                 config.input.clone(),
                 config.classes.clone(),
             );
-            let model = CompiledModel::build(
-                name,
-                "1",
-                description,
-                integer.network(),
-                config.fhe.clone(),
-            )?;
+            let mut network = integer.network();
+            network.fit_logit_bound(&config.fhe)?;
+            let model = CompiledModel::build(name, "1", description, network, config.fhe.clone())?;
             let (model, circuit) = CompiledModel::from_bytes(&model.to_bytes())?;
             Some((q, model, circuit))
         }

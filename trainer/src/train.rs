@@ -9,7 +9,7 @@ use hexray_model::activation::Granularity;
 use hexray_model::compile::TORUS;
 use hexray_model::format::{FheParameters, InputSpec, Layer};
 use hexray_model::simulate::argmax;
-use hexray_model::{compile, Circuit, ModelError};
+use hexray_model::{Circuit, ModelError};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -485,8 +485,8 @@ pub fn noise_levels(
     integer: &IntegerNet,
     fhe: &FheParameters,
 ) -> Result<(NoiseLevels, Circuit), ModelError> {
-    let network = integer.network();
-    let circuit = compile(&network, fhe)?;
+    let mut network = integer.network();
+    let circuit = network.fit_logit_bound(fhe)?;
     let input_steps = std::iter::once(integer.input.scale)
         .chain(integer.blocks.iter().map(|b| b.activation.output.scale));
     let inputs = circuit
