@@ -141,7 +141,10 @@ fn a_network_over_its_declared_logit_bound_is_refused_and_fit_declares_the_small
     let bound = network.output.logit_bound_log2;
     assert!(bound > hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2);
     network.output.logit_bound_log2 = bound - 1;
-    assert!(compile(&network, &test_fhe()).is_err(), "the smallest bound that fits");
+    assert!(
+        compile(&network, &test_fhe()).is_err(),
+        "the smallest bound that fits"
+    );
     network.output.logit_bound_log2 = bound;
     let model = CompiledModel::build("m", "1", "d", network, test_fhe()).unwrap();
     let spec = model.client_spec(&circuit);
