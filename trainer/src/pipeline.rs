@@ -104,16 +104,7 @@ pub fn teacher(
     val: &Tensors,
     log: &mut Vec<EpochLog>,
 ) -> Net {
-    train_teacher(
-        start,
-        &config.topology,
-        config.classes.len(),
-        train,
-        val,
-        config.teacher_epochs,
-        &config.settings,
-        log,
-    )
+    relu_teacher(start, &config.topology, config, train, val, log)
 }
 
 /// Trains the config's strong teacher, when it names one: the same recipe as [`teacher`], on
@@ -125,8 +116,20 @@ pub fn strong_teacher(
     log: &mut Vec<EpochLog>,
 ) -> Option<Net> {
     let topology = config.strong_teacher.as_ref()?;
-    Some(train_teacher(
-        None,
+    Some(relu_teacher(None, topology, config, train, val, log))
+}
+
+/// The teacher recipe of `config` on `topology`.
+fn relu_teacher(
+    start: Option<Net>,
+    topology: &Topology,
+    config: &Config,
+    train: &Tensors,
+    val: &Tensors,
+    log: &mut Vec<EpochLog>,
+) -> Net {
+    train_teacher(
+        start,
         topology,
         config.classes.len(),
         train,
@@ -134,7 +137,7 @@ pub fn strong_teacher(
         config.teacher_epochs,
         &config.settings,
         log,
-    ))
+    )
 }
 
 /// Scores of a float network.
