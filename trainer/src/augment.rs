@@ -1,8 +1,26 @@
-//! Augmentation for the teacher: small random shifts, rotations and contrast changes, so that a
-//! small dataset teaches it the invariances a chest X-ray reader has.
+//! Augmentation, of two kinds:
+//! - [`augment`], for the teacher: small random shifts, rotations and contrast changes, so that
+//!   a small dataset teaches it the invariances a chest X-ray reader has;
+//! - [`full_resolution_copy`], for every phase: a MedMNIST image re-rendered as a clinician's
+//!   full-resolution file and brought back through the product's own [`preprocess`]. MedMNIST
+//!   shrank its images with its own crop and filter; a dropped X-ray goes through HEXray's, with
+//!   other margins, aspect ratios, exposure and often JPEG compression. Training on such copies
+//!   teaches the model that gap instead of MedMNIST's one pipeline.
+
+use std::io::Cursor;
 
 use burn::prelude::*;
-use rand::Rng;
+use hexray_model::format::InputSpec;
+use hexray_model::preprocess::preprocess;
+use image::codecs::jpeg::JpegEncoder;
+use image::imageops::{self, FilterType};
+use image::{GrayImage, ImageFormat};
+use ndarray::Array3;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::data::{DataError, Dataset};
 
 /// Largest shift, in pixels.
 const MAX_SHIFT: f64 = 2.0;
@@ -77,9 +95,113 @@ fn transform(
         .collect()
 }
 
+/// Side of the re-rendered image, in pixels: from a small thumbnail to a modest radiograph.
+const SIDES: std::ops::RangeInclusive<u32> = 112..=448;
+/// Width/height moves by up to this fraction: detectors and exports are rarely square.
+const MAX_ASPECT: f64 = 0.12;
+/// Each edge loses up to this fraction: collimation and export crops differ between sites.
+const MAX_MARGIN: f64 = 0.06;
+/// Gamma in [1/this, this]: display and export curves differ.
+const MAX_GAMMA: f64 = 1.3;
+/// Contrast about mid-grey in [1 − this, 1 + this].
+const MAX_FILE_CONTRAST: f64 = 0.15;
+/// Share of copies saved as JPEG, at a quality in [`JPEG_QUALITY`]; the rest as PNG.
+const JPEG_SHARE: f64 = 0.5;
+const JPEG_QUALITY: std::ops::RangeInclusive<u8> = 50..=95;
+/// The filters an exporting tool might upscale with.
+const FILTERS: [FilterType; 3] = [
+    FilterType::Triangle,
+    FilterType::CatmullRom,
+    FilterType::Lanczos3,
+];
+
+/// `image` re-rendered as a full-resolution file (random size, aspect, margins, gamma,
+/// contrast, and PNG or JPEG), then preprocessed by `spec` as the client would.
+pub fn full_resolution_copy(
+    image: &GrayImage,
+    spec: &InputSpec,
+    rng: &mut impl Rng,
+) -> Result<Array3<i64>, hexray_model::error::PreprocessError> {
+    let side = rng.gen_range(SIDES) as f64;
+    let aspect = rng.gen_range(1.0 - MAX_ASPECT..=1.0 + MAX_ASPECT).sqrt();
+    let (w, h) = (
+        (side * aspect).round() as u32,
+        (side / aspect).round() as u32,
+    );
+    let filter = FILTERS[rng.gen_range(0..FILTERS.len())];
+    let large = imageops::resize(image, w, h, filter);
+    let mut margin = |n: u32| (rng.gen_range(0.0..=MAX_MARGIN) * n as f64) as u32;
+    let (left, right, top, bottom) = (margin(w), margin(w), margin(h), margin(h));
+    let mut file =
+        imageops::crop_imm(&large, left, top, w - left - right, h - top - bottom).to_image();
+    let gamma = rng.gen_range(-MAX_GAMMA.ln()..=MAX_GAMMA.ln()).exp();
+    let contrast = rng.gen_range(1.0 - MAX_FILE_CONTRAST..=1.0 + MAX_FILE_CONTRAST);
+    let curve: [u8; 256] = std::array::from_fn(|v| {
+        let x = (v as f64 / 255.0).powf(gamma);
+        ((0.5 + (x - 0.5) * contrast) * 255.0)
+            .round()
+            .clamp(0.0, 255.0) as u8
+    });
+    for p in file.pixels_mut() {
+        p.0[0] = curve[p.0[0] as usize];
+    }
+    let mut bytes = Vec::new();
+    match rng.gen_bool(JPEG_SHARE) {
+        true => JpegEncoder::new_with_quality(&mut bytes, rng.gen_range(JPEG_QUALITY))
+            .encode_image(&file),
+        false => file.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png),
+    }
+    .expect("encoding to memory cannot fail");
+    preprocess(&bytes, spec)
+}
+
+/// `copies` full-resolution copies of every image (labels kept), deterministic in `seed`
+/// whatever the thread count: each image draws from its own generator.
+pub fn full_resolution_copies(
+    images: &[GrayImage],
+    labels: &[usize],
+    spec: &InputSpec,
+    copies: usize,
+    seed: u64,
+) -> Result<Dataset, DataError> {
+    let rendered: Vec<(Array3<i64>, usize)> = (0..copies * images.len())
+        .into_par_iter()
+        .map(|k| {
+            let i = k % images.len();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (k as u64).wrapping_mul(0x9E37_79B9));
+            full_resolution_copy(&images[i], spec, &mut rng)
+                .map(|image| (image, labels[i]))
+                .map_err(|e| DataError::Augment {
+                    what: format!("image {i}"),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let (images, labels) = rendered.into_iter().unzip();
+    Ok(Dataset {
+        images,
+        labels,
+        patients: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_resolution_copies_vary_repeatably_and_fit_the_input() {
+        let spec = InputSpec::square_8bit(28, hexray_model::format::Intensity::Equalize);
+        let image = GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * 9 + y * 3) as u8]));
+        let copy = |seed| full_resolution_copy(&image, &spec, &mut ChaCha8Rng::seed_from_u64(seed));
+        let first = copy(1).unwrap();
+        assert_eq!(first.dim(), (1, 28, 28));
+        assert_eq!(first, copy(1).unwrap(), "one seed, one copy");
+        assert_ne!(first, copy(2).unwrap(), "another seed, another rendering");
+        let labels = [0, 1];
+        let copies = full_resolution_copies(&[image.clone(), image], &labels, &spec, 2, 3).unwrap();
+        assert_eq!(copies.labels, [0, 1, 0, 1]);
+    }
 
     #[test]
     fn the_identity_transform_keeps_the_image() {

@@ -42,6 +42,8 @@ pub enum DataError {
     },
     #[error("cannot split: {0}")]
     Split(String),
+    #[error("cannot augment {what}: {reason}")]
+    Augment { what: String, reason: String },
 }
 
 /// Preprocessed images with their class labels and, where known, patient ids.
@@ -80,6 +82,28 @@ impl Dataset {
 /// Reads split `split` (`train`, `val` or `test`) of a MedMNIST `.npz` file: arrays
 /// `{split}_images` (n × h × w, u8) and `{split}_labels` (n × 1, u8).
 pub fn load_npz(path: &Path, split: &str, spec: &InputSpec) -> Result<Dataset, DataError> {
+    let (images, labels) = read_npz(path, split)?;
+    let images = images
+        .into_iter()
+        .enumerate()
+        .map(|(i, luma)| {
+            preprocess_luma(luma, spec).map_err(|e| DataError::Array {
+                path: path.into(),
+                key: format!("{split}_images"),
+                reason: format!("image {i}: {e}"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Dataset {
+        images,
+        labels,
+        patients: None,
+    })
+}
+
+/// The images of a MedMNIST split as they are stored, before preprocessing, with their labels:
+/// what [`crate::augment::full_resolution_copy`] re-renders.
+pub fn read_npz(path: &Path, split: &str) -> Result<(Vec<GrayImage>, Vec<usize>), DataError> {
     let file = File::open(path).map_err(|e| file_error(path, e))?;
     let mut npz = NpzReader::new(file)
         .map_err(|e| file_error(path, format!("not a readable .npz file: {e}")))?;
@@ -108,25 +132,65 @@ pub fn load_npz(path: &Path, split: &str, spec: &InputSpec) -> Result<Dataset, D
     }
     let images = images
         .axis_iter(Axis(0))
-        .enumerate()
-        .map(|(i, img)| {
+        .map(|img| {
             let (h, w) = img.dim();
-            let luma = GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect())
-                .expect("an h × w array has h·w pixels");
-            preprocess_luma(luma, spec)
-                .map_err(|e| array_error(&images_key, format!("image {i}: {e}")))
+            GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect())
+                .expect("an h × w array has h·w pixels")
         })
-        .collect::<Result<_, _>>()?;
-    Ok(Dataset {
-        images,
-        labels: labels.iter().map(|&l| l as usize).collect(),
-        patients: None,
-    })
+        .collect();
+    Ok((images, labels.iter().map(|&l| l as usize).collect()))
 }
 
 /// Reads an image folder described by `csv` (`path,label[,patient_id]`, with a header; paths
 /// relative to the CSV's folder). `classes` gives each label's index.
 pub fn load_folder(csv: &Path, classes: &[&str], spec: &InputSpec) -> Result<Dataset, DataError> {
+    let entries = list_folder(csv, classes)?;
+    let mut dataset = Dataset {
+        images: Vec::with_capacity(entries.len()),
+        labels: Vec::with_capacity(entries.len()),
+        patients: entries[0].patient.as_ref().map(|_| Vec::new()),
+    };
+    for entry in entries {
+        let bytes = entry.read(csv)?;
+        let image = preprocess(&bytes, spec).map_err(|e| entry.error(csv, e.to_string()))?;
+        dataset.images.push(image);
+        dataset.labels.push(entry.class);
+        if let (Some(patients), Some(patient)) = (dataset.patients.as_mut(), entry.patient) {
+            patients.push(patient);
+        }
+    }
+    Ok(dataset)
+}
+
+/// One image of a folder dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FolderEntry {
+    /// The file, relative to the current directory.
+    pub image: PathBuf,
+    /// Index of its label in the classes given.
+    pub class: usize,
+    pub patient: Option<String>,
+}
+
+impl FolderEntry {
+    /// The file's bytes.
+    pub fn read(&self, csv: &Path) -> Result<Vec<u8>, DataError> {
+        std::fs::read(&self.image).map_err(|e| self.error(csv, e.to_string()))
+    }
+
+    /// An error about this image, naming it and its CSV.
+    pub fn error(&self, csv: &Path, reason: String) -> DataError {
+        DataError::Image {
+            csv: csv.into(),
+            image: self.image.clone(),
+            reason,
+        }
+    }
+}
+
+/// The images `csv` lists, without reading them (see [`load_folder`] for the format). Patient
+/// ids are given for every image or for none, as the header says.
+pub fn list_folder(csv: &Path, classes: &[&str]) -> Result<Vec<FolderEntry>, DataError> {
     let root = csv.parent().unwrap_or(Path::new("."));
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -143,12 +207,7 @@ pub fn load_folder(csv: &Path, classes: &[&str], spec: &InputSpec) -> Result<Dat
         });
     };
     let patient_col = column("patient_id");
-
-    let mut dataset = Dataset {
-        images: Vec::new(),
-        labels: Vec::new(),
-        patients: patient_col.map(|_| Vec::new()),
-    };
+    let mut entries = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let line = i + 2;
         let line_error = |reason: String| DataError::Line {
@@ -170,25 +229,18 @@ pub fn load_folder(csv: &Path, classes: &[&str], spec: &InputSpec) -> Result<Dat
                 classes.join(", ")
             ))
         })?;
-        let image = root.join(field(path_col, "path")?);
-        let image_error = |reason: String| DataError::Image {
-            csv: csv.into(),
-            image: image.clone(),
-            reason,
-        };
-        let bytes = std::fs::read(&image).map_err(|e| image_error(e.to_string()))?;
-        dataset
-            .images
-            .push(preprocess(&bytes, spec).map_err(|e| image_error(e.to_string()))?);
-        dataset.labels.push(class);
-        if let (Some(patients), Some(col)) = (dataset.patients.as_mut(), patient_col) {
-            patients.push(field(col, "patient_id")?.to_owned());
-        }
+        entries.push(FolderEntry {
+            image: root.join(field(path_col, "path")?),
+            class,
+            patient: patient_col
+                .map(|col| field(col, "patient_id").map(str::to_owned))
+                .transpose()?,
+        });
     }
-    if dataset.is_empty() {
+    if entries.is_empty() {
         return Err(file_error(csv, "lists no images"));
     }
-    Ok(dataset)
+    Ok(entries)
 }
 
 /// `k` folds of image indices for cross-validation, deterministic in `seed`. With patient ids,

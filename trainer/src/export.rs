@@ -91,6 +91,19 @@ impl IntegerNet {
                 assert!(block.norm.is_none(), "batch norm is folded before export");
                 let step = q.input_step(l);
                 let (layer, out) = match (&block.conv, &block.dense) {
+                    // A front exports as its composition with the block's dense layer.
+                    _ if !block.front.is_empty() => {
+                        let (weight, bias) = block.composed(net.block_input(l));
+                        let [inputs, outputs] = weight.dims();
+                        let g = grid(weight.transpose(), bias, step, q.weight_max(), true);
+                        let layer = Layer::Dense {
+                            inputs: inputs as u32,
+                            outputs: outputs as u32,
+                            weights: g.weights,
+                            bias: g.bias,
+                        };
+                        (layer, g.unit)
+                    }
                     (Some(conv), _) => {
                         let [out, cin, k, _] = conv.weight.dims();
                         let bias = conv.bias.as_ref().map_or(zeros(out), |b| b.val());

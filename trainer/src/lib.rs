@@ -11,6 +11,7 @@ pub mod augment;
 pub mod data;
 pub mod encrypted;
 pub mod export;
+pub mod full_resolution;
 pub mod loss;
 pub mod metrics;
 pub mod net;

@@ -27,9 +27,16 @@ use rand_distr::StandardNormal;
 use crate::activation::Quadratic;
 use crate::topology::{Block, Topology};
 
-/// One hidden block: linear layer, optional pooling, batch norm, activation.
+/// One hidden block: its linear front, its linear layer, optional pooling, batch norm, and the
+/// activation. Each is one stage of the compiled circuit.
 #[derive(Module, Debug)]
 pub struct Hidden {
+    /// The topology's linear blocks before this one. Trained layer by layer, so that the
+    /// convolution's structure shapes what the stage learns; once quantized, the front and
+    /// this block's dense layer run as their composition, one dense layer on the integer grid,
+    /// which is what the server's one dot product per neuron computes
+    /// ([`Hidden::composed`]).
+    pub front: Vec<Front>,
     pub conv: Option<Conv2d>,
     pub dense: Option<Linear>,
     /// Batch norm keeps pre-activations in the range the quadratic was fitted on; it is folded
@@ -43,6 +50,16 @@ pub struct Hidden {
     pub shape: Shape,
 }
 
+/// A linear block of a front: a convolution with its pooling, or a dense layer, and neither
+/// batch norm nor activation.
+#[derive(Module, Debug)]
+pub struct Front {
+    pub conv: Option<Conv2d>,
+    pub dense: Option<Linear>,
+    #[module(skip)]
+    pub pool: usize,
+}
+
 /// A topology's hidden blocks and its output layer.
 #[derive(Module, Debug)]
 pub struct Net {
@@ -50,6 +67,9 @@ pub struct Net {
     pub output: Linear,
     #[module(skip)]
     pub input: Shape,
+    /// What the network was built from, so that a fresh copy can be built.
+    #[module(skip)]
+    pub topology: Topology,
 }
 
 /// Which activation the hidden blocks apply.
@@ -138,47 +158,59 @@ impl Net {
         device: &Device,
     ) -> Self {
         let mut previous = input;
-        let hidden = topology
-            .blocks
-            .iter()
-            .zip(topology.shapes(input))
-            .map(|(block, shape)| {
-                let (conv, dense, pool, features) = match *block {
-                    Block::Conv {
-                        channels,
-                        kernel,
-                        stride,
-                        padding,
-                        pool,
-                    } => {
-                        let conv = Conv2dConfig::new([previous.channels(), channels], [kernel; 2])
-                            .with_stride([stride; 2])
-                            .with_padding(PaddingConfig2d::Explicit(
-                                padding, padding, padding, padding,
-                            ))
-                            .init(device);
-                        (Some(conv), None, pool, channels)
-                    }
-                    Block::Dense { outputs } => {
-                        let dense = LinearConfig::new(previous.len(), outputs).init(device);
-                        (None, Some(dense), 1, outputs)
-                    }
-                };
-                previous = shape;
-                Hidden {
-                    conv,
-                    dense,
-                    norm: Some(BatchNormConfig::new(features).init(device)),
-                    activation: Quadratic::new(granularity, shape, device),
+        let mut front = Vec::new();
+        let mut hidden = Vec::new();
+        for (block, shape) in topology.blocks.iter().zip(topology.shapes(input)) {
+            let (conv, dense, pool, features) = match *block {
+                Block::Conv {
+                    channels,
+                    kernel,
+                    stride,
+                    padding,
                     pool,
-                    shape,
+                    ..
+                } => {
+                    let conv = Conv2dConfig::new([previous.channels(), channels], [kernel; 2])
+                        .with_stride([stride; 2])
+                        .with_padding(PaddingConfig2d::Explicit(
+                            padding, padding, padding, padding,
+                        ))
+                        .init(device);
+                    (Some(conv), None, pool, channels)
                 }
-            })
-            .collect();
+                Block::Dense { outputs, .. } => {
+                    let dense = LinearConfig::new(previous.len(), outputs).init(device);
+                    (None, Some(dense), 1, outputs)
+                }
+            };
+            previous = shape;
+            if block.is_linear() {
+                front.push(Front { conv, dense, pool });
+                continue;
+            }
+            hidden.push(Hidden {
+                front: std::mem::take(&mut front),
+                conv,
+                dense,
+                norm: Some(BatchNormConfig::new(features).init(device)),
+                activation: Quadratic::new(granularity, shape, device),
+                pool,
+                shape,
+            });
+        }
         Net {
             hidden,
             output: LinearConfig::new(previous.len(), classes).init(device),
             input,
+            topology: topology.clone(),
+        }
+    }
+
+    /// The shape hidden block `layer` reads.
+    pub fn block_input(&self, layer: usize) -> Shape {
+        match layer {
+            0 => self.input,
+            l => self.hidden[l - 1].shape,
         }
     }
 
@@ -204,7 +236,7 @@ impl Net {
                 Some((levels, rng)) => x.clone() + gaussian_like(&x, &[levels.inputs[l]], *rng),
                 None => x,
             };
-            let z = block.pre_activation(x_noisy, step);
+            let z = block.pre_activation(x_noisy, self.block_input(l), step);
             let n = block.shape.len();
             let mut z = z.reshape([batch, n]);
             if let Some((levels, rng)) = pass.noise.as_mut() {
@@ -232,7 +264,15 @@ impl Net {
         let logits = match quantization {
             Some(q) => {
                 let step = q.input_step(self.hidden.len());
-                let (w, b) = fake_quantize_dense(&self.output, step, q.weight_max(), false);
+                let device = self.output.weight.device();
+                let bias = bias_or_zero(&self.output.bias, self.output.weight.dims()[1], &device);
+                let (w, b) = fake_quantize_dense(
+                    self.output.weight.val(),
+                    bias,
+                    step,
+                    q.weight_max(),
+                    false,
+                );
                 linear(features, w, Some(b))
             }
             None => self.output.forward(features),
@@ -297,38 +337,103 @@ impl Net {
 impl Hidden {
     /// The block's pre-activation before flattening, with weights on the integer grid when
     /// `step` gives the quantization and this block's input step.
-    fn pre_activation(&self, x: Tensor<4>, step: Option<(&Quantization, f64)>) -> Tensor<4> {
-        let z = match (&self.conv, &self.dense) {
-            (Some(conv), _) => match step {
-                Some((q, step)) => {
-                    let (w, b) = fake_quantize_conv(conv, step, q.weight_max());
-                    conv2d(x, w, Some(b), conv_options(conv))
-                }
-                None => conv.forward(x),
-            },
-            (None, Some(dense)) => {
+    fn pre_activation(
+        &self,
+        x: Tensor<4>,
+        input: Shape,
+        step: Option<(&Quantization, f64)>,
+    ) -> Tensor<4> {
+        let z = match step {
+            Some((q, step)) if !self.front.is_empty() => {
                 let [batch, ..] = x.dims();
-                let flat = x.flatten::<2>(1, 3);
-                let y = match step {
-                    Some((q, step)) => {
-                        let (w, b) = fake_quantize_dense(dense, step, q.weight_max(), true);
-                        linear(flat, w, Some(b))
-                    }
-                    None => dense.forward(flat),
-                };
+                let (weight, bias) = self.composed(input);
+                let (w, b) = fake_quantize_dense(weight, bias, step, q.weight_max(), true);
+                let y = linear(x.flatten::<2>(1, 3), w, Some(b));
                 let [_, n] = y.dims();
                 y.reshape([batch, n, 1, 1])
             }
-            (None, None) => unreachable!("a hidden block has a linear layer"),
-        };
-        let z = match self.pool {
-            1 => z,
-            k => avg_pool2d(z, AvgPoolOptions::new([k, k])),
+            Some((q, step)) => match (&self.conv, &self.dense) {
+                (Some(conv), _) => {
+                    let (w, b) = fake_quantize_conv(conv, step, q.weight_max());
+                    pool_sum_average(conv2d(x, w, Some(b), conv_options(conv)), self.pool)
+                }
+                (None, Some(dense)) => {
+                    let bias = bias_or_zero(&dense.bias, dense.weight.dims()[1], &x.device());
+                    let (w, b) =
+                        fake_quantize_dense(dense.weight.val(), bias, step, q.weight_max(), true);
+                    let [batch, ..] = x.dims();
+                    let y = linear(x.flatten::<2>(1, 3), w, Some(b));
+                    let [_, n] = y.dims();
+                    y.reshape([batch, n, 1, 1])
+                }
+                (None, None) => unreachable!("a hidden block has a linear layer"),
+            },
+            None => {
+                let x = self.front.iter().fold(x, |x, front| {
+                    float_linear(&front.conv, &front.dense, front.pool, x)
+                });
+                float_linear(&self.conv, &self.dense, self.pool, x)
+            }
         };
         match &self.norm {
             Some(norm) => norm.forward(z),
             None => z,
         }
+    }
+
+    /// The front and this block's linear layer (with its pooling) as one affine map over the
+    /// flattened `input`: weights `[inputs, neurons]` and bias `[neurons]`, read off by
+    /// passing the zero image and every unit image through the float layers. The map is what
+    /// gets quantized and exported, so its norm, not the layers' own, sets the noise.
+    pub fn composed(&self, input: Shape) -> (Tensor<2>, Tensor<1>) {
+        let device = match (&self.conv, &self.dense) {
+            (Some(conv), _) => conv.weight.device(),
+            (None, Some(dense)) => dense.weight.device(),
+            (None, None) => unreachable!("a hidden block has a linear layer"),
+        };
+        let n = input.len();
+        let [c, h, w] = match input {
+            Shape::Image { c, h, w } => [c, h, w],
+            Shape::Flat(n) => [n, 1, 1],
+        };
+        let through = |x: Tensor<4>| {
+            let x = self.front.iter().fold(x, |x, front| {
+                float_linear(&front.conv, &front.dense, front.pool, x)
+            });
+            float_linear(&self.conv, &self.dense, self.pool, x).flatten::<2>(1, 3)
+        };
+        let bias = through(Tensor::zeros([1, c, h, w], &device));
+        let weight = through(Tensor::<2>::eye(n, &device).reshape([n, c, h, w])) - bias.clone();
+        let neurons = self.shape.len();
+        (weight, bias.reshape([neurons]))
+    }
+}
+
+/// A linear layer in float: the convolution then its average pool, or the dense layer over
+/// the flattened input, its output `[batch, n, 1, 1]`.
+fn float_linear(
+    conv: &Option<Conv2d>,
+    dense: &Option<Linear>,
+    pool: usize,
+    x: Tensor<4>,
+) -> Tensor<4> {
+    match (conv, dense) {
+        (Some(conv), _) => pool_sum_average(conv.forward(x), pool),
+        (None, Some(dense)) => {
+            let [batch, ..] = x.dims();
+            let y = dense.forward(x.flatten::<2>(1, 3));
+            let [_, n] = y.dims();
+            y.reshape([batch, n, 1, 1])
+        }
+        (None, None) => unreachable!("a linear block has a convolution or a dense layer"),
+    }
+}
+
+/// A `pool`×`pool` average pool (1: none).
+fn pool_sum_average(z: Tensor<4>, pool: usize) -> Tensor<4> {
+    match pool {
+        1 => z,
+        k => avg_pool2d(z, AvgPoolOptions::new([k, k])),
     }
 }
 
@@ -380,12 +485,12 @@ fn fake_quantize_conv(conv: &Conv2d, step: f64, weight_max: f64) -> (Tensor<4>, 
 /// A dense layer's weights (`[in, out]`) and bias on their integer grids, per output channel
 /// or, for the output layer whose logits share one scale, per tensor.
 fn fake_quantize_dense(
-    dense: &Linear,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
     step: f64,
     weight_max: f64,
     per_channel: bool,
 ) -> (Tensor<2>, Tensor<1>) {
-    let weight = dense.weight.val();
     let [_, out] = weight.dims();
     let max_abs = match per_channel {
         true => weight.clone().detach().max_abs_dims(&[0]).reshape([out]),
@@ -393,7 +498,6 @@ fn fake_quantize_dense(
     };
     let scales = weight_scales(max_abs, weight_max);
     let w = straight_through(weight, scales.clone().reshape([1, out]));
-    let bias = bias_or_zero(&dense.bias, out, &w.device());
     (w, straight_through(bias, scales * step))
 }
 

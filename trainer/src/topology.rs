@@ -5,6 +5,12 @@
 //! *before* the activation: both it and the convolution are linear, so they fold into one
 //! stage and only the pooled neurons pay a bootstrap. A final dense layer gives the logits and
 //! costs nothing. The bootstrap count is therefore the number of hidden neurons.
+//!
+//! A block may also be *linear* (suffix `l`): no batch norm and no activation. Linear depth is
+//! free under TFHE, because a run of linear layers composes into one integer dot product per
+//! neuron. Such a run, a *linear front*, must end in a dense block with an activation: the
+//! trainer quantizes and exports the composed map as that block's one dense layer, so the
+//! weight norm the noise depends on is the composed one (see `net::Hidden::front`).
 
 use hexray_model::format::{window_count, Shape};
 use serde::Serialize;
@@ -20,9 +26,24 @@ pub enum Block {
         stride: usize,
         padding: usize,
         pool: usize,
+        /// No activation: part of the next block's linear front.
+        linear: bool,
     },
     /// A fully connected layer over the flattened previous block.
-    Dense { outputs: usize },
+    Dense {
+        outputs: usize,
+        /// No activation: part of the next block's linear front.
+        linear: bool,
+    },
+}
+
+impl Block {
+    /// Whether the block has no activation, and so costs no bootstrap.
+    pub fn is_linear(&self) -> bool {
+        match *self {
+            Block::Conv { linear, .. } | Block::Dense { linear, .. } => linear,
+        }
+    }
 }
 
 /// A named stack of hidden blocks; the output layer is implied by the class count.
@@ -52,11 +73,24 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("mlp-32", "d32"),
     ("mlp-64", "d64"),
     ("mlp-64-16", "d64,d16"),
+    // A linear front: a 5×5 convolution pooled 2×2 (8×14×14), with no activation, then 64
+    // neurons. It composes into one 784→64 dense stage, so it costs what mlp-64 costs; the
+    // convolution only shapes what that stage can learn.
+    ("front-64", "c8k5s1p2x2l,d64"),
+    // The strong plaintext teacher (`--strong-teacher cnn6`): six 3×3 convolutions in three
+    // pooled pairs, then 128 neurons. Never compiled: 20,800 bootstraps.
+    (
+        "cnn6",
+        "c16k3s1p1,c16k3s1p1x2,c32k3s1p1,c32k3s1p1x2,c64k3s1p1,c64k3s1p1x2,d128",
+    ),
 ];
 
 /// A topology spec that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("topology {spec:?}: {reason} (expected blocks like c4k7s2p1x2 or d16, comma-separated)")]
+#[error(
+    "topology {spec:?}: {reason} (expected blocks like c4k7s2p1x2 or d16, comma-separated, \
+     with a trailing l for a linear block)"
+)]
 pub struct TopologyError {
     pub spec: String,
     pub reason: String,
@@ -64,7 +98,22 @@ pub struct TopologyError {
 
 impl Topology {
     /// A preset's name, or a spec: comma-separated blocks, `c<channels>k<kernel>s<stride>
-    /// p<padding>[x<pool>]` for a convolution and `d<outputs>` for a dense layer.
+    /// p<padding>[x<pool>]` for a convolution and `d<outputs>` for a dense layer, each with a
+    /// trailing `l` when it is linear (no activation).
+    ///
+    /// ```
+    /// use hexray_model::format::Shape;
+    /// use hexray_trainer::topology::Topology;
+    ///
+    /// let input = Shape::Image { c: 1, h: 28, w: 28 };
+    /// let front = Topology::parse("front-64").unwrap();
+    /// assert_eq!(front.spec(), "c8k5s1p2x2l,d64");
+    /// // The linear convolution's 8×14×14 outputs cost nothing; the 64 neurons cost one each.
+    /// assert_eq!(front.bootstraps(input), 64);
+    /// // A front must end in a dense block, and the last block needs an activation.
+    /// assert!(Topology::parse("c8k3s1p1l,c4k3s1p1,d16").is_err());
+    /// assert!(Topology::parse("d64,d16l").is_err());
+    /// ```
     pub fn parse(name_or_spec: &str) -> Result<Topology, TopologyError> {
         let spec = PRESETS
             .iter()
@@ -76,6 +125,10 @@ impl Topology {
         };
         let mut blocks = Vec::new();
         for part in spec.split(',') {
+            let (part, linear) = match part.strip_suffix('l') {
+                Some(rest) => (rest, true),
+                None => (part, false),
+            };
             let numbers = |keys: &[char]| -> Result<Vec<usize>, TopologyError> {
                 let mut rest = part;
                 keys.iter()
@@ -103,6 +156,7 @@ impl Topology {
             let block = if part.starts_with('d') {
                 Block::Dense {
                     outputs: numbers(&['d'])?[0],
+                    linear,
                 }
             } else if part.contains('x') {
                 let v = numbers(&['c', 'k', 's', 'p', 'x'])?;
@@ -112,6 +166,7 @@ impl Topology {
                     stride: v[2],
                     padding: v[3],
                     pool: v[4],
+                    linear,
                 }
             } else {
                 let v = numbers(&['c', 'k', 's', 'p'])?;
@@ -121,6 +176,7 @@ impl Topology {
                     stride: v[2],
                     padding: v[3],
                     pool: 1,
+                    linear,
                 }
             };
             if matches!(block, Block::Conv { .. })
@@ -128,7 +184,17 @@ impl Topology {
             {
                 return Err(fail("a convolution cannot follow a dense layer".into()));
             }
+            if matches!(blocks.last(), Some(b) if Block::is_linear(b))
+                && matches!(block, Block::Conv { linear: false, .. })
+            {
+                return Err(fail(
+                    "a linear front must end in a dense block with an activation".into(),
+                ));
+            }
             blocks.push(block);
+        }
+        if blocks.last().is_some_and(Block::is_linear) {
+            return Err(fail("the last hidden block needs an activation".into()));
         }
         Ok(Topology {
             name: name_or_spec.to_owned(),
@@ -140,22 +206,30 @@ impl Topology {
     pub fn spec(&self) -> String {
         self.blocks
             .iter()
-            .map(|b| match *b {
-                Block::Conv {
-                    channels,
-                    kernel,
-                    stride,
-                    padding,
-                    pool: 1,
-                } => format!("c{channels}k{kernel}s{stride}p{padding}"),
-                Block::Conv {
-                    channels,
-                    kernel,
-                    stride,
-                    padding,
-                    pool,
-                } => format!("c{channels}k{kernel}s{stride}p{padding}x{pool}"),
-                Block::Dense { outputs } => format!("d{outputs}"),
+            .map(|b| {
+                let layer = match *b {
+                    Block::Conv {
+                        channels,
+                        kernel,
+                        stride,
+                        padding,
+                        pool: 1,
+                        ..
+                    } => format!("c{channels}k{kernel}s{stride}p{padding}"),
+                    Block::Conv {
+                        channels,
+                        kernel,
+                        stride,
+                        padding,
+                        pool,
+                        ..
+                    } => format!("c{channels}k{kernel}s{stride}p{padding}x{pool}"),
+                    Block::Dense { outputs, .. } => format!("d{outputs}"),
+                };
+                match b.is_linear() {
+                    true => layer + "l",
+                    false => layer,
+                }
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -202,6 +276,7 @@ impl Topology {
                             stride,
                             padding,
                             pool,
+                            ..
                         },
                         Shape::Image { h, w, .. },
                     ) => {
@@ -214,15 +289,20 @@ impl Topology {
                     }
                     // Parsing refuses a convolution after a dense layer.
                     (Block::Conv { .. }, Shape::Flat(n)) => Shape::Flat(n),
-                    (Block::Dense { outputs }, _) => Shape::Flat(outputs),
+                    (Block::Dense { outputs, .. }, _) => Shape::Flat(outputs),
                 };
                 shape
             })
             .collect()
     }
 
-    /// Bootstraps per image: one per hidden neuron.
+    /// Bootstraps per image: one per neuron of each block with an activation.
     pub fn bootstraps(&self, input: Shape) -> usize {
-        self.shapes(input).iter().map(Shape::len).sum()
+        self.blocks
+            .iter()
+            .zip(self.shapes(input))
+            .filter(|(block, _)| !block.is_linear())
+            .map(|(_, shape)| shape.len())
+            .sum()
     }
 }

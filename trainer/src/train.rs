@@ -359,7 +359,7 @@ pub fn train_student(
     let start = match recipe.from_teacher {
         true => teacher.independent_copy(),
         false => Net::new(
-            &topology_of(teacher),
+            &teacher.topology,
             teacher.input,
             classes,
             recipe.granularity,
@@ -413,31 +413,6 @@ pub fn train_student(
         },
         validate_with(ActivationMode::Quadratic),
     )
-}
-
-/// The topology a network was built from, recovered from its blocks.
-fn topology_of(net: &Net) -> Topology {
-    use crate::topology::Block;
-    Topology {
-        name: "student".into(),
-        blocks: net
-            .hidden
-            .iter()
-            .map(|h| match (&h.conv, &h.dense) {
-                (Some(conv), _) => Block::Conv {
-                    channels: conv.weight.dims()[0],
-                    kernel: conv.kernel_size[0],
-                    stride: conv.stride[0],
-                    padding: crate::net::conv_options(conv).padding[0].0,
-                    pool: h.pool,
-                },
-                (None, Some(dense)) => Block::Dense {
-                    outputs: dense.weight.dims()[1],
-                },
-                (None, None) => unreachable!("a hidden block has a linear layer"),
-            })
-            .collect(),
-    }
 }
 
 /// Activation grids calibrated on training data: each block's grid covers the 99.9th

@@ -5,11 +5,13 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::ops::AvgPoolOptions;
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::activation::Granularity;
-use hexray_model::format::{InputSpec, Intensity};
+use hexray_model::format::{InputSpec, Intensity, Layer, Shape};
 use hexray_model::CompiledModel;
-use hexray_trainer::data::load_npz;
+use hexray_trainer::data::{load_npz, Dataset};
 use hexray_trainer::export::IntegerNet;
 use hexray_trainer::loss::Distillation;
 use hexray_trainer::net::{ActivationMode, Pass};
@@ -20,6 +22,8 @@ use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{noise_levels, QatRecipe, Recipe, Settings, Tensors};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+const INPUT: Shape = Shape::Image { c: 1, h: 28, w: 28 };
 
 /// The shared dataset CI places beside the checkout.
 fn pneumoniamnist() -> PathBuf {
@@ -33,16 +37,11 @@ fn pneumoniamnist() -> PathBuf {
     path
 }
 
-#[test]
-fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
-    let input = InputSpec::square_8bit(28, Intensity::AsIs);
-    let path = pneumoniamnist();
-    let train_full = load_npz(&path, "train", &input).unwrap();
-    let train = train_full.subset(&(0..train_full.len()).step_by(4).collect::<Vec<_>>());
-    let val = load_npz(&path, "val", &input).unwrap();
-    let test = load_npz(&path, "test", &input).unwrap();
-    let config = Config {
-        topology: Topology::parse("c-narrow").unwrap(),
+/// A short recipe on `topology`, distilled from `strong` when given.
+fn tiny_config(topology: &str, strong: Option<&str>, epochs: [usize; 4]) -> Config {
+    let [teacher_epochs, blend_epochs, student_epochs, quantized_epochs] = epochs;
+    Config {
+        topology: Topology::parse(topology).unwrap(),
         recipe: Recipe {
             square: false,
             granularity: Granularity::Element,
@@ -51,28 +50,45 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
                 temperature: 4.0,
                 alpha: 0.7,
             }),
-            blend_epochs: 2,
-            epochs: 4,
+            blend_epochs,
+            epochs: student_epochs,
             quantization: Some(QatRecipe {
                 weight_bits: 4,
                 activation_bits: 5,
-                epochs: 3,
+                epochs: quantized_epochs,
                 noise: true,
             }),
         },
-        teacher_epochs: 8,
+        teacher_epochs,
         settings: Settings {
             batch_size: 32,
             learning_rate: 2e-3,
             seed: 5,
             progress: false,
         },
-        input: input.clone(),
+        input: InputSpec::square_8bit(28, Intensity::AsIs),
         classes: vec!["normal".into(), "pneumonia".into()],
-        // Distilled from a larger network than itself, as the method allows.
-        strong_teacher: Some(Topology::parse("c8k3s1p1x2,d32").unwrap()),
+        strong_teacher: strong.map(|spec| Topology::parse(spec).unwrap()),
         fhe: DEFAULT_PARAMETER_SET.fhe_parameters(),
-    };
+    }
+}
+
+/// A quarter of the training split, and the validation and test splits.
+fn tiny_splits(input: &InputSpec) -> [Dataset; 3] {
+    let path = pneumoniamnist();
+    let train_full = load_npz(&path, "train", input).unwrap();
+    let train = train_full.subset(&(0..train_full.len()).step_by(4).collect::<Vec<_>>());
+    let val = load_npz(&path, "val", input).unwrap();
+    let test = load_npz(&path, "test", input).unwrap();
+    [train, val, test]
+}
+
+#[test]
+fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
+    // Distilled from a larger network than itself, as the method allows.
+    let config = tiny_config("c-narrow", Some("c8k3s1p1x2,d32"), [8, 2, 4, 3]);
+    let input = config.input.clone();
+    let [train, val, test] = tiny_splits(&input);
     let (tr, va) = (
         Tensors::new(&train, input.scale),
         Tensors::new(&val, input.scale),
@@ -153,6 +169,79 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
         (0.88..1.14).contains(&ratio),
         "the trainer's noise spreads {ratio:.2}× the simulator's"
     );
+}
+
+#[test]
+fn a_linear_front_trains_as_layers_and_exports_its_composition_bit_exactly() {
+    // A 5×5 convolution pooled 2×2 with no activation, then 16 neurons: 16 bootstraps.
+    let config = tiny_config("c4k5s1p2x2l,d16", None, [4, 1, 2, 2]);
+    assert_eq!(config.topology.bootstraps(INPUT), 16);
+    let input = config.input.clone();
+    let [train, val, test] = tiny_splits(&input);
+    let (tr, va) = (
+        Tensors::new(&train, input.scale),
+        Tensors::new(&val, input.scale),
+    );
+    let mut log = Vec::new();
+    let teacher_net = teacher(None, &config, &tr, &va, &mut log);
+    assert_eq!(
+        teacher_net.hidden.len(),
+        1,
+        "the front belongs to the one stage"
+    );
+    assert_eq!(teacher_net.hidden[0].front.len(), 1);
+
+    // The composed map is the layers' map: same pre-activations on real images.
+    let block = &teacher_net.valid().hidden[0];
+    let images = Tensors::new(&test.subset(&(0..8).collect::<Vec<_>>()), input.scale)
+        .batch(&(0..8).collect::<Vec<_>>(), &Device::flex());
+    let (weight, bias) = block.composed(INPUT);
+    let composed = images.clone().flatten::<2>(1, 3).matmul(weight) + bias.unsqueeze();
+    let layers = {
+        let front = &block.front[0];
+        let x = avg_pool2d(
+            front.conv.as_ref().unwrap().forward(images),
+            AvgPoolOptions::new([2, 2]),
+        );
+        block.dense.as_ref().unwrap().forward(x.flatten::<2>(1, 3))
+    };
+    let gap = (composed - layers).abs().max().into_scalar::<f32>();
+    assert!(
+        gap < 1e-3,
+        "composed and layered pre-activations differ by {gap}"
+    );
+
+    let student = train_and_compile(
+        &config,
+        &teacher_net,
+        None,
+        &tr,
+        &va,
+        &mut log,
+        "front",
+        "test",
+    )
+    .unwrap();
+    let (quantized, model, circuit) = student.quantized.unwrap();
+    assert_eq!(circuit.bootstrap_count(), 16);
+    // The file holds one dense layer over the pixels: the composition.
+    assert!(matches!(
+        model.network.layers[..2],
+        [
+            Layer::Flatten,
+            Layer::Dense {
+                inputs: 784,
+                outputs: 16,
+                ..
+            }
+        ]
+    ));
+    assert_eq!(
+        export_mismatches(&quantized, &input, &config.classes, &circuit, &test).unwrap(),
+        0
+    );
+    let exact = score_circuit(&circuit, &test, 0, 1).unwrap().0;
+    assert!(exact.accuracy > 0.7, "exact accuracy {}", exact.accuracy);
 }
 
 fn sd(values: &[f64]) -> f64 {
