@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::metrics::mean_sd;
+use crate::train::progress_bar;
 
 /// Why an encrypted run failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,7 @@ pub fn run(
     model: &CompiledModel,
     test: &Dataset,
     count: usize,
+    progress: bool,
 ) -> Result<EncryptedRun, EncryptedError> {
     let loaded = LoadedModel::from_bytes(&model.to_bytes(), &model.name)?;
     let client = ClientKey::generate(loaded.parameter_set);
@@ -139,6 +141,7 @@ pub fn run(
     };
     let mut scored = Vec::with_capacity(count);
     let (mut wall, mut bootstrap_cpu) = (0.0, 0.0);
+    let bar = progress_bar("encrypted", count as u64, progress);
     for &i in &sample {
         let image = &test.images[i];
         let encrypted = client.encrypt(&loaded.spec, image.view())?;
@@ -151,10 +154,126 @@ pub fn run(
         run.agree_with_simulator += usize::from(prediction.class() == exact.class());
         run.probabilities.push(prediction.probabilities.clone());
         scored.push((image.view(), test.labels[i], exact, prediction));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     run.calibration = Calibration::new(circuit, &scored)?;
     let n = count.max(1) as f64;
     run.seconds_per_image = wall / n;
     run.seconds_per_bootstrap = bootstrap_cpu / (n * run.bootstraps_per_image.max(1) as f64);
     Ok(run)
+}
+
+/// Whether an image encrypted again gets the same class, and how much the probability the
+/// page shows moves: by the simulator over the whole test split, and by real re-encryptions
+/// of a sample that holds every image the simulator calls borderline.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stability {
+    /// Encryptions (or simulator draws) per image.
+    pub runs: usize,
+    /// Simulator draws per image that decide whether it is borderline: it is when any of them
+    /// changes the exact simulation's class.
+    pub borderline_draws: usize,
+    pub test_images: usize,
+    pub borderline: usize,
+    /// Test images whose class changed in any of `runs` simulator draws.
+    pub simulated_flipping: usize,
+    /// Mean and largest spread (max − min over the runs) of the probability shown for the
+    /// exact simulation's class, by the simulator.
+    pub simulated_spread: (f64, f64),
+    /// Images encrypted `runs` times each, and how many of them are borderline.
+    pub encrypted_images: usize,
+    pub encrypted_borderline: usize,
+    /// Encrypted images whose decrypted class changed between encryptions; and of those, the
+    /// ones the simulator did not call borderline (the target is none).
+    pub encrypted_flipping: usize,
+    pub encrypted_flipping_unflagged: usize,
+    /// The same spread as `simulated_spread`, as the page shows it after decryption.
+    pub encrypted_spread: (f64, f64),
+}
+
+/// Simulator draws that decide whether an image is borderline.
+const BORDERLINE_DRAWS: usize = 200;
+
+/// Re-encrypts `sample` test images `runs` times each (every borderline one first, then others
+/// spread evenly over the split) with one key, and compares with the simulator.
+pub fn stability(
+    model: &CompiledModel,
+    test: &Dataset,
+    runs: usize,
+    sample: usize,
+    progress: bool,
+) -> Result<Stability, EncryptedError> {
+    let loaded = LoadedModel::from_bytes(&model.to_bytes(), &model.name)?;
+    let circuit = &loaded.circuit;
+    let mut rng = ChaCha8Rng::seed_from_u64(0x57ab);
+    let shown = |probabilities: &[f64], class: usize| probabilities[class];
+    let spread = |values: &[f64]| {
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        max - values.iter().copied().fold(f64::INFINITY, f64::min)
+    };
+    let (mut borderline, mut simulated_flipping, mut simulated_spreads) =
+        (Vec::new(), 0, Vec::new());
+    for (i, image) in test.images.iter().enumerate() {
+        let exact = circuit.simulate(image.view())?.class();
+        let draws = (0..BORDERLINE_DRAWS)
+            .map(|_| circuit.simulate_noisy(image.view(), &mut rng))
+            .collect::<Result<Vec<_>, _>>()?;
+        if draws.iter().any(|d| d.class() != exact) {
+            borderline.push(i);
+        }
+        let first = &draws[..runs.min(BORDERLINE_DRAWS)];
+        simulated_flipping += usize::from(first.iter().any(|d| d.class() != exact));
+        let values: Vec<f64> = first.iter().map(|d| shown(&d.probabilities, exact)).collect();
+        simulated_spreads.push(spread(&values));
+    }
+    // Every borderline image, then evenly spread others, `sample` in all.
+    let mut chosen: Vec<usize> = borderline.iter().copied().take(sample).collect();
+    let others: Vec<usize> = (0..test.len()).filter(|i| !borderline.contains(i)).collect();
+    let wanted = sample.saturating_sub(chosen.len()).min(others.len());
+    chosen.extend((0..wanted).map(|k| others[k * others.len() / wanted.max(1)]));
+
+    let client = ClientKey::generate(loaded.parameter_set);
+    let server = client.server_key().decompress();
+    let bar = progress_bar("stability", (chosen.len() * runs) as u64, progress);
+    let (mut flipping, mut unflagged, mut spreads) = (0, 0, Vec::new());
+    for &i in &chosen {
+        let image = test.images[i].view();
+        let exact = circuit.simulate(image)?.class();
+        let mut classes = Vec::with_capacity(runs);
+        let mut values = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let encrypted = client.encrypt(&loaded.spec, image)?;
+            let (output, _) = evaluate(&loaded, &server, encrypted, &|| {})?;
+            let diagnosis = client.decrypt(&loaded.spec, &output)?;
+            values.push(shown(&diagnosis.probabilities, exact));
+            classes.push(diagnosis.class);
+            bar.inc(1);
+        }
+        if classes.iter().any(|&c| c != classes[0]) {
+            flipping += 1;
+            unflagged += usize::from(!borderline.contains(&i));
+        }
+        spreads.push(spread(&values));
+    }
+    bar.finish_and_clear();
+    let mean_max = |v: &[f64]| {
+        (
+            v.iter().sum::<f64>() / v.len().max(1) as f64,
+            v.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    Ok(Stability {
+        runs,
+        borderline_draws: BORDERLINE_DRAWS,
+        test_images: test.len(),
+        borderline: borderline.len(),
+        simulated_flipping,
+        simulated_spread: mean_max(&simulated_spreads),
+        encrypted_images: chosen.len(),
+        encrypted_borderline: chosen.iter().filter(|i| borderline.contains(i)).count(),
+        encrypted_flipping: flipping,
+        encrypted_flipping_unflagged: unflagged,
+        encrypted_spread: mean_max(&spreads),
+    })
 }

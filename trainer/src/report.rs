@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::encrypted::EncryptedRun;
+use crate::encrypted::{EncryptedRun, Stability};
 use crate::metrics::Scores;
 use crate::pipeline::Config;
 use crate::train::EpochLog;
@@ -35,6 +35,9 @@ pub struct RunReport {
     pub export_mismatches: usize,
     pub test_images: usize,
     pub encrypted: Option<EncryptedRun>,
+    pub stability: Option<Stability>,
+    /// The noisy simulation's accuracy on the validation split, by which runs are compared.
+    pub validation_noisy_accuracy: f64,
     /// Bootstraps × measured single-core seconds per bootstrap ÷ threads.
     pub predicted_latency_seconds: Option<f64>,
     pub training_seconds: f64,
@@ -113,6 +116,10 @@ impl RunReport {
         );
         out += &table(&self.rows);
         out += &format!(
+            "\nValidation accuracy of the noisy simulation (what runs are chosen by): {:.3}.\n",
+            self.validation_noisy_accuracy
+        );
+        out += &format!(
             "\nExport check: the trainer's integer forward pass and the circuit simulator differ \
              on **{}** of {} test images.\n",
             self.export_mismatches, self.test_images
@@ -135,6 +142,32 @@ impl RunReport {
                  of mean {:.2} and standard deviation {:.2} (1.00 when the simulated noise is \
                  TFHE's).\n",
                 c.expected_correct, c.expected_correct_sd, c.correct, c.draws, c.z_mean, c.z_sd
+            );
+        }
+        if let Some(s) = &self.stability {
+            out += &format!(
+                "\n## Decision stability\n\nThe simulator calls an image *borderline* when any of \
+                 {} noisy draws changes its class: {} of the {} test images are. Over {} draws, \
+                 {} test images change class at least once; the probability shown for the \
+                 exact simulation's class spreads (max − min) by {:.3} on average and {:.3} at \
+                 most.\n\nEncrypted {} times each, with one key: {} test images ({} of them \
+                 borderline, the rest spread over the split). **{} changed class between \
+                 encryptions, {} of them not called borderline.** The shown probability spread \
+                 by {:.3} on average and {:.3} at most.\n",
+                s.borderline_draws,
+                s.borderline,
+                s.test_images,
+                s.runs,
+                s.simulated_flipping,
+                s.simulated_spread.0,
+                s.simulated_spread.1,
+                s.runs,
+                s.encrypted_images,
+                s.encrypted_borderline,
+                s.encrypted_flipping,
+                s.encrypted_flipping_unflagged,
+                s.encrypted_spread.0,
+                s.encrypted_spread.1,
             );
         }
         if let Some(latency) = self.predicted_latency_seconds {

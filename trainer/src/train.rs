@@ -199,16 +199,7 @@ fn fit(
     let mut optimizer = AdamConfig::new().init();
     let mut rng = phase_rng(settings.seed, phase);
     let batches = train.len().div_ceil(settings.batch_size);
-    let bar = match settings.progress {
-        true => ProgressBar::new((epochs * batches) as u64),
-        false => ProgressBar::hidden(),
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(phase.to_owned());
+    let bar = progress_bar(phase, (epochs * batches) as u64, settings.progress);
     let mut best: Option<(f64, Net)> = None;
     for epoch in 0..epochs {
         // Cosine decay over the phase.
@@ -244,6 +235,21 @@ fn fit(
     }
     bar.finish();
     best.map_or(net, |(_, net)| net)
+}
+
+/// The trainer's progress bar: `len` steps of work named `prefix`, hidden when not `visible`.
+pub fn progress_bar(prefix: &str, len: u64, visible: bool) -> ProgressBar {
+    let bar = match visible {
+        true => ProgressBar::new(len),
+        false => ProgressBar::hidden(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_owned());
+    bar
 }
 
 /// Trains the plaintext ReLU teacher with augmentation (shifts, rotations, contrast), from

@@ -1,6 +1,5 @@
 //! The models a server offers: every `*.hexray` file of a directory, or the bundled default.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,11 +10,12 @@ use hexray_crypto::{CompressedServerKey, EncryptedImage};
 use super::BodyLimits;
 use crate::model::{LoadError, LoadedModel};
 
-/// The model shipped inside the binary, so a fresh install serves something useful.
-const BUNDLED: (&str, &[u8]) = (
+/// The models shipped inside the binary, so a fresh install serves something useful; the
+/// first is the default.
+const BUNDLED: [(&str, &[u8]); 1] = [(
     "pneumonia-a",
     include_bytes!("../../../models/pneumonia-a.hexray"),
-);
+)];
 
 /// A model as served: its id and the loaded circuit. The file itself never leaves the server;
 /// clients get [`LoadedModel::spec`].
@@ -55,30 +55,34 @@ impl ServedModel {
     }
 }
 
-/// The models by id.
-pub struct Models(BTreeMap<String, Arc<ServedModel>>);
+/// The models, the default first: clients that do not choose take the first one listed.
+pub struct Models(Vec<Arc<ServedModel>>);
 
 impl Models {
-    /// The bundled default model.
+    /// The bundled models.
     pub fn bundled() -> Result<Self, LoadError> {
-        let (id, file) = BUNDLED;
-        let loaded = LoadedModel::from_bytes(file, "bundled model")?;
-        let model = ServedModel {
-            id: id.into(),
-            loaded,
-        };
-        Ok(Models(BTreeMap::from([(id.into(), Arc::new(model))])))
+        BUNDLED
+            .iter()
+            .map(|&(id, file)| {
+                let loaded = LoadedModel::from_bytes(file, &format!("bundled model {id}"))?;
+                Ok(Arc::new(ServedModel {
+                    id: id.into(),
+                    loaded,
+                }))
+            })
+            .collect::<Result<_, _>>()
+            .map(Models)
     }
 
-    /// Every `*.hexray` file in `dir`, by file stem. A file that fails to load stops the server
-    /// rather than being skipped, so a typo never silently drops a model; an empty directory is
-    /// an error too.
+    /// Every `*.hexray` file in `dir`, by file stem, in the order of their ids. A file that fails
+    /// to load stops the server rather than being skipped, so a typo never silently drops a
+    /// model; an empty directory is an error too.
     pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
         let io = |source| LoadError::Io {
             path: dir.display().to_string(),
             source,
         };
-        let mut models = BTreeMap::new();
+        let mut models = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
             if path.extension().is_none_or(|e| e != "hexray") {
@@ -96,8 +100,9 @@ impl Models {
                 id: id.into(),
                 loaded,
             };
-            models.insert(id.to_owned(), Arc::new(model));
+            models.push(Arc::new(model));
         }
+        models.sort_by(|a, b| a.id.cmp(&b.id));
         if models.is_empty() {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -130,11 +135,11 @@ impl Models {
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<ServedModel>> {
-        self.0.get(id)
+        self.0.iter().find(|m| m.id == id)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
-        self.0.values()
+        self.0.iter()
     }
 
     pub fn len(&self) -> usize {
