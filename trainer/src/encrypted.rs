@@ -224,12 +224,17 @@ pub fn stability(
         }
         let first = &draws[..runs.min(BORDERLINE_DRAWS)];
         simulated_flipping += usize::from(first.iter().any(|d| d.class() != exact));
-        let values: Vec<f64> = first.iter().map(|d| shown(&d.probabilities, exact)).collect();
+        let values: Vec<f64> = first
+            .iter()
+            .map(|d| shown(&d.probabilities, exact))
+            .collect();
         simulated_spreads.push(spread(&values));
     }
     // Every borderline image, then evenly spread others, `sample` in all.
     let mut chosen: Vec<usize> = borderline.iter().copied().take(sample).collect();
-    let others: Vec<usize> = (0..test.len()).filter(|i| !borderline.contains(i)).collect();
+    let others: Vec<usize> = (0..test.len())
+        .filter(|i| !borderline.contains(i))
+        .collect();
     let wanted = sample.saturating_sub(chosen.len()).min(others.len());
     chosen.extend((0..wanted).map(|k| others[k * others.len() / wanted.max(1)]));
 

@@ -95,7 +95,7 @@ enum Command {
             num_args = 1..,
             default_values = [
                 "a", "c", "c-wide", "c-narrow", "c-tiny", "c-deep", "pool4", "pool4-small",
-                "mlp-16", "mlp-32", "mlp-64", "mlp-64-16",
+                "mlp-16", "mlp-32", "mlp-64", "mlp-64-16", "front-64",
             ]
         )]
         topologies: Vec<String>,
@@ -503,8 +503,11 @@ fn train(
     let aucs = [teacher_scores.auc, student_scores.auc, noisy.auc];
     let mut rows = vec![row("ReLU teacher (float)", teacher_scores)];
     if let Some(strong) = &strong {
-        let scores = score_float(strong, ActivationMode::Relu, &te).0;
-        rows.push(row("strong ReLU teacher, distilled from (float)", scores));
+        rows.push(Row {
+            name: "strong ReLU teacher, distilled from (float)".into(),
+            scores: score_float(strong, ActivationMode::Relu, &te).0,
+            bootstraps: strong.topology.bootstraps(INPUT_SHAPE),
+        });
     }
     rows.extend([
         row("quadratic student (float)", student_scores),
@@ -728,8 +731,16 @@ fn ablation(
                     recipe,
                     ..shipped.clone()
                 };
-                let student =
-                    train_and_compile(&config, &teacher_net, None, &tr, &va, &mut log, name, "ablation")?;
+                let student = train_and_compile(
+                    &config,
+                    &teacher_net,
+                    None,
+                    &tr,
+                    &va,
+                    &mut log,
+                    name,
+                    "ablation",
+                )?;
                 scores.push((
                     label.to_owned(),
                     match &student.quantized {
@@ -744,18 +755,37 @@ fn ablation(
                     format!("strong ReLU teacher ({})", spec.name),
                     score_float(strong, ActivationMode::Relu, &te).0,
                 ));
-                let student =
-                    train_and_compile(&shipped, &teacher_net, Some(strong), &tr, &va, &mut log, name, "ablation")?;
+                let student = train_and_compile(
+                    &shipped,
+                    &teacher_net,
+                    Some(strong),
+                    &tr,
+                    &va,
+                    &mut log,
+                    name,
+                    "ablation",
+                )?;
                 let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
                 scores.push((
-                    format!("shipped, distilled from the strong teacher ({}; noisy)", spec.name),
+                    format!(
+                        "shipped, distilled from the strong teacher ({}; noisy)",
+                        spec.name
+                    ),
                     noisy(&circuit)?,
                 ));
                 if let Some(front) = fronted(linear_front, name) {
                     let config = run.config(&front, run.shipped(), &classes())?;
                     let own = teacher(None, &config, &tr, &va, &mut log);
-                    let student =
-                        train_and_compile(&config, &own, Some(strong), &tr, &va, &mut log, name, "ablation")?;
+                    let student = train_and_compile(
+                        &config,
+                        &own,
+                        Some(strong),
+                        &tr,
+                        &va,
+                        &mut log,
+                        name,
+                        "ablation",
+                    )?;
                     let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
                     scores.push((
                         format!(
@@ -766,7 +796,10 @@ fn ablation(
                     ));
                 }
             }
-            let scores = scores.iter().map(|(l, s)| (l.as_str(), s.clone())).collect();
+            let scores = scores
+                .iter()
+                .map(|(l, s)| (l.as_str(), s.clone()))
+                .collect();
             add_seed(
                 &mut rows,
                 run.seed,

@@ -78,7 +78,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     // convolution only shapes what that stage can learn.
     ("front-64", "c8k5s1p2x2l,d64"),
     // The strong plaintext teacher (`--strong-teacher cnn6`): six 3×3 convolutions in three
-    // pooled pairs, then 128 neurons. Never compiled: 20,800 bootstraps.
+    // pooled pairs, then 128 neurons. Never compiled: it would cost 27,360 bootstraps.
     (
         "cnn6",
         "c16k3s1p1,c16k3s1p1x2,c32k3s1p1,c32k3s1p1x2,c64k3s1p1,c64k3s1p1x2,d128",
