@@ -28,7 +28,7 @@ fn run_prints_a_diagnosis_costs_and_the_simulator_comparison() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("bootstraps 320"), "{stdout}");
+    assert!(stdout.contains("bootstraps 64"), "{stdout}");
     assert!(stdout.contains("diagnosis  "), "{stdout}");
     assert!(stdout.contains("evaluate (server)"), "{stdout}");
     assert!(stdout.contains("max |encrypted − exact|"), "{stdout}");
@@ -50,7 +50,7 @@ fn inspect_reports_bootstraps_and_noise() {
     let out = hexray(&["inspect"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("bootstraps 320 per image"), "{stdout}");
+    assert!(stdout.contains("bootstraps 64 per image"), "{stdout}");
     assert!(stdout.contains("output"), "{stdout}");
 }
 

@@ -241,7 +241,9 @@ fn token_new_stores_only_a_hash_and_serve_needs_a_token() {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(models["models"][0]["id"], "pneumonia-a");
+    // The default first, then the model it replaced.
+    assert_eq!(models["models"][0]["id"], "pneumonia-mlp-64");
+    assert_eq!(models["models"][1]["id"], "pneumonia-a");
     kill(server);
 }
 

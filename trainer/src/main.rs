@@ -1,4 +1,4 @@
-//! `hexray-train`: trains HE-friendly students and writes model files and reports.
+//! `hexray-trainer`: trains HE-friendly students and writes model files and reports.
 //!
 //! - `train`: one topology with the shipped recipe; writes the model file, a markdown and JSON
 //!   report, training curves and ROC curves;
@@ -34,7 +34,10 @@ use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{EpochLog, QatRecipe, Recipe, Settings, Tensors};
 
 #[derive(Parser)]
-#[command(name = "hexray-train", about = "Train HE-friendly networks for HEXray")]
+#[command(
+    name = "hexray-trainer",
+    about = "Train HE-friendly networks for HEXray"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,8 +80,8 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         seeds: usize,
         /// Linear blocks (each ending in `l`) to put before every topology that starts with a
-        /// dense block, for one more row: the shipped recipe with a linear front. Needs
-        /// --strong-teacher, as that row learns from it.
+        /// dense block, for one more row: the shipped recipe with a linear front. Not with
+        /// `--strong-teacher none`, as that row learns from the strong teacher.
         #[arg(long)]
         linear_front: Option<String>,
         /// The markdown document to write (a JSON twin is written beside it).
@@ -104,6 +107,24 @@ enum Command {
         seeds: usize,
         /// The PNG to write (a markdown table is written beside it).
         #[arg(long, default_value = "docs/pareto.png")]
+        out: PathBuf,
+    },
+    /// Decision stability of compiled models on the test split: which images the simulator
+    /// calls borderline, and whether real re-encryptions change any class.
+    Stability {
+        /// Compiled model files, one section each.
+        #[arg(long, num_args = 1.., required = true)]
+        models: Vec<PathBuf>,
+        /// The MedMNIST .npz file.
+        #[arg(long, default_value = "../shared/data/pneumoniamnist.npz")]
+        data: PathBuf,
+        /// Test images to encrypt `--runs` times each, every borderline one first (0: the
+        /// simulator only).
+        #[arg(long, default_value_t = 0)]
+        sample: usize,
+        #[arg(long, default_value_t = 20, value_parser = at_least_one())]
+        runs: usize,
+        #[arg(long, default_value = "docs/stability.md")]
         out: PathBuf,
     },
     /// Compiled models on full-resolution X-rays they never saw: agreement with MedMNIST-style
@@ -149,10 +170,11 @@ struct Common {
     seed: u64,
     #[arg(long, default_value_t = 30)]
     teacher_epochs: usize,
-    /// A larger ReLU network to distil every student from (a preset, e.g. `cnn6`, or a spec);
-    /// without it, each student learns from a teacher of its own topology.
-    #[arg(long)]
-    strong_teacher: Option<String>,
+    /// A larger ReLU network to distil every student from (a preset or a spec), or `none` for
+    /// a teacher of each student's own topology. The default, `cnn6`, is the shipped recipe's
+    /// (docs/ablation.md compares the two).
+    #[arg(long, default_value = "cnn6")]
+    strong_teacher: String,
     #[arg(long, default_value_t = 5)]
     blend_epochs: usize,
     #[arg(long, default_value_t = 20)]
@@ -182,7 +204,8 @@ struct Common {
     /// Full-resolution copies of each training image added to the training set (see
     /// `augment::full_resolution_copy`): each is re-rendered as a clinician's file and brought
     /// back through the client's preprocessing, so the model learns that gap.
-    #[arg(long, default_value_t = 0)]
+    /// The shipped recipe uses one; 0 turns them off.
+    #[arg(long, default_value_t = 1)]
     full_resolution_copies: usize,
     /// Hide progress bars.
     #[arg(long)]
@@ -249,13 +272,13 @@ impl Common {
         let input = self.input_spec();
         let topology = Topology::parse(topology)?;
         topology.check(INPUT_SHAPE)?;
-        let strong_teacher = match &self.strong_teacher {
-            Some(spec) => {
+        let strong_teacher = match self.strong_teacher.as_str() {
+            "none" => None,
+            spec => {
                 let strong = Topology::parse(spec)?;
                 strong.check(INPUT_SHAPE)?;
                 Some(strong)
             }
-            None => None,
         };
         Ok(Config {
             topology,
@@ -347,6 +370,13 @@ fn main() -> Result<()> {
             folds,
             out,
         } => transfer(&common, &folder, &classes, &topology, folds, &out),
+        Command::Stability {
+            models,
+            data,
+            sample,
+            runs,
+            out,
+        } => stability(&models, &data, sample, runs, &out),
         Command::FullResolution {
             models,
             folder,
@@ -354,6 +384,36 @@ fn main() -> Result<()> {
             out,
         } => full_resolution(&models, &folder, &classes, &out),
     }
+}
+
+fn stability(
+    models: &[PathBuf],
+    data: &Path,
+    sample: usize,
+    runs: usize,
+    out: &Path,
+) -> Result<()> {
+    let mut doc = format!(
+        "# Decision stability\n\nGenerated by `cargo run --release -p hexray-trainer -- \
+         stability` (see the README): the PneumoniaMNIST test split through each model, the \
+         same image encrypted again and again.\n",
+    );
+    for path in models {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (model, circuit) = hexray_model::CompiledModel::from_bytes(&bytes)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let test = load_npz(data, "test", &model.network.input)?;
+        let report = encrypted::stability(&model, &test, runs, sample, true)?;
+        doc += &format!(
+            "\n## `{}` ({} PBS per image)\n\n{}",
+            model.name,
+            circuit.bootstrap_count(),
+            report.markdown()
+        );
+    }
+    write(out, &doc)?;
+    println!("{doc}");
+    Ok(())
 }
 
 fn full_resolution(
@@ -701,8 +761,8 @@ fn ablation(
          edit by hand. Each row changes one switch of the method. Float rows are plaintext; rows \
          marked `noisy` are the compiled integer circuit under TFHE's predicted noise (noisy \
          simulation, averaged over draws), which is what encrypted inference gives. The papers' \
-         rows learn from a ReLU teacher of the student's own topology. With `--strong-teacher`, \
-         the rows after them add the levers beyond the papers: the shipped recipe distilled \
+         rows learn from a ReLU teacher of the student's own topology. Unless \
+         `--strong-teacher none`, the rows after them add the levers beyond the papers: the shipped recipe distilled \
          from a larger CNN, and (with `--linear-front`, for topologies that start with a dense \
          block) the same with linear layers before the first activation, which cost no \
          bootstrap. Every cell is the mean ± standard deviation over {seeds} seeds (teacher and student both \

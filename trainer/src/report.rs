@@ -44,6 +44,43 @@ pub struct RunReport {
     pub epochs: Vec<EpochLog>,
 }
 
+impl Stability {
+    /// The section's paragraphs, without a heading.
+    pub fn markdown(&self) -> String {
+        let s = self;
+        let mut out = format!(
+            "The simulator calls an image *borderline* when any of \
+                 {} noisy draws changes its class: {} of the {} test images are. Over {} draws, \
+                 {} test images change class at least once; the probability shown for the \
+                 exact simulation's class spreads (max − min) by {:.3} on average and {:.3} at \
+                 most.\n",
+            s.borderline_draws,
+            s.borderline,
+            s.test_images,
+            s.runs,
+            s.simulated_flipping,
+            s.simulated_spread.0,
+            s.simulated_spread.1,
+        );
+        if s.encrypted_images > 0 {
+            out += &format!(
+                "\nEncrypted {} times each, with one key: {} test images ({} of them \
+                 borderline, the others spread over the split). **{} changed class between \
+                 encryptions, {} of them not called borderline.** The shown probability spread \
+                 by {:.3} on average and {:.3} at most.\n",
+                s.runs,
+                s.encrypted_images,
+                s.encrypted_borderline,
+                s.encrypted_flipping,
+                s.encrypted_flipping_unflagged,
+                s.encrypted_spread.0,
+                s.encrypted_spread.1,
+            );
+        }
+        out
+    }
+}
+
 /// The markdown table of `rows`.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
@@ -145,30 +182,8 @@ impl RunReport {
             );
         }
         if let Some(s) = &self.stability {
-            out += &format!(
-                "\n## Decision stability\n\nThe simulator calls an image *borderline* when any of \
-                 {} noisy draws changes its class: {} of the {} test images are. Over {} draws, \
-                 {} test images change class at least once; the probability shown for the \
-                 exact simulation's class spreads (max − min) by {:.3} on average and {:.3} at \
-                 most.\n\nEncrypted {} times each, with one key: {} test images ({} of them \
-                 borderline, the rest spread over the split). **{} changed class between \
-                 encryptions, {} of them not called borderline.** The shown probability spread \
-                 by {:.3} on average and {:.3} at most.\n",
-                s.borderline_draws,
-                s.borderline,
-                s.test_images,
-                s.runs,
-                s.simulated_flipping,
-                s.simulated_spread.0,
-                s.simulated_spread.1,
-                s.runs,
-                s.encrypted_images,
-                s.encrypted_borderline,
-                s.encrypted_flipping,
-                s.encrypted_flipping_unflagged,
-                s.encrypted_spread.0,
-                s.encrypted_spread.1,
-            );
+            out += "\n## Decision stability\n\n";
+            out += &s.markdown();
         }
         if let Some(latency) = self.predicted_latency_seconds {
             out += &format!("Predicted latency per image: {latency:.2} s.\n");

@@ -12,10 +12,16 @@ use crate::model::{LoadError, LoadedModel};
 
 /// The models shipped inside the binary, so a fresh install serves something useful; the
 /// first is the default.
-const BUNDLED: [(&str, &[u8]); 1] = [(
-    "pneumonia-a",
-    include_bytes!("../../../models/pneumonia-a.hexray"),
-)];
+const BUNDLED: [(&str, &[u8]); 2] = [
+    (
+        "pneumonia-mlp-64",
+        include_bytes!("../../../models/pneumonia-mlp-64.hexray"),
+    ),
+    (
+        "pneumonia-a",
+        include_bytes!("../../../models/pneumonia-a.hexray"),
+    ),
+];
 
 /// A model as served: its id and the loaded circuit. The file itself never leaves the server;
 /// clients get [`LoadedModel::spec`].

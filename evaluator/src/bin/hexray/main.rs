@@ -29,8 +29,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 /// The model bundled with the repository, used when `--model` is not given.
-pub const DEFAULT_MODEL: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models/pneumonia-a.hexray");
+pub const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/pneumonia-mlp-64.hexray"
+);
 
 /// One image through one model, compared with the noisy simulator: `run` and `simulate`.
 #[derive(clap::Args)]
