@@ -589,6 +589,17 @@ fn positive_finite(field: &str, v: f64) -> Result<(), ModelError> {
     }
 }
 
+/// The product of `factors`, refused past [`MAX_ELEMENTS`]. Multiplied with checks, because
+/// the wasm client's `usize` has 32 bits: unchecked, a crafted file's `cout·cin·k·k` would wrap
+/// and could then match a short weight list.
+fn elements(field: String, factors: &[usize]) -> Result<usize, ModelError> {
+    factors
+        .iter()
+        .try_fold(1usize, |product, &f| product.checked_mul(f))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| ModelError::field(field, format!("needs more than {MAX_ELEMENTS} elements")))
+}
+
 fn expect_len<T>(field: String, v: &[T], n: usize) -> Result<(), ModelError> {
     if v.len() == n {
         Ok(())
@@ -651,12 +662,18 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
                     "is larger than the padded input",
                 ));
             }
-            expect_len(f("weights"), weights, cout * cin * k * k)?;
+            expect_len(
+                f("weights"),
+                weights,
+                elements(f("weights"), &[cout, cin, k, k])?,
+            )?;
             expect_len(f("bias"), bias, cout)?;
+            let (oh, ow) = (window_count(h, k, s, p), window_count(w, k, s, p));
+            elements(f("out_channels"), &[cout, oh, ow])?;
             Ok(Shape::Image {
                 c: cout,
-                h: window_count(h, k, s, p),
-                w: window_count(w, k, s, p),
+                h: oh,
+                w: ow,
             })
         }
         Layer::AvgPool { size, stride } => {
@@ -694,7 +711,11 @@ fn layer_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
             if n_out == 0 || n_out > MAX_ELEMENTS {
                 return Err(ModelError::field(f("outputs"), "is out of range"));
             }
-            expect_len(f("weights"), weights, n_in * n_out)?;
+            expect_len(
+                f("weights"),
+                weights,
+                elements(f("weights"), &[n_in, n_out])?,
+            )?;
             expect_len(f("bias"), bias, n_out)?;
             Ok(Shape::Flat(n_out))
         }

@@ -188,6 +188,19 @@ fn inconsistent_shapes_name_the_field() {
 }
 
 #[test]
+fn layer_sizes_past_the_element_limit_are_refused_before_any_allocation() {
+    // 8 inputs × 2^22 outputs: the weight count is checked, not computed with a multiplication
+    // that wraps on the 32-bit wasm client.
+    let mut network = tiny();
+    if let Layer::Dense { outputs, .. } = &mut network.layers[3] {
+        *outputs = 1 << 22;
+    }
+    let err = build(network).unwrap_err();
+    assert!(err.to_string().contains("elements"), "{err}");
+    assert_eq!(field_of(err), "network.layers[3].weights");
+}
+
+#[test]
 fn networks_beyond_the_bootstrap_limit_are_refused() {
     // 2 × 512 × 512 activations: over the 2^18 bootstraps a model may need.
     let side = 512;
