@@ -39,7 +39,7 @@ use crate::compile::Circuit;
 pub use crate::compile::{output_unit_log2, INPUT_DELTA_LOG2};
 use crate::error::ModelError;
 use crate::format::{check_classes, check_logit_bound, CompiledModel, InputSpec};
-use crate::simulate::{argmax, softmax};
+use crate::simulate::{argmax, softmax, Prediction};
 
 /// The `format` field of every client spec.
 pub const FORMAT: &str = "hexray-client-spec";
@@ -99,6 +99,37 @@ pub struct Diagnosis {
     pub probabilities: Vec<f64>,
     /// Index of the most probable class.
     pub class: usize,
+}
+
+impl Diagnosis {
+    /// What a client shows for unrounded logits: each rounded to a multiple of `step`, then
+    /// their softmax and class. Rounding can tie two logits a simulator keeps apart, so
+    /// whoever predicts what a clinician will see decodes through here.
+    pub fn from_logits(exact: &[f64], step: f64) -> Self {
+        let logits: Vec<f64> = exact.iter().map(|l| (l / step).round() * step).collect();
+        Diagnosis {
+            probabilities: softmax(&logits),
+            class: argmax(&logits),
+            logits,
+        }
+    }
+
+    /// What a client would show for a simulated `prediction` of `circuit`: the logits it
+    /// decrypts, centred on the output stage's origin, rounded alike. For the model owner's
+    /// tools, which have the circuit.
+    pub fn of_prediction(circuit: &Circuit, prediction: &Prediction) -> Self {
+        let origin = circuit
+            .stages
+            .last()
+            .expect("a circuit has an output stage")
+            .origin as f64;
+        let logits: Vec<f64> = prediction
+            .accumulators
+            .iter()
+            .map(|a| (a - origin) * circuit.logit_scale)
+            .collect();
+        Diagnosis::from_logits(&logits, LOGIT_STEP)
+    }
 }
 
 impl CompiledModel {
@@ -210,17 +241,7 @@ impl ClientSpec {
     /// Decodes decrypted output phases into the diagnosis a client shows: logits rounded to
     /// the step, their softmax and the class.
     pub fn decode(&self, phases: &[u64]) -> Diagnosis {
-        let step = self.output_decoding.logit_step;
-        let logits: Vec<f64> = self
-            .exact_logits(phases)
-            .into_iter()
-            .map(|l| (l / step).round() * step)
-            .collect();
-        Diagnosis {
-            probabilities: softmax(&logits),
-            class: argmax(&logits),
-            logits,
-        }
+        Diagnosis::from_logits(&self.exact_logits(phases), self.output_decoding.logit_step)
     }
 }
 

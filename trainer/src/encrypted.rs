@@ -9,6 +9,7 @@ use hexray_evaluator::engine::{evaluate, EngineError};
 use hexray_evaluator::model::LoadError;
 use hexray_evaluator::LoadedModel;
 use hexray_model::simulate::Prediction;
+use hexray_model::Diagnosis;
 use hexray_model::{Circuit, CompiledModel};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -207,7 +208,9 @@ pub fn stability(
     let loaded = LoadedModel::from_bytes(&model.to_bytes(), &model.name)?;
     let circuit = &loaded.circuit;
     let mut rng = ChaCha8Rng::seed_from_u64(0x57ab);
-    let shown = |probabilities: &[f64], class: usize| probabilities[class];
+    // Every class and probability below is the one the page would show: the simulator's
+    // predictions decoded as the client decodes, rounding included.
+    let shown = |prediction: &Prediction| Diagnosis::of_prediction(circuit, prediction);
     let spread = |values: &[f64]| {
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         max - values.iter().copied().fold(f64::INFINITY, f64::min)
@@ -215,19 +218,16 @@ pub fn stability(
     let (mut borderline, mut simulated_flipping, mut simulated_spreads) =
         (Vec::new(), 0, Vec::new());
     for (i, image) in test.images.iter().enumerate() {
-        let exact = circuit.simulate(image.view())?.class();
+        let exact = shown(&circuit.simulate(image.view())?).class;
         let draws = (0..BORDERLINE_DRAWS)
-            .map(|_| circuit.simulate_noisy(image.view(), &mut rng))
-            .collect::<Result<Vec<_>, _>>()?;
-        if draws.iter().any(|d| d.class() != exact) {
+            .map(|_| Ok(shown(&circuit.simulate_noisy(image.view(), &mut rng)?)))
+            .collect::<Result<Vec<_>, hexray_model::ModelError>>()?;
+        if draws.iter().any(|d| d.class != exact) {
             borderline.push(i);
         }
         let first = &draws[..runs.min(BORDERLINE_DRAWS)];
-        simulated_flipping += usize::from(first.iter().any(|d| d.class() != exact));
-        let values: Vec<f64> = first
-            .iter()
-            .map(|d| shown(&d.probabilities, exact))
-            .collect();
+        simulated_flipping += usize::from(first.iter().any(|d| d.class != exact));
+        let values: Vec<f64> = first.iter().map(|d| d.probabilities[exact]).collect();
         simulated_spreads.push(spread(&values));
     }
     // Every borderline image, then evenly spread others, `sample` in all.
@@ -244,14 +244,14 @@ pub fn stability(
     let (mut flipping, mut unflagged, mut spreads) = (0, 0, Vec::new());
     for &i in &chosen {
         let image = test.images[i].view();
-        let exact = circuit.simulate(image)?.class();
+        let exact = shown(&circuit.simulate(image)?).class;
         let mut classes = Vec::with_capacity(runs);
         let mut values = Vec::with_capacity(runs);
         for _ in 0..runs {
             let encrypted = client.encrypt(&loaded.spec, image)?;
             let (output, _) = evaluate(&loaded, &server, encrypted, &|| {})?;
             let diagnosis = client.decrypt(&loaded.spec, &output)?;
-            values.push(shown(&diagnosis.probabilities, exact));
+            values.push(diagnosis.probabilities[exact]);
             classes.push(diagnosis.class);
             bar.inc(1);
         }
