@@ -345,12 +345,9 @@ impl Hidden {
     ) -> Tensor<4> {
         let z = match step {
             Some((q, step)) if !self.front.is_empty() => {
-                let [batch, ..] = x.dims();
                 let (weight, bias) = self.composed(input);
                 let (w, b) = fake_quantize_dense(weight, bias, step, q.weight_max(), true);
-                let y = linear(x.flatten::<2>(1, 3), w, Some(b));
-                let [_, n] = y.dims();
-                y.reshape([batch, n, 1, 1])
+                dense_image(x, w, b)
             }
             Some((q, step)) => match (&self.conv, &self.dense) {
                 (Some(conv), _) => {
@@ -361,10 +358,7 @@ impl Hidden {
                     let bias = bias_or_zero(&dense.bias, dense.weight.dims()[1], &x.device());
                     let (w, b) =
                         fake_quantize_dense(dense.weight.val(), bias, step, q.weight_max(), true);
-                    let [batch, ..] = x.dims();
-                    let y = linear(x.flatten::<2>(1, 3), w, Some(b));
-                    let [_, n] = y.dims();
-                    y.reshape([batch, n, 1, 1])
+                    dense_image(x, w, b)
                 }
                 (None, None) => unreachable!("a hidden block has a linear layer"),
             },
@@ -419,14 +413,22 @@ fn float_linear(
 ) -> Tensor<4> {
     match (conv, dense) {
         (Some(conv), _) => pool_sum_average(conv.forward(x), pool),
-        (None, Some(dense)) => {
-            let [batch, ..] = x.dims();
-            let y = dense.forward(x.flatten::<2>(1, 3));
-            let [_, n] = y.dims();
-            y.reshape([batch, n, 1, 1])
-        }
+        (None, Some(dense)) => dense_image(
+            x,
+            dense.weight.val(),
+            bias_or_zero(&dense.bias, dense.weight.dims()[1], &dense.weight.device()),
+        ),
         (None, None) => unreachable!("a linear block has a convolution or a dense layer"),
     }
+}
+
+/// A dense layer (`weight` is `[in, out]`) over the flattened `x`, its output shaped
+/// `[batch, out, 1, 1]` like a convolution's, so that blocks chain on one tensor rank.
+fn dense_image(x: Tensor<4>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<4> {
+    let [batch, ..] = x.dims();
+    let y = linear(x.flatten::<2>(1, 3), weight, Some(bias));
+    let [_, n] = y.dims();
+    y.reshape([batch, n, 1, 1])
 }
 
 /// A `pool`×`pool` average pool (1: none).
