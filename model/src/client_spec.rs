@@ -105,6 +105,16 @@ impl Diagnosis {
     /// What a client shows for unrounded logits: each rounded to a multiple of `step`, then
     /// their softmax and class. Rounding can tie two logits a simulator keeps apart, so
     /// whoever predicts what a clinician will see decodes through here.
+    ///
+    /// ```
+    /// use hexray_model::Diagnosis;
+    ///
+    /// // 0.9 and 1.1 both round to 1.0: a tie, which names the first class.
+    /// let shown = Diagnosis::from_logits(&[0.9, 1.1], 0.25);
+    /// assert_eq!(shown.logits, [1.0, 1.0]);
+    /// assert_eq!(shown.class, 0);
+    /// assert_eq!(shown.probabilities, [0.5, 0.5]);
+    /// ```
     pub fn from_logits(exact: &[f64], step: f64) -> Self {
         let logits: Vec<f64> = exact.iter().map(|l| (l / step).round() * step).collect();
         Diagnosis {
