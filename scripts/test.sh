@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The browser client is compiled for wasm32 only in the page build: lint it for that target too.
+cargo clippy --release -p hexray-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo test --release --workspace
 bash scripts/build-web.sh
 # wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.
