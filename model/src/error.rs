@@ -54,8 +54,10 @@ pub enum CompileError {
 /// An image that cannot be turned into model input.
 #[derive(Debug, Error)]
 pub enum PreprocessError {
-    #[error("cannot decode the image (PNG or JPEG expected): {0}")]
+    #[error("cannot decode the image (PNG, JPEG or DICOM expected): {0}")]
     Decode(String),
+    #[error(transparent)]
+    Dicom(#[from] DicomError),
     #[error("image is {width}×{height} pixels; the model needs at least {min_width}×{min_height}")]
     TooSmall {
         width: u32,
@@ -63,4 +65,42 @@ pub enum PreprocessError {
         min_width: u32,
         min_height: u32,
     },
+}
+
+/// A DICOM file that cannot be shown to the model. The messages speak to the person who
+/// dropped the file: what it is, and what HEXray would need instead.
+#[derive(Debug, Error, PartialEq)]
+pub enum DicomError {
+    #[error("not a DICOM file: no `DICM` marker at byte 128")]
+    NotDicom,
+    #[error("cannot read the DICOM file: {0}")]
+    Parse(String),
+    #[error(
+        "this DICOM file holds no image to analyse: its SOP class is {sop_class}{}",
+        modality.as_ref().map_or_else(String::new, |m| format!(" (modality {m})"))
+    )]
+    NoImage {
+        /// The SOP class's name, e.g. `Comprehensive SR Storage`.
+        sop_class: String,
+        modality: Option<String>,
+    },
+    #[error(
+        "the DICOM transfer syntax {name} ({uid}) is not supported; HEXray reads uncompressed, \
+         deflated, RLE, JPEG (baseline, 8-bit extended, lossless) and JPEG 2000 files"
+    )]
+    TransferSyntax { uid: String, name: String },
+    #[error("DICOM attribute {attribute}: {reason}")]
+    Attribute {
+        attribute: &'static str,
+        reason: String,
+    },
+    #[error(
+        "the DICOM image is {width}×{height} pixels; HEXray reads 1 to {} pixels per frame",
+        crate::dicom::MAX_PIXELS
+    )]
+    Size { width: u32, height: u32 },
+    #[error("unsupported DICOM image: {0}")]
+    Unsupported(String),
+    #[error("cannot decode the DICOM pixel data: {0}")]
+    Pixels(String),
 }

@@ -4,6 +4,7 @@
 //! - [`format`]: the versioned model file and its validation;
 //! - [`client_spec`]: the public part of a model, all a client gets: no weights;
 //! - [`preprocess`]: the one function that turns an image into quantized input integers;
+//! - [`dicom`]: DICOM files, decoded to the grayscale image preprocessing starts from;
 //! - [`compile`]: range analysis and the per-layer encoding (scale, offsets, noise) of the circuit;
 //! - [`table`]: the lookup table each hidden neuron's bootstrap applies;
 //! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise.
@@ -14,6 +15,7 @@
 pub mod activation;
 pub mod client_spec;
 pub mod compile;
+pub mod dicom;
 pub mod error;
 pub mod format;
 pub mod linear;
@@ -25,5 +27,5 @@ pub mod testing;
 
 pub use client_spec::{ClientSpec, Diagnosis};
 pub use compile::{compile, Circuit, Neuron, Stage};
-pub use error::{CompileError, ModelError, PreprocessError};
+pub use error::{CompileError, DicomError, ModelError, PreprocessError};
 pub use format::{CompiledModel, FheParameters, Network};

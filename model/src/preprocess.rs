@@ -1,31 +1,64 @@
 //! Image → quantized input tensor. The client and the simulator call this one function, so both
 //! always see the same pixels.
 //!
-//! Steps, in order: decode (PNG or JPEG, any size, colour or grayscale) → ITU-R BT.601 luma →
-//! centred square crop (if the model asks for it) → resize to the model's input size with its
-//! filter → per-image intensity normalisation (if the model asks for it) →
+//! Steps, in order: decode (PNG, JPEG or DICOM, any size, colour or grayscale; [`decode`]) →
+//! ITU-R BT.601 luma → centred square crop (if the model asks for it) → resize to the model's
+//! input size with its filter → per-image intensity normalisation (if the model asks for it) →
 //! q = round(luma · (2^bits − 1) / 255).
 
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, GrayImage};
+use image::GrayImage;
 use ndarray::Array3;
 
+use crate::dicom::{self, DicomImage, DicomInfo};
 use crate::error::PreprocessError;
 use crate::format::{Crop, InputSpec, Intensity, ResizeFilter};
 
-/// Decodes an encoded image (PNG or JPEG) and preprocesses it.
-pub fn preprocess(bytes: &[u8], spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
-    let image =
-        image::load_from_memory(bytes).map_err(|e| PreprocessError::Decode(e.to_string()))?;
-    preprocess_image(&image, spec)
+/// A decoded image file: its 8-bit luma, and what a DICOM file says about itself.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub luma: GrayImage,
+    /// `None` for PNG and JPEG.
+    pub dicom: Option<DicomInfo>,
 }
 
-/// Preprocesses a decoded image.
-pub fn preprocess_image(
-    image: &DynamicImage,
-    spec: &InputSpec,
-) -> Result<Array3<i64>, PreprocessError> {
-    preprocess_luma(image.to_luma8(), spec)
+/// Decodes an image file: DICOM (told by its `DICM` marker, see [`dicom::read`]), else PNG or
+/// JPEG. Every caller of [`preprocess`] (page, command line, trainer) goes through here, so all
+/// read a file alike.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, PreprocessError> {
+    if dicom::is_dicom(bytes) {
+        let DicomImage { luma, info } = dicom::read(bytes)?;
+        return Ok(Decoded {
+            luma,
+            dicom: Some(info),
+        });
+    }
+    let image =
+        image::load_from_memory(bytes).map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    Ok(Decoded {
+        luma: image.to_luma8(),
+        dicom: None,
+    })
+}
+
+/// Decodes an image file (PNG, JPEG or DICOM) and preprocesses it. A DICOM file's warnings are
+/// dropped: callers that show them use [`decode`] and [`preprocess_luma`].
+pub fn preprocess(bytes: &[u8], spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
+    preprocess_luma(decode(bytes)?.luma, spec)
+}
+
+/// `luma` shrunk, if needed, so that its longer side is at most `max_side` (Triangle filter,
+/// aspect ratio kept): the page's view of the file as dropped, which a browser cannot draw
+/// itself from DICOM.
+pub fn thumbnail(luma: &GrayImage, max_side: u32) -> GrayImage {
+    let (w, h) = luma.dimensions();
+    let longer = w.max(h);
+    if longer <= max_side {
+        return luma.clone();
+    }
+    let scale =
+        |n: u32| ((u64::from(n) * u64::from(max_side)).div_ceil(u64::from(longer)) as u32).max(1);
+    imageops::resize(luma, scale(w), scale(h), FilterType::Triangle)
 }
 
 /// Preprocesses an 8-bit grayscale image, e.g. one read from a MedMNIST array.
@@ -125,7 +158,7 @@ fn filter(f: ResizeFilter) -> FilterType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageFormat, Luma, Rgb, RgbImage};
+    use image::{DynamicImage, ImageFormat, Luma, Rgb, RgbImage};
     use std::io::Cursor;
 
     fn spec(bits: u8) -> InputSpec {
@@ -227,6 +260,16 @@ mod tests {
         )
         .unwrap();
         assert!(equalized.iter().all(|&v| v == 128));
+    }
+
+    #[test]
+    fn thumbnails_keep_the_aspect_ratio_and_never_enlarge() {
+        let wide = GrayImage::from_pixel(1200, 500, Luma([9]));
+        assert_eq!(thumbnail(&wide, 512).dimensions(), (512, 214));
+        let tall = GrayImage::from_pixel(3, 5000, Luma([9]));
+        assert_eq!(thumbnail(&tall, 512).dimensions(), (1, 512));
+        let small = GrayImage::from_pixel(28, 28, Luma([9]));
+        assert_eq!(thumbnail(&small, 512), small);
     }
 
     #[test]

@@ -11,11 +11,11 @@
 use std::path::Path;
 
 use hexray_model::format::InputSpec;
-use hexray_model::preprocess::{preprocess, preprocess_luma};
+use hexray_model::preprocess::{decode, preprocess_luma};
 use hexray_model::simulate::Prediction;
 use hexray_model::Circuit;
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, GrayImage};
+use image::GrayImage;
 
 use crate::data::{list_folder, DataError, FolderEntry};
 
@@ -23,15 +23,14 @@ use crate::data::{list_folder, DataError, FolderEntry};
 /// filter.
 ///
 /// ```
-/// let wide = image::DynamicImage::new_luma8(300, 200);
+/// let wide = image::GrayImage::new(300, 200);
 /// let copy = hexray_trainer::full_resolution::medmnist_copy(&wide, 28);
 /// assert_eq!(copy.dimensions(), (28, 28));
 /// ```
-pub fn medmnist_copy(image: &DynamicImage, side: u32) -> GrayImage {
-    let luma = image.to_luma8();
+pub fn medmnist_copy(luma: &GrayImage, side: u32) -> GrayImage {
     let (w, h) = luma.dimensions();
     let square = w.min(h);
-    let centre = imageops::crop_imm(&luma, (w - square) / 2, (h - square) / 2, square, square);
+    let centre = imageops::crop_imm(luma, (w - square) / 2, (h - square) / 2, square, square);
     imageops::resize(&centre.to_image(), side, side, FilterType::CatmullRom)
 }
 
@@ -50,16 +49,16 @@ impl FileCheck {
     }
 }
 
-/// Both predictions for one encoded image file.
+/// Both predictions for one image file (PNG, JPEG or DICOM).
 pub fn check_file(
     bytes: &[u8],
     circuit: &Circuit,
     spec: &InputSpec,
 ) -> Result<(Prediction, Prediction), String> {
-    let full = preprocess(bytes, spec).map_err(|e| e.to_string())?;
-    let decoded = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
-    let copy = preprocess_luma(medmnist_copy(&decoded, spec.width.max(spec.height)), spec)
+    let luma = decode(bytes).map_err(|e| e.to_string())?.luma;
+    let copy = preprocess_luma(medmnist_copy(&luma, spec.width.max(spec.height)), spec)
         .map_err(|e| e.to_string())?;
+    let full = preprocess_luma(luma, spec).map_err(|e| e.to_string())?;
     let simulate = |input: &ndarray::Array3<i64>| circuit.simulate(input.view());
     Ok((
         simulate(&full).map_err(|e| e.to_string())?,

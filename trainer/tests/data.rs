@@ -166,6 +166,30 @@ fn folder_datasets_load_with_patients_and_split_by_patient() {
     assert_eq!(subset.len(), split[0].len());
 }
 
+/// A folder may list DICOM files (`.dcm` or any name): they load like the PNGs, through the
+/// client's decoding.
+#[test]
+fn folder_datasets_read_dicom_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("covid-cxr-actualmed/covid-1.png", "covid-1.png"),
+        ("dicom/chest/covid-1.cr-rle-mono1.dcm", "covid-1.dcm"),
+    ] {
+        std::fs::copy(samples().join(from), dir.path().join(to)).unwrap();
+    }
+    let csv = dir.path().join("labels.csv");
+    std::fs::write(&csv, "path,label\ncovid-1.png,covid\ncovid-1.dcm,covid\n").unwrap();
+    let data = load_folder(&csv, &["normal", "covid"], &spec()).unwrap();
+    assert_eq!(data.labels, vec![1, 1]);
+    // The DICOM file is the PNG's pixels, 12-bit, MONOCHROME1 and RLE-compressed.
+    let gap = data.images[0]
+        .iter()
+        .zip(&data.images[1])
+        .map(|(a, b)| (a - b).abs())
+        .max();
+    assert!(gap <= Some(1), "{gap:?}");
+}
+
 #[test]
 fn transfer_validation_shares_no_patient_with_its_training_set() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@
 //! The JavaScript API:
 //! - `generate_keys(progress)`: a new key pair as bytes (run it in a Web Worker);
 //! - `new Model(bytes)`: a model's client spec (JSON) fetched from the server; `model.info()`,
-//!   `model.preprocess(imageBytes)`;
+//!   `model.preprocess(imageBytes)`, `model.read(imageBytes)` (PNG, JPEG or DICOM);
 //! - `new Client(clientKeyBytes)`: `client.encrypt(model, imageBytes)`,
 //!   `client.decrypt(model, outputBytes)`;
 //! - `pack_batch([blobs])`, `unpack_batch(body, count)`: the HXB1 batch bodies.
@@ -118,6 +118,44 @@ impl Model {
         let tensor =
             hexray_model::preprocess::preprocess(image, &self.spec.input).map_err(error)?;
         Ok(tensor.iter().map(|&q| q as i32).collect())
+    }
+
+    /// Decodes an image file (PNG, JPEG or DICOM) once, for everything the page shows before
+    /// encrypting it: `{ input, original: { width, height, pixels }, dicom }`. `input` is what
+    /// `preprocess` gives; `original` the decoded 8-bit luma, longer side at most 512 pixels
+    /// (`pixels` a `Uint8Array`, row by row), for a canvas, since browsers cannot draw DICOM;
+    /// `dicom` what a DICOM file says about itself, warnings included, or `null`.
+    pub fn read(&self, image: &[u8]) -> Result<JsValue, JsError> {
+        #[derive(Serialize)]
+        struct Original {
+            width: u32,
+            height: u32,
+            #[serde(with = "serde_bytes")]
+            pixels: Vec<u8>,
+        }
+        #[derive(Serialize)]
+        struct Read {
+            input: Vec<i32>,
+            original: Original,
+            dicom: Option<hexray_model::dicom::DicomInfo>,
+        }
+        let decoded = hexray_model::preprocess::decode(image).map_err(error)?;
+        let shown = hexray_model::preprocess::thumbnail(&decoded.luma, 512);
+        let input = hexray_model::preprocess::preprocess_luma(decoded.luma, &self.spec.input)
+            .map_err(error)?;
+        let read = Read {
+            input: input.iter().map(|&q| q as i32).collect(),
+            original: Original {
+                width: shown.width(),
+                height: shown.height(),
+                pixels: shown.into_raw(),
+            },
+            dicom: decoded.dicom,
+        };
+        // `null` rather than `undefined` for what is absent (`dicom` for a PNG, a DICOM file's
+        // missing fields), as JSON would have it.
+        let serializer = serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true);
+        read.serialize(&serializer).map_err(error)
     }
 
     /// The largest input integer: the preview scales pixels by it.

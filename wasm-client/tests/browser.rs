@@ -122,3 +122,43 @@ fn encrypt_then_decrypt_gives_back_the_preprocessed_image() {
     assert!(client.decrypt(&model, b"garbage").is_err());
     assert!(Client::new(b"garbage").is_err());
 }
+
+/// `model.read` on a DICOM chest X-ray (12-bit, MONOCHROME1, RLE) made from `XRAY`: the same
+/// input as the PNG, the image as dropped for the page to draw, and what the file says about
+/// itself; JPEG 2000 decodes in the browser too, and an object with no image is refused.
+#[wasm_bindgen_test]
+fn reading_a_dicom_file_gives_the_pngs_input_its_image_and_its_details() {
+    const DICOM: &[u8] = include_bytes!("../../samples/dicom/chest/covid-1.cr-rle-mono1.dcm");
+    const J2K: &[u8] =
+        include_bytes!("../../samples/dicom/chest/test-0001-pneumonia.j2k-lossless.dcm");
+    const RTPLAN: &[u8] = include_bytes!("../../samples/dicom/pydicom/rtplan.dcm");
+    let get = |value: &JsValue, key: &str| js_sys::Reflect::get(value, &key.into()).unwrap();
+    let model = ok(Model::new(&spec()));
+
+    let read = ok(model.read(DICOM));
+    let input: Vec<i32> = serde_wasm_bindgen::from_value(get(&read, "input")).unwrap();
+    assert_eq!(input, ok(model.preprocess(XRAY)));
+    let original = get(&read, "original");
+    assert_eq!(get(&original, "width").as_f64(), Some(256.0));
+    assert_eq!(get(&original, "height").as_f64(), Some(211.0));
+    let pixels = get(&original, "pixels");
+    assert!(pixels.is_instance_of::<js_sys::Uint8Array>());
+    assert_eq!(js_sys::Uint8Array::new(&pixels).length(), 256 * 211);
+    let dicom = get(&read, "dicom");
+    assert_eq!(
+        get(&dicom, "patient_name").as_string().as_deref(),
+        Some("DOE^JANE")
+    );
+    assert_eq!(
+        get(&dicom, "photometric").as_string().as_deref(),
+        Some("MONOCHROME1")
+    );
+    assert_eq!(js_sys::Array::from(&get(&dicom, "warnings")).length(), 0);
+    assert!(get(&ok(model.read(XRAY)), "dicom").is_null());
+
+    let j2k = ok(model.read(J2K));
+    assert_eq!(get(&get(&j2k, "original"), "width").as_f64(), Some(28.0));
+    let refused = JsValue::from(model.read(RTPLAN).unwrap_err());
+    let message = get(&refused, "message").as_string().unwrap();
+    assert!(message.contains("RT Plan Storage"), "{message}");
+}

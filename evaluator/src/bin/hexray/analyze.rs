@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_evaluator::client::ApiClient;
-use hexray_model::preprocess::preprocess;
+
+use crate::read_image;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,7 +24,7 @@ pub struct Args {
     /// The served model's id.
     #[arg(long, default_value = "pneumonia-a")]
     model: String,
-    /// Chest X-rays (PNG or JPEG); all go in one job.
+    /// Chest X-rays (PNG, JPEG or DICOM); all go in one job.
     #[arg(long, required = true)]
     image: Vec<PathBuf>,
     /// Where this client keeps its key pair, as the browser keeps it in IndexedDB.
@@ -41,9 +42,7 @@ pub fn analyze(args: Args) -> Result<()> {
     let key_id = keys.registered(&api)?;
     let mut blobs = Vec::with_capacity(args.image.len());
     for path in &args.image {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let input = preprocess(&bytes, &spec.input)
-            .with_context(|| format!("preprocessing {}", path.display()))?;
+        let input = read_image(path, &spec.input)?;
         blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes());
     }
     let batch = frames::pack(&blobs);

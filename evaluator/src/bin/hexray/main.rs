@@ -1,6 +1,6 @@
 //! `hexray`: the engine's command line.
 //!
-//! - `hexray run --image X.png`: the whole pipeline on one machine (keygen, encrypt, evaluate,
+//! - `hexray run --image X.png` (or `.jpg`, `.dcm`): the whole pipeline on one machine (keygen, encrypt, evaluate,
 //!   decrypt), compared with the plaintext simulator;
 //! - `hexray analyze --server URL --image X.png`: a clinician's client of a remote server;
 //! - `hexray inspect`: what a model costs (bootstraps) and how noisy each layer is;
@@ -23,10 +23,13 @@ mod serve;
 mod simulate;
 mod token;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hexray_model::format::InputSpec;
+use hexray_model::preprocess::{decode, preprocess_luma};
+use ndarray::Array3;
 
 /// The model bundled with the repository, used when `--model` is not given.
 pub const DEFAULT_MODEL: &str = concat!(
@@ -34,10 +37,22 @@ pub const DEFAULT_MODEL: &str = concat!(
     "/../models/pneumonia-mlp-64.hexray"
 );
 
+/// Reads an image file (PNG, JPEG or DICOM) and preprocesses it for `spec`, printing what a
+/// DICOM file warns about (another modality, several frames…) to stderr: the images `run`,
+/// `simulate` and `analyze` are given all come through here.
+pub fn read_image(path: &Path, spec: &InputSpec) -> Result<Array3<i64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let decoded = decode(&bytes).with_context(|| format!("decoding {}", path.display()))?;
+    for warning in decoded.dicom.iter().flat_map(|info| &info.warnings) {
+        eprintln!("warning: {}: {warning}", path.display());
+    }
+    preprocess_luma(decoded.luma, spec).with_context(|| format!("preprocessing {}", path.display()))
+}
+
 /// One image through one model, compared with the noisy simulator: `run` and `simulate`.
 #[derive(clap::Args)]
 pub struct ImageArgs {
-    /// Chest X-ray (PNG or JPEG).
+    /// Chest X-ray (PNG, JPEG or DICOM).
     #[arg(long)]
     pub image: PathBuf,
     /// Model file.

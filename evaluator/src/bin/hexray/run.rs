@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hexray_crypto::{ClientKey, CompressedServerKey, EncryptedImage, EncryptedOutput};
 use hexray_evaluator::{evaluate, LoadedModel};
-use hexray_model::preprocess::preprocess;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::ImageArgs;
+use crate::{read_image, ImageArgs};
 
 /// A progress bar counting bootstraps.
 pub fn bootstrap_bar(total: usize) -> ProgressBar {
@@ -34,10 +33,7 @@ pub fn run(args: ImageArgs) -> Result<()> {
 
     // Client: preprocess and keys.
     let t = Instant::now();
-    let bytes =
-        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
-    let input = preprocess(&bytes, &loaded.model.network.input)
-        .with_context(|| format!("preprocessing {}", args.image.display()))?;
+    let input = read_image(&args.image, &loaded.model.network.input)?;
     timed("preprocess", t);
     let t = Instant::now();
     let client = ClientKey::generate(set);

@@ -3,20 +3,16 @@
 
 use anyhow::{Context, Result};
 use hexray_evaluator::LoadedModel;
-use hexray_model::preprocess::preprocess;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::ImageArgs;
+use crate::{read_image, ImageArgs};
 
 pub fn simulate(args: ImageArgs) -> Result<()> {
     let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
     let circuit = &loaded.circuit;
-    let bytes =
-        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
-    let input = preprocess(&bytes, &loaded.model.network.input)
-        .with_context(|| format!("preprocessing {}", args.image.display()))?;
+    let input = read_image(&args.image, &loaded.model.network.input)?;
     let exact = circuit.simulate(input.view())?;
     let classes = circuit.classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(1);

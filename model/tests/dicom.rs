@@ -1,0 +1,364 @@
+//! DICOM input on real files: pydicom's test files (one per transfer syntax, and the objects
+//! HEXray must refuse) and chest X-rays written as X-ray systems write them
+//! (`samples/dicom/make_chest_dicoms.py`), which must give the model what their PNGs give it.
+
+use std::path::{Path, PathBuf};
+
+use hexray_model::dicom::{self, DicomImage};
+use hexray_model::preprocess::{decode, preprocess};
+use hexray_model::{CompiledModel, DicomError, PreprocessError};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn sample(path: &str) -> Vec<u8> {
+    let path = repo().join("samples").join(path);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A file of `samples/dicom/`.
+fn dicom_file(path: &str) -> Vec<u8> {
+    sample(&format!("dicom/{path}"))
+}
+
+fn read(path: &str) -> DicomImage {
+    dicom::read(&dicom_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn error(path: &str) -> DicomError {
+    dicom::read(&dicom_file(path)).expect_err(path)
+}
+
+/// Every transfer syntax HEXray claims, on a real file: its name, the image's size, and
+/// pixels that are not flat.
+#[test]
+fn every_supported_transfer_syntax_decodes() {
+    let cases = [
+        (
+            "pydicom/MR_small_implicit.dcm",
+            "Implicit VR Little Endian",
+            (64, 64),
+        ),
+        (
+            "pydicom/CT_small.dcm",
+            "Explicit VR Little Endian",
+            (128, 128),
+        ),
+        (
+            "pydicom/MR_small_bigendian.dcm",
+            "Explicit VR Big Endian",
+            (64, 64),
+        ),
+        (
+            "pydicom/image_dfl.dcm",
+            "Deflated Explicit VR Little Endian",
+            (512, 512),
+        ),
+        ("pydicom/MR_small_RLE.dcm", "RLE Lossless", (64, 64)),
+        ("chest/covid-1.cr-rle-mono1.dcm", "RLE Lossless", (256, 211)),
+        (
+            "pydicom/SC_rgb_jpeg_dcmtk.dcm",
+            "JPEG Baseline (Process 1)",
+            (100, 100),
+        ),
+        (
+            "chest/test-0002-pneumonia.jpeg-baseline.dcm",
+            "JPEG Baseline (Process 1)",
+            (28, 28),
+        ),
+        (
+            "chest/test-0236-normal.jpeg-extended-8bit.dcm",
+            "JPEG Extended (Process 2 & 4)",
+            (28, 28),
+        ),
+        (
+            "chest/test-0234-normal.jpeg-lossless.dcm",
+            "JPEG Lossless, Non-Hierarchical (Process 14)",
+            (28, 28),
+        ),
+        (
+            "chest/test-0000-pneumonia.jpeg-lossless-sv1.dcm",
+            "JPEG Lossless, Non-Hierarchical, First-Order Prediction",
+            (28, 28),
+        ),
+        (
+            "pydicom/SC_rgb_jpeg_gdcm.dcm",
+            "JPEG Lossless, Non-Hierarchical, First-Order Prediction",
+            (100, 100),
+        ),
+        (
+            "pydicom/MR_small_jp2klossless.dcm",
+            "JPEG 2000 Image Compression (Lossless Only)",
+            (64, 64),
+        ),
+        (
+            "pydicom/JPEG2000.dcm",
+            "JPEG 2000 Image Compression",
+            (256, 1024),
+        ),
+        (
+            "chest/test-0235-normal.j2k.dcm",
+            "JPEG 2000 Image Compression",
+            (28, 28),
+        ),
+    ];
+    for (path, syntax, size) in cases {
+        let image = read(path);
+        assert_eq!(image.info.transfer_syntax, syntax, "{path}");
+        assert_eq!(image.luma.dimensions(), size, "{path}");
+        let (low, high) = image
+            .luma
+            .pixels()
+            .fold((255, 0), |(lo, hi), p| (lo.min(p.0[0]), hi.max(p.0[0])));
+        assert!(high - low > 100, "{path}: pixels span only {low}..={high}");
+    }
+}
+
+/// pydicom's MR_small in four encodings: one image. Its values are signed 16-bit with a
+/// window, so masking, sign extension and byte order all have to be right.
+#[test]
+fn one_image_in_four_transfer_syntaxes_decodes_to_the_same_pixels() {
+    let reference = read("pydicom/MR_small_implicit.dcm").luma;
+    for path in [
+        "pydicom/MR_small_bigendian.dcm",
+        "pydicom/MR_small_RLE.dcm",
+        "pydicom/MR_small_jp2klossless.dcm",
+    ] {
+        assert_eq!(read(path).luma, reference, "{path}");
+    }
+}
+
+#[test]
+fn unsupported_transfer_syntaxes_are_named() {
+    let message = error("pydicom/MR_small_jpeg_ls_lossless.dcm").to_string();
+    assert!(
+        message.contains("JPEG-LS Lossless Image Compression")
+            && message.contains("1.2.840.10008.1.2.4.80"),
+        "{message}"
+    );
+    // JPEG Extended is read for 8-bit samples (above), not for 12-bit ones (process 4).
+    let message = error("pydicom/JPGExtended.dcm").to_string();
+    assert!(message.contains("12-bit lossy JPEG"), "{message}");
+}
+
+#[test]
+fn objects_without_an_image_are_refused_in_words() {
+    assert_eq!(
+        error("pydicom/rtplan.dcm").to_string(),
+        "this DICOM file holds no image to analyse: its SOP class is RT Plan Storage \
+         (modality RTPLAN)"
+    );
+    assert_eq!(
+        error("pydicom/test-SR.dcm").to_string(),
+        "this DICOM file holds no image to analyse: its SOP class is Comprehensive SR Storage \
+         (modality SR)"
+    );
+}
+
+#[test]
+fn other_modalities_body_parts_and_frames_are_warned_about() {
+    let ct = read("pydicom/CT_small.dcm").info;
+    assert_eq!(ct.modality.as_deref(), Some("CT"));
+    assert_eq!(
+        ct.warnings,
+        [
+            "Modality CT: this model was trained on chest radiographs (CR/DX); the result may be \
+          meaningless"
+        ]
+    );
+    let mr = read("pydicom/MR_small_implicit.dcm").info;
+    assert!(
+        mr.warnings[0].starts_with("Modality MR:"),
+        "{:?}",
+        mr.warnings
+    );
+    let nm = read("pydicom/JPEG2000.dcm").info;
+    assert!(
+        nm.warnings
+            .iter()
+            .any(|w| w.starts_with("Body Part Examined WHOLE BODY:")),
+        "{:?}",
+        nm.warnings
+    );
+    let two_frames = read("pydicom/SC_rgb_rle_2frame.dcm").info;
+    assert_eq!(two_frames.frames, 2);
+    assert_eq!(two_frames.warnings, ["2 frames; the first is analysed"]);
+}
+
+/// pydicom's colour stripes, RGB in lossless JPEG and RLE (the first of two frames), and
+/// YBR_FULL in lossy JPEG: the same luma, within the lossy file's error.
+#[test]
+fn colour_images_become_luma() {
+    let lossless = read("pydicom/SC_rgb_jpeg_gdcm.dcm").luma;
+    assert_eq!(read("pydicom/SC_rgb_rle_2frame.dcm").luma, lossless);
+    let lossy = read("pydicom/SC_rgb_jpeg_dcmtk.dcm");
+    assert_eq!(lossy.info.photometric, "YBR_FULL");
+    let gap = lossy
+        .luma
+        .pixels()
+        .zip(lossless.pixels())
+        .map(|(a, b)| a.0[0].abs_diff(b.0[0]))
+        .max();
+    assert!(gap <= Some(8), "{gap:?}");
+}
+
+#[test]
+fn what_the_page_shows_about_a_chest_x_ray() {
+    let info = read("chest/covid-1.cr-rle-mono1.dcm").info;
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "patient_name": "DOE^JANE",
+            "study_date": "2024-01-31",
+            "modality": "CR",
+            "body_part": "CHEST",
+            "transfer_syntax": "RLE Lossless",
+            "bits_stored": 12,
+            "photometric": "MONOCHROME1",
+            "frames": 1,
+            "warnings": [],
+        })
+    );
+}
+
+/// A DICOM chest X-ray gives the model what its PNG gives it: the same pixels within one
+/// level, and the same verdict, through the bundled model's own preprocessing. From the
+/// lossless files the input integers are the PNG's within one level too; lossy compression's
+/// ±1 level, stretched by the model's intensity normalisation, may move them further.
+#[test]
+fn chest_dicoms_give_the_model_what_their_pngs_give_it() {
+    let bytes = std::fs::read(repo().join("models/pneumonia-mlp-64.hexray")).unwrap();
+    let (model, circuit) = CompiledModel::from_bytes(&bytes).unwrap();
+    let spec = &model.network.input;
+    for (dicom, png, lossless) in [
+        (
+            "covid-1.cr-rle-mono1",
+            "covid-cxr-actualmed/covid-1.png",
+            true,
+        ),
+        (
+            "normal-1.dx-mono2",
+            "covid-cxr-actualmed/normal-1.png",
+            true,
+        ),
+        (
+            "test-0000-pneumonia.jpeg-lossless-sv1",
+            "pneumoniamnist/test-0000-pneumonia.png",
+            true,
+        ),
+        (
+            "test-0001-pneumonia.j2k-lossless",
+            "pneumoniamnist/test-0001-pneumonia.png",
+            true,
+        ),
+        (
+            "test-0234-normal.jpeg-lossless",
+            "pneumoniamnist/test-0234-normal.png",
+            true,
+        ),
+        (
+            "test-0002-pneumonia.jpeg-baseline",
+            "pneumoniamnist/test-0002-pneumonia.png",
+            false,
+        ),
+        (
+            "test-0235-normal.j2k",
+            "pneumoniamnist/test-0235-normal.png",
+            false,
+        ),
+        (
+            "test-0236-normal.jpeg-extended-8bit",
+            "pneumoniamnist/test-0236-normal.png",
+            false,
+        ),
+    ] {
+        let dicom_bytes = dicom_file(&format!("chest/{dicom}.dcm"));
+        let decoded = decode(&dicom_bytes).unwrap();
+        let info = decoded.dicom.unwrap_or_else(|| panic!("{dicom} is DICOM"));
+        assert!(info.warnings.is_empty(), "{dicom}: {:?}", info.warnings);
+        let png_luma = decode(&sample(png)).unwrap().luma;
+        assert_eq!(decoded.luma.dimensions(), png_luma.dimensions(), "{dicom}");
+        let gap = decoded
+            .luma
+            .pixels()
+            .zip(png_luma.pixels())
+            .map(|(a, b)| a.0[0].abs_diff(b.0[0]))
+            .max();
+        assert!(gap <= Some(1), "{dicom}: pixels differ by {gap:?}");
+
+        let from_dicom = preprocess(&dicom_bytes, spec).unwrap();
+        let from_png = preprocess(&sample(png), spec).unwrap();
+        if lossless {
+            let gap = from_dicom
+                .iter()
+                .zip(&from_png)
+                .map(|(a, b)| (a - b).abs())
+                .max();
+            assert!(gap <= Some(1), "{dicom}: inputs differ by {gap:?}");
+        }
+        let (a, b) = (
+            circuit.simulate(from_dicom.view()).unwrap(),
+            circuit.simulate(from_png.view()).unwrap(),
+        );
+        assert_eq!(a.class(), b.class(), "{dicom}: {a:?} vs {b:?}");
+    }
+}
+
+/// Truncated, corrupted and garbage files are errors that say so, never a panic.
+#[test]
+fn damaged_files_are_errors_not_panics() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for path in [
+        "chest/covid-1.cr-rle-mono1.dcm",
+        "chest/normal-1.dx-mono2.dcm",
+        "chest/test-0000-pneumonia.jpeg-lossless-sv1.dcm",
+        "chest/test-0002-pneumonia.jpeg-baseline.dcm",
+        "chest/test-0001-pneumonia.j2k-lossless.dcm",
+        "pydicom/image_dfl.dcm",
+    ] {
+        let bytes = dicom_file(path);
+        // Cut in the file meta, in the data set and in the pixel data. (A cut in the last
+        // item's delimiter is not an error: dicom-rs reads to the end of the data.)
+        for cut in [132, 200, bytes.len() / 2, bytes.len() - 100] {
+            let Err(error) = dicom::read(&bytes[..cut]) else {
+                panic!("{path} cut at {cut} reads");
+            };
+            let message = error.to_string();
+            assert!(
+                message.starts_with("cannot read the DICOM file")
+                    || message.starts_with("cannot decode the DICOM pixel data"),
+                "{path} cut at {cut}: {message}"
+            );
+        }
+        // Random bytes overwritten: any outcome but a panic. Few draws: a length that damage
+        // made huge has dicom-rs zero-fill that many bytes before it finds the data short.
+        for _ in 0..10 {
+            let mut damaged = bytes.clone();
+            for _ in 0..8 {
+                let at = rng.gen_range(132..damaged.len());
+                damaged[at] = rng.gen();
+            }
+            let _ = dicom::read(&damaged);
+        }
+    }
+    let mut garbage = vec![0u8; 128];
+    garbage.extend_from_slice(b"DICM");
+    garbage.extend((0..4000).map(|_| rng.gen::<u8>()));
+    assert!(matches!(dicom::read(&garbage), Err(DicomError::Parse(_))));
+    // Through preprocessing, the DICOM error is what the caller sees.
+    let spec =
+        hexray_model::format::InputSpec::square_8bit(28, hexray_model::format::Intensity::AsIs);
+    let err = preprocess(&sample("dicom/pydicom/rtplan.dcm"), &spec).unwrap_err();
+    assert!(matches!(
+        err,
+        PreprocessError::Dicom(DicomError::NoImage { .. })
+    ));
+    assert!(decode(&sample("pneumoniamnist/test-0000-pneumonia.png"))
+        .unwrap()
+        .dicom
+        .is_none());
+}
