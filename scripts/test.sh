@@ -13,4 +13,4 @@ cargo test --release --workspace
 bash scripts/build-web.sh
 # wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.
 (cd wasm-client && wasm-pack test --headless --chrome --release --mode no-install)
-node --test tests/browser/
+node --test --test-concurrency=1 tests/browser/

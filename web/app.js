@@ -1,28 +1,31 @@
-// The clinician page: choose images, then keys → upload key → encrypt → evaluate → decrypt.
-// Only ciphertexts, the public evaluation key and the access token are ever sent; the secret
-// key stays in IndexedDB, and neither images nor results leave this page unencrypted.
-import init, { Client, Model, pack_batch, unpack_batch } from './pkg/hexray_wasm.js';
+// The clinician page: choose a model and images, then keys → upload key → encrypt → evaluate →
+// decrypt. Only ciphertexts, the public evaluation key and the access token are ever sent; the
+// secret key stays in IndexedDB, DICOM headers are read only here, and neither images nor
+// results leave this page unencrypted. The heavy work runs in a Web Worker (engine.js).
+import { api, ensureToken, postWithProgress, serverSentEvents, UserError } from './api.js';
+import { greyCanvas } from './canvas.js';
+import { Engine } from './engine.js';
+import { sniff, takeFromDrop, takeFromInput } from './intake.js';
 import { forgetKeys, loadKeys, saveKeys } from './keystore.js';
+import { downloadCsv, personName, printReport, showResults, studyDate } from './results.js';
 
 const $ = (id) => document.getElementById(id);
-// The evaluator's origin comes from index.html's <meta name="hexray-api">: empty when it also
-// serves this page, else the origin of the API when the page is hosted elsewhere.
-const API = `${(document.querySelector('meta[name="hexray-api"]')?.content ?? '').trim().replace(/\/+$/, '')}/api/v1`;
-const TOKEN = 'hexray.token';
+const CHOSEN_MODEL = 'hexray.model';
 const POLL_MS = 2000;
-const state = { model: null, modelId: null, info: null, files: [], busy: false };
+const engine = new Engine();
+const state = {
+  models: [], // the server's model summaries
+  summary: null, // the chosen one
+  info: null, // its client spec, as the worker read it
+  generation: 0, // bumped when the model changes: reads for an older model are dropped
+  entries: [], // the images, in the order they came: see addFiles
+  reading: Promise.resolve(), // the reads, one after another (bounded memory for big folders)
+  busy: false,
+  job: null, // the submitted job being followed: { id, batch, started }
+};
 
 /// What the page measured, for people and for the browser benchmark.
 window.hexrayTimings = {};
-
-/// An error to show as it is; `code` is the API's error code when the server gave one.
-class UserError extends Error {
-  constructor(message, { status, code } = {}) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
 
 // ---- steps and errors -------------------------------------------------------------------
 
@@ -44,203 +47,168 @@ function showError(message) {
   $('retry').focus();
 }
 
-function clearError() {
-  $('error').hidden = true;
-}
+// ---- models -------------------------------------------------------------------------------
 
-// ---- API ----------------------------------------------------------------------------------
-
-/// Makes one API request: `send(headers)` sends it with these extra headers (the stored token)
-/// and resolves with a Response. Every request to the API goes through here, so every one
-/// carries the token; network failures and the API's JSON errors become sentences, and a 401
-/// asks for a token and sends again.
-async function request(send) {
-  for (;;) {
-    let response;
-    try {
-      response = await send(authorization());
-    } catch {
-      throw new UserError('The HEXray server cannot be reached. Check that it is running, then retry.');
-    }
-    if (response.status === 401) {
-      // The token is missing, or no longer valid: forget it and ask for another.
-      const refused = localStorage.getItem(TOKEN) !== null;
-      localStorage.removeItem(TOKEN);
-      await askForToken(refused);
-    } else if (!response.ok) {
-      throw await apiError(response);
-    } else {
-      return response;
-    }
-  }
-}
-
-/// Fetches from the API.
-function api(path, options = {}) {
-  return request((headers) => fetch(API + path, { ...options, headers: { ...options.headers, ...headers } }));
-}
-
-function authorization() {
-  const token = localStorage.getItem(TOKEN);
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
-/// The API's JSON error as a sentence, keeping its status and code for the recoveries.
-async function apiError(response) {
-  let message = `The server answered ${response.status}.`;
-  let code;
-  try {
-    const body = await response.json();
-    code = body.code;
-    message = body.message || message;
-    if (code === 'queue_full') {
-      const wait = response.headers.get('Retry-After') || 'a few';
-      message = `The server is busy; please retry in ${wait} seconds.`;
-    }
-  } catch { /* not JSON: keep the status */ }
-  return new UserError(message, { status: response.status, code });
-}
-
-let tokenAnswer = null; // the open question, shared by requests refused at the same time
-
-/// Shows the token form and resolves once a token has been entered and stored. `refused`: the
-/// server turned down the stored one.
-function askForToken(refused = false) {
-  tokenAnswer ??= new Promise((resolve) => {
-    $('token-refused').hidden = !refused;
-    $('token').hidden = false;
-    $('token-input').value = '';
-    $('token-input').focus();
-    $('token-form').addEventListener('submit', (event) => {
-      event.preventDefault(); // handled here; the page never navigates (CSP: form-action 'none')
-      localStorage.setItem(TOKEN, $('token-input').value.trim());
-      $('token').hidden = true;
-      tokenAnswer = null;
-      resolve();
-    }, { once: true });
-  });
-  return tokenAnswer;
-}
-
-/// Opens the page: asks for a token first when the server needs one and none is stored, so the
-/// clinician is not greeted by a refusal, then loads the model.
+/// Opens the page: the token if the server needs one, then the models, then the remembered one.
 async function start() {
-  const health = await (await api('/health')).json();
-  if (health.auth === 'token' && !localStorage.getItem(TOKEN)) await askForToken();
-  await loadModel();
-}
-
-// ---- model --------------------------------------------------------------------------------
-
-async function loadModel() {
-  await init();
+  await ensureToken();
   const { models } = await (await api('/models')).json();
   if (!models.length) throw new UserError('The server offers no model.');
-  const summary = models[0];
-  // The model's client spec (JSON): what this page needs to preprocess, encrypt and decode.
-  const bytes = new Uint8Array(await (await api(`/models/${encodeURIComponent(summary.id)}`)).arrayBuffer());
-  state.model = new Model(bytes);
-  state.modelId = summary.id;
-  state.info = state.model.info();
+  state.models = models;
+  $('model-select').replaceChildren(...models.map((m) => {
+    const option = document.createElement('option');
+    option.value = m.id;
+    option.textContent = `${m.name} v${m.version}: ${m.classes.join(' / ')}, ${m.bootstraps} bootstraps, ${expected(m)}`;
+    return option;
+  }));
+  const remembered = models.find((m) => m.id === localStorage.getItem(CHOSEN_MODEL));
+  await chooseModel((remembered ?? models[0]).id);
+  $('model-loading').hidden = true;
+  $('model-choice').hidden = false;
+}
+
+const expected = (m) => `about ${m.expected_seconds_per_image.toFixed(1)} s per image`;
+
+/// Makes `id` the model images are read and analysed with, and remembers the choice.
+async function chooseModel(id) {
+  const summary = state.models.find((m) => m.id === id);
+  // The client spec (JSON): what the worker needs to read, encrypt and decode; no weights.
+  const spec = new Uint8Array(await (await api(`/models/${encodeURIComponent(id)}`)).arrayBuffer());
+  state.info = await engine.call('model', { spec }, { transfer: [spec.buffer] });
+  state.summary = summary;
+  state.generation++;
+  localStorage.setItem(CHOSEN_MODEL, id);
+  $('model-select').value = id;
   const info = state.info;
-  $('model-info').textContent = `${info.name} version ${info.version}: ${info.classes.join(' / ')}; `
-    + `${info.width}×${info.height} grayscale input; ${info.bootstraps} bootstraps per image.`;
+  $('model-info').textContent = `${info.name} v${info.version}: ${info.description} Classes: ${info.classes.join(' / ')}; `
+    + `${info.width}×${info.height} grayscale input; ${info.bootstraps} bootstraps per image, ${expected(summary)}.`;
+  // Every image is read again: what the model sees depends on the model.
+  for (const entry of state.entries) queueRead(entry);
+  updateQueued();
 }
 
 // ---- images -------------------------------------------------------------------------------
 
-const ACCEPTED = ['image/png', 'image/jpeg'];
-
-async function addFiles(list) {
-  // Copied before the first await: a FileList or DataTransfer is emptied once its event ends.
-  const files = Array.from(list);
-  for (const file of files) {
-    const entry = { file, bytes: null, problem: null };
-    if (!ACCEPTED.includes(file.type) && !/\.(png|jpe?g)$/i.test(file.name)) {
-      entry.problem = `${file.name} is not a PNG or JPEG image.`;
-    } else {
-      entry.bytes = new Uint8Array(await file.arrayBuffer());
-      preprocessEntry(entry);
-    }
-    state.files.push(entry);
+/// Adds files ({ file, path }, as intake.js copies them) in order. Each becomes an entry
+/// { path, file, status: 'waiting' | 'reading' | 'ready' | 'problem', read, problem, item,
+/// analysedWith }; files added before a model is loaded wait for it.
+function addFiles(files) {
+  for (const { file, path } of files) {
+    const entry = { path, file, status: 'waiting', item: document.createElement('li') };
+    state.entries.push(entry);
+    $('previews').append(entry.item);
+    renderEntry(entry);
+    if (state.info) queueRead(entry);
   }
-  renderPreviews();
+  updateQueued();
+  updateButtons();
 }
 
-/// The image as the current model sees it, or why the model cannot take it.
-function preprocessEntry(entry) {
+function queueRead(entry) {
+  entry.status = 'waiting';
+  entry.analysedWith = null;
+  renderEntry(entry);
+  const generation = state.generation;
+  state.reading = state.reading.then(() => readEntry(entry, generation)).catch((error) => console.error(error));
+}
+
+/// Decodes one file in the worker into the model's input, or says why it cannot be.
+async function readEntry(entry, generation) {
+  if (generation !== state.generation || !state.entries.includes(entry)) return;
+  entry.status = 'reading';
+  renderEntry(entry);
+  let read;
+  let problem;
   try {
-    entry.preview = state.model.preprocess(entry.bytes);
-    entry.problem = null;
-  } catch (error) {
-    entry.problem = `${entry.file.name}: ${error.message}`;
-  }
-}
-
-function renderPreviews() {
-  const list = $('previews');
-  list.replaceChildren();
-  for (const entry of state.files) {
-    const item = document.createElement('li');
-    if (entry.problem) {
-      item.innerHTML = '<p class="problem"></p>';
-      item.querySelector('p').textContent = entry.problem;
+    const bytes = new Uint8Array(await entry.file.arrayBuffer());
+    if (!sniff(bytes)) {
+      problem = `${entry.path} is not a PNG, JPEG or DICOM image.`;
     } else {
-      const original = document.createElement('img');
-      original.alt = `${entry.file.name}, as dropped`;
-      original.src = URL.createObjectURL(entry.file);
-      item.append(original, modelView(entry.preview), document.createTextNode(entry.file.name));
+      read = await engine.call('read', { bytes }, { transfer: [bytes.buffer] });
     }
-    list.append(item);
+  } catch (error) {
+    problem = `${entry.path}: ${error.message}`;
   }
-  const usable = state.files.some((e) => !e.problem);
-  $('analyse').disabled = state.busy || !usable;
-  $('clear').disabled = state.busy || !state.files.length;
+  if (generation !== state.generation) return; // the model changed meanwhile: read again
+  Object.assign(entry, { read, problem, status: problem ? 'problem' : 'ready' });
+  renderEntry(entry);
+  updateButtons();
 }
 
-/// The image as the model sees it: what gets encrypted.
-function modelView(values) {
-  const { width, height } = state.info;
-  const canvas = document.createElement('canvas');
-  canvas.width = width;
-  canvas.height = height;
-  canvas.setAttribute('role', 'img');
-  canvas.setAttribute('aria-label', 'the image as the model sees it');
-  const context = canvas.getContext('2d');
-  const pixels = context.createImageData(width, height);
-  const max = state.model.max_input();
-  values.forEach((v, i) => {
-    const grey = Math.round((v * 255) / max);
-    pixels.data.set([grey, grey, grey, 255], i * 4);
-  });
-  context.putImageData(pixels, 0, 0);
-  return canvas;
+function renderEntry(entry) {
+  const { item } = entry;
+  item.dataset.status = entry.status;
+  if (entry.status === 'problem') {
+    item.replaceChildren(paragraph('problem', entry.problem));
+    return;
+  }
+  if (entry.status !== 'ready') {
+    item.replaceChildren(paragraph('pending', `${entry.path}: ${entry.status === 'reading' ? 'reading…' : 'waiting for the model'}`));
+    return;
+  }
+  const { read, path } = entry;
+  item.replaceChildren(
+    greyCanvas({ ...original(read), label: `${path}, as dropped` }),
+    greyCanvas({ ...seen(read), label: `${path}, as the model sees it` }),
+    paragraph('name', path),
+  );
+  if (read.dicom) {
+    const { patient_name: name, study_date: date } = read.dicom;
+    item.append(paragraph('patient', `${name ? personName(name) : 'no patient name'} · ${date ? studyDate(date) : 'no study date'}`));
+    for (const warning of read.dicom.warnings) item.append(paragraph('warning', warning));
+  }
+}
+
+const original = (read) => ({ width: read.original.width, height: read.original.height, values: read.original.pixels });
+const seen = (read) => ({ width: state.info.width, height: state.info.height, values: read.input, max: state.info.max_input });
+
+function paragraph(className, text) {
+  const p = document.createElement('p');
+  p.className = className;
+  p.textContent = text;
+  return p;
+}
+
+/// Images read for the current model and not yet analysed with it.
+const pending = () => state.entries.filter((e) => e.status === 'ready' && e.analysedWith !== state.info.fingerprint);
+
+function updateQueued() {
+  const waiting = state.entries.filter((e) => e.status === 'waiting').length;
+  $('queued').textContent = !state.info && waiting ? `${waiting} file(s) wait for the model to load.` : '';
+}
+
+function updateButtons() {
+  const settled = state.entries.every((e) => e.status === 'ready' || e.status === 'problem');
+  const count = state.info ? pending().length : 0;
+  $('analyse').disabled = state.busy || !settled || !count;
+  $('analyse').textContent = count > 1 ? `Encrypt and analyse ${count} images` : 'Encrypt and analyse';
+  $('clear').disabled = state.busy || !state.entries.length;
+  $('model-select').disabled = state.busy;
+  $('forget').disabled = state.busy;
+}
+
+function clearImages() {
+  state.entries = [];
+  $('previews').replaceChildren();
+  updateQueued();
+  updateButtons();
 }
 
 // ---- keys ---------------------------------------------------------------------------------
 
-function generateKeys(parameterSet) {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker('worker.js', { type: 'module' });
-    worker.onmessage = ({ data }) => {
-      if (data.type === 'progress') {
-        step('keys', data.step / data.total, data.label);
-      } else if (data.type === 'done') {
-        worker.terminate();
-        window.hexrayTimings.keygenMs = data.ms;
-        window.hexrayTimings.keygenMemoryBytes = data.memory;
-        resolve(data);
-      } else {
-        worker.terminate();
-        reject(new UserError(`Key generation failed: ${data.message}`));
-      }
-    };
-    worker.onerror = (event) => {
-      worker.terminate();
-      reject(new UserError(`Key generation failed: ${event.message}`));
-    };
-    worker.postMessage({ parameterSet });
-  });
+/// Generates keys in a worker of their own, so that images keep being read meanwhile.
+async function generateKeys(parameterSet) {
+  const keygen = new Engine();
+  try {
+    const pair = await keygen.call('keys', { parameterSet }, { progress: (s, total, label) => step('keys', s / total, label) });
+    window.hexrayTimings.keygenMs = pair.ms;
+    window.hexrayTimings.keygenMemoryBytes = pair.memory;
+    return pair;
+  } catch (error) {
+    throw new UserError(`Key generation failed: ${error.message}`);
+  } finally {
+    keygen.terminate();
+  }
 }
 
 async function ensureKeys() {
@@ -279,25 +247,10 @@ async function ensureKeys() {
 
 /// Uploads the evaluation key and returns the id the server knows it by.
 async function uploadKey(serverKey) {
-  const response = await request((headers) => postWithProgress(`${API}/keys`, serverKey, headers, (loaded, total) =>
-    step('upload', loaded / total, `${(loaded / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`)));
+  const response = await postWithProgress('/keys', serverKey, (loaded, total) =>
+    step('upload', loaded / total, `${(loaded / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`));
   step('upload', 1, 'registered');
   return (await response.json()).key_id;
-}
-
-/// POSTs with XMLHttpRequest, the one browser API that reports upload progress, and resolves
-/// with a Response as fetch would, so the answer is read like any other.
-function postWithProgress(url, body, headers, progress) {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open('POST', url);
-    xhr.setRequestHeader('Content-Type', 'application/octet-stream');
-    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
-    xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress(e.loaded, e.total); };
-    xhr.onload = () => resolve(new Response(xhr.responseText, { status: xhr.status }));
-    xhr.onerror = () => reject(new TypeError('network error'));
-    xhr.send(body);
-  });
 }
 
 async function showKeyStatus(keys) {
@@ -310,17 +263,25 @@ async function showKeyStatus(keys) {
 
 // ---- analysis -----------------------------------------------------------------------------
 
+/// Analyses the pending images as one job. After a failure, Retry follows the job already
+/// submitted, if there is one, rather than submitting it again.
 async function analyse() {
-  const started = performance.now();
   resetSteps();
-  clearError();
-  let batch = await prepareBatch();
+  $('error').hidden = true;
+  const started = state.job?.started ?? performance.now();
+  let batch = state.job?.batch ?? await prepareBatch(pending());
   const recovered = new Set();
   let final;
   while (!final) {
     try {
-      final = await evaluate(batch);
+      state.job ??= { id: await submit(batch), batch, started };
+      final = await followJob(state.job.id);
+      if (final.state === 'failed') {
+        throw new UserError(`The server could not evaluate the images: ${final.error}`, { code: final.error_code });
+      }
     } catch (error) {
+      // A job refused, failed or forgotten by the server is over: it may be submitted again.
+      if (error.code !== 'unreachable') state.job = null;
       // Each loss on the server's side is recovered from once, then the batch goes again.
       if (!(error.code in RECOVERIES) || recovered.has(error.code)) throw error;
       recovered.add(error.code);
@@ -331,59 +292,58 @@ async function analyse() {
 
   // The decrypted results stay in this page: nothing computed from them is ever sent.
   step('decrypt', 0);
-  const { images, client } = batch;
-  const outputs = unpack_batch(new Uint8Array(await (await api(`/jobs/${final.job_id}/outputs`)).arrayBuffer()), images.length);
-  const results = outputs.map((output) => client.decrypt(state.model, output));
+  const body = new Uint8Array(await (await api(`/jobs/${final.job_id}/outputs`)).arrayBuffer());
+  window.hexrayTimings.downloadBytesPerImage = body.length / batch.entries.length;
+  const results = await engine.call('decrypt', { clientKey: batch.keys.clientKey, body, count: batch.entries.length },
+    { transfer: [body.buffer] });
+  state.job = null;
   step('decrypt', 1, 'done');
   const seconds = (performance.now() - started) / 1000;
   window.hexrayTimings.endToEndSeconds = seconds;
-  results.forEach((result, i) => showResult(images[i].file.name, result, seconds, final.seconds));
+  for (const entry of batch.entries) entry.analysedWith = batch.fingerprint;
+  showResults({
+    model: { name: state.info.name, version: state.info.version, fingerprint: batch.fingerprint },
+    classes: state.info.classes,
+    rows: batch.entries.map((entry, i) => ({
+      path: entry.path, result: results[i], dicom: entry.read.dicom, original: original(entry.read), seen: seen(entry.read),
+    })),
+    seconds,
+    serverSeconds: final.seconds,
+  });
 }
 
-/// Keys, and the usable images encrypted with them for the current model.
-async function prepareBatch() {
+/// Keys, and `entries` encrypted with them in the worker for the current model.
+async function prepareBatch(entries) {
   const keys = await ensureKeys();
-  const client = new Client(keys.clientKey);
-  const images = state.files.filter((e) => !e.problem);
-  const encrypted = [];
-  for (const [i, entry] of images.entries()) {
-    step('encrypt', i / images.length, `${entry.file.name}`);
-    await new Promise((r) => setTimeout(r)); // let the progress bar paint
-    encrypted.push(client.encrypt(state.model, entry.bytes));
-  }
-  const body = pack_batch(encrypted);
-  step('encrypt', 1, `${images.length} image(s), ${(body.length / 1024).toFixed(0)} KiB to send`);
-  window.hexrayTimings.uploadBytesPerImage = body.length / images.length;
-  return { keys, client, images, body };
+  const body = await engine.call('encrypt', { clientKey: keys.clientKey, inputs: entries.map((e) => e.read.input) },
+    { progress: (i, n, label) => step('encrypt', i / n, label) });
+  step('encrypt', 1, `${entries.length} image(s), ${(body.length / 1024).toFixed(0)} KiB to send`);
+  window.hexrayTimings.uploadBytesPerImage = body.length / entries.length;
+  return { keys, entries, body, fingerprint: state.info.fingerprint };
 }
 
-/// Submits the batch and follows the job to its end. A failed job is thrown with the server's
-/// error_code, so a key found damaged while the job ran is recovered from like a key refused
-/// at submission.
-async function evaluate({ keys, body }) {
-  const query = new URLSearchParams({ model: state.modelId, key: keys.keyId, fingerprint: state.info.fingerprint });
+/// Submits the batch as one job; resolves with its id.
+async function submit({ keys, body, fingerprint }) {
+  const query = new URLSearchParams({ model: state.summary.id, key: keys.keyId, fingerprint });
   const job = await (await api(`/jobs?${query}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/octet-stream' },
     body,
   })).json();
-  const final = await followJob(job.job_id);
-  if (final.state === 'failed') {
-    throw new UserError(`The server could not evaluate the images: ${final.error}`, { code: final.error_code });
-  }
-  return final;
+  return job.job_id;
 }
 
-/// What to redo before submitting a batch again, by the error code that refused or failed it.
-const RECOVERIES = { stale_model: refetchModel, unknown_key: reuploadKey };
+/// What to redo before submitting a batch again, by the error code that refused, failed or
+/// lost it.
+const RECOVERIES = { stale_model: refetchModel, unknown_key: reuploadKey, unknown_job: (batch) => batch };
 
 /// The server's model changed since this page fetched it: fetch it again, and redo what
-/// depends on it: previews, keys (should its parameter set have changed) and ciphertexts.
-async function refetchModel() {
-  await loadModel();
-  state.files.filter((e) => e.bytes).forEach(preprocessEntry);
-  renderPreviews();
-  return prepareBatch();
+/// depends on it: the images' inputs, keys (should its parameter set have changed) and
+/// ciphertexts.
+async function refetchModel(batch) {
+  await chooseModel(state.summary.id);
+  await state.reading;
+  return prepareBatch(batch.entries.filter((e) => e.status === 'ready'));
 }
 
 /// The server no longer has this browser's key (deleted, expired, or found damaged): upload
@@ -398,14 +358,16 @@ async function reuploadKey(batch) {
 }
 
 /// Follows a job until it ends: by its event stream, or by polling when the server refuses
-/// another stream or the stream breaks. The job itself is never submitted again here.
+/// another stream or the stream cannot be opened or breaks. The job is never submitted again
+/// here.
 async function followJob(id) {
   try {
     const final = await streamJob(id);
     if (final) return final;
   } catch (error) {
-    if (error.code !== 'too_many_streams') throw error;
+    if (error.code !== 'too_many_streams' && error.code !== 'unreachable') throw error;
   }
+  $('notice').textContent = 'The progress stream was interrupted; following the job by polling instead.';
   return pollJob(id);
 }
 
@@ -441,77 +403,12 @@ function showJobProgress(status) {
     `${status.state}: ${status.bootstraps_done} of ${status.bootstraps_total} bootstraps`);
 }
 
-/// The events of a server-sent event stream, as { event, data }: `field: value` lines, a blank
-/// line ending each event; lines starting with ':' are comments (the server's heartbeats).
-async function* serverSentEvents(body) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = '';
-  let event = 'message';
-  let data = [];
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      const lines = (buffer + value).split('\n');
-      buffer = lines.pop(); // an incomplete line waits for the next chunk
-      for (const line of lines.map((l) => l.replace(/\r$/, ''))) {
-        if (line === '') {
-          if (data.length) yield { event, data: data.join('\n') };
-          event = 'message';
-          data = [];
-        } else if (!line.startsWith(':')) {
-          const [, field, text] = line.match(/^([^:]*):? ?(.*)$/);
-          if (field === 'event') event = text;
-          else if (field === 'data') data.push(text);
-        }
-      }
-    }
-  } finally {
-    reader.cancel().catch(() => { /* the stream had already failed */ });
-  }
-}
-
-function showResult(name, result, seconds, serverSeconds) {
-  const item = document.createElement('li');
-  item.className = 'result';
-  item.dataset.file = name;
-  item.dataset.class = result.class;
-  item.dataset.probabilities = JSON.stringify(result.probabilities);
-  const title = document.createElement('h3');
-  title.textContent = name;
-  const verdict = document.createElement('p');
-  verdict.className = 'class';
-  verdict.textContent = result.class;
-  item.append(title, verdict);
-  result.classes.forEach((label, i) => {
-    const p = result.probabilities[i];
-    const bar = document.createElement('div');
-    bar.className = 'bar';
-    bar.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
-    bar.querySelector('.name').textContent = label;
-    bar.querySelector('.fill').style.width = `${(p * 100).toFixed(1)}%`;
-    bar.querySelector('.value').textContent = `${(p * 100).toFixed(1)}%`;
-    bar.setAttribute('role', 'meter');
-    bar.setAttribute('aria-label', `${label} probability`);
-    bar.setAttribute('aria-valuenow', (p * 100).toFixed(1));
-    bar.setAttribute('aria-valuemin', '0');
-    bar.setAttribute('aria-valuemax', '100');
-    item.append(bar);
-  });
-  const meta = document.createElement('p');
-  meta.className = 'meta';
-  meta.textContent = `${state.info.name} v${state.info.version} · ${seconds.toFixed(1)} s from start to result `
-    + `(${serverSeconds.toFixed(1)} s on the server)`;
-  item.append(meta);
-  $('results').prepend(item);
-}
-
 // ---- wiring -------------------------------------------------------------------------------
 
 async function run(action) {
   if (state.busy) return;
   state.busy = true;
-  renderPreviews();
+  updateButtons();
   try {
     await action();
   } catch (error) {
@@ -519,7 +416,7 @@ async function run(action) {
     showError(error instanceof UserError ? error.message : `Something went wrong: ${error.message || error}`);
   } finally {
     state.busy = false;
-    renderPreviews();
+    updateButtons();
   }
 }
 
@@ -530,22 +427,25 @@ function setup() {
   drop.addEventListener('drop', (e) => {
     e.preventDefault();
     drop.classList.remove('over');
-    if (state.model) addFiles(e.dataTransfer.files);
+    takeFromDrop(e.dataTransfer).then(addFiles, (error) => showError(`The dropped files could not be read: ${error.message}`));
   });
-  drop.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('files').click(); }
-  });
-  $('files').addEventListener('change', (e) => {
-    if (state.model) addFiles(e.target.files);
-    e.target.value = '';
-  });
+  $('choose-files').addEventListener('click', () => $('files').click());
+  $('choose-folder').addEventListener('click', () => $('folder').click());
+  for (const input of [$('files'), $('folder')]) input.addEventListener('change', () => addFiles(takeFromInput(input)));
+  $('model-select').addEventListener('change', (e) => run(() => chooseModel(e.target.value)));
   $('analyse').addEventListener('click', () => run(analyse));
-  $('clear').addEventListener('click', () => { state.files = []; renderPreviews(); });
+  $('clear').addEventListener('click', clearImages);
   $('retry').addEventListener('click', () => {
-    clearError();
-    run(state.model ? analyse : start);
+    $('error').hidden = true;
+    run(state.info ? analyse : start);
   });
-  $('forget').addEventListener('click', async () => {
+  $('download').addEventListener('click', downloadCsv);
+  $('report').addEventListener('click', printReport);
+  $('forget').addEventListener('click', () => $('forget-dialog').showModal());
+  $('forget-cancel').addEventListener('click', () => $('forget-dialog').close());
+  $('forget-confirm').addEventListener('click', async () => {
+    $('forget-dialog').close();
+    if (state.busy) return; // an analysis started meanwhile: its keys stay
     await forgetKeys();
     resetSteps();
     showKeyStatus();

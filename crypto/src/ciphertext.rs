@@ -4,24 +4,36 @@
 //! the model's [`ClientSpec`]) under the big LWE key with TFHE-rs's seeded encryption: the masks are regenerated
 //! from one shared seed, so only the bodies travel, about 8 bytes per pixel. The server expands
 //! them ([`EncryptedImage::expand`]) before computing.
+//!
+//! The outputs travel back compressed ([`EncryptedOutput::compress`]): each class's accumulator
+//! is keyswitched to the small LWE key and its modulus switched to 2^16, so the client decrypts
+//! 1.8 KB per class, with its small key and no bootstrap, instead of 16 KB.
 
+use hexray_model::format::OUTPUT_LOG_MODULUS;
 use hexray_model::simulate::Prediction;
 use hexray_model::{Circuit, ClientSpec, Diagnosis};
 use ndarray::ArrayView3;
+use tfhe::conformance::ParameterSetConformant;
 use tfhe::core_crypto::commons::generators::DeterministicSeeder;
 use tfhe::core_crypto::commons::math::random::{Seed, Seeder};
+use tfhe::core_crypto::prelude::packed_integers::{
+    PackedIntegers, PackedIntegersConformanceParams,
+};
 use tfhe::core_crypto::prelude::*;
 use tfhe::core_crypto::seeders::new_seeder;
+use tfhe::shortint::atomic_pattern::AtomicPatternServerKey;
+use tfhe::shortint::client_key::atomic_pattern::AtomicPatternClientKey;
 
 use crate::envelope::{self, ImageEnvelope, OutputEnvelope};
 use crate::error::CryptoError;
-use crate::keys::ClientKey;
+use crate::keys::{ClientKey, ServerKey};
 use crate::params::ParameterSet;
 
 /// Largest encrypted image accepted: 8 bytes × 2^17 pixels plus headers.
 pub const IMAGE_LIMIT: u64 = (8 << 17) + 4096;
-/// Largest encrypted output accepted: 64 outputs of 2049 words.
-pub const OUTPUT_LIMIT: u64 = 64 * 2049 * 8 + 4096;
+/// Largest encrypted output accepted: 64 outputs of at most 1024 values of
+/// [`OUTPUT_LOG_MODULUS`] bits.
+pub const OUTPUT_LIMIT: u64 = 64 * 1024 * OUTPUT_LOG_MODULUS as u64 / 8 + 4096;
 
 /// An encrypted, preprocessed image, as a client uploads it.
 pub struct EncryptedImage {
@@ -29,10 +41,11 @@ pub struct EncryptedImage {
     ciphertexts: SeededLweCiphertextListOwned<u64>,
 }
 
-/// A model's encrypted output accumulators, as the server returns them.
+/// A model's encrypted output accumulators, as the server returns them: per class, a small-key
+/// LWE ciphertext (mask, then body) modulo 2^[`OUTPUT_LOG_MODULUS`], all bit-packed.
 pub struct EncryptedOutput {
     set: ParameterSet,
-    ciphertexts: LweCiphertextListOwned<u64>,
+    packed: PackedIntegers<u64>,
 }
 
 impl ClientKey {
@@ -101,13 +114,27 @@ impl ClientKey {
         Ok(EncryptedImage { set, ciphertexts })
     }
 
-    /// Decrypts raw phases (plaintext plus noise), e.g. to measure noise.
+    /// Decrypts raw phases (plaintext plus noise) of big-key ciphertexts, e.g. to measure noise.
     pub fn decrypt_phases(&self, ciphertexts: &LweCiphertextListOwned<u64>) -> Vec<u64> {
         let key = self.lwe_key();
         ciphertexts
             .iter()
             .map(|ct| decrypt_lwe_ciphertext(&key, &ct).0)
             .collect()
+    }
+
+    /// The small LWE key (the bootstrap's input key), widened to 64 bits: compressed outputs
+    /// are encrypted under it.
+    fn small_key(&self) -> Vec<u64> {
+        match &self.inner.atomic_pattern {
+            AtomicPatternClientKey::Standard(ap) => ap.small_lwe_secret_key().as_ref().to_vec(),
+            AtomicPatternClientKey::KeySwitch32(ap) => ap
+                .small_lwe_secret_key()
+                .as_ref()
+                .iter()
+                .map(|&s| u64::from(s))
+                .collect(),
+        }
     }
 
     /// Decrypts the outputs into the diagnosis the client shows: logits rounded to the spec's
@@ -150,19 +177,29 @@ impl ClientKey {
         Ok(Prediction::from_accumulators(circuit, accumulators))
     }
 
-    /// The raw phases of the outputs, once their parameter set and count are checked.
+    /// The raw phases of the outputs, once their parameter set and count are checked, in 64-bit
+    /// torus units (the low bits the compression dropped are zero).
     fn checked_phases(
         &self,
         count: usize,
         output: &EncryptedOutput,
     ) -> Result<Vec<u64>, CryptoError> {
         check_set("encrypted output", self.parameter_set(), output.set)?;
-        check_count(
-            "encrypted output",
-            count,
-            output.ciphertexts.lwe_ciphertext_count().0,
-        )?;
-        Ok(self.decrypt_phases(&output.ciphertexts))
+        check_count("encrypted output", count, output.len())?;
+        let key = self.small_key();
+        let bits = OUTPUT_LOG_MODULUS;
+        let values: Vec<u64> = output.packed.unpack::<u64>().collect();
+        Ok(values
+            .chunks_exact(key.len() + 1)
+            .map(|ciphertext| {
+                let (body, mask) = ciphertext.split_last().expect("n + 1 values");
+                let dot = mask
+                    .iter()
+                    .zip(&key)
+                    .fold(0u64, |sum, (a, s)| sum.wrapping_add(a.wrapping_mul(*s)));
+                (body.wrapping_sub(dot) & ((1 << bits) - 1)) << (64 - bits)
+            })
+            .collect())
     }
 }
 
@@ -229,19 +266,66 @@ impl EncryptedImage {
 }
 
 impl EncryptedOutput {
-    /// Wraps the server's output ciphertexts.
-    pub fn new(set: ParameterSet, ciphertexts: LweCiphertextListOwned<u64>) -> Self {
-        EncryptedOutput { set, ciphertexts }
+    /// Compresses a model's output accumulators (big-key LWE ciphertexts, one per class) for
+    /// the trip back to the client, with the public server key only. Each is keyswitched to
+    /// the small key, as before a bootstrap, and its modulus switched to 2^[`OUTPUT_LOG_MODULUS`]
+    /// (centred, as TFHE-rs does before a bootstrap); then all are bit-packed. It costs one
+    /// keyswitch per class, a few percent of one bootstrap, and adds the noise the compiler
+    /// counts in the output stage (`FheParameters::output_compression_variance`).
+    ///
+    /// TFHE-rs's own `switch_modulus_and_compress` does the same to a shortint ciphertext, but
+    /// keeps only log2(2N) = 12 bits (noise as large as the logits' own), and its result can
+    /// only be read back through a bootstrap.
+    pub fn compress(key: &ServerKey, accumulators: &LweCiphertextListOwned<u64>) -> Self {
+        let mut values = Vec::new();
+        match &key.inner.atomic_pattern {
+            AtomicPatternServerKey::Standard(ap) => {
+                let ksk = &ap.key_switching_key;
+                let mut small =
+                    LweCiphertext::new(0u64, ksk.output_lwe_size(), ksk.ciphertext_modulus());
+                for ct in accumulators.iter() {
+                    keyswitch_lwe_ciphertext(ksk, &ct, &mut small);
+                    push_switched(small.as_view(), &mut values);
+                }
+            }
+            AtomicPatternServerKey::KeySwitch32(ap) => {
+                let ksk = &ap.key_switching_key;
+                let mut small =
+                    LweCiphertext::new(0u32, ksk.output_lwe_size(), ksk.ciphertext_modulus());
+                for ct in accumulators.iter() {
+                    keyswitch_lwe_ciphertext_with_scalar_change(ksk, &ct, &mut small);
+                    push_switched(small.as_view(), &mut values);
+                }
+            }
+            AtomicPatternServerKey::Dynamic(_) => {
+                unreachable!("HEXray's parameter sets use the standard and KS32 atomic patterns")
+            }
+        }
+        EncryptedOutput {
+            set: key.parameter_set(),
+            packed: PackedIntegers::pack(&values, output_log_modulus()),
+        }
+    }
+
+    /// Number of outputs (classes).
+    pub fn len(&self) -> usize {
+        self.packed.initial_len() / self.set.small_lwe_dimension().to_lwe_size().0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let envelope = OutputEnvelope {
             parameter_set: self.set.name().to_owned(),
-            ciphertexts: self.ciphertexts.clone(),
+            ciphertexts: self.packed.clone(),
         };
         envelope::to_bytes(&envelope, OUTPUT_LIMIT)
     }
 
+    /// Reads the server's answer and checks it against the parameter set and number of
+    /// outputs it must have.
     pub fn from_bytes(
         bytes: &[u8],
         set: ParameterSet,
@@ -250,18 +334,53 @@ impl EncryptedOutput {
         const WHAT: &str = "encrypted output";
         let OutputEnvelope {
             parameter_set,
-            ciphertexts,
+            ciphertexts: packed,
         } = envelope::from_bytes(bytes, OUTPUT_LIMIT, WHAT)?;
-        Received {
-            what: WHAT,
-            parameter_set: &parameter_set,
-            lwe_size: ciphertexts.lwe_size(),
-            modulus: ciphertexts.ciphertext_modulus(),
-            count: ciphertexts.lwe_ciphertext_count().0,
+        check_set_name(WHAT, set, &parameter_set)?;
+        let per_output = set.small_lwe_dimension().to_lwe_size().0;
+        let values = packed.initial_len();
+        // Conformance: the declared length matches the packed words, so unpacking stays in
+        // bounds, and every value has exactly the bits the compression keeps.
+        if packed.log_modulus() != output_log_modulus()
+            || values % per_output != 0
+            || !packed.is_conformant(&PackedIntegersConformanceParams::new::<u64>(values))
+        {
+            return Err(CryptoError::Malformed {
+                what: WHAT,
+                reason: format!(
+                    "it is not a list of {per_output}-value ciphertexts of {OUTPUT_LOG_MODULUS} bits"
+                ),
+            });
         }
-        .check(set, expected_len)?;
-        Ok(EncryptedOutput { set, ciphertexts })
+        check_count(WHAT, expected_len, values / per_output)?;
+        Ok(EncryptedOutput { set, packed })
     }
+}
+
+fn output_log_modulus() -> CiphertextModulusLog {
+    CiphertextModulusLog(OUTPUT_LOG_MODULUS as usize)
+}
+
+/// Appends the mask and body of a small-key ciphertext switched to 2^[`OUTPUT_LOG_MODULUS`].
+fn push_switched<S: UnsignedInteger + CastInto<u64>>(
+    ciphertext: LweCiphertextView<'_, S>,
+    values: &mut Vec<u64>,
+) {
+    let (ciphertext, correction, log) = lwe_ciphertext_centered_binary_modulus_switch::<S, u64, _>(
+        ciphertext,
+        output_log_modulus(),
+    )
+    .into_raw_parts();
+    // TFHE-rs also takes half a step off the body, which centres a phase in its lookup table
+    // box before a bootstrap. The client reads the phase itself: the half step goes back.
+    let half_step = S::ONE << (S::BITS - log.0 - 1);
+    let switched = LazyStandardModulusSwitchedLweCiphertext::<S, u64, _>::from_raw_parts(
+        ciphertext,
+        correction.wrapping_add(half_step),
+        log,
+    );
+    values.extend(switched.mask());
+    values.push(switched.body());
 }
 
 fn check_set(
@@ -269,13 +388,18 @@ fn check_set(
     expected: ParameterSet,
     found: ParameterSet,
 ) -> Result<(), CryptoError> {
-    if expected == found {
+    check_set_name(what, expected, found.name())
+}
+
+/// Checks the parameter set name a received blob carries.
+fn check_set_name(what: &'static str, set: ParameterSet, found: &str) -> Result<(), CryptoError> {
+    if set.name() == found {
         Ok(())
     } else {
         Err(CryptoError::ParameterMismatch {
             what,
-            expected: expected.name().into(),
-            found: found.name().into(),
+            expected: set.name().into(),
+            found: found.chars().take(80).collect(),
         })
     }
 }
@@ -291,13 +415,7 @@ struct Received<'a> {
 
 impl Received<'_> {
     fn check(&self, set: ParameterSet, expected_len: usize) -> Result<(), CryptoError> {
-        if set.name() != self.parameter_set {
-            return Err(CryptoError::ParameterMismatch {
-                what: self.what,
-                expected: set.name().into(),
-                found: self.parameter_set.chars().take(80).collect(),
-            });
-        }
+        check_set_name(self.what, set, self.parameter_set)?;
         if self.lwe_size != set.big_lwe_dimension().to_lwe_size()
             || !self.modulus.is_native_modulus()
         {
@@ -323,5 +441,106 @@ fn check_count(what: &'static str, expected: usize, found: usize) -> Result<(), 
             expected,
             found,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known phases under the big key, compressed with the public server key alone, decrypt
+    /// to themselves within the noise the compiler counts for the output stage, for both
+    /// parameter sets; and the compressed form is what its size says.
+    #[test]
+    fn compressed_outputs_decrypt_to_their_phases_within_the_counted_noise() {
+        for set in ParameterSet::ALL {
+            let (client, server) = ClientKey::generate_deterministic(set, 11);
+            let server = server.decompress();
+            // Logits from −31 to +31 in the bundled models' unit, 2^58.
+            let phases: Vec<u64> = (-31i64..32).map(|l| (l << 58) as u64).collect();
+            let mut list = LweCiphertextList::new(
+                0u64,
+                set.big_lwe_dimension().to_lwe_size(),
+                LweCiphertextCount(phases.len()),
+                CiphertextModulus::new_native(),
+            );
+            let mut seeder = new_seeder();
+            let mut generator = EncryptionRandomGenerator::<DefaultRandomGenerator>::new(
+                seeder.seed(),
+                seeder.as_mut(),
+            );
+            encrypt_lwe_ciphertext_list(
+                &client.lwe_key(),
+                &mut list,
+                &PlaintextList::from_container(phases.clone()),
+                set.encryption_noise(),
+                &mut generator,
+            );
+            let output = EncryptedOutput::compress(&server, &list);
+            let bytes = output.to_bytes();
+            let per_class = (set.small_lwe_dimension().0 + 1) * OUTPUT_LOG_MODULUS as usize / 8;
+            assert!(
+                bytes.len() <= phases.len() * per_class + 200,
+                "{} bytes",
+                bytes.len()
+            );
+            let back = EncryptedOutput::from_bytes(&bytes, set, phases.len()).unwrap();
+            let decrypted = client.checked_phases(phases.len(), &back).unwrap();
+
+            let sigma = set.fhe_parameters().output_compression_variance().sqrt();
+            let errors: Vec<f64> = decrypted
+                .iter()
+                .zip(&phases)
+                .map(|(d, p)| d.wrapping_sub(*p) as i64 as f64 / 2f64.powi(64))
+                .collect();
+            let worst = errors.iter().fold(0f64, |m, e| m.max(e.abs()));
+            assert!(
+                worst < 6.0 * sigma,
+                "{}: error {worst} against σ {sigma}",
+                set.name()
+            );
+            let sd = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
+            assert!(
+                (0.5 * sigma..1.5 * sigma).contains(&sd),
+                "{}: measured σ {sd}, counted {sigma}",
+                set.name()
+            );
+        }
+    }
+
+    /// A packed list of the wrong modulus or length is refused in words, never unpacked.
+    #[test]
+    fn malformed_compressed_outputs_are_refused() {
+        let set = ParameterSet::Ks32;
+        let n = set.small_lwe_dimension().to_lwe_size().0;
+        let envelope = |values: usize, bits: usize| {
+            let packed = PackedIntegers::pack(&vec![1u64; values], CiphertextModulusLog(bits));
+            envelope::to_bytes(
+                &OutputEnvelope {
+                    parameter_set: set.name().into(),
+                    ciphertexts: packed,
+                },
+                OUTPUT_LIMIT,
+            )
+        };
+        assert!(EncryptedOutput::from_bytes(&envelope(2 * n, 16), set, 2).is_ok());
+        for (bytes, why) in [
+            (envelope(2 * n, 12), "12-bit values"),
+            (envelope(2 * n - 1, 16), "a partial ciphertext"),
+            (envelope(3 * n, 16), "three outputs for two classes"),
+        ] {
+            assert!(
+                matches!(
+                    EncryptedOutput::from_bytes(&bytes, set, 2),
+                    Err(CryptoError::Malformed { .. } | CryptoError::Count { .. })
+                ),
+                "{why} was accepted"
+            );
+        }
+        let other = ParameterSet::Ks64;
+        assert!(matches!(
+            EncryptedOutput::from_bytes(&envelope(2 * n, 16), other, 2),
+            Err(CryptoError::ParameterMismatch { .. })
+        ));
     }
 }

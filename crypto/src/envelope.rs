@@ -6,7 +6,8 @@
 //! can never be read as a server key, and a version for future format changes.
 
 use serde::{Deserialize, Serialize};
-use tfhe::core_crypto::prelude::{LweCiphertextListOwned, SeededLweCiphertextListOwned};
+use tfhe::core_crypto::prelude::packed_integers::PackedIntegers;
+use tfhe::core_crypto::prelude::SeededLweCiphertextListOwned;
 use tfhe::named::Named;
 use tfhe::safe_serialization::{safe_serialize, DeserializationConfig};
 use tfhe::shortint;
@@ -60,12 +61,12 @@ impl Named for ImageEnvelope {
     const NAME: &'static str = "hexray::EncryptedImage";
 }
 
-/// Encrypted output accumulators.
+/// Encrypted output accumulators, compressed: small-key ciphertexts modulo 2^16, bit-packed.
 #[derive(Serialize, Deserialize, Versionize)]
 #[versionize(OutputEnvelopeVersions)]
 pub(crate) struct OutputEnvelope {
     pub parameter_set: String,
-    pub ciphertexts: LweCiphertextListOwned<u64>,
+    pub ciphertexts: PackedIntegers<u64>,
 }
 
 #[derive(VersionsDispatch)]
@@ -75,7 +76,8 @@ pub(crate) enum OutputEnvelopeVersions {
 }
 
 impl Named for OutputEnvelope {
-    const NAME: &'static str = "hexray::EncryptedOutput";
+    // Renamed with the compression: a client from before it refuses these by name.
+    const NAME: &'static str = "hexray::CompressedOutput";
 }
 
 /// Serialises an envelope; `limit` is the same bound the reader enforces.

@@ -92,13 +92,24 @@ impl ClientKey {
             .and_then(ParameterSet::from_tfhe)
             .ok_or_else(|| mismatch("client key", params))?;
         // The key's length must match its parameters, or encryption would index out of bounds.
-        if inner.encryption_key().lwe_dimension() != set.big_lwe_dimension() {
+        if inner.encryption_key().lwe_dimension() != set.big_lwe_dimension()
+            || small_key_dimension(&inner) != set.small_lwe_dimension()
+        {
             return Err(CryptoError::Malformed {
                 what: "client key",
                 reason: "its length does not match its parameter set".into(),
             });
         }
         Ok(ClientKey { inner, set })
+    }
+}
+
+/// The dimension of the small LWE key, which decrypts compressed outputs.
+fn small_key_dimension(key: &shortint::ClientKey) -> tfhe::core_crypto::prelude::LweDimension {
+    use tfhe::shortint::client_key::atomic_pattern::AtomicPatternClientKey;
+    match &key.atomic_pattern {
+        AtomicPatternClientKey::Standard(ap) => ap.small_lwe_secret_key().lwe_dimension(),
+        AtomicPatternClientKey::KeySwitch32(ap) => ap.small_lwe_secret_key().lwe_dimension(),
     }
 }
 

@@ -87,6 +87,12 @@ impl ParameterSet {
     }
 
     /// LWE dimension of the ciphertexts clients encrypt and the server computes on.
+    /// The bootstrap's input LWE dimension n: the small key, which compressed outputs are
+    /// encrypted under.
+    pub fn small_lwe_dimension(self) -> LweDimension {
+        self.spec().lwe_dimension
+    }
+
     pub fn big_lwe_dimension(self) -> LweDimension {
         let spec = self.spec();
         spec.glwe_dimension

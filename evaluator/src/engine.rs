@@ -105,7 +105,7 @@ pub fn evaluate_batch(
             let neurons = (0..output.neurons.len())
                 .map(|j| dot_product(output, j, image).into_container())
                 .collect();
-            EncryptedOutput::new(set, into_list(neurons, image.lwe_size()))
+            EncryptedOutput::compress(key, &into_list(neurons, image.lwe_size()))
         })
         .collect();
     timers.add(&timers.linear, linear_start);

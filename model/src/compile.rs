@@ -19,7 +19,8 @@
 //!
 //! **Noise.** Inputs to stage 0 carry fresh-encryption noise, later inputs carry bootstrap output
 //! noise; a dot product multiplies their variance by ‖w‖². Before a bootstrap the keyswitch and
-//! the modulus switch add their own. All variances come from [`FheParameters`].
+//! the modulus switch add their own, and so does the output compression to the output stage.
+//! All variances come from [`FheParameters`].
 //!
 //! A stage keeps the two sources apart ([`Stage::input_sigma`], [`Stage::switch_sigma`])
 //! because they are not alike: the inputs' noise is shared by every neuron that reads the same
@@ -76,7 +77,8 @@ pub struct Stage {
     /// torus: fresh encryption noise for stage 0, bootstrap output noise after.
     pub input_sigma: f64,
     /// Standard deviation the keyswitch and modulus switch add before each bootstrap, as a
-    /// fraction of the torus; 0 for the output stage, which is not bootstrapped.
+    /// fraction of the torus; for the output stage, what the output compression adds
+    /// ([`FheParameters::output_compression_variance`]).
     pub switch_sigma: f64,
     /// The activation applied by each neuron's bootstrap; `None` for the output stage.
     pub activation: Option<StageActivation>,
@@ -338,10 +340,12 @@ fn analyse(
     } else {
         (fhe.bootstrap_variance, 1)
     };
-    let before_bootstrap = if activation.is_some() {
+    // Hidden stages are switched before their bootstrap, the output stage before it travels
+    // back compressed.
+    let switch_variance = if activation.is_some() {
         fhe.keyswitch_variance + fhe.modulus_switch_variance
     } else {
-        0.0
+        fhe.output_compression_variance()
     };
     let limit = HALF_TORUS / 2;
     let mut ranges = Vec::with_capacity(forms.len());
@@ -372,7 +376,7 @@ fn analyse(
     // The noise margin for a given input gain (how much the server scales stage 0's inputs).
     let margin_for = |gain: f64| -> Result<i128, CompileError> {
         let gain = if index == 0 { gain } else { 1.0 };
-        let sigma = (max_norm * base_variance * gain * gain + before_bootstrap).sqrt();
+        let sigma = (max_norm * base_variance * gain * gain + switch_variance).sqrt();
         let margin = (NOISE_MARGIN_SIGMAS * sigma * TORUS).ceil();
         // Written so that a NaN σ also lands here.
         if margin.is_nan() || margin >= (HALF_TORUS / 2) as f64 {
@@ -424,7 +428,7 @@ fn analyse(
         .into_iter()
         .zip(ranges)
         .map(|(form, (min, max))| Neuron {
-            sigma: (form.squared_norm() * input_variance + before_bootstrap).sqrt(),
+            sigma: (form.squared_norm() * input_variance + switch_variance).sqrt(),
             form,
             acc_min: min as i64,
             acc_max: max as i64,
@@ -438,7 +442,7 @@ fn analyse(
         input_gain,
         origin,
         input_sigma: input_variance.sqrt(),
-        switch_sigma: before_bootstrap.sqrt(),
+        switch_sigma: switch_variance.sqrt(),
         activation,
     })
 }

@@ -86,7 +86,7 @@ pub enum DicomError {
     },
     #[error(
         "the DICOM transfer syntax {name} ({uid}) is not supported; HEXray reads uncompressed, \
-         deflated, RLE, JPEG (baseline, 8-bit extended, lossless) and JPEG 2000 files"
+         deflated, RLE, JPEG (baseline, extended, lossless) and JPEG 2000 files"
     )]
     TransferSyntax { uid: String, name: String },
     #[error("DICOM attribute {attribute}: {reason}")]

@@ -266,6 +266,12 @@ pub struct FheParameters {
     pub modulus_switch_variance: f64,
 }
 
+/// Bits each value of an output ciphertext keeps on its way back to the client. The server
+/// keyswitches every output accumulator to the bootstrap's small LWE key and switches its
+/// modulus to 2^16 (`hexray_crypto::EncryptedOutput::compress`): 1.8 KB per class instead of
+/// the 16 KB of a big-key ciphertext, for noise well under the output's own.
+pub const OUTPUT_LOG_MODULUS: u32 = 16;
+
 /// The circuit encoding the compiler chose: one entry per stage (a linear map, then a bootstrap
 /// per neuron, except in the output stage).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -407,6 +413,24 @@ impl CompiledModel {
 }
 
 impl FheParameters {
+    /// Noise the output compression adds to each output phase: the keyswitch, plus the centred
+    /// modulus switch to 2^[`OUTPUT_LOG_MODULUS`]. The switch's mask rounding is
+    /// `modulus_switch_variance` (a switch to 2N) scaled by the square of the coarser step
+    /// (2N / 2^16); its body rounding, uniform over one step, is 2^-32 / 12.
+    ///
+    /// ```
+    /// # let (_, circuit) = hexray_model::testing::tiny_model();
+    /// # let fhe = hexray_model::testing::test_fhe();
+    /// // Compression noise is in the output stage's noise, which the simulator draws.
+    /// let output = circuit.stages.last().unwrap();
+    /// assert_eq!(output.switch_sigma, fhe.output_compression_variance().sqrt());
+    /// ```
+    pub fn output_compression_variance(&self) -> f64 {
+        let step = 2.0 * f64::from(self.polynomial_size) / 2f64.powi(OUTPUT_LOG_MODULUS as i32);
+        let body = 2f64.powi(-2 * OUTPUT_LOG_MODULUS as i32) / 12.0;
+        self.keyswitch_variance + self.modulus_switch_variance * step * step + body
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ModelError> {
         if !self.polynomial_size.is_power_of_two()
             || !(256..=1 << 16).contains(&self.polynomial_size)

@@ -75,6 +75,16 @@ fn every_supported_transfer_syntax_decodes() {
             (28, 28),
         ),
         (
+            "pydicom/JPGExtended.dcm",
+            "JPEG Extended (Process 2 & 4)",
+            (256, 1024),
+        ),
+        (
+            "chest/covid-1.jpeg-extended-12bit.dcm",
+            "JPEG Extended (Process 2 & 4)",
+            (256, 211),
+        ),
+        (
             "chest/test-0234-normal.jpeg-lossless.dcm",
             "JPEG Lossless, Non-Hierarchical (Process 14)",
             (28, 28),
@@ -139,9 +149,106 @@ fn unsupported_transfer_syntaxes_are_named() {
             && message.contains("1.2.840.10008.1.2.4.80"),
         "{message}"
     );
-    // JPEG Extended is read for 8-bit samples (above), not for 12-bit ones (process 4).
-    let message = error("pydicom/JPGExtended.dcm").to_string();
-    assert!(message.contains("12-bit lossy JPEG"), "{message}");
+}
+
+/// pydicom's 12-bit lossy JPEG (JPEG Extended, process 4), a bone scan without a window, so
+/// shown over its own range (0 to 264): the luma of libjpeg's samples (pylibjpeg-libjpeg,
+/// through pydicom 3.0.2's `pixel_array`), round(255 · v / 264), every 9th column from 60 and
+/// every 60th row from 40. HEXray's own IDCT may differ from libjpeg's by one level of 12
+/// bits, so by one level of luma (`dicom::codec`'s tests compare the samples themselves).
+#[test]
+fn twelve_bit_lossy_jpeg_decodes_as_libjpeg_does() {
+    const REFERENCE: [[u8; 16]; 16] = [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 4, 32, 59, 48, 58, 50, 12, 1, 1, 1, 1],
+        [1, 1, 1, 1, 11, 35, 46, 79, 99, 80, 75, 36, 19, 6, 1, 1],
+        [
+            68, 71, 73, 28, 39, 78, 66, 64, 112, 107, 62, 66, 53, 39, 28, 37,
+        ],
+        [
+            13, 15, 31, 59, 40, 39, 48, 44, 85, 77, 52, 47, 42, 37, 42, 44,
+        ],
+        [
+            14, 19, 27, 23, 25, 19, 26, 35, 30, 46, 58, 42, 29, 39, 28, 22,
+        ],
+        [
+            14, 14, 25, 22, 44, 36, 48, 59, 61, 56, 44, 58, 54, 35, 39, 17,
+        ],
+        [
+            17, 18, 20, 38, 38, 39, 32, 49, 47, 38, 42, 37, 34, 28, 50, 34,
+        ],
+        [14, 23, 31, 33, 17, 22, 14, 15, 3, 4, 12, 19, 17, 29, 35, 17],
+        [2, 19, 39, 35, 19, 21, 13, 1, 1, 1, 15, 21, 43, 51, 23, 2],
+        [1, 18, 54, 39, 30, 20, 5, 1, 1, 1, 16, 35, 46, 49, 29, 1],
+        [1, 1, 18, 26, 29, 17, 1, 1, 1, 1, 21, 40, 27, 16, 1, 1],
+        [1, 1, 4, 31, 31, 26, 1, 1, 1, 8, 34, 20, 1, 1, 1, 1],
+        [1, 1, 12, 27, 36, 31, 16, 2, 32, 41, 50, 17, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ];
+    let image = read("pydicom/JPGExtended.dcm");
+    assert_eq!(image.info.bits_stored, 12);
+    for (i, row) in REFERENCE.iter().enumerate() {
+        for (j, &expected) in row.iter().enumerate() {
+            let (x, y) = (60 + 9 * j as u32, 40 + 60 * i as u32);
+            let got = image.luma.get_pixel(x, y).0[0];
+            assert!(
+                got.abs_diff(expected) <= 1,
+                "({x}, {y}): {got} vs {expected}"
+            );
+        }
+    }
+}
+
+/// 12-bit lossy JPEG that is cut short or garbled inside a valid DICOM file: an error that
+/// says so, never a panic.
+#[test]
+fn damaged_12_bit_jpeg_is_an_error_not_a_panic() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for path in [
+        "chest/covid-1.jpeg-extended-12bit.dcm",
+        "pydicom/JPGExtended.dcm",
+    ] {
+        let bytes = dicom_file(path);
+        let find = |needle: &[u8]| bytes.windows(needle.len()).position(|w| w == needle);
+        // SOF1, 12-bit; the codestream's EOI.
+        let sof = find(&[0xFF, 0xC1, 0x00, 0x0B, 0x0C]).expect(path);
+        let eoi = bytes
+            .windows(2)
+            .rposition(|w| w == [0xFF, 0xD9])
+            .expect(path);
+        // An EOI halfway through the scan: the data ends before its last block.
+        let mut cut = bytes.clone();
+        let middle = (sof + eoi) / 2;
+        cut[middle..middle + 2].copy_from_slice(&[0xFF, 0xD9]);
+        cut[middle + 2..eoi + 2].fill(0);
+        let message = dicom::read(&cut).expect_err(path).to_string();
+        assert!(
+            message.starts_with(
+                "cannot decode the DICOM pixel data: 12-bit JPEG: the data is \
+                 truncated"
+            ),
+            "{path}: {message}"
+        );
+        // Garbage after the frame header.
+        let mut garbage = bytes.clone();
+        rng.fill(&mut garbage[sof + 13..eoi + 2]);
+        let message = dicom::read(&garbage).expect_err(path).to_string();
+        assert!(
+            message.starts_with("cannot decode the DICOM pixel data: 12-bit JPEG")
+                || message.starts_with("unsupported DICOM image"),
+            "{path}: {message}"
+        );
+        // Bytes of the codestream overwritten: any outcome but a panic.
+        for _ in 0..50 {
+            let mut damaged = bytes.clone();
+            for _ in 0..4 {
+                let at = rng.gen_range(sof..eoi + 2);
+                damaged[at] = rng.gen();
+            }
+            let _ = dicom::read(&damaged);
+        }
+    }
 }
 
 #[test]
@@ -275,6 +382,11 @@ fn chest_dicoms_give_the_model_what_their_pngs_give_it() {
             "pneumoniamnist/test-0236-normal.png",
             false,
         ),
+        (
+            "covid-1.jpeg-extended-12bit",
+            "covid-cxr-actualmed/covid-1.png",
+            false,
+        ),
     ] {
         let dicom_bytes = dicom_file(&format!("chest/{dicom}.dcm"));
         let decoded = decode(&dicom_bytes).unwrap();
@@ -318,6 +430,7 @@ fn damaged_files_are_errors_not_panics() {
         "chest/test-0000-pneumonia.jpeg-lossless-sv1.dcm",
         "chest/test-0002-pneumonia.jpeg-baseline.dcm",
         "chest/test-0001-pneumonia.j2k-lossless.dcm",
+        "chest/covid-1.jpeg-extended-12bit.dcm",
         "pydicom/image_dfl.dcm",
     ] {
         let bytes = dicom_file(path);

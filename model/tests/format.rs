@@ -96,10 +96,11 @@ fn exact_simulation_matches_integer_arithmetic_when_boxes_are_fine() {
 
 #[test]
 fn simulated_noise_is_shared_by_outputs_that_read_the_same_ciphertexts() {
-    // Two logits with opposite weights over the same hidden ciphertexts: encrypted, their
-    // noise (and any level a noisy bootstrap got wrong) cancels exactly in their sum and
-    // doubles in their difference. A simulator drawing each output's noise on its own would
-    // spread the sum as widely as either output.
+    // Two logits with opposite weights over the same hidden ciphertexts: encrypted, the noise
+    // they carry (and any level a noisy bootstrap got wrong) cancels exactly in their sum and
+    // doubles in their difference. Only the output compression's noise, fresh for each
+    // output, is left in the sum. A simulator drawing each output's noise on its own would
+    // spread the sum as widely as the difference.
     let mut network = tiny();
     let Some(Layer::Dense { weights, bias, .. }) = network.layers.last_mut() else {
         unreachable!()
@@ -117,21 +118,30 @@ fn simulated_noise_is_shared_by_outputs_that_read_the_same_ciphertexts() {
     let (_, circuit) = CompiledModel::from_bytes(&build(network).unwrap().to_bytes()).unwrap();
     let x = Array3::from_shape_fn((1, 4, 4), |(_, y, x)| ((y * 4 + x) * 29 % 256) as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let (mut sums, mut firsts) = (Vec::new(), Vec::new());
+    let (mut sums, mut differences) = (Vec::new(), Vec::new());
     for _ in 0..400 {
         let a = circuit
             .simulate_noisy(x.view(), &mut rng)
             .unwrap()
             .accumulators;
         sums.push(a[0] + a[1]);
-        firsts.push(a[0]);
+        differences.push(a[0] - a[1]);
     }
     let sd = |v: &[f64]| {
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
     };
-    assert!(sd(&firsts) > 1e-3, "the outputs carry noise");
-    assert!(sd(&sums) < 1e-9, "the sum moved by {}", sd(&sums));
+    let output = circuit.stages.last().unwrap();
+    let compression = 2f64.sqrt() * output.switch_sigma * 2f64.powi(64) / output.delta as f64;
+    assert!(
+        (0.8 * compression..1.2 * compression).contains(&sd(&sums)),
+        "the sum moved by {}, the compression alone gives {compression}",
+        sd(&sums)
+    );
+    assert!(
+        sd(&differences) > 3.0 * sd(&sums),
+        "the shared noise doubles in the difference"
+    );
 }
 
 #[test]

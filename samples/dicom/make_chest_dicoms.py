@@ -5,11 +5,14 @@ window that shows them as the PNG's 8-bit levels, so HEXray's preprocessing must
 pixels back (within rounding) from every one of them (`model/tests/dicom.rs`).
 
     python3 -m venv /tmp/dicom-venv
-    /tmp/dicom-venv/bin/pip install pydicom==3.0.2 numpy pillow python-gdcm==3.2.6
+    /tmp/dicom-venv/bin/pip install pydicom==3.0.2 numpy pillow python-gdcm==3.2.6 \
+        imagecodecs==2026.3.6
     /tmp/dicom-venv/bin/python samples/dicom/make_chest_dicoms.py
 
 pydicom writes the uncompressed and RLE files; GDCM (python-gdcm), a C++ toolkit independent of
-the Rust decoders under test, compresses the JPEG and JPEG 2000 ones. The output is
+the Rust decoders under test, compresses the JPEG and JPEG 2000 ones, except 12-bit lossy JPEG:
+python-gdcm 3.2.6 writes 16-bit "lossy" samples under that transfer syntax (and cannot read
+12-bit ones), so libjpeg-turbo, through imagecodecs, compresses that file. The output is
 deterministic: UIDs are derived from the file names.
 """
 
@@ -18,12 +21,15 @@ import tempfile
 from pathlib import Path
 
 import gdcm
+import imagecodecs
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    JPEGExtended12Bit,
     RLELossless,
     generate_uid,
 )
@@ -112,6 +118,20 @@ def gdcm_transcode(source, name, syntax):
     assert writer.Write(), name
 
 
+def jpeg_extended_12bit(ds, stored, name):
+    """Compresses `ds` (12 bits stored) as 12-bit lossy JPEG (process 4) with libjpeg-turbo."""
+    frame = imagecodecs.jpeg8_encode(stored, level=90, bitspersample=12)
+    assert frame[:2] == b"\xff\xd8" and b"\xff\xc1\x00\x0b\x0c" in frame, "12-bit SOF1"
+    ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = f"{stored.size * 2 / len(frame):.2f}"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    save(ds, name)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
 
@@ -177,6 +197,22 @@ def main():
             source = Path(tmp) / f"{png}.dcm"
             ds.save_as(source, enforce_file_format=True)
             gdcm_transcode(source, f"{png}.{name}.dcm", syntax)
+
+    # (c) 12-bit lossy JPEG (JPEG Extended, process 4), as CR/DX systems and PACS compress
+    # radiographs: the full-size image, so that the 28×28 input is made from real lossy data.
+    # Quality 90 keeps every stored value within ±17 of 16·v + 8, so within one level of v.
+    stored = stored_12_bit(covid)
+    ds = dataset(
+        "covid-1.jpeg-extended-12bit",
+        covid,
+        modality="DX",
+        sop_class=DX_FOR_PRESENTATION,
+        photometric="MONOCHROME2",
+        stored=stored,
+        bits=12,
+        window=(WINDOW_CENTER, WINDOW_WIDTH),
+    )
+    jpeg_extended_12bit(ds, stored, "covid-1.jpeg-extended-12bit.dcm")
 
     for path in sorted(OUT.iterdir()):
         ds = pydicom.dcmread(path)

@@ -10,8 +10,8 @@
 //! The JavaScript API:
 //! - `generate_keys(progress)`: a new key pair as bytes (run it in a Web Worker);
 //! - `new Model(bytes)`: a model's client spec (JSON) fetched from the server; `model.info()`,
-//!   `model.preprocess(imageBytes)`, `model.read(imageBytes)` (PNG, JPEG or DICOM);
-//! - `new Client(clientKeyBytes)`: `client.encrypt(model, imageBytes)`,
+//!   `model.read(imageBytes)` (PNG, JPEG or DICOM: the input integers, the image, DICOM details);
+//! - `new Client(clientKeyBytes)`: `client.encrypt(model, input)` (the integers `read` gave),
 //!   `client.decrypt(model, outputBytes)`;
 //! - `pack_batch([blobs])`, `unpack_batch(body, count)`: the HXB1 batch bodies.
 
@@ -81,6 +81,8 @@ struct ModelInfo<'a> {
     bootstraps: usize,
     width: u32,
     height: u32,
+    /// The largest input integer: the preview scales pixels by it.
+    max_input: i64,
     parameter_set: &'a str,
     fingerprint: &'a str,
 }
@@ -106,23 +108,16 @@ impl Model {
             bootstraps: spec.bootstraps,
             width: spec.input.width,
             height: spec.input.height,
+            max_input: spec.input.max_value(),
             parameter_set: &spec.parameter_set,
             fingerprint: &spec.fingerprint,
         };
         serde_wasm_bindgen::to_value(&info).map_err(error)
     }
 
-    /// The input integers an encoded image (PNG or JPEG) becomes, row by row: what gets
-    /// encrypted. The page draws them as the preview of what the model sees.
-    pub fn preprocess(&self, image: &[u8]) -> Result<Vec<i32>, JsError> {
-        let tensor =
-            hexray_model::preprocess::preprocess(image, &self.spec.input).map_err(error)?;
-        Ok(tensor.iter().map(|&q| q as i32).collect())
-    }
-
     /// Decodes an image file (PNG, JPEG or DICOM) once, for everything the page shows before
-    /// encrypting it: `{ input, original: { width, height, pixels }, dicom }`. `input` is what
-    /// `preprocess` gives; `original` the decoded 8-bit luma, longer side at most 512 pixels
+    /// encrypting it: `{ input, original: { width, height, pixels }, dicom }`. `input` is the
+    /// integers `hexray_model::preprocess` gives, row by row: what gets encrypted; `original` the decoded 8-bit luma, longer side at most 512 pixels
     /// (`pixels` a `Uint8Array`, row by row), for a canvas, since browsers cannot draw DICOM;
     /// `dicom` what a DICOM file says about itself, warnings included, or `null`.
     pub fn read(&self, image: &[u8]) -> Result<JsValue, JsError> {
@@ -157,11 +152,6 @@ impl Model {
         let serializer = serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true);
         read.serialize(&serializer).map_err(error)
     }
-
-    /// The largest input integer: the preview scales pixels by it.
-    pub fn max_input(&self) -> i32 {
-        self.spec.input.max_value() as i32
-    }
 }
 
 /// A client key, loaded from IndexedDB or just generated.
@@ -188,11 +178,28 @@ impl Client {
         })
     }
 
-    /// Preprocesses and encrypts an encoded image for `model`: the bytes to upload.
-    pub fn encrypt(&self, model: &Model, image: &[u8]) -> Result<Vec<u8>, JsError> {
-        let input =
-            hexray_model::preprocess::preprocess(image, &model.spec.input).map_err(error)?;
-        let encrypted = self.key.encrypt(&model.spec, input.view()).map_err(error)?;
+    /// Encrypts an image's input integers for `model`, as `model.read` gave them: the bytes
+    /// to upload. The page reads each file once and encrypts exactly what it showed.
+    pub fn encrypt(&self, model: &Model, input: &[i32]) -> Result<Vec<u8>, JsError> {
+        let spec = &model.spec.input;
+        let shape = (
+            spec.channels as usize,
+            spec.height as usize,
+            spec.width as usize,
+        );
+        let tensor =
+            ndarray::Array3::from_shape_vec(shape, input.iter().map(|&q| i64::from(q)).collect())
+                .map_err(|_| {
+                JsError::new(&format!(
+                    "the model takes {} input integers, not {}",
+                    shape.0 * shape.1 * shape.2,
+                    input.len()
+                ))
+            })?;
+        let encrypted = self
+            .key
+            .encrypt(&model.spec, tensor.view())
+            .map_err(error)?;
         Ok(encrypted.to_bytes())
     }
 

@@ -76,6 +76,13 @@ fn key_generation_gives_a_key_pair_of_the_models_parameter_set() {
     assert!(generate_keys("no such set", &js_sys::Function::new_no_args("")).is_err());
 }
 
+/// The input integers `model.read` gives for an image file: what the page encrypts.
+fn input_of(model: &Model, image: &[u8]) -> Result<Vec<i32>, JsError> {
+    let read = model.read(image)?;
+    let input = js_sys::Reflect::get(&read, &"input".into()).unwrap();
+    Ok(serde_wasm_bindgen::from_value(input).unwrap())
+}
+
 #[wasm_bindgen_test]
 fn preprocessing_equals_the_native_function() {
     let model = ok(Model::new(&spec()));
@@ -87,8 +94,8 @@ fn preprocessing_equals_the_native_function() {
         .split_whitespace()
         .map(|v| v.parse().unwrap())
         .collect();
-    assert_eq!(ok(model.preprocess(XRAY)), native);
-    assert!(model.preprocess(b"not an image").is_err());
+    assert_eq!(ok(input_of(&model, XRAY)), native);
+    assert!(model.read(b"not an image").is_err());
 }
 
 #[wasm_bindgen_test]
@@ -96,7 +103,13 @@ fn encrypt_then_decrypt_gives_back_the_preprocessed_image() {
     let (client_key, _) = keys();
     let model = ok(Model::new(&spec()));
     let client = ok(Client::new(&client_key));
-    let upload = ok(client.encrypt(&model, XRAY));
+    let input = ok(input_of(&model, XRAY));
+    let upload = ok(client.encrypt(&model, &input));
+    // Too few integers, or one out of the input's range, are refused in words.
+    assert!(client.encrypt(&model, &input[1..]).is_err());
+    let mut too_bright = input.clone();
+    too_bright[0] = 1 << 20;
+    assert!(client.encrypt(&model, &too_bright).is_err());
 
     // Decrypt the uploaded ciphertexts with the same key: each phase is q·Δ plus small noise,
     // Δ the public input unit.
@@ -109,7 +122,7 @@ fn encrypt_then_decrypt_gives_back_the_preprocessed_image() {
         .into_iter()
         .map(|phase| (phase as i64 as f64 / delta).round() as i32)
         .collect();
-    assert_eq!(decrypted, ok(model.preprocess(XRAY)));
+    assert_eq!(decrypted, input);
 
     // A batch body round-trips, and garbage is refused with an error, not a panic.
     let blobs = js_sys::Array::of2(
@@ -137,7 +150,7 @@ fn reading_a_dicom_file_gives_the_pngs_input_its_image_and_its_details() {
 
     let read = ok(model.read(DICOM));
     let input: Vec<i32> = serde_wasm_bindgen::from_value(get(&read, "input")).unwrap();
-    assert_eq!(input, ok(model.preprocess(XRAY)));
+    assert_eq!(input, ok(input_of(&model, XRAY)));
     let original = get(&read, "original");
     assert_eq!(get(&original, "width").as_f64(), Some(256.0));
     assert_eq!(get(&original, "height").as_f64(), Some(211.0));

@@ -31,14 +31,17 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Bootstraps per second of evaluation over the server's life, all threads together; `None`
+    /// before the first job.
+    pub fn bootstraps_per_second(&self) -> Option<f64> {
+        let busy = self.busy_nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+        (busy > 0.0).then(|| self.bootstraps.load(Ordering::Relaxed) as f64 / busy)
+    }
+
     pub fn render(&self, gauges: &Gauges) -> String {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let busy = read(&self.busy_nanos) as f64 * 1e-9;
-        let rate = if busy > 0.0 {
-            read(&self.bootstraps) as f64 / busy
-        } else {
-            0.0
-        };
+        let rate = self.bootstraps_per_second().unwrap_or(0.0);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
             let _ = writeln!(

@@ -42,10 +42,12 @@ pub struct ModelSummary<'a> {
     pub inputs: usize,
     pub parameter_set: &'static str,
     pub fingerprint: &'a str,
+    /// Seconds an image takes on this server, given its seconds per bootstrap.
+    pub expected_seconds_per_image: f64,
 }
 
 impl ServedModel {
-    pub fn summary(&self) -> ModelSummary<'_> {
+    pub fn summary(&self, seconds_per_bootstrap: f64) -> ModelSummary<'_> {
         let model = &self.loaded.model;
         ModelSummary {
             id: &self.id,
@@ -57,6 +59,8 @@ impl ServedModel {
             inputs: self.loaded.circuit.input_len(),
             parameter_set: self.loaded.parameter_set.name(),
             fingerprint: &self.loaded.spec.fingerprint,
+            expected_seconds_per_image: self.loaded.circuit.bootstrap_count() as f64
+                * seconds_per_bootstrap,
         }
     }
 }

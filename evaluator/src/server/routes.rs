@@ -76,7 +76,8 @@ async fn list_models(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     state.access.clinician(&request)?;
-    let models: Vec<_> = state.models.iter().map(|m| m.summary()).collect();
+    let seconds = state.jobs.seconds_per_bootstrap();
+    let models: Vec<_> = state.models.iter().map(|m| m.summary(seconds)).collect();
     Ok(HttpResponse::Ok().json(json!({ "models": models })))
 }
 

@@ -4,17 +4,19 @@
 //! wasm), the command line and the trainer's folder loader all read it here, so a file gives
 //! the same pixels everywhere.
 //!
-//! The first frame is decoded (`codec`: uncompressed, deflated, RLE, JPEG baseline, 8-bit
-//! extended and lossless, JPEG 2000) and rendered as a radiologist's viewer would show it
-//! (`pixels`): stored bits masked and sign-extended, Rescale Slope/Intercept or the Modality
-//! LUT, then the VOI LUT Sequence, else the first Window Center/Width, else the frame's own
-//! range, and MONOCHROME1 inverted. Colour images become luma as a colour PNG does.
+//! The first frame is decoded (`codec`: uncompressed, deflated, RLE, JPEG baseline, extended
+//! (8 bits, and 12 bits by `jpeg12`) and lossless, JPEG 2000) and rendered as a radiologist's
+//! viewer would show it (`pixels`): stored bits masked and sign-extended, Rescale
+//! Slope/Intercept or the Modality LUT, then the VOI LUT Sequence, else the first Window
+//! Center/Width, else the frame's own range, and MONOCHROME1 inverted. Colour images become
+//! luma as a colour PNG does.
 //!
 //! What the file says about itself that could make the model's answer meaningless (another
 //! modality, another body part, more frames) comes back as warnings, not errors: the person
 //! reading the result decides.
 
 mod codec;
+mod jpeg12;
 mod pixels;
 
 use dicom_core::dictionary::{UidDictionary, UidDictionaryEntry};

@@ -1,0 +1,194 @@
+// Results, which exist only in this page: cards, a sortable table, a CSV download and a
+// printable report, all built here. Nothing computed from a decryption is ever sent.
+//
+// A batch is { model: { name, version, fingerprint }, classes, rows, seconds, serverSeconds },
+// each row { path, result: { class, probabilities }, dicom, original, seen }: `original` and
+// `seen` draw the image as dropped and as the model saw it (see canvas.js).
+import { greyCanvas } from './canvas.js';
+
+const $ = (id) => document.getElementById(id);
+const percent = (p) => `${(p * 100).toFixed(1)}%`;
+export const DECISION_SUPPORT = 'Decision support, not a diagnosis: a statistical estimate from a small model, '
+  + 'to be reviewed by a qualified clinician.';
+
+/// "DOE^JANE" (DICOM's person name) as "DOE, JANE"; "20240105" as "2024-01-05".
+export const personName = (name) => name.split('=')[0].replace('^', ', ').replaceAll('^', ' ').trim();
+export const studyDate = (date) => (/^\d{8}$/.test(date) ? `${date.slice(0, 4)}-${date.slice(4, 6)}-${date.slice(6)}` : date);
+
+let shown = null; // the batch the table, the CSV and the report are of
+let order = { column: null, descending: true };
+
+/// Shows a batch's results: a card each (newest first, above earlier batches) and the table.
+export function showResults(batch) {
+  shown = batch;
+  order = { column: null, descending: true };
+  for (const row of batch.rows) $('results').prepend(card(batch, row));
+  $('results-empty').hidden = true;
+  $('results-actions').hidden = false;
+  renderTable();
+}
+
+function card(batch, row) {
+  const { result } = row;
+  const item = document.createElement('li');
+  item.className = 'result';
+  item.dataset.file = row.path;
+  item.dataset.class = result.class;
+  item.dataset.probabilities = JSON.stringify(result.probabilities);
+  const title = document.createElement('h3');
+  title.textContent = row.path;
+  const verdict = document.createElement('p');
+  verdict.className = 'class';
+  verdict.textContent = result.class;
+  item.append(title, verdict, ...bars(batch.classes, result.probabilities));
+  for (const warning of row.dicom?.warnings ?? []) item.append(paragraph('warning', warning));
+  item.append(paragraph('meta', `${batch.model.name} v${batch.model.version} · ${batch.seconds.toFixed(1)} s from start to result `
+    + `(${batch.serverSeconds.toFixed(1)} s on the server) · ${DECISION_SUPPORT}`));
+  return item;
+}
+
+function bars(classes, probabilities) {
+  return classes.map((label, i) => {
+    const p = probabilities[i];
+    const bar = document.createElement('div');
+    bar.className = 'bar';
+    bar.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
+    bar.querySelector('.name').textContent = label;
+    bar.querySelector('.fill').style.width = percent(p);
+    bar.querySelector('.value').textContent = percent(p);
+    bar.setAttribute('role', 'meter');
+    bar.setAttribute('aria-label', `${label} probability`);
+    bar.setAttribute('aria-valuenow', (p * 100).toFixed(1));
+    bar.setAttribute('aria-valuemin', '0');
+    bar.setAttribute('aria-valuemax', '100');
+    return bar;
+  });
+}
+
+function paragraph(className, text) {
+  const p = document.createElement('p');
+  p.className = className;
+  p.textContent = text;
+  return p;
+}
+
+// ---- the table ----------------------------------------------------------------------------
+
+/// The table's columns: how each is titled, and the value a row sorts by.
+function columns(batch) {
+  return [
+    { title: 'File', key: (row) => row.path },
+    { title: 'Class', key: (row) => row.result.class },
+    ...batch.classes.map((label, k) => ({ title: `P(${label})`, key: (row) => row.result.probabilities[k], numeric: true })),
+  ];
+}
+
+function renderTable() {
+  const table = $('results-table');
+  table.hidden = false;
+  const cols = columns(shown);
+  const head = table.querySelector('thead tr');
+  head.replaceChildren(...cols.map((col, i) => {
+    const th = document.createElement('th');
+    th.scope = 'col';
+    th.setAttribute('aria-sort', order.column === i ? (order.descending ? 'descending' : 'ascending') : 'none');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'sort';
+    button.textContent = col.title;
+    button.addEventListener('click', () => {
+      // A probability sorts highest first on its first click; text sorts A to Z.
+      order = order.column === i ? { column: i, descending: !order.descending } : { column: i, descending: !!col.numeric };
+      renderTable();
+      table.querySelectorAll('th button')[i].focus();
+    });
+    th.append(button);
+    return th;
+  }));
+  const rows = [...shown.rows];
+  if (order.column !== null) {
+    const { key } = cols[order.column];
+    rows.sort((a, b) => {
+      const [x, y] = [key(a), key(b)];
+      const c = typeof x === 'number' ? x - y : String(x).localeCompare(String(y));
+      return order.descending ? -c : c;
+    });
+  }
+  table.querySelector('tbody').replaceChildren(...rows.map((row) => {
+    const tr = document.createElement('tr');
+    for (const [i, col] of cols.entries()) {
+      const cell = document.createElement(i === 0 ? 'th' : 'td');
+      if (i === 0) cell.scope = 'row';
+      const value = col.key(row);
+      cell.textContent = col.numeric ? percent(value) : value;
+      tr.append(cell);
+    }
+    return tr;
+  }));
+}
+
+// ---- CSV ----------------------------------------------------------------------------------
+
+/// The results as CSV (RFC 4180): one row per image, probabilities as fractions.
+export function resultsCsv(batch) {
+  const quote = (v) => (/[",\n\r]/.test(String(v)) ? `"${String(v).replaceAll('"', '""')}"` : String(v));
+  const header = ['file', 'patient_name', 'study_date', 'class', ...batch.classes.map((c) => `p_${c}`), 'model', 'model_version'];
+  const lines = batch.rows.map((row) => [
+    row.path, row.dicom?.patient_name ? personName(row.dicom.patient_name) : '', row.dicom?.study_date ? studyDate(row.dicom.study_date) : '',
+    row.result.class, ...row.result.probabilities.map((p) => p.toFixed(4)), batch.model.name, batch.model.version,
+  ]);
+  return [header, ...lines].map((line) => line.map(quote).join(',')).join('\r\n') + '\r\n';
+}
+
+/// Saves the shown results as a CSV file, made here: the server never sees a result.
+export function downloadCsv() {
+  const url = URL.createObjectURL(new Blob([resultsCsv(shown)], { type: 'text/csv' }));
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = `hexray-results-${new Date().toISOString().slice(0, 16).replace(/[-:T]/g, '')}.csv`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  // The download has its own copy once started; the URL is released at the next task.
+  setTimeout(() => URL.revokeObjectURL(url));
+}
+
+// ---- the printed report -------------------------------------------------------------------
+
+/// Fills the print-only report, one page per image, and opens the browser's print dialog,
+/// whose "Save as PDF" makes the file.
+export function printReport() {
+  const printed = new Date().toLocaleString();
+  $('print-report').replaceChildren(...shown.rows.map((row) => {
+    const page = document.createElement('article');
+    page.className = 'report-page';
+    const title = document.createElement('h2');
+    title.textContent = `HEXray report: ${row.path}`;
+    page.append(title);
+    if (row.dicom) {
+      page.append(paragraph('patient', `Patient: ${personName(row.dicom.patient_name ?? 'not given')} · study date `
+        + `${studyDate(row.dicom.study_date ?? 'not given')} · ${row.dicom.modality ?? 'modality not given'}`));
+    }
+    const figures = document.createElement('div');
+    figures.className = 'figures';
+    figures.append(figure(greyCanvas({ ...row.original, label: `${row.path}, as dropped` }), 'The image as dropped'),
+      figure(greyCanvas({ ...row.seen, label: `${row.path}, as the model saw it` }), 'As the model saw it (what was encrypted)'));
+    page.append(figures, paragraph('class', `Class: ${row.result.class}`), ...bars(shown.classes, row.result.probabilities));
+    for (const warning of row.dicom?.warnings ?? []) page.append(paragraph('warning', warning));
+    page.append(
+      paragraph('meta', `Model: ${shown.model.name} v${shown.model.version} (fingerprint ${shown.model.fingerprint.slice(0, 16)}…). `
+        + `Encrypted in the browser; the server computed on ciphertexts only. Printed ${printed}.`),
+      paragraph('statement', DECISION_SUPPORT),
+    );
+    return page;
+  }));
+  window.print();
+}
+
+function figure(canvas, caption) {
+  const f = document.createElement('figure');
+  const c = document.createElement('figcaption');
+  c.textContent = caption;
+  f.append(canvas, c);
+  return f;
+}
