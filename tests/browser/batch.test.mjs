@@ -175,12 +175,24 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     for (const option of options) assert.match(option, /\d+ bootstraps, about \d+\.\d s per image/);
     await page.locator('#model-select').selectOption('pneumonia-a');
     await page.waitForFunction(() => document.getElementById('model-info').textContent.startsWith('pneumonia-a v'));
+    // Reloaded, the page loads the remembered model; a file chosen while the model's spec is
+    // still on its way waits for it, and is read once it comes.
+    let release;
+    const held = new Promise((resolve) => { release = resolve; });
+    const spec = (url) => /^\/api\/v1\/models\/[^/]+$/.test(url.pathname);
+    await page.route(spec, async (route) => { await held; await route.fallback(); });
     await page.reload();
-    await modelLoaded(page);
-    assert.equal(await page.locator('#model-select').inputValue(), 'pneumonia-a', 'the choice is remembered');
+    await page.waitForSelector('#choose-files');
     bodies.length = 0;
     await page.setInputFiles('#files', SAMPLE_PNGS[0]);
+    await page.waitForFunction(() => document.getElementById('queued').textContent.includes('wait for the model'));
+    assert.equal(await page.locator('.previews li[data-status=waiting]').count(), 1);
+    release();
+    await modelLoaded(page);
+    await page.unroute(spec);
+    assert.equal(await page.locator('#model-select').inputValue(), 'pneumonia-a', 'the choice is remembered');
     await page.waitForSelector('.previews li[data-status=ready]');
+    assert.equal(await page.locator('#queued').textContent(), '');
     const { fresh: [other] } = await analyse(page, 1);
     assert.equal(new URL(jobPosts(bodies)[0].url).searchParams.get('model'), 'pneumonia-a');
     const otherPossible = possibleClasses(SAMPLE_PNGS[0], path.join(repo, 'models/pneumonia-a.hexray')).possible;

@@ -85,7 +85,7 @@ pub fn bench(args: Args) -> Result<()> {
     let (client, server) = default_keys.expect("the models' parameter set is benchmarked");
 
     println!(
-        "\n{:<14} {:>6} {:>12} {:>11} {:>10} {:>10} {:>9} {:>10} {:>10} {:>9}",
+        "\n{:<14} {:>6} {:>12} {:>11} {:>10} {:>10} {:>9} {:>10} {:>10} {:>9} {:>12}",
         "model",
         "PBS",
         "PBS ms (1T)",
@@ -95,7 +95,8 @@ pub fn bench(args: Args) -> Result<()> {
         "non-PBS",
         "encrypt ms",
         "upload B",
-        "output B"
+        "output B",
+        "compress ms"
     );
     for path in &models {
         let loaded =
@@ -119,7 +120,7 @@ pub fn bench(args: Args) -> Result<()> {
         let non_pbs = (stats.linear_cpu + stats.expand).as_secs_f64()
             / (stats.linear_cpu + stats.expand + stats.bootstrap_cpu).as_secs_f64();
         println!(
-            "{:<14} {:>6} {:>12.2} {:>11.2} {:>10.2} {:>10.3} {:>8.2}% {:>10.1} {:>10} {:>9}",
+            "{:<14} {:>6} {:>12.2} {:>11.2} {:>10.2} {:>10.3} {:>8.2}% {:>10.1} {:>10} {:>9} {:>12.2}",
             loaded.model.name,
             stats.bootstraps,
             pbs_time.as_secs_f64() * 1e3,
@@ -129,7 +130,8 @@ pub fn bench(args: Args) -> Result<()> {
             100.0 * non_pbs,
             encrypt.as_secs_f64() * 1e3,
             upload.len(),
-            output.to_bytes().len()
+            output.to_bytes().len(),
+            stats.compress_cpu.as_secs_f64() * 1e3
         );
     }
 
