@@ -45,11 +45,12 @@ export function api(path, options = {}) {
   return request((headers) => fetch(API + path, { ...options, headers: { ...options.headers, ...headers } }));
 }
 
-/// Asks for a token first when the server needs one and none is stored, so the clinician is
-/// not greeted by a refusal.
-export async function ensureToken() {
+/// The server's health (its limits included), after asking for a token first when the server
+/// needs one and none is stored, so the clinician is not greeted by a refusal.
+export async function healthWithToken() {
   const health = await (await api('/health')).json();
   if (health.auth === 'token' && !localStorage.getItem(TOKEN)) await askForToken();
+  return health;
 }
 
 function authorization() {

@@ -2,7 +2,7 @@
 // decrypt. Only ciphertexts, the public evaluation key and the access token are ever sent; the
 // secret key stays in IndexedDB, DICOM headers are read only here, and neither images nor
 // results leave this page unencrypted. The heavy work runs in a Web Worker (engine.js).
-import { api, ensureToken, postWithProgress, serverSentEvents, UserError } from './api.js';
+import { api, healthWithToken, postWithProgress, serverSentEvents, UserError } from './api.js';
 import { greyCanvas } from './canvas.js';
 import { Engine } from './engine.js';
 import { sniff, takeFromDrop, takeFromInput } from './intake.js';
@@ -22,6 +22,7 @@ const state = {
   reading: Promise.resolve(), // the reads, one after another (bounded memory for big folders)
   busy: false,
   job: null, // the submitted job being followed: { id, batch, started }
+  batchImages: 16, // the most images one job may carry: the server's limit
 };
 
 /// What the page measured, for people and for the browser benchmark.
@@ -51,7 +52,7 @@ function showError(message) {
 
 /// Opens the page: the token if the server needs one, then the models, then the remembered one.
 async function start() {
-  await ensureToken();
+  state.batchImages = (await healthWithToken()).batch_images;
   const { models } = await (await api('/models')).json();
   if (!models.length) throw new UserError('The server offers no model.');
   state.models = models;
@@ -263,13 +264,30 @@ async function showKeyStatus(keys) {
 
 // ---- analysis -----------------------------------------------------------------------------
 
-/// Analyses the pending images as one job. After a failure, Retry follows the job already
+/// Analyses the pending images: one job, or as many as the server's limit on images per job
+/// asks for, one after another. After a failure, Retry first follows the job already
 /// submitted, if there is one, rather than submitting it again.
 async function analyse() {
   resetSteps();
   $('error').hidden = true;
+  let more = false; // whether a job's results join the previous job's in the table
+  if (state.job) {
+    await analyseBatch(state.job.batch, more);
+    more = true;
+  }
+  const jobs = Math.ceil(pending().length / state.batchImages);
+  if (jobs > 1) $('notice').textContent = `${pending().length} images go as ${jobs} jobs: this server takes ${state.batchImages} per job.`;
+  for (let rest = pending(); rest.length; rest = pending()) {
+    await analyseBatch(await prepareBatch(rest.slice(0, state.batchImages)), more);
+    more = true;
+  }
+}
+
+/// Submits a prepared batch as one job (or follows it, when it is the job already submitted),
+/// then decrypts and shows its results, after the previous job's when `more`.
+async function analyseBatch(prepared, more) {
   const started = state.job?.started ?? performance.now();
-  let batch = state.job?.batch ?? await prepareBatch(pending());
+  let batch = prepared;
   const recovered = new Set();
   let final;
   while (!final) {
@@ -309,7 +327,7 @@ async function analyse() {
     })),
     seconds,
     serverSeconds: final.seconds,
-  });
+  }, more);
 }
 
 /// Keys, and `entries` encrypted with them in the worker for the current model.

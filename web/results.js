@@ -18,9 +18,11 @@ export const studyDate = (date) => (/^\d{8}$/.test(date) ? `${date.slice(0, 4)}-
 let shown = null; // the batch the table, the CSV and the report are of
 let order = { column: null, descending: true };
 
-/// Shows a batch's results: a card each (newest first, above earlier batches) and the table.
-export function showResults(batch) {
-  shown = batch;
+/// Shows a batch's results: a card each (newest first, above earlier batches) and the table,
+/// the CSV and the report, which then hold this batch only, or follow on from the previous
+/// batch's rows when `more` (one analysis split into several jobs).
+export function showResults(batch, more = false) {
+  shown = more && shown ? { ...batch, rows: [...shown.rows, ...batch.rows] } : batch;
   order = { column: null, descending: true };
   for (const row of batch.rows) $('results').prepend(card(batch, row));
   $('results-empty').hidden = true;

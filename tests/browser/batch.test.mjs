@@ -208,14 +208,15 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
       ['covid-cxr-actualmed/covid-1.png', 'covid-cxr-actualmed/normal-1.png']);
 
     // The progress stream breaks: the page follows the job by polling, and submits it once.
-    await page.route((url) => url.pathname.endsWith('/events'), (route) => route.abort('connectionreset'));
+    const events = (url) => url.pathname.endsWith('/events');
+    await page.route(events, (route) => route.abort('connectionreset'));
     bodies.length = 0;
     responses.length = 0;
     await analyse(page, 2);
     assert.equal(jobPosts(bodies).length, 1, 'the job was not submitted again');
     assert.ok(responses.some((r) => r.method === 'GET' && /^\/api\/v1\/jobs\/[^/]+$/.test(new URL(r.url).pathname)), 'polled');
     assert.match(await page.locator('#notice').textContent(), /polling/);
-    await page.unroute((url) => url.pathname.endsWith('/events'));
+    await page.unroute(events);
 
     // Batch benchmark: drop to all results for 1, 4 and 16 images, the longest main-thread
     // task while 16 are encrypted, and the bytes downloaded per image.
@@ -247,6 +248,17 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
       console.log('benchmark: drop to all results, %d image(s): %s s (%s s per image); longest main-thread task %s ms (0: none over 50 ms); download %d bytes per image',
         n, seconds.toFixed(1), (seconds / n).toFixed(2), longest.toFixed(0), download);
     }
+
+    // More images than the server takes in one job (16) go as several jobs, one after another,
+    // and the table holds them all.
+    await page.locator('#clear').click();
+    bodies.length = 0;
+    await drop(page, Array.from({ length: 17 }, (_, i) => ({ name: `split-${i}.png`, type: 'image/png', bytes: pool[i % 6] })));
+    await page.waitForFunction(() => document.querySelectorAll('.previews li[data-status=ready]').length === 17);
+    await analyse(page, 17);
+    assert.equal(jobPosts(bodies).length, 2, 'two jobs');
+    assert.match(await page.locator('#notice').textContent(), /17 images go as 2 jobs: this server takes 16 per job/);
+    assert.equal(await page.locator('#results-table tbody tr').count(), 17);
 
     // Accessibility with results on the page, and on a phone-width screen.
     assert.deepEqual(await accessibilityViolations(page), [], 'the page with results');

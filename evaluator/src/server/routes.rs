@@ -62,6 +62,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "models": state.models.len(),
         "queue_depth": queued,
         "jobs_running": running,
+        "batch_images": state.limits.batch_images,
     }))
 }
 

@@ -493,40 +493,26 @@ mod tests {
             .into_owned()
     }
 
+    /// libjpeg's samples of pydicom's JPGExtended.dcm on a 16×16 grid, shared with the
+    /// integration test that checks the rendered image (`model/tests/fixtures`).
+    fn jpgextended_reference() -> Vec<Vec<u16>> {
+        include_str!("../../tests/fixtures/jpgextended-reference.txt")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                line.split_whitespace()
+                    .map(|v| v.parse().unwrap())
+                    .collect()
+            })
+            .collect()
+    }
+
     /// pydicom's JPGExtended.dcm (a 12-bit bone scan, 256×1024) against libjpeg's decoding of
     /// it (pylibjpeg-libjpeg, through pydicom 3.0.2's `pixel_array`): every 9th column from
     /// 60, every 60th row from 40. The whole frame is within one level of it (mean difference
     /// 0.014) and of libjpeg-turbo's (0.006).
     #[test]
     fn twelve_bit_lossy_jpeg_matches_libjpeg() {
-        const REFERENCE: [[u16; 16]; 16] = [
-            [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1, 4, 33, 61, 50, 60, 52, 12, 1, 1, 1, 1],
-            [1, 1, 1, 1, 11, 36, 48, 82, 102, 83, 78, 37, 20, 6, 1, 1],
-            [
-                70, 73, 76, 29, 40, 81, 68, 66, 116, 111, 64, 68, 55, 40, 29, 38,
-            ],
-            [
-                13, 16, 32, 61, 41, 40, 50, 46, 88, 80, 54, 49, 44, 38, 43, 46,
-            ],
-            [
-                14, 20, 28, 24, 26, 20, 27, 36, 31, 48, 60, 43, 30, 40, 29, 23,
-            ],
-            [
-                15, 14, 26, 23, 46, 37, 50, 61, 63, 58, 46, 60, 56, 36, 40, 18,
-            ],
-            [
-                18, 19, 21, 39, 39, 40, 33, 51, 49, 39, 44, 38, 35, 29, 52, 35,
-            ],
-            [14, 24, 32, 34, 18, 23, 15, 16, 3, 4, 12, 20, 18, 30, 36, 18],
-            [2, 20, 40, 36, 20, 22, 13, 1, 1, 1, 16, 22, 45, 53, 24, 2],
-            [1, 19, 56, 40, 31, 21, 5, 1, 1, 1, 17, 36, 48, 51, 30, 1],
-            [1, 1, 19, 27, 30, 18, 1, 1, 1, 1, 22, 41, 28, 17, 1, 1],
-            [1, 1, 4, 32, 32, 27, 1, 1, 1, 8, 35, 21, 1, 1, 1, 1],
-            [1, 1, 12, 28, 37, 32, 17, 2, 33, 42, 52, 18, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-        ];
         let data = jpeg_frame("pydicom/JPGExtended.dcm");
         let geometry = Geometry {
             rows: 1024,
@@ -536,7 +522,7 @@ mod tests {
         };
         let frame = jpeg(&data, geometry).unwrap();
         assert_eq!(frame.samples.len(), 256 * 1024);
-        for (i, row) in REFERENCE.iter().enumerate() {
+        for (i, row) in jpgextended_reference().iter().enumerate() {
             for (j, &expected) in row.iter().enumerate() {
                 let (y, x) = (40 + 60 * i, 60 + 9 * j);
                 let got = frame.samples[y * 256 + x];
