@@ -7,7 +7,7 @@
 //! - [`ciphertext`]: seeded encryption of a preprocessed image and decryption of the outputs;
 //! - [`frames`]: several blobs (a batch of images or outputs) in one HTTP body.
 //!
-//! The server-side evaluation lives in `hexray-evaluator`; this crate is what a client needs.
+//! The server-side evaluation lives in `hexray-engine`; this crate is what a client needs.
 
 pub mod ciphertext;
 mod envelope;

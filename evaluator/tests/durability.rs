@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hexray_crypto::{frames, ClientKey, ParameterSet};
+use hexray_engine::LoadedModel;
 use hexray_evaluator::client::ApiClient;
-use hexray_evaluator::LoadedModel;
 use hexray_model::preprocess::preprocess;
 
 fn hexray() -> Command {

@@ -4,8 +4,8 @@
 mod common;
 
 use hexray_crypto::{ClientKey, ParameterSet};
-use hexray_evaluator::batch::bootstrap_batch;
-use hexray_evaluator::engine::{bootstrap, dot_product, lookup_table};
+use hexray_engine::batch::bootstrap_batch;
+use hexray_engine::evaluate::{bootstrap, dot_product, lookup_table};
 
 #[test]
 fn batched_bootstraps_equal_single_ones_bit_for_bit() {

@@ -3,7 +3,7 @@
 mod common;
 
 use hexray_crypto::{EncryptedImage, EncryptedOutput};
-use hexray_evaluator::{evaluate, evaluate_batch};
+use hexray_engine::{evaluate, evaluate_batch};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -112,7 +112,7 @@ fn a_model_whose_noise_figures_were_edited_is_refused() {
         model.fhe.clone(),
     )
     .unwrap();
-    let err = hexray_evaluator::LoadedModel::from_bytes(&rebuilt.to_bytes(), "edited")
+    let err = hexray_engine::LoadedModel::from_bytes(&rebuilt.to_bytes(), "edited")
         .err()
         .unwrap();
     assert!(err.to_string().contains("`fhe`"), "{err}");
@@ -153,6 +153,6 @@ fn a_batch_gives_bit_for_bit_what_each_image_gives_alone() {
     }
     assert!(matches!(
         evaluate_batch(&model, &server, Vec::new(), &|| {}),
-        Err(hexray_evaluator::EngineError::EmptyBatch)
+        Err(hexray_engine::EngineError::EmptyBatch)
     ));
 }

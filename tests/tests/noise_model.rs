@@ -12,7 +12,7 @@ mod common;
 
 use hexray_crypto::tfhe::core_crypto::prelude::{LweCiphertextList, LweCiphertextListOwned};
 use hexray_crypto::{ClientKey, ServerKey};
-use hexray_evaluator::engine::{bootstrap, dot_product, lookup_table};
+use hexray_engine::evaluate::{bootstrap, dot_product, lookup_table};
 use hexray_model::{Circuit, Stage};
 use rayon::prelude::*;
 

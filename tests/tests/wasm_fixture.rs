@@ -6,7 +6,7 @@
 
 mod common;
 
-use hexray_evaluator::LoadedModel;
+use hexray_engine::LoadedModel;
 
 #[test]
 fn the_browser_fixture_is_the_native_preprocessing() {

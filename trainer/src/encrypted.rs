@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use hexray_crypto::{ClientKey, CryptoError};
-use hexray_evaluator::engine::{evaluate, EngineError};
-use hexray_evaluator::model::LoadError;
-use hexray_evaluator::LoadedModel;
+use hexray_engine::evaluate::{evaluate, EngineError};
+use hexray_engine::model::LoadError;
+use hexray_engine::LoadedModel;
 use hexray_model::simulate::Prediction;
 use hexray_model::Diagnosis;
 use hexray_model::{Circuit, CompiledModel};

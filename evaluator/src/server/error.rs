@@ -59,6 +59,56 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Declares [`ErrorCode`] with its wire names and the list of them all in one place, so that
+/// the list the OpenAPI test checks is the one [`ApiError::code`] draws from.
+macro_rules! error_codes {
+    ($($variant:ident = $name:literal,)*) => {
+        /// The stable code of an API error, which clients switch on.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order `docs/openapi.json` lists them.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as a response's JSON carries it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    UnknownModel = "unknown_model",
+    UnknownKey = "unknown_key",
+    UnknownJob = "unknown_job",
+    ParameterMismatch = "parameter_mismatch",
+    MalformedKey = "malformed_key",
+    MalformedCiphertext = "malformed_ciphertext",
+    WrongInputCount = "wrong_input_count",
+    TooLarge = "too_large",
+    BadRequest = "bad_request",
+    NotReady = "not_ready",
+    JobFailed = "job_failed",
+    QueueFull = "queue_full",
+    NotFound = "not_found",
+    Internal = "internal",
+    Unauthorized = "unauthorized",
+    UnsupportedMediaType = "unsupported_media_type",
+    StaleModel = "stale_model",
+    KeyQuota = "key_quota",
+    StorageFull = "storage_full",
+    TooManyUploads = "too_many_uploads",
+    TooManyJobs = "too_many_jobs",
+    TooManyStreams = "too_many_streams",
+    BodyTimeout = "body_timeout",
+}
+
 /// The JSON body of every error response.
 #[derive(Serialize)]
 struct Body<'a> {
@@ -68,60 +118,33 @@ struct Body<'a> {
 
 impl ApiError {
     /// The stable code clients switch on. `docs/openapi.json` lists them all.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::UnknownModel(_) => "unknown_model",
-            ApiError::UnknownKey(_) => "unknown_key",
-            ApiError::UnknownJob(_) => "unknown_job",
-            ApiError::ParameterMismatch(_) => "parameter_mismatch",
-            ApiError::MalformedKey(_) => "malformed_key",
-            ApiError::MalformedCiphertext(_) => "malformed_ciphertext",
-            ApiError::WrongInputCount(_) => "wrong_input_count",
-            ApiError::TooLarge { .. } => "too_large",
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::NotReady(_) => "not_ready",
-            ApiError::JobFailed { .. } => "job_failed",
-            ApiError::QueueFull { .. } => "queue_full",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::StaleModel(_) => "stale_model",
-            ApiError::KeyQuota { .. } => "key_quota",
-            ApiError::StorageFull => "storage_full",
-            ApiError::TooManyUploads { .. } => "too_many_uploads",
-            ApiError::TooManyJobs { .. } => "too_many_jobs",
-            ApiError::TooManyStreams { .. } => "too_many_streams",
-            ApiError::BodyTimeout { .. } => "body_timeout",
-            ApiError::Internal(_) => "internal",
+            ApiError::UnknownModel(_) => ErrorCode::UnknownModel,
+            ApiError::UnknownKey(_) => ErrorCode::UnknownKey,
+            ApiError::UnknownJob(_) => ErrorCode::UnknownJob,
+            ApiError::ParameterMismatch(_) => ErrorCode::ParameterMismatch,
+            ApiError::MalformedKey(_) => ErrorCode::MalformedKey,
+            ApiError::MalformedCiphertext(_) => ErrorCode::MalformedCiphertext,
+            ApiError::WrongInputCount(_) => ErrorCode::WrongInputCount,
+            ApiError::TooLarge { .. } => ErrorCode::TooLarge,
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::NotReady(_) => ErrorCode::NotReady,
+            ApiError::JobFailed { .. } => ErrorCode::JobFailed,
+            ApiError::QueueFull { .. } => ErrorCode::QueueFull,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::StaleModel(_) => ErrorCode::StaleModel,
+            ApiError::KeyQuota { .. } => ErrorCode::KeyQuota,
+            ApiError::StorageFull => ErrorCode::StorageFull,
+            ApiError::TooManyUploads { .. } => ErrorCode::TooManyUploads,
+            ApiError::TooManyJobs { .. } => ErrorCode::TooManyJobs,
+            ApiError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
+            ApiError::BodyTimeout { .. } => ErrorCode::BodyTimeout,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
-
-    /// Every code, for the test that keeps the OpenAPI description true.
-    pub const CODES: [&'static str; 23] = [
-        "unknown_model",
-        "unknown_key",
-        "unknown_job",
-        "parameter_mismatch",
-        "malformed_key",
-        "malformed_ciphertext",
-        "wrong_input_count",
-        "too_large",
-        "bad_request",
-        "not_ready",
-        "job_failed",
-        "queue_full",
-        "not_found",
-        "internal",
-        "unauthorized",
-        "unsupported_media_type",
-        "stale_model",
-        "key_quota",
-        "storage_full",
-        "too_many_uploads",
-        "too_many_jobs",
-        "too_many_streams",
-        "body_timeout",
-    ];
 }
 
 impl ResponseError for ApiError {
@@ -165,7 +188,7 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(Body {
-            code: self.code(),
+            code: self.code().as_str(),
             message: self.to_string(),
         })
     }

@@ -1,7 +1,7 @@
 //! Inference jobs: a bounded queue, a few workers, and the state clients poll.
 //!
 //! A job is one batch of encrypted images for one model and key. Workers take jobs in order and
-//! run each as one stream of bootstraps across all its images ([`crate::evaluate_batch`]) on a
+//! run each as one stream of bootstraps across all its images ([`hexray_engine::evaluate_batch`]) on a
 //! shared rayon pool, so a batch keeps every core busy. The queue has a fixed capacity: a job
 //! that does not fit is refused with 503 and Retry-After, never accepted and dropped later.
 
@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::keys::KeyStore;
 use super::metrics::Metrics;
 use super::models::ServedModel;
-use crate::evaluate_batch;
+use hexray_engine::evaluate_batch;
 
 /// One submitted batch.
 pub struct Job {
@@ -99,7 +99,7 @@ impl Job {
             bootstraps_total: self.bootstraps_total,
             seconds,
             error: error.map(ToString::to_string),
-            error_code: error.map(ApiError::code),
+            error_code: error.map(|e| e.code().as_str()),
         }
     }
 

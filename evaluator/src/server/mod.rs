@@ -35,7 +35,7 @@ use self::jobs::{JobQueue, QueueConfig};
 use self::keys::{KeyLimits, KeyStore};
 use self::metrics::Metrics;
 use self::models::Models;
-use crate::model::LoadError;
+use hexray_engine::LoadError;
 
 /// Everything a server needs to start.
 #[derive(Clone, Debug)]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use hexray_crypto::{CompressedServerKey, EncryptedImage};
 
 use super::BodyLimits;
-use crate::model::{LoadError, LoadedModel};
+use hexray_engine::{LoadError, LoadedModel};
 
 /// The models shipped inside the binary, so a fresh install serves something useful; the
 /// first is the default.

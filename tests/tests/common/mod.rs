@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use hexray_crypto::{ClientKey, ServerKey};
-use hexray_evaluator::LoadedModel;
+use hexray_engine::LoadedModel;
 use hexray_model::preprocess::preprocess;
 use ndarray::Array3;
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hexray_crypto::{ClientKey, EncryptedImage, ParameterSet, ServerKey};
-use hexray_evaluator::engine::{bootstrap, lookup_table};
-use hexray_evaluator::{evaluate, LoadedModel};
+use hexray_engine::evaluate::{bootstrap, lookup_table};
+use hexray_engine::{evaluate, LoadedModel};
 use hexray_model::preprocess::preprocess;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -180,7 +180,7 @@ fn single_bootstrap(
         server,
         &stage.lookup_table(0, circuit.polynomial_size, circuit.stages[1].delta),
     );
-    let phase = hexray_evaluator::engine::dot_product(stage, 0, &encrypted);
+    let phase = hexray_engine::evaluate::dot_product(stage, 0, &encrypted);
     let mut times: Vec<Duration> = (0..samples)
         .map(|_| {
             let t = Instant::now();

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpServer};
 use anyhow::{Context, Result};
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_engine::LoadedModel;
 use hexray_evaluator::client::{ApiClient, ClientError};
 use hexray_evaluator::server::auth::{Access, Scope, Tokens};
 use hexray_evaluator::server::{configure, AppState, Config};
-use hexray_evaluator::LoadedModel;
 use hexray_model::preprocess::preprocess;
 use indicatif::ProgressBar;
 

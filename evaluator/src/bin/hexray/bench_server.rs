@@ -14,9 +14,9 @@ use actix_web::dev::Service;
 use actix_web::{test, web, App};
 use anyhow::{bail, Context, Result};
 use hexray_crypto::{frames, ClientKey, EncryptedImage};
+use hexray_engine::{evaluate_batch, LoadedModel};
 use hexray_evaluator::server::auth::{Access, Owner};
 use hexray_evaluator::server::{configure, AppState, Config};
-use hexray_evaluator::{evaluate_batch, LoadedModel};
 use hexray_model::preprocess::preprocess;
 
 use crate::DEFAULT_MODEL;

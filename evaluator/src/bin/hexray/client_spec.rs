@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use hexray_evaluator::LoadedModel;
+use hexray_engine::LoadedModel;
 
 pub fn print(model: &Path) -> Result<()> {
     let loaded = LoadedModel::from_file(model).context("loading the model")?;

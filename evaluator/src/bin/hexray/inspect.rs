@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use hexray_evaluator::LoadedModel;
+use hexray_engine::LoadedModel;
 
 pub fn inspect(path: &Path) -> Result<()> {
     let loaded = LoadedModel::from_file(path).context("loading the model")?;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hexray_crypto::{ClientKey, CompressedServerKey, EncryptedImage, EncryptedOutput};
-use hexray_evaluator::{evaluate, LoadedModel};
+use hexray_engine::{evaluate, LoadedModel};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

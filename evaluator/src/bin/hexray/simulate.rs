@@ -2,7 +2,7 @@
 //! TFHE's noise, as JSON. It is the native reference the browser test compares the page with.
 
 use anyhow::{Context, Result};
-use hexray_evaluator::LoadedModel;
+use hexray_engine::LoadedModel;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;

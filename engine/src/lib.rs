@@ -1,0 +1,14 @@
+//! HEXray's engine: encrypted inference on a compiled model, and nothing else. The server, the
+//! `hexray` command line (both in `hexray-evaluator`) and the trainer's encrypted reports are
+//! built on it; it has no HTTP server and no async runtime.
+//!
+//! - [`model`]: a model file loaded, compiled and tied to its TFHE parameter set;
+//! - [`evaluate`]: encrypted evaluation, one fused dot product and bootstrap per hidden neuron;
+//! - [`batch`]: bootstraps in batches that share each load of the bootstrapping key.
+
+pub mod batch;
+pub mod evaluate;
+pub mod model;
+
+pub use evaluate::{evaluate, evaluate_batch, EngineError, EvaluationStats};
+pub use model::{LoadError, LoadedModel};
