@@ -7,7 +7,19 @@ use crate::error::CryptoError;
 const MAGIC: &[u8; 4] = b"HXB1";
 const WHAT: &str = "batch body";
 
-/// Packs `blobs` into one body.
+/// Packs `blobs` into one body: `HXB1`, a little-endian u32 count, then each blob as a
+/// little-endian u32 length and its bytes.
+///
+/// ```
+/// use hexray_crypto::frames::{pack, unpack};
+///
+/// let body = pack(&[b"first".as_slice(), b"second".as_slice()]);
+/// assert_eq!(&body[..4], b"HXB1");
+/// assert_eq!(unpack(&body, 16).unwrap(), [b"first".as_slice(), b"second".as_slice()]);
+/// // More blobs than allowed, or a body cut short, are refused.
+/// assert!(unpack(&body, 1).is_err());
+/// assert!(unpack(&body[..body.len() - 1], 16).is_err());
+/// ```
 pub fn pack<B: AsRef<[u8]>>(blobs: &[B]) -> Vec<u8> {
     let total: usize = blobs.iter().map(|b| 4 + b.as_ref().len()).sum();
     let mut out = Vec::with_capacity(8 + total);

@@ -53,6 +53,32 @@ pub struct EvaluationStats {
 }
 
 /// Evaluates `model` on one encrypted image. `progress` is called after every bootstrap.
+///
+/// The whole round trip, with the client's side in `hexray-crypto`:
+///
+/// ```
+/// use hexray_crypto::{ClientKey, ParameterSet};
+/// use hexray_engine::{evaluate, LoadedModel};
+///
+/// # let set = ParameterSet::Ks32;
+/// # let (model, _) = hexray_model::testing::tiny_model_with(set.fhe_parameters());
+/// let loaded = LoadedModel::from_bytes(&model.to_bytes(), "tiny.hexray").unwrap();
+/// let (client, server_key) = ClientKey::generate_deterministic(set, 1);
+/// let input = ndarray::Array3::<i64>::from_shape_fn((1, 4, 4), |(_, y, x)| (y * 60 + x * 5) as i64);
+///
+/// let encrypted = client.encrypt(&loaded.spec, input.view()).unwrap();
+/// let (output, stats) = evaluate(&loaded, &server_key.decompress(), encrypted, &|| {}).unwrap();
+/// assert_eq!(stats.bootstraps, loaded.circuit.bootstrap_count());
+///
+/// // The client decrypts what the simulator predicts, within the noise the compiler counts.
+/// let decrypted = client.decrypt_prediction(&loaded.circuit, &output).unwrap();
+/// let exact = loaded.circuit.simulate(input.view()).unwrap();
+/// let stage = loaded.circuit.stages.last().unwrap();
+/// for (j, (d, e)) in decrypted.accumulators.iter().zip(&exact.accumulators).enumerate() {
+///     let sigma = stage.neurons[j].sigma * 2f64.powi(64) / stage.delta as f64;
+///     assert!((d - e).abs() < 6.0 * sigma, "{d} vs {e}, σ {sigma}");
+/// }
+/// ```
 pub fn evaluate(
     model: &LoadedModel,
     key: &ServerKey,

@@ -325,6 +325,18 @@ impl CompiledModel {
     }
 
     /// Parses and fully validates a model file, returning it with its compiled circuit.
+    ///
+    /// ```
+    /// use hexray_model::CompiledModel;
+    /// # let (model, _) = hexray_model::testing::tiny_model();
+    /// let bytes = model.to_bytes();
+    /// let (read, circuit) = CompiledModel::from_bytes(&bytes).unwrap();
+    /// assert_eq!(read, model);
+    /// assert_eq!(circuit.output_len(), 2);
+    /// // A file whose stored encoding is not what its network compiles to is refused.
+    /// let edited = String::from_utf8(bytes).unwrap().replacen("\"margin\":", "\"margin\":1", 1);
+    /// assert!(CompiledModel::from_bytes(edited.as_bytes()).is_err());
+    /// ```
     pub fn from_bytes(bytes: &[u8]) -> Result<(Self, Circuit), ModelError> {
         if bytes.len() > MAX_MODEL_BYTES {
             return Err(ModelError::TooLarge {

@@ -43,6 +43,23 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, PreprocessError> {
 
 /// Decodes an image file (PNG, JPEG or DICOM) and preprocesses it. A DICOM file's warnings are
 /// dropped: callers that show them use [`decode`] and [`preprocess_luma`].
+///
+/// ```
+/// use hexray_model::preprocess::preprocess;
+/// # let (model, _) = hexray_model::testing::tiny_model();
+/// let spec = &model.network.input; // 4×4 pixels, 8 bits
+/// // A 64×64 PNG, brighter to the right.
+/// let image = image::GrayImage::from_fn(64, 64, |x, _| image::Luma([(x * 4) as u8]));
+/// let mut png = Vec::new();
+/// image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+///
+/// let input = preprocess(&png, spec).unwrap();
+/// assert_eq!(input.dim(), (1, 4, 4));
+/// assert!(input[[0, 0, 0]] < input[[0, 0, 3]]);
+/// assert!(input.iter().all(|&q| (0..=spec.max_value()).contains(&q)));
+/// // What is not an image is an error that says so.
+/// assert!(preprocess(b"not an image", spec).is_err());
+/// ```
 pub fn preprocess(bytes: &[u8], spec: &InputSpec) -> Result<Array3<i64>, PreprocessError> {
     preprocess_luma(decode(bytes)?.luma, spec)
 }

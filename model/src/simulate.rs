@@ -71,7 +71,20 @@ pub fn argmax(values: &[f64]) -> usize {
 }
 
 impl Circuit {
-    /// Exact evaluation: no noise.
+    /// Exact evaluation: no noise. What the encrypted evaluation computes, noise aside.
+    ///
+    /// ```
+    /// # let (_, circuit) = hexray_model::testing::tiny_model();
+    /// let input = ndarray::Array3::<i64>::from_elem((1, 4, 4), 100);
+    /// let prediction = circuit.simulate(input.view()).unwrap();
+    /// assert_eq!(prediction.accumulators.len(), 2);
+    /// assert!(prediction.class() < 2);
+    /// // The same input gives the same answer: no randomness without noise.
+    /// assert_eq!(circuit.simulate(input.view()).unwrap(), prediction);
+    /// // An input of the wrong shape is refused.
+    /// let wrong = ndarray::Array3::<i64>::zeros((1, 3, 4));
+    /// assert!(circuit.simulate(wrong.view()).is_err());
+    /// ```
     pub fn simulate(&self, input: ArrayView3<i64>) -> Result<Prediction, ModelError> {
         self.run(input, None)
     }
