@@ -57,6 +57,9 @@ pub enum ApiError {
     BodyTimeout { seconds: u64 },
     #[error("server error: {0}")]
     Internal(String),
+    /// The engine refused a job the server had accepted: a server bug, not the client's.
+    #[error("the evaluation failed: {0}")]
+    Engine(#[from] hexray_engine::EngineError),
 }
 
 /// Declares [`ErrorCode`] with its wire names and the list of them all in one place, so that
@@ -142,7 +145,7 @@ impl ApiError {
             ApiError::TooManyJobs { .. } => ErrorCode::TooManyJobs,
             ApiError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
             ApiError::BodyTimeout { .. } => ErrorCode::BodyTimeout,
-            ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::Internal(_) | ApiError::Engine(_) => ErrorCode::Internal,
         }
     }
 }
@@ -172,7 +175,7 @@ impl ResponseError for ApiError {
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -55,13 +55,22 @@ enum State {
     },
 }
 
+/// Where a job is, as clients see it (`"queued"`, `"running"`, `"done"`, `"failed"` in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
 /// A job's state as `GET /api/v1/jobs/{id}` reports it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Status {
     pub job_id: String,
     pub model: String,
-    /// `queued`, `running`, `done` or `failed`.
-    pub state: &'static str,
+    pub state: JobState,
     pub images: usize,
     pub bootstraps_done: usize,
     pub bootstraps_total: usize,
@@ -77,7 +86,7 @@ pub struct Status {
 
 impl Status {
     pub fn is_final(&self) -> bool {
-        matches!(self.state, "done" | "failed")
+        matches!(self.state, JobState::Done | JobState::Failed)
     }
 }
 
@@ -85,10 +94,14 @@ impl Job {
     pub fn status(&self) -> Status {
         let state = self.state.lock().expect("job state lock");
         let (name, seconds, error) = match &*state {
-            State::Queued => ("queued", None, None),
-            State::Running { started } => ("running", Some(started.elapsed().as_secs_f64()), None),
-            State::Done { seconds, .. } => ("done", Some(*seconds), None),
-            State::Failed { error, .. } => ("failed", None, Some(error)),
+            State::Queued => (JobState::Queued, None, None),
+            State::Running { started } => (
+                JobState::Running,
+                Some(started.elapsed().as_secs_f64()),
+                None,
+            ),
+            State::Done { seconds, .. } => (JobState::Done, Some(*seconds), None),
+            State::Failed { error, .. } => (JobState::Failed, None, Some(error)),
         };
         Status {
             job_id: self.id.clone(),
@@ -407,8 +420,7 @@ impl Worker {
         };
         let (outputs, _) = self
             .pool
-            .install(|| evaluate_batch(&job.model.loaded, &key, inputs, &progress))
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .install(|| evaluate_batch(&job.model.loaded, &key, inputs, &progress))?;
         let blobs: Vec<Vec<u8>> = outputs.iter().map(|o| o.to_bytes()).collect();
         Ok(frames::pack(&blobs))
     }

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::jobs::Job;
+use super::jobs::{Job, JobState};
 use super::metrics::Gauges;
 use super::AppState;
 
@@ -272,7 +272,7 @@ fn progress_events(slot: StreamSlot) -> impl Stream<Item = Result<web::Bytes, ac
     // The stream's state: its slot and the (state, bootstraps done) last sent; None before
     // the first event. The slot lives as long as the stream.
     futures_util::stream::unfold(Some((slot, None)), |state| async move {
-        let (slot, last): (StreamSlot, Option<(&str, usize)>) = state?;
+        let (slot, last): (StreamSlot, Option<(JobState, usize)>) = state?;
         if last.is_some() {
             // At most five events a second, however fast the bootstraps go.
             tokio::time::sleep(Duration::from_millis(200)).await;
