@@ -204,14 +204,17 @@ impl ClientKey {
 }
 
 impl EncryptedImage {
+    /// The parameter set the image was encrypted under.
     pub fn parameter_set(&self) -> ParameterSet {
         self.set
     }
 
+    /// Number of ciphertexts: one per input integer (pixel).
     pub fn len(&self) -> usize {
         self.ciphertexts.lwe_ciphertext_count().0
     }
 
+    /// Whether the image holds no ciphertext.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -221,6 +224,7 @@ impl EncryptedImage {
         self.ciphertexts.decompress_into_lwe_ciphertext_list()
     }
 
+    /// Serializes the seeded ciphertexts (bodies and seed) for upload, with their parameter set.
     pub fn to_bytes(&self) -> Vec<u8> {
         let envelope = ImageEnvelope {
             parameter_set: self.set.name().to_owned(),
@@ -312,10 +316,12 @@ impl EncryptedOutput {
         self.packed.initial_len() / self.set.small_lwe_dimension().to_lwe_size().0
     }
 
+    /// Whether there is no output.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Serializes the packed outputs, with their parameter set, for the trip to the client.
     pub fn to_bytes(&self) -> Vec<u8> {
         let envelope = OutputEnvelope {
             parameter_set: self.set.name().to_owned(),

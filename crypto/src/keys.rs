@@ -39,6 +39,7 @@ pub struct CompressedServerKey {
 
 /// Evaluation keys ready to bootstrap.
 pub struct ServerKey {
+    /// The TFHE-rs key, for the engine's bootstraps and keyswitches.
     pub inner: shortint::ServerKey,
     set: ParameterSet,
 }
@@ -72,6 +73,7 @@ impl ClientKey {
         }
     }
 
+    /// The parameter set the key was generated for.
     pub fn parameter_set(&self) -> ParameterSet {
         self.set
     }
@@ -81,10 +83,13 @@ impl ClientKey {
         self.inner.encryption_key()
     }
 
+    /// Serializes the key with TFHE-rs's safe serialization, to store on the client.
     pub fn to_bytes(&self) -> Vec<u8> {
         envelope::to_bytes(&ClientKeyEnvelope(self.inner.clone()), CLIENT_KEY_LIMIT)
     }
 
+    /// Reads a stored client key, refusing one over [`CLIENT_KEY_LIMIT`] bytes, of an
+    /// unsupported parameter set, or whose key lengths do not match its set.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let ClientKeyEnvelope(inner) = envelope::from_bytes(bytes, CLIENT_KEY_LIMIT, "client key")?;
         let params = inner.parameters().ap_parameters();
@@ -114,6 +119,7 @@ fn small_key_dimension(key: &shortint::ClientKey) -> tfhe::core_crypto::prelude:
 }
 
 impl CompressedServerKey {
+    /// The parameter set the key was generated for, or found conformant to when read.
     pub fn parameter_set(&self) -> ParameterSet {
         self.set
     }
@@ -143,6 +149,7 @@ impl CompressedServerKey {
         }
     }
 
+    /// Serializes the key for upload; at most [`COMPRESSED_SERVER_KEY_LIMIT`] bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         envelope::to_bytes(
             &ServerKeyEnvelope(self.inner.clone()),
@@ -172,6 +179,7 @@ impl CompressedServerKey {
 }
 
 impl ServerKey {
+    /// The parameter set of the compressed key this was expanded from.
     pub fn parameter_set(&self) -> ParameterSet {
         self.set
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! HEXray's TFHE layer, built only on TFHE-rs's published parameter sets.
 //!
 //! - [`params`]: the two standard 2^-128 parameter sets HEXray can run on, and the noise

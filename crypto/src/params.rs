@@ -53,8 +53,10 @@ macro_rules! spec {
 const FFT_MANTISSA_BITS: f64 = 53.0;
 
 impl ParameterSet {
+    /// Every supported set, in the order loaders try them.
     pub const ALL: [ParameterSet; 2] = [ParameterSet::Ks64, ParameterSet::Ks32];
 
+    /// TFHE-rs's name for the set, as model files and serialized blobs record it.
     pub fn name(self) -> &'static str {
         match self {
             ParameterSet::Ks64 => "PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128",
@@ -79,6 +81,7 @@ impl ParameterSet {
         Self::ALL.into_iter().find(|s| s.tfhe() == params)
     }
 
+    /// The set's TFHE-rs parameters, to build keys with.
     pub fn tfhe(self) -> AtomicPatternParameters {
         match self {
             ParameterSet::Ks64 => PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128.into(),
@@ -86,19 +89,22 @@ impl ParameterSet {
         }
     }
 
-    /// LWE dimension of the ciphertexts clients encrypt and the server computes on.
     /// The bootstrap's input LWE dimension n: the small key, which compressed outputs are
     /// encrypted under.
     pub fn small_lwe_dimension(self) -> LweDimension {
         self.spec().lwe_dimension
     }
 
+    /// LWE dimension of the ciphertexts clients encrypt and the server computes on: k·N, the
+    /// GLWE key seen as an LWE key (2048).
     pub fn big_lwe_dimension(self) -> LweDimension {
         let spec = self.spec();
         spec.glwe_dimension
             .to_equivalent_lwe_dimension(spec.polynomial_size)
     }
 
+    /// Polynomial size N of the bootstrap's GLWE ciphertexts (2048), which sets the lookup
+    /// table's resolution.
     pub fn polynomial_size(self) -> PolynomialSize {
         self.spec().polynomial_size
     }

@@ -21,7 +21,10 @@ pub enum Granularity {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Function {
     /// `c[0] + c[1]·z + c[2]·z² + …`; the HE-friendly quadratic a·z²+b·z+c is `[c, b, a]`.
-    Polynomial { coefficients: Vec<f64> },
+    Polynomial {
+        /// Coefficients from degree 0 up; 1 to [`MAX_DEGREE`] + 1 finite numbers.
+        coefficients: Vec<f64>,
+    },
     /// `max(z, 0)`, for teachers and baselines: under TFHE it costs the same as a polynomial.
     Relu,
 }
@@ -31,6 +34,7 @@ pub enum Function {
 pub const MAX_DEGREE: usize = 16;
 
 impl Function {
+    /// The function's value at the real pre-activation `z` (Horner's rule for a polynomial).
     pub fn eval(&self, z: f64) -> f64 {
         match self {
             Function::Polynomial { coefficients } => {
@@ -87,6 +91,8 @@ impl Quantizer {
         }
     }
 
+    /// The integer for the real value `y`: rounded to the nearest step and clipped to
+    /// [`min`](Self::min)..=[`max`](Self::max); NaN gives `min`.
     pub fn quantize(&self, y: f64) -> i64 {
         let q = (y / self.scale).round();
         if q.is_nan() {

@@ -58,9 +58,13 @@ pub struct ClientSpec {
     pub format: String,
     /// Always [`SPEC_VERSION`].
     pub spec_version: u32,
+    /// The model's short identifier, as in its model file.
     pub name: String,
+    /// Version of the model's weights, as in its model file.
     pub model_version: String,
+    /// The model's description for people, as in its model file.
     pub description: String,
+    /// Class names, in the order of the outputs.
     pub classes: Vec<String>,
     /// Bootstraps per image: the cost, which the page turns into an expected time.
     pub bootstraps: usize,
@@ -68,7 +72,9 @@ pub struct ClientSpec {
     pub input: InputSpec,
     /// The TFHE-rs parameter set keys and ciphertexts must use.
     pub parameter_set: String,
+    /// How to turn preprocessed integers into plaintexts.
     pub input_encoding: InputEncoding,
+    /// How to turn decrypted phases into logits.
     pub output_decoding: OutputDecoding,
     /// SHA-256 of the full model file, in hex: a job names it, so that a server whose model
     /// changed refuses inputs encrypted for the old one.
@@ -79,6 +85,7 @@ pub struct ClientSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputEncoding {
+    /// Log2 of the public input unit, in 2^64 torus units; always [`INPUT_DELTA_LOG2`].
     pub delta_log2: u32,
 }
 
@@ -88,14 +95,18 @@ pub struct InputEncoding {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputDecoding {
+    /// Log2 of one logit, in 2^64 torus units: [`output_unit_log2`] of the model's logit bound.
     pub unit_log2: u32,
+    /// Rounding step of the decoded logits; always [`LOGIT_STEP`].
     pub logit_step: f64,
 }
 
 /// A decrypted answer: rounded logits, their softmax, and the class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnosis {
+    /// One logit per class, rounded to a multiple of the spec's logit step.
     pub logits: Vec<f64>,
+    /// Softmax of the rounded logits, summing to 1.
     pub probabilities: Vec<f64>,
     /// Index of the most probable class.
     pub class: usize,

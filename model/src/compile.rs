@@ -47,12 +47,15 @@ pub const TORUS: f64 = 18_446_744_073_709_551_616.0;
 /// A compiled network, ready to evaluate encrypted or simulated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Circuit {
+    /// The stages in evaluation order; the last is the output stage, with no bootstrap.
     pub stages: Vec<Stage>,
     /// Bootstraps read `2·polynomial_size` positions of the torus.
     pub polynomial_size: u32,
     /// What the client encrypts: the preprocessed image's size and bits.
     pub input: InputSpec,
+    /// Class names, one per output accumulator.
     pub classes: Vec<String>,
+    /// Real logit of one output accumulator step, as in [`OutputSpec::logit_scale`].
     pub logit_scale: f64,
 }
 
@@ -62,9 +65,13 @@ pub struct Stage {
     /// Inclusive range of each integer this stage reads: the input bits for stage 0, the
     /// extremes of each previous neuron's table afterwards.
     pub input_ranges: Vec<(i64, i64)>,
+    /// The stage's neurons: one bootstrap each in a hidden stage, one class each in the output
+    /// stage.
     pub neurons: Vec<Neuron>,
     /// Torus value of one unit of this stage's input.
     pub delta: u64,
+    /// Guard band kept free below and above every accumulator's range, in 2^64 torus units:
+    /// [`NOISE_MARGIN_SIGMAS`] standard deviations of the stage's noisiest neuron.
     pub margin: u64,
     /// What the server multiplies this stage's weights by: `Δ / 2^INPUT_DELTA_LOG2` for stage 0,
     /// whose inputs the client encrypts in the public unit, and 1 after, where each table
@@ -87,18 +94,27 @@ pub struct Stage {
 /// A hidden stage's activation, with the shape its granularity refers to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageActivation {
+    /// Shape of the tensor the activation applies to, which `granularity` indexes.
     pub shape: Shape,
+    /// Which neurons share an entry of `functions` and `input_scales`.
     pub granularity: Granularity,
+    /// The trained function of each entry.
     pub functions: Vec<Function>,
+    /// Real value of one accumulator step, per entry.
     pub input_scales: Vec<f64>,
+    /// How the function's real output becomes the next stage's integers.
     pub output: Quantizer,
 }
 
 /// One neuron: its affine form over the stage input, its range and its noise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Neuron {
+    /// The accumulator as one affine form over the stage's input integers: every linear layer
+    /// since the previous activation, composed.
     pub form: Affine,
+    /// Smallest accumulator any reachable input gives (range analysis).
     pub acc_min: i64,
+    /// Largest accumulator any reachable input gives (range analysis).
     pub acc_max: i64,
     /// Standard deviation of the phase noise where it is read, as a fraction of the torus:
     /// `√(‖w‖²·input_sigma² + switch_sigma²)`.
@@ -108,7 +124,9 @@ pub struct Neuron {
 /// Per-stage figures for people: what the circuit costs and how noisy it is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageReport {
+    /// Neurons in the stage.
     pub neurons: usize,
+    /// Bootstraps the stage costs per image: one per neuron, none in the output stage.
     pub bootstraps: usize,
     /// Bits needed for the widest worst-case accumulator range.
     pub accumulator_bits: u32,
@@ -159,6 +177,7 @@ impl Circuit {
         }
     }
 
+    /// Cost and noise figures for each stage, in order, for people to read.
     pub fn report(&self) -> Vec<StageReport> {
         let positions = 2.0 * self.polynomial_size as f64;
         self.stages

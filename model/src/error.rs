@@ -6,14 +6,37 @@ use thiserror::Error;
 /// A model file that cannot be used.
 #[derive(Debug, Error, PartialEq)]
 pub enum ModelError {
+    /// The file does not start with the magic line and a format version.
     #[error("not a HEXray model: the file must start with the magic line `{expected}`")]
-    Magic { expected: String },
+    Magic {
+        /// The magic line this build expects, version included.
+        expected: String,
+    },
+    /// The model file or client spec is of a format version this build does not read.
     #[error("unsupported model format version {found} (this build reads version {supported})")]
-    Version { found: String, supported: u32 },
+    Version {
+        /// The version the file declares, as written (truncated).
+        found: String,
+        /// The only version this build reads.
+        supported: u32,
+    },
+    /// The model file or client spec is over its size limit; refused before parsing.
     #[error("model file is {size} bytes, over the {limit}-byte limit")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Size received, in bytes.
+        size: usize,
+        /// Largest size accepted, in bytes.
+        limit: usize,
+    },
+    /// A field is missing, malformed, out of range or inconsistent with the rest of the model.
     #[error("model field `{field}`: {reason}")]
-    Field { field: String, reason: String },
+    Field {
+        /// Path of the field at fault, e.g. `network.layers[2].weights`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The network is well formed, but has no safe encrypted circuit.
     #[error("model does not compile: {0}")]
     Compile(#[from] CompileError),
 }
@@ -30,39 +53,69 @@ impl ModelError {
 /// A network for which no safe encrypted circuit exists.
 #[derive(Debug, Error, PartialEq)]
 pub enum CompileError {
+    /// Folding consecutive linear layers into one affine form per neuron overflowed `i64`.
     #[error("layer {layer}: integer overflow while composing linear layers ({what})")]
-    Overflow { layer: usize, what: String },
+    Overflow {
+        /// Index of the network layer being folded in.
+        layer: usize,
+        /// The quantity that overflowed (a weight product, a bias).
+        what: String,
+    },
+    /// A neuron's worst-case accumulator range, scaled to at least one torus unit per step and
+    /// padded with noise margins, does not fit the half torus.
     #[error(
         "stage {stage}, neuron {neuron}: worst-case accumulator range {range} plus noise margins \
          cannot fit the half torus (2^63); the padding bit could overflow"
     )]
     RangeOverflow {
+        /// Index of the circuit stage.
         stage: usize,
+        /// Index of the neuron within the stage (the widest one if no single neuron overflows).
         neuron: usize,
+        /// Width (max − min) of its integer accumulator range, in accumulator steps.
         range: i128,
     },
+    /// The logits' worst-case range, at the declared output unit, exceeds the logit bound.
     #[error(
         "the logits span ±{half_width:.1} around their centre in the worst case, over the \
          ±{limit} the model declares (network.output.logit_bound_log2; \
          `Network::fit_logit_bound` picks the smallest that fits)"
     )]
-    LogitRange { half_width: f64, limit: f64 },
+    LogitRange {
+        /// Worst-case distance of a logit from the centre of their range, in logits.
+        half_width: f64,
+        /// The declared bound, 2^`logit_bound_log2`, in logits.
+        limit: f64,
+    },
+    /// A stage's noise is so large that its margin alone takes a quarter of the torus or more.
     #[error("stage {stage}: noise margin ({sigma:.3e} of the torus) leaves no room for values")]
-    NoiseOverflow { stage: usize, sigma: f64 },
+    NoiseOverflow {
+        /// Index of the circuit stage.
+        stage: usize,
+        /// Standard deviation of the stage's worst-case noise, as a fraction of the torus.
+        sigma: f64,
+    },
 }
 
 /// An image that cannot be turned into model input.
 #[derive(Debug, Error)]
 pub enum PreprocessError {
+    /// The `image` crate cannot decode the bytes; carries its message.
     #[error("cannot decode the image (PNG, JPEG or DICOM expected): {0}")]
     Decode(String),
+    /// The file is DICOM but cannot be read as an image.
     #[error(transparent)]
     Dicom(#[from] DicomError),
+    /// The image is narrower or lower than the model's input; HEXray never upscales.
     #[error("image is {width}×{height} pixels; the model needs at least {min_width}×{min_height}")]
     TooSmall {
+        /// Width of the image, in pixels.
         width: u32,
+        /// Height of the image, in pixels.
         height: u32,
+        /// Input width the model needs, in pixels.
         min_width: u32,
+        /// Input height the model needs, in pixels.
         min_height: u32,
     },
 }
@@ -71,10 +124,13 @@ pub enum PreprocessError {
 /// dropped the file: what it is, and what HEXray would need instead.
 #[derive(Debug, Error, PartialEq)]
 pub enum DicomError {
+    /// The file has no `DICM` marker, neither after the 128-byte preamble nor at its start.
     #[error("not a DICOM file: no `DICM` marker at byte 128")]
     NotDicom,
+    /// The DICOM parser failed; carries its message and sources.
     #[error("cannot read the DICOM file: {0}")]
     Parse(String),
+    /// The file is valid DICOM but holds no pixel data, e.g. a structured report.
     #[error(
         "this DICOM file holds no image to analyse: its SOP class is {sop_class}{}",
         modality.as_ref().map_or_else(String::new, |m| format!(" (modality {m})"))
@@ -82,25 +138,43 @@ pub enum DicomError {
     NoImage {
         /// The SOP class's name, e.g. `Comprehensive SR Storage`.
         sop_class: String,
+        /// The Modality attribute, e.g. `SR`, if present.
         modality: Option<String>,
     },
+    /// The pixel data is encoded with a transfer syntax HEXray cannot decode.
     #[error(
         "the DICOM transfer syntax {name} ({uid}) is not supported; HEXray reads uncompressed, \
          deflated, RLE, JPEG (baseline, extended, lossless) and JPEG 2000 files"
     )]
-    TransferSyntax { uid: String, name: String },
+    TransferSyntax {
+        /// The transfer syntax UID.
+        uid: String,
+        /// Its registered name, or "an unknown transfer syntax".
+        name: String,
+    },
+    /// An attribute the decoder needs is missing or inconsistent.
     #[error("DICOM attribute {attribute}: {reason}")]
     Attribute {
+        /// The attribute's DICOM name, e.g. `Bits Stored`.
         attribute: &'static str,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The image is empty or has more pixels per frame than [`crate::dicom::MAX_PIXELS`].
     #[error(
         "the DICOM image is {width}×{height} pixels; HEXray reads 1 to {} pixels per frame",
         crate::dicom::MAX_PIXELS
     )]
-    Size { width: u32, height: u32 },
+    Size {
+        /// Columns, in pixels.
+        width: u32,
+        /// Rows, in pixels.
+        height: u32,
+    },
+    /// A well-formed image of a kind HEXray does not read (bit depth, colour model, codec feature).
     #[error("unsupported DICOM image: {0}")]
     Unsupported(String),
+    /// The pixel data is truncated or corrupt, or does not match the declared geometry.
     #[error("cannot decode the DICOM pixel data: {0}")]
     Pixels(String),
 }

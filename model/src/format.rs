@@ -30,9 +30,13 @@ pub struct CompiledModel {
     pub name: String,
     /// Version of this model's weights, chosen by whoever trained it.
     pub model_version: String,
+    /// Free text for people: what the model detects and on what data it was trained.
     pub description: String,
+    /// The trained network, weights included.
     pub network: Network,
+    /// The TFHE parameter set the circuit was compiled for.
     pub fhe: FheParameters,
+    /// The encoding the compiler chose; loading recompiles and requires exactly this.
     pub encoding: Encoding,
 }
 
@@ -40,8 +44,11 @@ pub struct CompiledModel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
+    /// What the client turns an image into before encrypting it.
     pub input: InputSpec,
+    /// The layers in evaluation order; the last is a dense layer with one output per class.
     pub layers: Vec<Layer>,
+    /// How the last layer's accumulators become class logits.
     pub output: OutputSpec,
 }
 
@@ -49,7 +56,9 @@ pub struct Network {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
+    /// Input width in pixels, after cropping and resizing.
     pub width: u32,
+    /// Input height in pixels, after cropping and resizing.
     pub height: u32,
     /// Always 1: images are converted to grayscale (ITU-R BT.601 luma).
     pub channels: u32,
@@ -57,7 +66,9 @@ pub struct InputSpec {
     pub bits: u8,
     /// Real value of one input integer step, as the network was trained.
     pub scale: f64,
+    /// How a non-square image is cropped before resizing.
     pub crop: Crop,
+    /// Filter used to resize to `width`×`height`.
     pub resize_filter: ResizeFilter,
     /// Per-image intensity normalisation after resizing. Absent in files written before it
     /// existed, which means [`Intensity::AsIs`].
@@ -171,10 +182,15 @@ pub enum Crop {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResizeFilter {
+    /// Nearest neighbour.
     Nearest,
+    /// Linear (bilinear) interpolation; the MedMNIST convention.
     Triangle,
+    /// Cubic Catmull-Rom spline.
     CatmullRom,
+    /// Gaussian kernel.
     Gaussian,
+    /// Lanczos windowed sinc with a radius of 3.
     Lanczos3,
 }
 
@@ -185,29 +201,43 @@ pub enum ResizeFilter {
 pub enum Layer {
     /// 2-D convolution with zero padding. Weights are laid out `[out][in][ky][kx]`.
     Conv2d {
+        /// Channels of the input image; must match the previous layer's.
         in_channels: u32,
+        /// Channels produced, one filter each.
         out_channels: u32,
+        /// Side of the square kernel, in pixels.
         kernel: u32,
+        /// Step between window positions, in pixels.
         stride: u32,
+        /// Zeros added on every side of the input, in pixels.
         padding: u32,
+        /// `out_channels·in_channels·kernel²` integer weights.
         weights: Vec<i32>,
+        /// One per output channel, in accumulator units (weight × input integer).
         bias: Vec<i64>,
     },
     /// Average pooling, computed as the integer window sum. The 1/size² factor belongs to the
     /// next activation's `input_scales`, where the exporter folds it.
     AvgPool {
+        /// Side of the square window, in pixels.
         size: u32,
+        /// Step between window positions, in pixels; no padding.
         stride: u32,
     },
     /// Flattens `[channel][y][x]` into a vector, in that order.
     Flatten,
     /// Fully connected layer. Weights are laid out `[out][in]`.
     Dense {
+        /// Length of the flat input; must match the previous layer's output.
         inputs: u32,
+        /// Number of neurons.
         outputs: u32,
+        /// `outputs·inputs` integer weights.
         weights: Vec<i32>,
+        /// One per neuron, in accumulator units (weight × input integer).
         bias: Vec<i64>,
     },
+    /// A univariate activation per neuron, applied by its bootstrap.
     Activation(Activation),
 }
 
@@ -219,9 +249,13 @@ pub enum Layer {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Activation {
+    /// Which neurons share an entry of `functions` and `input_scales`.
     pub granularity: Granularity,
+    /// The trained function of each entry.
     pub functions: Vec<Function>,
+    /// Real value of one accumulator step, per entry; positive and finite.
     pub input_scales: Vec<f64>,
+    /// How the function's real output becomes the next layer's integers.
     pub output: Quantizer,
 }
 
@@ -229,7 +263,9 @@ pub struct Activation {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
+    /// Class names, one per output neuron, 2 to [`MAX_CLASSES`].
     pub classes: Vec<String>,
+    /// Real logit of one output accumulator step; positive and finite.
     pub logit_scale: f64,
     /// The model's public bound on its logits, ±2^this around their common centre: it sets the
     /// output encoding a client reads (see [`crate::compile::output_unit_log2`]). Absent means
@@ -277,6 +313,7 @@ pub const OUTPUT_LOG_MODULUS: u32 = 16;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encoding {
+    /// One per circuit stage, the output stage last.
     pub stages: Vec<StageEncoding>,
 }
 
@@ -290,6 +327,7 @@ pub struct StageEncoding {
     pub margin: u64,
     /// Worst-case accumulator bounds per neuron, from range analysis.
     pub acc_min: Vec<i64>,
+    /// Upper worst-case accumulator bound per neuron, as `acc_min`.
     pub acc_max: Vec<i64>,
     /// Standard deviation of each neuron's phase noise where it is read (before its bootstrap,
     /// or at decryption for the output stage), as a fraction of the torus.
@@ -474,14 +512,19 @@ impl FheParameters {
 pub enum Shape {
     /// `[channels][height][width]`
     Image {
+        /// Channels.
         c: usize,
+        /// Height, in pixels.
         h: usize,
+        /// Width, in pixels.
         w: usize,
     },
+    /// A vector of this many elements, after a flatten or dense layer.
     Flat(usize),
 }
 
 impl Shape {
+    /// Number of elements.
     pub fn len(&self) -> usize {
         match *self {
             Shape::Image { c, h, w } => c * h * w,
@@ -489,6 +532,7 @@ impl Shape {
         }
     }
 
+    /// Whether the tensor has no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The HEXray contract shared by the trainer, the evaluator and the browser client.
 //!
 //! Everything that two parties must agree on bit for bit lives here and nowhere else:

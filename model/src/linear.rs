@@ -11,7 +11,9 @@ use crate::format::{window_count, Layer, Shape};
 /// `bias + Σ weight·input[index]` over the inputs of a stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Affine {
+    /// `(input index, weight)` pairs with nonzero weights, by increasing index.
     pub terms: Vec<(u32, i64)>,
+    /// The constant, in accumulator units.
     pub bias: i64,
 }
 

@@ -17,6 +17,7 @@ use crate::format::{Crop, InputSpec, Intensity, ResizeFilter};
 /// A decoded image file: its 8-bit luma, and what a DICOM file says about itself.
 #[derive(Clone, Debug)]
 pub struct Decoded {
+    /// The image as 8-bit luma (ITU-R BT.601), at its own size: 0 black, 255 white.
     pub luma: GrayImage,
     /// `None` for PNG and JPEG.
     pub dicom: Option<DicomInfo>,

@@ -22,7 +22,9 @@ use crate::error::ModelError;
 pub struct Prediction {
     /// Real output accumulators, as decrypted.
     pub accumulators: Vec<f64>,
+    /// One logit per class: accumulator × the circuit's `logit_scale`, unrounded.
     pub logits: Vec<f64>,
+    /// Softmax of the logits, summing to 1.
     pub probabilities: Vec<f64>,
 }
 
@@ -172,9 +174,11 @@ impl Stage {
 /// The spread of the noisy simulator's outputs over many draws for one input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NoisySpread {
+    /// Number of noisy draws simulated.
     pub runs: usize,
-    /// Per output: smallest and largest decoded accumulator seen.
+    /// Per output: smallest decoded accumulator seen.
     pub min: Vec<f64>,
+    /// Per output: largest decoded accumulator seen.
     pub max: Vec<f64>,
     /// Draws whose predicted class differed from the exact simulation's.
     pub class_changes: usize,

@@ -51,6 +51,7 @@ const CHEST: [&str; 4] = ["CHEST", "THORAX", "TORAX", "LUNG"];
 pub struct DicomImage {
     /// The first frame as displayed: 0 black, 255 white.
     pub luma: GrayImage,
+    /// The file's own description of the image, and warnings, for the page to show.
     pub info: DicomInfo,
 }
 
@@ -61,13 +62,17 @@ pub struct DicomInfo {
     pub patient_name: Option<String>,
     /// `YYYY-MM-DD` when the file holds a valid DA value, else as stored.
     pub study_date: Option<String>,
+    /// Modality code as stored, e.g. `DX` or `CT`.
     pub modality: Option<String>,
+    /// Body Part Examined as stored, e.g. `CHEST`.
     pub body_part: Option<String>,
     /// The transfer syntax's name, e.g. `RLE Lossless`.
     pub transfer_syntax: String,
+    /// Significant bits per sample (Bits Stored; Bits Allocated if absent).
     pub bits_stored: u16,
     /// As stored, e.g. `MONOCHROME1`.
     pub photometric: String,
+    /// Number of frames in the file, at least 1; only the first is decoded.
     pub frames: u32,
     /// Why the result may not apply to this file; empty for a chest radiograph.
     pub warnings: Vec<String>,
