@@ -89,7 +89,8 @@ pub fn evaluate(
     Ok((outputs.remove(0), stats))
 }
 
-/// Evaluates `model` on a batch of encrypted images, as paper 2 intends: each stage's neurons of
+/// Evaluates `model` on a batch of encrypted images, as Zhang et al. ("Batch-oriented
+/// element-wise approximate activation") intend, to lower the cost per image: each stage's neurons of
 /// all images form one stream of bootstraps, so a batch keeps every core busy even when one
 /// image's stage has fewer neurons than there are cores. Outputs come in input order.
 /// `progress` is called after every bootstrap.

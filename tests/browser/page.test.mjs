@@ -66,6 +66,11 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
 
     // The shown result is the native simulator's, within TFHE's noise.
     const { native, possible } = possibleClasses(xrayPath);
+    // The image as the page holds it, encoded every way a careless page might send it; a window
+    // of 64 values from the middle, where the X-ray is not a flat border.
+    const input = native.input.slice(native.input.length / 2, native.input.length / 2 + 64);
+    assert.ok(new Set(input).size > 8, 'a window with detail');
+    const inputEncodings = [Buffer.from(input), Buffer.from(new Int32Array(input).buffer), Buffer.from(input.join(','))];
     assert.ok(possible.includes(first.class), `${first.class} not among the simulator's ${possible}`);
     // Within 6 standard deviations of the simulator's noisy runs (plus 1 point for rounding).
     first.probabilities.forEach((p, k) => {
@@ -110,6 +115,8 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
         // 4 KiB of key: 512 secret coefficients, which no honest body repeats by chance.
         for (const secret of windows(clientKey, 4096)) assert.equal(body.indexOf(secret), -1, `${url} carries client key bytes`);
         for (const pixels of windows(xray, 64)) assert.equal(body.indexOf(pixels), -1, `${url} carries image bytes`);
+        // Nor the pixels the page holds: the preprocessed input, as bytes, 32-bit integers or text.
+        for (const encoded of inputEncodings) assert.equal(body.indexOf(encoded), -1, `${url} carries the preprocessed image`);
       }
     };
     assert.ok(bodies.some((b) => b.url.endsWith('/api/v1/keys')), 'the evaluation key was uploaded');

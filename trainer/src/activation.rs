@@ -1,7 +1,8 @@
 //! The HE-friendly activation: a trainable quadratic a·z² + b·z + c.
 //!
-//! Coefficients are shared per layer or per channel (Baruch et al.) or trained per element,
-//! one set for every neuron (Zhang et al.). Under TFHE each neuron's bootstrap applies its own
+//! Coefficients are shared per layer or per channel (Baruch et al., "A methodology for training
+//! HE-friendly neural networks") or trained per element, one set for every neuron (Zhang et al.,
+//! "Batch-oriented element-wise approximate activation"). Under TFHE each neuron's bootstrap applies its own
 //! table anyway, so per-element coefficients cost nothing extra at inference.
 
 use burn::module::{Module, Param};

@@ -1,4 +1,5 @@
-//! Knowledge distillation (Hinton et al.), as both papers train their students:
+//! Knowledge distillation (Hinton et al.), as both papers HEXray follows (Baruch et al. and Zhang
+//! et al., see `activation`) train their students:
 //! `α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·CE(student, labels)`.
 
 use burn::prelude::*;

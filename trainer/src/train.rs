@@ -349,7 +349,8 @@ impl Objective<'_> {
 
 /// Trains the float student from the teacher by `recipe` (without its quantization phase):
 /// it starts from `teacher`, of its own topology, and is distilled from `distil_from`, which
-/// may be a larger network (paper 1, Baruch et al., allows a teacher larger than its student).
+/// may be a larger network (Baruch et al., "A methodology for training HE-friendly neural
+/// networks", allow a teacher larger than its student).
 pub fn train_student(
     teacher: &Net,
     distil_from: &Net,

@@ -1,5 +1,6 @@
 //! `hexray simulate`: what the plaintext simulator predicts for an image, exactly and under
-//! TFHE's noise, as JSON. It is the native reference the browser test compares the page with.
+//! TFHE's noise, as JSON, with the preprocessed input integers a client would encrypt. It is
+//! the native reference the browser test compares the page with.
 
 use anyhow::{Context, Result};
 use hexray_engine::LoadedModel;
@@ -39,6 +40,8 @@ pub fn simulate(args: ImageArgs) -> Result<()> {
         "image": args.image.display().to_string(),
         "model": { "name": loaded.model.name, "version": loaded.model.model_version },
         "classes": circuit.classes,
+        // What a client encrypts for this image, row by row: for audits of what leaves a page.
+        "input": input.iter().collect::<Vec<_>>(),
         "exact": {
             "class": circuit.classes[exact.class()],
             "probabilities": exact.probabilities,

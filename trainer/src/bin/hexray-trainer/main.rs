@@ -2,7 +2,9 @@
 //!
 //! - `train`: one topology with the shipped recipe; writes the model file, a markdown and JSON
 //!   report, training curves and ROC curves;
-//! - `ablation`: the papers' ablation rows for several topologies, as `docs/ablation.md`;
+//! - `ablation`: the ablation rows of the two papers HEXray follows (Baruch et al., "A methodology
+//!   for training HE-friendly neural networks"; Zhang et al., "Batch-oriented element-wise
+//!   approximate activation") for several topologies, as `docs/ablation.md`;
 //! - `pareto`: the shipped recipe over candidate topologies, accuracy against bootstraps;
 //! - `transfer`: PneumoniaMNIST pre-training, then COVID-19 fine-tuning with patient-level
 //!   cross-validation.
