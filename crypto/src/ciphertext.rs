@@ -9,7 +9,7 @@
 //! is keyswitched to the small LWE key and its modulus switched to 2^16, so the client decrypts
 //! 1.8 KB per class, with its small key and no bootstrap, instead of 16 KB.
 
-use hexray_model::format::OUTPUT_LOG_MODULUS;
+use hexray_model::format::{MAX_CLASSES, MAX_INPUT_PIXELS, OUTPUT_LOG_MODULUS};
 use hexray_model::simulate::Prediction;
 use hexray_model::{Circuit, ClientSpec, Diagnosis};
 use ndarray::ArrayView3;
@@ -29,11 +29,12 @@ use crate::error::CryptoError;
 use crate::keys::{ClientKey, ServerKey};
 use crate::params::ParameterSet;
 
-/// Largest encrypted image accepted: 8 bytes × 2^17 pixels plus headers.
-pub const IMAGE_LIMIT: u64 = (8 << 17) + 4096;
-/// Largest encrypted output accepted: 64 outputs of at most 1024 values of
-/// [`OUTPUT_LOG_MODULUS`] bits.
-pub const OUTPUT_LIMIT: u64 = 64 * 1024 * OUTPUT_LOG_MODULUS as u64 / 8 + 4096;
+/// Largest encrypted image accepted: 8 bytes for each of the most input integers a model may
+/// take ([`MAX_INPUT_PIXELS`]), plus headers.
+pub const IMAGE_LIMIT: u64 = 8 * MAX_INPUT_PIXELS as u64 + 4096;
+/// Largest encrypted output accepted: the most classes a model may have ([`MAX_CLASSES`]), each
+/// at most 1024 values of [`OUTPUT_LOG_MODULUS`] bits, plus headers.
+pub const OUTPUT_LIMIT: u64 = (MAX_CLASSES * 1024) as u64 * OUTPUT_LOG_MODULUS as u64 / 8 + 4096;
 
 /// An encrypted, preprocessed image, as a client uploads it.
 pub struct EncryptedImage {

@@ -93,6 +93,17 @@ impl InputSpec {
                 ));
             }
         }
+        // Both sides are at most 2^14, so the product fits a u64 on any target.
+        let pixels = u64::from(self.width) * u64::from(self.height);
+        if pixels > MAX_INPUT_PIXELS as u64 {
+            return Err(ModelError::field(
+                at,
+                format!(
+                    "takes {}×{} = {pixels} pixels; at most {MAX_INPUT_PIXELS} (one ciphertext each)",
+                    self.width, self.height
+                ),
+            ));
+        }
         if !(1..=8).contains(&self.bits) {
             return Err(ModelError::field(
                 format!("{at}.bits"),
@@ -554,6 +565,12 @@ impl Shape {
         }
     }
 }
+
+/// Most input integers a model may take: a client encrypts one ciphertext per integer, 8 bytes
+/// each once seeded, so an upload stays within 1 MiB per image (a 362×362 input). The
+/// encrypted-image size limit of `hexray-crypto` is derived from it, so a valid model's images
+/// always fit.
+pub const MAX_INPUT_PIXELS: usize = 1 << 17;
 
 /// Upper bound on any dimension, so that shape arithmetic cannot overflow.
 const MAX_DIM: u32 = 1 << 14;

@@ -212,19 +212,21 @@ fn layer_sizes_past_the_element_limit_are_refused_before_any_allocation() {
 
 #[test]
 fn networks_beyond_the_bootstrap_limit_are_refused() {
-    // 2 × 512 × 512 activations: over the 2^18 bootstraps a model may need.
-    let side = 512;
+    // A 362×362 input (within the 2^17 a client may encrypt), padded by 10 on each side: a
+    // 3×3 convolution then gives 2 × 380 × 380 activations, over the 2^18 bootstraps a model
+    // may need.
+    let (side, padded) = (362, 380);
     let mut network = tiny();
     network.input = input(side);
     if let Layer::Conv2d { padding, .. } = &mut network.layers[0] {
-        *padding = 1;
+        *padding = 10;
     }
     if let Layer::Dense {
         inputs, weights, ..
     } = &mut network.layers[3]
     {
-        *inputs = 2 * side * side;
-        *weights = vec![1; 2 * 2 * (side * side) as usize];
+        *inputs = 2 * padded * padded;
+        *weights = vec![1; 2 * 2 * (padded * padded) as usize];
     }
     let err = build(network).unwrap_err();
     assert!(err.to_string().contains("bootstraps per image"), "{err}");
@@ -324,4 +326,16 @@ fn range_analysis_refuses_a_model_crafted_to_overflow() {
         Err(ModelError::Compile(CompileError::RangeOverflow { stage: 1, .. })) => {}
         other => panic!("expected a range overflow in stage 1, got {other:?}"),
     }
+}
+
+/// An input larger than a client may encrypt (2^17 integers) is refused by the loader in words,
+/// before a browser could panic on its encrypted-image size limit.
+#[test]
+fn inputs_past_the_encryption_limit_are_refused() {
+    let mut network = tiny();
+    network.input.width = 512;
+    network.input.height = 512;
+    let err = build(network).unwrap_err();
+    assert!(err.to_string().contains("262144 pixels"), "{err}");
+    assert_eq!(field_of(err), "network.input");
 }
