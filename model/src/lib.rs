@@ -2,11 +2,11 @@
 //! The HEXray contract shared by the trainer, the evaluator and the browser client.
 //!
 //! Everything that two parties must agree on bit for bit lives here and nowhere else:
-//! - [`format`]: the versioned model file and its validation;
+//! - [`format`](mod@format): the versioned model file and its validation;
 //! - [`client_spec`]: the public part of a model, all a client gets: no weights;
 //! - [`preprocess`]: the one function that turns an image into quantized input integers;
 //! - [`dicom`]: DICOM files, decoded to the grayscale image preprocessing starts from;
-//! - [`compile`]: range analysis and the per-layer encoding (scale, offsets, noise) of the circuit;
+//! - [`compile`](mod@compile): range analysis and the per-layer encoding (scale, offsets, noise) of the circuit;
 //! - [`table`]: the lookup table each hidden neuron's bootstrap applies;
 //! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise.
 //!
