@@ -3,7 +3,7 @@
 //! built on it; it has no HTTP server and no async runtime.
 //!
 //! - [`model`]: a model file loaded, compiled and tied to its TFHE parameter set;
-//! - [`evaluate`]: encrypted evaluation, one fused dot product and bootstrap per hidden neuron;
+//! - [`evaluate`](mod@evaluate): encrypted evaluation, one fused dot product and bootstrap per hidden neuron;
 //! - [`batch`]: bootstraps in batches that share each load of the bootstrapping key.
 
 pub mod batch;
