@@ -9,7 +9,8 @@
 //! is keyswitched to the small LWE key and its modulus switched to 2^16, so the client decrypts
 //! 1.8 KB per class, with its small key and no bootstrap, instead of 16 KB.
 
-use hexray_model::format::{MAX_CLASSES, MAX_INPUT_PIXELS, OUTPUT_LOG_MODULUS};
+use hexray_model::network::{MAX_CLASSES, MAX_INPUT_PIXELS};
+use hexray_model::parameters::OUTPUT_LOG_MODULUS;
 use hexray_model::simulate::Prediction;
 use hexray_model::{Circuit, ClientSpec, Diagnosis};
 use ndarray::ArrayView3;
@@ -56,7 +57,7 @@ impl ClientKey {
     /// use hexray_crypto::{ClientKey, ParameterSet};
     /// # let fhe = ParameterSet::Ks32.fhe_parameters();
     /// # let (model, circuit) = hexray_model::testing::tiny_model_with(fhe);
-    /// let spec = model.client_spec(&circuit);
+    /// let spec = hexray_model::ClientSpec::of(&model, &circuit);
     /// let key = ClientKey::generate(ParameterSet::Ks32);
     /// let input = ndarray::Array3::<i64>::from_elem((1, 4, 4), 200);
     /// let encrypted = key.encrypt(&spec, input.view()).unwrap();

@@ -6,6 +6,7 @@ use hexray_crypto::keys::CLIENT_KEY_LIMIT;
 use hexray_crypto::{
     ClientKey, CompressedServerKey, CryptoError, EncryptedImage, EncryptedOutput, ParameterSet,
 };
+use hexray_model::ClientSpec;
 use hexray_model::CompiledModel;
 use ndarray::Array3;
 use rand::{Rng, SeedableRng};
@@ -72,7 +73,7 @@ fn client_keys_round_trip_and_bad_blobs_are_refused() {
 #[test]
 fn ciphertexts_round_trip_and_bad_blobs_are_refused() {
     let (model, circuit) = CompiledModel::from_bytes(MODEL).unwrap();
-    let spec = model.client_spec(&circuit);
+    let spec = ClientSpec::of(&model, &circuit);
     let (client, _) = ClientKey::generate_deterministic(ParameterSet::Ks32, 8);
     let input = Array3::from_shape_fn((1, 28, 28), |(_, y, x)| ((x * 9 + y) % 256) as i64);
     let bytes = client

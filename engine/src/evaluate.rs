@@ -72,7 +72,7 @@ pub struct EvaluationStats {
 ///
 /// // The client decrypts what the simulator predicts, within the noise the compiler counts.
 /// let decrypted = client.decrypt_prediction(&loaded.circuit, &output).unwrap();
-/// let exact = loaded.circuit.simulate(input.view()).unwrap();
+/// let exact = hexray_model::simulate::exact(&loaded.circuit, input.view()).unwrap();
 /// let stage = loaded.circuit.stages.last().unwrap();
 /// for (j, (d, e)) in decrypted.accumulators.iter().zip(&exact.accumulators).enumerate() {
 ///     let sigma = stage.neurons[j].sigma * 2f64.powi(64) / stage.delta as f64;

@@ -54,7 +54,7 @@ impl LoadedModel {
             });
         }
         Ok(LoadedModel {
-            spec: model.client_spec(&circuit),
+            spec: ClientSpec::of(&model, &circuit),
             model,
             circuit,
             parameter_set,

@@ -13,6 +13,7 @@ use hexray_crypto::{frames, ClientKey, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::ApiClient;
 use hexray_model::preprocess::preprocess;
+use hexray_model::simulate;
 
 fn hexray() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hexray"))
@@ -180,7 +181,7 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
         hexray_crypto::EncryptedOutput::from_bytes(blobs[0], ParameterSet::Ks32, spec.output_len())
             .unwrap();
     let shown = client.decrypt(&spec, &output).unwrap();
-    let exact = model.circuit.simulate(input.view()).unwrap();
+    let exact = simulate::exact(&model.circuit, input.view()).unwrap();
     assert_eq!(
         shown.class,
         exact.class(),
@@ -346,7 +347,9 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     ] {
         let path = format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"));
         let input = preprocess(&std::fs::read(&path).unwrap(), &model.spec.input).unwrap();
-        let class = &model.spec.classes[model.circuit.simulate(input.view()).unwrap().class()];
+        let class = &model.spec.classes[simulate::exact(&model.circuit, input.view())
+            .unwrap()
+            .class()];
         assert!(stdout.contains(&format!("{path}: {class} (")), "{stdout}");
     }
     // The server loses the key (deleted here); the next run uploads it again by itself.

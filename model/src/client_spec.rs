@@ -22,7 +22,7 @@
 //! ```
 //! use hexray_model::client_spec::ClientSpec;
 //! # let (model, circuit) = hexray_model::testing::tiny_model();
-//! let spec = model.client_spec(&circuit);
+//! let spec = ClientSpec::of(&model, &circuit);
 //! let json = spec.to_json();
 //! assert!(json.len() < 4096);
 //! assert_eq!(ClientSpec::from_json(&json).unwrap(), spec);
@@ -33,12 +33,11 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::compile::Circuit;
-pub use crate::compile::{output_unit_log2, INPUT_DELTA_LOG2};
+use crate::circuit::{output_unit_log2, Circuit, INPUT_DELTA_LOG2};
 use crate::error::ModelError;
-use crate::format::{check_classes, check_logit_bound, CompiledModel, InputSpec};
+use crate::file::CompiledModel;
+use crate::network::{check_classes, check_logit_bound, InputSpec};
 use crate::simulate::{argmax, softmax, Prediction};
 
 /// The `format` field of every client spec.
@@ -153,37 +152,31 @@ impl Diagnosis {
     }
 }
 
-impl CompiledModel {
-    /// SHA-256 of the model file ([`CompiledModel::to_bytes`]), in hex.
-    pub fn fingerprint(&self) -> String {
-        hex(&Sha256::digest(self.to_bytes()))
-    }
-
-    /// The public part of this model, given its compiled circuit.
-    pub fn client_spec(&self, circuit: &Circuit) -> ClientSpec {
+impl ClientSpec {
+    /// The public part of `model`, given its compiled circuit: everything a client needs, and
+    /// nothing derived from the weights.
+    pub fn of(model: &CompiledModel, circuit: &Circuit) -> ClientSpec {
         ClientSpec {
             format: FORMAT.into(),
             spec_version: SPEC_VERSION,
-            name: self.name.clone(),
-            model_version: self.model_version.clone(),
-            description: self.description.clone(),
-            classes: self.network.output.classes.clone(),
+            name: model.name.clone(),
+            model_version: model.model_version.clone(),
+            description: model.description.clone(),
+            classes: model.network.output.classes.clone(),
             bootstraps: circuit.bootstrap_count(),
-            input: self.network.input.clone(),
-            parameter_set: self.fhe.name.clone(),
+            input: model.network.input.clone(),
+            parameter_set: model.fhe.name.clone(),
             input_encoding: InputEncoding {
                 delta_log2: INPUT_DELTA_LOG2,
             },
             output_decoding: OutputDecoding {
-                unit_log2: output_unit_log2(self.network.output.logit_bound_log2),
+                unit_log2: output_unit_log2(model.network.output.logit_bound_log2),
                 logit_step: LOGIT_STEP,
             },
-            fingerprint: self.fingerprint(),
+            fingerprint: model.fingerprint(),
         }
     }
-}
 
-impl ClientSpec {
     /// The JSON document a server sends.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a client spec always serialises to JSON")
@@ -264,9 +257,4 @@ impl ClientSpec {
     pub fn decode(&self, phases: &[u64]) -> Diagnosis {
         Diagnosis::from_logits(&self.exact_logits(phases), self.output_decoding.logit_step)
     }
-}
-
-/// Bytes in lowercase hex: how every digest and id in HEXray is written.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -79,7 +79,7 @@ pub enum CompileError {
     #[error(
         "the logits span ±{half_width:.1} around their centre in the worst case, over the \
          ±{limit} the model declares (network.output.logit_bound_log2; \
-         `Network::fit_logit_bound` picks the smallest that fits)"
+         `circuit::fit_logit_bound` picks the smallest that fits)"
     )]
     LogitRange {
         /// Worst-case distance of a logit from the centre of their range, in logits.
@@ -160,16 +160,17 @@ pub enum DicomError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The image is empty or has more pixels per frame than [`crate::dicom::MAX_PIXELS`].
+    /// The image is empty or has more pixels per frame than the decoder's limit.
     #[error(
-        "the DICOM image is {width}×{height} pixels; HEXray reads 1 to {} pixels per frame",
-        crate::dicom::MAX_PIXELS
+        "the DICOM image is {width}×{height} pixels; HEXray reads 1 to {limit} pixels per frame"
     )]
     Size {
         /// Columns, in pixels.
         width: u32,
         /// Rows, in pixels.
         height: u32,
+        /// Most pixels per frame read: `hexray_model::dicom::MAX_PIXELS`.
+        limit: u64,
     },
     /// A well-formed image of a kind HEXray does not read (bit depth, colour model, codec feature).
     #[error("unsupported DICOM image: {0}")]

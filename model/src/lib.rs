@@ -1,32 +1,37 @@
 #![warn(missing_docs)]
 //! The HEXray contract shared by the trainer, the evaluator and the browser client.
 //!
-//! Everything that two parties must agree on bit for bit lives here and nowhere else:
-//! - [`format`](mod@format): the versioned model file and its validation;
+//! Everything that two parties must agree on bit for bit lives here and nowhere else. The
+//! modules build on one another in this order, and import only from those before them:
+//! - [`error`]: the typed errors every module returns;
+//! - [`parameters`]: the TFHE parameter set as the numbers the compiler needs;
+//! - [`network`]: the schema of a trained network, its shapes and its validation;
+//! - [`circuit`]: the network compiled into stages of dot products and bootstraps, with the
+//!   phase and table arithmetic the engine and the simulator share;
+//! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise;
+//! - [`file`]: the versioned model file, its magic line and its verification;
 //! - [`client_spec`]: the public part of a model, all a client gets: no weights;
-//! - [`preprocess`]: the one function that turns an image into quantized input integers;
-//! - [`dicom`]: DICOM files, decoded to the grayscale image preprocessing starts from;
-//! - [`compile`](mod@compile): range analysis and the per-layer encoding (scale, offsets, noise) of the circuit;
-//! - [`table`]: the lookup table each hidden neuron's bootstrap applies;
-//! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise.
+//! - [`dicom`] and [`preprocess`]: the one function that turns an image (PNG, JPEG or DICOM)
+//!   into quantized input integers.
 //!
 //! The crate has no TFHE dependency, so it builds for `wasm32-unknown-unknown` as it is. The
 //! cryptographic parameters reach it as plain numbers ([`FheParameters`]).
 
-pub mod activation;
+pub mod circuit;
 pub mod client_spec;
-pub mod compile;
 pub mod dicom;
 pub mod error;
-pub mod format;
-pub mod linear;
+pub mod file;
+pub mod network;
+pub mod parameters;
 pub mod preprocess;
 pub mod simulate;
-pub mod table;
 #[doc(hidden)]
 pub mod testing;
 
+pub use circuit::{compile, Circuit, Neuron, Stage};
 pub use client_spec::{ClientSpec, Diagnosis};
-pub use compile::{compile, Circuit, Neuron, Stage};
 pub use error::{CompileError, DicomError, ModelError, PreprocessError};
-pub use format::{CompiledModel, FheParameters, Network};
+pub use file::CompiledModel;
+pub use network::Network;
+pub use parameters::FheParameters;

@@ -12,7 +12,7 @@ use ndarray::Array3;
 
 use crate::dicom::{self, DicomImage, DicomInfo};
 use crate::error::PreprocessError;
-use crate::format::{Crop, InputSpec, Intensity, ResizeFilter};
+use crate::network::{Crop, InputSpec, Intensity, ResizeFilter};
 
 /// A decoded image file: its 8-bit luma, and what a DICOM file says about itself.
 #[derive(Clone, Debug)]

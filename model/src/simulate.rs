@@ -14,8 +14,9 @@ use ndarray::{Array1, ArrayView3};
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::compile::{Circuit, Stage, TORUS};
+use crate::circuit::{Circuit, Stage};
 use crate::error::ModelError;
+use crate::parameters::TORUS;
 
 /// Class scores decoded from output accumulators.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,103 +73,95 @@ pub fn argmax(values: &[f64]) -> usize {
         .0
 }
 
-impl Circuit {
-    /// Exact evaluation: no noise. What the encrypted evaluation computes, noise aside.
-    ///
-    /// ```
-    /// # let (_, circuit) = hexray_model::testing::tiny_model();
-    /// let input = ndarray::Array3::<i64>::from_elem((1, 4, 4), 100);
-    /// let prediction = circuit.simulate(input.view()).unwrap();
-    /// assert_eq!(prediction.accumulators.len(), 2);
-    /// assert!(prediction.class() < 2);
-    /// // The same input gives the same answer: no randomness without noise.
-    /// assert_eq!(circuit.simulate(input.view()).unwrap(), prediction);
-    /// // An input of the wrong shape is refused.
-    /// let wrong = ndarray::Array3::<i64>::zeros((1, 3, 4));
-    /// assert!(circuit.simulate(wrong.view()).is_err());
-    /// ```
-    pub fn simulate(&self, input: ArrayView3<i64>) -> Result<Prediction, ModelError> {
-        self.run(input, None)
-    }
-
-    /// Noisy evaluation: one draw of TFHE's noise at every phase.
-    pub fn simulate_noisy(
-        &self,
-        input: ArrayView3<i64>,
-        rng: &mut impl Rng,
-    ) -> Result<Prediction, ModelError> {
-        self.run(input, Some(rng))
-    }
-
-    /// Checks that `input` is the `[channels][height][width]` tensor this circuit reads and
-    /// that every value lies in the input range.
-    pub fn check_input(&self, input: ArrayView3<i64>) -> Result<(), ModelError> {
-        self.input.check(input)
-    }
-
-    fn run(
-        &self,
-        input: ArrayView3<i64>,
-        mut rng: Option<&mut dyn RngCore>,
-    ) -> Result<Prediction, ModelError> {
-        self.check_input(input)?;
-        let shift = self.position_shift();
-        let mut phases = |stage: &Stage, x: &[i64]| -> Vec<u64> {
-            let exact = (0..stage.neurons.len()).map(|j| stage.phase(j, x));
-            match rng.as_deref_mut() {
-                Some(rng) => exact
-                    .zip(stage.phase_noise(rng))
-                    .map(|(phase, noise)| phase.wrapping_add(noise as i64 as u64))
-                    .collect(),
-                None => exact.collect(),
-            }
-        };
-        let mut x: Array1<i64> = input.iter().copied().collect();
-        let (output, hidden) = self
-            .stages
-            .split_last()
-            .expect("a circuit has an output stage");
-        for stage in hidden {
-            let xs = x.as_slice().expect("contiguous");
-            x = phases(stage, xs)
-                .into_iter()
-                .enumerate()
-                .map(|(j, phase)| stage.bootstrap(j, phase, shift))
-                .collect();
-        }
-        let xs = x.as_slice().expect("contiguous");
-        let accumulators = phases(output, xs)
-            .into_iter()
-            .map(|phase| output.decode(phase))
-            .collect();
-        Ok(Prediction::from_accumulators(self, accumulators))
-    }
+/// Exact evaluation: no noise. What the encrypted evaluation computes, noise aside.
+///
+/// ```
+/// use hexray_model::simulate;
+/// # let (_, circuit) = hexray_model::testing::tiny_model();
+/// let input = ndarray::Array3::<i64>::from_elem((1, 4, 4), 100);
+/// let prediction = simulate::exact(&circuit, input.view()).unwrap();
+/// assert_eq!(prediction.accumulators.len(), 2);
+/// assert!(prediction.class() < 2);
+/// // The same input gives the same answer: no randomness without noise.
+/// assert_eq!(simulate::exact(&circuit, input.view()).unwrap(), prediction);
+/// // An input of the wrong shape is refused.
+/// let wrong = ndarray::Array3::<i64>::zeros((1, 3, 4));
+/// assert!(simulate::exact(&circuit, wrong.view()).is_err());
+/// ```
+pub fn exact(circuit: &Circuit, input: ArrayView3<i64>) -> Result<Prediction, ModelError> {
+    run(circuit, input, None)
 }
 
-impl Stage {
-    /// One draw of every neuron's phase noise, in torus units (2^64 a turn): each input
-    /// ciphertext's noise carried through the neuron's weights, plus the switches' own.
-    fn phase_noise(&self, rng: &mut dyn RngCore) -> Vec<f64> {
-        let mut gaussian = |sigma: f64| -> f64 {
-            let z: f64 = StandardNormal.sample(&mut *rng);
-            z * sigma * TORUS
-        };
-        let inputs: Vec<f64> = (0..self.input_ranges.len())
-            .map(|_| gaussian(self.input_sigma))
+/// Noisy evaluation: one draw of TFHE's noise at every phase.
+pub fn noisy(
+    circuit: &Circuit,
+    input: ArrayView3<i64>,
+    rng: &mut impl Rng,
+) -> Result<Prediction, ModelError> {
+    run(circuit, input, Some(rng))
+}
+
+fn run(
+    circuit: &Circuit,
+    input: ArrayView3<i64>,
+    mut rng: Option<&mut dyn RngCore>,
+) -> Result<Prediction, ModelError> {
+    circuit.check_input(input)?;
+    let shift = circuit.position_shift();
+    let mut phases = |stage: &Stage, x: &[i64]| -> Vec<u64> {
+        let exact = (0..stage.neurons.len()).map(|j| stage.phase(j, x));
+        match rng.as_deref_mut() {
+            Some(rng) => exact
+                .zip(phase_noise(stage, rng))
+                .map(|(phase, noise)| phase.wrapping_add(noise as i64 as u64))
+                .collect(),
+            None => exact.collect(),
+        }
+    };
+    let mut x: Array1<i64> = input.iter().copied().collect();
+    let (output, hidden) = circuit
+        .stages
+        .split_last()
+        .expect("a circuit has an output stage");
+    for stage in hidden {
+        let xs = x.as_slice().expect("contiguous");
+        x = phases(stage, xs)
+            .into_iter()
+            .enumerate()
+            .map(|(j, phase)| stage.bootstrap(j, phase, shift))
             .collect();
-        self.neurons
-            .iter()
-            .map(|n| {
-                let carried: f64 = n
-                    .form
-                    .terms
-                    .iter()
-                    .map(|&(i, w)| w as f64 * inputs[i as usize])
-                    .sum();
-                carried + gaussian(self.switch_sigma)
-            })
-            .collect()
     }
+    let xs = x.as_slice().expect("contiguous");
+    let accumulators = phases(output, xs)
+        .into_iter()
+        .map(|phase| output.decode(phase))
+        .collect();
+    Ok(Prediction::from_accumulators(circuit, accumulators))
+}
+
+/// One draw of every neuron's phase noise in `stage`, in torus units (2^64 a turn): each input
+/// ciphertext's noise carried through the neuron's weights, plus the switches' own.
+fn phase_noise(stage: &Stage, rng: &mut dyn RngCore) -> Vec<f64> {
+    let mut gaussian = |sigma: f64| -> f64 {
+        let z: f64 = StandardNormal.sample(&mut *rng);
+        z * sigma * TORUS
+    };
+    let inputs: Vec<f64> = (0..stage.input_ranges.len())
+        .map(|_| gaussian(stage.input_sigma))
+        .collect();
+    stage
+        .neurons
+        .iter()
+        .map(|n| {
+            let carried: f64 = n
+                .form
+                .terms
+                .iter()
+                .map(|&(i, w)| w as f64 * inputs[i as usize])
+                .sum();
+            carried + gaussian(stage.switch_sigma)
+        })
+        .collect()
 }
 
 /// The spread of the noisy simulator's outputs over many draws for one input.
@@ -196,30 +189,28 @@ impl NoisySpread {
     }
 }
 
-impl Circuit {
-    /// Runs the noisy simulator `runs` times and records the spread of its outputs.
-    pub fn noisy_spread(
-        &self,
-        input: ArrayView3<i64>,
-        runs: usize,
-        rng: &mut impl Rng,
-    ) -> Result<NoisySpread, ModelError> {
-        let exact = self.simulate(input)?.class();
-        let n = self.output_len();
-        let mut spread = NoisySpread {
-            runs,
-            min: vec![f64::INFINITY; n],
-            max: vec![f64::NEG_INFINITY; n],
-            class_changes: 0,
-        };
-        for _ in 0..runs {
-            let p = self.simulate_noisy(input, rng)?;
-            for (j, a) in p.accumulators.iter().enumerate() {
-                spread.min[j] = spread.min[j].min(*a);
-                spread.max[j] = spread.max[j].max(*a);
-            }
-            spread.class_changes += usize::from(p.class() != exact);
+/// Runs the noisy simulator `runs` times on one input and records the spread of its outputs.
+pub fn spread(
+    circuit: &Circuit,
+    input: ArrayView3<i64>,
+    runs: usize,
+    rng: &mut impl Rng,
+) -> Result<NoisySpread, ModelError> {
+    let exact_class = exact(circuit, input)?.class();
+    let n = circuit.output_len();
+    let mut spread = NoisySpread {
+        runs,
+        min: vec![f64::INFINITY; n],
+        max: vec![f64::NEG_INFINITY; n],
+        class_changes: 0,
+    };
+    for _ in 0..runs {
+        let p = noisy(circuit, input, rng)?;
+        for (j, a) in p.accumulators.iter().enumerate() {
+            spread.min[j] = spread.min[j].min(*a);
+            spread.max[j] = spread.max[j].max(*a);
         }
-        Ok(spread)
+        spread.class_changes += usize::from(p.class() != exact_class);
     }
+    Ok(spread)
 }

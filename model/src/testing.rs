@@ -1,12 +1,12 @@
 //! A tiny network and parameter set, for doc-tests and tests: small enough to read, and
 //! compiled exactly as any model is. Not part of the contract.
 
-use crate::activation::{Function, Granularity, Quantizer};
-use crate::compile::Circuit;
-use crate::format::{
-    Activation, CompiledModel, FheParameters, InputSpec, Intensity, Layer, OutputSpec,
+use crate::circuit::Circuit;
+use crate::file::CompiledModel;
+use crate::network::{
+    Activation, Function, Granularity, InputSpec, Intensity, Layer, Network, OutputSpec, Quantizer,
 };
-use crate::Network;
+use crate::parameters::FheParameters;
 
 /// Noise variances of the order of TFHE-rs's 2_2 parameter sets.
 pub fn test_fhe() -> FheParameters {
@@ -60,7 +60,7 @@ pub fn tiny_network() -> Network {
         output: OutputSpec {
             classes: vec!["normal".into(), "pneumonia".into()],
             logit_scale: 0.1,
-            logit_bound_log2: crate::compile::DEFAULT_LOGIT_BOUND_LOG2,
+            logit_bound_log2: crate::network::DEFAULT_LOGIT_BOUND_LOG2,
         },
     }
 }

@@ -1,13 +1,14 @@
 //! The client spec: the public part of a model holds nothing derived from the weights.
 
+use hexray_model::circuit::fit_logit_bound;
 use hexray_model::client_spec::ClientSpec;
-use hexray_model::format::Layer;
+use hexray_model::network::Layer;
 use hexray_model::testing::{test_fhe, tiny_network};
 use hexray_model::{compile, CompiledModel, ModelError};
 use serde_json::Value;
 
 fn spec_of(model: &CompiledModel) -> ClientSpec {
-    model.client_spec(&compile(&model.network, &model.fhe).unwrap())
+    ClientSpec::of(model, &compile(&model.network, &model.fhe).unwrap())
 }
 
 /// Every key of a JSON document, at any depth.
@@ -137,9 +138,9 @@ fn a_network_over_its_declared_logit_bound_is_refused_and_fit_declares_the_small
             hexray_model::CompileError::LogitRange { .. }
         ))
     ));
-    let circuit = network.fit_logit_bound(&test_fhe()).unwrap();
+    let circuit = fit_logit_bound(&mut network, &test_fhe()).unwrap();
     let bound = network.output.logit_bound_log2;
-    assert!(bound > hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2);
+    assert!(bound > hexray_model::network::DEFAULT_LOGIT_BOUND_LOG2);
     network.output.logit_bound_log2 = bound - 1;
     assert!(
         compile(&network, &test_fhe()).is_err(),
@@ -147,7 +148,7 @@ fn a_network_over_its_declared_logit_bound_is_refused_and_fit_declares_the_small
     );
     network.output.logit_bound_log2 = bound;
     let model = CompiledModel::build("m", "1", "d", network, test_fhe()).unwrap();
-    let spec = model.client_spec(&circuit);
+    let spec = ClientSpec::of(&model, &circuit);
     assert_eq!(spec.output_decoding.unit_log2, 63 - bound);
     assert_eq!(ClientSpec::from_json(&spec.to_json()).unwrap(), spec);
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use hexray_model::dicom::{self, DicomImage};
 use hexray_model::preprocess::{decode, preprocess};
+use hexray_model::simulate;
 use hexray_model::{CompiledModel, DicomError, PreprocessError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -389,8 +390,8 @@ fn chest_dicoms_give_the_model_what_their_pngs_give_it() {
             assert!(gap <= Some(1), "{dicom}: inputs differ by {gap:?}");
         }
         let (a, b) = (
-            circuit.simulate(from_dicom.view()).unwrap(),
-            circuit.simulate(from_png.view()).unwrap(),
+            simulate::exact(&circuit, from_dicom.view()).unwrap(),
+            simulate::exact(&circuit, from_png.view()).unwrap(),
         );
         assert_eq!(a.class(), b.class(), "{dicom}: {a:?} vs {b:?}");
     }
@@ -440,7 +441,7 @@ fn damaged_files_are_errors_not_panics() {
     assert!(matches!(dicom::read(&garbage), Err(DicomError::Parse(_))));
     // Through preprocessing, the DICOM error is what the caller sees.
     let spec =
-        hexray_model::format::InputSpec::square_8bit(28, hexray_model::format::Intensity::AsIs);
+        hexray_model::network::InputSpec::square_8bit(28, hexray_model::network::Intensity::AsIs);
     let err = preprocess(&sample("dicom/pydicom/rtplan.dcm"), &spec).unwrap_err();
     assert!(matches!(
         err,

@@ -1,8 +1,9 @@
 //! The model file: round trips, and every malformed file is refused with an error naming the
 //! field, never a panic.
 
-use hexray_model::activation::{Function, Granularity, Quantizer};
-use hexray_model::format::{Activation, InputSpec, Intensity, Layer, OutputSpec};
+use hexray_model::network::{Activation, InputSpec, Intensity, Layer, OutputSpec};
+use hexray_model::network::{Function, Granularity, Quantizer};
+use hexray_model::simulate;
 use hexray_model::testing::{test_fhe as fhe, tiny_network as tiny};
 use hexray_model::{CompileError, CompiledModel, ModelError, Network};
 use ndarray::Array3;
@@ -32,7 +33,7 @@ fn round_trip_preserves_the_model_and_its_circuit() {
     assert_eq!(circuit.bootstrap_count(), 8);
     assert_eq!(circuit.stages.len(), 2);
     let x = Array3::from_shape_fn((1, 4, 4), |(_, y, x)| (y * 60 + x * 5) as i64);
-    let p = circuit.simulate(x.view()).unwrap();
+    let p = simulate::exact(&circuit, x.view()).unwrap();
     assert_eq!(p.probabilities.len(), 2);
 }
 
@@ -88,7 +89,7 @@ fn exact_simulation_matches_integer_arithmetic_when_boxes_are_fine() {
                     .sum::<i64>()) as f64
         })
         .collect();
-    let got = circuit.simulate(x.view()).unwrap().accumulators;
+    let got = simulate::exact(&circuit, x.view()).unwrap().accumulators;
     for (g, e) in got.iter().zip(&expected) {
         assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
     }
@@ -120,8 +121,7 @@ fn simulated_noise_is_shared_by_outputs_that_read_the_same_ciphertexts() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (mut sums, mut differences) = (Vec::new(), Vec::new());
     for _ in 0..400 {
-        let a = circuit
-            .simulate_noisy(x.view(), &mut rng)
+        let a = simulate::noisy(&circuit, x.view(), &mut rng)
             .unwrap()
             .accumulators;
         sums.push(a[0] + a[1]);
@@ -278,7 +278,7 @@ fn truncated_random_and_oversized_files_are_errors() {
         let prefixed = [b"HEXRAY-MODEL 2\n".as_slice(), &noise].concat();
         assert!(CompiledModel::from_bytes(&prefixed).is_err());
     }
-    let huge = vec![b' '; hexray_model::format::MAX_MODEL_BYTES + 1];
+    let huge = vec![b' '; hexray_model::file::MAX_MODEL_BYTES + 1];
     assert!(matches!(
         CompiledModel::from_bytes(&huge),
         Err(ModelError::TooLarge { .. })
@@ -319,7 +319,7 @@ fn range_analysis_refuses_a_model_crafted_to_overflow() {
         output: OutputSpec {
             classes: vec!["a".into(), "b".into()],
             logit_scale: 1.0,
-            logit_bound_log2: hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2,
+            logit_bound_log2: hexray_model::network::DEFAULT_LOGIT_BOUND_LOG2,
         },
     };
     match build(network) {

@@ -4,6 +4,7 @@ mod common;
 
 use hexray_crypto::{EncryptedImage, EncryptedOutput};
 use hexray_engine::{evaluate, evaluate_batch};
+use hexray_model::simulate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -34,14 +35,14 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
                 .unwrap();
         let encrypted = client.decrypt_prediction(circuit, &output).unwrap();
 
-        let exact = circuit.simulate(input.view()).unwrap();
-        let spread = circuit
-            .noisy_spread(
-                input.view(),
-                300,
-                &mut ChaCha8Rng::seed_from_u64(seed as u64),
-            )
-            .unwrap();
+        let exact = simulate::exact(circuit, input.view()).unwrap();
+        let spread = simulate::spread(
+            circuit,
+            input.view(),
+            300,
+            &mut ChaCha8Rng::seed_from_u64(seed as u64),
+        )
+        .unwrap();
         let width = spread
             .max
             .iter()

@@ -3,6 +3,7 @@
 
 mod common;
 
+use hexray_model::simulate;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -207,7 +208,7 @@ where
         // 6 standard deviations of the noisy runs' mean (a false alarm is a 1-in-10^9 event).
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let runs: Vec<_> = (0..200)
-            .map(|_| circuit.simulate_noisy(input.view(), &mut rng).unwrap())
+            .map(|_| simulate::noisy(circuit, input.view(), &mut rng).unwrap())
             .collect();
         for (k, &value) in decrypted.accumulators.iter().enumerate() {
             let mean = runs.iter().map(|r| r.accumulators[k]).sum::<f64>() / runs.len() as f64;
@@ -222,7 +223,7 @@ where
                 "{name}: output {k} is {value}, the simulator gives {mean} ± {sd}"
             );
         }
-        let exact = circuit.simulate(input.view()).unwrap();
+        let exact = simulate::exact(circuit, input.view()).unwrap();
         if runs.iter().all(|r| r.class() == exact.class()) {
             assert_eq!(decrypted.class(), exact.class(), "{name}");
         }

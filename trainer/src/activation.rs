@@ -8,8 +8,8 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use hexray_model::activation::Granularity;
-use hexray_model::format::Shape;
+use hexray_model::network::Granularity;
+use hexray_model::network::Shape;
 
 /// Least-squares fit of ReLU by c + b·z + a·z² for z ~ N(0, 1): with batch norm in front, the
 /// best starting point for replacing a ReLU.

@@ -10,7 +10,7 @@
 use std::io::Cursor;
 
 use burn::prelude::*;
-use hexray_model::format::InputSpec;
+use hexray_model::network::InputSpec;
 use hexray_model::preprocess::preprocess;
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::{self, FilterType};
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn full_resolution_copies_vary_repeatably_and_fit_the_input() {
-        let spec = InputSpec::square_8bit(28, hexray_model::format::Intensity::Equalize);
+        let spec = InputSpec::square_8bit(28, hexray_model::network::Intensity::Equalize);
         let image = GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * 9 + y * 3) as u8]));
         let copy = |seed| full_resolution_copy(&image, &spec, &mut ChaCha8Rng::seed_from_u64(seed));
         let first = copy(1).unwrap();

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use hexray_model::format::InputSpec;
+use hexray_model::network::InputSpec;
 use hexray_model::preprocess::{preprocess, preprocess_luma};
 use image::GrayImage;
 use ndarray::{Array2, Array3, Axis};

@@ -8,6 +8,7 @@ use hexray_crypto::{ClientKey, CryptoError};
 use hexray_engine::evaluate::{evaluate, EngineError};
 use hexray_engine::model::LoadError;
 use hexray_engine::LoadedModel;
+use hexray_model::simulate;
 use hexray_model::simulate::Prediction;
 use hexray_model::Diagnosis;
 use hexray_model::{Circuit, CompiledModel};
@@ -90,7 +91,7 @@ impl Calibration {
             let mut margins = Vec::with_capacity(CALIBRATION_DRAWS);
             let mut right = 0;
             for _ in 0..CALIBRATION_DRAWS {
-                let noisy = circuit.simulate_noisy(image, &mut rng)?;
+                let noisy = simulate::noisy(circuit, image, &mut rng)?;
                 margins.push(margin(&noisy));
                 right += usize::from(noisy.class() == label);
             }
@@ -151,7 +152,7 @@ pub fn run(
         wall += start.elapsed().as_secs_f64();
         bootstrap_cpu += stats.bootstrap_cpu.as_secs_f64();
         let prediction = client.decrypt_prediction(circuit, &output)?;
-        let exact = circuit.simulate(image.view())?;
+        let exact = simulate::exact(circuit, image.view())?;
         run.agree_with_simulator += usize::from(prediction.class() == exact.class());
         run.probabilities.push(prediction.probabilities.clone());
         scored.push((image.view(), test.labels[i], exact, prediction));
@@ -218,9 +219,9 @@ pub fn stability(
     let (mut borderline, mut simulated_flipping, mut simulated_spreads) =
         (Vec::new(), 0, Vec::new());
     for (i, image) in test.images.iter().enumerate() {
-        let exact = shown(&circuit.simulate(image.view())?).class;
+        let exact = shown(&simulate::exact(circuit, image.view())?).class;
         let draws = (0..BORDERLINE_DRAWS)
-            .map(|_| Ok(shown(&circuit.simulate_noisy(image.view(), &mut rng)?)))
+            .map(|_| Ok(shown(&simulate::noisy(circuit, image.view(), &mut rng)?)))
             .collect::<Result<Vec<_>, hexray_model::ModelError>>()?;
         if draws.iter().any(|d| d.class != exact) {
             borderline.push(i);
@@ -244,7 +245,7 @@ pub fn stability(
     let (mut flipping, mut unflagged, mut spreads) = (0, 0, Vec::new());
     for &i in &chosen {
         let image = test.images[i].view();
-        let exact = shown(&circuit.simulate(image)?).class;
+        let exact = shown(&simulate::exact(circuit, image)?).class;
         let mut classes = Vec::with_capacity(runs);
         let mut values = Vec::with_capacity(runs);
         for _ in 0..runs {

@@ -11,8 +11,8 @@
 use burn::prelude::*;
 use burn::tensor::module::{avg_pool2d, conv2d, linear};
 use burn::tensor::ops::AvgPoolOptions;
-use hexray_model::activation::{Function, Granularity, Quantizer};
-use hexray_model::format::{InputSpec, Layer, Network, OutputSpec, Shape};
+use hexray_model::network::{Function, Granularity, Quantizer};
+use hexray_model::network::{InputSpec, Layer, Network, OutputSpec, Shape};
 use hexray_model::Circuit;
 
 use crate::net::{conv_options, weight_scales, Net, Quantization};
@@ -26,7 +26,7 @@ pub struct IntegerBlock {
     pub pool: usize,
     pub shape: Shape,
     /// The activation exactly as the model file stores it.
-    pub activation: hexray_model::format::Activation,
+    pub activation: hexray_model::network::Activation,
 }
 
 /// The whole network on integers.
@@ -213,7 +213,7 @@ impl IntegerNet {
                 classes: self.classes.clone(),
                 logit_scale: self.logit_scale,
                 // Exporters then declare the smallest bound that fits: `fit_logit_bound`.
-                logit_bound_log2: hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2,
+                logit_bound_log2: hexray_model::network::DEFAULT_LOGIT_BOUND_LOG2,
             },
         }
     }
@@ -343,7 +343,7 @@ fn export_activation(
     layer: usize,
     channel_scales: &[f64],
     q: &Quantization,
-) -> hexray_model::format::Activation {
+) -> hexray_model::network::Activation {
     let shape = block.shape;
     let coefficients = block.activation.coefficients();
     let granularity = match block.activation.granularity {
@@ -359,7 +359,7 @@ fn export_activation(
                 .expect("every set has a neuron")
         })
         .collect();
-    hexray_model::format::Activation {
+    hexray_model::network::Activation {
         granularity,
         functions: first
             .iter()

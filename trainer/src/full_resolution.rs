@@ -10,8 +10,9 @@
 
 use std::path::Path;
 
-use hexray_model::format::InputSpec;
+use hexray_model::network::InputSpec;
 use hexray_model::preprocess::{decode, preprocess_luma};
+use hexray_model::simulate;
 use hexray_model::simulate::Prediction;
 use hexray_model::Circuit;
 use image::imageops::{self, FilterType};
@@ -59,7 +60,7 @@ pub fn check_file(
     let copy = preprocess_luma(medmnist_copy(&luma, spec.width.max(spec.height)), spec)
         .map_err(|e| e.to_string())?;
     let full = preprocess_luma(luma, spec).map_err(|e| e.to_string())?;
-    let simulate = |input: &ndarray::Array3<i64>| circuit.simulate(input.view());
+    let simulate = |input: &ndarray::Array3<i64>| simulate::exact(circuit, input.view());
     Ok((
         simulate(&full).map_err(|e| e.to_string())?,
         simulate(&copy).map_err(|e| e.to_string())?,

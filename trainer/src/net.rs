@@ -19,8 +19,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, conv2d, linear};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
-use hexray_model::activation::Granularity;
-use hexray_model::format::Shape;
+use hexray_model::network::Granularity;
+use hexray_model::network::Shape;
 use rand::{Rng, RngCore};
 use rand_distr::StandardNormal;
 
@@ -117,7 +117,7 @@ impl Quantization {
 }
 
 /// TFHE's noise, as the compiler predicts it, in real units, split by where it arises (see
-/// `hexray_model::compile`): what every input ciphertext of a stage carries, which the linear
+/// `hexray_model::circuit`): what every input ciphertext of a stage carries, which the linear
 /// layer carries on to all the neurons that read it, and what each bootstrap's switches add.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NoiseLevels {

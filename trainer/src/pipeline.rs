@@ -1,7 +1,10 @@
 //! The whole method, end to end: teacher, student, quantized student, model file, and the
 //! scores of each on a test set.
 
-use hexray_model::format::{FheParameters, InputSpec};
+use hexray_model::circuit::fit_logit_bound;
+use hexray_model::network::InputSpec;
+use hexray_model::simulate;
+use hexray_model::FheParameters;
 use hexray_model::{Circuit, CompiledModel, ModelError};
 use ndarray::Axis;
 use rand::SeedableRng;
@@ -87,7 +90,7 @@ pub fn train_and_compile(
                 config.classes.clone(),
             );
             let mut network = integer.network();
-            network.fit_logit_bound(&config.fhe)?;
+            fit_logit_bound(&mut network, &config.fhe)?;
             let model = CompiledModel::build(name, "1", description, network, config.fhe.clone())?;
             let (model, circuit) = CompiledModel::from_bytes(&model.to_bytes())?;
             Some((q, model, circuit))
@@ -159,15 +162,11 @@ pub fn score_circuit(
     let mut labels = Vec::with_capacity(test.len());
     for (image, &label) in test.images.iter().zip(&test.labels) {
         if draws == 0 {
-            probabilities.push(circuit.simulate(image.view())?.probabilities);
+            probabilities.push(simulate::exact(circuit, image.view())?.probabilities);
             labels.push(label);
         } else {
             for _ in 0..draws {
-                probabilities.push(
-                    circuit
-                        .simulate_noisy(image.view(), &mut rng)?
-                        .probabilities,
-                );
+                probabilities.push(simulate::noisy(circuit, image.view(), &mut rng)?.probabilities);
                 labels.push(label);
             }
         }
@@ -203,7 +202,7 @@ pub fn export_mismatches(
         );
         let trainer = integer.forward(tensor, circuit);
         for (image, mine) in chunk.iter().zip(trainer) {
-            let simulated = circuit.simulate(image.view())?.accumulators;
+            let simulated = simulate::exact(circuit, image.view())?.accumulators;
             let same = simulated
                 .iter()
                 .zip(&mine)

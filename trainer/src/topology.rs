@@ -12,7 +12,7 @@
 //! trainer quantizes and exports the composed map as that block's one dense layer, so the
 //! weight norm the noise depends on is the composed one (see `net::Hidden::front`).
 
-use hexray_model::format::{window_count, Shape};
+use hexray_model::network::{Shape, ShapeError};
 use serde::Serialize;
 
 /// One hidden block.
@@ -102,7 +102,7 @@ impl Topology {
     /// trailing `l` when it is linear (no activation).
     ///
     /// ```
-    /// use hexray_model::format::Shape;
+    /// use hexray_model::network::Shape;
     /// use hexray_trainer::topology::Topology;
     ///
     /// let input = Shape::Image { c: 1, h: 28, w: 28 };
@@ -237,61 +237,40 @@ impl Topology {
 
     /// Checks that every block fits the image it reads.
     pub fn check(&self, input: Shape) -> Result<(), TopologyError> {
-        let inputs = std::iter::once(input).chain(self.shapes(input));
-        for (block, shape) in self.blocks.iter().zip(inputs) {
-            if let (
-                Block::Conv {
-                    kernel,
-                    stride,
-                    padding,
-                    pool,
-                    ..
-                },
-                Shape::Image { h, w, .. },
-            ) = (*block, shape)
-            {
-                let fits = |size: usize| {
-                    size + 2 * padding >= kernel
-                        && window_count(size, kernel, stride, padding) >= pool
-                };
-                if !fits(h) || !fits(w) {
-                    return Err(TopologyError { spec: self.name.clone(), reason: format!("a {kernel}×{kernel} window pooled {pool}×{pool} does not fit a {h}×{w} input") });
-                }
-            }
-        }
-        Ok(())
+        self.try_shapes(input).map(drop).map_err(|e| TopologyError {
+            spec: self.name.clone(),
+            reason: e.to_string(),
+        })
     }
 
-    /// The shape each block outputs (after pooling), for an input of `input`.
+    /// The shape each block outputs (after pooling), for an input of `input`. Panics if a
+    /// block does not fit: call [`Topology::check`] first.
     pub fn shapes(&self, input: Shape) -> Vec<Shape> {
+        self.try_shapes(input)
+            .unwrap_or_else(|e| panic!("topology {} does not fit {input:?}: {e}", self.name))
+    }
+
+    /// Each block's output shape, by the contract's shape rule ([`Shape::windowed`]): a
+    /// convolution, then its pooling.
+    fn try_shapes(&self, input: Shape) -> Result<Vec<Shape>, ShapeError> {
         let mut shape = input;
         self.blocks
             .iter()
             .map(|block| {
-                shape = match (*block, shape) {
-                    (
-                        Block::Conv {
-                            channels,
-                            kernel,
-                            stride,
-                            padding,
-                            pool,
-                            ..
-                        },
-                        Shape::Image { h, w, .. },
-                    ) => {
-                        let out = |size| window_count(size, kernel, stride, padding) / pool;
-                        Shape::Image {
-                            c: channels,
-                            h: out(h),
-                            w: out(w),
-                        }
-                    }
-                    // Parsing refuses a convolution after a dense layer.
-                    (Block::Conv { .. }, Shape::Flat(n)) => Shape::Flat(n),
-                    (Block::Dense { outputs, .. }, _) => Shape::Flat(outputs),
+                shape = match *block {
+                    Block::Conv {
+                        channels,
+                        kernel,
+                        stride,
+                        padding,
+                        pool,
+                        ..
+                    } => shape
+                        .windowed(channels, kernel, stride, padding)?
+                        .windowed(channels, pool, pool, 0)?,
+                    Block::Dense { outputs, .. } => Shape::Flat(outputs),
                 };
-                shape
+                Ok(shape)
             })
             .collect()
     }

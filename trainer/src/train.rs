@@ -5,10 +5,12 @@
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
-use hexray_model::activation::Granularity;
-use hexray_model::compile::TORUS;
-use hexray_model::format::{FheParameters, InputSpec, Layer};
+use hexray_model::circuit::fit_logit_bound;
+use hexray_model::network::Granularity;
+use hexray_model::network::{InputSpec, Layer};
+use hexray_model::parameters::TORUS;
 use hexray_model::simulate::argmax;
+use hexray_model::FheParameters;
 use hexray_model::{Circuit, ModelError};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -268,7 +270,7 @@ pub fn train_teacher(
     let device = training_device();
     device.seed(settings.seed);
     let [c, h, w] = train.dims;
-    let input = hexray_model::format::Shape::Image { c, h, w };
+    let input = hexray_model::network::Shape::Image { c, h, w };
     let net =
         start.unwrap_or_else(|| Net::new(topology, input, classes, Granularity::Layer, &device));
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
@@ -468,7 +470,7 @@ pub fn noise_levels(
     fhe: &FheParameters,
 ) -> Result<(NoiseLevels, Circuit), ModelError> {
     let mut network = integer.network();
-    let circuit = network.fit_logit_bound(fhe)?;
+    let circuit = fit_logit_bound(&mut network, fhe)?;
     let input_steps = std::iter::once(integer.input.scale)
         .chain(integer.blocks.iter().map(|b| b.activation.output.scale));
     let inputs = circuit

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hexray_model::format::{InputSpec, Intensity};
+use hexray_model::network::{InputSpec, Intensity};
 use hexray_model::preprocess::{preprocess, preprocess_luma};
 use hexray_trainer::data::{folds, hold_out, load_folder, load_npz, shared_patients};
 use image::GrayImage;

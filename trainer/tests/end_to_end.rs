@@ -8,8 +8,9 @@ use burn::prelude::*;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
-use hexray_model::activation::Granularity;
-use hexray_model::format::{InputSpec, Intensity, Layer, Shape};
+use hexray_model::network::Granularity;
+use hexray_model::network::{InputSpec, Intensity, Layer, Shape};
+use hexray_model::simulate;
 use hexray_model::CompiledModel;
 use hexray_trainer::data::{load_npz, Dataset};
 use hexray_trainer::export::IntegerNet;
@@ -163,8 +164,7 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
     let trained: Vec<f64> = logits.chunks(2).map(|l| (l[1] - l[0]) as f64).collect();
     let simulated: Vec<f64> = (0..draws)
         .map(|_| {
-            let l = circuit
-                .simulate_noisy(test.images[image].view(), &mut rng)
+            let l = simulate::noisy(&circuit, test.images[image].view(), &mut rng)
                 .unwrap()
                 .logits;
             l[1] - l[0]

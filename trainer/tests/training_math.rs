@@ -2,8 +2,8 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use hexray_model::activation::Granularity;
-use hexray_model::format::Shape;
+use hexray_model::network::Granularity;
+use hexray_model::network::Shape;
 use hexray_trainer::activation::{Quadratic, RELU_FIT};
 use hexray_trainer::loss::{cross_entropy, Distillation};
 

@@ -20,7 +20,7 @@ const NATIVE: &str = include_str!("fixtures/covid-1.preprocessed.txt");
 /// The bundled model's client spec, as the server sends it.
 fn spec() -> Vec<u8> {
     let (model, circuit) = CompiledModel::from_bytes(MODEL).unwrap();
-    model.client_spec(&circuit).to_json()
+    ClientSpec::of(&model, &circuit).to_json()
 }
 
 fn ok<T>(result: Result<T, JsError>) -> T {

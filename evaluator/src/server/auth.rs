@@ -12,7 +12,7 @@ use std::path::Path;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
-use hexray_model::client_spec::hex;
+use hexray_model::file::hex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use thiserror::Error;

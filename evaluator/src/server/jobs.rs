@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hexray_crypto::{frames, EncryptedImage};
-use hexray_model::client_spec::hex;
+use hexray_model::file::hex;
 use rand::RngCore;
 use serde::Serialize;
 

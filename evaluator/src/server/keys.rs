@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hexray_crypto::{CompressedServerKey, ParameterSet, ServerKey};
-use hexray_model::client_spec::hex;
+use hexray_model::file::hex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 

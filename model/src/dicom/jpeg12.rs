@@ -539,6 +539,7 @@ impl<'a> Decoder<'a> {
             return Err(DicomError::Size {
                 width: u32::from(width),
                 height: u32::from(height),
+                limit: MAX_PIXELS,
             });
         }
         if ![1, 3].contains(&count) {

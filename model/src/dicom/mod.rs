@@ -137,6 +137,7 @@ pub fn read(bytes: &[u8]) -> Result<DicomImage, DicomError> {
         return Err(DicomError::Size {
             width: geometry.columns,
             height: geometry.rows,
+            limit: MAX_PIXELS,
         });
     }
     if ![8, 16].contains(&geometry.bits_allocated) {

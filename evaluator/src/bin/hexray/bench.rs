@@ -16,6 +16,7 @@ use hexray_crypto::{ClientKey, EncryptedImage, ParameterSet, ServerKey};
 use hexray_engine::evaluate::{bootstrap, lookup_table};
 use hexray_engine::{evaluate, LoadedModel};
 use hexray_model::preprocess::preprocess;
+use hexray_model::simulate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -146,13 +147,13 @@ pub fn bench(args: Args) -> Result<()> {
         let runs = 200;
         let t = Instant::now();
         for _ in 0..runs {
-            circuit.simulate(input.view())?;
+            simulate::exact(circuit, input.view())?;
         }
         let exact = runs as f64 / t.elapsed().as_secs_f64();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let t = Instant::now();
         for _ in 0..runs {
-            circuit.simulate_noisy(input.view(), &mut rng)?;
+            simulate::noisy(circuit, input.view(), &mut rng)?;
         }
         let noisy = runs as f64 / t.elapsed().as_secs_f64();
         println!("{:<14} {exact:>22.0} {noisy:>22.0}", loaded.model.name);

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use hexray_model::format::InputSpec;
+use hexray_model::network::InputSpec;
 use hexray_model::preprocess::{decode, preprocess_luma};
 use ndarray::Array3;
 

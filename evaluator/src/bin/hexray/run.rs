@@ -1,6 +1,7 @@
 //! `hexray run`: the whole encrypted pipeline on one machine, phase by phase, exactly as the
 //! client and the server split it (every blob crosses the "network" as bytes).
 
+use hexray_model::simulate;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -68,8 +69,9 @@ pub fn run(args: ImageArgs) -> Result<()> {
     // The model owner's view of the same output, to compare with the simulator.
     let prediction = client.decrypt_prediction(circuit, &output)?;
 
-    let exact = circuit.simulate(input.view())?;
-    let spread = circuit.noisy_spread(
+    let exact = simulate::exact(circuit, input.view())?;
+    let spread = simulate::spread(
+        circuit,
         input.view(),
         args.noisy_runs,
         &mut ChaCha8Rng::seed_from_u64(1),

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use hexray_engine::LoadedModel;
+use hexray_model::simulate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -14,11 +15,11 @@ pub fn simulate(args: ImageArgs) -> Result<()> {
     let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
     let circuit = &loaded.circuit;
     let input = read_image(&args.image, &loaded.model.network.input)?;
-    let exact = circuit.simulate(input.view())?;
+    let exact = simulate::exact(circuit, input.view())?;
     let classes = circuit.classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let runs = (0..args.noisy_runs.max(2))
-        .map(|_| circuit.simulate_noisy(input.view(), &mut rng))
+        .map(|_| simulate::noisy(circuit, input.view(), &mut rng))
         .collect::<Result<Vec<_>, _>>()?;
     let mut votes = vec![0usize; classes];
     for run in &runs {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use hexray_model::activation::Granularity;
+use hexray_model::network::Granularity;
 use hexray_trainer::net::{ActivationMode, Net};
 use hexray_trainer::pipeline::{score_circuit, score_float, teacher, train_and_compile, Config};
 use hexray_trainer::report::{seed_table, SeedRow};

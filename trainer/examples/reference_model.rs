@@ -9,23 +9,20 @@
 //!   requantized to 4 unsigned bits, clipped at the 99.5th percentile.
 //! - The output layer is a ridge regression of the label on the last hidden integers.
 //!
-//! Usage: `cargo run --release -p hexray-evaluator --example reference_model -- \
+//! Usage: `cargo run --release -p hexray-trainer --example reference_model -- \
 //!         a|b ../shared/data/pneumoniamnist.npz models/reference-a.hexray`
 
-use std::fs::File;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
-use hexray_model::activation::{Function, Granularity, Quantizer};
-use hexray_model::format::{
-    window_count, Activation, InputSpec, Intensity, Layer, OutputSpec, Shape,
-};
-use hexray_model::linear::{self, Affine};
-use hexray_model::preprocess::preprocess_luma;
+use hexray_model::circuit::linear::{self, Affine};
+use hexray_model::network::{Activation, InputSpec, Intensity, Layer, OutputSpec, Shape};
+use hexray_model::network::{Function, Granularity, Quantizer};
+use hexray_model::simulate;
 use hexray_model::{CompiledModel, Network};
-use image::GrayImage;
-use ndarray::{Array2, Array3, Axis};
-use ndarray_npy::NpzReader;
+use hexray_trainer::data::{load_npz, Dataset};
+use ndarray::{Array2, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -41,8 +38,8 @@ fn main() -> Result<()> {
         bail!("usage: reference_model a|b DATASET.npz OUT.hexray");
     };
     let input = InputSpec::square_8bit(28, Intensity::AsIs);
-    let (train, train_y) = load(data, "train", &input)?;
-    let (test, test_y) = load(data, "test", &input)?;
+    let train = load_npz(Path::new(data), "train", &input)?;
+    let test = load_npz(Path::new(data), "test", &input)?;
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
 
     // Hidden linear layers, each followed by an activation; the output layer is fitted last.
@@ -66,14 +63,15 @@ fn main() -> Result<()> {
         let mut forms = Affine::identity(shape.len());
         let mut stage_layers = Vec::new();
         for mut layer in stage {
+            let next = layer.output_shape(shape)?;
             forms = linear::apply(
                 layers.len() + stage_layers.len(),
                 &layer,
-                shape,
+                (shape, next),
                 &forms,
                 x_train.ncols(),
             )?;
-            shape = next_shape(&layer, shape);
+            shape = next;
             if let Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. } = &mut layer {
                 bias.iter_mut().for_each(|b| *b = 0);
             }
@@ -92,7 +90,7 @@ fn main() -> Result<()> {
         x_train = apply_activation(&activation, &acc);
         layers.push(Layer::Activation(activation));
     }
-    let (weights, bias, logit_scale) = fit_output(&x_train, &train_y);
+    let (weights, bias, logit_scale) = fit_output(&x_train, &train.labels);
     layers.push(Layer::Dense {
         inputs: x_train.ncols() as u32,
         outputs: 2,
@@ -106,7 +104,7 @@ fn main() -> Result<()> {
         output: OutputSpec {
             classes: vec!["normal".into(), "pneumonia".into()],
             logit_scale,
-            logit_bound_log2: hexray_model::compile::DEFAULT_LOGIT_BOUND_LOG2,
+            logit_bound_log2: hexray_model::network::DEFAULT_LOGIT_BOUND_LOG2,
         },
     };
     let model = CompiledModel::build(
@@ -115,7 +113,7 @@ fn main() -> Result<()> {
         &format!(
             "Reference topology ({topology}) for engine tests: random integer features, per-element \
              quadratic activations fitted to ReLU, ridge-regression output. Fitted on PneumoniaMNIST \
-             (CC BY 4.0) by evaluator/examples/reference_model.rs."
+             (CC BY 4.0) by trainer/examples/reference_model.rs."
         ),
         network,
         DEFAULT_PARAMETER_SET.fhe_parameters(),
@@ -123,11 +121,11 @@ fn main() -> Result<()> {
     let (_, circuit) = CompiledModel::from_bytes(&model.to_bytes())?;
     let mut noise = ChaCha8Rng::seed_from_u64(7);
     let (mut exact, mut noisy) = (0, 0);
-    for (img, &y) in test.axis_iter(Axis(0)).zip(&test_y) {
-        exact += usize::from(circuit.simulate(img.view())?.class() == y);
-        noisy += usize::from(circuit.simulate_noisy(img.view(), &mut noise)?.class() == y);
+    for (img, &y) in test.images.iter().zip(&test.labels) {
+        exact += usize::from(simulate::exact(&circuit, img.view())?.class() == y);
+        noisy += usize::from(simulate::noisy(&circuit, img.view(), &mut noise)?.class() == y);
     }
-    let n = test_y.len() as f64;
+    let n = test.len() as f64;
     println!(
         "reference-{topology}: {} bootstraps, test accuracy {:.3} exact, {:.3} noisy simulation",
         circuit.bootstrap_count(),
@@ -138,33 +136,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Images as preprocessed tensors `[n][1][28][28]` flattened per image, and labels.
-fn load(path: &str, split: &str, spec: &InputSpec) -> Result<(ndarray::Array4<i64>, Vec<usize>)> {
-    let mut npz = NpzReader::new(File::open(path).with_context(|| format!("opening {path}"))?)?;
-    let images: Array3<u8> = npz.by_name(&format!("{split}_images"))?;
-    let labels: Array2<u8> = npz.by_name(&format!("{split}_labels"))?;
-    let tensors: Vec<Array3<i64>> = images
-        .axis_iter(Axis(0))
-        .map(|img| {
-            let (h, w) = img.dim();
-            let luma =
-                GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect()).unwrap();
-            preprocess_luma(luma, spec)
-        })
-        .collect::<Result<_, _>>()?;
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|t| t.view().insert_axis(Axis(0)))
-        .collect();
-    Ok((
-        ndarray::concatenate(Axis(0), &views)?,
-        labels.iter().map(|&l| l as usize).collect(),
-    ))
-}
-
-fn flatten(images: &ndarray::Array4<i64>) -> Array2<i64> {
-    let n = images.len_of(Axis(0));
-    images.to_shape((n, images.len() / n)).unwrap().to_owned()
+/// The images of `data` as one row of input integers each.
+fn flatten(data: &Dataset) -> Array2<i64> {
+    let width = data.images.first().map_or(0, |image| image.len());
+    Array2::from_shape_fn((data.len(), width), |(i, k)| {
+        data.images[i].as_slice().expect("standard layout")[k]
+    })
 }
 
 fn random_weights(rng: &mut ChaCha8Rng, n: usize) -> Vec<i32> {
@@ -191,31 +168,6 @@ fn dense(rng: &mut ChaCha8Rng, inputs: u32, outputs: u32) -> Layer {
         outputs,
         weights: random_weights(rng, (inputs * outputs) as usize),
         bias: vec![0; outputs as usize],
-    }
-}
-
-fn next_shape(layer: &Layer, shape: Shape) -> Shape {
-    match (layer, shape) {
-        (
-            Layer::Conv2d {
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                ..
-            },
-            Shape::Image { h, w, .. },
-        ) => {
-            let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
-            Shape::Image {
-                c: *out_channels as usize,
-                h: window_count(h, k, s, p),
-                w: window_count(w, k, s, p),
-            }
-        }
-        (Layer::Flatten, s) => Shape::Flat(s.len()),
-        (Layer::Dense { outputs, .. }, _) => Shape::Flat(*outputs as usize),
-        (l, _) => unreachable!("reference topologies do not use {l:?}"),
     }
 }
 

@@ -1,8 +1,10 @@
 //! Univariate activations and the quantizer that turns their real output into the next layer's
 //! integers. A bootstrap can apply any univariate function, so the trained polynomial, its
-//! requantization and its clipping all fold into one table (see [`crate::table`]).
+//! requantization and its clipping all fold into one table (see [`crate::circuit`]).
 
 use serde::{Deserialize, Serialize};
+
+use super::shape::Shape;
 
 /// Which neurons share one set of activation parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +16,26 @@ pub enum Granularity {
     Channel,
     /// One set per element: every neuron has its own (Zhang et al.).
     Element,
+}
+
+impl Granularity {
+    /// How many coefficient sets an activation over `shape` carries.
+    pub fn count(self, shape: Shape) -> usize {
+        match self {
+            Granularity::Layer => 1,
+            Granularity::Channel => shape.channels(),
+            Granularity::Element => shape.len(),
+        }
+    }
+
+    /// Which coefficient set neuron `index` of `shape` uses.
+    pub fn index(self, shape: Shape, index: usize) -> usize {
+        match self {
+            Granularity::Layer => 0,
+            Granularity::Channel => shape.channel_of(index),
+            Granularity::Element => index,
+        }
+    }
 }
 
 /// A trained univariate activation.

@@ -6,7 +6,7 @@
 //! simulator and the range analysis one representation to agree on.
 
 use crate::error::CompileError;
-use crate::format::{window_count, Layer, Shape};
+use crate::network::{Layer, Shape};
 
 /// `bias + Σ weight·input[index]` over the inputs of a stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,18 +107,19 @@ impl Merger {
     }
 }
 
-/// Applies linear `layer` (index `layer_index`, input `shape`) to the current forms.
+/// Applies linear `layer` (index `layer_index`) to the current forms, one per element of its
+/// `input` shape, giving one per element of its `output` shape ([`Layer::output_shape`]).
 ///
 /// Panics if `layer` is an activation: stages are split at activations before this is called.
 pub fn apply(
     layer_index: usize,
     layer: &Layer,
-    shape: Shape,
+    (input, output): (Shape, Shape),
     forms: &[Affine],
     stage_inputs: usize,
 ) -> Result<Vec<Affine>, CompileError> {
     let mut merger = Merger::new(stage_inputs, layer_index);
-    match (layer, shape) {
+    match (layer, input, output) {
         (
             Layer::Conv2d {
                 out_channels,
@@ -130,9 +131,9 @@ pub fn apply(
                 ..
             },
             Shape::Image { c, h, w },
+            Shape::Image { h: oh, w: ow, .. },
         ) => {
             let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
-            let (oh, ow) = (window_count(h, k, s, p), window_count(w, k, s, p));
             let mut out = Vec::with_capacity(*out_channels as usize * oh * ow);
             for (o, &b) in bias.iter().enumerate().take(*out_channels as usize) {
                 for y in 0..oh {
@@ -154,9 +155,12 @@ pub fn apply(
             }
             Ok(out)
         }
-        (Layer::AvgPool { size, stride }, Shape::Image { c, h, w }) => {
+        (
+            Layer::AvgPool { size, stride },
+            Shape::Image { c, h, w },
+            Shape::Image { h: oh, w: ow, .. },
+        ) => {
             let (k, s) = (*size as usize, *stride as usize);
-            let (oh, ow) = (window_count(h, k, s, 0), window_count(w, k, s, 0));
             let mut out = Vec::with_capacity(c * oh * ow);
             for ch in 0..c {
                 for y in 0..oh {
@@ -170,7 +174,7 @@ pub fn apply(
             }
             Ok(out)
         }
-        (Layer::Flatten, _) => Ok(forms.to_vec()),
+        (Layer::Flatten, _, _) => Ok(forms.to_vec()),
         (
             Layer::Dense {
                 inputs,
@@ -178,6 +182,7 @@ pub fn apply(
                 weights,
                 bias,
             },
+            _,
             _,
         ) => {
             let n = *inputs as usize;
@@ -188,7 +193,9 @@ pub fn apply(
                 })
                 .collect()
         }
-        (layer, shape) => unreachable!("validated network cannot apply {layer:?} to {shape:?}"),
+        (layer, input, _) => {
+            unreachable!("validated network cannot apply {layer:?} to {input:?}")
+        }
     }
 }
 
@@ -196,25 +203,25 @@ pub fn apply(
 mod tests {
     use super::*;
 
+    /// `layer`'s input and output shapes, by the contract's one shape rule.
+    fn shapes(layer: &Layer, input: Shape) -> (Shape, Shape) {
+        (input, layer.output_shape(input).unwrap())
+    }
+
     #[test]
     fn dense_after_pool_composes_weights() {
         // 1×2×2 image, pool 2×2 → one value = sum of the four; then dense ×3 + 1.
         let forms = Affine::identity(4);
-        let pooled = apply(
-            0,
-            &Layer::AvgPool { size: 2, stride: 2 },
-            Shape::Image { c: 1, h: 2, w: 2 },
-            &forms,
-            4,
-        )
-        .unwrap();
+        let pool = Layer::AvgPool { size: 2, stride: 2 };
+        let image = Shape::Image { c: 1, h: 2, w: 2 };
+        let pooled = apply(0, &pool, shapes(&pool, image), &forms, 4).unwrap();
         let dense = Layer::Dense {
             inputs: 1,
             outputs: 1,
             weights: vec![3],
             bias: vec![1],
         };
-        let out = apply(1, &dense, Shape::Flat(1), &pooled, 4).unwrap();
+        let out = apply(1, &dense, shapes(&dense, Shape::Flat(1)), &pooled, 4).unwrap();
         assert_eq!(
             out,
             vec![Affine {
@@ -235,14 +242,8 @@ mod tests {
             weights: (1..=9).collect(),
             bias: vec![5],
         };
-        let out = apply(
-            0,
-            &conv,
-            Shape::Image { c: 1, h: 2, w: 2 },
-            &Affine::identity(4),
-            4,
-        )
-        .unwrap();
+        let image = Shape::Image { c: 1, h: 2, w: 2 };
+        let out = apply(0, &conv, shapes(&conv, image), &Affine::identity(4), 4).unwrap();
         // Top-left output sees kernel taps (1,1),(1,2),(2,1),(2,2) = weights 5,6,8,9.
         assert_eq!(
             out[0],
@@ -265,7 +266,7 @@ mod tests {
             terms: vec![(0, i64::MAX / 2)],
             bias: 0,
         }];
-        let err = apply(7, &dense, Shape::Flat(1), &big, 1).unwrap_err();
+        let err = apply(7, &dense, shapes(&dense, Shape::Flat(1)), &big, 1).unwrap_err();
         assert!(matches!(err, CompileError::Overflow { layer: 7, .. }));
     }
 }

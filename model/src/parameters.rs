@@ -1,0 +1,84 @@
+//! The TFHE parameter set as the plain numbers the compiler, the simulator and the trainer
+//! need: none of them links TFHE-rs, so the noise a parameter set adds reaches them here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+/// The 64-bit torus's size, 2^64: torus fractions times this are phases.
+pub const TORUS: f64 = 18_446_744_073_709_551_616.0;
+
+/// The TFHE parameter set a model was compiled for, as the numbers the compiler needs.
+///
+/// Variances are of the torus normalised to [0, 1). They come from TFHE-rs's noise formulas
+/// (see the `hexray-crypto` crate) and are recorded so that the simulator and the trainer, which
+/// do not link TFHE-rs, see exactly what the compiler saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FheParameters {
+    /// The TFHE-rs parameter set's name; keys and ciphertexts must carry the same name.
+    pub name: String,
+    /// GLWE polynomial size N: the bootstrap reads 2N positions of the torus, N of them in the
+    /// half torus that the padding bit leaves.
+    pub polynomial_size: u32,
+    /// Noise of a freshly encrypted input.
+    pub fresh_variance: f64,
+    /// Noise of a bootstrap's output.
+    pub bootstrap_variance: f64,
+    /// Noise the keyswitch adds before a bootstrap.
+    pub keyswitch_variance: f64,
+    /// Noise the (centred) modulus switch adds before a bootstrap, excluding the rounding of the
+    /// body, which the simulator models exactly.
+    pub modulus_switch_variance: f64,
+}
+
+/// Bits each value of an output ciphertext keeps on its way back to the client. The server
+/// keyswitches every output accumulator to the bootstrap's small LWE key and switches its
+/// modulus to 2^16 (`hexray_crypto::EncryptedOutput::compress`): 1.8 KB per class instead of
+/// the 16 KB of a big-key ciphertext, for noise well under the output's own.
+pub const OUTPUT_LOG_MODULUS: u32 = 16;
+
+impl FheParameters {
+    /// Noise the output compression adds to each output phase: the keyswitch, plus the centred
+    /// modulus switch to 2^[`OUTPUT_LOG_MODULUS`]. The switch's mask rounding is
+    /// `modulus_switch_variance` (a switch to 2N) scaled by the square of the coarser step
+    /// (2N / 2^16); its body rounding, uniform over one step, is 2^-32 / 12.
+    ///
+    /// ```
+    /// # let (_, circuit) = hexray_model::testing::tiny_model();
+    /// # let fhe = hexray_model::testing::test_fhe();
+    /// // Compression noise is in the output stage's noise, which the simulator draws.
+    /// let output = circuit.stages.last().unwrap();
+    /// assert_eq!(output.switch_sigma, fhe.output_compression_variance().sqrt());
+    /// ```
+    pub fn output_compression_variance(&self) -> f64 {
+        let step = 2.0 * f64::from(self.polynomial_size) / 2f64.powi(OUTPUT_LOG_MODULUS as i32);
+        let body = 2f64.powi(-2 * OUTPUT_LOG_MODULUS as i32) / 12.0;
+        self.keyswitch_variance + self.modulus_switch_variance * step * step + body
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
+        if !self.polynomial_size.is_power_of_two()
+            || !(256..=1 << 16).contains(&self.polynomial_size)
+        {
+            return Err(ModelError::field(
+                "fhe.polynomial_size",
+                "must be a power of two between 256 and 65536",
+            ));
+        }
+        for (field, v) in [
+            ("fhe.fresh_variance", self.fresh_variance),
+            ("fhe.bootstrap_variance", self.bootstrap_variance),
+            ("fhe.keyswitch_variance", self.keyswitch_variance),
+            ("fhe.modulus_switch_variance", self.modulus_switch_variance),
+        ] {
+            if !(v.is_finite() && (0.0..0.25).contains(&v)) {
+                return Err(ModelError::field(
+                    field,
+                    "must be a finite variance in [0, 0.25)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
