@@ -93,7 +93,7 @@ impl ClientKey {
     ) -> Result<EncryptedImage, CryptoError> {
         spec.input.check(input)?;
         let set = self.parameter_set();
-        check_set("model", set, ParameterSet::from_name(&spec.parameter_set)?)?;
+        set.require("model", &spec.parameter_set)?;
         let delta = spec.input_delta();
         let plaintexts: Vec<u64> = input
             .iter()
@@ -186,7 +186,8 @@ impl ClientKey {
         count: usize,
         output: &EncryptedOutput,
     ) -> Result<Vec<u64>, CryptoError> {
-        check_set("encrypted output", self.parameter_set(), output.set)?;
+        self.parameter_set()
+            .require("encrypted output", output.set.name())?;
         check_count("encrypted output", count, output.len())?;
         let key = self.small_key();
         let bits = OUTPUT_LOG_MODULUS;
@@ -227,17 +228,18 @@ impl EncryptedImage {
     }
 
     /// Serializes the seeded ciphertexts (bodies and seed) for upload, with their parameter set.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CryptoError> {
         let envelope = ImageEnvelope {
             parameter_set: self.set.name().to_owned(),
             ciphertexts: self.ciphertexts.clone(),
         };
-        envelope::to_bytes(&envelope, IMAGE_LIMIT)
+        envelope::to_bytes(&envelope, IMAGE_LIMIT, "encrypted image")
     }
 
     /// The size of an encrypted image of `inputs` values once serialized: what a job body
-    /// holds per image, so a server can bound bodies by the models it serves.
-    pub fn serialized_size(set: ParameterSet, inputs: usize) -> usize {
+    /// holds per image, so a server can bound bodies by the models it serves. An error for more
+    /// inputs than any valid model reads.
+    pub fn serialized_size(set: ParameterSet, inputs: usize) -> Result<usize, CryptoError> {
         let ciphertexts = SeededLweCiphertextList::new(
             0u64,
             set.big_lwe_dimension().to_lwe_size(),
@@ -245,7 +247,7 @@ impl EncryptedImage {
             Seed(0).into(),
             CiphertextModulus::new_native(),
         );
-        EncryptedImage { set, ciphertexts }.to_bytes().len()
+        Ok(EncryptedImage { set, ciphertexts }.to_bytes()?.len())
     }
 
     /// Reads an upload and checks it against the parameter set and input size it must have.
@@ -284,7 +286,7 @@ impl EncryptedOutput {
     /// only be read back through a bootstrap.
     pub fn compress(key: &ServerKey, accumulators: &LweCiphertextListOwned<u64>) -> Self {
         let mut values = Vec::new();
-        match &key.inner.atomic_pattern {
+        match &key.tfhe().atomic_pattern {
             AtomicPatternServerKey::Standard(ap) => {
                 let ksk = &ap.key_switching_key;
                 let mut small =
@@ -324,12 +326,12 @@ impl EncryptedOutput {
     }
 
     /// Serializes the packed outputs, with their parameter set, for the trip to the client.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CryptoError> {
         let envelope = OutputEnvelope {
             parameter_set: self.set.name().to_owned(),
             ciphertexts: self.packed.clone(),
         };
-        envelope::to_bytes(&envelope, OUTPUT_LIMIT)
+        envelope::to_bytes(&envelope, OUTPUT_LIMIT, "encrypted output")
     }
 
     /// Reads the server's answer and checks it against the parameter set and number of
@@ -344,7 +346,7 @@ impl EncryptedOutput {
             parameter_set,
             ciphertexts: packed,
         } = envelope::from_bytes(bytes, OUTPUT_LIMIT, WHAT)?;
-        check_set_name(WHAT, set, &parameter_set)?;
+        set.require(WHAT, &parameter_set)?;
         let per_output = set.small_lwe_dimension().to_lwe_size().0;
         let values = packed.initial_len();
         // Conformance: the declared length matches the packed words, so unpacking stays in
@@ -391,27 +393,6 @@ fn push_switched<S: UnsignedInteger + CastInto<u64>>(
     values.push(switched.body());
 }
 
-fn check_set(
-    what: &'static str,
-    expected: ParameterSet,
-    found: ParameterSet,
-) -> Result<(), CryptoError> {
-    check_set_name(what, expected, found.name())
-}
-
-/// Checks the parameter set name a received blob carries.
-fn check_set_name(what: &'static str, set: ParameterSet, found: &str) -> Result<(), CryptoError> {
-    if set.name() == found {
-        Ok(())
-    } else {
-        Err(CryptoError::ParameterMismatch {
-            what,
-            expected: set.name().into(),
-            found: found.chars().take(80).collect(),
-        })
-    }
-}
-
 /// What a received ciphertext list claims to be, to check before computing on it.
 struct Received<'a> {
     what: &'static str,
@@ -423,7 +404,7 @@ struct Received<'a> {
 
 impl Received<'_> {
     fn check(&self, set: ParameterSet, expected_len: usize) -> Result<(), CryptoError> {
-        check_set_name(self.what, set, self.parameter_set)?;
+        set.require(self.what, self.parameter_set)?;
         if self.lwe_size != set.big_lwe_dimension().to_lwe_size()
             || !self.modulus.is_native_modulus()
         {
@@ -485,7 +466,7 @@ mod tests {
                 &mut generator,
             );
             let output = EncryptedOutput::compress(&server, &list);
-            let bytes = output.to_bytes();
+            let bytes = output.to_bytes().unwrap();
             let per_class = (set.small_lwe_dimension().0 + 1) * OUTPUT_LOG_MODULUS as usize / 8;
             assert!(
                 bytes.len() <= phases.len() * per_class + 200,
@@ -529,7 +510,9 @@ mod tests {
                     ciphertexts: packed,
                 },
                 OUTPUT_LIMIT,
+                "encrypted output",
             )
+            .unwrap()
         };
         assert!(EncryptedOutput::from_bytes(&envelope(2 * n, 16), set, 2).is_ok());
         for (bytes, why) in [

@@ -80,11 +80,19 @@ impl Named for OutputEnvelope {
     const NAME: &'static str = "hexray::CompressedOutput";
 }
 
-/// Serialises an envelope; `limit` is the same bound the reader enforces.
-pub(crate) fn to_bytes<T: Serialize + Versionize + Named>(value: &T, limit: u64) -> Vec<u8> {
+/// Serialises an envelope; `limit` is the same bound the reader enforces, so a blob too large
+/// for any reader is refused here, in words, rather than written and then refused.
+pub(crate) fn to_bytes<T: Serialize + Versionize + Named>(
+    value: &T,
+    limit: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, CryptoError> {
     let mut out = Vec::new();
-    safe_serialize(value, &mut out, limit).expect("HEXray's own blobs stay within their limits");
-    out
+    safe_serialize(value, &mut out, limit).map_err(|e| CryptoError::Serialize {
+        what,
+        reason: e.to_string(),
+    })?;
+    Ok(out)
 }
 
 /// Reads an envelope, refusing more than `limit` bytes before allocating them.

@@ -13,6 +13,14 @@ pub enum CryptoError {
         /// The size limit exceeded, or TFHE-rs's error message.
         reason: String,
     },
+    /// A blob would be over the size limit its reader enforces, so it is not written.
+    #[error("cannot write {what}: {reason}")]
+    Serialize {
+        /// The kind of blob, e.g. "encrypted image".
+        what: &'static str,
+        /// The size limit exceeded, or TFHE-rs's error message.
+        reason: String,
+    },
     /// A key, ciphertext or model belongs to another (or an unsupported) parameter set.
     #[error("{what} uses TFHE parameter set `{found}`, but `{expected}` is required")]
     ParameterMismatch {

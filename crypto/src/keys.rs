@@ -39,8 +39,7 @@ pub struct CompressedServerKey {
 
 /// Evaluation keys ready to bootstrap.
 pub struct ServerKey {
-    /// The TFHE-rs key, for the engine's bootstraps and keyswitches.
-    pub inner: shortint::ServerKey,
+    inner: shortint::ServerKey,
     set: ParameterSet,
 }
 
@@ -84,8 +83,12 @@ impl ClientKey {
     }
 
     /// Serializes the key with TFHE-rs's safe serialization, to store on the client.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        envelope::to_bytes(&ClientKeyEnvelope(self.inner.clone()), CLIENT_KEY_LIMIT)
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CryptoError> {
+        envelope::to_bytes(
+            &ClientKeyEnvelope(self.inner.clone()),
+            CLIENT_KEY_LIMIT,
+            "client key",
+        )
     }
 
     /// Reads a stored client key, refusing one over [`CLIENT_KEY_LIMIT`] bytes, of an
@@ -136,7 +139,10 @@ impl CompressedServerKey {
             .expect("every set is in ALL");
         *SIZES[slot].get_or_init(|| {
             let (_, server) = ClientKey::generate_deterministic(set, 0);
-            server.to_bytes().len()
+            server
+                .to_bytes()
+                .expect("a supported set's key is within the key limit, which is sized from it")
+                .len()
         })
     }
 
@@ -150,10 +156,11 @@ impl CompressedServerKey {
     }
 
     /// Serializes the key for upload; at most [`COMPRESSED_SERVER_KEY_LIMIT`] bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CryptoError> {
         envelope::to_bytes(
             &ServerKeyEnvelope(self.inner.clone()),
             COMPRESSED_SERVER_KEY_LIMIT,
+            "server key",
         )
     }
 
@@ -179,6 +186,12 @@ impl CompressedServerKey {
 }
 
 impl ServerKey {
+    /// The TFHE-rs key, read-only, for the engine's bootstraps and keyswitches: it stays the
+    /// key of [`ServerKey::parameter_set`], which it was checked against when it was read.
+    pub fn tfhe(&self) -> &shortint::ServerKey {
+        &self.inner
+    }
+
     /// The parameter set of the compressed key this was expanded from.
     pub fn parameter_set(&self) -> ParameterSet {
         self.set
@@ -201,13 +214,23 @@ mod tests {
     #[test]
     fn keys_of_an_unsupported_parameter_set_are_refused() {
         let foreign = shortint::ClientKey::new(V1_8_PARAM_MESSAGE_1_CARRY_1_KS_PBS_TUNIFORM_2M128);
-        let client = envelope::to_bytes(&ClientKeyEnvelope(foreign.clone()), CLIENT_KEY_LIMIT);
+        let client = envelope::to_bytes(
+            &ClientKeyEnvelope(foreign.clone()),
+            CLIENT_KEY_LIMIT,
+            "client key",
+        )
+        .unwrap();
         assert!(matches!(
             ClientKey::from_bytes(&client),
             Err(CryptoError::ParameterMismatch { .. })
         ));
         let server = shortint::CompressedServerKey::new(&foreign);
-        let server = envelope::to_bytes(&ServerKeyEnvelope(server), COMPRESSED_SERVER_KEY_LIMIT);
+        let server = envelope::to_bytes(
+            &ServerKeyEnvelope(server),
+            COMPRESSED_SERVER_KEY_LIMIT,
+            "server key",
+        )
+        .unwrap();
         assert!(matches!(
             CompressedServerKey::from_bytes(&server),
             Err(CryptoError::ParameterMismatch { .. })

@@ -64,6 +64,45 @@ impl ParameterSet {
         }
     }
 
+    /// The one parameter-set check: what a key, ciphertext or model declares (`found`, a set
+    /// name) must be this set. Every refusal in HEXray, in the client, the engine or the API,
+    /// is the [`CryptoError::ParameterMismatch`] this returns.
+    ///
+    /// ```
+    /// use hexray_crypto::{CryptoError, ParameterSet};
+    /// let set = ParameterSet::Ks32;
+    /// assert!(set.require("server key", set.name()).is_ok());
+    /// let refused = set.require("server key", ParameterSet::Ks64.name());
+    /// assert!(matches!(refused, Err(CryptoError::ParameterMismatch { what: "server key", .. })));
+    /// ```
+    pub fn require(self, what: &'static str, found: &str) -> Result<(), CryptoError> {
+        if self.name() == found {
+            Ok(())
+        } else {
+            Err(CryptoError::ParameterMismatch {
+                what,
+                expected: self.name().into(),
+                found: found.chars().take(80).collect(),
+            })
+        }
+    }
+
+    /// The set a model was compiled for: its name must be a supported set's, and its noise
+    /// figures exactly the ones TFHE-rs's formulas give for that set, or the compiler's
+    /// margins would be sized for noise other than the real one.
+    pub fn of_model(fhe: &FheParameters) -> Result<Self, CryptoError> {
+        let set = Self::from_name(&fhe.name)?;
+        if *fhe == set.fhe_parameters() {
+            Ok(set)
+        } else {
+            Err(CryptoError::ParameterMismatch {
+                what: "the model",
+                expected: format!("{} with TFHE-rs's noise figures", set.name()),
+                found: format!("{} with edited noise figures", set.name()),
+            })
+        }
+    }
+
     /// The set with this name.
     pub fn from_name(name: &str) -> Result<Self, CryptoError> {
         Self::ALL

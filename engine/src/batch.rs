@@ -26,7 +26,7 @@ pub fn bootstrap_batch(
     tables: &[LookupTableOwned],
 ) -> Vec<LweCiphertextOwned<u64>> {
     assert_eq!(phases.len(), tables.len(), "one table per ciphertext");
-    match &key.inner.atomic_pattern {
+    match &key.tfhe().atomic_pattern {
         AtomicPatternServerKey::Standard(ap) => {
             assert_eq!(
                 ap.pbs_order,

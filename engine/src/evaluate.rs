@@ -15,7 +15,7 @@ use hexray_crypto::tfhe::core_crypto::prelude::*;
 use hexray_crypto::tfhe::shortint::ciphertext::{Degree, NoiseLevel};
 use hexray_crypto::tfhe::shortint::server_key::LookupTableOwned;
 use hexray_crypto::tfhe::shortint::Ciphertext;
-use hexray_crypto::{EncryptedImage, EncryptedOutput, ParameterSet, ServerKey};
+use hexray_crypto::{CryptoError, EncryptedImage, EncryptedOutput, ServerKey};
 use hexray_model::{Circuit, Stage};
 use rayon::prelude::*;
 use thiserror::Error;
@@ -23,16 +23,23 @@ use thiserror::Error;
 use crate::batch::bootstrap_batch;
 use crate::model::LoadedModel;
 
+/// Why the engine refused a batch. The server checks all of this before it queues a job, so
+/// for it these are bugs; for a library caller they are its own mistakes, named.
 #[derive(Debug, Error)]
 pub enum EngineError {
-    #[error("{what} uses parameter set {found}, but the model was compiled for {expected}")]
-    ParameterMismatch {
-        what: &'static str,
-        expected: &'static str,
-        found: &'static str,
-    },
+    /// A key or image of another parameter set than the model's
+    /// ([`ParameterSet::require`](hexray_crypto::ParameterSet::require)).
+    #[error(transparent)]
+    Parameters(#[from] CryptoError),
+    /// An image with another number of values than the model reads.
     #[error("the encrypted image holds {found} values, but the model reads {expected}")]
-    InputLength { expected: usize, found: usize },
+    InputLength {
+        /// Values the model reads.
+        expected: usize,
+        /// Values the image holds.
+        found: usize,
+    },
+    /// An empty batch.
     #[error("a batch needs at least one encrypted image")]
     EmptyBatch,
 }
@@ -100,14 +107,14 @@ pub fn evaluate_batch(
     inputs: Vec<EncryptedImage>,
     progress: &(dyn Fn() + Sync),
 ) -> Result<(Vec<EncryptedOutput>, EvaluationStats), EngineError> {
-    let set = model.parameter_set;
-    let circuit = &model.circuit;
+    let set = model.parameter_set();
+    let circuit = &model.circuit();
     if inputs.is_empty() {
         return Err(EngineError::EmptyBatch);
     }
-    check_parameters("server key", key.parameter_set(), set)?;
+    set.require("server key", key.parameter_set().name())?;
     for input in &inputs {
-        check_parameters("encrypted image", input.parameter_set(), set)?;
+        set.require("encrypted image", input.parameter_set().name())?;
         if input.len() != circuit.input_len() {
             return Err(EngineError::InputLength {
                 expected: circuit.input_len(),
@@ -152,22 +159,6 @@ pub fn evaluate_batch(
         compress_cpu: Duration::from_nanos(timers.compress.load(Ordering::Relaxed)),
     };
     Ok((outputs, stats))
-}
-
-fn check_parameters(
-    what: &'static str,
-    found: ParameterSet,
-    expected: ParameterSet,
-) -> Result<(), EngineError> {
-    if found == expected {
-        Ok(())
-    } else {
-        Err(EngineError::ParameterMismatch {
-            what,
-            expected: expected.name(),
-            found: found.name(),
-        })
-    }
 }
 
 /// One hidden stage for every image: a dot product and a bootstrap per (image, neuron), in
@@ -277,7 +268,7 @@ pub fn lookup_table(key: &ServerKey, table: &[u64]) -> LookupTableOwned {
             1u64,
             |p: u64| table[p as usize],
         ),
-        degree: Degree::new(key.inner.message_modulus.0 * key.inner.carry_modulus.0 - 1),
+        degree: Degree::new(key.tfhe().message_modulus.0 * key.tfhe().carry_modulus.0 - 1),
     }
 }
 
@@ -291,11 +282,11 @@ pub fn bootstrap(
         phase,
         Degree::new(0),
         NoiseLevel::NOMINAL,
-        key.inner.message_modulus,
-        key.inner.carry_modulus,
+        key.tfhe().message_modulus,
+        key.tfhe().carry_modulus,
         key.parameter_set().tfhe().atomic_pattern(),
     );
-    key.inner.apply_lookup_table_assign(&mut ct, lut);
+    key.tfhe().apply_lookup_table_assign(&mut ct, lut);
     ct.ct
 }
 

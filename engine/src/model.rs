@@ -19,16 +19,37 @@ pub enum LoadError {
     Parameters { path: String, source: CryptoError },
 }
 
-/// A validated model ready for encrypted evaluation.
+/// A validated model ready for encrypted evaluation. Its parts are read-only: the circuit and
+/// the client spec are derived from the file once, at loading, and must stay its own.
 pub struct LoadedModel {
-    pub model: CompiledModel,
-    pub circuit: Circuit,
-    pub parameter_set: ParameterSet,
-    /// The public part, all a client gets.
-    pub spec: ClientSpec,
+    model: CompiledModel,
+    circuit: Circuit,
+    parameter_set: ParameterSet,
+    spec: ClientSpec,
 }
 
 impl LoadedModel {
+    /// The model file as loaded: weights included, so it stays on the server.
+    pub fn model(&self) -> &CompiledModel {
+        &self.model
+    }
+
+    /// The compiled circuit the engine evaluates.
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
+    }
+
+    /// The TFHE parameter set the model was compiled for; keys and images must match it.
+    pub fn parameter_set(&self) -> ParameterSet {
+        self.parameter_set
+    }
+
+    /// The public part, all a client gets.
+    pub fn spec(&self) -> &ClientSpec {
+        &self.spec
+    }
+
+    /// Reads and fully checks a model file's bytes; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, LoadError> {
         let (model, circuit) =
             CompiledModel::from_bytes(bytes).map_err(|source| LoadError::Model {
@@ -36,23 +57,10 @@ impl LoadedModel {
                 source,
             })?;
         let parameter_set =
-            ParameterSet::from_name(&model.fhe.name).map_err(|source| LoadError::Parameters {
+            ParameterSet::of_model(&model.fhe).map_err(|source| LoadError::Parameters {
                 path: origin.into(),
                 source,
             })?;
-        // The stored noise figures must be the ones TFHE-rs's formulas give for this set.
-        if model.fhe != parameter_set.fhe_parameters() {
-            return Err(LoadError::Model {
-                path: origin.into(),
-                source: ModelError::Field {
-                    field: "fhe".into(),
-                    reason: format!(
-                        "does not match TFHE-rs's figures for {}",
-                        parameter_set.name()
-                    ),
-                },
-            });
-        }
         Ok(LoadedModel {
             spec: ClientSpec::of(&model, &circuit),
             model,
@@ -61,6 +69,7 @@ impl LoadedModel {
         })
     }
 
+    /// Reads and fully checks the model file at `path`.
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
         let origin = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Io {

@@ -108,13 +108,13 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
     let base = format!("http://127.0.0.1:{port}");
     let api = ApiClient::new(&base, Some(&token));
     let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 11);
-    let server_key = server_key.to_bytes();
+    let server_key = server_key.to_bytes().unwrap();
 
     let server = serve(&data, &tokens, port);
     let id = api.register_key(&server_key).unwrap();
     // A second key, half sent when the server dies.
     let (_, second) = ClientKey::generate_deterministic(ParameterSet::Ks32, 12);
-    let second = second.to_bytes();
+    let second = second.to_bytes().unwrap();
     let mut upload = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         upload,
@@ -142,14 +142,14 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
         LoadedModel::from_bytes(include_bytes!("../../models/pneumonia-a.hexray"), "bundled")
             .unwrap();
     let spec = api.spec("pneumonia-a").unwrap();
-    assert_eq!(spec, model.spec);
+    assert_eq!(&spec, model.spec());
     let image = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../samples/covid-cxr-actualmed/covid-1.png"
     ))
     .unwrap();
     let input = preprocess(&image, &spec.input).unwrap();
-    let batch = frames::pack(&[client.encrypt(&spec, input.view()).unwrap().to_bytes()]);
+    let batch = frames::pack(&[client.encrypt(&spec, input.view()).unwrap().to_bytes().unwrap()]);
     let job = api.submit("pneumonia-a", &id, &spec, &batch).unwrap();
     let start = Instant::now();
     loop {
@@ -181,7 +181,7 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
         hexray_crypto::EncryptedOutput::from_bytes(blobs[0], ParameterSet::Ks32, spec.output_len())
             .unwrap();
     let shown = client.decrypt(&spec, &output).unwrap();
-    let exact = simulate::exact(&model.circuit, input.view()).unwrap();
+    let exact = simulate::exact(model.circuit(), input.view()).unwrap();
     assert_eq!(
         shown.class,
         exact.class(),
@@ -270,7 +270,7 @@ fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     let server = serve_with(&dir.path().join("data"), &tokens, port, &flags);
     let base = format!("http://127.0.0.1:{port}");
     let (_, key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 13);
-    let key = key.to_bytes();
+    let key = key.to_bytes().unwrap();
 
     let mut stalled: Vec<TcpStream> = (0..2).map(|_| stalled_upload(port, &slow)).collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -346,8 +346,8 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
         "pneumoniamnist/test-0234-normal.png",
     ] {
         let path = format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"));
-        let input = preprocess(&std::fs::read(&path).unwrap(), &model.spec.input).unwrap();
-        let class = &model.spec.classes[simulate::exact(&model.circuit, input.view())
+        let input = preprocess(&std::fs::read(&path).unwrap(), &model.spec().input).unwrap();
+        let class = &model.spec().classes[simulate::exact(model.circuit(), input.view())
             .unwrap()
             .class()];
         assert!(stdout.contains(&format!("{path}: {class} (")), "{stdout}");

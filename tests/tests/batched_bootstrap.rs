@@ -10,14 +10,14 @@ use hexray_engine::evaluate::{bootstrap, dot_product, lookup_table};
 #[test]
 fn batched_bootstraps_equal_single_ones_bit_for_bit() {
     let model = common::reference_model();
-    let circuit = &model.circuit;
+    let circuit = &model.circuit();
     let stage = &circuit.stages[0];
     let input = common::sample(&model, "pneumoniamnist/test-0001-pneumonia.png");
     for set in ParameterSet::ALL {
         let (client, server) = ClientKey::generate_deterministic(set, 21);
         let server = server.decompress();
         // The model's first stage is a realistic one for either set: they share the polynomial size.
-        let mut spec = model.spec.clone();
+        let mut spec = model.spec().clone();
         spec.parameter_set = set.name().into();
         let encrypted = client
             .encrypt_deterministic(&spec, input.view(), 4)

@@ -77,13 +77,13 @@ fn check(label: &str, errors: &[f64]) {
 fn measured_bootstrap_noise_matches_the_predicted_sigma() {
     let model = common::reference_model();
     let (client, server) = common::keys(&model);
-    let circuit = &model.circuit;
+    let circuit = &model.circuit();
     let (mut first, mut second) = (Vec::new(), Vec::new());
     for (seed, name) in IMAGES.into_iter().enumerate() {
         let input = common::sample(&model, name);
         let pixels: Vec<i64> = input.iter().copied().collect();
         let encrypted = client
-            .encrypt_deterministic(&model.spec, input.view(), seed as u128)
+            .encrypt_deterministic(model.spec(), input.view(), seed as u128)
             .unwrap()
             .expand();
         first.extend(normalised_errors(

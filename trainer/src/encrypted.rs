@@ -126,9 +126,9 @@ pub fn run(
     progress: bool,
 ) -> Result<EncryptedRun, EncryptedError> {
     let loaded = LoadedModel::from_bytes(&model.to_bytes(), &model.name)?;
-    let client = ClientKey::generate(loaded.parameter_set);
+    let client = ClientKey::generate(loaded.parameter_set());
     let server = client.server_key().decompress();
-    let circuit = &loaded.circuit;
+    let circuit = &loaded.circuit();
     let count = count.min(test.len());
     let sample: Vec<usize> = (0..count).map(|i| i * test.len() / count).collect();
     let mut run = EncryptedRun {
@@ -146,7 +146,7 @@ pub fn run(
     let bar = progress_bar("encrypted", count as u64, progress);
     for &i in &sample {
         let image = &test.images[i];
-        let encrypted = client.encrypt(&loaded.spec, image.view())?;
+        let encrypted = client.encrypt(loaded.spec(), image.view())?;
         let start = Instant::now();
         let (output, stats) = evaluate(&loaded, &server, encrypted, &|| {})?;
         wall += start.elapsed().as_secs_f64();
@@ -207,7 +207,7 @@ pub fn stability(
     progress: bool,
 ) -> Result<Stability, EncryptedError> {
     let loaded = LoadedModel::from_bytes(&model.to_bytes(), &model.name)?;
-    let circuit = &loaded.circuit;
+    let circuit = &loaded.circuit();
     let mut rng = ChaCha8Rng::seed_from_u64(0x57ab);
     // Every class and probability below is the one the page would show: the simulator's
     // predictions decoded as the client decodes, rounding included.
@@ -239,7 +239,7 @@ pub fn stability(
     let wanted = sample.saturating_sub(chosen.len()).min(others.len());
     chosen.extend((0..wanted).map(|k| others[k * others.len() / wanted.max(1)]));
 
-    let client = ClientKey::generate(loaded.parameter_set);
+    let client = ClientKey::generate(loaded.parameter_set());
     let server = client.server_key().decompress();
     let bar = progress_bar("stability", (chosen.len() * runs) as u64, progress);
     let (mut flipping, mut unflagged, mut spreads) = (0, 0, Vec::new());
@@ -249,9 +249,9 @@ pub fn stability(
         let mut classes = Vec::with_capacity(runs);
         let mut values = Vec::with_capacity(runs);
         for _ in 0..runs {
-            let encrypted = client.encrypt(&loaded.spec, image)?;
+            let encrypted = client.encrypt(loaded.spec(), image)?;
             let (output, _) = evaluate(&loaded, &server, encrypted, &|| {})?;
-            let diagnosis = client.decrypt(&loaded.spec, &output)?;
+            let diagnosis = client.decrypt(loaded.spec(), &output)?;
             values.push(diagnosis.probabilities[exact]);
             classes.push(diagnosis.class);
             bar.inc(1);

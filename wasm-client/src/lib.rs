@@ -50,8 +50,8 @@ pub fn generate_keys(parameter_set: &str, progress: &js_sys::Function) -> Result
     let server = client.server_key();
     report(2, "serializing");
     let pair = KeyPair {
-        client_key: client.to_bytes(),
-        server_key: server.to_bytes(),
+        client_key: client.to_bytes().map_err(error)?,
+        server_key: server.to_bytes().map_err(error)?,
     };
     report(3, "done");
     Ok(pair)
@@ -200,7 +200,7 @@ impl Client {
             .key
             .encrypt(&model.spec, tensor.view())
             .map_err(error)?;
-        Ok(encrypted.to_bytes())
+        encrypted.to_bytes().map_err(error)
     }
 
     /// Decrypts one encrypted output from the server into the class and its probabilities

@@ -15,8 +15,13 @@ pub enum ApiError {
     UnknownKey(String),
     #[error("no job has id `{0}` (finished jobs are kept for a limited time)")]
     UnknownJob(String),
-    #[error("{0}")]
-    ParameterMismatch(String),
+    /// The one parameter-set refusal ([`hexray_crypto::ParameterSet::require`]), with what
+    /// it was about.
+    #[error("{context}: {source}")]
+    ParameterMismatch {
+        context: String,
+        source: hexray_crypto::CryptoError,
+    },
     #[error("{0}")]
     MalformedKey(String),
     #[error("{0}")]
@@ -126,7 +131,7 @@ impl ApiError {
             ApiError::UnknownModel(_) => ErrorCode::UnknownModel,
             ApiError::UnknownKey(_) => ErrorCode::UnknownKey,
             ApiError::UnknownJob(_) => ErrorCode::UnknownJob,
-            ApiError::ParameterMismatch(_) => ErrorCode::ParameterMismatch,
+            ApiError::ParameterMismatch { .. } => ErrorCode::ParameterMismatch,
             ApiError::MalformedKey(_) => ErrorCode::MalformedKey,
             ApiError::MalformedCiphertext(_) => ErrorCode::MalformedCiphertext,
             ApiError::WrongInputCount(_) => ErrorCode::WrongInputCount,
@@ -157,7 +162,7 @@ impl ResponseError for ApiError {
             | ApiError::UnknownKey(_)
             | ApiError::UnknownJob(_)
             | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::ParameterMismatch(_)
+            ApiError::ParameterMismatch { .. }
             | ApiError::MalformedKey(_)
             | ApiError::MalformedCiphertext(_)
             | ApiError::WrongInputCount(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -11,7 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hexray_crypto::{frames, EncryptedImage};
+use hexray_crypto::{frames, EncryptedImage, EncryptedOutput};
 use hexray_model::file::hex;
 use rand::RngCore;
 use serde::Serialize;
@@ -270,7 +270,7 @@ impl JobQueue {
         let images = inputs.len();
         let job = Arc::new(Job {
             id: job_id(),
-            bootstraps_total: images * model.loaded.circuit.bootstrap_count(),
+            bootstraps_total: images * model.loaded.circuit().bootstrap_count(),
             model,
             owner,
             key_id,
@@ -421,7 +421,11 @@ impl Worker {
         let (outputs, _) = self
             .pool
             .install(|| evaluate_batch(&job.model.loaded, &key, inputs, &progress))?;
-        let blobs: Vec<Vec<u8>> = outputs.iter().map(|o| o.to_bytes()).collect();
+        let blobs = outputs
+            .iter()
+            .map(EncryptedOutput::to_bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(frames::pack(&blobs))
     }
 }

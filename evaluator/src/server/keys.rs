@@ -139,9 +139,10 @@ impl KeyStore {
         bytes: &[u8],
     ) -> Result<(String, Registration), ApiError> {
         let key = CompressedServerKey::from_bytes(bytes).map_err(|e| match e {
-            hexray_crypto::CryptoError::ParameterMismatch { .. } => {
-                ApiError::ParameterMismatch(e.to_string())
-            }
+            hexray_crypto::CryptoError::ParameterMismatch { .. } => ApiError::ParameterMismatch {
+                context: "the uploaded key".into(),
+                source: e,
+            },
             _ => ApiError::MalformedKey(e.to_string()),
         })?;
         let id = key_id(bytes);

@@ -109,6 +109,9 @@ pub enum StartError {
     Models(#[from] LoadError),
     #[error(transparent)]
     Tokens(#[from] auth::TokensError),
+    /// A served model's images would be larger than any client may send.
+    #[error("sizing request bodies: {0}")]
+    Bodies(#[from] hexray_crypto::CryptoError),
     #[error("cannot open the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -173,7 +176,7 @@ impl AppState {
             })
             .expect("the key expiry thread starts");
         let jobs = JobQueue::start(&config.queue, keys.clone(), Arc::new(Metrics::default()));
-        let bodies = models.body_limits(config.limits.batch_images);
+        let bodies = models.body_limits(config.limits.batch_images)?;
         Ok(AppState {
             models,
             keys,

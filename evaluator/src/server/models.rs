@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use hexray_crypto::{CompressedServerKey, EncryptedImage};
+use hexray_crypto::{CompressedServerKey, CryptoError, EncryptedImage};
 
 use super::BodyLimits;
 use hexray_engine::{LoadError, LoadedModel};
@@ -48,18 +48,18 @@ pub struct ModelSummary<'a> {
 
 impl ServedModel {
     pub fn summary(&self, seconds_per_bootstrap: f64) -> ModelSummary<'_> {
-        let model = &self.loaded.model;
+        let model = &self.loaded.model();
         ModelSummary {
             id: &self.id,
             name: &model.name,
             version: &model.model_version,
             description: &model.description,
             classes: &model.network.output.classes,
-            bootstraps: self.loaded.circuit.bootstrap_count(),
-            inputs: self.loaded.circuit.input_len(),
-            parameter_set: self.loaded.parameter_set.name(),
-            fingerprint: &self.loaded.spec.fingerprint,
-            expected_seconds_per_image: self.loaded.circuit.bootstrap_count() as f64
+            bootstraps: self.loaded.circuit().bootstrap_count(),
+            inputs: self.loaded.circuit().input_len(),
+            parameter_set: self.loaded.parameter_set().name(),
+            fingerprint: &self.loaded.spec().fingerprint,
+            expected_seconds_per_image: self.loaded.circuit().bootstrap_count() as f64
                 * seconds_per_bootstrap,
         }
     }
@@ -123,25 +123,27 @@ impl Models {
     }
 
     /// The largest key and job bodies the served models need, for `batch_images` per job.
-    pub fn body_limits(&self, batch_images: usize) -> BodyLimits {
+    pub fn body_limits(&self, batch_images: usize) -> Result<BodyLimits, CryptoError> {
         // Frames add a 4-byte length per blob and a short header.
         let image = self
             .iter()
             .map(|m| {
-                EncryptedImage::serialized_size(m.loaded.parameter_set, m.loaded.spec.input_len())
-                    + 4
+                EncryptedImage::serialized_size(
+                    m.loaded.parameter_set(),
+                    m.loaded.spec().input_len(),
+                )
+                .map(|size| size + 4)
             })
-            .max()
-            .unwrap_or(0);
+            .try_fold(0, |max, size| size.map(|size| size.max(max)))?;
         let key = self
             .iter()
-            .map(|m| CompressedServerKey::serialized_size(m.loaded.parameter_set))
+            .map(|m| CompressedServerKey::serialized_size(m.loaded.parameter_set()))
             .max()
             .unwrap_or(0);
-        BodyLimits {
+        Ok(BodyLimits {
             key,
             job: batch_images * image + 64,
-        }
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<ServedModel>> {

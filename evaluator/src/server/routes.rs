@@ -97,7 +97,7 @@ async fn client_spec(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(model.loaded.spec.to_json()))
+        .body(model.loaded.spec().to_json()))
 }
 
 async fn register_key(
@@ -165,7 +165,7 @@ async fn submit_job(
         .get(&model)
         .cloned()
         .ok_or(ApiError::UnknownModel(model))?;
-    if fingerprint != model.loaded.spec.fingerprint {
+    if fingerprint != model.loaded.spec().fingerprint {
         return Err(ApiError::StaleModel(model.id.clone()));
     }
     let store = state.keys.clone();
@@ -173,20 +173,17 @@ async fn submit_job(
     let key_set = web::block(move || store.check(&checked_owner, &checked_key))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let set = model.loaded.parameter_set;
-    if key_set != set {
-        return Err(ApiError::ParameterMismatch(format!(
-            "key {key} uses {}, but model {} needs {}",
-            key_set.name(),
-            model.id,
-            set.name()
-        )));
-    }
+    let set = model.loaded.parameter_set();
+    set.require("server key", key_set.name())
+        .map_err(|source| ApiError::ParameterMismatch {
+            context: format!("key {key} for model {}", model.id),
+            source,
+        })?;
     // Refuse a token at its share of the queue before reading its body.
     state.jobs.check_owner_room(&owner)?;
     let body = read_body(&state, &owner, &request, body, state.bodies.job).await?;
     let max_images = state.limits.batch_images;
-    let inputs_len = model.loaded.circuit.input_len();
+    let inputs_len = model.loaded.circuit().input_len();
     let inputs = web::block(move || {
         let blobs = frames::unpack(&body, max_images).map_err(|e| match e {
             CryptoError::BatchSize { .. } => ApiError::WrongInputCount(e.to_string()),
@@ -196,15 +193,15 @@ async fn submit_job(
             .into_iter()
             .enumerate()
             .map(|(i, blob)| {
-                EncryptedImage::from_bytes(blob, set, inputs_len).map_err(|e| {
-                    let message = format!("image {i}: {e}");
-                    match e {
-                        CryptoError::ParameterMismatch { .. } => {
-                            ApiError::ParameterMismatch(message)
-                        }
-                        CryptoError::Count { .. } => ApiError::WrongInputCount(message),
-                        _ => ApiError::MalformedCiphertext(message),
+                EncryptedImage::from_bytes(blob, set, inputs_len).map_err(|e| match e {
+                    CryptoError::ParameterMismatch { .. } => ApiError::ParameterMismatch {
+                        context: format!("image {i}"),
+                        source: e,
+                    },
+                    CryptoError::Count { .. } => {
+                        ApiError::WrongInputCount(format!("image {i}: {e}"))
                     }
+                    _ => ApiError::MalformedCiphertext(format!("image {i}: {e}")),
                 })
             })
             .collect::<Result<Vec<_>, _>>()

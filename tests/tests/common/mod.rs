@@ -20,11 +20,12 @@ pub fn reference_model() -> LoadedModel {
 /// A committed sample image, preprocessed for `model`.
 pub fn sample(model: &LoadedModel, name: &str) -> Array3<i64> {
     let bytes = std::fs::read(repo().join("samples").join(name)).expect("sample exists");
-    preprocess(&bytes, &model.model.network.input).expect("sample preprocesses")
+    preprocess(&bytes, &model.model().network.input).expect("sample preprocesses")
 }
 
 /// Keys from a fixed seed, so that every bootstrap in a test is reproducible.
 pub fn keys(model: &LoadedModel) -> (ClientKey, ServerKey) {
-    let (client, server) = ClientKey::generate_deterministic(model.parameter_set, 0x4845_5852_4159);
+    let (client, server) =
+        ClientKey::generate_deterministic(model.parameter_set(), 0x4845_5852_4159);
     (client, server.decompress())
 }

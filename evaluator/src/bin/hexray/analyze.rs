@@ -43,7 +43,7 @@ pub fn analyze(args: Args) -> Result<()> {
     let mut blobs = Vec::with_capacity(args.image.len());
     for path in &args.image {
         let input = read_image(path, &spec.input)?;
-        blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes());
+        blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes()?);
     }
     let batch = frames::pack(&blobs);
     let submit = |key: &str| api.submit(&args.model, key, &spec, &batch);
@@ -111,8 +111,8 @@ impl Keys {
         eprintln!("generating a key pair for {} (once)", set.name());
         create_private_dir(dir)?;
         let client = ClientKey::generate(set);
-        let server_key = client.server_key().to_bytes();
-        std::fs::write(&client_path, client.to_bytes())?;
+        let server_key = client.server_key().to_bytes()?;
+        std::fs::write(&client_path, client.to_bytes()?)?;
         std::fs::write(&server_path, &server_key)?;
         Ok(Keys {
             dir: dir.into(),

@@ -53,7 +53,7 @@ pub fn bench(args: Args) -> Result<()> {
     let image =
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let first = LoadedModel::from_file(&models[0]).context("loading the first model")?;
-    let input = preprocess(&image, &first.model.network.input)?;
+    let input = preprocess(&image, &first.model().network.input)?;
     println!("machine: {cores} threads\n");
 
     println!(
@@ -66,7 +66,7 @@ pub fn bench(args: Args) -> Result<()> {
         let client = ClientKey::generate(set);
         let compressed = client.server_key();
         let keygen = t.elapsed();
-        let size = compressed.to_bytes().len();
+        let size = compressed.to_bytes()?.len();
         let t = Instant::now();
         let server = compressed.decompress();
         let decompress = t.elapsed();
@@ -79,7 +79,7 @@ pub fn bench(args: Args) -> Result<()> {
             decompress.as_secs_f64(),
             single.as_secs_f64() * 1e3
         );
-        if set == first.parameter_set {
+        if set == first.parameter_set() {
             default_keys = Some((client, server));
         }
     }
@@ -102,17 +102,17 @@ pub fn bench(args: Args) -> Result<()> {
     for path in &models {
         let loaded =
             LoadedModel::from_file(path).with_context(|| format!("loading {}", path.display()))?;
-        let circuit = &loaded.circuit;
-        let input = preprocess(&image, &loaded.model.network.input)?;
+        let circuit = &loaded.circuit();
+        let input = preprocess(&image, &loaded.model().network.input)?;
         // Timed right before the run it is compared with: this machine's speed drifts by ±10%.
         let pbs_time = single_bootstrap(&client, &server, &loaded, input.view(), args.samples)?;
         let t = Instant::now();
-        let upload = client.encrypt(&loaded.spec, input.view())?.to_bytes();
+        let upload = client.encrypt(loaded.spec(), input.view())?.to_bytes()?;
         let encrypt = t.elapsed();
         let encrypted =
-            EncryptedImage::from_bytes(&upload, loaded.parameter_set, circuit.input_len())?;
+            EncryptedImage::from_bytes(&upload, loaded.parameter_set(), circuit.input_len())?;
         let bar = bootstrap_bar(circuit.bootstrap_count());
-        bar.set_message(loaded.model.name.clone());
+        bar.set_message(loaded.model().name.clone());
         let t = Instant::now();
         let (output, stats) = evaluate(&loaded, &server, encrypted, &|| bar.inc(1))?;
         let latency = t.elapsed();
@@ -122,7 +122,7 @@ pub fn bench(args: Args) -> Result<()> {
             / (stats.linear_cpu + stats.expand + stats.bootstrap_cpu).as_secs_f64();
         println!(
             "{:<14} {:>6} {:>12.2} {:>11.2} {:>10.2} {:>10.3} {:>8.2}% {:>10.1} {:>10} {:>9} {:>12.2}",
-            loaded.model.name,
+            loaded.model().name,
             stats.bootstraps,
             pbs_time.as_secs_f64() * 1e3,
             latency.as_secs_f64(),
@@ -131,7 +131,7 @@ pub fn bench(args: Args) -> Result<()> {
             100.0 * non_pbs,
             encrypt.as_secs_f64() * 1e3,
             upload.len(),
-            output.to_bytes().len(),
+            output.to_bytes()?.len(),
             stats.compress_cpu.as_secs_f64() * 1e3
         );
     }
@@ -142,8 +142,8 @@ pub fn bench(args: Args) -> Result<()> {
     );
     for path in &models {
         let loaded = LoadedModel::from_file(path)?;
-        let input = preprocess(&image, &loaded.model.network.input)?;
-        let circuit = &loaded.circuit;
+        let input = preprocess(&image, &loaded.model().network.input)?;
+        let circuit = &loaded.circuit();
         let runs = 200;
         let t = Instant::now();
         for _ in 0..runs {
@@ -156,7 +156,7 @@ pub fn bench(args: Args) -> Result<()> {
             simulate::noisy(circuit, input.view(), &mut rng)?;
         }
         let noisy = runs as f64 / t.elapsed().as_secs_f64();
-        println!("{:<14} {exact:>22.0} {noisy:>22.0}", loaded.model.name);
+        println!("{:<14} {exact:>22.0} {noisy:>22.0}", loaded.model().name);
     }
     Ok(())
 }
@@ -172,8 +172,8 @@ fn single_bootstrap(
 ) -> Result<Duration> {
     // The model is compiled for one set; its first-stage table is a realistic one for any set
     // with the same polynomial size, which both supported sets share.
-    let circuit = &model.circuit;
-    let mut spec = model.spec.clone();
+    let circuit = &model.circuit();
+    let mut spec = model.spec().clone();
     spec.parameter_set = client.parameter_set().name().into();
     let encrypted = client.encrypt(&spec, input)?.expand();
     let stage = &circuit.stages[0];

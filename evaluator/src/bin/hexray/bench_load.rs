@@ -79,7 +79,7 @@ pub fn bench_load(args: Args) -> Result<()> {
         args.clients,
         args.misbehaving,
         args.images,
-        model.circuit.bootstrap_count()
+        model.circuit().bootstrap_count()
     );
 
     let done = Arc::new(AtomicBool::new(false));
@@ -202,7 +202,7 @@ fn sample_inputs(model: &LoadedModel) -> Result<Vec<ndarray::Array3<i64>>> {
         .collect();
     paths.sort();
     for path in paths {
-        inputs.push(preprocess(&std::fs::read(&path)?, &model.spec.input)?);
+        inputs.push(preprocess(&std::fs::read(&path)?, &model.spec().input)?);
     }
     anyhow::ensure!(!inputs.is_empty(), "no sample images in {}", dir.display());
     Ok(inputs)
@@ -220,9 +220,9 @@ impl<'a> Session<'a> {
     fn open(api: ApiClient, model: &'a LoadedModel, seed: u128) -> Result<Self> {
         let (client, server_key) =
             ClientKey::generate_deterministic(ParameterSet::Ks32, 500 + seed);
-        let key_id = api.register_key(&server_key.to_bytes())?;
+        let key_id = api.register_key(&server_key.to_bytes()?)?;
         let spec = api.spec("bench")?;
-        anyhow::ensure!(spec == model.spec, "the served spec is not the model's");
+        anyhow::ensure!(&spec == model.spec(), "the served spec is not the model's");
         Ok(Session {
             api,
             model,
@@ -234,8 +234,8 @@ impl<'a> Session<'a> {
     fn batch(&self, input: &ndarray::Array3<i64>) -> Result<Vec<u8>> {
         let blob = self
             .client
-            .encrypt(&self.model.spec, input.view())?
-            .to_bytes();
+            .encrypt(self.model.spec(), input.view())?
+            .to_bytes()?;
         Ok(frames::pack(&[blob]))
     }
 
@@ -253,8 +253,8 @@ impl<'a> Session<'a> {
             .map(|input| {
                 Ok(self
                     .client
-                    .encrypt(&self.model.spec, input.view())?
-                    .to_bytes())
+                    .encrypt(self.model.spec(), input.view())?
+                    .to_bytes()?)
             })
             .collect::<Result<Vec<_>>>()?;
         let batch = frames::pack(&blobs);
@@ -262,7 +262,7 @@ impl<'a> Session<'a> {
         let job = loop {
             match self
                 .api
-                .submit("bench", &self.key_id, &self.model.spec, &batch)
+                .submit("bench", &self.key_id, self.model.spec(), &batch)
             {
                 Err(e) if e.code() == Some("queue_full") => std::thread::sleep(RETRY_AFTER),
                 other => break other?,
@@ -279,11 +279,11 @@ impl<'a> Session<'a> {
             let output = EncryptedOutput::from_bytes(
                 blob,
                 ParameterSet::Ks32,
-                self.model.spec.output_len(),
+                self.model.spec().output_len(),
             )?;
-            let shown = self.client.decrypt(&self.model.spec, &output)?;
+            let shown = self.client.decrypt(self.model.spec(), &output)?;
             good.latencies.push(seconds);
-            let exact = simulate::exact(&self.model.circuit, input.view())?;
+            let exact = simulate::exact(self.model.circuit(), input.view())?;
             good.disagreements += usize::from(shown.class != exact.class());
             bar.inc(1);
         }
@@ -301,7 +301,7 @@ impl<'a> Session<'a> {
         while !done.load(Ordering::SeqCst) {
             match self
                 .api
-                .submit("bench", &self.key_id, &self.model.spec, &batch)
+                .submit("bench", &self.key_id, self.model.spec(), &batch)
             {
                 Ok(_) => {}
                 Err(e) => count(refusals, &e)?,
@@ -323,7 +323,7 @@ impl<'a> Session<'a> {
         let job = self.api.submit(
             "bench",
             &self.key_id,
-            &self.model.spec,
+            self.model.spec(),
             &self.batch(&inputs[0])?,
         )?;
         while !done.load(Ordering::SeqCst) {

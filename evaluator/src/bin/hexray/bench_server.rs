@@ -42,23 +42,23 @@ pub struct Args {
 
 pub fn bench_server(args: Args) -> Result<()> {
     let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
-    let circuit = &loaded.circuit;
-    let (client, compressed) = ClientKey::generate_deterministic(loaded.parameter_set, 7);
+    let circuit = &loaded.circuit();
+    let (client, compressed) = ClientKey::generate_deterministic(loaded.parameter_set(), 7);
     let key = compressed.decompress();
     let mut inputs = Vec::new();
     for entry in std::fs::read_dir(SAMPLES)? {
         let bytes = std::fs::read(entry?.path())?;
-        inputs.push(preprocess(&bytes, &loaded.model.network.input)?);
+        inputs.push(preprocess(&bytes, &loaded.model().network.input)?);
     }
     let encrypt = |n: usize| -> Result<Vec<EncryptedImage>> {
         (0..n)
-            .map(|i| Ok(client.encrypt(&loaded.spec, inputs[i % inputs.len()].view())?))
+            .map(|i| Ok(client.encrypt(loaded.spec(), inputs[i % inputs.len()].view())?))
             .collect()
     };
     let threads = rayon::current_num_threads();
     println!(
         "model {} ({} bootstraps per image), {threads} threads\n",
-        loaded.model.name,
+        loaded.model().name,
         circuit.bootstrap_count()
     );
     println!(
@@ -82,12 +82,12 @@ pub fn bench_server(args: Args) -> Result<()> {
         &encrypt(n)?
             .iter()
             .map(EncryptedImage::to_bytes)
-            .collect::<Vec<_>>(),
+            .collect::<Result<Vec<_>, _>>()?,
     );
     let data = std::env::temp_dir().join(format!("hexray-bench-{}", std::process::id()));
     let (mut engine, mut server) = (Vec::new(), Vec::new());
     actix_web::rt::System::new().block_on(async {
-        let api = start_api(&data, &args.model, threads, &compressed.to_bytes()).await?;
+        let api = start_api(&data, &args.model, threads, &compressed.to_bytes()?).await?;
         for _ in 0..args.rounds.max(1) {
             let start = Instant::now();
             evaluate_batch(&loaded, &key, encrypt(n)?, &|| {})?;
@@ -153,7 +153,7 @@ async fn start_api(
         .get("bench")
         .context("the model is served")?
         .loaded
-        .spec
+        .spec()
         .fingerprint
         .clone();
     Ok(Api {

@@ -8,7 +8,7 @@ use hexray_engine::LoadedModel;
 
 pub fn print(model: &Path) -> Result<()> {
     let loaded = LoadedModel::from_file(model).context("loading the model")?;
-    let spec: serde_json::Value = serde_json::from_slice(&loaded.spec.to_json())?;
+    let spec: serde_json::Value = serde_json::from_slice(&loaded.spec().to_json())?;
     println!("{}", serde_json::to_string_pretty(&spec)?);
     Ok(())
 }

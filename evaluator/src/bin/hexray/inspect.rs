@@ -13,7 +13,7 @@ pub fn inspect(path: &Path) -> Result<()> {
 
 /// Prints the model's identity and its per-stage cost and noise.
 pub fn print_report(loaded: &LoadedModel) {
-    let (model, circuit) = (&loaded.model, &loaded.circuit);
+    let (model, circuit) = (&loaded.model(), &loaded.circuit());
     println!(
         "model      {} v{} ({})",
         model.name, model.model_version, model.fhe.name

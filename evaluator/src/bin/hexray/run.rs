@@ -28,17 +28,17 @@ pub fn bootstrap_bar(total: usize) -> ProgressBar {
 
 pub fn run(args: ImageArgs) -> Result<()> {
     let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
-    let (circuit, set) = (&loaded.circuit, loaded.parameter_set);
+    let (circuit, set) = (&loaded.circuit(), loaded.parameter_set());
     let mut phases: Vec<(&str, Duration)> = Vec::new();
     let mut timed = |name, start: Instant| phases.push((name, start.elapsed()));
 
     // Client: preprocess and keys.
     let t = Instant::now();
-    let input = read_image(&args.image, &loaded.model.network.input)?;
+    let input = read_image(&args.image, &loaded.model().network.input)?;
     timed("preprocess", t);
     let t = Instant::now();
     let client = ClientKey::generate(set);
-    let server_key_upload = client.server_key().to_bytes();
+    let server_key_upload = client.server_key().to_bytes()?;
     timed("client keygen", t);
 
     // Server: register the key.
@@ -48,7 +48,7 @@ pub fn run(args: ImageArgs) -> Result<()> {
 
     // Client: encrypt.
     let t = Instant::now();
-    let upload = client.encrypt(&loaded.spec, input.view())?.to_bytes();
+    let upload = client.encrypt(loaded.spec(), input.view())?.to_bytes()?;
     timed("encrypt", t);
 
     // Server: evaluate.
@@ -58,13 +58,13 @@ pub fn run(args: ImageArgs) -> Result<()> {
     bar.set_message("evaluating");
     let (output, stats) = evaluate(&loaded, &server_key, encrypted, &|| bar.inc(1))?;
     bar.finish_and_clear();
-    let download = output.to_bytes();
+    let download = output.to_bytes()?;
     timed("evaluate (server)", t);
 
     // Client: decrypt, knowing only the spec.
     let t = Instant::now();
-    let output = EncryptedOutput::from_bytes(&download, set, loaded.spec.output_len())?;
-    let diagnosis = client.decrypt(&loaded.spec, &output)?;
+    let output = EncryptedOutput::from_bytes(&download, set, loaded.spec().output_len())?;
+    let diagnosis = client.decrypt(loaded.spec(), &output)?;
     timed("decrypt", t);
     // The model owner's view of the same output, to compare with the simulator.
     let prediction = client.decrypt_prediction(circuit, &output)?;
@@ -80,15 +80,15 @@ pub fn run(args: ImageArgs) -> Result<()> {
     println!("image      {}", args.image.display());
     println!(
         "model      {} v{} ({})",
-        loaded.model.name,
-        loaded.model.model_version,
+        loaded.model().name,
+        loaded.model().model_version,
         set.name()
     );
     println!(
         "diagnosis  {} (decision support, not a diagnosis)",
-        loaded.spec.classes[diagnosis.class]
+        loaded.spec().classes[diagnosis.class]
     );
-    for (class, p) in loaded.spec.classes.iter().zip(&diagnosis.probabilities) {
+    for (class, p) in loaded.spec().classes.iter().zip(&diagnosis.probabilities) {
         println!("  {class:<12} {:>6.2}%", 100.0 * p);
     }
     println!("bootstraps {}", stats.bootstraps);

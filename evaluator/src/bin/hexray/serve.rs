@@ -119,7 +119,7 @@ pub fn serve(args: Args) -> Result<()> {
         log::info!(
             "serving model {} ({} bootstraps per image)",
             model.id,
-            model.loaded.circuit.bootstrap_count()
+            model.loaded.circuit().bootstrap_count()
         );
     }
     let web_dir = args.web_dir.is_dir().then_some(args.web_dir.clone());

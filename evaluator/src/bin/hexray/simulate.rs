@@ -13,8 +13,8 @@ use crate::{read_image, ImageArgs};
 
 pub fn simulate(args: ImageArgs) -> Result<()> {
     let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
-    let circuit = &loaded.circuit;
-    let input = read_image(&args.image, &loaded.model.network.input)?;
+    let circuit = &loaded.circuit();
+    let input = read_image(&args.image, &loaded.model().network.input)?;
     let exact = simulate::exact(circuit, input.view())?;
     let classes = circuit.classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -39,7 +39,7 @@ pub fn simulate(args: ImageArgs) -> Result<()> {
         .collect();
     let report = json!({
         "image": args.image.display().to_string(),
-        "model": { "name": loaded.model.name, "version": loaded.model.model_version },
+        "model": { "name": loaded.model().name, "version": loaded.model().model_version },
         "classes": circuit.classes,
         // What a client encrypts for this image, row by row: for audits of what leaves a page.
         "input": input.iter().collect::<Vec<_>>(),
