@@ -73,14 +73,14 @@ pub struct EvaluationStats {
 /// let (client, server_key) = ClientKey::generate_deterministic(set, 1);
 /// let input = ndarray::Array3::<i64>::from_shape_fn((1, 4, 4), |(_, y, x)| (y * 60 + x * 5) as i64);
 ///
-/// let encrypted = client.encrypt(&loaded.spec, input.view()).unwrap();
+/// let encrypted = client.encrypt(loaded.spec(), input.view()).unwrap();
 /// let (output, stats) = evaluate(&loaded, &server_key.decompress(), encrypted, &|| {}).unwrap();
-/// assert_eq!(stats.bootstraps, loaded.circuit.bootstrap_count());
+/// assert_eq!(stats.bootstraps, loaded.circuit().bootstrap_count());
 ///
 /// // The client decrypts what the simulator predicts, within the noise the compiler counts.
-/// let decrypted = client.decrypt_prediction(&loaded.circuit, &output).unwrap();
-/// let exact = hexray_model::simulate::exact(&loaded.circuit, input.view()).unwrap();
-/// let stage = loaded.circuit.stages.last().unwrap();
+/// let decrypted = client.decrypt_prediction(loaded.circuit(), &output).unwrap();
+/// let exact = hexray_model::simulate::exact(loaded.circuit(), input.view()).unwrap();
+/// let stage = loaded.circuit().stages.last().unwrap();
 /// for (j, (d, e)) in decrypted.accumulators.iter().zip(&exact.accumulators).enumerate() {
 ///     let sigma = stage.neurons[j].sigma * 2f64.powi(64) / stage.delta as f64;
 ///     assert!((d - e).abs() < 6.0 * sigma, "{d} vs {e}, σ {sigma}");

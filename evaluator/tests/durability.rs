@@ -149,7 +149,11 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
     ))
     .unwrap();
     let input = preprocess(&image, &spec.input).unwrap();
-    let batch = frames::pack(&[client.encrypt(&spec, input.view()).unwrap().to_bytes().unwrap()]);
+    let batch = frames::pack(&[client
+        .encrypt(&spec, input.view())
+        .unwrap()
+        .to_bytes()
+        .unwrap()]);
     let job = api.submit("pneumonia-a", &id, &spec, &batch).unwrap();
     let start = Instant::now();
     loop {

@@ -4,7 +4,8 @@
 use crate::circuit::Circuit;
 use crate::file::CompiledModel;
 use crate::network::{
-    Activation, Function, Granularity, InputSpec, Intensity, Layer, Network, OutputSpec, Quantizer,
+    Activation, Conv2d, Dense, Function, Granularity, InputSpec, Intensity, Layer, Network,
+    OutputSpec, Quantizer,
 };
 use crate::parameters::FheParameters;
 
@@ -25,7 +26,7 @@ pub fn tiny_network() -> Network {
     Network {
         input: InputSpec::square_8bit(4, Intensity::AsIs),
         layers: vec![
-            Layer::Conv2d {
+            Layer::Conv2d(Conv2d {
                 in_channels: 1,
                 out_channels: 2,
                 kernel: 3,
@@ -33,7 +34,7 @@ pub fn tiny_network() -> Network {
                 padding: 0,
                 weights: (0..18).map(|i| (i % 5) - 2).collect(),
                 bias: vec![3, -4],
-            },
+            }),
             Layer::Activation(Activation {
                 granularity: Granularity::Channel,
                 functions: vec![
@@ -50,12 +51,12 @@ pub fn tiny_network() -> Network {
                 },
             }),
             Layer::Flatten,
-            Layer::Dense {
+            Layer::Dense(Dense {
                 inputs: 8,
                 outputs: 2,
                 weights: (0..16).map(|i| (i % 7) - 3).collect(),
                 bias: vec![1, -1],
-            },
+            }),
         ],
         output: OutputSpec {
             classes: vec!["normal".into(), "pneumonia".into()],

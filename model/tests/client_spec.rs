@@ -2,7 +2,7 @@
 
 use hexray_model::circuit::fit_logit_bound;
 use hexray_model::client_spec::ClientSpec;
-use hexray_model::network::Layer;
+use hexray_model::network::{Conv2d, Dense, Layer};
 use hexray_model::testing::{test_fhe, tiny_network};
 use hexray_model::{compile, CompiledModel, ModelError};
 use serde_json::Value;
@@ -32,7 +32,8 @@ fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
     // Other weights and biases throughout, with other ranges, so every derived encoding moves.
     for layer in &mut network.layers {
         match layer {
-            Layer::Conv2d { weights, bias, .. } | Layer::Dense { weights, bias, .. } => {
+            Layer::Conv2d(Conv2d { weights, bias, .. })
+            | Layer::Dense(Dense { weights, bias, .. }) => {
                 weights.iter_mut().for_each(|w| *w = *w * 2 + 1);
                 bias.iter_mut().for_each(|b| *b = -*b * 7);
             }
@@ -128,7 +129,7 @@ fn decoding_rounds_logits_to_the_public_step() {
 fn a_network_over_its_declared_logit_bound_is_refused_and_fit_declares_the_smallest() {
     let mut network = tiny_network();
     for layer in &mut network.layers {
-        if let Layer::Dense { weights, .. } = layer {
+        if let Layer::Dense(Dense { weights, .. }) = layer {
             weights.iter_mut().for_each(|w| *w *= 4);
         }
     }

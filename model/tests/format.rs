@@ -1,7 +1,7 @@
 //! The model file: round trips, and every malformed file is refused with an error naming the
 //! field, never a panic.
 
-use hexray_model::network::{Activation, InputSpec, Intensity, Layer, OutputSpec};
+use hexray_model::network::{Activation, Conv2d, Dense, InputSpec, Intensity, Layer, OutputSpec};
 use hexray_model::network::{Function, Granularity, Quantizer};
 use hexray_model::simulate;
 use hexray_model::testing::{test_fhe as fhe, tiny_network as tiny};
@@ -45,22 +45,22 @@ fn exact_simulation_matches_integer_arithmetic_when_boxes_are_fine() {
     let (_, circuit) =
         CompiledModel::from_bytes(&build(network.clone()).unwrap().to_bytes()).unwrap();
     let x = Array3::from_shape_fn((1, 4, 4), |(_, y, x)| ((y * 4 + x) * 13 % 256) as i64);
-    let Layer::Conv2d {
+    let Layer::Conv2d(Conv2d {
         weights: cw,
         bias: cb,
         ..
-    } = &network.layers[0]
+    }) = &network.layers[0]
     else {
         unreachable!()
     };
     let Layer::Activation(act) = &network.layers[1] else {
         unreachable!()
     };
-    let Layer::Dense {
+    let Layer::Dense(Dense {
         weights: dw,
         bias: db,
         ..
-    } = &network.layers[3]
+    }) = &network.layers[3]
     else {
         unreachable!()
     };
@@ -103,7 +103,7 @@ fn simulated_noise_is_shared_by_outputs_that_read_the_same_ciphertexts() {
     // output, is left in the sum. A simulator drawing each output's noise on its own would
     // spread the sum as widely as the difference.
     let mut network = tiny();
-    let Some(Layer::Dense { weights, bias, .. }) = network.layers.last_mut() else {
+    let Some(Layer::Dense(Dense { weights, bias, .. })) = network.layers.last_mut() else {
         unreachable!()
     };
     *weights = (0..16)
@@ -166,7 +166,7 @@ fn wrong_magic_and_unknown_version_are_refused() {
 #[test]
 fn inconsistent_shapes_name_the_field() {
     let mut network = tiny();
-    if let Layer::Dense { weights, .. } = &mut network.layers[3] {
+    if let Layer::Dense(Dense { weights, .. }) = &mut network.layers[3] {
         weights.pop();
     }
     assert_eq!(
@@ -175,7 +175,7 @@ fn inconsistent_shapes_name_the_field() {
     );
 
     let mut network = tiny();
-    if let Layer::Dense { inputs, .. } = &mut network.layers[3] {
+    if let Layer::Dense(Dense { inputs, .. }) = &mut network.layers[3] {
         *inputs = 9;
     }
     assert_eq!(
@@ -202,7 +202,7 @@ fn layer_sizes_past_the_element_limit_are_refused_before_any_allocation() {
     // 8 inputs × 2^22 outputs: the weight count is checked, not computed with a multiplication
     // that wraps on the 32-bit wasm client.
     let mut network = tiny();
-    if let Layer::Dense { outputs, .. } = &mut network.layers[3] {
+    if let Layer::Dense(Dense { outputs, .. }) = &mut network.layers[3] {
         *outputs = 1 << 22;
     }
     let err = build(network).unwrap_err();
@@ -218,12 +218,12 @@ fn networks_beyond_the_bootstrap_limit_are_refused() {
     let (side, padded) = (362, 380);
     let mut network = tiny();
     network.input = input(side);
-    if let Layer::Conv2d { padding, .. } = &mut network.layers[0] {
+    if let Layer::Conv2d(Conv2d { padding, .. }) = &mut network.layers[0] {
         *padding = 10;
     }
-    if let Layer::Dense {
+    if let Layer::Dense(Dense {
         inputs, weights, ..
-    } = &mut network.layers[3]
+    }) = &mut network.layers[3]
     {
         *inputs = 2 * padded * padded;
         *weights = vec![1; 2 * 2 * (padded * padded) as usize];
@@ -293,12 +293,12 @@ fn range_analysis_refuses_a_model_crafted_to_overflow() {
         input: input(16),
         layers: vec![
             Layer::Flatten,
-            Layer::Dense {
+            Layer::Dense(Dense {
                 inputs: 256,
                 outputs: 256,
                 weights: vec![1; 256 * 256],
                 bias: vec![0; 256],
-            },
+            }),
             Layer::Activation(Activation {
                 granularity: Granularity::Layer,
                 functions: vec![Function::Relu],
@@ -309,12 +309,12 @@ fn range_analysis_refuses_a_model_crafted_to_overflow() {
                     scale: 1e-9,
                 },
             }),
-            Layer::Dense {
+            Layer::Dense(Dense {
                 inputs: 256,
                 outputs: 2,
                 weights: vec![i32::MAX; 512],
                 bias: vec![0, 0],
-            },
+            }),
         ],
         output: OutputSpec {
             classes: vec!["a".into(), "b".into()],
@@ -338,4 +338,22 @@ fn inputs_past_the_encryption_limit_are_refused() {
     let err = build(network).unwrap_err();
     assert!(err.to_string().contains("262144 pixels"), "{err}");
     assert_eq!(field_of(err), "network.input");
+}
+
+#[test]
+fn the_bundled_model_files_serialise_back_to_their_exact_bytes() {
+    // A file's fingerprint is the SHA-256 of its bytes, so a change to how the schema is
+    // written would silently change every served model's fingerprint.
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(models).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "hexray") {
+            let bytes = std::fs::read(&path).unwrap();
+            let (model, _) = CompiledModel::from_bytes(&bytes).unwrap();
+            assert!(model.to_bytes() == bytes, "{} changed", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4);
 }

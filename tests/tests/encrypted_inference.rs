@@ -165,3 +165,80 @@ fn a_batch_gives_bit_for_bit_what_each_image_gives_alone() {
         Err(hexray_engine::EngineError::EmptyBatch)
     ));
 }
+
+/// A model file through the whole trip as a client and a server make it: the server loads the
+/// file, the client reads the public spec's JSON, encrypts, and decrypts the server's bytes.
+/// Each image's class must be one the noisy simulator gives, and each logit within its spread.
+fn round_trip(model: hexray_model::CompiledModel, set: hexray_crypto::ParameterSet) {
+    let loaded = hexray_engine::LoadedModel::from_bytes(&model.to_bytes(), "test model").unwrap();
+    assert_eq!(loaded.parameter_set(), set);
+    let spec = hexray_model::ClientSpec::from_json(&loaded.spec().to_json()).unwrap();
+    let (client, server) = hexray_crypto::ClientKey::generate_deterministic(set, 21);
+    let server = server.decompress();
+    let circuit = loaded.circuit();
+    let classes = circuit.output_len();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for seed in 0..3u128 {
+        let input = ndarray::Array3::from_shape_fn((1, 4, 4), |_| {
+            rand::Rng::gen_range(&mut rng, 0..256i64)
+        });
+        let upload = client
+            .encrypt_deterministic(&spec, input.view(), seed)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let image = EncryptedImage::from_bytes(&upload, set, circuit.input_len()).unwrap();
+        let (output, stats) = evaluate(&loaded, &server, image, &|| {}).unwrap();
+        assert_eq!(stats.bootstraps, circuit.bootstrap_count());
+        let download = output.to_bytes().unwrap();
+        let output = EncryptedOutput::from_bytes(&download, set, classes).unwrap();
+        let diagnosis = client.decrypt(&spec, &output).unwrap();
+        assert_eq!(diagnosis.probabilities.len(), classes);
+        let prediction = client.decrypt_prediction(circuit, &output).unwrap();
+        let spread = simulate::spread(circuit, input.view(), 200, &mut rng).unwrap();
+        assert!(
+            spread.contains(&prediction, 0.05),
+            "{set:?}, {classes} classes: {:?} outside [{:?}, {:?}]",
+            prediction.accumulators,
+            spread.min,
+            spread.max
+        );
+        let votes: Vec<usize> = (0..50)
+            .map(|_| {
+                simulate::noisy(circuit, input.view(), &mut rng)
+                    .unwrap()
+                    .class()
+            })
+            .collect();
+        let exact = simulate::exact(circuit, input.view()).unwrap().class();
+        assert!(
+            votes.contains(&prediction.class()) || prediction.class() == exact,
+            "class {} is none of the simulator's {votes:?}",
+            prediction.class()
+        );
+    }
+}
+
+#[test]
+fn a_model_compiled_for_ks64_runs_end_to_end() {
+    let set = hexray_crypto::ParameterSet::Ks64;
+    let (model, _) = hexray_model::testing::tiny_model_with(set.fhe_parameters());
+    round_trip(model, set);
+}
+
+#[test]
+fn a_three_class_model_runs_end_to_end() {
+    let set = hexray_crypto::ParameterSet::Ks32;
+    let mut network = hexray_model::testing::tiny_network();
+    network.layers[3] = hexray_model::network::Layer::Dense(hexray_model::network::Dense {
+        inputs: 8,
+        outputs: 3,
+        weights: (0..24).map(|i| (i % 7) - 3).collect(),
+        bias: vec![1, 0, -1],
+    });
+    network.output.classes = vec!["normal".into(), "pneumonia".into(), "covid-19".into()];
+    let model =
+        hexray_model::CompiledModel::build("three", "1", "test", network, set.fhe_parameters())
+            .unwrap();
+    round_trip(model, set);
+}

@@ -17,7 +17,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::circuit::linear::{self, Affine};
-use hexray_model::network::{Activation, InputSpec, Intensity, Layer, OutputSpec, Shape};
+use hexray_model::network::{
+    Activation, Conv2d, Dense, InputSpec, Intensity, Layer, OutputSpec, Shape,
+};
 use hexray_model::network::{Function, Granularity, Quantizer};
 use hexray_model::simulate;
 use hexray_model::{CompiledModel, Network};
@@ -72,7 +74,9 @@ fn main() -> Result<()> {
                 x_train.ncols(),
             )?;
             shape = next;
-            if let Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. } = &mut layer {
+            if let Layer::Conv2d(Conv2d { bias, .. }) | Layer::Dense(Dense { bias, .. }) =
+                &mut layer
+            {
                 bias.iter_mut().for_each(|b| *b = 0);
             }
             stage_layers.push(layer);
@@ -80,7 +84,7 @@ fn main() -> Result<()> {
         let acc = accumulate(&forms, &x_train);
         let (activation, centring) = fit_activation(&acc, shape);
         // The centring constants become the stage's last layer's bias (one per channel).
-        if let Some(Layer::Conv2d { bias, .. } | Layer::Dense { bias, .. }) =
+        if let Some(Layer::Conv2d(Conv2d { bias, .. }) | Layer::Dense(Dense { bias, .. })) =
             stage_layers.last_mut()
         {
             bias.copy_from_slice(&centring);
@@ -91,12 +95,12 @@ fn main() -> Result<()> {
         layers.push(Layer::Activation(activation));
     }
     let (weights, bias, logit_scale) = fit_output(&x_train, &train.labels);
-    layers.push(Layer::Dense {
+    layers.push(Layer::Dense(Dense {
         inputs: x_train.ncols() as u32,
         outputs: 2,
         weights,
         bias,
-    });
+    }));
 
     let network = Network {
         input,
@@ -151,7 +155,7 @@ fn random_weights(rng: &mut ChaCha8Rng, n: usize) -> Vec<i32> {
 }
 
 fn conv(rng: &mut ChaCha8Rng, cin: u32, cout: u32, k: u32, stride: u32, padding: u32) -> Layer {
-    Layer::Conv2d {
+    Layer::Conv2d(Conv2d {
         in_channels: cin,
         out_channels: cout,
         kernel: k,
@@ -159,16 +163,16 @@ fn conv(rng: &mut ChaCha8Rng, cin: u32, cout: u32, k: u32, stride: u32, padding:
         padding,
         weights: random_weights(rng, (cin * cout * k * k) as usize),
         bias: vec![0; cout as usize],
-    }
+    })
 }
 
 fn dense(rng: &mut ChaCha8Rng, inputs: u32, outputs: u32) -> Layer {
-    Layer::Dense {
+    Layer::Dense(Dense {
         inputs,
         outputs,
         weights: random_weights(rng, (inputs * outputs) as usize),
         bias: vec![0; outputs as usize],
-    }
+    })
 }
 
 /// Accumulators `[image][neuron]` of the composed forms (biases excluded).
@@ -185,13 +189,13 @@ fn accumulate(forms: &[Affine], x: &Array2<i64>) -> Array2<f64> {
 /// Accumulators including the biases now set on the stage's last layer.
 fn accumulate_with(forms: &[Affine], x: &Array2<i64>, layers: &[Layer]) -> Array2<f64> {
     let bias = match layers.last() {
-        Some(Layer::Conv2d { bias, .. }) => {
+        Some(Layer::Conv2d(Conv2d { bias, .. })) => {
             let per = forms.len() / bias.len();
             (0..forms.len())
                 .map(|j| bias[j / per] as f64)
                 .collect::<Vec<_>>()
         }
-        Some(Layer::Dense { bias, .. }) => bias.iter().map(|&b| b as f64).collect(),
+        Some(Layer::Dense(Dense { bias, .. })) => bias.iter().map(|&b| b as f64).collect(),
         _ => vec![0.0; forms.len()],
     };
     let mut acc = accumulate(forms, x);

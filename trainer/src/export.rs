@@ -11,7 +11,7 @@
 use burn::prelude::*;
 use burn::tensor::module::{avg_pool2d, conv2d, linear};
 use burn::tensor::ops::AvgPoolOptions;
-use hexray_model::network::{Function, Granularity, Quantizer};
+use hexray_model::network::{Conv2d, Dense, Function, Granularity, Quantizer};
 use hexray_model::network::{InputSpec, Layer, Network, OutputSpec, Shape};
 use hexray_model::Circuit;
 
@@ -96,12 +96,12 @@ impl IntegerNet {
                         let (weight, bias) = block.composed(net.block_input(l));
                         let [inputs, outputs] = weight.dims();
                         let g = grid(weight.transpose(), bias, step, q.weight_max(), true);
-                        let layer = Layer::Dense {
+                        let layer = Layer::Dense(Dense {
                             inputs: inputs as u32,
                             outputs: outputs as u32,
                             weights: g.weights,
                             bias: g.bias,
-                        };
+                        });
                         (layer, g.unit)
                     }
                     (Some(conv), _) => {
@@ -115,7 +115,7 @@ impl IntegerNet {
                             true,
                         );
                         let options = conv_options(conv);
-                        let layer = Layer::Conv2d {
+                        let layer = Layer::Conv2d(Conv2d {
                             in_channels: cin as u32,
                             out_channels: out as u32,
                             kernel: k as u32,
@@ -123,7 +123,7 @@ impl IntegerNet {
                             padding: options.padding[0].0 as u32,
                             weights: g.weights,
                             bias: g.bias,
-                        };
+                        });
                         (layer, g.unit)
                     }
                     (None, Some(dense)) => {
@@ -136,12 +136,12 @@ impl IntegerNet {
                             q.weight_max(),
                             true,
                         );
-                        let layer = Layer::Dense {
+                        let layer = Layer::Dense(Dense {
                             inputs: inputs as u32,
                             outputs: out as u32,
                             weights: g.weights,
                             bias: g.bias,
-                        };
+                        });
                         (layer, g.unit)
                     }
                     (None, None) => unreachable!("a hidden block has a linear layer"),
@@ -173,12 +173,12 @@ impl IntegerNet {
         IntegerNet {
             input,
             blocks,
-            output: Layer::Dense {
+            output: Layer::Dense(Dense {
                 inputs: inputs as u32,
                 outputs: outputs as u32,
                 weights: g.weights,
                 bias: g.bias,
-            },
+            }),
             classes,
             logit_scale: g.unit[0],
         }
@@ -189,7 +189,7 @@ impl IntegerNet {
         let mut layers = Vec::new();
         let mut flat = false;
         for block in &self.blocks {
-            if matches!(block.layer, Layer::Dense { .. }) && !flat {
+            if matches!(block.layer, Layer::Dense(_)) && !flat {
                 layers.push(Layer::Flatten);
             }
             flat = matches!(block.shape, Shape::Flat(_));
@@ -227,29 +227,20 @@ impl IntegerNet {
         let mut x = inputs;
         for (block, stage) in self.blocks.iter().zip(&circuit.stages) {
             let acc = match &block.layer {
-                Layer::Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    weights,
-                    bias,
-                } => {
-                    let (cin, cout, k) = (
-                        *in_channels as usize,
-                        *out_channels as usize,
-                        *kernel as usize,
-                    );
+                Layer::Conv2d(conv) => {
                     let w = int_tensor(
-                        weights.iter().map(|&w| w as f32),
-                        [cout, cin, k, k],
+                        conv.weights.iter().map(|&w| w as f32),
+                        conv.weight_shape(),
                         &device,
                     );
-                    let b = int_tensor(bias.iter().map(|&b| b as f32), [cout], &device);
+                    let b = int_tensor(
+                        conv.bias.iter().map(|&b| b as f32),
+                        [conv.bias.len()],
+                        &device,
+                    );
                     let options = burn::tensor::ops::ConvOptions::new(
-                        [*stride as usize; 2],
-                        [*padding as usize; 2],
+                        [conv.stride as usize; 2],
+                        [conv.padding as usize; 2],
                         [1, 1],
                         1,
                     );
@@ -260,16 +251,7 @@ impl IntegerNet {
                         k => (avg_pool2d(z, AvgPoolOptions::new([k, k])) * (k * k) as f64).round(),
                     }
                 }
-                Layer::Dense {
-                    inputs,
-                    outputs,
-                    weights,
-                    bias,
-                } => {
-                    let y = dense(x, *inputs as usize, *outputs as usize, weights, bias);
-                    let n = *outputs as usize;
-                    y.reshape([batch, n, 1, 1])
-                }
+                Layer::Dense(layer) => dense(x, layer).reshape([batch, layer.bias.len(), 1, 1]),
                 _ => unreachable!("hidden blocks are convolutions or dense layers"),
             };
             let n = block.shape.len();
@@ -295,18 +277,11 @@ impl IntegerNet {
                 Shape::Flat(n) => int_tensor(next, [batch, n, 1, 1], &device),
             };
         }
-        let Layer::Dense {
-            inputs,
-            outputs,
-            weights,
-            bias,
-        } = &self.output
-        else {
+        let Layer::Dense(output) = &self.output else {
             unreachable!("the output layer is dense")
         };
-        let logits = dense(x, *inputs as usize, *outputs as usize, weights, bias);
-        values(logits)
-            .chunks(*outputs as usize)
+        values(dense(x, output))
+            .chunks(output.bias.len())
             .map(|c| c.iter().map(|&v| v as i64).collect())
             .collect()
     }
@@ -324,15 +299,16 @@ fn int_tensor<const D: usize>(
 }
 
 /// An integer dense layer over the flattened `x`, weights in the file's `[out][in]` layout.
-fn dense(x: Tensor<4>, inputs: usize, outputs: usize, weights: &[i32], bias: &[i64]) -> Tensor<2> {
+fn dense(x: Tensor<4>, layer: &Dense) -> Tensor<2> {
     let device = x.device();
+    let (inputs, outputs) = (layer.inputs as usize, layer.outputs as usize);
     let w = int_tensor(
-        weights.iter().map(|&w| w as f32),
+        layer.weights.iter().map(|&w| w as f32),
         [outputs, inputs],
         &device,
     )
     .transpose();
-    let b = int_tensor(bias.iter().map(|&b| b as f32), [outputs], &device);
+    let b = int_tensor(layer.bias.iter().map(|&b| b as f32), [outputs], &device);
     linear(x.flatten::<2>(1, 3), w, Some(b))
 }
 

@@ -162,21 +162,13 @@ impl Net {
         let mut hidden = Vec::new();
         for (block, shape) in topology.blocks.iter().zip(topology.shapes(input)) {
             let (conv, dense, pool, features) = match *block {
-                Block::Conv {
-                    channels,
-                    kernel,
-                    stride,
-                    padding,
-                    pool,
-                    ..
-                } => {
-                    let conv = Conv2dConfig::new([previous.channels(), channels], [kernel; 2])
-                        .with_stride([stride; 2])
-                        .with_padding(PaddingConfig2d::Explicit(
-                            padding, padding, padding, padding,
-                        ))
+                Block::Conv { conv: c, .. } => {
+                    let p = c.padding;
+                    let conv = Conv2dConfig::new([previous.channels(), c.channels], [c.kernel; 2])
+                        .with_stride([c.stride; 2])
+                        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
                         .init(device);
-                    (Some(conv), None, pool, channels)
+                    (Some(conv), None, c.pool, c.channels)
                 }
                 Block::Dense { outputs, .. } => {
                     let dense = LinearConfig::new(previous.len(), outputs).init(device);

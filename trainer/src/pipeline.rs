@@ -43,20 +43,34 @@ pub struct Student {
     pub quantized: Option<(QuantizedStudent, CompiledModel, Circuit)>,
 }
 
-/// Trains the student of `config.recipe` from `teacher`, quantizing and compiling it when the
+/// What a student learns from: the teacher it starts from, the one it is distilled from, and
+/// the data it is trained and chosen on.
+pub struct Lesson<'a> {
+    /// The ReLU network of the student's own shape, whose weights the student starts from.
+    pub teacher: &'a Net,
+    /// A larger ReLU network to distil from instead of `teacher` (Baruch et al. allow a teacher
+    /// larger than its student).
+    pub strong: Option<&'a Net>,
+    pub train: &'a Tensors,
+    pub val: &'a Tensors,
+}
+
+/// Trains the student of `config.recipe` from `lesson`, quantizing and compiling it when the
 /// recipe asks.
-#[allow(clippy::too_many_arguments)]
 pub fn train_and_compile(
     config: &Config,
-    teacher: &Net,
-    strong: Option<&Net>,
-    train: &Tensors,
-    val: &Tensors,
+    lesson: &Lesson,
     log: &mut Vec<EpochLog>,
     name: &str,
     description: &str,
 ) -> Result<Student, ModelError> {
     let recipe = &config.recipe;
+    let Lesson {
+        teacher,
+        strong,
+        train,
+        val,
+    } = *lesson;
     let distil_from = strong.unwrap_or(teacher);
     let float = train_student(
         teacher,

@@ -15,17 +15,47 @@
 use hexray_model::network::{Shape, ShapeError};
 use serde::Serialize;
 
+/// A convolution block's geometry: a convolution with zero padding, then a `pool`×`pool` sum
+/// pooling (1: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Conv {
+    pub channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub pool: usize,
+}
+
+impl Conv {
+    /// The block's output shape for `input`, by the contract's rule ([`Shape::windowed`]): the
+    /// convolution's, then its pooling's.
+    pub fn output_shape(&self, input: Shape) -> Result<Shape, ShapeError> {
+        input
+            .windowed(self.channels, self.kernel, self.stride, self.padding)?
+            .windowed(self.channels, self.pool, self.pool, 0)
+    }
+
+    /// The spec that [`Topology::parse`] reads back, without the linear suffix.
+    fn spec(&self) -> String {
+        let conv = format!(
+            "c{}k{}s{}p{}",
+            self.channels, self.kernel, self.stride, self.padding
+        );
+        match self.pool {
+            1 => conv,
+            pool => format!("{conv}x{pool}"),
+        }
+    }
+}
+
 /// One hidden block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Block {
-    /// A convolution with zero padding, then a `pool`×`pool` average pool (1: none).
+    /// A convolution, then its pooling.
     Conv {
-        channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        pool: usize,
+        #[serde(flatten)]
+        conv: Conv,
         /// No activation: part of the next block's linear front.
         linear: bool,
     },
@@ -158,26 +188,20 @@ impl Topology {
                     outputs: numbers(&['d'])?[0],
                     linear,
                 }
-            } else if part.contains('x') {
-                let v = numbers(&['c', 'k', 's', 'p', 'x'])?;
-                Block::Conv {
-                    channels: v[0],
-                    kernel: v[1],
-                    stride: v[2],
-                    padding: v[3],
-                    pool: v[4],
-                    linear,
-                }
             } else {
-                let v = numbers(&['c', 'k', 's', 'p'])?;
-                Block::Conv {
+                let keys: &[char] = match part.contains('x') {
+                    true => &['c', 'k', 's', 'p', 'x'],
+                    false => &['c', 'k', 's', 'p'],
+                };
+                let v = numbers(keys)?;
+                let conv = Conv {
                     channels: v[0],
                     kernel: v[1],
                     stride: v[2],
                     padding: v[3],
-                    pool: 1,
-                    linear,
-                }
+                    pool: v.get(4).copied().unwrap_or(1),
+                };
+                Block::Conv { conv, linear }
             };
             if matches!(block, Block::Conv { .. })
                 && matches!(blocks.last(), Some(Block::Dense { .. }))
@@ -207,23 +231,8 @@ impl Topology {
         self.blocks
             .iter()
             .map(|b| {
-                let layer = match *b {
-                    Block::Conv {
-                        channels,
-                        kernel,
-                        stride,
-                        padding,
-                        pool: 1,
-                        ..
-                    } => format!("c{channels}k{kernel}s{stride}p{padding}"),
-                    Block::Conv {
-                        channels,
-                        kernel,
-                        stride,
-                        padding,
-                        pool,
-                        ..
-                    } => format!("c{channels}k{kernel}s{stride}p{padding}x{pool}"),
+                let layer = match b {
+                    Block::Conv { conv, .. } => conv.spec(),
                     Block::Dense { outputs, .. } => format!("d{outputs}"),
                 };
                 match b.is_linear() {
@@ -250,25 +259,15 @@ impl Topology {
             .unwrap_or_else(|e| panic!("topology {} does not fit {input:?}: {e}", self.name))
     }
 
-    /// Each block's output shape, by the contract's shape rule ([`Shape::windowed`]): a
-    /// convolution, then its pooling.
+    /// Each block's output shape, by the contract's shape rule.
     fn try_shapes(&self, input: Shape) -> Result<Vec<Shape>, ShapeError> {
         let mut shape = input;
         self.blocks
             .iter()
             .map(|block| {
-                shape = match *block {
-                    Block::Conv {
-                        channels,
-                        kernel,
-                        stride,
-                        padding,
-                        pool,
-                        ..
-                    } => shape
-                        .windowed(channels, kernel, stride, padding)?
-                        .windowed(channels, pool, pool, 0)?,
-                    Block::Dense { outputs, .. } => Shape::Flat(outputs),
+                shape = match block {
+                    Block::Conv { conv, .. } => conv.output_shape(shape)?,
+                    Block::Dense { outputs, .. } => Shape::Flat(*outputs),
                 };
                 Ok(shape)
             })

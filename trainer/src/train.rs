@@ -491,7 +491,7 @@ pub fn noise_levels(
                 .collect()
         })
         .collect();
-    debug_assert!(matches!(network.layers.last(), Some(Layer::Dense { .. })));
+    debug_assert!(matches!(network.layers.last(), Some(Layer::Dense(_))));
     Ok((NoiseLevels { inputs, switches }, circuit))
 }
 

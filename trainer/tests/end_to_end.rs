@@ -9,7 +9,7 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::network::Granularity;
-use hexray_model::network::{InputSpec, Intensity, Layer, Shape};
+use hexray_model::network::{Dense, InputSpec, Intensity, Layer, Shape};
 use hexray_model::simulate;
 use hexray_model::CompiledModel;
 use hexray_trainer::data::{load_npz, Dataset};
@@ -17,7 +17,7 @@ use hexray_trainer::export::IntegerNet;
 use hexray_trainer::loss::Distillation;
 use hexray_trainer::net::{ActivationMode, Pass};
 use hexray_trainer::pipeline::{
-    export_mismatches, score_circuit, strong_teacher, teacher, train_and_compile, Config,
+    export_mismatches, score_circuit, strong_teacher, teacher, train_and_compile, Config, Lesson,
 };
 use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{noise_levels, QatRecipe, Recipe, Settings, Tensors};
@@ -103,17 +103,13 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
     let mut log = Vec::new();
     let teacher_net = teacher(None, &config, &tr, &va, &mut log);
     let strong = strong_teacher(&config, &tr, &va, &mut log).expect("the config names one");
-    let student = train_and_compile(
-        &config,
-        &teacher_net,
-        Some(&strong),
-        &tr,
-        &va,
-        &mut log,
-        "tiny",
-        "test",
-    )
-    .unwrap();
+    let lesson = Lesson {
+        teacher: &teacher_net,
+        strong: Some(&strong),
+        train: &tr,
+        val: &va,
+    };
+    let student = train_and_compile(&config, &lesson, &mut log, "tiny", "test").unwrap();
     let (quantized, model, circuit) = student.quantized.unwrap();
     assert_eq!(log.len(), 8 + 8 + 2 + 4 + 3, "one log entry per epoch");
 
@@ -215,17 +211,13 @@ fn a_linear_front_trains_as_layers_and_exports_its_composition_bit_exactly() {
         "composed and layered pre-activations differ by {gap}"
     );
 
-    let student = train_and_compile(
-        &config,
-        &teacher_net,
-        None,
-        &tr,
-        &va,
-        &mut log,
-        "front",
-        "test",
-    )
-    .unwrap();
+    let lesson = Lesson {
+        teacher: &teacher_net,
+        strong: None,
+        train: &tr,
+        val: &va,
+    };
+    let student = train_and_compile(&config, &lesson, &mut log, "front", "test").unwrap();
     let (quantized, model, circuit) = student.quantized.unwrap();
     assert_eq!(circuit.bootstrap_count(), 16);
     // The file holds one dense layer over the pixels: the composition.
@@ -233,11 +225,11 @@ fn a_linear_front_trains_as_layers_and_exports_its_composition_bit_exactly() {
         model.network.layers[..2],
         [
             Layer::Flatten,
-            Layer::Dense {
+            Layer::Dense(Dense {
                 inputs: 784,
                 outputs: 16,
                 ..
-            }
+            })
         ]
     ));
     assert_eq!(

@@ -435,3 +435,42 @@ fn parse_file_name(name: &str) -> Option<(&str, ParameterSet)> {
     let hex = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     hex.then_some((id, set))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache's ids, least recently used first.
+    fn ids(lru: &Lru) -> Vec<&str> {
+        lru.entries.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn the_least_recently_used_key_is_evicted_first_and_the_newest_always_stays() {
+        // The cache sizes keys by their parameter set, so one expanded key stands for all.
+        let (_, compressed) =
+            hexray_crypto::ClientKey::generate_deterministic(ParameterSet::Ks32, 5);
+        let key = Arc::new(compressed.decompress());
+        let one = ParameterSet::Ks32.server_key_memory_bytes();
+        let mut lru = Lru {
+            budget: 2 * one,
+            entries: VecDeque::new(),
+        };
+        lru.insert("a".into(), key.clone());
+        lru.insert("b".into(), key.clone());
+        assert_eq!(ids(&lru), ["a", "b"]);
+        // Using "a" makes "b" the least recently used, so "c" evicts "b".
+        assert!(lru.get("a").is_some());
+        lru.insert("c".into(), key.clone());
+        assert_eq!(ids(&lru), ["a", "c"]);
+        assert!(lru.get("b").is_none());
+        assert_eq!(lru.used(), 2 * one);
+        // Inserting a cached id again moves it, without a second copy.
+        lru.insert("a".into(), key.clone());
+        assert_eq!(ids(&lru), ["c", "a"]);
+        // A budget smaller than one key still keeps the key a job is about to use.
+        lru.budget = one / 2;
+        lru.insert("d".into(), key);
+        assert_eq!(ids(&lru), ["d"]);
+    }
+}

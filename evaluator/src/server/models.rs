@@ -162,3 +162,50 @@ impl Models {
         self.0.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundled_file() -> Vec<u8> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        std::fs::read(repo.join("models/pneumonia-mlp-64.hexray")).unwrap()
+    }
+
+    #[test]
+    fn a_directory_serves_its_model_files_by_name_and_skips_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("chest.hexray"), bundled_file()).unwrap();
+        std::fs::write(dir.path().join("README.txt"), "not a model").unwrap();
+        let models = Models::from_dir(dir.path()).unwrap();
+        let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["chest"]);
+    }
+
+    #[test]
+    fn a_bad_model_file_stops_the_start_with_its_name_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.hexray"), bundled_file()).unwrap();
+        let truncated = &bundled_file()[..4000];
+        std::fs::write(dir.path().join("broken.hexray"), truncated).unwrap();
+        let err = Models::from_dir(dir.path())
+            .err()
+            .expect("a bad file is refused");
+        assert!(matches!(err, LoadError::Model { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("broken.hexray"), "{message}");
+
+        std::fs::write(dir.path().join("broken.hexray"), b"HEXRAY-MODEL 1\n{}").unwrap();
+        let message = Models::from_dir(dir.path()).err().unwrap().to_string();
+        assert!(message.contains("version 1"), "{message}");
+    }
+
+    #[test]
+    fn a_directory_without_models_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Models::from_dir(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("no *.hexray model file"), "{err}");
+        let missing = dir.path().join("missing");
+        assert!(Models::from_dir(&missing).is_err());
+    }
+}

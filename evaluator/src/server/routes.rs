@@ -27,21 +27,32 @@ use super::AppState;
 /// The OpenAPI description served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1")
-            .route("/health", web::get().to(health))
-            .route("/openapi.json", web::get().to(openapi))
-            .route("/models", web::get().to(list_models))
-            .route("/models/{id}", web::get().to(client_spec))
-            .route("/keys", web::post().to(register_key))
-            .route("/keys/{id}", web::get().to(key_status))
-            .route("/jobs", web::post().to(submit_job))
-            .route("/jobs/{id}", web::get().to(job_status))
-            .route("/jobs/{id}/events", web::get().to(job_events))
-            .route("/jobs/{id}/outputs", web::get().to(job_outputs)),
-    )
-    .route("/metrics", web::get().to(metrics));
+/// Declares the routes once: [`configure`] registers them and [`ROUTES`] lists them, so the
+/// test that holds `docs/openapi.json` to the server compares it with what is actually served.
+macro_rules! api_routes {
+    ($($method:ident $path:literal => $handler:ident,)*) => {
+        /// Every route the server answers, as (method, path) with OpenAPI's `{id}` parameters.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        /// Registers every route of [`ROUTES`] with its handler.
+        pub fn configure(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+        }
+    };
+}
+
+api_routes! {
+    get "/api/v1/health" => health,
+    get "/api/v1/openapi.json" => openapi,
+    get "/api/v1/models" => list_models,
+    get "/api/v1/models/{id}" => client_spec,
+    post "/api/v1/keys" => register_key,
+    get "/api/v1/keys/{id}" => key_status,
+    post "/api/v1/jobs" => submit_job,
+    get "/api/v1/jobs/{id}" => job_status,
+    get "/api/v1/jobs/{id}/events" => job_events,
+    get "/api/v1/jobs/{id}/outputs" => job_outputs,
+    get "/metrics" => metrics,
 }
 
 /// Answers requests no route matched, in the API's error format.

@@ -120,22 +120,11 @@ pub fn apply(
 ) -> Result<Vec<Affine>, CompileError> {
     let mut merger = Merger::new(stage_inputs, layer_index);
     match (layer, input, output) {
-        (
-            Layer::Conv2d {
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                weights,
-                bias,
-                ..
-            },
-            Shape::Image { c, h, w },
-            Shape::Image { h: oh, w: ow, .. },
-        ) => {
-            let (k, s, p) = (*kernel as usize, *stride as usize, *padding as usize);
-            let mut out = Vec::with_capacity(*out_channels as usize * oh * ow);
-            for (o, &b) in bias.iter().enumerate().take(*out_channels as usize) {
+        (Layer::Conv2d(conv), Shape::Image { c, h, w }, Shape::Image { h: oh, w: ow, .. }) => {
+            let [_, _, k, _] = conv.weight_shape();
+            let (s, p) = (conv.stride as usize, conv.padding as usize);
+            let mut out = Vec::with_capacity(conv.bias.len() * oh * ow);
+            for (o, &b) in conv.bias.iter().enumerate() {
                 for y in 0..oh {
                     for x in 0..ow {
                         let taps = (0..c).flat_map(|i| {
@@ -146,7 +135,7 @@ pub fn apply(
                                 ((y * s + ky).checked_sub(p)?, (x * s + kx).checked_sub(p)?);
                             (iy < h && ix < w).then(|| {
                                 let wi = ((o * c + i) * k + ky) * k + kx;
-                                (weights[wi] as i64, (i * h + iy) * w + ix)
+                                (conv.weights[wi] as i64, (i * h + iy) * w + ix)
                             })
                         });
                         out.push(merger.combine(b, parts, forms)?);
@@ -175,22 +164,10 @@ pub fn apply(
             Ok(out)
         }
         (Layer::Flatten, _, _) => Ok(forms.to_vec()),
-        (
-            Layer::Dense {
-                inputs,
-                outputs,
-                weights,
-                bias,
-            },
-            _,
-            _,
-        ) => {
-            let n = *inputs as usize;
-            (0..*outputs as usize)
-                .map(|o| {
-                    let row = &weights[o * n..(o + 1) * n];
-                    merger.combine(bias[o], row.iter().map(|&w| w as i64).zip(0..n), forms)
-                })
+        (Layer::Dense(dense), _, _) => {
+            let n = dense.inputs as usize;
+            let rows = dense.weights.chunks(n).zip(&dense.bias);
+            rows.map(|(row, &b)| merger.combine(b, row.iter().map(|&w| w as i64).zip(0..n), forms))
                 .collect()
         }
         (layer, input, _) => {
@@ -202,6 +179,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::{Conv2d, Dense};
 
     /// `layer`'s input and output shapes, by the contract's one shape rule.
     fn shapes(layer: &Layer, input: Shape) -> (Shape, Shape) {
@@ -215,12 +193,12 @@ mod tests {
         let pool = Layer::AvgPool { size: 2, stride: 2 };
         let image = Shape::Image { c: 1, h: 2, w: 2 };
         let pooled = apply(0, &pool, shapes(&pool, image), &forms, 4).unwrap();
-        let dense = Layer::Dense {
+        let dense = Layer::Dense(Dense {
             inputs: 1,
             outputs: 1,
             weights: vec![3],
             bias: vec![1],
-        };
+        });
         let out = apply(1, &dense, shapes(&dense, Shape::Flat(1)), &pooled, 4).unwrap();
         assert_eq!(
             out,
@@ -233,7 +211,7 @@ mod tests {
 
     #[test]
     fn conv_padding_skips_outside_taps() {
-        let conv = Layer::Conv2d {
+        let conv = Layer::Conv2d(Conv2d {
             in_channels: 1,
             out_channels: 1,
             kernel: 3,
@@ -241,7 +219,7 @@ mod tests {
             padding: 1,
             weights: (1..=9).collect(),
             bias: vec![5],
-        };
+        });
         let image = Shape::Image { c: 1, h: 2, w: 2 };
         let out = apply(0, &conv, shapes(&conv, image), &Affine::identity(4), 4).unwrap();
         // Top-left output sees kernel taps (1,1),(1,2),(2,1),(2,2) = weights 5,6,8,9.
@@ -256,12 +234,12 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error() {
-        let dense = Layer::Dense {
+        let dense = Layer::Dense(Dense {
             inputs: 1,
             outputs: 1,
             weights: vec![i32::MAX],
             bias: vec![0],
-        };
+        });
         let big = vec![Affine {
             terms: vec![(0, i64::MAX / 2)],
             bias: 0,

@@ -226,12 +226,17 @@ pub(crate) fn colour(
 mod tests {
     use super::*;
 
-    const UNSIGNED_12: SampleFormat = SampleFormat {
-        bits_allocated: 16,
-        bits_stored: 12,
-        high_bit: 11,
-        signed: false,
-    };
+    /// Samples of 16 allocated bits, `bits_stored` of them ending at `high_bit`.
+    const fn sixteen(bits_stored: u16, high_bit: u16, signed: bool) -> SampleFormat {
+        SampleFormat {
+            bits_allocated: 16,
+            bits_stored,
+            high_bit,
+            signed,
+        }
+    }
+
+    const UNSIGNED_12: SampleFormat = sixteen(12, 11, false);
     const IDENTITY: ModalityTransform = ModalityTransform::Rescale {
         slope: 1.0,
         intercept: 0.0,
@@ -246,12 +251,7 @@ mod tests {
         // An overlay bit above a 12-bit value is ignored.
         assert_eq!(UNSIGNED_12.value(0xF123), 0x123);
         // Stored bits 4..=13 of 16 (high bit 13, 10 bits stored).
-        let shifted = SampleFormat {
-            bits_allocated: 16,
-            bits_stored: 10,
-            high_bit: 13,
-            signed: false,
-        };
+        let shifted = sixteen(10, 13, false);
         assert_eq!(shifted.value(0b1100_0000_0101_1111), 0b00_0000_0101);
     }
 
@@ -267,12 +267,7 @@ mod tests {
         // Bits above bit 11 do not change the value, whatever they hold.
         assert_eq!(signed_12.value(0xFFFF), -1);
         assert_eq!(signed_12.value(0xF7FF), 2047);
-        let signed_16 = SampleFormat {
-            bits_allocated: 16,
-            bits_stored: 16,
-            high_bit: 15,
-            signed: true,
-        };
+        let signed_16 = sixteen(16, 15, true);
         assert_eq!(signed_16.value(0x8000), -32768);
     }
 

@@ -188,23 +188,8 @@ pub enum ResizeFilter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Layer {
-    /// 2-D convolution with zero padding. Weights are laid out `[out][in][ky][kx]`.
-    Conv2d {
-        /// Channels of the input image; must match the previous layer's.
-        in_channels: u32,
-        /// Channels produced, one filter each.
-        out_channels: u32,
-        /// Side of the square kernel, in pixels.
-        kernel: u32,
-        /// Step between window positions, in pixels.
-        stride: u32,
-        /// Zeros added on every side of the input, in pixels.
-        padding: u32,
-        /// `out_channels·in_channels·kernel²` integer weights.
-        weights: Vec<i32>,
-        /// One per output channel, in accumulator units (weight × input integer).
-        bias: Vec<i64>,
-    },
+    /// 2-D convolution with zero padding.
+    Conv2d(Conv2d),
     /// Average pooling, computed as the integer window sum. The 1/size² factor belongs to the
     /// next activation's `input_scales`, where the exporter folds it.
     AvgPool {
@@ -215,19 +200,52 @@ pub enum Layer {
     },
     /// Flattens `[channel][y][x]` into a vector, in that order.
     Flatten,
-    /// Fully connected layer. Weights are laid out `[out][in]`.
-    Dense {
-        /// Length of the flat input; must match the previous layer's output.
-        inputs: u32,
-        /// Number of neurons.
-        outputs: u32,
-        /// `outputs·inputs` integer weights.
-        weights: Vec<i32>,
-        /// One per neuron, in accumulator units (weight × input integer).
-        bias: Vec<i64>,
-    },
+    /// Fully connected layer.
+    Dense(Dense),
     /// A univariate activation per neuron, applied by its bootstrap.
     Activation(Activation),
+}
+
+/// A 2-D convolution with zero padding. Weights are laid out `[out][in][ky][kx]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv2d {
+    /// Channels of the input image; must match the previous layer's.
+    pub in_channels: u32,
+    /// Channels produced, one filter each.
+    pub out_channels: u32,
+    /// Side of the square kernel, in pixels.
+    pub kernel: u32,
+    /// Step between window positions, in pixels.
+    pub stride: u32,
+    /// Zeros added on every side of the input, in pixels.
+    pub padding: u32,
+    /// `out_channels·in_channels·kernel²` integer weights.
+    pub weights: Vec<i32>,
+    /// One per output channel, in accumulator units (weight × input integer).
+    pub bias: Vec<i64>,
+}
+
+impl Conv2d {
+    /// The weights' shape, `[out][in][ky][kx]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        let k = self.kernel as usize;
+        [self.out_channels as usize, self.in_channels as usize, k, k]
+    }
+}
+
+/// A fully connected layer. Weights are laid out `[out][in]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dense {
+    /// Length of the flat input; must match the previous layer's output.
+    pub inputs: u32,
+    /// Number of neurons.
+    pub outputs: u32,
+    /// `outputs·inputs` integer weights.
+    pub weights: Vec<i32>,
+    /// One per neuron, in accumulator units (weight × input integer).
+    pub bias: Vec<i64>,
 }
 
 /// A univariate activation applied to every neuron of the previous linear layer.
@@ -319,8 +337,7 @@ impl Network {
             shapes.push(shape);
         }
         match (self.layers.last(), shapes.last()) {
-            (Some(Layer::Dense { .. }), Some(Shape::Flat(n)))
-                if *n == self.output.classes.len() => {}
+            (Some(Layer::Dense(_)), Some(Shape::Flat(n))) if *n == self.output.classes.len() => {}
             _ => {
                 return Err(ModelError::field(
                     "network.layers",
@@ -420,25 +437,19 @@ impl Layer {
     /// assert!(pool.output_shape(Shape::Flat(256)).is_err());
     /// ```
     pub fn output_shape(&self, input: Shape) -> Result<Shape, ShapeError> {
-        match *self {
-            Layer::Conv2d {
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                ..
-            } => input.windowed(
-                out_channels as usize,
-                kernel as usize,
-                stride as usize,
-                padding as usize,
+        match self {
+            Layer::Conv2d(conv) => input.windowed(
+                conv.out_channels as usize,
+                conv.kernel as usize,
+                conv.stride as usize,
+                conv.padding as usize,
             ),
-            Layer::AvgPool { size, stride } => {
+            &Layer::AvgPool { size, stride } => {
                 input.windowed(input.channels(), size as usize, stride as usize, 0)
             }
             Layer::Flatten => Ok(input.flattened()),
-            Layer::Dense { outputs, .. } => match input {
-                Shape::Flat(_) => Ok(Shape::Flat(outputs as usize)),
+            Layer::Dense(dense) => match input {
+                Shape::Flat(_) => Ok(Shape::Flat(dense.outputs as usize)),
                 Shape::Image { .. } => Err(ShapeError::NotFlat),
             },
             Layer::Activation(_) => Ok(input),
@@ -461,52 +472,44 @@ fn check_layer(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
         }
     };
     // The numbers the geometry depends on come first, so that it never sees a zero stride.
-    match *layer {
-        Layer::Conv2d {
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            ..
-        } => {
+    match layer {
+        Layer::Conv2d(conv) => {
             for (name, v) in [
-                ("in_channels", in_channels),
-                ("out_channels", out_channels),
-                ("kernel", kernel),
-                ("stride", stride),
+                ("in_channels", conv.in_channels),
+                ("out_channels", conv.out_channels),
+                ("kernel", conv.kernel),
+                ("stride", conv.stride),
             ] {
                 dim(name, v)?;
             }
-            if padding > MAX_DIM {
+            if conv.padding > MAX_DIM {
                 return Err(ModelError::field(f("padding"), "is too large"));
             }
             if let Shape::Image { c, .. } = input {
-                if in_channels as usize != c {
+                if conv.in_channels as usize != c {
                     return Err(ModelError::field(
                         f("in_channels"),
-                        format!("is {in_channels} but the input has {c} channels"),
+                        format!("is {} but the input has {c} channels", conv.in_channels),
                     ));
                 }
             }
         }
-        Layer::AvgPool { size, stride } => {
+        &Layer::AvgPool { size, stride } => {
             dim("size", size)?;
             dim("stride", stride)?;
         }
-        Layer::Dense {
-            inputs, outputs, ..
-        } => {
-            if inputs as usize != input.len() {
+        Layer::Dense(dense) => {
+            if dense.inputs as usize != input.len() {
                 return Err(ModelError::field(
                     f("inputs"),
                     format!(
-                        "is {inputs} but the previous layer produces {}",
+                        "is {} but the previous layer produces {}",
+                        dense.inputs,
                         input.len()
                     ),
                 ));
             }
-            if outputs == 0 || outputs as usize > MAX_ELEMENTS {
+            if dense.outputs == 0 || dense.outputs as usize > MAX_ELEMENTS {
                 return Err(ModelError::field(f("outputs"), "is out of range"));
             }
         }
@@ -514,49 +517,32 @@ fn check_layer(i: usize, layer: &Layer, input: Shape) -> Result<Shape, ModelErro
     }
     let output = layer.output_shape(input).map_err(|e| {
         let field = match (&e, layer) {
-            (ShapeError::WindowTooLarge { .. }, Layer::Conv2d { .. }) => f("kernel"),
+            (ShapeError::WindowTooLarge { .. }, Layer::Conv2d(_)) => f("kernel"),
             (ShapeError::WindowTooLarge { .. }, _) => f("size"),
             _ => at.clone(),
         };
         ModelError::field(field, e.to_string())
     })?;
     match layer {
-        Layer::Conv2d {
-            weights,
-            bias,
-            in_channels,
-            out_channels,
-            kernel,
-            ..
-        } => {
-            let (cin, cout, k) = (
-                *in_channels as usize,
-                *out_channels as usize,
-                *kernel as usize,
-            );
+        Layer::Conv2d(conv) => {
             expect_len(
                 f("weights"),
-                weights,
-                elements(f("weights"), &[cout, cin, k, k])?,
+                &conv.weights,
+                elements(f("weights"), &conv.weight_shape())?,
             )?;
-            expect_len(f("bias"), bias, cout)?;
+            expect_len(f("bias"), &conv.bias, conv.out_channels as usize)?;
             if let Shape::Image { c, h, w } = output {
                 elements(f("out_channels"), &[c, h, w])?;
             }
         }
-        Layer::Dense {
-            inputs,
-            outputs,
-            weights,
-            bias,
-        } => {
-            let (n_in, n_out) = (*inputs as usize, *outputs as usize);
+        Layer::Dense(dense) => {
+            let (n_in, n_out) = (dense.inputs as usize, dense.outputs as usize);
             expect_len(
                 f("weights"),
-                weights,
+                &dense.weights,
                 elements(f("weights"), &[n_in, n_out])?,
             )?;
-            expect_len(f("bias"), bias, n_out)?;
+            expect_len(f("bias"), &dense.bias, n_out)?;
         }
         Layer::Activation(act) => {
             let n = act.granularity.count(input);

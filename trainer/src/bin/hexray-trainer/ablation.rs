@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::Result;
 use hexray_model::network::Granularity;
 use hexray_trainer::net::{ActivationMode, Net};
-use hexray_trainer::pipeline::{score_circuit, score_float, teacher, train_and_compile, Config};
+use hexray_trainer::pipeline::{
+    score_circuit, score_float, teacher, train_and_compile, Config, Lesson,
+};
 use hexray_trainer::report::{seed_table, SeedRow};
 use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{EpochLog, Recipe};
@@ -121,21 +123,18 @@ pub(crate) fn ablation(
                 score_float(&teacher_net, ActivationMode::Relu, &te).0,
             )];
             // Every row of the papers' method learns from the teacher of its own topology.
+            let own = Lesson {
+                teacher: &teacher_net,
+                strong: None,
+                train: &tr,
+                val: &va,
+            };
             for (label, recipe) in ablation_recipes(&run) {
                 let config = Config {
                     recipe,
                     ..shipped.clone()
                 };
-                let student = train_and_compile(
-                    &config,
-                    &teacher_net,
-                    None,
-                    &tr,
-                    &va,
-                    &mut log,
-                    name,
-                    "ablation",
-                )?;
+                let student = train_and_compile(&config, &own, &mut log, name, "ablation")?;
                 scores.push((
                     label.to_owned(),
                     match &student.quantized {
@@ -153,16 +152,13 @@ pub(crate) fn ablation(
                 // The shipped recipe from `own` (the student's starting point), distilled from
                 // the strong teacher, scored under noise.
                 let distilled = |config: &Config, own: &Net, log: &mut Vec<EpochLog>| {
-                    let student = train_and_compile(
-                        config,
-                        own,
-                        Some(strong),
-                        &tr,
-                        &va,
-                        log,
-                        name,
-                        "ablation",
-                    )?;
+                    let lesson = Lesson {
+                        teacher: own,
+                        strong: Some(strong),
+                        train: &tr,
+                        val: &va,
+                    };
+                    let student = train_and_compile(config, &lesson, log, name, "ablation")?;
                     noisy(&student.quantized.expect("the shipped recipe quantizes").2)
                 };
                 scores.push((

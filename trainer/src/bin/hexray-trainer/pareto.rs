@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use hexray_trainer::net::ActivationMode;
-use hexray_trainer::pipeline::{score_circuit, score_float, teacher, train_and_compile};
+use hexray_trainer::pipeline::{score_circuit, score_float, teacher, train_and_compile, Lesson};
 use hexray_trainer::plots::pareto_chart;
 use hexray_trainer::report::SeedRow;
 use hexray_trainer::topology::Topology;
@@ -44,16 +44,13 @@ pub(crate) fn pareto(
                 &te,
             )
             .0;
-            let student = train_and_compile(
-                &config,
-                &teacher_net,
-                strong.as_ref(),
-                &tr,
-                &va,
-                &mut log,
-                name,
-                "pareto",
-            )?;
+            let lesson = Lesson {
+                teacher: &teacher_net,
+                strong: strong.as_ref(),
+                train: &tr,
+                val: &va,
+            };
+            let student = train_and_compile(&config, &lesson, &mut log, name, "pareto")?;
             let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
             let scores = vec![
                 ("teacher", teacher_scores),

@@ -9,6 +9,7 @@ use hexray_trainer::metrics::{roc_curve, Scores};
 use hexray_trainer::net::ActivationMode;
 use hexray_trainer::pipeline::{
     export_mismatches, score_circuit, score_float, strong_teacher, teacher, train_and_compile,
+    Lesson,
 };
 use hexray_trainer::plots::{line_chart, roc_chart, Series};
 use hexray_trainer::report::{Row, RunReport, StageSummary};
@@ -61,16 +62,13 @@ pub(crate) fn train(
         config.topology.spec()
     );
     let name = format!("pneumonia-{}", config.topology.name);
-    let student = train_and_compile(
-        &config,
-        &teacher_net,
-        strong.as_ref(),
-        &tr,
-        &va,
-        &mut log,
-        &name,
-        &description,
-    )?;
+    let lesson = Lesson {
+        teacher: &teacher_net,
+        strong: strong.as_ref(),
+        train: &tr,
+        val: &va,
+    };
+    let student = train_and_compile(&config, &lesson, &mut log, &name, &description)?;
     let training_seconds = start.elapsed().as_secs_f64();
     let (quantized, model, circuit) = student.quantized.expect("the shipped recipe quantizes");
     let bootstraps = circuit.bootstrap_count();

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use hexray_trainer::data::{folds, hold_out, load_folder, shared_patients};
 use hexray_trainer::metrics::Scores;
 use hexray_trainer::net::Net;
-use hexray_trainer::pipeline::{score_circuit, teacher, train_and_compile};
+use hexray_trainer::pipeline::{score_circuit, teacher, train_and_compile, Lesson};
 use hexray_trainer::report::{table, Row};
 use hexray_trainer::train::Tensors;
 
@@ -70,16 +70,13 @@ pub(crate) fn transfer(
                 &fold_val,
                 &mut log,
             );
-            let student = train_and_compile(
-                &config,
-                &fine_tuned,
-                None,
-                &fold_train,
-                &fold_val,
-                &mut log,
-                "covid",
-                "transfer",
-            )?;
+            let lesson = Lesson {
+                teacher: &fine_tuned,
+                strong: None,
+                train: &fold_train,
+                val: &fold_val,
+            };
+            let student = train_and_compile(&config, &lesson, &mut log, "covid", "transfer")?;
             let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
             let (scores, p) = score_circuit(&circuit, &fold_test, common.draws, common.seed)?;
             accuracies.push(scores.accuracy);
