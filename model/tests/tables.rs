@@ -6,10 +6,11 @@ use hexray_model::network::{Conv2d, Layer};
 use hexray_model::testing::{test_fhe, tiny_network};
 use hexray_model::{compile, Circuit, Network};
 
-/// The tiny network with its convolution's weights multiplied by `gain`: a wider accumulator
-/// range for the same table size.
-fn with_gain(gain: i32) -> (Network, Circuit) {
+/// The tiny network on `bits`-bit inputs with its convolution's weights multiplied by `gain`:
+/// the accumulator range, against the same table size, grows with both.
+fn with_range(bits: u8, gain: i32) -> (Network, Circuit) {
     let mut network = tiny_network();
+    network.input.bits = bits;
     if let Layer::Conv2d(Conv2d { weights, .. }) = &mut network.layers[0] {
         weights.iter_mut().for_each(|w| *w *= gain);
     }
@@ -19,7 +20,7 @@ fn with_gain(gain: i32) -> (Network, Circuit) {
 
 #[test]
 fn the_upper_half_of_the_torus_reads_the_table_negated() {
-    let (_, circuit) = with_gain(1);
+    let (_, circuit) = with_range(8, 1);
     let stage = &circuit.stages[0];
     let shift = circuit.position_shift();
     let n = circuit.polynomial_size as usize;
@@ -47,7 +48,7 @@ fn the_upper_half_of_the_torus_reads_the_table_negated() {
 
 #[test]
 fn the_margins_keep_every_reachable_phase_in_the_lower_half() {
-    let (_, circuit) = with_gain(1);
+    let (_, circuit) = with_range(8, 1);
     let stage = &circuit.stages[0];
     let half = 1u64 << 63;
     for (j, neuron) in stage.neurons.iter().enumerate() {
@@ -65,14 +66,15 @@ fn the_margins_keep_every_reachable_phase_in_the_lower_half() {
 
 #[test]
 fn fine_boxes_read_every_integer_back_as_itself() {
-    let (_, circuit) = with_gain(1);
+    // 6-bit inputs keep every accumulator range under the 2048 positions.
+    let (_, circuit) = with_range(6, 1);
     let stage = &circuit.stages[0];
     let shift = circuit.position_shift();
     let n = circuit.polynomial_size as i64;
     for (j, neuron) in stage.neurons.iter().enumerate() {
         assert!(
             neuron.acc_max - neuron.acc_min < n,
-            "the tiny network's boxes are fine"
+            "neuron {j}'s boxes are fine"
         );
         for acc in neuron.acc_min..=neuron.acc_max {
             assert_eq!(stage.read_accumulator(j, acc, shift), acc);
@@ -82,7 +84,7 @@ fn fine_boxes_read_every_integer_back_as_itself() {
 
 #[test]
 fn coarse_boxes_share_a_position_between_neighbouring_integers() {
-    let (_, circuit) = with_gain(40);
+    let (_, circuit) = with_range(8, 40);
     let stage = &circuit.stages[0];
     let shift = circuit.position_shift();
     let n = circuit.polynomial_size as i64;

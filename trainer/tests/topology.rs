@@ -25,20 +25,10 @@ fn every_preset_parses_fits_and_prints_back_its_spec() {
 
 #[test]
 fn blocks_read_every_field_and_the_linear_suffix() {
-    let topology = Topology::parse("c8k5s1p2x2l,c4k3s2p0,d64l,d16").unwrap();
+    let topology = Topology::parse("c4k3s2p0,c8k5s1p2x2l,d64l,d16").unwrap();
     assert_eq!(
         topology.blocks,
         [
-            Block::Conv {
-                conv: Conv {
-                    channels: 8,
-                    kernel: 5,
-                    stride: 1,
-                    padding: 2,
-                    pool: 2,
-                },
-                linear: true
-            },
             Block::Conv {
                 conv: Conv {
                     channels: 4,
@@ -48,6 +38,16 @@ fn blocks_read_every_field_and_the_linear_suffix() {
                     pool: 1,
                 },
                 linear: false
+            },
+            Block::Conv {
+                conv: Conv {
+                    channels: 8,
+                    kernel: 5,
+                    stride: 1,
+                    padding: 2,
+                    pool: 2,
+                },
+                linear: true
             },
             Block::Dense {
                 outputs: 64,
