@@ -9,6 +9,14 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 # The browser client is compiled for wasm32 only in the page build: lint it for that target too.
 cargo clippy --release -p hexray-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
+# A private PostgreSQL (Debian's package) for the shared back end's tests, stopped on exit.
+pg_dir=$(mktemp -d /tmp/hexray-pg-XXXXXX)
+trap 'bash scripts/postgres.sh stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
+if url=$(bash scripts/postgres.sh start "$pg_dir" 55433); then
+  export HEXRAY_TEST_DATABASE_URL=$url HEXRAY_TEST_POSTGRES_DIR=$pg_dir
+else
+  echo "PostgreSQL could not be started: the shared-database tests say they are skipped" >&2
+fi
 cargo test --release --workspace
 bash scripts/build-web.sh
 # wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::keys::KeyStore;
+use super::keys::KeyStorage;
 use super::metrics::Metrics;
 use super::models::ServedModel;
 use hexray_engine::evaluate_batch;
@@ -193,7 +193,7 @@ impl Jobs {
 
 impl JobQueue {
     /// Starts the workers.
-    pub fn start(config: &QueueConfig, keys: Arc<KeyStore>, metrics: Arc<Metrics>) -> Self {
+    pub fn start(config: &QueueConfig, keys: Arc<dyn KeyStorage>, metrics: Arc<Metrics>) -> Self {
         let (sender, receiver) = sync_channel::<Arc<Job>>(config.capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         let pool = Arc::new(
@@ -349,7 +349,7 @@ fn job_id() -> String {
 struct Worker {
     receiver: Arc<Mutex<Receiver<Arc<Job>>>>,
     pool: Arc<rayon::ThreadPool>,
-    keys: Arc<KeyStore>,
+    keys: Arc<dyn KeyStorage>,
     metrics: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,

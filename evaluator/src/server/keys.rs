@@ -48,6 +48,47 @@ pub struct KeyLimits {
     pub expiry: Duration,
 }
 
+/// Where registered keys live, and the expanded-key cache in front of them. The embedded
+/// [`KeyStore`] keeps them in the data directory, for one server; the PostgreSQL store
+/// (`super::postgres::PgKeyStore`) shares them between evaluator nodes. Every method may block
+/// (disk, network, hashing, expansion): call them from a blocking thread.
+pub trait KeyStorage: Send + Sync {
+    /// Validates and persists a compressed server key for `owner`; returns its id.
+    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError>;
+    /// The parameter set of a key `owner` registered, if it is registered.
+    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError>;
+    /// Checks that `owner`'s key is usable: cached, or stored intact. A damaged copy is set
+    /// aside and the key reported unknown, so the client uploads it again.
+    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError>;
+    /// The expanded key, from the cache or expanded from storage, marked used.
+    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError>;
+    /// Deletes keys unused for longer than the expiry. Returns how many.
+    fn expire(&self) -> usize;
+    /// How many expanded keys this node's cache holds, and their size in bytes.
+    fn cached(&self) -> (usize, usize);
+    /// How many keys are registered, all owners together.
+    fn registered(&self) -> usize;
+}
+
+/// Parses an upload as a compressed server key: its id and parameter set, or why it is not one.
+pub(crate) fn validate_upload(bytes: &[u8]) -> Result<(String, ParameterSet), ApiError> {
+    let key = CompressedServerKey::from_bytes(bytes).map_err(|e| match e {
+        hexray_crypto::CryptoError::ParameterMismatch { .. } => ApiError::ParameterMismatch {
+            context: "the uploaded key".into(),
+            source: e,
+        },
+        _ => ApiError::MalformedKey(e.to_string()),
+    })?;
+    Ok((key_id(bytes), key.parameter_set()))
+}
+
+/// Expands stored key bytes that have been checked against their id.
+pub(crate) fn expand(id: &str, bytes: &[u8]) -> Result<Arc<ServerKey>, ApiError> {
+    let key = CompressedServerKey::from_bytes(bytes)
+        .map_err(|e| ApiError::Internal(format!("stored key {id} no longer reads: {e}")))?;
+    Ok(Arc::new(key.decompress()))
+}
+
 /// One stored key.
 #[derive(Clone, Copy, Debug)]
 struct Stored {
@@ -65,7 +106,7 @@ pub struct KeyStore {
 }
 
 /// Expanded keys, most recently used last, with their total size bounded by `budget` bytes.
-struct Lru {
+pub(crate) struct Lru {
     budget: usize,
     entries: VecDeque<(String, Arc<ServerKey>)>,
 }
@@ -122,73 +163,22 @@ impl KeyStore {
             quarantine,
             limits,
             index: Mutex::new(index),
-            cache: Mutex::new(Lru {
-                budget: cache_bytes,
-                entries: VecDeque::new(),
-            }),
+            cache: Mutex::new(Lru::new(cache_bytes)),
         };
         store.expire();
         Ok(store)
     }
 
-    /// Validates and persists a compressed server key for `owner`; returns its id. Blocking: it
-    /// parses, hashes and writes tens of megabytes.
-    pub fn register(
-        &self,
-        owner: &Owner,
-        bytes: &[u8],
-    ) -> Result<(String, Registration), ApiError> {
-        let key = CompressedServerKey::from_bytes(bytes).map_err(|e| match e {
-            hexray_crypto::CryptoError::ParameterMismatch { .. } => ApiError::ParameterMismatch {
-                context: "the uploaded key".into(),
-                source: e,
-            },
-            _ => ApiError::MalformedKey(e.to_string()),
-        })?;
-        let id = key_id(bytes);
-        let set = key.parameter_set();
-        let path = self.path(owner, &id, set);
-        let known = self.lookup(owner, &id).is_some();
-        if known && std::fs::read(&path).is_ok_and(|stored| key_id(&stored) == id) {
-            return Ok((
-                id,
-                Registration {
-                    parameter_set: set,
-                    created: false,
-                },
-            ));
-        }
-        if !known {
-            self.check_room(owner, bytes.len() as u64)?;
-        } else {
-            log::warn!("repairing the stored copy of key {id} from a new upload");
-        }
-        write_durably(&path, bytes)
-            .map_err(|e| ApiError::Internal(format!("cannot store the key: {e}")))?;
-        let stored = Stored {
-            set,
-            bytes: bytes.len() as u64,
-            last_used: SystemTime::now(),
-        };
-        let created = self
-            .index
+    /// Refuses a new key when its owner is at the quota or the storage is full.
+    /// The parameter set of a key `owner` registered, from the index.
+    fn indexed(&self, owner: &Owner, id: &str) -> Option<ParameterSet> {
+        self.index
             .lock()
             .expect("key index lock")
-            .insert((owner.clone(), id.clone()), stored)
-            .is_none();
-        if created {
-            log::info!("registered server key {id} ({})", set.name());
-        }
-        Ok((
-            id,
-            Registration {
-                parameter_set: set,
-                created,
-            },
-        ))
+            .get(&(owner.clone(), id.to_owned()))
+            .map(|s| s.set)
     }
 
-    /// Refuses a new key when its owner is at the quota or the storage is full.
     fn check_room(&self, owner: &Owner, bytes: u64) -> Result<(), ApiError> {
         let index = self.index.lock().expect("key index lock");
         let owned = index.keys().filter(|(o, _)| o == owner).count();
@@ -203,49 +193,6 @@ impl KeyStore {
             return Err(ApiError::StorageFull);
         }
         Ok(())
-    }
-
-    /// The parameter set of a key `owner` registered.
-    pub fn lookup(&self, owner: &Owner, id: &str) -> Option<ParameterSet> {
-        self.index
-            .lock()
-            .expect("key index lock")
-            .get(&(owner.clone(), id.to_owned()))
-            .map(|s| s.set)
-    }
-
-    /// Checks that `owner`'s key is usable: in the cache, or stored intact. A damaged or
-    /// missing file is quarantined and the key reported unknown, so the client uploads it
-    /// again. Blocking: it may hash 30 MB.
-    pub fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError> {
-        let set = self
-            .lookup(owner, id)
-            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
-        if self.cache.lock().expect("key cache lock").contains(id) {
-            return Ok(set);
-        }
-        self.read_intact(owner, id, set).map(|_| set)
-    }
-
-    /// The expanded key, from the cache or expanded from disk, and marks it used. Blocking:
-    /// expansion takes about a second.
-    pub fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {
-        let set = self
-            .lookup(owner, id)
-            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
-        self.touch(owner, id, set);
-        if let Some(key) = self.cache.lock().expect("key cache lock").get(id) {
-            return Ok(key);
-        }
-        let bytes = self.read_intact(owner, id, set)?;
-        let key = CompressedServerKey::from_bytes(&bytes)
-            .map_err(|e| ApiError::Internal(format!("stored key {id} no longer reads: {e}")))?;
-        let key = Arc::new(key.decompress());
-        self.cache
-            .lock()
-            .expect("key cache lock")
-            .insert(id.into(), key.clone());
-        Ok(key)
     }
 
     /// The stored bytes, if they still hash to `id`; otherwise the file is quarantined and the
@@ -303,8 +250,88 @@ impl KeyStore {
         }
     }
 
-    /// Deletes keys unused for longer than the expiry. Returns how many.
-    pub fn expire(&self) -> usize {
+    fn path(&self, owner: &Owner, id: &str, set: ParameterSet) -> PathBuf {
+        self.dir
+            .join(&owner.0)
+            .join(format!("{id}.{}.key", tag(set)))
+    }
+}
+
+impl KeyStorage for KeyStore {
+    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
+        let (id, set) = validate_upload(bytes)?;
+        let path = self.path(owner, &id, set);
+        let known = self.indexed(owner, &id).is_some();
+        if known && std::fs::read(&path).is_ok_and(|stored| key_id(&stored) == id) {
+            return Ok((
+                id,
+                Registration {
+                    parameter_set: set,
+                    created: false,
+                },
+            ));
+        }
+        if !known {
+            self.check_room(owner, bytes.len() as u64)?;
+        } else {
+            log::warn!("repairing the stored copy of key {id} from a new upload");
+        }
+        write_durably(&path, bytes)
+            .map_err(|e| ApiError::Internal(format!("cannot store the key: {e}")))?;
+        let stored = Stored {
+            set,
+            bytes: bytes.len() as u64,
+            last_used: SystemTime::now(),
+        };
+        let created = self
+            .index
+            .lock()
+            .expect("key index lock")
+            .insert((owner.clone(), id.clone()), stored)
+            .is_none();
+        if created {
+            log::info!("registered server key {id} ({})", set.name());
+        }
+        Ok((
+            id,
+            Registration {
+                parameter_set: set,
+                created,
+            },
+        ))
+    }
+
+    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError> {
+        Ok(self.indexed(owner, id))
+    }
+
+    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError> {
+        let set = self
+            .indexed(owner, id)
+            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+        if self.cache.lock().expect("key cache lock").contains(id) {
+            return Ok(set);
+        }
+        self.read_intact(owner, id, set).map(|_| set)
+    }
+
+    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {
+        let set = self
+            .indexed(owner, id)
+            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+        self.touch(owner, id, set);
+        if let Some(key) = self.cache.lock().expect("key cache lock").get(id) {
+            return Ok(key);
+        }
+        let key = expand(id, &self.read_intact(owner, id, set)?)?;
+        self.cache
+            .lock()
+            .expect("key cache lock")
+            .insert(id.into(), key.clone());
+        Ok(key)
+    }
+
+    fn expire(&self) -> usize {
         let expiry = self.limits.expiry;
         let expired: Vec<(Owner, String, ParameterSet)> = self
             .index
@@ -325,20 +352,12 @@ impl KeyStore {
         expired.len()
     }
 
-    /// How many expanded keys the cache holds, and their size in bytes.
-    pub fn cached(&self) -> (usize, usize) {
-        let cache = self.cache.lock().expect("key cache lock");
-        (cache.entries.len(), cache.used())
+    fn cached(&self) -> (usize, usize) {
+        self.cache.lock().expect("key cache lock").usage()
     }
 
-    pub fn registered(&self) -> usize {
+    fn registered(&self) -> usize {
         self.index.lock().expect("key index lock").len()
-    }
-
-    fn path(&self, owner: &Owner, id: &str, set: ParameterSet) -> PathBuf {
-        self.dir
-            .join(&owner.0)
-            .join(format!("{id}.{}.key", tag(set)))
     }
 }
 
@@ -378,11 +397,23 @@ fn skip_unreadable(entry: std::io::Result<std::fs::DirEntry>) -> Option<std::fs:
 }
 
 impl Lru {
-    fn contains(&self, id: &str) -> bool {
+    pub(crate) fn new(budget: usize) -> Self {
+        Lru {
+            budget,
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// How many keys it holds, and their size in bytes.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.used())
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.entries.iter().any(|(k, _)| k == id)
     }
 
-    fn get(&mut self, id: &str) -> Option<Arc<ServerKey>> {
+    pub(crate) fn get(&mut self, id: &str) -> Option<Arc<ServerKey>> {
         let at = self.entries.iter().position(|(k, _)| k == id)?;
         let entry = self.entries.remove(at).expect("position is in range");
         let key = entry.1.clone();
@@ -390,13 +421,13 @@ impl Lru {
         Some(key)
     }
 
-    fn remove(&mut self, id: &str) {
+    pub(crate) fn remove(&mut self, id: &str) {
         self.entries.retain(|(k, _)| k != id);
     }
 
     /// Inserts `key` and evicts the least recently used keys until the budget holds. The new
     /// key always stays, even alone over budget: a job needs it.
-    fn insert(&mut self, id: String, key: Arc<ServerKey>) {
+    pub(crate) fn insert(&mut self, id: String, key: Arc<ServerKey>) {
         self.remove(&id);
         self.entries.push_back((id, key));
         while self.used() > self.budget && self.entries.len() > 1 {

@@ -4,7 +4,8 @@
 //! - [`models`]: the models served (a directory of `*.hexray` files, or the bundled default);
 //!   clients get only their public client specs;
 //! - [`auth`]: bearer tokens, and who owns which key and job;
-//! - [`keys`]: clients' server keys, persisted durably, checked and cached expanded;
+//! - [`keys`]: clients' server keys, persisted durably, checked and cached expanded, in the data
+//!   directory or, shared between nodes, in PostgreSQL ([`postgres`]);
 //! - [`jobs`]: the bounded job queue and its workers;
 //! - [`routes`]: the API; [`error`]: its JSON errors; [`metrics`]: Prometheus counters.
 //!
@@ -17,6 +18,7 @@ pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod models;
+pub mod postgres;
 pub mod routes;
 
 use std::collections::HashMap;
@@ -32,9 +34,10 @@ use thiserror::Error;
 use self::auth::{Access, Owner};
 use self::error::ApiError;
 use self::jobs::{JobQueue, QueueConfig};
-use self::keys::{KeyLimits, KeyStore};
+use self::keys::{KeyLimits, KeyStorage, KeyStore};
 use self::metrics::Metrics;
 use self::models::Models;
+use self::postgres::{Database, DatabaseError, PgKeyStore};
 use hexray_engine::LoadError;
 
 /// Everything a server needs to start.
@@ -42,8 +45,11 @@ use hexray_engine::LoadError;
 pub struct Config {
     /// `*.hexray` files to serve; `None` serves the bundled default model.
     pub models_dir: Option<PathBuf>,
-    /// Where registered keys are persisted.
+    /// Where registered keys are persisted by the embedded back end.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database shared by several evaluator nodes (`postgres://…`); `None`: the
+    /// embedded back end, in `data_dir`.
+    pub database_url: Option<String>,
     pub queue: QueueConfig,
     /// Memory for expanded server keys.
     pub key_cache_bytes: usize,
@@ -58,6 +64,7 @@ impl Config {
         Config {
             models_dir: None,
             data_dir: data_dir.to_path_buf(),
+            database_url: None,
             queue: QueueConfig {
                 workers: 1,
                 threads,
@@ -112,6 +119,8 @@ pub enum StartError {
     /// A served model's images would be larger than any client may send.
     #[error("sizing request bodies: {0}")]
     Bodies(#[from] hexray_crypto::CryptoError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
     #[error("cannot open the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -122,7 +131,7 @@ pub enum StartError {
 /// What every request handler shares.
 pub struct AppState {
     pub models: Models,
-    pub keys: Arc<KeyStore>,
+    pub keys: Arc<dyn KeyStorage>,
     pub jobs: JobQueue,
     pub access: Access,
     pub limits: Limits,
@@ -156,14 +165,21 @@ impl AppState {
             Some(dir) => Models::from_dir(dir)?,
             None => Models::bundled()?,
         };
-        let keys = Arc::new(
-            KeyStore::open(&config.data_dir, config.key_cache_bytes, config.keys).map_err(
-                |source| StartError::DataDir {
-                    path: config.data_dir.display().to_string(),
-                    source,
-                },
-            )?,
-        );
+        let keys: Arc<dyn KeyStorage> = match &config.database_url {
+            Some(url) => Arc::new(PgKeyStore::new(
+                Database::open(url)?,
+                config.key_cache_bytes,
+                config.keys,
+            )),
+            None => Arc::new(
+                KeyStore::open(&config.data_dir, config.key_cache_bytes, config.keys).map_err(
+                    |source| StartError::DataDir {
+                        path: config.data_dir.display().to_string(),
+                        source,
+                    },
+                )?,
+            ),
+        };
         let expiring = Arc::downgrade(&keys);
         std::thread::Builder::new()
             .name("hexray-key-expiry".into())

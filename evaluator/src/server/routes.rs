@@ -140,9 +140,10 @@ async fn key_status(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let owner = state.access.clinician(&request)?;
-    let set = state
-        .keys
-        .lookup(&owner, &id)
+    let (store, wanted) = (state.keys.clone(), id.clone());
+    let set = web::block(move || store.lookup(&owner, &wanted))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
         .ok_or_else(|| ApiError::UnknownKey(id.clone()))?;
     Ok(HttpResponse::Ok().json(json!({ "key_id": *id, "parameter_set": set.name() })))
 }

@@ -35,9 +35,14 @@ pub struct Args {
     /// Directory of *.hexray model files; without it, the bundled model is served.
     #[arg(long, env = "HEXRAY_MODELS_DIR")]
     models_dir: Option<PathBuf>,
-    /// Where registered server keys are stored.
+    /// Where registered server keys are stored (the embedded back end).
     #[arg(long, env = "HEXRAY_DATA_DIR", default_value = "hexray-data")]
     data_dir: PathBuf,
+    /// A PostgreSQL database that several `hexray serve` nodes share for registered keys, e.g.
+    /// `postgres://hexray@db/hexray`; the schema is created or updated at start. Without it,
+    /// keys stay in the data directory.
+    #[arg(long, env = "HEXRAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// The page and wasm client (`web/`, built by `scripts/build-web.sh`).
     #[arg(long, env = "HEXRAY_WEB_DIR", default_value = "web")]
     web_dir: PathBuf,
@@ -91,6 +96,7 @@ pub fn serve(args: Args) -> Result<()> {
     let config = Config {
         models_dir: args.models_dir,
         data_dir: args.data_dir,
+        database_url: args.database_url,
         queue: QueueConfig {
             workers: args.workers.max(1),
             threads: args

@@ -1,0 +1,334 @@
+//! The PostgreSQL back end: state that several evaluator nodes share, chosen with
+//! `--database-url` / `HEXRAY_DATABASE_URL`. The embedded back end (the data directory and
+//! memory) stays the default, with nothing to install.
+//!
+//! Keys are stored here (`PgKeyStore`): any node can load any registered key into its own
+//! expanded-key cache. A key's bytes (about 30 MB) are one `bytea` row, written once whoever
+//! registers it, with its full SHA-256 beside it; each token's registration is a row of its own.
+//!
+//! The driver is `postgres`, the blocking face of `tokio-postgres`: every caller already runs
+//! on a blocking thread (`web::block`, the job workers), as key storage does on disk. A
+//! connection that broke (the database restarted) is dropped and a new one opened on the next
+//! use, so nodes reconnect by themselves.
+
+use std::sync::{Arc, Mutex};
+
+use hexray_crypto::{ParameterSet, ServerKey};
+use postgres::{Client, NoTls};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::auth::Owner;
+use super::error::ApiError;
+use super::keys::{expand, key_id, validate_upload, KeyLimits, KeyStorage, Lru, Registration};
+
+/// The schema, in order. Each runs once, in a transaction, recorded in `hexray_migrations`.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_keys.sql"))];
+
+/// The advisory lock nodes take to migrate one at a time ("HEXR").
+const MIGRATION_LOCK: i64 = 0x4845_5852;
+
+/// Why the database could not be used: the server's own message where it sent one.
+#[derive(Debug, Error)]
+#[error("PostgreSQL: {}", .0.as_db_error().map_or_else(|| .0.to_string(), |e| e.to_string()))]
+pub struct DatabaseError(#[from] postgres::Error);
+
+impl From<DatabaseError> for ApiError {
+    fn from(e: DatabaseError) -> Self {
+        log::error!("{e}");
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// A small pool of connections to one database, reopened after a failure.
+pub struct Database {
+    url: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Database {
+    /// Connects to `url` and brings the schema up to date. Nodes starting together serialise
+    /// their migrations on an advisory lock.
+    pub fn open(url: &str) -> Result<Arc<Self>, DatabaseError> {
+        // The blocking driver cannot run on a thread that drives async tasks, and a server may
+        // be started from one (tests are): the first connection is made on a thread of its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| Self::migrate(url))
+                .join()
+                .expect("the migration thread does not panic")
+        })
+    }
+
+    fn migrate(url: &str) -> Result<Arc<Self>, DatabaseError> {
+        let database = Arc::new(Database {
+            url: url.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        });
+        database.with(|client| {
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS hexray_migrations (
+                     version integer PRIMARY KEY,
+                     applied timestamptz NOT NULL DEFAULT now())",
+            )?;
+            for (version, sql) in MIGRATIONS {
+                let done = tx
+                    .query_opt(
+                        "SELECT 1 FROM hexray_migrations WHERE version = $1",
+                        &[version],
+                    )?
+                    .is_some();
+                if !done {
+                    tx.batch_execute(sql)?;
+                    tx.execute(
+                        "INSERT INTO hexray_migrations (version) VALUES ($1)",
+                        &[version],
+                    )?;
+                    log::info!("database migration {version} applied");
+                }
+            }
+            tx.commit()
+        })?;
+        Ok(database)
+    }
+
+    /// Runs `work` on a pooled connection. A pooled connection that the database closed (it
+    /// restarted, or an administrator ended it) is dropped and `work` retried once on a fresh
+    /// one, so a restart costs the nodes nothing but a reconnection.
+    pub fn with<T>(
+        &self,
+        mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, DatabaseError> {
+        let pooled = self.idle.lock().expect("pool lock").pop();
+        if let Some(mut client) = pooled.filter(|c| !c.is_closed()) {
+            match work(&mut client) {
+                Ok(value) => {
+                    self.idle.lock().expect("pool lock").push(client);
+                    return Ok(value);
+                }
+                Err(e) if e.is_closed() || client.is_closed() || e.code().is_some_and(ended) => {
+                    log::warn!("database connection lost ({e}); reconnecting");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut client = Client::connect(&self.url, NoTls)?;
+        let value = work(&mut client)?;
+        self.idle.lock().expect("pool lock").push(client);
+        Ok(value)
+    }
+}
+
+/// Whether a server error means the connection was ended from the server's side.
+fn ended(code: &postgres::error::SqlState) -> bool {
+    use postgres::error::SqlState;
+    [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+    ]
+    .contains(code)
+}
+
+/// Keys in PostgreSQL, with this node's expanded-key cache in front.
+pub struct PgKeyStore {
+    database: Arc<Database>,
+    limits: KeyLimits,
+    cache: Mutex<Lru>,
+}
+
+impl PgKeyStore {
+    pub fn new(database: Arc<Database>, cache_bytes: usize, limits: KeyLimits) -> Self {
+        PgKeyStore {
+            database,
+            limits,
+            cache: Mutex::new(Lru::new(cache_bytes)),
+        }
+    }
+
+    /// The stored bytes of `owner`'s key `id`, if they still match their id; a damaged row is
+    /// deleted (logged) and the key reported unknown, so its client uploads it again.
+    fn read_intact(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError> {
+        let row = self.database.with(|c| {
+            c.query_opt(
+                "SELECT b.bytes FROM key_blobs b JOIN key_owners o USING (id)
+                 WHERE o.owner = $1 AND o.id = $2",
+                &[&owner.0, &id],
+            )
+        })?;
+        match row.map(|r| r.get::<_, Vec<u8>>(0)) {
+            Some(bytes) if key_id(&bytes) == id => Ok(bytes),
+            Some(_) => {
+                log::error!(
+                    "stored key {id} is damaged (its bytes no longer match its id): deleted"
+                );
+                self.database
+                    .with(|c| c.execute("DELETE FROM key_blobs WHERE id = $1", &[&id]))?;
+                self.cache.lock().expect("key cache lock").remove(id);
+                Err(ApiError::UnknownKey(id.into()))
+            }
+            None => Err(ApiError::UnknownKey(id.into())),
+        }
+    }
+}
+
+impl KeyStorage for PgKeyStore {
+    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
+        let (id, set) = validate_upload(bytes)?;
+        let checksum = hexray_model::file::hex(&Sha256::digest(bytes));
+        let size = bytes.len() as i64;
+        let limits = self.limits;
+        let created = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            // One registration per owner at a time, so the quota cannot be raced past.
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&owner.0])?;
+            let known = tx
+                .query_opt(
+                    "SELECT 1 FROM key_owners WHERE owner = $1 AND id = $2",
+                    &[&owner.0, &id],
+                )?
+                .is_some();
+            if known {
+                // Repair a damaged copy from the new upload, as the embedded store does.
+                tx.execute(
+                    "UPDATE key_blobs SET bytes = $2, checksum = $3, size = $4
+                     WHERE id = $1 AND checksum <> $3",
+                    &[&id, &bytes, &checksum, &size],
+                )?;
+                tx.commit()?;
+                return Ok(Ok(false));
+            }
+            let owned: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM key_owners WHERE owner = $1",
+                    &[&owner.0],
+                )?
+                .get(0);
+            if owned as usize >= limits.per_owner {
+                return Ok(Err(ApiError::KeyQuota {
+                    limit: limits.per_owner,
+                }));
+            }
+            let used: i64 = tx
+                .query_one("SELECT coalesce(sum(size), 0)::bigint FROM key_blobs", &[])?
+                .get(0);
+            let stored = tx
+                .query_opt("SELECT 1 FROM key_blobs WHERE id = $1", &[&id])?
+                .is_some();
+            if !stored && (used + size) as u64 > limits.storage_bytes {
+                log::warn!("key storage full: {used} bytes used");
+                return Ok(Err(ApiError::StorageFull));
+            }
+            tx.execute(
+                "INSERT INTO key_blobs (id, parameter_set, checksum, size, bytes)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                &[&id, &set.name(), &checksum, &size, &bytes],
+            )?;
+            let inserted = tx.execute(
+                "INSERT INTO key_owners (owner, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&owner.0, &id],
+            )?;
+            tx.commit()?;
+            Ok(Ok(inserted == 1))
+        })??;
+        if created {
+            log::info!("registered server key {id} ({})", set.name());
+        }
+        Ok((
+            id,
+            Registration {
+                parameter_set: set,
+                created,
+            },
+        ))
+    }
+
+    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError> {
+        let name: Option<String> = self
+            .database
+            .with(|c| {
+                c.query_opt(
+                    "SELECT b.parameter_set FROM key_blobs b JOIN key_owners o USING (id)
+                     WHERE o.owner = $1 AND o.id = $2",
+                    &[&owner.0, &id],
+                )
+            })?
+            .map(|row| row.get(0));
+        name.map(|n| ParameterSet::from_name(&n))
+            .transpose()
+            .map_err(|e| ApiError::Internal(format!("stored key {id}: {e}")))
+    }
+
+    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError> {
+        let set = self
+            .lookup(owner, id)?
+            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+        if self.cache.lock().expect("key cache lock").contains(id) {
+            return Ok(set);
+        }
+        self.read_intact(owner, id).map(|_| set)
+    }
+
+    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {
+        let touched = self.database.with(|c| {
+            c.execute(
+                "UPDATE key_owners SET last_used = now() WHERE owner = $1 AND id = $2",
+                &[&owner.0, &id],
+            )
+        })?;
+        if touched == 0 {
+            return Err(ApiError::UnknownKey(id.into()));
+        }
+        if let Some(key) = self.cache.lock().expect("key cache lock").get(id) {
+            return Ok(key);
+        }
+        let key = expand(id, &self.read_intact(owner, id)?)?;
+        self.cache
+            .lock()
+            .expect("key cache lock")
+            .insert(id.into(), key.clone());
+        Ok(key)
+    }
+
+    fn expire(&self) -> usize {
+        let seconds = self.limits.expiry.as_secs_f64();
+        let expired = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
+                "DELETE FROM key_owners WHERE last_used < now() - make_interval(secs => $1)",
+                &[&seconds],
+            )?;
+            tx.execute(
+                "DELETE FROM key_blobs b WHERE NOT EXISTS
+                 (SELECT 1 FROM key_owners o WHERE o.id = b.id)",
+                &[],
+            )?;
+            tx.commit()?;
+            Ok(n as usize)
+        });
+        match expired {
+            Ok(n) => {
+                if n > 0 {
+                    log::info!("{n} key registrations unused for over {seconds} s: deleted");
+                }
+                n
+            }
+            Err(e) => {
+                log::error!("cannot expire keys: {e}");
+                0
+            }
+        }
+    }
+
+    fn cached(&self) -> (usize, usize) {
+        self.cache.lock().expect("key cache lock").usage()
+    }
+
+    fn registered(&self) -> usize {
+        self.database
+            .with(|c| c.query_one("SELECT count(*) FROM key_owners", &[]))
+            .map_or(0, |row| row.get::<_, i64>(0) as usize)
+    }
+}
