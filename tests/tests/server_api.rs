@@ -637,6 +637,8 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
     let (status, body) = call_as(&app, None, Method::GET, "/api/v1/health", vec![]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["auth"], "token");
+    assert_eq!(json(&body)["storage"], "embedded");
+    assert!(!json(&body)["node"].as_str().unwrap().is_empty());
     // Metrics answer loopback peers only (or a metrics token).
     let remote = test::TestRequest::get()
         .uri("/metrics")

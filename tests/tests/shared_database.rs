@@ -69,9 +69,11 @@ fn count(url: &str, sql: &'static str) -> i64 {
 async fn node(
     url: &str,
     data: &std::path::Path,
+    name: &str,
 ) -> impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error> {
     let mut config = Config::defaults(data, 2);
     config.database_url = Some(url.to_owned());
+    config.node = name.to_owned();
     // A proxy in front authenticates: every request is one clinician's.
     let state = web::Data::new(AppState::start(&config, Access::Proxied).unwrap());
     test::init_service(App::new().configure(configure(state, None))).await
@@ -107,8 +109,8 @@ async fn a_key_registered_on_one_node_runs_a_job_on_the_other() {
     };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (
-        node(&url, dir_a.path()).await,
-        node(&url, dir_b.path()).await,
+        node(&url, dir_a.path(), "a").await,
+        node(&url, dir_b.path(), "b").await,
     );
     let model = model();
     let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 3);
@@ -121,6 +123,14 @@ async fn a_key_registered_on_one_node_runs_a_job_on_the_other() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let key = body["key_id"].as_str().unwrap().to_owned();
+    // Each node says who it is and where keys live.
+    for (app, name) in [(&a, "a"), (&b, "b")] {
+        let (_, health, _) = call(app, Method::GET, "/api/v1/health", vec![]).await;
+        assert_eq!(
+            (health["node"].as_str(), health["storage"].as_str()),
+            (Some(name), Some("postgres"))
+        );
+    }
     // Node B never saw the upload, and its data directory holds no key.
     let (status, _, _) = call(&b, Method::GET, &format!("/api/v1/keys/{key}"), vec![]).await;
     assert_eq!(status, StatusCode::OK);
@@ -183,8 +193,8 @@ async fn one_key_uploaded_to_both_nodes_at_once_is_stored_once() {
     };
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (
-        node(&url, dir_a.path()).await,
-        node(&url, dir_b.path()).await,
+        node(&url, dir_a.path(), "a").await,
+        node(&url, dir_b.path(), "b").await,
     );
     let (_, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 4);
     let bytes = server_key.to_bytes().unwrap();
@@ -220,7 +230,7 @@ async fn a_node_reconnects_after_the_database_restarts() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let a = node(&url, dir.path()).await;
+    let a = node(&url, dir.path(), "a").await;
     let (_, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 5);
     let (status, body, _) = call(
         &a,

@@ -50,6 +50,8 @@ pub struct Config {
     /// A PostgreSQL database shared by several evaluator nodes (`postgres://…`); `None`: the
     /// embedded back end, in `data_dir`.
     pub database_url: Option<String>,
+    /// This node's name in health reports ([`node_name`] by default).
+    pub node: String,
     pub queue: QueueConfig,
     /// Memory for expanded server keys.
     pub key_cache_bytes: usize,
@@ -65,6 +67,7 @@ impl Config {
             models_dir: None,
             data_dir: data_dir.to_path_buf(),
             database_url: None,
+            node: node_name(),
             queue: QueueConfig {
                 workers: 1,
                 threads,
@@ -86,6 +89,15 @@ impl Config {
             },
         }
     }
+}
+
+/// The machine's host name (a Kubernetes pod's name), or `hexray` where it cannot be read.
+pub fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "hexray".into())
 }
 
 /// Request limits. Body sizes are not among them: they follow from the models served.
@@ -136,6 +148,10 @@ pub struct AppState {
     pub access: Access,
     pub limits: Limits,
     pub bodies: BodyLimits,
+    /// This node's name, as health reports it: which of several nodes answered.
+    pub node: String,
+    /// Where keys are stored: `embedded` or `postgres`.
+    pub storage: &'static str,
     /// Bodies being received, per token.
     uploads: Mutex<HashMap<Owner, usize>>,
 }
@@ -200,6 +216,12 @@ impl AppState {
             access,
             limits: config.limits,
             bodies,
+            node: config.node.clone(),
+            storage: if config.database_url.is_some() {
+                "postgres"
+            } else {
+                "embedded"
+            },
             uploads: Mutex::new(HashMap::new()),
         })
     }

@@ -74,6 +74,8 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "queue_depth": queued,
         "jobs_running": running,
         "batch_images": state.limits.batch_images,
+        "node": state.node,
+        "storage": state.storage,
     }))
 }
 

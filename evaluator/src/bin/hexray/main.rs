@@ -14,6 +14,7 @@
 
 mod analyze;
 mod bench;
+mod bench_keys;
 mod bench_load;
 mod bench_server;
 mod client_spec;
@@ -92,6 +93,8 @@ enum Command {
     Simulate(ImageArgs),
     /// Benchmark batch inference and the server's overhead above the engine.
     BenchServer(bench_server::Args),
+    /// What storing server keys costs in the embedded store and in PostgreSQL.
+    BenchKeys(bench_keys::Args),
     /// Load test: clients with their own tokens, some misbehaving, over HTTP; prints p50/p95.
     BenchLoad(bench_load::Args),
     /// Serve the clinician page and the encrypted inference API.
@@ -116,6 +119,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve::serve(*args),
         Command::BenchServer(args) => bench_server::bench_server(args),
         Command::BenchLoad(args) => bench_load::bench_load(args),
+        Command::BenchKeys(args) => bench_keys::bench_keys(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Token(command) => token::run(command),
         Command::ClientSpec { model } => client_spec::print(&model),

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use hexray_evaluator::server::auth::{Access, Tokens};
 use hexray_evaluator::server::jobs::QueueConfig;
 use hexray_evaluator::server::keys::KeyLimits;
-use hexray_evaluator::server::{configure, security_headers, AppState, Config, Limits};
+use hexray_evaluator::server::{configure, node_name, security_headers, AppState, Config, Limits};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,6 +43,9 @@ pub struct Args {
     /// keys stay in the data directory.
     #[arg(long, env = "HEXRAY_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// This node's name in `/api/v1/health`; the host name (a pod's name) by default.
+    #[arg(long, env = "HEXRAY_NODE_NAME")]
+    node_name: Option<String>,
     /// The page and wasm client (`web/`, built by `scripts/build-web.sh`).
     #[arg(long, env = "HEXRAY_WEB_DIR", default_value = "web")]
     web_dir: PathBuf,
@@ -97,6 +100,7 @@ pub fn serve(args: Args) -> Result<()> {
         models_dir: args.models_dir,
         data_dir: args.data_dir,
         database_url: args.database_url,
+        node: args.node_name.unwrap_or_else(node_name),
         queue: QueueConfig {
             workers: args.workers.max(1),
             threads: args
