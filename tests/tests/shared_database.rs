@@ -97,32 +97,65 @@ where
     (status, json, bytes)
 }
 
+/// Two nodes, `a` and `b`, on a fresh database, holding the test server shared.
+/// Each test binds every field: the directories and the guard must live as long as the test.
+struct Nodes<S> {
+    url: String,
+    dirs: [tempfile::TempDir; 2],
+    a: S,
+    b: S,
+    shared: std::sync::RwLockReadGuard<'static, ()>,
+}
+
+async fn two_nodes(
+    test: &str,
+) -> Option<
+    Nodes<impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>>,
+> {
+    let shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    let url = database(test)?;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = node(&url, dirs[0].path(), "a").await;
+    let b = node(&url, dirs[1].path(), "b").await;
+    Some(Nodes {
+        url,
+        dirs,
+        a,
+        b,
+        shared,
+    })
+}
+
+/// Registers a fresh key (from `seed`) on `app`; returns its client key and id.
+async fn register<S>(app: &S, seed: u128) -> (ClientKey, String)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, seed);
+    let upload = server_key.to_bytes().unwrap();
+    let (status, body, _) = call(app, Method::POST, "/api/v1/keys", upload).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (client, body["key_id"].as_str().unwrap().to_owned())
+}
+
 fn model() -> LoadedModel {
     LoadedModel::from_file(&common::repo().join("models/pneumonia-mlp-64.hexray")).unwrap()
 }
 
 #[actix_web::test]
 async fn a_key_registered_on_one_node_runs_a_job_on_the_other() {
-    let _shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
-    let Some(url) = database("handover") else {
+    let Some(Nodes {
+        url: _,
+        dirs,
+        a,
+        b,
+        shared: _shared,
+    }) = two_nodes("handover").await
+    else {
         return;
     };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        node(&url, dir_a.path(), "a").await,
-        node(&url, dir_b.path(), "b").await,
-    );
     let model = model();
-    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 3);
-    let (status, body, _) = call(
-        &a,
-        Method::POST,
-        "/api/v1/keys",
-        server_key.to_bytes().unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let key = body["key_id"].as_str().unwrap().to_owned();
+    let (client, key) = register(&a, 3).await;
     // Each node says who it is and where keys live.
     for (app, name) in [(&a, "a"), (&b, "b")] {
         let (_, health, _) = call(app, Method::GET, "/api/v1/health", vec![]).await;
@@ -180,22 +213,23 @@ async fn a_key_registered_on_one_node_runs_a_job_on_the_other() {
     assert!(spread.contains(&prediction, 0.05), "{prediction:?}");
     assert!(shown.class < 2);
     assert!(
-        !dir_b.path().join("keys").exists(),
+        !dirs[1].path().join("keys").exists(),
         "node B keeps no key on disk"
     );
 }
 
 #[actix_web::test]
 async fn one_key_uploaded_to_both_nodes_at_once_is_stored_once() {
-    let _shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
-    let Some(url) = database("race") else {
+    let Some(Nodes {
+        url,
+        dirs: _dirs,
+        a,
+        b,
+        shared: _shared,
+    }) = two_nodes("race").await
+    else {
         return;
     };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        node(&url, dir_a.path(), "a").await,
-        node(&url, dir_b.path(), "b").await,
-    );
     let (_, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 4);
     let bytes = server_key.to_bytes().unwrap();
     let (on_a, on_b) = futures_util::future::join(
@@ -231,16 +265,7 @@ async fn a_node_reconnects_after_the_database_restarts() {
     };
     let dir = tempfile::tempdir().unwrap();
     let a = node(&url, dir.path(), "a").await;
-    let (_, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 5);
-    let (status, body, _) = call(
-        &a,
-        Method::POST,
-        "/api/v1/keys",
-        server_key.to_bytes().unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let key = body["key_id"].as_str().unwrap().to_owned();
+    let (_, key) = register(&a, 5).await;
     let restart = std::process::Command::new("bash")
         .arg(common::repo().join("scripts/postgres.sh"))
         .args(["restart", &cluster])

@@ -82,11 +82,38 @@ pub(crate) fn validate_upload(bytes: &[u8]) -> Result<(String, ParameterSet), Ap
     Ok((key_id(bytes), key.parameter_set()))
 }
 
-/// Expands stored key bytes that have been checked against their id.
-pub(crate) fn expand(id: &str, bytes: &[u8]) -> Result<Arc<ServerKey>, ApiError> {
-    let key = CompressedServerKey::from_bytes(bytes)
+/// What registering key `id` of `set` answers, logged when it is new.
+pub(crate) fn registration(id: String, set: ParameterSet, created: bool) -> (String, Registration) {
+    if created {
+        log::info!("registered server key {id} ({})", set.name());
+    }
+    (
+        id,
+        Registration {
+            parameter_set: set,
+            created,
+        },
+    )
+}
+
+/// Key `id`, expanded, from `cache`; or its stored bytes, from `read` (which checks them
+/// against their id), expanded and cached.
+pub(crate) fn cached_or_expanded(
+    cache: &Mutex<Lru>,
+    id: &str,
+    read: impl FnOnce() -> Result<Vec<u8>, ApiError>,
+) -> Result<Arc<ServerKey>, ApiError> {
+    if let Some(key) = cache.lock().expect("key cache lock").get(id) {
+        return Ok(key);
+    }
+    let key = CompressedServerKey::from_bytes(&read()?)
         .map_err(|e| ApiError::Internal(format!("stored key {id} no longer reads: {e}")))?;
-    Ok(Arc::new(key.decompress()))
+    let key = Arc::new(key.decompress());
+    cache
+        .lock()
+        .expect("key cache lock")
+        .insert(id.into(), key.clone());
+    Ok(key)
 }
 
 /// One stored key.
@@ -289,16 +316,7 @@ impl KeyStorage for KeyStore {
             .expect("key index lock")
             .insert((owner.clone(), id.clone()), stored)
             .is_none();
-        if created {
-            log::info!("registered server key {id} ({})", set.name());
-        }
-        Ok((
-            id,
-            Registration {
-                parameter_set: set,
-                created,
-            },
-        ))
+        Ok(registration(id, set, created))
     }
 
     fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError> {
@@ -320,15 +338,7 @@ impl KeyStorage for KeyStore {
             .indexed(owner, id)
             .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
         self.touch(owner, id, set);
-        if let Some(key) = self.cache.lock().expect("key cache lock").get(id) {
-            return Ok(key);
-        }
-        let key = expand(id, &self.read_intact(owner, id, set)?)?;
-        self.cache
-            .lock()
-            .expect("key cache lock")
-            .insert(id.into(), key.clone());
-        Ok(key)
+        cached_or_expanded(&self.cache, id, || self.read_intact(owner, id, set))
     }
 
     fn expire(&self) -> usize {

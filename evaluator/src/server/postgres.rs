@@ -20,7 +20,10 @@ use thiserror::Error;
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::keys::{expand, key_id, validate_upload, KeyLimits, KeyStorage, Lru, Registration};
+use super::keys::{
+    cached_or_expanded, key_id, registration, validate_upload, KeyLimits, KeyStorage, Lru,
+    Registration,
+};
 
 /// The schema, in order. Each runs once, in a transaction, recorded in `hexray_migrations`.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_keys.sql"))];
@@ -233,16 +236,7 @@ impl KeyStorage for PgKeyStore {
             tx.commit()?;
             Ok(Ok(inserted == 1))
         })??;
-        if created {
-            log::info!("registered server key {id} ({})", set.name());
-        }
-        Ok((
-            id,
-            Registration {
-                parameter_set: set,
-                created,
-            },
-        ))
+        Ok(registration(id, set, created))
     }
 
     fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError> {
@@ -281,15 +275,7 @@ impl KeyStorage for PgKeyStore {
         if touched == 0 {
             return Err(ApiError::UnknownKey(id.into()));
         }
-        if let Some(key) = self.cache.lock().expect("key cache lock").get(id) {
-            return Ok(key);
-        }
-        let key = expand(id, &self.read_intact(owner, id)?)?;
-        self.cache
-            .lock()
-            .expect("key cache lock")
-            .insert(id.into(), key.clone());
-        Ok(key)
+        cached_or_expanded(&self.cache, id, || self.read_intact(owner, id))
     }
 
     fn expire(&self) -> usize {
