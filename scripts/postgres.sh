@@ -34,7 +34,7 @@ case $command in
     echo "postgres://postgres@127.0.0.1:$port/postgres"
     ;;
   restart)
-    as_owner "$(bin_dir)/pg_ctl" -D "$dir/data" -m fast -w restart >&2
+    as_owner "$(bin_dir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w restart >&2
     ;;
   stop)
     if [[ -d $dir/data ]]; then
