@@ -1037,6 +1037,13 @@ async fn the_progress_stream_runs_to_the_finished_job_and_then_ends() {
     }
     let last = events.last().unwrap();
     assert_eq!(last["state"], "done");
+    assert_eq!(
+        last["node"].as_str(),
+        Some(hexray_evaluator::server::node_name().as_str())
+    );
+    assert!(events
+        .iter()
+        .all(|e| (e["state"] == "queued") == e["node"].is_null()));
     assert_eq!(last["bootstraps_done"], total);
     assert!(
         events[..events.len() - 1]

@@ -187,6 +187,7 @@ async fn a_key_registered_on_one_node_runs_a_job_on_the_other() {
         );
         let (_, status, _) = call(&b, Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
         if status["state"] == "done" {
+            assert_eq!(status["node"], "b", "the node that ran it says so");
             break;
         }
         assert_ne!(status["state"], "failed", "{status}");

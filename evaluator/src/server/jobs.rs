@@ -35,6 +35,8 @@ pub struct Job {
     pub images: usize,
     pub bootstraps_total: usize,
     pub bootstraps_done: AtomicUsize,
+    /// The node whose workers evaluate it.
+    node: Arc<str>,
     inputs: Mutex<Option<Vec<EncryptedImage>>>,
     state: Mutex<State>,
 }
@@ -82,6 +84,9 @@ pub struct Status {
     /// The failure's API code; `unknown_key` tells the client to upload its key again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'static str>,
+    /// The node that evaluates or evaluated it, once a worker has taken it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Status {
@@ -113,6 +118,7 @@ impl Job {
             seconds,
             error: error.map(ToString::to_string),
             error_code: error.map(|e| e.code().as_str()),
+            node: (name != JobState::Queued).then(|| self.node.to_string()),
         }
     }
 
@@ -167,6 +173,8 @@ pub struct JobQueue {
     running: Arc<AtomicUsize>,
     per_owner: usize,
     threads: usize,
+    /// This node's name, which its jobs report.
+    node: Arc<str>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -192,8 +200,13 @@ impl Jobs {
 }
 
 impl JobQueue {
-    /// Starts the workers.
-    pub fn start(config: &QueueConfig, keys: Arc<dyn KeyStorage>, metrics: Arc<Metrics>) -> Self {
+    /// Starts the workers of node `node`.
+    pub fn start(
+        config: &QueueConfig,
+        node: &str,
+        keys: Arc<dyn KeyStorage>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (sender, receiver) = sync_channel::<Arc<Job>>(config.capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         let pool = Arc::new(
@@ -244,6 +257,7 @@ impl JobQueue {
             running,
             per_owner: config.per_owner,
             threads: config.threads,
+            node: node.into(),
             metrics,
         }
     }
@@ -277,6 +291,7 @@ impl JobQueue {
             streams: AtomicUsize::new(0),
             images,
             bootstraps_done: AtomicUsize::new(0),
+            node: self.node.clone(),
             inputs: Mutex::new(Some(inputs)),
             state: Mutex::new(State::Queued),
         });

@@ -207,7 +207,8 @@ impl AppState {
                 }
             })
             .expect("the key expiry thread starts");
-        let jobs = JobQueue::start(&config.queue, keys.clone(), Arc::new(Metrics::default()));
+        let metrics = Arc::new(Metrics::default());
+        let jobs = JobQueue::start(&config.queue, &config.node, keys.clone(), metrics);
         let bodies = models.body_limits(config.limits.batch_images)?;
         Ok(AppState {
             models,
