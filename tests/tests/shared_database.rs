@@ -235,7 +235,7 @@ async fn one_key_uploaded_to_both_nodes_at_once_is_stored_once() {
     let bytes = server_key.to_bytes().unwrap();
     let (on_a, on_b) = futures_util::future::join(
         call(&a, Method::POST, "/api/v1/keys", bytes.clone()),
-        call(&b, Method::POST, "/api/v1/keys", bytes),
+        call(&b, Method::POST, "/api/v1/keys", bytes.clone()),
     )
     .await;
     assert!(
@@ -252,6 +252,21 @@ async fn one_key_uploaded_to_both_nodes_at_once_is_stored_once() {
     assert_eq!(created, 1, "exactly one upload created it");
     assert_eq!(count(&url, "SELECT count(*) FROM key_blobs"), 1);
     assert_eq!(count(&url, "SELECT count(*) FROM key_owners"), 1);
+
+    // A copy damaged in the database is repaired by uploading the key again.
+    let intact = "SELECT count(*) FROM key_blobs WHERE sha256(bytes) = decode(checksum, 'hex')";
+    count(
+        &url,
+        "WITH d AS (UPDATE key_blobs SET bytes = bytes || '\\x01'::bytea \
+         RETURNING 1) SELECT count(*) FROM d",
+    );
+    assert_eq!(count(&url, intact), 0, "the copy is damaged");
+    let (status, body, _) = call(&a, Method::POST, "/api/v1/keys", bytes).await;
+    assert_eq!(
+        (status, &body["created"]),
+        (StatusCode::OK, &Value::Bool(false))
+    );
+    assert_eq!(count(&url, intact), 1, "the upload repaired it");
 }
 
 #[actix_web::test]

@@ -8,8 +8,8 @@
 //!
 //! The driver is `postgres`, the blocking face of `tokio-postgres`: every caller already runs
 //! on a blocking thread (`web::block`, the job workers), as key storage does on disk. A
-//! connection that broke (the database restarted) is dropped and a new one opened on the next
-//! use, so nodes reconnect by themselves.
+//! connection that broke (the database restarted) is dropped and the work retried on a fresh
+//! one, so nodes reconnect by themselves.
 
 use std::sync::{Arc, Mutex};
 
@@ -197,7 +197,7 @@ impl KeyStorage for PgKeyStore {
                 // Repair a damaged copy from the new upload, as the embedded store does.
                 tx.execute(
                     "UPDATE key_blobs SET bytes = $2, checksum = $3, size = $4
-                     WHERE id = $1 AND checksum <> $3",
+                     WHERE id = $1 AND sha256(bytes) <> decode($3, 'hex')",
                     &[&id, &bytes, &checksum, &size],
                 )?;
                 tx.commit()?;
