@@ -231,10 +231,15 @@ impl Circuit {
         self.input.check(input)
     }
 
-    /// Bits of the phase below the bootstrap position: 64 − log2(2N).
+    /// Bits of the phase below the bootstrap position ([`position_shift`]).
     pub fn position_shift(&self) -> u32 {
-        63 - self.polynomial_size.trailing_zeros()
+        position_shift(self.polynomial_size)
     }
+}
+
+/// Bits of the phase below the bootstrap position for polynomial size N: 64 − log2(2N).
+pub fn position_shift(polynomial_size: u32) -> u32 {
+    63 - polynomial_size.trailing_zeros()
 }
 
 impl Stage {
@@ -302,7 +307,7 @@ impl Stage {
     /// Neuron `j`'s lookup table for a bootstrap over `polynomial_size` positions, its outputs
     /// encoded for the next stage as `q·next_delta`.
     pub fn lookup_table(&self, j: usize, polynomial_size: u32, next_delta: u64) -> Vec<u64> {
-        let shift = 63 - polynomial_size.trailing_zeros();
+        let shift = position_shift(polynomial_size);
         (0..polynomial_size as usize)
             .map(|p| (self.table_entry(j, p, shift) as u64).wrapping_mul(next_delta))
             .collect()
@@ -327,7 +332,7 @@ impl Stage {
 
     /// The smallest and largest integer each neuron's table can output, over every position.
     pub(super) fn output_ranges(&self, polynomial_size: u32) -> Vec<(i64, i64)> {
-        let shift = 63 - polynomial_size.trailing_zeros();
+        let shift = position_shift(polynomial_size);
         (0..self.neurons.len())
             .map(|j| {
                 (0..polynomial_size as usize)
