@@ -1,5 +1,9 @@
 //! The HTTP API, through actix's test utilities: every error path, concurrent clients, restart
 //! survival, random bodies, and the OpenAPI description.
+//!
+//! The suite runs against the embedded back end, and against PostgreSQL when
+//! `HEXRAY_TEST_STORAGE=postgres` (`scripts/test.sh` runs it both ways): each data directory
+//! then gets a database of its own, and the few checks that look inside storage look in it.
 
 mod common;
 
@@ -45,7 +49,35 @@ fn config(data_dir: &std::path::Path, capacity: usize) -> Config {
     config.queue.capacity = capacity;
     config.queue.retention = Duration::from_secs(600);
     config.limits.batch_images = 4;
+    config.database_url = database(data_dir);
     config
+}
+
+/// The back end under test: `Some("postgres")` from `HEXRAY_TEST_STORAGE`, or the embedded one.
+fn on_postgres() -> bool {
+    match std::env::var("HEXRAY_TEST_STORAGE").as_deref() {
+        Ok("postgres") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("HEXRAY_TEST_STORAGE is `{other}`: `embedded` or `postgres`"),
+    }
+}
+
+/// On PostgreSQL, the database that stands for `data_dir`: made fresh the first time, and the
+/// same one when a test restarts a server on the same directory.
+fn database(data_dir: &std::path::Path) -> Option<String> {
+    static MADE: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
+        std::sync::Mutex::new(Vec::new());
+    if !on_postgres() {
+        return None;
+    }
+    let mut made = MADE.lock().unwrap();
+    if let Some((_, url)) = made.iter().find(|(dir, _)| dir == data_dir) {
+        return Some(url.clone());
+    }
+    let url = common::database::fresh(&format!("api{}", made.len()))
+        .expect("HEXRAY_TEST_STORAGE=postgres needs HEXRAY_TEST_DATABASE_URL");
+    made.push((data_dir.to_path_buf(), url.clone()));
+    Some(url)
 }
 
 /// Two clinicians' tokens and the tokens file that holds them, made once.
@@ -612,6 +644,15 @@ fn stored_keys(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// Key registrations stored for `config`'s server, all tokens together: its data directory's
+/// key files, or its database's rows.
+fn registrations(config: &Config) -> usize {
+    match &config.database_url {
+        Some(url) => common::database::number(url, "SELECT count(*) FROM key_owners") as usize,
+        None => stored_keys(&config.data_dir).len(),
+    }
+}
+
 #[actix_web::test]
 async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
     let dir = tempfile::tempdir().unwrap();
@@ -637,7 +678,12 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
     let (status, body) = call_as(&app, None, Method::GET, "/api/v1/health", vec![]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["auth"], "token");
-    assert_eq!(json(&body)["storage"], "embedded");
+    let storage = if on_postgres() {
+        "postgres"
+    } else {
+        "embedded"
+    };
+    assert_eq!(json(&body)["storage"], storage);
     assert!(!json(&body)["node"].as_str().unwrap().is_empty());
     // Metrics answer loopback peers only (or a metrics token).
     let remote = test::TestRequest::get()
@@ -714,7 +760,8 @@ async fn the_client_spec_holds_no_weights_and_a_stale_fingerprint_is_refused() {
 #[actix_web::test]
 async fn bodies_that_are_not_octet_streams_are_refused_before_they_are_read() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let config = config(dir.path(), 4);
+    let app = app(&config).await;
     let (_, key) = shared_client();
     for content_type in [
         None,
@@ -735,7 +782,7 @@ async fn bodies_that_are_not_octet_streams_are_refused_before_they_are_read() {
             "{content_type:?}"
         );
     }
-    assert!(stored_keys(dir.path()).is_empty());
+    assert_eq!(registrations(&config), 0);
     register(&app, key).await;
 }
 
@@ -768,7 +815,7 @@ async fn a_token_over_its_key_quota_or_a_full_store_is_refused_and_the_server_go
         (StatusCode::INSUFFICIENT_STORAGE, "storage_full".to_owned())
     );
     assert_eq!(
-        stored_keys(dir.path()).len(),
+        registrations(&small),
         1,
         "nothing of the refused key is left"
     );
@@ -861,32 +908,47 @@ async fn progress_streams_are_capped_per_job_and_ten_thousand_more_are_refused()
 async fn a_damaged_key_is_quarantined_reported_unknown_and_repaired_by_a_new_upload() {
     let dir = tempfile::tempdir().unwrap();
     let (client, key) = shared_client();
+    let config = config(dir.path(), 4);
     let id = {
-        let app = app(&config(dir.path(), 4)).await;
+        let app = app(&config).await;
         register(&app, key).await
     };
-    let stored = stored_keys(dir.path());
-    assert_eq!(stored.len(), 1);
-    let mut bytes = std::fs::read(&stored[0]).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&stored[0], bytes).unwrap();
-    // A stray file and a crash's leftover do not stop a start.
-    std::fs::write(stored[0].with_file_name("notes.txt"), "x").unwrap();
-    std::fs::write(stored[0].with_file_name(".x.partial"), "x").unwrap();
+    match &config.database_url {
+        // One bit flipped in the middle of the stored bytes.
+        Some(url) => common::database::execute(
+            url,
+            "UPDATE key_blobs SET bytes = set_byte(bytes, length(bytes) / 2, \
+             get_byte(bytes, length(bytes) / 2) # 1)",
+        ),
+        None => {
+            let stored = stored_keys(dir.path());
+            assert_eq!(stored.len(), 1);
+            let mut bytes = std::fs::read(&stored[0]).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&stored[0], bytes).unwrap();
+            // A stray file and a crash's leftover do not stop a start.
+            std::fs::write(stored[0].with_file_name("notes.txt"), "x").unwrap();
+            std::fs::write(stored[0].with_file_name(".x.partial"), "x").unwrap();
+        }
+    }
 
-    let app = app(&config(dir.path(), 4)).await;
+    let app = app(&config).await;
     let names = ["covid-cxr-actualmed/covid-1.png"];
     assert_eq!(
         error(&app, Method::POST, &job_uri(&id), batch(client, &names)).await,
         (StatusCode::NOT_FOUND, "unknown_key".to_owned())
     );
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("quarantine"))
-            .unwrap()
-            .count(),
-        1
-    );
+    match &config.database_url {
+        // The damaged copy is deleted.
+        Some(_) => assert_eq!(registrations(&config), 0),
+        None => assert_eq!(
+            std::fs::read_dir(dir.path().join("quarantine"))
+                .unwrap()
+                .count(),
+            1
+        ),
+    }
     let (status, body) = call(&app, Method::POST, "/api/v1/keys", key.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{body:?}");
     let (status, body) = call(&app, Method::POST, &job_uri(&id), batch(client, &names)).await;
@@ -899,7 +961,8 @@ async fn a_damaged_key_is_quarantined_reported_unknown_and_repaired_by_a_new_upl
 #[actix_web::test]
 async fn concurrent_uploads_of_one_key_store_it_once() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let config = config(dir.path(), 4);
+    let app = app(&config).await;
     let (_, key) = shared_client();
     let other = Some(tokens().1[1].as_str());
     // Each token has two upload slots: two at once from one token both go through.
@@ -919,36 +982,48 @@ async fn concurrent_uploads_of_one_key_store_it_once() {
         StatusCode::CREATED,
         "the other token stores its own copy"
     );
-    let files = stored_keys(dir.path());
-    assert_eq!(files.len(), 2, "{files:?}");
-    assert!(files
-        .iter()
-        .all(|f| f.extension().is_some_and(|e| e == "key")));
+    assert_eq!(registrations(&config), 2);
+    match &config.database_url {
+        Some(url) => assert_eq!(
+            common::database::number(url, "SELECT count(*) FROM key_blobs"),
+            1,
+            "the database keeps the bytes once for both tokens"
+        ),
+        None => assert!(stored_keys(dir.path())
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "key"))),
+    }
 }
 
 #[actix_web::test]
 async fn keys_unused_for_longer_than_the_expiry_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let (_, key) = shared_client();
+    let config = config(dir.path(), 4);
     let id = {
-        let app = app(&config(dir.path(), 4)).await;
+        let app = app(&config).await;
         register(&app, key).await
     };
-    let stored = stored_keys(dir.path());
-    let long_ago = std::time::SystemTime::now() - Duration::from_secs(91 * 86_400);
-    std::fs::File::options()
-        .append(true)
-        .open(&stored[0])
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    match &config.database_url {
+        Some(url) => common::database::execute(
+            url,
+            "UPDATE key_owners SET last_used = now() - interval '91 days'",
+        ),
+        None => {
+            let stored = stored_keys(dir.path());
+            let long_ago = std::time::SystemTime::now() - Duration::from_secs(91 * 86_400);
+            std::fs::File::options()
+                .append(true)
+                .open(&stored[0])
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+    }
+    let app = app(&config).await;
     let (status, _) = call(&app, Method::GET, &format!("/api/v1/keys/{id}"), vec![]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(
-        stored_keys(dir.path()).is_empty(),
-        "the expired key file is deleted"
-    );
+    assert_eq!(registrations(&config), 0, "the expired key is deleted");
 }
 
 #[actix_web::test]

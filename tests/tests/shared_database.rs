@@ -1,10 +1,10 @@
-//! Two evaluator nodes on one PostgreSQL database share their registered keys: a key uploaded
-//! to one node is usable on the other, one key uploaded to both at once is stored once, and a
-//! node reconnects after the database restarts.
+//! Two evaluator nodes in one process, on one PostgreSQL database, share their registered keys
+//! and their job queue: a key uploaded to one node is usable on the other, a job submitted to
+//! one is answered for by both, one key uploaded to both at once is stored once, and a node
+//! reconnects after the database restarts. `hexray-evaluator`'s `cluster` tests run nodes as
+//! separate processes and kill one.
 //!
-//! `scripts/test.sh` starts a private PostgreSQL (`scripts/postgres.sh`) and passes its URL in
-//! `HEXRAY_TEST_DATABASE_URL`; each test makes a database of its own. Without it, the tests
-//! say so and pass, as on a machine where PostgreSQL cannot be installed.
+//! The databases come from [`common::database`].
 
 // Each test holds `SERVER` across its awaits on purpose: each runs on its own thread and
 // runtime, so the lock orders whole tests and cannot deadlock.
@@ -24,46 +24,10 @@ use hexray_evaluator::server::auth::Access;
 use hexray_evaluator::server::{configure, AppState, Config};
 use serde_json::Value;
 
+use common::database::{fresh, number as count};
+
 /// Held shared by every test, and alone by the one that restarts the database server.
 static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// A fresh database on the test server, or `None` (said on stderr) without one.
-fn database(name: &str) -> Option<String> {
-    let Ok(admin) = std::env::var("HEXRAY_TEST_DATABASE_URL") else {
-        eprintln!(
-            "skipped: HEXRAY_TEST_DATABASE_URL is not set (scripts/test.sh starts PostgreSQL)"
-        );
-        return None;
-    };
-    let name = format!("hexray_{name}_{}", std::process::id());
-    // The blocking driver runs on a thread of its own, away from the test's async runtime.
-    let url = std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        // One statement each: neither may run in the implicit transaction of a batch.
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name}"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            client.simple_query(&sql).unwrap();
-        }
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        format!("{base}/{name}")
-    })
-    .join()
-    .unwrap();
-    Some(url)
-}
-
-/// Runs one query on `url`, away from the async runtime.
-fn count(url: &str, sql: &'static str) -> i64 {
-    let url = url.to_owned();
-    std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        client.query_one(sql, &[]).unwrap().get(0)
-    })
-    .join()
-    .unwrap()
-}
 
 /// A node: its own data directory, the shared database.
 async fn node(
@@ -113,7 +77,7 @@ async fn two_nodes(
     Nodes<impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>>,
 > {
     let shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
-    let url = database(test)?;
+    let url = fresh(test)?;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let a = node(&url, dirs[0].path(), "a").await;
     let b = node(&url, dirs[1].path(), "b").await;
@@ -142,6 +106,67 @@ fn model() -> LoadedModel {
     LoadedModel::from_file(&common::repo().join("models/pneumonia-mlp-64.hexray")).unwrap()
 }
 
+/// Submits one encrypted sample to `submit`, follows it on `ask` until it is done, and checks
+/// that its output decrypts within the simulator's spread; returns its final status.
+async fn run_job<S, T>(
+    submit: &S,
+    ask: &T,
+    client: &ClientKey,
+    key: &str,
+    model: &LoadedModel,
+) -> Value
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+    T: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let input = common::sample(model, "pneumoniamnist/test-0000-pneumonia.png");
+    let image = client
+        .encrypt_deterministic(model.spec(), input.view(), 1)
+        .unwrap();
+    let uri = format!(
+        "/api/v1/jobs?model=pneumonia-mlp-64&key={key}&fingerprint={}",
+        model.spec().fingerprint
+    );
+    let batch = frames::pack(&[image.to_bytes().unwrap()]);
+    let (status, body, _) = call(submit, Method::POST, &uri, batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = body["job_id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job} did not finish"
+        );
+        let (_, status, _) = call(ask, Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
+        if status["state"] == "done" {
+            break status;
+        }
+        assert_ne!(status["state"], "failed", "{status}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, _, outputs) = call(
+        ask,
+        Method::GET,
+        &format!("/api/v1/jobs/{job}/outputs"),
+        vec![],
+    )
+    .await;
+    let output = frames::unpack(&outputs, 1).unwrap()[0];
+    let output = EncryptedOutput::from_bytes(output, ParameterSet::Ks32, 2).unwrap();
+    let shown = client.decrypt(model.spec(), &output).unwrap();
+    let prediction = client.decrypt_prediction(model.circuit(), &output).unwrap();
+    let spread = hexray_model::simulate::spread(
+        model.circuit(),
+        input.view(),
+        200,
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1),
+    )
+    .unwrap();
+    assert!(spread.contains(&prediction, 0.05), "{prediction:?}");
+    assert!(shown.class < 2);
+    status
+}
+
 #[actix_web::test]
 async fn a_key_registered_on_one_node_runs_a_job_on_the_other() {
     let Some(Nodes {
@@ -167,52 +192,12 @@ async fn a_key_registered_on_one_node_runs_a_job_on_the_other() {
     // Node B never saw the upload, and its data directory holds no key.
     let (status, _, _) = call(&b, Method::GET, &format!("/api/v1/keys/{key}"), vec![]).await;
     assert_eq!(status, StatusCode::OK);
-    let input = common::sample(&model, "pneumoniamnist/test-0000-pneumonia.png");
-    let image = client
-        .encrypt_deterministic(model.spec(), input.view(), 1)
-        .unwrap();
-    let uri = format!(
-        "/api/v1/jobs?model=pneumonia-mlp-64&key={key}&fingerprint={}",
-        model.spec().fingerprint
+    // Either node may take it from the shared queue, and node A answers for it too.
+    let status = run_job(&b, &a, &client, &key, &model).await;
+    assert!(
+        ["a", "b"].contains(&status["node"].as_str().unwrap()),
+        "the node that ran it says so: {status}"
     );
-    let batch = frames::pack(&[image.to_bytes().unwrap()]);
-    let (status, body, _) = call(&b, Method::POST, &uri, batch).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let job = body["job_id"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job {job} did not finish"
-        );
-        let (_, status, _) = call(&b, Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
-        if status["state"] == "done" {
-            assert_eq!(status["node"], "b", "the node that ran it says so");
-            break;
-        }
-        assert_ne!(status["state"], "failed", "{status}");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, _, outputs) = call(
-        &b,
-        Method::GET,
-        &format!("/api/v1/jobs/{job}/outputs"),
-        vec![],
-    )
-    .await;
-    let output = frames::unpack(&outputs, 1).unwrap()[0];
-    let output = EncryptedOutput::from_bytes(output, ParameterSet::Ks32, 2).unwrap();
-    let shown = client.decrypt(model.spec(), &output).unwrap();
-    let prediction = client.decrypt_prediction(model.circuit(), &output).unwrap();
-    let spread = hexray_model::simulate::spread(
-        model.circuit(),
-        input.view(),
-        200,
-        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1),
-    )
-    .unwrap();
-    assert!(spread.contains(&prediction, 0.05), "{prediction:?}");
-    assert!(shown.class < 2);
     assert!(
         !dirs[1].path().join("keys").exists(),
         "node B keeps no key on disk"
@@ -270,9 +255,9 @@ async fn one_key_uploaded_to_both_nodes_at_once_is_stored_once() {
 }
 
 #[actix_web::test]
-async fn a_node_reconnects_after_the_database_restarts() {
+async fn a_node_reconnects_after_the_database_restarts_between_two_jobs() {
     let _alone = SERVER.write().unwrap_or_else(|e| e.into_inner());
-    let Some(url) = database("restart") else {
+    let Some(url) = fresh("restart") else {
         return;
     };
     let Ok(cluster) = std::env::var("HEXRAY_TEST_POSTGRES_DIR") else {
@@ -281,7 +266,9 @@ async fn a_node_reconnects_after_the_database_restarts() {
     };
     let dir = tempfile::tempdir().unwrap();
     let a = node(&url, dir.path(), "a").await;
-    let (_, key) = register(&a, 5).await;
+    let model = model();
+    let (client, key) = register(&a, 5).await;
+    run_job(&a, &a, &client, &key, &model).await;
     let restart = std::process::Command::new("bash")
         .arg(common::repo().join("scripts/postgres.sh"))
         .args(["restart", &cluster])
@@ -293,4 +280,6 @@ async fn a_node_reconnects_after_the_database_restarts() {
         let (status, body, _) = call(&a, Method::GET, &format!("/api/v1/keys/{key}"), vec![]).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+    // Its workers claim from the database again.
+    run_job(&a, &a, &client, &key, &model).await;
 }

@@ -1,9 +1,16 @@
-//! Inference jobs: a bounded queue, a few workers, and the state clients poll.
+//! Inference jobs: where they wait, who evaluates them, and the state clients poll.
 //!
-//! A job is one batch of encrypted images for one model and key. Workers take jobs in order and
-//! run each as one stream of bootstraps across all its images ([`hexray_engine::evaluate_batch`]) on a
-//! shared rayon pool, so a batch keeps every core busy. The queue has a fixed capacity: a job
-//! that does not fit is refused with 503 and Retry-After, never accepted and dropped later.
+//! A job is one batch of encrypted images for one model and key. [`JobStorage`] is what the
+//! routes see, with two back ends:
+//! - the embedded [`JobQueue`] (the default): a bounded queue in memory and a few workers, for
+//!   one server;
+//! - the PostgreSQL queue (`super::postgres::PgJobs`), which several nodes share: any node
+//!   takes work, a dead node's work is taken again, and any node answers for any job.
+//!
+//! Both evaluate through one [`Evaluator`]: a batch runs as one stream of bootstraps across all
+//! its images ([`hexray_engine::evaluate_batch`]) on the node's rayon pool, so a batch keeps every
+//! core busy. A queue has a fixed capacity: a job that does not fit is refused with 503 and
+//! Retry-After, never accepted and dropped later.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,38 +30,37 @@ use super::metrics::Metrics;
 use super::models::ServedModel;
 use hexray_engine::evaluate_batch;
 
-/// One submitted batch.
-pub struct Job {
-    pub id: String,
-    pub model: Arc<ServedModel>,
-    /// The token that submitted it: only that token can see it.
-    pub owner: Owner,
-    pub key_id: String,
-    /// Progress streams open on this job, bounded per job.
-    pub streams: AtomicUsize,
-    pub images: usize,
-    pub bootstraps_total: usize,
-    pub bootstraps_done: AtomicUsize,
-    /// The node whose workers evaluate it.
-    node: Arc<str>,
-    inputs: Mutex<Option<Vec<EncryptedImage>>>,
-    state: Mutex<State>,
+/// Where jobs wait and how clients see them. Every method may block (the PostgreSQL back end
+/// talks to its database): call them from a blocking thread.
+pub trait JobStorage: Send + Sync {
+    /// Queues a batch, or refuses it at once when the queue or `owner`'s share of it is full.
+    fn submit(&self, job: NewJob) -> Result<Status, ApiError>;
+    /// Refuses a job when its owner already has its share of the queue.
+    fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError>;
+    /// `owner`'s job `id`; another token's job is unknown to it.
+    fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError>;
+    /// The packed encrypted outputs ([`frames`]) of `owner`'s job, once done, in image order.
+    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError>;
+    /// Jobs waiting and jobs being evaluated, as every node sees them.
+    fn depth(&self) -> Result<Depth, ApiError>;
 }
 
-enum State {
-    Queued,
-    Running {
-        started: Instant,
-    },
-    Done {
-        outputs: Arc<Vec<u8>>,
-        seconds: f64,
-        finished: Instant,
-    },
-    Failed {
-        error: ApiError,
-        finished: Instant,
-    },
+/// A batch the API has accepted and checked, to be queued.
+pub struct NewJob {
+    pub model: Arc<ServedModel>,
+    /// The token that submits it: only that token can see it.
+    pub owner: Owner,
+    pub key_id: String,
+    pub inputs: Vec<EncryptedImage>,
+}
+
+/// The queue as all nodes see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Jobs waiting for a worker.
+    pub queued: usize,
+    /// Jobs being evaluated.
+    pub running: usize,
 }
 
 /// Where a job is, as clients see it (`"queued"`, `"running"`, `"done"`, `"failed"` in JSON).
@@ -84,7 +90,8 @@ pub struct Status {
     /// The failure's API code; `unknown_key` tells the client to upload its key again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'static str>,
-    /// The node that evaluates or evaluated it, once a worker has taken it.
+    /// The node that evaluates or evaluated it, once a worker has taken it; the nodes, joined
+    /// by commas, when a shared queue split it between several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }
@@ -95,8 +102,129 @@ impl Status {
     }
 }
 
+/// Sizes of the queue and its workers.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    /// Batches evaluated at once. One batch already fills every core, so more workers mainly
+    /// help many small jobs.
+    pub workers: usize,
+    /// Threads of the pool all workers share: the node's cores.
+    pub threads: usize,
+    /// Jobs that may wait for a worker (all nodes together, on a shared queue).
+    pub capacity: usize,
+    /// How long finished jobs (and their outputs) are kept for clients to fetch.
+    pub retention: Duration,
+    /// Jobs one token may have queued or running, so one client cannot hold the queue.
+    pub per_owner: usize,
+    /// How long a node's claim on shared work lasts unless it renews it: another node takes
+    /// the work of a node that died once its lease has run out.
+    pub lease: Duration,
+}
+
+/// 128 random bits in hex: ids that cannot be guessed, so one client cannot poll another's job.
+pub(crate) fn job_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+/// Evaluates batches on one node's pool, for either back end, and counts what it did.
+pub struct Evaluator {
+    pool: rayon::ThreadPool,
+    keys: Arc<dyn KeyStorage>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Evaluator {
+    /// A pool of `threads` evaluation threads.
+    pub fn new(threads: usize, keys: Arc<dyn KeyStorage>, metrics: Arc<Metrics>) -> Self {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hexray-fhe-{i}"))
+            .build()
+            .expect("the evaluation thread pool starts");
+        Evaluator {
+            pool,
+            keys,
+            metrics,
+        }
+    }
+
+    /// Evaluates `inputs` with `owner`'s key, calling `progress` after each bootstrap; returns
+    /// one serialized output per input, in order. A panic fails the batch, never the node.
+    pub fn run(
+        &self,
+        model: &ServedModel,
+        owner: &Owner,
+        key_id: &str,
+        inputs: Vec<EncryptedImage>,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<Vec<Vec<u8>>, ApiError> {
+        let images = inputs.len();
+        let bootstraps = AtomicUsize::new(0);
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let key = self.keys.server_key(owner, key_id)?;
+            let counted = || {
+                bootstraps.fetch_add(1, Ordering::Relaxed);
+                progress();
+            };
+            let (outputs, _) = self
+                .pool
+                .install(|| evaluate_batch(&model.loaded, &key, inputs, &counted))?;
+            outputs
+                .iter()
+                .map(EncryptedOutput::to_bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        }))
+        .unwrap_or_else(|_| Err(ApiError::Internal("the evaluation panicked".into())));
+        let metrics = &self.metrics;
+        Metrics::add(&metrics.busy_nanos, started.elapsed().as_nanos() as u64);
+        Metrics::add(
+            &metrics.bootstraps,
+            bootstraps.load(Ordering::Relaxed) as u64,
+        );
+        if result.is_ok() {
+            Metrics::add(&metrics.images_completed, images as u64);
+        }
+        result
+    }
+}
+
+/// One batch in the embedded queue.
+struct Job {
+    id: String,
+    model: Arc<ServedModel>,
+    owner: Owner,
+    key_id: String,
+    images: usize,
+    bootstraps_total: usize,
+    bootstraps_done: AtomicUsize,
+    /// The node whose workers evaluate it.
+    node: Arc<str>,
+    inputs: Mutex<Option<Vec<EncryptedImage>>>,
+    state: Mutex<State>,
+}
+
+enum State {
+    Queued,
+    Running {
+        started: Instant,
+    },
+    Done {
+        outputs: Arc<Vec<u8>>,
+        seconds: f64,
+        finished: Instant,
+    },
+    Failed {
+        error: ApiError,
+        finished: Instant,
+    },
+}
+
 impl Job {
-    pub fn status(&self) -> Status {
+    fn status(&self) -> Status {
         let state = self.state.lock().expect("job state lock");
         let (name, seconds, error) = match &*state {
             State::Queued => (JobState::Queued, None, None),
@@ -122,10 +250,9 @@ impl Job {
         }
     }
 
-    /// The packed encrypted outputs, once done.
-    pub fn outputs(&self) -> Result<Arc<Vec<u8>>, ApiError> {
+    fn outputs(&self) -> Result<Vec<u8>, ApiError> {
         match &*self.state.lock().expect("job state lock") {
-            State::Done { outputs, .. } => Ok(outputs.clone()),
+            State::Done { outputs, .. } => Ok(outputs.to_vec()),
             State::Failed { error, .. } => Err(ApiError::JobFailed {
                 id: self.id.clone(),
                 message: error.to_string(),
@@ -150,37 +277,17 @@ impl Job {
     }
 }
 
-/// Sizes of the queue and its workers.
-#[derive(Clone, Debug)]
-pub struct QueueConfig {
-    /// Jobs evaluated at once. One batch already fills every core, so more workers mainly help
-    /// many small jobs.
-    pub workers: usize,
-    /// Threads of the pool all workers share.
-    pub threads: usize,
-    /// Jobs that may wait for a worker.
-    pub capacity: usize,
-    /// How long finished jobs (and their outputs) are kept for clients to fetch.
-    pub retention: Duration,
-    /// Jobs one token may have queued or running, so one client cannot hold the queue.
-    pub per_owner: usize,
-}
-
+/// The embedded back end: jobs in this process's memory, evaluated by its own workers.
 pub struct JobQueue {
     sender: SyncSender<Arc<Job>>,
     jobs: Arc<Jobs>,
     queued: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
     per_owner: usize,
-    threads: usize,
     /// This node's name, which its jobs report.
     node: Arc<str>,
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
-
-/// Seconds one bootstrap takes on one core before the server has measured its own: the middle
-/// of the 18–45 ms a KS-PBS takes on the hosts HEXray was tried on.
-const NOMINAL_BOOTSTRAP_SECONDS: f64 = 0.030;
 
 /// Every job a client may still ask about, and how long finished ones are kept.
 struct Jobs {
@@ -199,31 +306,24 @@ impl Jobs {
     }
 }
 
+/// How often finished jobs past their retention are looked for: often enough that outputs
+/// do not outstay it by much, rarely enough to cost nothing.
+pub(crate) fn sweep_period(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
 impl JobQueue {
     /// Starts the workers of node `node`.
-    pub fn start(
-        config: &QueueConfig,
-        node: &str,
-        keys: Arc<dyn KeyStorage>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(config: &QueueConfig, node: &str, evaluator: Arc<Evaluator>) -> Self {
         let (sender, receiver) = sync_channel::<Arc<Job>>(config.capacity);
         let receiver = Arc::new(Mutex::new(receiver));
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(config.threads)
-                .thread_name(|i| format!("hexray-fhe-{i}"))
-                .build()
-                .expect("the evaluation thread pool starts"),
-        );
         let queued = Arc::new(AtomicUsize::new(0));
         let running = Arc::new(AtomicUsize::new(0));
+        let metrics = evaluator.metrics.clone();
         for i in 0..config.workers {
             let worker = Worker {
                 receiver: receiver.clone(),
-                pool: pool.clone(),
-                keys: keys.clone(),
-                metrics: metrics.clone(),
+                evaluator: evaluator.clone(),
                 queued: queued.clone(),
                 running: running.clone(),
             };
@@ -238,8 +338,7 @@ impl JobQueue {
         });
         // Expired outputs are removed on a timer, not only when the next job arrives.
         let sweeper = Arc::downgrade(&jobs);
-        let period =
-            (config.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let period = sweep_period(config.retention);
         std::thread::Builder::new()
             .name("hexray-job-sweeper".into())
             .spawn(move || loop {
@@ -256,43 +355,37 @@ impl JobQueue {
             queued,
             running,
             per_owner: config.per_owner,
-            threads: config.threads,
             node: node.into(),
             metrics,
         }
     }
 
-    /// Seconds this server takes per bootstrap, all its threads together: measured once it has
-    /// run a job, nominal before. What the page's expected time per image is made of.
-    pub fn seconds_per_bootstrap(&self) -> f64 {
-        self.metrics
-            .bootstraps_per_second()
-            .map_or(NOMINAL_BOOTSTRAP_SECONDS / self.threads as f64, |rate| {
-                1.0 / rate
-            })
+    fn get(&self, owner: &Owner, id: &str) -> Result<Arc<Job>, ApiError> {
+        self.jobs
+            .table
+            .lock()
+            .expect("job table lock")
+            .get(id)
+            .filter(|job| job.owner == *owner)
+            .cloned()
+            .ok_or_else(|| ApiError::UnknownJob(id.into()))
     }
+}
 
-    /// Queues a batch, or refuses it at once when the queue is full.
-    pub fn submit(
-        &self,
-        model: Arc<ServedModel>,
-        owner: Owner,
-        key_id: String,
-        inputs: Vec<EncryptedImage>,
-    ) -> Result<Status, ApiError> {
-        self.check_owner_room(&owner)?;
-        let images = inputs.len();
+impl JobStorage for JobQueue {
+    fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
+        self.check_owner_room(&new.owner)?;
+        let images = new.inputs.len();
         let job = Arc::new(Job {
             id: job_id(),
-            bootstraps_total: images * model.loaded.circuit().bootstrap_count(),
-            model,
-            owner,
-            key_id,
-            streams: AtomicUsize::new(0),
+            bootstraps_total: images * new.model.loaded.circuit().bootstrap_count(),
+            model: new.model,
+            owner: new.owner,
+            key_id: new.key_id,
             images,
             bootstraps_done: AtomicUsize::new(0),
             node: self.node.clone(),
-            inputs: Mutex::new(Some(inputs)),
+            inputs: Mutex::new(Some(new.inputs)),
             state: Mutex::new(State::Queued),
         });
         self.queued.fetch_add(1, Ordering::SeqCst);
@@ -315,8 +408,7 @@ impl JobQueue {
         }
     }
 
-    /// Refuses a job when its owner already has its share of the queue.
-    pub fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
+    fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
         let active = self
             .jobs
             .table
@@ -325,53 +417,43 @@ impl JobQueue {
             .values()
             .filter(|job| job.owner == *owner && job.is_active())
             .count();
-        if active >= self.per_owner {
-            return Err(ApiError::TooManyJobs {
-                limit: self.per_owner,
-            });
-        }
-        Ok(())
+        owner_room(active, self.per_owner)
     }
 
-    /// `owner`'s job; another token's job is unknown to it.
-    pub fn get(&self, owner: &Owner, id: &str) -> Result<Arc<Job>, ApiError> {
-        self.jobs
-            .table
-            .lock()
-            .expect("job table lock")
-            .get(id)
-            .filter(|job| job.owner == *owner)
-            .cloned()
-            .ok_or_else(|| ApiError::UnknownJob(id.into()))
+    fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
+        Ok(self.get(owner, id)?.status())
     }
 
-    /// Jobs waiting, and jobs being evaluated.
-    pub fn depth(&self) -> (usize, usize) {
-        (
-            self.queued.load(Ordering::SeqCst),
-            self.running.load(Ordering::SeqCst),
-        )
+    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError> {
+        self.get(owner, id)?.outputs()
+    }
+
+    fn depth(&self) -> Result<Depth, ApiError> {
+        Ok(Depth {
+            queued: self.queued.load(Ordering::SeqCst),
+            running: self.running.load(Ordering::SeqCst),
+        })
     }
 }
 
-/// 128 random bits in hex: ids that cannot be guessed, so one client cannot poll another's job.
-fn job_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex(&bytes)
+/// The one per-token rule: `active` jobs leave room for another below `limit`.
+pub(crate) fn owner_room(active: usize, limit: usize) -> Result<(), ApiError> {
+    if active >= limit {
+        return Err(ApiError::TooManyJobs { limit });
+    }
+    Ok(())
 }
 
 struct Worker {
     receiver: Arc<Mutex<Receiver<Arc<Job>>>>,
-    pool: Arc<rayon::ThreadPool>,
-    keys: Arc<dyn KeyStorage>,
-    metrics: Arc<Metrics>,
+    evaluator: Arc<Evaluator>,
     queued: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
 }
 
 impl Worker {
     fn run(self) {
+        let metrics = self.evaluator.metrics.clone();
         loop {
             let next = self.receiver.lock().expect("job receiver lock").recv();
             let Ok(job) = next else {
@@ -381,24 +463,12 @@ impl Worker {
             self.running.fetch_add(1, Ordering::SeqCst);
             let started = Instant::now();
             *job.state.lock().expect("job state lock") = State::Running { started };
-            // A panic in one job must not take the worker, or the server, down with it.
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.evaluate(&job)))
-                    .unwrap_or_else(|_| Err(ApiError::Internal("the evaluation panicked".into())));
+            let result = self.evaluate(&job);
             let finished = Instant::now();
             let seconds = (finished - started).as_secs_f64();
-            Metrics::add(
-                &self.metrics.busy_nanos,
-                (finished - started).as_nanos() as u64,
-            );
-            Metrics::add(
-                &self.metrics.bootstraps,
-                job.bootstraps_done.load(Ordering::Relaxed) as u64,
-            );
             let state = match result {
                 Ok(outputs) => {
-                    Metrics::add(&self.metrics.jobs_completed, 1);
-                    Metrics::add(&self.metrics.images_completed, job.images as u64);
+                    Metrics::add(&metrics.jobs_completed, 1);
                     log::info!(
                         "job {} done: {} images, {} bootstraps in {seconds:.2} s",
                         job.id,
@@ -412,7 +482,7 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    Metrics::add(&self.metrics.jobs_failed, 1);
+                    Metrics::add(&metrics.jobs_failed, 1);
                     log::warn!("job {} failed: {error}", job.id);
                     State::Failed { error, finished }
                 }
@@ -423,7 +493,6 @@ impl Worker {
     }
 
     fn evaluate(&self, job: &Job) -> Result<Vec<u8>, ApiError> {
-        let key = self.keys.server_key(&job.owner, &job.key_id)?;
         let inputs = job
             .inputs
             .lock()
@@ -433,14 +502,9 @@ impl Worker {
         let progress = || {
             job.bootstraps_done.fetch_add(1, Ordering::Relaxed);
         };
-        let (outputs, _) = self
-            .pool
-            .install(|| evaluate_batch(&job.model.loaded, &key, inputs, &progress))?;
-        let blobs = outputs
-            .iter()
-            .map(EncryptedOutput::to_bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let blobs = self
+            .evaluator
+            .run(&job.model, &job.owner, &job.key_id, inputs, &progress)?;
         Ok(frames::pack(&blobs))
     }
 }

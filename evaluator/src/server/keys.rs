@@ -192,7 +192,6 @@ impl KeyStore {
             index: Mutex::new(index),
             cache: Mutex::new(Lru::new(cache_bytes)),
         };
-        store.expire();
         Ok(store)
     }
 

@@ -6,7 +6,8 @@
 //! - [`auth`]: bearer tokens, and who owns which key and job;
 //! - [`keys`]: clients' server keys, persisted durably, checked and cached expanded, in the data
 //!   directory or, shared between nodes, in PostgreSQL ([`postgres`]);
-//! - [`jobs`]: the bounded job queue and its workers;
+//! - [`jobs`]: the bounded job queue and its workers, in memory or, shared between nodes, in
+//!   PostgreSQL;
 //! - [`routes`]: the API; [`error`]: its JSON errors; [`metrics`]: Prometheus counters.
 //!
 //! The server only ever holds server keys (which cannot decrypt), encrypted images and
@@ -33,11 +34,11 @@ use thiserror::Error;
 
 use self::auth::{Access, Owner};
 use self::error::ApiError;
-use self::jobs::{JobQueue, QueueConfig};
+use self::jobs::{Evaluator, JobQueue, JobStorage, QueueConfig};
 use self::keys::{KeyLimits, KeyStorage, KeyStore};
 use self::metrics::Metrics;
 use self::models::Models;
-use self::postgres::{Database, DatabaseError, PgKeyStore};
+use self::postgres::{Database, DatabaseError, PgJobs, PgKeyStore};
 use hexray_engine::LoadError;
 
 /// Everything a server needs to start.
@@ -47,8 +48,8 @@ pub struct Config {
     pub models_dir: Option<PathBuf>,
     /// Where registered keys are persisted by the embedded back end.
     pub data_dir: PathBuf,
-    /// A PostgreSQL database shared by several evaluator nodes (`postgres://…`); `None`: the
-    /// embedded back end, in `data_dir`.
+    /// A PostgreSQL database shared by several evaluator nodes (`postgres://…`) for keys and
+    /// jobs; `None`: the embedded back end, in `data_dir` and memory.
     pub database_url: Option<String>,
     /// This node's name in health reports ([`node_name`] by default).
     pub node: String,
@@ -74,6 +75,7 @@ impl Config {
                 capacity: 16,
                 retention: Duration::from_secs(3600),
                 per_owner: 4,
+                lease: Duration::from_secs(30),
             },
             key_cache_bytes: 1 << 30,
             keys: KeyLimits {
@@ -90,6 +92,10 @@ impl Config {
         }
     }
 }
+
+/// Seconds one bootstrap takes on one core before a node has measured its own: the middle of
+/// the 18–45 ms a KS-PBS takes on the hosts HEXray was tried on.
+const NOMINAL_BOOTSTRAP_SECONDS: f64 = 0.030;
 
 /// The machine's host name (a Kubernetes pod's name), or `hexray` where it cannot be read.
 pub fn node_name() -> String {
@@ -144,7 +150,11 @@ pub enum StartError {
 pub struct AppState {
     pub models: Models,
     pub keys: Arc<dyn KeyStorage>,
-    pub jobs: JobQueue,
+    pub jobs: Arc<dyn JobStorage>,
+    /// This node's counters.
+    pub metrics: Arc<Metrics>,
+    /// This node's evaluation threads.
+    pub threads: usize,
     pub access: Access,
     pub limits: Limits,
     pub bodies: BodyLimits,
@@ -153,22 +163,45 @@ pub struct AppState {
     /// Where keys are stored: `embedded` or `postgres`.
     pub storage: &'static str,
     /// Bodies being received, per token.
-    uploads: Mutex<HashMap<Owner, usize>>,
+    uploads: Slots,
+    /// Progress streams open on this node, per job.
+    streams: Slots,
 }
 
-/// One body being received for `owner`; dropping it frees the slot.
-pub struct Upload<'a> {
-    state: &'a AppState,
-    owner: Owner,
+/// Things in progress per key (bodies per token, progress streams per job), each key's count
+/// bounded.
+#[derive(Default)]
+struct Slots(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Slots {
+    /// Takes one of `key`'s `limit` slots, if one is free.
+    fn claim(&self, key: &str, limit: usize) -> Option<Slot> {
+        let mut counts = self.0.lock().expect("slots lock");
+        let n = counts.entry(key.to_owned()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: self.0.clone(),
+            key: key.to_owned(),
+        })
+    }
 }
 
-impl Drop for Upload<'_> {
+/// One slot taken; dropping it (the body arrived, the stream ended, the client left) frees it.
+pub struct Slot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut uploads = self.state.uploads.lock().expect("uploads lock");
-        if let Some(n) = uploads.get_mut(&self.owner) {
+        let mut counts = self.counts.lock().expect("slots lock");
+        if let Some(n) = counts.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                uploads.remove(&self.owner);
+                counts.remove(&self.key);
             }
         }
     }
@@ -181,9 +214,14 @@ impl AppState {
             Some(dir) => Models::from_dir(dir)?,
             None => Models::bundled()?,
         };
-        let keys: Arc<dyn KeyStorage> = match &config.database_url {
-            Some(url) => Arc::new(PgKeyStore::new(
-                Database::open(url)?,
+        let database = config
+            .database_url
+            .as_deref()
+            .map(Database::open)
+            .transpose()?;
+        let keys: Arc<dyn KeyStorage> = match &database {
+            Some(database) => Arc::new(PgKeyStore::new(
+                database.clone(),
                 config.key_cache_bytes,
                 config.keys,
             )),
@@ -196,6 +234,10 @@ impl AppState {
                 )?,
             ),
         };
+        // Expired keys go at start, then hourly. The first pass runs on a thread of its own,
+        // as the blocking database driver must not run on a caller's async runtime.
+        std::thread::scope(|scope| scope.spawn(|| keys.expire()).join())
+            .expect("the key expiry does not panic");
         let expiring = Arc::downgrade(&keys);
         std::thread::Builder::new()
             .name("hexray-key-expiry".into())
@@ -208,12 +250,28 @@ impl AppState {
             })
             .expect("the key expiry thread starts");
         let metrics = Arc::new(Metrics::default());
-        let jobs = JobQueue::start(&config.queue, &config.node, keys.clone(), metrics);
+        let evaluator = Arc::new(Evaluator::new(
+            config.queue.threads,
+            keys.clone(),
+            metrics.clone(),
+        ));
+        let jobs: Arc<dyn JobStorage> = match database {
+            Some(database) => PgJobs::start(
+                database,
+                &config.queue,
+                &config.node,
+                models.iter().cloned(),
+                evaluator,
+            ),
+            None => Arc::new(JobQueue::start(&config.queue, &config.node, evaluator)),
+        };
         let bodies = models.body_limits(config.limits.batch_images)?;
         Ok(AppState {
             models,
             keys,
             jobs,
+            metrics,
+            threads: config.queue.threads,
             access,
             limits: config.limits,
             bodies,
@@ -223,24 +281,36 @@ impl AppState {
             } else {
                 "embedded"
             },
-            uploads: Mutex::new(HashMap::new()),
+            uploads: Slots::default(),
+            streams: Slots::default(),
         })
     }
 
+    /// Seconds this node takes per bootstrap, all its threads together: measured once it has
+    /// evaluated something, nominal before. What the page's expected time per image is made of.
+    pub fn seconds_per_bootstrap(&self) -> f64 {
+        self.metrics
+            .bootstraps_per_second()
+            .map_or(NOMINAL_BOOTSTRAP_SECONDS / self.threads as f64, |rate| {
+                1.0 / rate
+            })
+    }
+
+    /// Opens a progress stream on job `id` on this node, or refuses with 429 when the job has
+    /// its limit of streams open here.
+    pub fn begin_stream(&self, id: &str) -> Result<Slot, ApiError> {
+        let limit = self.limits.streams_per_job;
+        self.streams
+            .claim(id, limit)
+            .ok_or(ApiError::TooManyStreams { limit })
+    }
+
     /// Claims an upload slot for `owner`, or refuses with 429.
-    pub fn begin_upload(&self, owner: &Owner) -> Result<Upload<'_>, ApiError> {
-        let mut uploads = self.uploads.lock().expect("uploads lock");
-        let n = uploads.entry(owner.clone()).or_insert(0);
-        if *n >= self.limits.uploads_per_owner {
-            return Err(ApiError::TooManyUploads {
-                limit: self.limits.uploads_per_owner,
-            });
-        }
-        *n += 1;
-        Ok(Upload {
-            state: self,
-            owner: owner.clone(),
-        })
+    pub fn begin_upload(&self, owner: &Owner) -> Result<Slot, ApiError> {
+        let limit = self.limits.uploads_per_owner;
+        self.uploads
+            .claim(&owner.0, limit)
+            .ok_or(ApiError::TooManyUploads { limit })
     }
 }
 

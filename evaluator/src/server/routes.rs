@@ -7,7 +7,7 @@
 //! served models and a deadline, so an oversized, slow or unwanted body gets the same JSON error
 //! as any other and is never buffered whole first.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -20,9 +20,9 @@ use serde_json::json;
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::jobs::{Job, JobState};
+use super::jobs::{JobState, JobStorage, NewJob, Status};
 use super::metrics::Gauges;
-use super::AppState;
+use super::{AppState, Slot};
 
 /// The OpenAPI description served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
@@ -64,19 +64,31 @@ pub async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let (queued, running) = state.jobs.depth();
-    HttpResponse::Ok().json(json!({
+/// Runs storage work (disk, database, hashing) on a blocking thread, off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// Whether the server can serve: it answers 200 once its storage answers (which a load
+/// balancer's readiness probe relies on), and the queue depth every node sees.
+async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let jobs = state.jobs.clone();
+    let depth = blocking(move || jobs.depth()).await?;
+    Ok(HttpResponse::Ok().json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "auth": state.access.name(),
         "models": state.models.len(),
-        "queue_depth": queued,
-        "jobs_running": running,
+        "queue_depth": depth.queued,
+        "jobs_running": depth.running,
         "batch_images": state.limits.batch_images,
         "node": state.node,
         "storage": state.storage,
-    }))
+    })))
 }
 
 async fn openapi() -> HttpResponse {
@@ -90,7 +102,7 @@ async fn list_models(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     state.access.clinician(&request)?;
-    let seconds = state.jobs.seconds_per_bootstrap();
+    let seconds = state.seconds_per_bootstrap();
     let models: Vec<_> = state.models.iter().map(|m| m.summary(seconds)).collect();
     Ok(HttpResponse::Ok().json(json!({ "models": models })))
 }
@@ -121,9 +133,7 @@ async fn register_key(
     let owner = state.access.clinician(&request)?;
     let bytes = read_body(&state, &owner, &request, body, state.bodies.key).await?;
     let store = state.keys.clone();
-    let (id, registration) = web::block(move || store.register(&owner, &bytes))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (id, registration) = blocking(move || store.register(&owner, &bytes)).await?;
     let mut response = if registration.created {
         HttpResponse::Created()
     } else {
@@ -143,9 +153,8 @@ async fn key_status(
 ) -> Result<HttpResponse, ApiError> {
     let owner = state.access.clinician(&request)?;
     let (store, wanted) = (state.keys.clone(), id.clone());
-    let set = web::block(move || store.lookup(&owner, &wanted))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    let set = blocking(move || store.lookup(&owner, &wanted))
+        .await?
         .ok_or_else(|| ApiError::UnknownKey(id.clone()))?;
     Ok(HttpResponse::Ok().json(json!({ "key_id": *id, "parameter_set": set.name() })))
 }
@@ -184,9 +193,7 @@ async fn submit_job(
     }
     let store = state.keys.clone();
     let (checked_owner, checked_key) = (owner.clone(), key.clone());
-    let key_set = web::block(move || store.check(&checked_owner, &checked_key))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let key_set = blocking(move || store.check(&checked_owner, &checked_key)).await?;
     let set = model.loaded.parameter_set();
     set.require("server key", key_set.name())
         .map_err(|source| ApiError::ParameterMismatch {
@@ -194,11 +201,12 @@ async fn submit_job(
             source,
         })?;
     // Refuse a token at its share of the queue before reading its body.
-    state.jobs.check_owner_room(&owner)?;
+    let (jobs, room_owner) = (state.jobs.clone(), owner.clone());
+    blocking(move || jobs.check_owner_room(&room_owner)).await?;
     let body = read_body(&state, &owner, &request, body, state.bodies.job).await?;
     let max_images = state.limits.batch_images;
     let inputs_len = model.loaded.circuit().input_len();
-    let inputs = web::block(move || {
+    let inputs = blocking(move || {
         let blobs = frames::unpack(&body, max_images).map_err(|e| match e {
             CryptoError::BatchSize { .. } => ApiError::WrongInputCount(e.to_string()),
             e => ApiError::MalformedCiphertext(e.to_string()),
@@ -220,22 +228,29 @@ async fn submit_job(
             })
             .collect::<Result<Vec<_>, _>>()
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let status = state.jobs.submit(model, owner, key, inputs)?;
+    .await?;
+    let jobs = state.jobs.clone();
+    let status = blocking(move || {
+        jobs.submit(NewJob {
+            model,
+            owner,
+            key_id: key,
+            inputs,
+        })
+    })
+    .await?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/jobs/{}", status.job_id)))
         .json(status))
 }
 
-/// The job `id` of the request's token.
-fn owned_job(
-    state: &AppState,
-    request: &HttpRequest,
-    id: &str,
-) -> Result<std::sync::Arc<Job>, ApiError> {
-    let owner = state.access.clinician(request)?;
-    state.jobs.get(&owner, id)
+/// The status of job `id`, if it is `owner`'s.
+async fn status_of(
+    jobs: Arc<dyn JobStorage>,
+    owner: Owner,
+    id: String,
+) -> Result<Status, ApiError> {
+    blocking(move || jobs.status(&owner, &id)).await
 }
 
 async fn job_status(
@@ -243,71 +258,85 @@ async fn job_status(
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(owned_job(&state, &request, &id)?.status()))
+    let owner = state.access.clinician(&request)?;
+    let status = status_of(state.jobs.clone(), owner, id.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(status))
 }
 
 /// How often an idle progress stream says it is still alive, so proxies keep it open and
 /// clients notice a dead one.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// One open progress stream; dropping it (the stream ended or the client left) frees its slot.
-struct StreamSlot(std::sync::Arc<Job>);
+/// How often a progress stream looks at its job: at most five events a second, however fast
+/// the bootstraps go.
+const STREAM_PERIOD: Duration = Duration::from_millis(200);
 
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::SeqCst);
-    }
+/// An open progress stream: the job it follows, and its slot, freed when the stream ends or
+/// the client leaves.
+struct Follow {
+    jobs: Arc<dyn JobStorage>,
+    owner: Owner,
+    id: String,
+    _slot: Slot,
 }
 
 /// Server-sent events: a `status` event at once, then whenever the state or the bootstrap
 /// count has changed (at most five a second), ending after the final one; a comment line every
-/// [`HEARTBEAT`] while nothing changes. Each job allows a few streams at once.
+/// [`HEARTBEAT`] while nothing changes. Each job allows a few streams at once on each node.
+/// Any node can follow any job of a shared queue.
 async fn job_events(
     state: web::Data<AppState>,
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = owned_job(&state, &request, &id)?;
-    let limit = state.limits.streams_per_job;
-    if job.streams.fetch_add(1, Ordering::SeqCst) >= limit {
-        job.streams.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::TooManyStreams { limit });
-    }
+    let owner = state.access.clinician(&request)?;
+    // The job must exist and be the token's before a slot is spent on it.
+    status_of(state.jobs.clone(), owner.clone(), id.clone()).await?;
+    let follow = Follow {
+        jobs: state.jobs.clone(),
+        owner,
+        _slot: state.begin_stream(&id)?,
+        id: id.into_inner(),
+    };
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .streaming(progress_events(StreamSlot(job))))
+        .streaming(progress_events(follow)))
 }
 
-fn progress_events(slot: StreamSlot) -> impl Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    // The stream's state: its slot and the (state, bootstraps done) last sent; None before
-    // the first event. The slot lives as long as the stream.
-    futures_util::stream::unfold(Some((slot, None)), |state| async move {
-        let (slot, last): (StreamSlot, Option<(JobState, usize)>) = state?;
+fn progress_events(follow: Follow) -> impl Stream<Item = Result<web::Bytes, actix_web::Error>> {
+    // The stream's state: what it follows and the (state, bootstraps done) last sent; None
+    // before the first event. The stream ends after a final status, or when the job can no
+    // longer be read (expired, or the storage failed).
+    futures_util::stream::unfold(Some((follow, None)), |state| async move {
+        let (follow, last): (Follow, Option<(JobState, usize)>) = state?;
         if last.is_some() {
-            // At most five events a second, however fast the bootstraps go.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(STREAM_PERIOD).await;
         }
         let mut quiet = Duration::ZERO;
         loop {
-            let status = slot.0.status();
+            let status =
+                status_of(follow.jobs.clone(), follow.owner.clone(), follow.id.clone()).await;
+            let Ok(status) = status else {
+                return None;
+            };
             let progress = (status.state, status.bootstraps_done);
             if last != Some(progress) {
                 let event = format!(
                     "event: status\ndata: {}\n\n",
                     serde_json::to_string(&status).expect("a status serializes")
                 );
-                let next = (!status.is_final()).then_some((slot, Some(progress)));
+                let next = (!status.is_final()).then_some((follow, Some(progress)));
                 return Some((Ok(web::Bytes::from(event)), next));
             }
             if quiet >= HEARTBEAT {
                 return Some((
                     Ok(web::Bytes::from_static(b": alive\n\n")),
-                    Some((slot, last)),
+                    Some((follow, last)),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            quiet += Duration::from_millis(200);
+            tokio::time::sleep(STREAM_PERIOD).await;
+            quiet += STREAM_PERIOD;
         }
     })
 }
@@ -318,10 +347,12 @@ async fn job_outputs(
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let outputs = owned_job(&state, &request, &id)?.outputs()?;
+    let owner = state.access.clinician(&request)?;
+    let jobs = state.jobs.clone();
+    let outputs = blocking(move || jobs.outputs(&owner, &id)).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
-        .body(outputs.to_vec()))
+        .body(outputs))
 }
 
 async fn metrics(
@@ -329,19 +360,20 @@ async fn metrics(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     state.access.metrics(&request)?;
-    let (queue_depth, running) = state.jobs.depth();
+    let (jobs, keys) = (state.jobs.clone(), state.keys.clone());
+    let (depth, keys_registered) = blocking(move || Ok((jobs.depth()?, keys.registered()))).await?;
     let (keys_cached, key_cache_bytes) = state.keys.cached();
     let gauges = Gauges {
-        queue_depth,
-        running,
-        keys_registered: state.keys.registered(),
+        queue_depth: depth.queued,
+        running: depth.running,
+        keys_registered,
         keys_cached,
         key_cache_bytes,
         models: state.models.len(),
     };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.jobs.metrics.render(&gauges)))
+        .body(state.metrics.render(&gauges)))
 }
 
 /// Reads a request body of at most `limit` bytes for `owner`, after the checks that cost

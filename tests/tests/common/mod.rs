@@ -29,3 +29,5 @@ pub fn keys(model: &LoadedModel) -> (ClientKey, ServerKey) {
         ClientKey::generate_deterministic(model.parameter_set(), 0x4845_5852_4159);
     (client, server.decompress())
 }
+
+pub mod database;

@@ -38,9 +38,9 @@ pub struct Args {
     /// Where registered server keys are stored (the embedded back end).
     #[arg(long, env = "HEXRAY_DATA_DIR", default_value = "hexray-data")]
     data_dir: PathBuf,
-    /// A PostgreSQL database that several `hexray serve` nodes share for registered keys, e.g.
-    /// `postgres://hexray@db/hexray`; the schema is created or updated at start. Without it,
-    /// keys stay in the data directory.
+    /// A PostgreSQL database that several `hexray serve` nodes share for registered keys and
+    /// the job queue, e.g. `postgres://hexray@db/hexray`; the schema is created or updated at
+    /// start. Without it, keys stay in the data directory and jobs in memory.
     #[arg(long, env = "HEXRAY_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// This node's name in `/api/v1/health`; the host name (a pod's name) by default.
@@ -49,13 +49,15 @@ pub struct Args {
     /// The page and wasm client (`web/`, built by `scripts/build-web.sh`).
     #[arg(long, env = "HEXRAY_WEB_DIR", default_value = "web")]
     web_dir: PathBuf,
-    /// Threads for encrypted evaluation (default: all cores).
+    /// Threads for encrypted evaluation (default: all cores). With a shared database, a node
+    /// claims at most this many images at a time.
     #[arg(long, env = "HEXRAY_THREADS")]
     threads: Option<usize>,
     /// Jobs evaluated at the same time; they share the threads.
     #[arg(long, env = "HEXRAY_WORKERS", default_value_t = 1)]
     workers: usize,
-    /// Jobs that may wait; beyond this the server answers 503 with Retry-After.
+    /// Jobs that may wait (all nodes together, with a shared database); beyond this the server
+    /// answers 503 with Retry-After.
     #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = 16)]
     queue_limit: usize,
     /// Jobs one token may have queued or running (429 beyond).
@@ -85,6 +87,10 @@ pub struct Args {
     /// Memory for expanded server keys, in MiB (about 85 MiB each).
     #[arg(long, env = "HEXRAY_KEY_CACHE_MIB", default_value_t = 1024)]
     key_cache_mib: usize,
+    /// With a shared database: seconds a node's claim on work lasts unless renewed (about once
+    /// a second); the work of a node that died is taken by another once its lease runs out.
+    #[arg(long, env = "HEXRAY_LEASE_S", default_value_t = 30)]
+    lease_s: u64,
     /// How long finished jobs' outputs are kept, in seconds.
     #[arg(long, env = "HEXRAY_JOB_RETENTION_S", default_value_t = 3600)]
     job_retention_s: u64,
@@ -110,6 +116,7 @@ pub fn serve(args: Args) -> Result<()> {
             capacity: args.queue_limit.max(1),
             retention: Duration::from_secs(args.job_retention_s),
             per_owner: args.max_jobs_per_token.max(1),
+            lease: Duration::from_secs(args.lease_s.max(1)),
         },
         key_cache_bytes: args.key_cache_mib << 20,
         keys: KeyLimits {

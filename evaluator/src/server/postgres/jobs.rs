@@ -1,0 +1,612 @@
+//! The job queue in PostgreSQL, shared by every node.
+//!
+//! Submission inserts the job and its encrypted images in one transaction. The unit of work is
+//! an image: a node's worker claims up to as many queued images of the oldest job as the node
+//! has free cores (`SELECT … FOR UPDATE SKIP LOCKED`, so nodes never wait on each other), which
+//! splits a batch larger than one node across nodes by image. A claim carries a lease that the
+//! worker renews, with the bootstraps done, about once a second while it evaluates. A node that
+//! dies stops renewing; once its lease has run out, any node claims the images again.
+//!
+//! Each claim bumps the image's `attempt`, and every later write names the attempt it holds, so
+//! a node whose claim lapsed (it froze, then woke) can write nothing. A claim's outputs are
+//! written in one transaction with their state change, and the job is marked done in the same
+//! transaction as its last image: a job finishes exactly once, with every output once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hexray_crypto::{frames, EncryptedImage};
+
+use super::Database;
+use crate::server::auth::Owner;
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::jobs::{
+    job_id, owner_room, sweep_period, Depth, Evaluator, JobState, JobStorage, NewJob, QueueConfig,
+    Status,
+};
+use crate::server::metrics::Metrics;
+use crate::server::models::ServedModel;
+
+/// How often an idle worker looks for work.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The most often a claim writes its progress (and renews its lease).
+const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
+
+/// The shared queue, as seen from one node.
+pub struct PgJobs {
+    database: Arc<Database>,
+    capacity: usize,
+    per_owner: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// A node's hold on some images of one job.
+struct Claim {
+    job: String,
+    owner: Owner,
+    key_id: String,
+    model: Arc<ServedModel>,
+    /// The images' places in the batch, the attempt each claim is, and their inputs.
+    images: Vec<i32>,
+    attempts: Vec<i32>,
+    inputs: Vec<Vec<u8>>,
+}
+
+/// What a node's workers share: the queue, the node's evaluator, the models it serves (by
+/// fingerprint: a node claims only jobs for models it serves in the same version), and the
+/// images it is evaluating, so it claims no more than its free cores.
+struct Workers {
+    jobs: Weak<PgJobs>,
+    database: Arc<Database>,
+    evaluator: Arc<Evaluator>,
+    models: HashMap<String, Arc<ServedModel>>,
+    node: String,
+    threads: usize,
+    lease: Duration,
+    in_flight: Mutex<usize>,
+}
+
+impl PgJobs {
+    /// The queue in `database`, with `config.workers` workers on this node evaluating `models`.
+    pub fn start(
+        database: Arc<Database>,
+        config: &QueueConfig,
+        node: &str,
+        models: impl IntoIterator<Item = Arc<ServedModel>>,
+        evaluator: Arc<Evaluator>,
+    ) -> Arc<Self> {
+        let jobs = Arc::new(PgJobs {
+            database: database.clone(),
+            capacity: config.capacity,
+            per_owner: config.per_owner,
+            metrics: evaluator.metrics.clone(),
+        });
+        let workers = Arc::new(Workers {
+            jobs: Arc::downgrade(&jobs),
+            database,
+            evaluator,
+            models: models
+                .into_iter()
+                .map(|m| (m.loaded.spec().fingerprint.clone(), m))
+                .collect(),
+            node: node.to_owned(),
+            threads: config.threads,
+            lease: config.lease,
+            in_flight: Mutex::new(0),
+        });
+        for i in 0..config.workers {
+            let workers = workers.clone();
+            std::thread::Builder::new()
+                .name(format!("hexray-worker-{i}"))
+                .spawn(move || workers.run())
+                .expect("a worker thread starts");
+        }
+        let sweeper = Arc::downgrade(&jobs);
+        let (retention, period) = (config.retention, sweep_period(config.retention));
+        std::thread::Builder::new()
+            .name("hexray-job-sweeper".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                match sweeper.upgrade() {
+                    Some(jobs) => jobs.forget_expired(retention),
+                    None => return,
+                }
+            })
+            .expect("the job sweeper starts");
+        jobs
+    }
+
+    /// Deletes finished jobs older than the retention, with their outputs. Every node sweeps;
+    /// the deletes are idempotent.
+    fn forget_expired(&self, retention: Duration) {
+        let seconds = retention.as_secs_f64();
+        let swept = self.database.with(|c| {
+            c.execute(
+                "DELETE FROM jobs WHERE finished < now() - make_interval(secs => $1)",
+                &[&seconds],
+            )
+        });
+        if let Err(e) = swept {
+            log::error!("cannot remove expired jobs: {e}");
+        }
+    }
+}
+
+impl JobStorage for PgJobs {
+    fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
+        let inputs = new
+            .inputs
+            .iter()
+            .map(EncryptedImage::to_bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let id = job_id();
+        let images = inputs.len();
+        let bootstraps_total = images * new.model.loaded.circuit().bootstrap_count();
+        let (capacity, per_owner) = (self.capacity, self.per_owner);
+        let accepted = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            // One submission per token at a time, so its share cannot be raced past.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('jobs of ' || $1))",
+                &[&new.owner.0],
+            )?;
+            let active: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM jobs
+                     WHERE owner = $1 AND state IN ('queued', 'running')",
+                    &[&new.owner.0],
+                )?
+                .get(0);
+            if let Err(e) = owner_room(active as usize, per_owner) {
+                return Ok(Err(e));
+            }
+            let waiting: i64 = tx
+                .query_one("SELECT count(*) FROM jobs WHERE state = 'queued'", &[])?
+                .get(0);
+            if waiting as usize >= capacity {
+                return Ok(Err(ApiError::QueueFull { retry_after: 5 }));
+            }
+            tx.execute(
+                "INSERT INTO jobs (id, owner, model, fingerprint, key_id, images, bootstraps_total)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &id,
+                    &new.owner.0,
+                    &new.model.id,
+                    &new.model.loaded.spec().fingerprint,
+                    &new.key_id,
+                    &(images as i32),
+                    &(bootstraps_total as i64),
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO job_images (job_id, image, input)
+                 SELECT $1, (n - 1)::integer, input FROM unnest($2::bytea[]) WITH ORDINALITY AS t(input, n)",
+                &[&id, &inputs],
+            )?;
+            tx.commit()?;
+            Ok(Ok(()))
+        })?;
+        match accepted {
+            Ok(()) => Metrics::add(&self.metrics.jobs_submitted, 1),
+            Err(ApiError::QueueFull { .. }) => Metrics::add(&self.metrics.jobs_rejected, 1),
+            Err(_) => {}
+        }
+        accepted?;
+        Ok(Status {
+            job_id: id,
+            model: new.model.id.clone(),
+            state: JobState::Queued,
+            images,
+            bootstraps_done: 0,
+            bootstraps_total,
+            seconds: None,
+            error: None,
+            error_code: None,
+            node: None,
+        })
+    }
+
+    fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
+        let active: i64 = self
+            .database
+            .with(|c| {
+                c.query_one(
+                    "SELECT count(*) FROM jobs
+                     WHERE owner = $1 AND state IN ('queued', 'running')",
+                    &[&owner.0],
+                )
+            })?
+            .get(0);
+        owner_room(active as usize, self.per_owner)
+    }
+
+    fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
+        let row = self
+            .database
+            .with(|c| {
+                c.query_opt(
+                    "SELECT j.model, j.state, j.images, j.bootstraps_total, j.error, j.error_code,
+                            extract(epoch FROM coalesce(j.finished, clock_timestamp()) - j.started)::float8,
+                            coalesce(sum(i.bootstraps_done), 0)::bigint,
+                            string_agg(DISTINCT i.node, ',' ORDER BY i.node)
+                     FROM jobs j LEFT JOIN job_images i ON i.job_id = j.id
+                     WHERE j.id = $1 AND j.owner = $2
+                     GROUP BY j.id",
+                    &[&id, &owner.0],
+                )
+            })?
+            .ok_or_else(|| ApiError::UnknownJob(id.into()))?;
+        let state = job_state(row.get(1))?;
+        let code: Option<String> = row.get(5);
+        Ok(Status {
+            job_id: id.to_owned(),
+            model: row.get(0),
+            state,
+            images: row.get::<_, i32>(2) as usize,
+            bootstraps_done: row.get::<_, i64>(7) as usize,
+            bootstraps_total: row.get::<_, i64>(3) as usize,
+            seconds: row.get(6),
+            error: row.get(4),
+            error_code: code.and_then(|c| {
+                ErrorCode::ALL
+                    .iter()
+                    .map(|known| known.as_str())
+                    .find(|known| *known == c)
+            }),
+            node: row.get(8),
+        })
+    }
+
+    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError> {
+        let (state, error, outputs) = self
+            .database
+            .with(|c| {
+                let Some(job) = c.query_opt(
+                    "SELECT state, error FROM jobs WHERE id = $1 AND owner = $2",
+                    &[&id, &owner.0],
+                )?
+                else {
+                    return Ok(None);
+                };
+                let state: String = job.get(0);
+                let outputs = if state == "done" {
+                    c.query(
+                        "SELECT output FROM job_images WHERE job_id = $1 ORDER BY image",
+                        &[&id],
+                    )?
+                    .iter()
+                    .map(|row| row.get::<_, Vec<u8>>(0))
+                    .collect()
+                } else {
+                    Vec::new()
+                };
+                Ok(Some((state, job.get::<_, Option<String>>(1), outputs)))
+            })?
+            .ok_or_else(|| ApiError::UnknownJob(id.into()))?;
+        match job_state(state)? {
+            JobState::Done => Ok(frames::pack(&outputs)),
+            JobState::Failed => Err(ApiError::JobFailed {
+                id: id.into(),
+                message: error.unwrap_or_default(),
+            }),
+            JobState::Queued | JobState::Running => Err(ApiError::NotReady(id.into())),
+        }
+    }
+
+    fn depth(&self) -> Result<Depth, ApiError> {
+        let row = self.database.with(|c| {
+            c.query_one(
+                "SELECT count(*) FILTER (WHERE state = 'queued'),
+                        count(*) FILTER (WHERE state = 'running')
+                 FROM jobs",
+                &[],
+            )
+        })?;
+        Ok(Depth {
+            queued: row.get::<_, i64>(0) as usize,
+            running: row.get::<_, i64>(1) as usize,
+        })
+    }
+}
+
+/// A stored job state, which the schema's CHECK keeps to four words.
+fn job_state(state: String) -> Result<JobState, ApiError> {
+    match state.as_str() {
+        "queued" => Ok(JobState::Queued),
+        "running" => Ok(JobState::Running),
+        "done" => Ok(JobState::Done),
+        "failed" => Ok(JobState::Failed),
+        other => Err(ApiError::Internal(format!("a job in state {other}"))),
+    }
+}
+
+/// Images a claim may take: queued, or running under a lease that has run out.
+const CLAIMABLE: &str = "(i.state = 'queued' OR (i.state = 'running' AND i.lease_until < now()))";
+
+impl Workers {
+    /// Claims and evaluates work until the node's queue is dropped.
+    fn run(self: Arc<Self>) {
+        while self.jobs.strong_count() > 0 {
+            let free = self.reserve();
+            if free == 0 {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            let claimed = self.claim(free);
+            let taken = match &claimed {
+                Ok(Some(claim)) => claim.images.len(),
+                _ => 0,
+            };
+            self.release(free - taken);
+            match claimed {
+                Ok(Some(claim)) => {
+                    self.evaluate(&claim);
+                    self.release(taken);
+                }
+                Ok(None) => std::thread::sleep(POLL),
+                Err(e) => {
+                    log::error!("cannot claim work: {e}");
+                    std::thread::sleep(POLL * 4);
+                }
+            }
+        }
+    }
+
+    /// Reserves this node's free cores for one claim; returns how many.
+    fn reserve(&self) -> usize {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        let free = self.threads.saturating_sub(*in_flight);
+        *in_flight += free;
+        free
+    }
+
+    fn release(&self, cores: usize) {
+        *self.in_flight.lock().expect("in-flight lock") -= cores;
+    }
+
+    /// Claims up to `free` images of the oldest job with work left, for a model this node
+    /// serves.
+    fn claim(&self, free: usize) -> Result<Option<Claim>, ApiError> {
+        let fingerprints: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        let lease = self.lease.as_secs_f64();
+        let claimed = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            let Some(first) = tx.query_opt(
+                &format!(
+                    "SELECT i.job_id FROM job_images i JOIN jobs j ON j.id = i.job_id
+                     WHERE j.state IN ('queued', 'running') AND j.fingerprint = ANY($1)
+                       AND {CLAIMABLE}
+                     ORDER BY j.submitted, j.id, i.image
+                     LIMIT 1
+                     FOR UPDATE OF i SKIP LOCKED"
+                ),
+                &[&fingerprints],
+            )?
+            else {
+                return Ok(None);
+            };
+            let job: String = first.get(0);
+            let rows = tx.query(
+                &format!(
+                    "UPDATE job_images SET state = 'running', node = $2, attempt = attempt + 1,
+                            lease_until = now() + make_interval(secs => $3), bootstraps_done = 0
+                     WHERE job_id = $1 AND image IN (
+                         SELECT i.image FROM job_images i
+                         WHERE i.job_id = $1 AND {CLAIMABLE}
+                         ORDER BY i.image LIMIT $4 FOR UPDATE SKIP LOCKED)
+                     RETURNING image, attempt, input"
+                ),
+                &[&job, &self.node, &lease, &(free as i64)],
+            )?;
+            let meta = tx.query_one(
+                "UPDATE jobs SET state = 'running', started = coalesce(started, now())
+                 WHERE id = $1 RETURNING owner, key_id, fingerprint",
+                &[&job],
+            )?;
+            tx.commit()?;
+            Ok(Some((job, meta, rows)))
+        })?;
+        let Some((job, meta, mut rows)) = claimed else {
+            return Ok(None);
+        };
+        rows.sort_by_key(|row| row.get::<_, i32>(0));
+        let fingerprint: String = meta.get(2);
+        Ok(Some(Claim {
+            job,
+            owner: Owner(meta.get(0)),
+            key_id: meta.get(1),
+            model: self.models[&fingerprint].clone(),
+            images: rows.iter().map(|r| r.get(0)).collect(),
+            attempts: rows.iter().map(|r| r.get(1)).collect(),
+            inputs: rows.iter().map(|r| r.get(2)).collect(),
+        }))
+    }
+
+    /// Evaluates a claim while renewing its lease, then records its outputs or its failure.
+    fn evaluate(&self, claim: &Claim) {
+        let done = AtomicUsize::new(0);
+        let (stop, stopped) = channel::<()>();
+        let result = std::thread::scope(|scope| {
+            let done = &done;
+            scope.spawn(move || loop {
+                match stopped.recv_timeout(PROGRESS_PERIOD.min(self.lease / 3)) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Err(e) = self.renew(claim, done.load(Ordering::Relaxed)) {
+                            log::warn!("cannot renew the claim on job {}: {e}", claim.job);
+                        }
+                    }
+                    _ => return,
+                }
+            });
+            let result = self.outputs(claim, &done);
+            drop(stop);
+            result
+        });
+        let recorded = match result {
+            Ok(outputs) => self.complete(claim, &outputs),
+            Err(error) => self.fail(claim, &error),
+        };
+        if let Err(e) = recorded {
+            log::error!(
+                "cannot record images {:?} of job {}: {e}; they will be claimed again",
+                claim.images,
+                claim.job
+            );
+        }
+    }
+
+    fn outputs(&self, claim: &Claim, done: &AtomicUsize) -> Result<Vec<Vec<u8>>, ApiError> {
+        let set = claim.model.loaded.parameter_set();
+        let len = claim.model.loaded.circuit().input_len();
+        let inputs = claim
+            .inputs
+            .iter()
+            .map(|bytes| EncryptedImage::from_bytes(bytes, set, len))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Internal(format!("a stored input no longer reads: {e}")))?;
+        let progress = || {
+            done.fetch_add(1, Ordering::Relaxed);
+        };
+        self.evaluator
+            .run(&claim.model, &claim.owner, &claim.key_id, inputs, &progress)
+    }
+
+    /// The bootstraps done, shared out over the claim's images (the first ones take the
+    /// remainder), so a job's progress is the sum over its images.
+    fn shares(claim: &Claim, done: usize) -> Vec<i64> {
+        let n = claim.images.len();
+        (0..n)
+            .map(|i| (done / n + usize::from(i < done % n)) as i64)
+            .collect()
+    }
+
+    /// Extends the claim's lease and records its progress, for the attempts it still holds.
+    fn renew(&self, claim: &Claim, done: usize) -> Result<(), ApiError> {
+        let lease = self.lease.as_secs_f64();
+        let shares = Self::shares(claim, done);
+        let renewed = self.database.with(|c| {
+            c.execute(
+                "UPDATE job_images i
+                 SET lease_until = now() + make_interval(secs => $4), bootstraps_done = c.done
+                 FROM unnest($2::integer[], $3::integer[], $5::bigint[]) AS c(image, attempt, done)
+                 WHERE i.job_id = $1 AND i.image = c.image AND i.attempt = c.attempt
+                   AND i.state = 'running'",
+                &[&claim.job, &claim.images, &claim.attempts, &lease, &shares],
+            )
+        })?;
+        if renewed < claim.images.len() as u64 {
+            log::warn!(
+                "job {}: this node's claim lapsed and was taken again; its results will be dropped",
+                claim.job
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the outputs and the images' state change in one transaction, if this node still
+    /// holds every attempt it claimed, and marks the job done with its last image.
+    fn complete(&self, claim: &Claim, outputs: &[Vec<u8>]) -> Result<(), ApiError> {
+        let per_image = claim.model.loaded.circuit().bootstrap_count() as i64;
+        let finished = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            // One completion per job at a time: whoever writes the last image sees it.
+            let state: Option<String> = tx
+                .query_opt(
+                    "SELECT state FROM jobs WHERE id = $1 FOR UPDATE",
+                    &[&claim.job],
+                )?
+                .map(|r| r.get(0));
+            if state.as_deref() != Some("running") {
+                return Ok(None); // Failed meanwhile, or expired and deleted.
+            }
+            let written = tx.execute(
+                "UPDATE job_images i
+                 SET state = 'done', output = c.output, input = NULL, lease_until = NULL,
+                     bootstraps_done = $5
+                 FROM unnest($2::integer[], $3::integer[], $4::bytea[]) AS c(image, attempt, output)
+                 WHERE i.job_id = $1 AND i.image = c.image AND i.attempt = c.attempt
+                   AND i.state = 'running'",
+                &[
+                    &claim.job,
+                    &claim.images,
+                    &claim.attempts,
+                    &outputs,
+                    &per_image,
+                ],
+            )?;
+            if written < claim.images.len() as u64 {
+                return Ok(None); // A lapsed claim: another node owns these images now.
+            }
+            let left: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM job_images WHERE job_id = $1 AND state <> 'done'",
+                    &[&claim.job],
+                )?
+                .get(0);
+            if left == 0 {
+                tx.execute(
+                    "UPDATE jobs SET state = 'done', finished = clock_timestamp() WHERE id = $1",
+                    &[&claim.job],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Some(left == 0))
+        })?;
+        match finished {
+            Some(true) => {
+                Metrics::add(&self.evaluator.metrics.jobs_completed, 1);
+                log::info!("job {} done (its last images on this node)", claim.job);
+            }
+            Some(false) => {}
+            None => log::warn!(
+                "job {}: images {:?} were evaluated here but their claim lapsed; dropped",
+                claim.job,
+                claim.images
+            ),
+        }
+        Ok(())
+    }
+
+    /// Fails the job, if this node still holds its claim, and drops its inputs.
+    fn fail(&self, claim: &Claim, error: &ApiError) -> Result<(), ApiError> {
+        let (message, code) = (error.to_string(), error.code().as_str());
+        let failed = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            let held: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM job_images i
+                     JOIN unnest($2::integer[], $3::integer[]) AS c(image, attempt)
+                       ON i.image = c.image AND i.attempt = c.attempt
+                     WHERE i.job_id = $1 AND i.state = 'running'",
+                    &[&claim.job, &claim.images, &claim.attempts],
+                )?
+                .get(0);
+            if held < claim.images.len() as i64 {
+                return Ok(false);
+            }
+            let n = tx.execute(
+                "UPDATE jobs SET state = 'failed', finished = clock_timestamp(),
+                        error = $2, error_code = $3
+                 WHERE id = $1 AND state IN ('queued', 'running')",
+                &[&claim.job, &message, &code],
+            )?;
+            tx.execute(
+                "UPDATE job_images SET input = NULL, lease_until = NULL WHERE job_id = $1",
+                &[&claim.job],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })?;
+        if failed {
+            Metrics::add(&self.evaluator.metrics.jobs_failed, 1);
+            log::warn!("job {} failed: {message}", claim.job);
+        }
+        Ok(())
+    }
+}
