@@ -444,7 +444,7 @@ impl Workers {
                     _ => return,
                 }
             });
-            let result = self.outputs(claim, &done);
+            let result = self.outputs(claim, done);
             drop(stop);
             result
         });
