@@ -3,10 +3,11 @@
 //! key leaves nothing behind, and the server serves again. Also the start-up rules for open
 //! mode, and tokens end to end.
 
+mod common;
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hexray_crypto::{frames, ClientKey, ParameterSet};
@@ -15,59 +16,7 @@ use hexray_evaluator::client::ApiClient;
 use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
 
-fn hexray() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hexray"))
-}
-
-/// A free loopback port.
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `hexray serve` with tokens on `data`, and waits until it answers.
-fn serve(data: &Path, tokens: &Path, port: u16) -> Child {
-    serve_with(data, tokens, port, &[])
-}
-
-/// [`serve`] with more flags.
-fn serve_with(data: &Path, tokens: &Path, port: u16, flags: &[&str]) -> Child {
-    let tokens = ["--tokens-file", tokens.to_str().expect("a UTF-8 path")];
-    start(data, port, &[&tokens[..], flags].concat())
-}
-
-/// Starts `hexray serve` on loopback with `flags`, and waits until it answers.
-fn start(data: &Path, port: u16, flags: &[&str]) -> Child {
-    let child = hexray()
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--web-dir", "/nonexistent", "--threads", "2"])
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hexray serve starts");
-    let health = ApiClient::new(&format!("http://127.0.0.1:{port}"), None);
-    let start = Instant::now();
-    while health.request("/api/v1/health", None).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
-}
-
-/// SIGKILL: the server gets no chance to tidy up.
-fn kill(mut server: Child) {
-    server.kill().unwrap();
-    server.wait().unwrap();
-}
+use common::{hexray, kill, port, serve, serve_with, start};
 
 fn new_token(tokens: &Path) -> String {
     let out = hexray()

@@ -1,0 +1,290 @@
+//! Two real `hexray serve` processes on one PostgreSQL database: a job submitted to a busy
+//! node is evaluated by the other, a batch is split between them by image, either node answers
+//! for any job, and a node killed with SIGKILL in the middle of a job has it finished by the
+//! other once its lease runs out, exactly once.
+//!
+//! Each node has one evaluation thread, so one image fills it. The databases come from
+//! `tests/tests/common/database.rs`; without a test server the tests say so and pass.
+
+mod common;
+#[path = "../../tests/tests/common/database.rs"]
+mod database;
+
+use std::path::Path;
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_engine::LoadedModel;
+use hexray_evaluator::client::ApiClient;
+use hexray_model::preprocess::preprocess;
+use hexray_model::simulate;
+use ndarray::Array3;
+use rand::SeedableRng;
+use serde_json::Value;
+
+use common::{kill, port, start};
+
+/// The tests share two cores: one runs at a time, so each node has its core.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Seconds a claim lasts unrenewed: short, so a dead node's work is taken again soon.
+const LEASE_S: &str = "3";
+
+/// A node: a `hexray serve` process on the shared database, with one evaluation thread.
+struct Node {
+    process: Child,
+    api: ApiClient,
+    _data: tempfile::TempDir,
+}
+
+fn node(url: &str, name: &str) -> Node {
+    let data = tempfile::tempdir().unwrap();
+    let port = port();
+    let process = start(
+        data.path(),
+        port,
+        &[
+            "--database-url",
+            url,
+            "--node-name",
+            name,
+            "--threads",
+            "1",
+            "--lease-s",
+            LEASE_S,
+        ],
+    );
+    Node {
+        process,
+        api: ApiClient::new(&format!("http://127.0.0.1:{port}"), None),
+        _data: data,
+    }
+}
+
+/// The bundled model, as the nodes serve it.
+fn model() -> LoadedModel {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pneumonia-a.hexray");
+    LoadedModel::from_file(&path).unwrap()
+}
+
+/// Sample X-ray `i`, preprocessed for `model`.
+fn sample(model: &LoadedModel, i: usize) -> Array3<i64> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/pneumoniamnist");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    names.sort();
+    preprocess(&std::fs::read(&names[i]).unwrap(), &model.spec().input).unwrap()
+}
+
+/// Encrypts `inputs` and submits them as one job to `api`; returns the job id.
+fn submit(
+    api: &ApiClient,
+    client: &ClientKey,
+    key: &str,
+    model: &LoadedModel,
+    inputs: &[Array3<i64>],
+) -> String {
+    let blobs: Vec<Vec<u8>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            client
+                .encrypt_deterministic(model.spec(), input.view(), i as u128)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+        })
+        .collect();
+    let spec = api.spec("pneumonia-a").unwrap();
+    api.submit("pneumonia-a", key, &spec, &frames::pack(&blobs))
+        .unwrap()
+}
+
+fn status(api: &ApiClient, job: &str) -> Value {
+    api.request(&format!("/api/v1/jobs/{job}"), None)
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// Polls `job` on `api` until `ready` holds; panics after `limit`.
+fn until(api: &ApiClient, job: &str, limit: Duration, ready: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let status = status(api, job);
+        if ready(&status) {
+            return status;
+        }
+        assert_ne!(status["state"], "failed", "{status}");
+        assert!(start.elapsed() < limit, "job {job}: still {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Checks that the packed `outputs` decrypt, in order, to what the simulator allows for
+/// `inputs`.
+fn check(client: &ClientKey, model: &LoadedModel, inputs: &[Array3<i64>], outputs: &[u8]) {
+    let blobs = frames::unpack(outputs, inputs.len()).unwrap();
+    assert_eq!(blobs.len(), inputs.len());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for (i, (blob, input)) in blobs.iter().zip(inputs).enumerate() {
+        let classes = model.spec().classes.len();
+        let output = EncryptedOutput::from_bytes(blob, ParameterSet::Ks32, classes).unwrap();
+        let prediction = client.decrypt_prediction(model.circuit(), &output).unwrap();
+        let spread = simulate::spread(model.circuit(), input.view(), 200, &mut rng).unwrap();
+        assert!(
+            spread.contains(&prediction, 0.05),
+            "image {i}: {prediction:?}"
+        );
+    }
+}
+
+#[test]
+fn a_busy_nodes_job_runs_on_the_other_a_batch_is_split_and_either_node_answers() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(url) = database::fresh("cluster_share") else {
+        return;
+    };
+    let model = model();
+    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 21);
+    let a = node(&url, "a");
+    let key = a.api.register_key(&server_key.to_bytes().unwrap()).unwrap();
+    let inputs: Vec<_> = (0..4).map(|i| sample(&model, i)).collect();
+
+    // Node A alone takes the first job, which fills its one thread.
+    let first = submit(&a.api, &client, &key, &model, &inputs[..1]);
+    until(&a.api, &first, Duration::from_secs(60), |s| {
+        s["state"] == "running"
+    });
+    // The second, also submitted to A, goes to B as soon as B is up.
+    let b = node(&url, "b");
+    let second = submit(&a.api, &client, &key, &model, &inputs[1..2]);
+    // B follows the second job's progress stream, though A took its submission.
+    let events = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| {
+            let reply = b
+                .api
+                .request(&format!("/api/v1/jobs/{second}/events"), None);
+            String::from_utf8(reply.unwrap().body).unwrap()
+        });
+        for job in [&first, &second] {
+            until(&a.api, job, Duration::from_secs(300), |s| {
+                s["state"] == "done"
+            });
+        }
+        stream.join().unwrap()
+    });
+    assert_eq!(status(&a.api, &first)["node"], "a");
+    assert_eq!(status(&a.api, &second)["node"], "b", "A was busy");
+    assert!(events.contains("\"node\":\"b\""), "{events}");
+    assert!(events.trim_end().ends_with('}') && events.contains("\"state\":\"done\""));
+
+    // Either node answers for either job, with the same status and the same outputs.
+    for job in [&first, &second] {
+        let (on_a, on_b) = (status(&a.api, job), status(&b.api, job));
+        assert_eq!(on_a, on_b);
+        let outputs = a.api.outputs(job).unwrap();
+        assert_eq!(outputs, b.api.outputs(job).unwrap());
+    }
+    check(
+        &client,
+        &model,
+        &inputs[..1],
+        &a.api.outputs(&first).unwrap(),
+    );
+    check(
+        &client,
+        &model,
+        &inputs[1..2],
+        &b.api.outputs(&second).unwrap(),
+    );
+
+    // A batch of two, with both nodes idle: each claims one image; outputs come back in order.
+    let split = submit(&b.api, &client, &key, &model, &inputs[2..4]);
+    let done = until(&b.api, &split, Duration::from_secs(300), |s| {
+        s["state"] == "done"
+    });
+    assert_eq!(done["node"], "a,b", "split by image: {done}");
+    assert_eq!(done["bootstraps_done"], done["bootstraps_total"]);
+    check(
+        &client,
+        &model,
+        &inputs[2..4],
+        &a.api.outputs(&split).unwrap(),
+    );
+
+    // Both report the queue every node sees.
+    for api in [&a.api, &b.api] {
+        let health = api.request("/api/v1/health", None).unwrap().json().unwrap();
+        assert_eq!(
+            (
+                health["queue_depth"].as_u64(),
+                health["jobs_running"].as_u64()
+            ),
+            (Some(0), Some(0))
+        );
+    }
+    kill(a.process);
+    kill(b.process);
+}
+
+#[test]
+fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(url) = database::fresh("cluster_kill") else {
+        return;
+    };
+    let model = model();
+    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 22);
+    let a = node(&url, "a");
+    let key = a.api.register_key(&server_key.to_bytes().unwrap()).unwrap();
+    let inputs = [sample(&model, 5)];
+    let job = submit(&a.api, &client, &key, &model, &inputs);
+    // A has written progress: it is in the middle of the job.
+    until(&a.api, &job, Duration::from_secs(60), |s| {
+        s["bootstraps_done"].as_u64().is_some_and(|n| n > 0)
+    });
+    kill(a.process);
+    let killed = Instant::now();
+
+    let b = node(&url, "b");
+    let done = until(&b.api, &job, Duration::from_secs(300), |s| {
+        s["state"] == "done"
+    });
+    eprintln!(
+        "recovered {:.1} s after the kill (lease {LEASE_S} s)",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(done["node"], "b");
+    assert_eq!(done["bootstraps_done"], done["bootstraps_total"]);
+    check(&client, &model, &inputs, &b.api.outputs(&job).unwrap());
+
+    // Nothing duplicated or lost: one image, claimed twice, written once; one finished job.
+    let number = |sql: &str| database::number(&url, sql);
+    assert_eq!(number("SELECT count(*) FROM job_images"), 1);
+    assert_eq!(
+        number("SELECT attempt::bigint FROM job_images"),
+        2,
+        "A's claim, then B's"
+    );
+    assert_eq!(
+        number("SELECT count(*) FROM job_images WHERE state = 'done' AND output IS NOT NULL AND input IS NULL"),
+        1
+    );
+    assert_eq!(number("SELECT count(*) FROM jobs WHERE state = 'done'"), 1);
+    let metrics = String::from_utf8(b.api.request("/metrics", None).unwrap().body).unwrap();
+    assert!(
+        metrics.contains("hexray_images_completed_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hexray_jobs_completed_total 1\n"),
+        "{metrics}"
+    );
+    kill(b.process);
+}
