@@ -18,6 +18,10 @@ else
   echo "PostgreSQL could not be started: the shared-database tests say they are skipped" >&2
 fi
 cargo test --release --workspace
+# The same API suite against the PostgreSQL back end, when there is a server to run it on.
+if [[ -n ${HEXRAY_TEST_DATABASE_URL:-} ]]; then
+  HEXRAY_TEST_STORAGE=postgres cargo test --release -p hexray-e2e --test server_api
+fi
 bash scripts/build-web.sh
 # wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.
 (cd wasm-client && wasm-pack test --headless --chrome --release --mode no-install)
