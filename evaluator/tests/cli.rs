@@ -79,3 +79,66 @@ fn client_spec_prints_the_public_part_only() {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
 }
+
+/// The container image and the Kubernetes manifests configure `hexray serve` through its
+/// environment variables: every one they name must be one the server reads, the image must
+/// run as a non-root user with models that exist, and the readiness probe must be the
+/// unauthenticated health route.
+#[test]
+fn the_deployment_files_name_only_real_settings_and_routes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let help = hexray(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut files = vec![root.join("Dockerfile")];
+    for entry in std::fs::read_dir(root.join("deploy/kubernetes")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    let mut named = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (at, _) in text.match_indices("HEXRAY_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect();
+            assert!(
+                help.contains(&format!("[env: {name}")),
+                "{} names {name}, which `hexray serve` does not read",
+                file.display()
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 10, "only {named} settings found");
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let user = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .last()
+        .expect("the image sets a user");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "USER {user}"
+    );
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY models/")) {
+        for model in line.split_whitespace().filter(|w| w.starts_with("models/")) {
+            assert!(root.join(model).is_file(), "the Dockerfile copies {model}");
+        }
+    }
+
+    let deployment =
+        std::fs::read_to_string(root.join("deploy/kubernetes/deployment.yaml")).unwrap();
+    let probe = &deployment[deployment
+        .find("readinessProbe:")
+        .expect("a readiness probe")..];
+    let path = probe
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("path: "))
+        .expect("the probe has a path");
+    assert!(
+        hexray_evaluator::server::routes::ROUTES.contains(&("get", path)),
+        "the readiness probe asks for {path}"
+    );
+    assert_eq!(path, "/api/v1/health", "the route that needs no token");
+}

@@ -24,7 +24,7 @@ pub struct Args {
 }
 
 /// Median of the times, in milliseconds.
-fn median_ms(mut times: Vec<Duration>) -> f64 {
+pub(crate) fn median_ms(mut times: Vec<Duration>) -> f64 {
     times.sort();
     times[times.len() / 2].as_secs_f64() * 1e3
 }

@@ -189,7 +189,7 @@ fn port_of(base: &str) -> u16 {
 }
 
 /// The sample X-rays, preprocessed for `model`.
-fn sample_inputs(model: &LoadedModel) -> Result<Vec<ndarray::Array3<i64>>> {
+pub(crate) fn sample_inputs(model: &LoadedModel) -> Result<Vec<ndarray::Array3<i64>>> {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../samples/pneumoniamnist"

@@ -14,6 +14,7 @@
 
 mod analyze;
 mod bench;
+mod bench_cluster;
 mod bench_keys;
 mod bench_load;
 mod bench_server;
@@ -95,6 +96,9 @@ enum Command {
     BenchServer(bench_server::Args),
     /// What storing server keys costs in the embedded store and in PostgreSQL.
     BenchKeys(bench_keys::Args),
+    /// Throughput of one and two nodes sharing PostgreSQL, recovery from a killed node, and the
+    /// database's overhead per job.
+    BenchCluster(bench_cluster::Args),
     /// Load test: clients with their own tokens, some misbehaving, over HTTP; prints p50/p95.
     BenchLoad(bench_load::Args),
     /// Serve the clinician page and the encrypted inference API.
@@ -120,6 +124,7 @@ fn main() -> Result<()> {
         Command::BenchServer(args) => bench_server::bench_server(args),
         Command::BenchLoad(args) => bench_load::bench_load(args),
         Command::BenchKeys(args) => bench_keys::bench_keys(args),
+        Command::BenchCluster(args) => bench_cluster::bench_cluster(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Token(command) => token::run(command),
         Command::ClientSpec { model } => client_spec::print(&model),

@@ -392,15 +392,18 @@ impl Workers {
                 return Ok(None);
             };
             let job: String = first.get(0);
+            // The picked images are materialised first: as a subquery of the UPDATE, the
+            // planner may run the LIMIT again for each row and claim more than `free`.
             let rows = tx.query(
                 &format!(
-                    "UPDATE job_images SET state = 'running', node = $2, attempt = attempt + 1,
-                            lease_until = now() + make_interval(secs => $3), bootstraps_done = 0
-                     WHERE job_id = $1 AND image IN (
+                    "WITH picked AS MATERIALIZED (
                          SELECT i.image FROM job_images i
                          WHERE i.job_id = $1 AND {CLAIMABLE}
                          ORDER BY i.image LIMIT $4 FOR UPDATE SKIP LOCKED)
-                     RETURNING image, attempt, input"
+                     UPDATE job_images j SET state = 'running', node = $2, attempt = attempt + 1,
+                            lease_until = now() + make_interval(secs => $3), bootstraps_done = 0
+                     FROM picked WHERE j.job_id = $1 AND j.image = picked.image
+                     RETURNING j.image, j.attempt, j.input"
                 ),
                 &[&job, &self.node, &lease, &(free as i64)],
             )?;
