@@ -114,8 +114,8 @@ fn the_deployment_files_name_only_real_settings_and_routes() {
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
     let user = dockerfile
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("the image sets a user");
     assert!(
         !user.starts_with('0') && !user.starts_with("root"),
