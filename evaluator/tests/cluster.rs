@@ -1,7 +1,8 @@
 //! Two real `hexray serve` processes on one PostgreSQL database: a job submitted to a busy
 //! node is evaluated by the other, a batch is split between them by image, either node answers
-//! for any job, and a node killed with SIGKILL in the middle of a job has it finished by the
-//! other once its lease runs out, exactly once.
+//! for any job, a node killed with SIGKILL in the middle of a job has it finished by the other
+//! once its lease runs out, exactly once, and a node stopped with SIGTERM (a pod scaled down)
+//! hands its work over at once.
 //!
 //! Each node has one evaluation thread, so one image fills it. The databases come from
 //! `tests/tests/common/database.rs`; without a test server the tests say so and pass.
@@ -40,6 +41,11 @@ struct Node {
 }
 
 fn node(url: &str, name: &str) -> Node {
+    node_leased(url, name, LEASE_S)
+}
+
+/// A node whose claims last `lease` seconds unrenewed.
+fn node_leased(url: &str, name: &str, lease: &str) -> Node {
     let data = tempfile::tempdir().unwrap();
     let port = port();
     let process = start(
@@ -53,7 +59,7 @@ fn node(url: &str, name: &str) -> Node {
             "--threads",
             "1",
             "--lease-s",
-            LEASE_S,
+            lease,
         ],
     );
     Node {
@@ -302,6 +308,44 @@ fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
     assert!(
         metrics.contains("hexray_jobs_completed_total 1\n"),
         "{metrics}"
+    );
+    assert!(metrics.contains("hexray_node_info{node=\"b\",storage=\"postgres\"} 1"));
+    kill(b.process);
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_hands_its_job_over_before_its_lease_runs_out() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(url) = database::fresh("cluster_term") else {
+        return;
+    };
+    let model = model();
+    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 23);
+    // A lease far longer than the test may wait: only the hand-over can finish the job in time.
+    let mut a = node_leased(&url, "a", "600");
+    let key = a.api.register_key(&server_key.to_bytes().unwrap()).unwrap();
+    let inputs = [sample(&model, 6)];
+    let job = submit(&a.api, &client, &key, &model, &inputs);
+    until(&a.api, &job, Duration::from_secs(60), |s| {
+        s["bootstraps_done"].as_u64().is_some_and(|n| n > 0)
+    });
+    let b = node_leased(&url, "b", "600");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &a.process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let exit = a.process.wait().unwrap();
+    assert!(exit.success(), "a stopped node exits cleanly: {exit}");
+
+    let done = until(&b.api, &job, Duration::from_secs(120), |s| {
+        s["state"] == "done"
+    });
+    assert_eq!(done["node"], "b");
+    check(&client, &model, &inputs, &b.api.outputs(&job).unwrap());
+    assert_eq!(
+        database::number(&url, "SELECT attempt::bigint FROM job_images"),
+        2
     );
     kill(b.process);
 }

@@ -43,6 +43,10 @@ pub trait JobStorage: Send + Sync {
     fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError>;
     /// Jobs waiting and jobs being evaluated, as every node sees them.
     fn depth(&self) -> Result<Depth, ApiError>;
+    /// For a node that is shutting down: its workers take no more work, and what they hold
+    /// goes back to the queue at once rather than when its lease runs out. The embedded
+    /// queue has no other node to hand work to: its jobs end with the process.
+    fn stop(&self) -> Result<(), ApiError>;
 }
 
 /// A batch the API has accepted and checked, to be queued.
@@ -433,6 +437,9 @@ impl JobStorage for JobQueue {
             queued: self.queued.load(Ordering::SeqCst),
             running: self.running.load(Ordering::SeqCst),
         })
+    }
+    fn stop(&self) -> Result<(), ApiError> {
+        Ok(())
     }
 }
 

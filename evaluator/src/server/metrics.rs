@@ -17,7 +17,11 @@ pub struct Metrics {
 }
 
 /// Figures that are read from elsewhere at scrape time.
-pub struct Gauges {
+pub struct Gauges<'a> {
+    /// The node answering, so a scrape of several nodes behind one address tells them apart.
+    pub node: &'a str,
+    /// `embedded` or `postgres`.
+    pub storage: &'a str,
     pub queue_depth: usize,
     pub running: usize,
     pub keys_registered: usize,
@@ -38,6 +42,8 @@ impl Metrics {
         (busy > 0.0).then(|| self.bootstraps.load(Ordering::Relaxed) as f64 / busy)
     }
 
+    /// The counters of this node, and the gauges; queue depths are what every node sharing
+    /// this node's storage sees.
     pub fn render(&self, gauges: &Gauges) -> String {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let busy = read(&self.busy_nanos) as f64 * 1e-9;
@@ -99,17 +105,17 @@ impl Metrics {
         for (name, help, value) in [
             (
                 "hexray_queue_depth",
-                "Jobs waiting for a worker.",
+                "Jobs waiting for a worker, on every node sharing this node's storage.",
                 gauges.queue_depth,
             ),
             (
                 "hexray_jobs_running",
-                "Jobs being evaluated.",
+                "Jobs being evaluated, on every node sharing this node's storage.",
                 gauges.running,
             ),
             (
                 "hexray_keys_registered",
-                "Server keys stored on disk.",
+                "Server key registrations stored.",
                 gauges.keys_registered,
             ),
             (
@@ -126,6 +132,48 @@ impl Metrics {
         ] {
             metric(name, "gauge", help, value as f64);
         }
+        let label = |value: &str| {
+            value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        let _ = writeln!(
+            out,
+            "# HELP hexray_node_info The node that answered, and where it keeps keys and jobs.\n\
+             # TYPE hexray_node_info gauge\n\
+             hexray_node_info{{node=\"{}\",storage=\"{}\"}} 1",
+            label(gauges.node),
+            label(gauges.storage)
+        );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_is_a_label_escaped_as_prometheus_requires() {
+        let gauges = Gauges {
+            node: "ward \"7\"\\east\nwing",
+            storage: "postgres",
+            queue_depth: 3,
+            running: 1,
+            keys_registered: 0,
+            keys_cached: 0,
+            key_cache_bytes: 0,
+            models: 1,
+        };
+        let text = Metrics::default().render(&gauges);
+        assert!(
+            text.contains(
+                "hexray_node_info{node=\"ward \\\"7\\\"\\\\east\\nwing\",storage=\"postgres\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("hexray_queue_depth 3\n"));
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 15);
     }
 }

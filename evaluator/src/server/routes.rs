@@ -364,6 +364,8 @@ async fn metrics(
     let (depth, keys_registered) = blocking(move || Ok((jobs.depth()?, keys.registered()))).await?;
     let (keys_cached, key_cache_bytes) = state.keys.cached();
     let gauges = Gauges {
+        node: &state.node,
+        storage: state.storage,
         queue_depth: depth.queued,
         running: depth.running,
         keys_registered,

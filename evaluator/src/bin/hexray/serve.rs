@@ -146,7 +146,7 @@ pub fn serve(args: Args) -> Result<()> {
             args.web_dir.display()
         );
     }
-    let routes = configure(state, web_dir.as_deref());
+    let routes = configure(state.clone(), web_dir.as_deref());
     let cors_origin = args.cors_origin;
     log::info!("listening on http://{}", args.bind);
     actix_web::rt::System::new().block_on(async move {
@@ -159,12 +159,16 @@ pub fn serve(args: Args) -> Result<()> {
                 .configure(routes.clone())
         })
         .workers(args.http_workers.max(1))
+        // On SIGTERM (a pod scaled down), open requests get a few seconds to finish, then the
+        // node hands its claimed work back to the queue below.
+        .shutdown_timeout(5)
         .bind(&args.bind)
         .with_context(|| format!("binding {}", args.bind))?
         .run()
         .await
         .context("running the server")
-    })
+    })?;
+    state.jobs.stop().context("handing claimed work back")
 }
 
 /// Who may use the API: the tokens file's tokens, or anyone, which is allowed only on loopback

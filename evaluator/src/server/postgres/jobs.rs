@@ -13,7 +13,7 @@
 //! transaction as its last image: a job finishes exactly once, with every output once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -39,6 +39,9 @@ const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
 /// The shared queue, as seen from one node.
 pub struct PgJobs {
     database: Arc<Database>,
+    node: String,
+    /// Set when the node shuts down: its workers claim nothing more.
+    stopping: AtomicBool,
     capacity: usize,
     per_owner: usize,
     metrics: Arc<Metrics>,
@@ -81,6 +84,8 @@ impl PgJobs {
     ) -> Arc<Self> {
         let jobs = Arc::new(PgJobs {
             database: database.clone(),
+            node: node.to_owned(),
+            stopping: AtomicBool::new(false),
             capacity: config.capacity,
             per_owner: config.per_owner,
             metrics: evaluator.metrics.clone(),
@@ -313,6 +318,27 @@ impl JobStorage for PgJobs {
             running: row.get::<_, i64>(1) as usize,
         })
     }
+
+    fn stop(&self) -> Result<(), ApiError> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let released = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            let images = tx.execute(
+                "UPDATE job_images SET state = 'queued', lease_until = NULL, bootstraps_done = 0
+                 WHERE node = $1 AND state = 'running'",
+                &[&self.node],
+            )?;
+            tx.execute(
+                "UPDATE jobs j SET state = 'queued' WHERE state = 'running' AND NOT EXISTS
+                 (SELECT 1 FROM job_images i WHERE i.job_id = j.id AND i.state <> 'queued')",
+                &[],
+            )?;
+            tx.commit()?;
+            Ok(images)
+        })?;
+        log::info!("stopping: {released} claimed images handed back to the queue");
+        Ok(())
+    }
 }
 
 /// A stored job state, which the schema's CHECK keeps to four words.
@@ -330,9 +356,14 @@ fn job_state(state: String) -> Result<JobState, ApiError> {
 const CLAIMABLE: &str = "(i.state = 'queued' OR (i.state = 'running' AND i.lease_until < now()))";
 
 impl Workers {
-    /// Claims and evaluates work until the node's queue is dropped.
+    /// Claims and evaluates work until the node's queue is dropped or stopped.
     fn run(self: Arc<Self>) {
-        while self.jobs.strong_count() > 0 {
+        // Until the node's queue is dropped or stopped.
+        while self
+            .jobs
+            .upgrade()
+            .is_some_and(|jobs| !jobs.stopping.load(Ordering::SeqCst))
+        {
             let free = self.reserve();
             if free == 0 {
                 std::thread::sleep(POLL);
