@@ -26,7 +26,7 @@ CREATE TABLE job_images (
     job_id          text        NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     image           integer     NOT NULL,      -- its place in the batch, from 0
     state           text        NOT NULL DEFAULT 'queued'
-                    CHECK (state IN ('queued', 'running', 'done')),
+                    CHECK (state IN ('queued', 'running', 'done', 'failed')),
     input           bytea,                     -- the encrypted image; cleared once done
     output          bytea,                     -- the encrypted output, written once
     node            text,                      -- the node that holds or held the claim

@@ -35,9 +35,20 @@ async fn node(
     data: &std::path::Path,
     name: &str,
 ) -> impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error> {
+    node_with(url, data, name, |_| {}).await
+}
+
+/// [`node`], with its configuration adjusted.
+async fn node_with(
+    url: &str,
+    data: &std::path::Path,
+    name: &str,
+    adjust: impl FnOnce(&mut Config),
+) -> impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error> {
     let mut config = Config::defaults(data, 2);
     config.database_url = Some(url.to_owned());
     config.node = name.to_owned();
+    adjust(&mut config);
     // A proxy in front authenticates: every request is one clinician's.
     let state = web::Data::new(AppState::start(&config, Access::Proxied).unwrap());
     test::init_service(App::new().configure(configure(state, None))).await
@@ -282,4 +293,108 @@ async fn a_node_reconnects_after_the_database_restarts_between_two_jobs() {
     }
     // Its workers claim from the database again.
     run_job(&a, &a, &client, &key, &model).await;
+}
+
+/// Submits a two-image batch of the bundled sample to `app`; returns the job id.
+async fn submit_two<S>(app: &S, client: &ClientKey, key: &str, model: &LoadedModel) -> String
+where
+    S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let input = common::sample(model, "pneumoniamnist/test-0000-pneumonia.png");
+    let image = client
+        .encrypt_deterministic(model.spec(), input.view(), 1)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let uri = format!(
+        "/api/v1/jobs?model=pneumonia-mlp-64&key={key}&fingerprint={}",
+        model.spec().fingerprint
+    );
+    let (status, body, _) = call(app, Method::POST, &uri, frames::pack(&[&image, &image])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    body["job_id"].as_str().unwrap().to_owned()
+}
+
+#[actix_web::test]
+async fn a_job_that_fails_on_a_worker_fails_whole_and_a_job_nobody_serves_fails_as_stale() {
+    let _shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    let Some(url) = fresh("failures") else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // A node that answers the API but evaluates nothing, with a short retention.
+    let front = node_with(&url, dirs[0].path(), "front", |config| {
+        config.queue.workers = 0;
+        config.queue.retention = Duration::from_secs(3);
+    })
+    .await;
+    let model = model();
+    let (client, key) = register(&front, 6).await;
+    let job = submit_two(&front, &client, &key, &model).await;
+    // Beside it, a job of the same owner for a model version no node serves, queued an hour
+    // ago (checked at the end).
+    count(
+        &url,
+        "WITH s AS (INSERT INTO jobs (id, owner, model, fingerprint, key_id, images, \
+         bootstraps_total, submitted) SELECT 'stale', owner, model, 'retired', key_id, 1, 1, \
+         now() - interval '1 hour' FROM jobs LIMIT 1 RETURNING id), \
+         i AS (INSERT INTO job_images (job_id, image, input) SELECT id, 0, '\\x00' FROM s \
+         RETURNING 1) SELECT count(*) FROM i",
+    );
+    // The key's registration goes before any worker claims the job: the worker that does
+    // fails it, with the code that tells the page to upload its key again.
+    count(
+        &url,
+        "WITH d AS (DELETE FROM key_owners RETURNING 1) SELECT count(*) FROM d",
+    );
+    let _worker = node(&url, dirs[1].path(), "worker").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let (_, status, _) =
+            call(&front, Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
+        if status["state"] == "failed" {
+            break status;
+        }
+        assert_ne!(status["state"], "done", "{status}");
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["error_code"], "unknown_key", "{status}");
+    assert!(
+        status.get("seconds").is_none(),
+        "as the embedded queue: {status}"
+    );
+    let (code, body, _) = call(
+        &front,
+        Method::GET,
+        &format!("/api/v1/jobs/{job}/outputs"),
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (code, &body["code"]),
+        (StatusCode::CONFLICT, &Value::from("job_failed"))
+    );
+    // Neither image can be claimed again, and no input is kept.
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM job_images \
+             WHERE job_id <> 'stale' AND state = 'failed' AND input IS NULL"
+        ),
+        2
+    );
+
+    // It fails as stale, having waited longer than the retention, which frees its owner's
+    // share of the queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (_, status, _) = call(&front, Method::GET, "/api/v1/jobs/stale", vec![]).await;
+        if status["state"] == "failed" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["error_code"], "stale_model", "{status}");
 }

@@ -59,7 +59,7 @@ pub struct NewJob {
 }
 
 /// The queue as all nodes see it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Depth {
     /// Jobs waiting for a worker.
     pub queued: usize,
@@ -310,10 +310,26 @@ impl Jobs {
     }
 }
 
-/// How often finished jobs past their retention are looked for: often enough that outputs
-/// do not outstay it by much, rarely enough to cost nothing.
-pub(crate) fn sweep_period(retention: Duration) -> Duration {
-    (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+/// Starts a thread that calls `sweep` on `target` every so often (a quarter of the retention,
+/// between 0.1 s and a minute), so finished jobs do not outstay their retention by much,
+/// whether or not requests arrive. It ends once `target` is dropped.
+pub(crate) fn start_sweeper<T: Send + Sync + 'static>(
+    target: &Arc<T>,
+    retention: Duration,
+    sweep: fn(&T, Duration),
+) {
+    let target = Arc::downgrade(target);
+    let period = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    std::thread::Builder::new()
+        .name("hexray-job-sweeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            match target.upgrade() {
+                Some(target) => sweep(&target, retention),
+                None => return,
+            }
+        })
+        .expect("the job sweeper starts");
 }
 
 impl JobQueue {
@@ -341,18 +357,7 @@ impl JobQueue {
             retention: config.retention,
         });
         // Expired outputs are removed on a timer, not only when the next job arrives.
-        let sweeper = Arc::downgrade(&jobs);
-        let period = sweep_period(config.retention);
-        std::thread::Builder::new()
-            .name("hexray-job-sweeper".into())
-            .spawn(move || loop {
-                std::thread::sleep(period);
-                match sweeper.upgrade() {
-                    Some(jobs) => jobs.forget_expired(),
-                    None => return,
-                }
-            })
-            .expect("the job sweeper starts");
+        start_sweeper(&jobs, config.retention, |jobs, _| jobs.forget_expired());
         JobQueue {
             sender,
             jobs,

@@ -160,7 +160,7 @@ pub struct AppState {
     pub bodies: BodyLimits,
     /// This node's name, as health reports it: which of several nodes answered.
     pub node: String,
-    /// Where keys are stored: `embedded` or `postgres`.
+    /// Where keys and jobs are kept: `embedded` or `postgres`.
     pub storage: &'static str,
     /// Bodies being received, per token.
     uploads: Slots,

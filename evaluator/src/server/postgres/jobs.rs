@@ -24,7 +24,7 @@ use super::Database;
 use crate::server::auth::Owner;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::jobs::{
-    job_id, owner_room, sweep_period, Depth, Evaluator, JobState, JobStorage, NewJob, QueueConfig,
+    job_id, owner_room, start_sweeper, Depth, Evaluator, JobState, JobStorage, NewJob, QueueConfig,
     Status,
 };
 use crate::server::metrics::Metrics;
@@ -40,8 +40,13 @@ const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
 pub struct PgJobs {
     database: Arc<Database>,
     node: String,
+    /// The fingerprints of the models this node serves.
+    served: Vec<String>,
     /// Set when the node shuts down: its workers claim nothing more.
     stopping: AtomicBool,
+    /// Held by a worker while it claims, so that stopping waits for a claim in progress and
+    /// hands it back too.
+    claiming: Mutex<()>,
     capacity: usize,
     per_owner: usize,
     metrics: Arc<Metrics>,
@@ -56,7 +61,7 @@ struct Claim {
     /// The images' places in the batch, the attempt each claim is, and their inputs.
     images: Vec<i32>,
     attempts: Vec<i32>,
-    inputs: Vec<Vec<u8>>,
+    inputs: Vec<Option<Vec<u8>>>,
 }
 
 /// What a node's workers share: the queue, the node's evaluator, the models it serves (by
@@ -82,10 +87,16 @@ impl PgJobs {
         models: impl IntoIterator<Item = Arc<ServedModel>>,
         evaluator: Arc<Evaluator>,
     ) -> Arc<Self> {
+        let models: HashMap<String, Arc<ServedModel>> = models
+            .into_iter()
+            .map(|m| (m.loaded.spec().fingerprint.clone(), m))
+            .collect();
         let jobs = Arc::new(PgJobs {
             database: database.clone(),
             node: node.to_owned(),
+            served: models.keys().cloned().collect(),
             stopping: AtomicBool::new(false),
+            claiming: Mutex::new(()),
             capacity: config.capacity,
             per_owner: config.per_owner,
             metrics: evaluator.metrics.clone(),
@@ -94,10 +105,7 @@ impl PgJobs {
             jobs: Arc::downgrade(&jobs),
             database,
             evaluator,
-            models: models
-                .into_iter()
-                .map(|m| (m.loaded.spec().fingerprint.clone(), m))
-                .collect(),
+            models,
             node: node.to_owned(),
             threads: config.threads,
             lease: config.lease,
@@ -110,36 +118,45 @@ impl PgJobs {
                 .spawn(move || workers.run())
                 .expect("a worker thread starts");
         }
-        let sweeper = Arc::downgrade(&jobs);
-        let (retention, period) = (config.retention, sweep_period(config.retention));
-        std::thread::Builder::new()
-            .name("hexray-job-sweeper".into())
-            .spawn(move || loop {
-                std::thread::sleep(period);
-                match sweeper.upgrade() {
-                    Some(jobs) => jobs.forget_expired(retention),
-                    None => return,
-                }
-            })
-            .expect("the job sweeper starts");
+        start_sweeper(&jobs, config.retention, PgJobs::sweep);
         jobs
     }
 
-    /// Deletes finished jobs older than the retention, with their outputs. Every node sweeps;
-    /// the deletes are idempotent.
-    fn forget_expired(&self, retention: Duration) {
+    /// Deletes finished jobs older than the retention, with their outputs, and fails jobs
+    /// that have waited as long for a model no longer served here: after a rolling upgrade,
+    /// nothing would ever claim them, and they would hold their owner's share of the queue.
+    /// Every node sweeps; the statements are idempotent.
+    fn sweep(&self, retention: Duration) {
         let seconds = retention.as_secs_f64();
         let swept = self.database.with(|c| {
             c.execute(
                 "DELETE FROM jobs WHERE finished < now() - make_interval(secs => $1)",
                 &[&seconds],
+            )?;
+            c.execute(
+                "WITH stale AS (
+                     UPDATE job_images SET state = 'failed', input = NULL
+                     WHERE state = 'queued' AND job_id IN (
+                         SELECT id FROM jobs WHERE state = 'queued' AND NOT fingerprint = ANY($2)
+                           AND submitted < now() - make_interval(secs => $1))
+                     RETURNING job_id)
+                 UPDATE jobs SET state = 'failed', finished = clock_timestamp(),
+                        error = 'no node serves this version of model ' || model
+                                || ' any more: fetch its client spec and submit again',
+                        error_code = 'stale_model'
+                 WHERE state = 'queued' AND id IN (SELECT job_id FROM stale)",
+                &[&seconds, &self.served],
             )
         });
         if let Err(e) = swept {
-            log::error!("cannot remove expired jobs: {e}");
+            log::error!("cannot sweep the job queue: {e}");
         }
     }
 }
+
+/// A token's jobs that are queued or running, on every node: what its share is counted in.
+const ACTIVE_JOBS_OF: &str =
+    "SELECT count(*) FROM jobs WHERE owner = $1 AND state IN ('queued', 'running')";
 
 impl JobStorage for PgJobs {
     fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
@@ -160,13 +177,7 @@ impl JobStorage for PgJobs {
                 "SELECT pg_advisory_xact_lock(hashtext('jobs of ' || $1))",
                 &[&new.owner.0],
             )?;
-            let active: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM jobs
-                     WHERE owner = $1 AND state IN ('queued', 'running')",
-                    &[&new.owner.0],
-                )?
-                .get(0);
+            let active: i64 = tx.query_one(ACTIVE_JOBS_OF, &[&new.owner.0])?.get(0);
             if let Err(e) = owner_room(active as usize, per_owner) {
                 return Ok(Err(e));
             }
@@ -220,13 +231,7 @@ impl JobStorage for PgJobs {
     fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
         let active: i64 = self
             .database
-            .with(|c| {
-                c.query_one(
-                    "SELECT count(*) FROM jobs
-                     WHERE owner = $1 AND state IN ('queued', 'running')",
-                    &[&owner.0],
-                )
-            })?
+            .with(|c| c.query_one(ACTIVE_JOBS_OF, &[&owner.0]))?
             .get(0);
         owner_room(active as usize, self.per_owner)
     }
@@ -237,7 +242,8 @@ impl JobStorage for PgJobs {
             .with(|c| {
                 c.query_opt(
                     "SELECT j.model, j.state, j.images, j.bootstraps_total, j.error, j.error_code,
-                            extract(epoch FROM coalesce(j.finished, clock_timestamp()) - j.started)::float8,
+                            CASE WHEN j.state <> 'failed' THEN extract(epoch FROM
+                                coalesce(j.finished, clock_timestamp()) - j.started)::float8 END,
                             coalesce(sum(i.bootstraps_done), 0)::bigint,
                             string_agg(DISTINCT i.node, ',' ORDER BY i.node)
                      FROM jobs j LEFT JOIN job_images i ON i.job_id = j.id
@@ -321,20 +327,27 @@ impl JobStorage for PgJobs {
 
     fn stop(&self) -> Result<(), ApiError> {
         self.stopping.store(true, Ordering::SeqCst);
+        // A claim in progress commits first, and is handed back with the rest.
+        let _no_claim = self.claiming.lock().expect("claiming lock");
         let released = self.database.with(|c| {
             let mut tx = c.transaction()?;
-            let images = tx.execute(
-                "UPDATE job_images SET state = 'queued', lease_until = NULL, bootstraps_done = 0
-                 WHERE node = $1 AND state = 'running'",
+            let images = tx.query(
+                "UPDATE job_images
+                 SET state = 'queued', node = NULL, lease_until = NULL, bootstraps_done = 0
+                 WHERE node = $1 AND state = 'running'
+                 RETURNING job_id",
                 &[&self.node],
             )?;
+            let jobs: Vec<String> = images.iter().map(|row| row.get(0)).collect();
+            // Those of its jobs that no other node has started are waiting again.
             tx.execute(
-                "UPDATE jobs j SET state = 'queued' WHERE state = 'running' AND NOT EXISTS
-                 (SELECT 1 FROM job_images i WHERE i.job_id = j.id AND i.state <> 'queued')",
-                &[],
+                "UPDATE jobs j SET state = 'queued' WHERE id = ANY($1) AND state = 'running'
+                 AND NOT EXISTS (SELECT 1 FROM job_images i
+                                 WHERE i.job_id = j.id AND i.state <> 'queued')",
+                &[&jobs],
             )?;
             tx.commit()?;
-            Ok(images)
+            Ok(images.len())
         })?;
         log::info!("stopping: {released} claimed images handed back to the queue");
         Ok(())
@@ -358,18 +371,22 @@ const CLAIMABLE: &str = "(i.state = 'queued' OR (i.state = 'running' AND i.lease
 impl Workers {
     /// Claims and evaluates work until the node's queue is dropped or stopped.
     fn run(self: Arc<Self>) {
-        // Until the node's queue is dropped or stopped.
-        while self
-            .jobs
-            .upgrade()
-            .is_some_and(|jobs| !jobs.stopping.load(Ordering::SeqCst))
-        {
+        loop {
             let free = self.reserve();
             if free == 0 {
                 std::thread::sleep(POLL);
                 continue;
             }
-            let claimed = self.claim(free);
+            let claimed = match self.jobs.upgrade() {
+                Some(jobs) => {
+                    let _claiming = jobs.claiming.lock().expect("claiming lock");
+                    if jobs.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    self.claim(free)
+                }
+                None => return, // The node's server was dropped.
+            };
             let taken = match &claimed {
                 Ok(Some(claim)) => claim.images.len(),
                 _ => 0,
@@ -438,11 +455,16 @@ impl Workers {
                 ),
                 &[&job, &self.node, &lease, &(free as i64)],
             )?;
-            let meta = tx.query_one(
+            // The job may have failed since the first query read it: then claim nothing.
+            let Some(meta) = tx.query_opt(
                 "UPDATE jobs SET state = 'running', started = coalesce(started, now())
-                 WHERE id = $1 RETURNING owner, key_id, fingerprint",
+                 WHERE id = $1 AND state IN ('queued', 'running')
+                 RETURNING owner, key_id, fingerprint",
                 &[&job],
-            )?;
+            )?
+            else {
+                return Ok(None); // Rolled back with the transaction.
+            };
             tx.commit()?;
             Ok(Some((job, meta, rows)))
         })?;
@@ -501,9 +523,14 @@ impl Workers {
         let inputs = claim
             .inputs
             .iter()
-            .map(|bytes| EncryptedImage::from_bytes(bytes, set, len))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::Internal(format!("a stored input no longer reads: {e}")))?;
+            .map(|bytes| {
+                let bytes = bytes
+                    .as_deref()
+                    .ok_or_else(|| ApiError::Internal("a stored input is missing".into()))?;
+                EncryptedImage::from_bytes(bytes, set, len)
+                    .map_err(|e| ApiError::Internal(format!("a stored input no longer reads: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let progress = || {
             done.fetch_add(1, Ordering::Relaxed);
         };
@@ -544,21 +571,13 @@ impl Workers {
     }
 
     /// Writes the outputs and the images' state change in one transaction, if this node still
-    /// holds every attempt it claimed, and marks the job done with its last image.
+    /// holds every attempt it claimed, and marks the job done with its last image. Locks are
+    /// taken images first, then the job, in the same order as a claim, so the two never wait
+    /// on each other in a cycle.
     fn complete(&self, claim: &Claim, outputs: &[Vec<u8>]) -> Result<(), ApiError> {
         let per_image = claim.model.loaded.circuit().bootstrap_count() as i64;
         let finished = self.database.with(|c| {
             let mut tx = c.transaction()?;
-            // One completion per job at a time: whoever writes the last image sees it.
-            let state: Option<String> = tx
-                .query_opt(
-                    "SELECT state FROM jobs WHERE id = $1 FOR UPDATE",
-                    &[&claim.job],
-                )?
-                .map(|r| r.get(0));
-            if state.as_deref() != Some("running") {
-                return Ok(None); // Failed meanwhile, or expired and deleted.
-            }
             let written = tx.execute(
                 "UPDATE job_images i
                  SET state = 'done', output = c.output, input = NULL, lease_until = NULL,
@@ -575,7 +594,18 @@ impl Workers {
                 ],
             )?;
             if written < claim.images.len() as u64 {
-                return Ok(None); // A lapsed claim: another node owns these images now.
+                return Ok(Completion::Lapsed); // Another node owns these images now.
+            }
+            // One completion per job at a time, counting after the previous one committed:
+            // whoever writes the last image sees it.
+            let state: Option<String> = tx
+                .query_opt(
+                    "SELECT state FROM jobs WHERE id = $1 FOR UPDATE",
+                    &[&claim.job],
+                )?
+                .map(|r| r.get(0));
+            if !matches!(state.as_deref(), Some("queued" | "running")) {
+                return Ok(Completion::Ended); // Failed meanwhile, or expired and deleted.
             }
             let left: i64 = tx
                 .query_one(
@@ -590,16 +620,25 @@ impl Workers {
                 )?;
             }
             tx.commit()?;
-            Ok(Some(left == 0))
+            Ok(if left == 0 {
+                Completion::Job
+            } else {
+                Completion::Images
+            })
         })?;
         match finished {
-            Some(true) => {
+            Completion::Job => {
                 Metrics::add(&self.evaluator.metrics.jobs_completed, 1);
                 log::info!("job {} done (its last images on this node)", claim.job);
             }
-            Some(false) => {}
-            None => log::warn!(
+            Completion::Images => {}
+            Completion::Lapsed => log::warn!(
                 "job {}: images {:?} were evaluated here but their claim lapsed; dropped",
+                claim.job,
+                claim.images
+            ),
+            Completion::Ended => log::info!(
+                "job {} ended while images {:?} were evaluated here; dropped",
                 claim.job,
                 claim.images
             ),
@@ -607,32 +646,33 @@ impl Workers {
         Ok(())
     }
 
-    /// Fails the job, if this node still holds its claim, and drops its inputs.
+    /// Fails the job, if this node still holds its claim: its images that are not done can
+    /// no longer be claimed, and their inputs are dropped. Images first, then the job, as
+    /// everywhere.
     fn fail(&self, claim: &Claim, error: &ApiError) -> Result<(), ApiError> {
         let (message, code) = (error.to_string(), error.code().as_str());
         let failed = self.database.with(|c| {
             let mut tx = c.transaction()?;
-            let held: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM job_images i
-                     JOIN unnest($2::integer[], $3::integer[]) AS c(image, attempt)
-                       ON i.image = c.image AND i.attempt = c.attempt
-                     WHERE i.job_id = $1 AND i.state = 'running'",
-                    &[&claim.job, &claim.images, &claim.attempts],
-                )?
-                .get(0);
-            if held < claim.images.len() as i64 {
-                return Ok(false);
+            let held = tx.execute(
+                "UPDATE job_images i SET lease_until = NULL
+                 FROM unnest($2::integer[], $3::integer[]) AS c(image, attempt)
+                 WHERE i.job_id = $1 AND i.image = c.image AND i.attempt = c.attempt
+                   AND i.state = 'running'",
+                &[&claim.job, &claim.images, &claim.attempts],
+            )?;
+            if held < claim.images.len() as u64 {
+                return Ok(false); // A lapsed claim: the node that holds it now decides.
             }
+            tx.execute(
+                "UPDATE job_images SET state = 'failed', input = NULL
+                 WHERE job_id = $1 AND state <> 'done'",
+                &[&claim.job],
+            )?;
             let n = tx.execute(
                 "UPDATE jobs SET state = 'failed', finished = clock_timestamp(),
                         error = $2, error_code = $3
                  WHERE id = $1 AND state IN ('queued', 'running')",
                 &[&claim.job, &message, &code],
-            )?;
-            tx.execute(
-                "UPDATE job_images SET input = NULL, lease_until = NULL WHERE job_id = $1",
-                &[&claim.job],
             )?;
             tx.commit()?;
             Ok(n == 1)
@@ -643,4 +683,16 @@ impl Workers {
         }
         Ok(())
     }
+}
+
+/// What recording a claim's outputs came to.
+enum Completion {
+    /// The job's last images: it is done.
+    Job,
+    /// Some of its images; others are still to come.
+    Images,
+    /// The claim had lapsed, and another node holds the images.
+    Lapsed,
+    /// The job failed or was removed meanwhile.
+    Ended,
 }

@@ -127,6 +127,18 @@ impl Database {
     }
 }
 
+impl Drop for Database {
+    /// Closing a connection of the blocking driver blocks on its runtime, which must not
+    /// happen on a thread that drives async tasks (a server may be dropped on one): the pooled
+    /// connections are closed on a thread of their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().expect("pool lock"));
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 /// Whether a server error means the connection was ended from the server's side.
 fn ended(code: &postgres::error::SqlState) -> bool {
     use postgres::error::SqlState;
