@@ -256,27 +256,51 @@ fn a_busy_nodes_job_runs_on_the_other_a_batch_is_split_and_either_node_answers()
     kill(b.process);
 }
 
-#[test]
-fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(url) = database::fresh("cluster_kill") else {
-        return;
-    };
+/// Node `a`, alone on a fresh database `name`, in the middle of a one-image job: it has
+/// written progress. `None` without a test database.
+struct MidJob {
+    url: String,
+    model: LoadedModel,
+    client: ClientKey,
+    inputs: [Array3<i64>; 1],
+    job: String,
+    a: Node,
+}
+
+fn mid_job(name: &str, seed: u128, lease: &str) -> Option<MidJob> {
+    let url = database::fresh(name)?;
     let model = model();
-    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 22);
-    let a = node(&url, "a");
+    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, seed);
+    let a = node_leased(&url, "a", lease);
     let key = a.api.register_key(&server_key.to_bytes().unwrap()).unwrap();
-    let inputs = [sample(&model, 5)];
+    let inputs = [sample(&model, seed as usize % 8)];
     let job = submit(&a.api, &client, &key, &model, &inputs);
-    // A has written progress: it is in the middle of the job.
     until(&a.api, &job, Duration::from_secs(60), |s| {
         s["bootstraps_done"].as_u64().is_some_and(|n| n > 0)
     });
-    kill(a.process);
+    Some(MidJob {
+        url,
+        model,
+        client,
+        inputs,
+        job,
+        a,
+    })
+}
+
+#[test]
+fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mid) = mid_job("cluster_kill", 22, LEASE_S) else {
+        return;
+    };
+    let (url, model, client, inputs, job) =
+        (&mid.url, &mid.model, &mid.client, &mid.inputs, &mid.job);
+    kill(mid.a.process);
     let killed = Instant::now();
 
-    let b = node(&url, "b");
-    let done = until(&b.api, &job, Duration::from_secs(300), |s| {
+    let b = node(url, "b");
+    let done = until(&b.api, job, Duration::from_secs(300), |s| {
         s["state"] == "done"
     });
     eprintln!(
@@ -285,10 +309,10 @@ fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
     );
     assert_eq!(done["node"], "b");
     assert_eq!(done["bootstraps_done"], done["bootstraps_total"]);
-    check(&client, &model, &inputs, &b.api.outputs(&job).unwrap());
+    check(client, model, inputs, &b.api.outputs(job).unwrap());
 
     // Nothing duplicated or lost: one image, claimed twice, written once; one finished job.
-    let number = |sql: &str| database::number(&url, sql);
+    let number = |sql: &str| database::number(url, sql);
     assert_eq!(number("SELECT count(*) FROM job_images"), 1);
     assert_eq!(
         number("SELECT attempt::bigint FROM job_images"),
@@ -316,35 +340,28 @@ fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
 #[test]
 fn a_node_stopped_with_sigterm_hands_its_job_over_before_its_lease_runs_out() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(url) = database::fresh("cluster_term") else {
+    // A lease far longer than the test may wait: only the hand-over can finish the job in time.
+    let Some(mut mid) = mid_job("cluster_term", 23, "600") else {
         return;
     };
-    let model = model();
-    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 23);
-    // A lease far longer than the test may wait: only the hand-over can finish the job in time.
-    let mut a = node_leased(&url, "a", "600");
-    let key = a.api.register_key(&server_key.to_bytes().unwrap()).unwrap();
-    let inputs = [sample(&model, 6)];
-    let job = submit(&a.api, &client, &key, &model, &inputs);
-    until(&a.api, &job, Duration::from_secs(60), |s| {
-        s["bootstraps_done"].as_u64().is_some_and(|n| n > 0)
-    });
-    let b = node_leased(&url, "b", "600");
+    let (url, model, client, inputs, job) =
+        (&mid.url, &mid.model, &mid.client, &mid.inputs, &mid.job);
+    let b = node_leased(url, "b", "600");
     let term = std::process::Command::new("kill")
-        .args(["-TERM", &a.process.id().to_string()])
+        .args(["-TERM", &mid.a.process.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    let exit = a.process.wait().unwrap();
+    let exit = mid.a.process.wait().unwrap();
     assert!(exit.success(), "a stopped node exits cleanly: {exit}");
 
-    let done = until(&b.api, &job, Duration::from_secs(120), |s| {
+    let done = until(&b.api, job, Duration::from_secs(120), |s| {
         s["state"] == "done"
     });
     assert_eq!(done["node"], "b");
-    check(&client, &model, &inputs, &b.api.outputs(&job).unwrap());
+    check(client, model, inputs, &b.api.outputs(job).unwrap());
     assert_eq!(
-        database::number(&url, "SELECT attempt::bigint FROM job_images"),
+        database::number(url, "SELECT attempt::bigint FROM job_images"),
         2
     );
     kill(b.process);
