@@ -19,8 +19,10 @@ else
 fi
 cargo test --release --workspace
 # The same API suite against the PostgreSQL back end, when there is a server to run it on.
+# `--workspace` keeps the features of the build above: `-p hexray-e2e` alone would resolve
+# them differently and rebuild tfhe.
 if [[ -n ${HEXRAY_TEST_DATABASE_URL:-} ]]; then
-  HEXRAY_TEST_STORAGE=postgres cargo test --release -p hexray-e2e --test server_api
+  HEXRAY_TEST_STORAGE=postgres cargo test --release --workspace --test server_api
 fi
 bash scripts/build-web.sh
 # wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.
