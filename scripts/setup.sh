@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs what HEXray needs on a fresh Debian machine with rustup, and nothing twice: the wasm
-# target, the wasm-bindgen CLI matching the pinned crate, wasm-pack, Chromium and its driver
-# (browser tests), and the browser tests' npm packages. Safe to run again.
+# Installs what HEXray needs on a fresh Debian machine with rustup, and nothing twice. Safe to
+# run again.
+#
+#   bash scripts/setup.sh          # serving: the wasm target and the wasm-bindgen CLI matching
+#                                  # the pinned crate, to build the page's client
+#   bash scripts/setup.sh --tests  # and the tests': wasm-pack, Chromium and its driver, Node
+#                                  # and the browser tests' npm packages, PostgreSQL, OpenSSL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +16,8 @@ bindgen_version=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' wasm-client/Cargo.to
 if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $bindgen_version" ]]; then
   cargo install --locked wasm-bindgen-cli --version "$bindgen_version"
 fi
+[[ ${1:-} == --tests ]] || exit 0
+
 wasm_pack_version=0.13.1
 if [[ "$(wasm-pack --version 2>/dev/null)" != "wasm-pack $wasm_pack_version" ]]; then
   cargo install --locked wasm-pack --version "$wasm_pack_version"
@@ -21,6 +27,8 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v npm >/dev/null || missing+=(nodejs npm)
+command -v openssl >/dev/null || missing+=(openssl)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if ((${#missing[@]})); then
   sudo=$([[ $(id -u) == 0 ]] || echo sudo)
   $sudo apt-get update -qq

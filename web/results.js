@@ -131,9 +131,18 @@ function renderTable() {
 
 // ---- CSV ----------------------------------------------------------------------------------
 
+/// A CSV cell that a spreadsheet shows as text: one starting with = + - @, a tab or a carriage
+/// return would be read as a formula, and file and patient names come from outside (a DICOM
+/// header, a file name), so such a cell gets a leading apostrophe (OWASP's advice); then
+/// RFC 4180 quoting.
+export function csvCell(value) {
+  const text = /^[=+\-@\t\r]/.test(String(value)) ? `'${value}` : String(value);
+  return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
 /// The results as CSV (RFC 4180): one row per image, probabilities as fractions.
 export function resultsCsv(batch) {
-  const quote = (v) => (/[",\n\r]/.test(String(v)) ? `"${String(v).replaceAll('"', '""')}"` : String(v));
+  const quote = csvCell;
   const header = ['file', 'patient_name', 'study_date', 'class', ...batch.classes.map((c) => `p_${c}`), 'model', 'model_version'];
   const lines = batch.rows.map((row) => [
     row.path, row.dicom?.patient_name ? personName(row.dicom.patient_name) : '', row.dicom?.study_date ? studyDate(row.dicom.study_date) : '',

@@ -5,7 +5,8 @@
 //! hands its work over at once.
 //!
 //! Each node has one evaluation thread, so one image fills it. The databases come from
-//! `tests/tests/common/database.rs`; without a test server the tests say so and pass.
+//! `tests/tests/common/database.rs`; they are ignored by a plain `cargo test`, and
+//! `scripts/test.sh` runs them on its PostgreSQL.
 
 mod common;
 #[path = "../../tests/tests/common/database.rs"]
@@ -151,11 +152,10 @@ fn check(client: &ClientKey, model: &LoadedModel, inputs: &[Array3<i64>], output
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
 fn a_busy_nodes_job_runs_on_the_other_a_batch_is_split_and_either_node_answers() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(url) = database::fresh("cluster_share") else {
-        return;
-    };
+    let url = database::fresh("cluster_share");
     let model = model();
     let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 21);
     let a = node(&url, "a");
@@ -257,7 +257,7 @@ fn a_busy_nodes_job_runs_on_the_other_a_batch_is_split_and_either_node_answers()
 }
 
 /// Node `a`, alone on a fresh database `name`, in the middle of a one-image job: it has
-/// written progress. `None` without a test database.
+/// written progress.
 struct MidJob {
     url: String,
     model: LoadedModel,
@@ -267,8 +267,8 @@ struct MidJob {
     a: Node,
 }
 
-fn mid_job(name: &str, seed: u128, lease: &str) -> Option<MidJob> {
-    let url = database::fresh(name)?;
+fn mid_job(name: &str, seed: u128, lease: &str) -> MidJob {
+    let url = database::fresh(name);
     let model = model();
     let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, seed);
     let a = node_leased(&url, "a", lease);
@@ -278,22 +278,21 @@ fn mid_job(name: &str, seed: u128, lease: &str) -> Option<MidJob> {
     until(&a.api, &job, Duration::from_secs(60), |s| {
         s["bootstraps_done"].as_u64().is_some_and(|n| n > 0)
     });
-    Some(MidJob {
+    MidJob {
         url,
         model,
         client,
         inputs,
         job,
         a,
-    })
+    }
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
 fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mid) = mid_job("cluster_kill", 22, LEASE_S) else {
-        return;
-    };
+    let mid = mid_job("cluster_kill", 22, LEASE_S);
     let (url, model, client, inputs, job) =
         (&mid.url, &mid.model, &mid.client, &mid.inputs, &mid.job);
     kill(mid.a.process);
@@ -338,12 +337,11 @@ fn a_node_killed_mid_job_has_it_finished_by_the_other_exactly_once() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
 fn a_node_stopped_with_sigterm_hands_its_job_over_before_its_lease_runs_out() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // A lease far longer than the test may wait: only the hand-over can finish the job in time.
-    let Some(mut mid) = mid_job("cluster_term", 23, "600") else {
-        return;
-    };
+    let mut mid = mid_job("cluster_term", 23, "600");
     let (url, model, client, inputs, job) =
         (&mid.url, &mid.model, &mid.client, &mid.inputs, &mid.job);
     let b = node_leased(url, "b", "600");

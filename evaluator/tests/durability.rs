@@ -158,16 +158,34 @@ fn open_mode_is_refused_off_loopback_and_a_loopback_server_checks_the_host() {
     let server = start(dir.path(), port, &[]);
     let api = ApiClient::new(&format!("http://127.0.0.1:{port}"), None);
     assert_eq!(api.request("/api/v1/models", None).unwrap().status, 200);
-    // A page whose own name was rebound to 127.0.0.1 sends its own Host.
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET /api/v1/models HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A page whose own name was rebound to 127.0.0.1 sends its own Host, and may add
+    // forwarding headers that name localhost: neither gets in, on the API or on /metrics.
+    let answer = |path: &str, headers: &str| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        answer
+    };
+    assert!(answer("/metrics", "Host: 127.0.0.1\r\n").starts_with("HTTP/1.1 200"));
+    for path in ["/api/v1/models", "/metrics"] {
+        for headers in [
+            "Host: attacker.example\r\n",
+            "Host: attacker.example\r\nX-Forwarded-Host: localhost\r\n",
+            "Host: attacker.example\r\nForwarded: host=localhost\r\n",
+            "Host: localhost\r\nOrigin: http://attacker.example\r\n",
+        ] {
+            let answer = answer(path, headers);
+            assert!(
+                answer.starts_with("HTTP/1.1 401"),
+                "{path} {headers}: {answer}"
+            );
+        }
+    }
     kill(server);
 }
 

@@ -452,3 +452,113 @@ fn damaged_files_are_errors_not_panics() {
         .dicom
         .is_none());
 }
+
+/// `bytes` (explicit VR little endian) with an unsigned short attribute of group 0028 set to
+/// `value`.
+fn with_us(mut bytes: Vec<u8>, element: u16, value: u16) -> Vec<u8> {
+    let mut header = vec![0x28, 0x00];
+    header.extend_from_slice(&element.to_le_bytes());
+    header.extend_from_slice(b"US\x02\x00");
+    let at = bytes
+        .windows(header.len())
+        .position(|w| w == header)
+        .expect("the attribute is in the file")
+        + header.len();
+    bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn jpeg2000_samples_wider_than_bits_allocated_are_refused_in_words() {
+    // A chest X-ray coded as 16-bit samples whose data set says 8 bits allocated (and
+    // stored): decoded, its samples would index past the 256-entry tables of the pixel
+    // pipeline (a trap in the browser's worker).
+    let path = "chest/test-0001-pneumonia.j2k-lossless.dcm";
+    let bytes = [(0x0100, 8), (0x0101, 8), (0x0102, 7)]
+        .into_iter()
+        .fold(dicom_file(path), |bytes, (element, value)| {
+            with_us(bytes, element, value)
+        });
+    let error = dicom::read(&bytes).expect_err("16-bit samples in 8 allocated bits");
+    assert!(
+        error
+            .to_string()
+            .contains("16-bit samples in a data set that allocates 8 bits"),
+        "{error}"
+    );
+    // The file as written still reads.
+    read(path);
+}
+
+/// A deflated data set (`samples/dicom/pydicom/image_dfl.dcm`'s file meta) whose deflate
+/// stream inflates to `size` zero bytes.
+fn deflate_bomb(size: usize) -> Vec<u8> {
+    use std::io::Write;
+    let file = dicom_file("pydicom/image_dfl.dcm");
+    let mut rest = &file[128..];
+    dicom_object::meta::FileMetaTable::from_reader(&mut rest).unwrap();
+    let meta_end = file.len() - rest.len();
+    let mut encoder =
+        flate2::write::DeflateEncoder::new(file[..meta_end].to_vec(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..size.div_ceil(zeros.len()) {
+        encoder.write_all(&zeros).unwrap();
+    }
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn a_deflated_data_set_that_inflates_past_the_cap_is_refused_before_it_is_inflated() {
+    let cap = dicom::MAX_INFLATED_BYTES as usize;
+    let bomb = deflate_bomb(cap + (1 << 20));
+    assert!(bomb.len() < cap / 100, "a small file: {} bytes", bomb.len());
+    let error = dicom::read(&bomb).expect_err("a deflate bomb");
+    assert!(error.to_string().contains("inflates to over"), "{error}");
+    // Real deflated files are far below the cap.
+    read("pydicom/image_dfl.dcm");
+}
+
+/// Every sample DICOM file, damaged at random for a bounded time (CI's budget, not a count):
+/// a byte, a run of bytes or a 32-bit length overwritten, or the file cut. Any outcome but a
+/// panic (in the browser: a trapped worker) passes.
+#[test]
+fn randomly_damaged_dicom_files_never_panic_the_decoder() {
+    let budget = std::time::Duration::from_secs(20);
+    let files: Vec<Vec<u8>> = ["chest", "pydicom"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(repo().join("samples/dicom").join(dir)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "dcm"))
+        .map(|path| std::fs::read(path).unwrap())
+        .collect();
+    assert!(files.len() >= 20, "{} sample files", files.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(2026);
+    let start = std::time::Instant::now();
+    let mut cases = 0;
+    while start.elapsed() < budget {
+        let mut bytes = files[rng.gen_range(0..files.len())].clone();
+        match rng.gen_range(0..4) {
+            0 => {
+                let at = rng.gen_range(132..bytes.len());
+                bytes[at] = rng.gen();
+            }
+            1 => {
+                let at = rng.gen_range(132..bytes.len());
+                let end = (at + rng.gen_range(1..64)).min(bytes.len());
+                rng.fill(&mut bytes[at..end]);
+            }
+            2 => {
+                // A length field: small values, so that damage cannot make dicom-rs zero-fill
+                // gigabytes before it finds the data short.
+                let at = rng.gen_range(132..bytes.len() - 4);
+                let length: u32 = rng.gen_range(0..1 << 20);
+                bytes[at..at + 4].copy_from_slice(&length.to_le_bytes());
+            }
+            _ => bytes.truncate(rng.gen_range(132..bytes.len())),
+        }
+        let _ = dicom::read(&bytes);
+        cases += 1;
+    }
+    eprintln!("{cases} damaged files in {budget:?}");
+    assert!(cases > 100, "only {cases} cases ran");
+}

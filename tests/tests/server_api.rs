@@ -74,8 +74,7 @@ fn database(data_dir: &std::path::Path) -> Option<String> {
     if let Some((_, url)) = made.iter().find(|(dir, _)| dir == data_dir) {
         return Some(url.clone());
     }
-    let url = common::database::fresh(&format!("api{}", made.len()))
-        .expect("HEXRAY_TEST_STORAGE=postgres needs HEXRAY_TEST_DATABASE_URL");
+    let url = common::database::fresh(&format!("api{}", made.len()));
     made.push((data_dir.to_path_buf(), url.clone()));
     Some(url)
 }
@@ -684,7 +683,32 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
         "embedded"
     };
     assert_eq!(json(&body)["storage"], storage);
+    // Anyone may ask for health; how busy the service is, and its node's name, are for tokens.
+    for field in ["queue_depth", "jobs_running", "node"] {
+        assert!(
+            json(&body).get(field).is_none(),
+            "anonymous health tells {field}"
+        );
+    }
+    let (status, body) = call(&app, Method::GET, "/api/v1/health", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
     assert!(!json(&body)["node"].as_str().unwrap().is_empty());
+    assert_eq!(json(&body)["queue_depth"], 0);
+    // Anonymous requests are limited per address; a token's are not.
+    let mut anonymous = Vec::new();
+    for _ in 0..40 {
+        anonymous.push(
+            call_as(&app, None, Method::GET, "/api/v1/health", vec![])
+                .await
+                .0,
+        );
+    }
+    assert!(
+        anonymous.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "40 anonymous requests at once were all answered"
+    );
+    let (status, _) = call(&app, Method::GET, "/api/v1/health", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
     // Metrics answer loopback peers only (or a metrics token).
     let remote = test::TestRequest::get()
         .uri("/metrics")
@@ -913,24 +937,12 @@ async fn a_damaged_key_is_quarantined_reported_unknown_and_repaired_by_a_new_upl
         let app = app(&config).await;
         register(&app, key).await
     };
-    match &config.database_url {
-        // One bit flipped in the middle of the stored bytes.
-        Some(url) => common::database::execute(
-            url,
-            "UPDATE key_blobs SET bytes = set_byte(bytes, length(bytes) / 2, \
-             get_byte(bytes, length(bytes) / 2) # 1)",
-        ),
-        None => {
-            let stored = stored_keys(dir.path());
-            assert_eq!(stored.len(), 1);
-            let mut bytes = std::fs::read(&stored[0]).unwrap();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x01;
-            std::fs::write(&stored[0], bytes).unwrap();
-            // A stray file and a crash's leftover do not stop a start.
-            std::fs::write(stored[0].with_file_name("notes.txt"), "x").unwrap();
-            std::fs::write(stored[0].with_file_name(".x.partial"), "x").unwrap();
-        }
+    damage_stored_key(&config);
+    if config.database_url.is_none() {
+        // A stray file and a crash's leftover do not stop a start.
+        let stored = stored_keys(dir.path());
+        std::fs::write(stored[0].with_file_name("notes.txt"), "x").unwrap();
+        std::fs::write(stored[0].with_file_name(".x.partial"), "x").unwrap();
     }
 
     let app = app(&config).await;
@@ -956,6 +968,86 @@ async fn a_damaged_key_is_quarantined_reported_unknown_and_repaired_by_a_new_upl
     let job = json(&body)["job_id"].as_str().unwrap().to_owned();
     assert_eq!(wait(&app, &job).await["state"], "done");
     check_outputs(&app, &job, client, &names).await;
+}
+
+/// Flips one bit in the middle of the one stored key's bytes, in either back end.
+fn damage_stored_key(config: &Config) {
+    match &config.database_url {
+        Some(url) => common::database::execute(
+            url,
+            "UPDATE key_blobs SET bytes = set_byte(bytes, length(bytes) / 2, \
+             get_byte(bytes, length(bytes) / 2) # 1)",
+        ),
+        None => {
+            let stored = stored_keys(&config.data_dir);
+            assert_eq!(stored.len(), 1);
+            let mut bytes = std::fs::read(&stored[0]).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&stored[0], bytes).unwrap();
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_job_is_refused_on_its_cheap_checks_before_its_key_is_read_and_a_key_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key) = shared_client();
+    let config = config(dir.path(), 4);
+    let id = {
+        let app = app(&config).await;
+        register(&app, key).await
+    };
+    // A node that has not seen the key yet: neither expanded nor checked.
+    let app = app(&config).await;
+    damage_stored_key(&config);
+    let bare = |content_type: &str, length: usize| {
+        test::TestRequest::post()
+            .uri(&job_uri(&id))
+            .insert_header(("authorization", format!("Bearer {}", token())))
+            .insert_header(("content-type", content_type.to_owned()))
+            .insert_header(("content-length", length.to_string()))
+            .to_request()
+    };
+    for (request, refusal) in [
+        (bare("text/plain", 0), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            bare("application/octet-stream", usize::MAX / 2),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        assert_eq!(test::call_service(&app, request).await.status(), refusal);
+    }
+    assert_eq!(
+        registrations(&config),
+        1,
+        "a refused request read the stored key and found it damaged"
+    );
+    // The first real look at the key finds the damage and forgets the key.
+    assert_eq!(
+        error(&app, Method::POST, &job_uri(&id), vec![1, 2, 3]).await,
+        (StatusCode::NOT_FOUND, "unknown_key".to_owned())
+    );
+    assert_eq!(registrations(&config), 0);
+
+    // Repaired, the key is read and hashed once per node: later submissions do not read it.
+    register(&app, key).await;
+    assert_eq!(
+        error(&app, Method::POST, &job_uri(&id), vec![1, 2, 3]).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "malformed_ciphertext".to_owned()
+        )
+    );
+    damage_stored_key(&config);
+    assert_eq!(
+        error(&app, Method::POST, &job_uri(&id), vec![1, 2, 3]).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "malformed_ciphertext".to_owned()
+        ),
+        "the checked key was read again"
+    );
 }
 
 #[actix_web::test]

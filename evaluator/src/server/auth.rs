@@ -157,8 +157,13 @@ impl Tokens {
 #[derive(Debug)]
 pub enum Access {
     /// No tokens, bound to loopback: every request acts as [`Owner::open`], and must name a
-    /// loopback host, so that a web page cannot reach the server by DNS rebinding.
-    Loopback,
+    /// loopback host and come from a loopback page (or from the page origin the operator
+    /// allowed with `--cors-origin`), so that a web page cannot reach the server by DNS
+    /// rebinding.
+    Loopback {
+        /// The one other origin whose pages may call the API.
+        cors_origin: Option<String>,
+    },
     /// No tokens, behind a reverse proxy that authenticates every request (`--allow-open`):
     /// every request acts as [`Owner::open`].
     Proxied,
@@ -169,8 +174,10 @@ impl Access {
     /// The owner of a clinician request, or 401.
     pub fn clinician(&self, request: &HttpRequest) -> Result<Owner, ApiError> {
         match self {
-            Access::Loopback if !names_loopback(request) => Err(ApiError::Unauthorized),
-            Access::Loopback | Access::Proxied => Ok(Owner::open()),
+            Access::Loopback { cors_origin } if !names_loopback(request, cors_origin) => {
+                Err(ApiError::Unauthorized)
+            }
+            Access::Loopback { .. } | Access::Proxied => Ok(Owner::open()),
             Access::Tokens(tokens) => tokens.check(request, Scope::Clinician),
         }
     }
@@ -181,26 +188,63 @@ impl Access {
             .peer_addr()
             .is_some_and(|addr| addr.ip().is_loopback());
         match self {
-            Access::Loopback if loopback && names_loopback(request) => Ok(()),
+            Access::Loopback { cors_origin }
+                if loopback && names_loopback(request, cors_origin) =>
+            {
+                Ok(())
+            }
             Access::Proxied | Access::Tokens(_) if loopback => Ok(()),
             Access::Tokens(tokens) => tokens.check(request, Scope::Metrics).map(drop),
-            Access::Loopback | Access::Proxied => Err(ApiError::Unauthorized),
+            Access::Loopback { .. } | Access::Proxied => Err(ApiError::Unauthorized),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            Access::Loopback | Access::Proxied => "open",
+            Access::Loopback { .. } | Access::Proxied => "open",
             Access::Tokens(_) => "token",
         }
     }
 }
 
-/// Whether the request's Host is a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any
-/// port). A page on another site that rebinds its own name to 127.0.0.1 still sends its own
-/// name here.
-fn names_loopback(request: &HttpRequest) -> bool {
-    let host = request.connection_info().host().to_ascii_lowercase();
+/// Whether the request names this server by a loopback name, and comes from a loopback page
+/// if it comes from a page at all. A page on another site that rebinds its own name to
+/// 127.0.0.1 still sends its own name as `Host`, and its own origin as `Origin`.
+///
+/// Only the raw `Host` header counts (or, in HTTP/2, the request's authority). Forwarding
+/// headers (`Forwarded`, `X-Forwarded-Host`) are written by whoever sends the request, so a
+/// loopback server has no proxy whose word they could be: a rebinding page would name
+/// `localhost` in them and pass. This is why actix's `connection_info().host()`, which
+/// prefers them, is not used.
+fn names_loopback(request: &HttpRequest, cors_origin: &Option<String>) -> bool {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or_default());
+    let allowed = |origin: &str| {
+        cors_origin.as_deref() == Some(origin) || origin_host(origin).is_some_and(is_loopback_host)
+    };
+    host.is_some_and(|host| is_loopback_host(&host)) && origin.is_none_or(allowed)
+}
+
+/// The `host[:port]` of an `Origin` header (`http://localhost:8080`); `None` for an opaque
+/// origin (`null`) or anything else that is not a web origin.
+fn origin_host(origin: &str) -> Option<&str> {
+    let (scheme, rest) = origin.split_once("://")?;
+    (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+        .then_some(rest)
+        .filter(|rest| !rest.contains('/'))
+}
+
+/// Whether `host[:port]` names this machine: `localhost`, `127.0.0.1`, `[::1]`, any port.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
         None => host
@@ -215,4 +259,56 @@ fn names_loopback(request: &HttpRequest) -> bool {
 
 fn hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    /// Whether a request with these headers names a loopback host.
+    fn loopback(headers: &[(&str, &str)]) -> bool {
+        let request = headers
+            .iter()
+            .fold(TestRequest::default(), |r, &h| r.insert_header(h));
+        names_loopback(
+            &request.to_http_request(),
+            &Some("https://pages.hospital.example".into()),
+        )
+    }
+
+    #[test]
+    fn only_the_raw_host_counts_and_a_foreign_origin_is_refused() {
+        assert!(loopback(&[("host", "localhost:8080")]));
+        assert!(loopback(&[("host", "127.0.0.1")]));
+        assert!(loopback(&[("host", "[::1]:8080")]));
+        assert!(loopback(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080")
+        ]));
+        assert!(loopback(&[
+            ("host", "localhost"),
+            ("origin", "https://pages.hospital.example")
+        ]));
+        assert!(!loopback(&[("host", "attacker.example")]));
+        assert!(!loopback(&[]), "no Host at all");
+        // A rebinding page cannot vouch for itself with forwarding headers.
+        for forwarded in [
+            ("x-forwarded-host", "localhost"),
+            ("forwarded", "host=localhost"),
+            ("forwarded", "for=127.0.0.1;host=127.0.0.1:8080"),
+        ] {
+            assert!(
+                !loopback(&[("host", "attacker.example"), forwarded]),
+                "{forwarded:?}"
+            );
+        }
+        // Nor can a page of another origin that names the server as it is.
+        for origin in ["https://attacker.example", "null", "file://"] {
+            assert!(
+                !loopback(&[("host", "localhost:8080"), ("origin", origin)]),
+                "{origin}"
+            );
+        }
+    }
 }

@@ -60,6 +60,12 @@ pub enum ApiError {
     TooManyStreams { limit: usize },
     #[error("the request body did not arrive within {seconds} s")]
     BodyTimeout { seconds: u64 },
+    #[error("the server's database is busy; retry after {BUSY_RETRY_S} s")]
+    Busy,
+    #[error("too many requests without a token from this address; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    /// A server fault. Its text is for the server's log only: clients get
+    /// [`ApiError::public_message`], which names it by a reference.
     #[error("server error: {0}")]
     Internal(String),
     /// The engine refused a job the server had accepted: a server bug, not the client's.
@@ -115,6 +121,8 @@ error_codes! {
     TooManyJobs = "too_many_jobs",
     TooManyStreams = "too_many_streams",
     BodyTimeout = "body_timeout",
+    Busy = "busy",
+    RateLimited = "rate_limited",
 }
 
 /// The JSON body of every error response.
@@ -150,7 +158,34 @@ impl ApiError {
             ApiError::TooManyJobs { .. } => ErrorCode::TooManyJobs,
             ApiError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
             ApiError::BodyTimeout { .. } => ErrorCode::BodyTimeout,
+            ApiError::Busy => ErrorCode::Busy,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Internal(_) | ApiError::Engine(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Seconds a client waits before retrying when the database is busy.
+const BUSY_RETRY_S: u64 = 1;
+
+impl ApiError {
+    /// What a client is told: the error's text, except for a server fault, whose detail (a
+    /// database's or the file system's message, a path) is logged here with a random reference
+    /// and replaced by that reference, so that clients learn nothing of the server's insides
+    /// and an administrator can still find what happened.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) | ApiError::Engine(_) => {
+                let mut bytes = [0u8; 6];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+                let reference = hexray_model::file::hex(&bytes);
+                log::error!("[{reference}] {self}");
+                format!(
+                    "server error (reference {reference}); the administrator can find it in \
+                     the server's log"
+                )
+            }
+            _ => self.to_string(),
         }
     }
 }
@@ -176,10 +211,11 @@ impl ResponseError for ApiError {
             ApiError::KeyQuota { .. }
             | ApiError::TooManyUploads { .. }
             | ApiError::TooManyJobs { .. }
-            | ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | ApiError::TooManyStreams { .. }
+            | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueFull { .. } | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -187,8 +223,11 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::QueueFull { retry_after } => {
+            ApiError::QueueFull { retry_after } | ApiError::RateLimited { retry_after } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Busy => {
+                response.insert_header((header::RETRY_AFTER, BUSY_RETRY_S.to_string()));
             }
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
@@ -197,7 +236,39 @@ impl ResponseError for ApiError {
         }
         response.json(Body {
             code: self.code().as_str(),
-            message: self.to_string(),
+            message: self.public_message(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_fault_reaches_the_client_as_a_reference_never_as_its_detail() {
+        let fault = ApiError::Internal(
+            "PostgreSQL: connection to 10.0.3.7 refused; /var/lib/hexray/keys unreadable".into(),
+        );
+        let response = fault.error_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = actix_web::body::to_bytes(response.into_body());
+        let body = futures_util::FutureExt::now_or_never(body)
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("\"code\":\"internal\""), "{text}");
+        assert!(text.contains("reference"), "{text}");
+        for detail in ["PostgreSQL", "10.0.3.7", "/var/lib"] {
+            assert!(
+                !text.contains(detail),
+                "{detail} reached the client: {text}"
+            );
+        }
+        // Client errors keep their words.
+        assert_eq!(
+            ApiError::UnknownJob("ab".into()).public_message(),
+            ApiError::UnknownJob("ab".into()).to_string()
+        );
     }
 }

@@ -24,7 +24,7 @@ use rand::RngCore;
 use serde::Serialize;
 
 use super::auth::Owner;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::keys::KeyStorage;
 use super::metrics::Metrics;
 use super::models::ServedModel;
@@ -222,7 +222,9 @@ enum State {
         finished: Instant,
     },
     Failed {
-        error: ApiError,
+        /// What the client is told, settled once ([`ApiError::public_message`]).
+        code: ErrorCode,
+        message: String,
         finished: Instant,
     },
 }
@@ -238,7 +240,7 @@ impl Job {
                 None,
             ),
             State::Done { seconds, .. } => (JobState::Done, Some(*seconds), None),
-            State::Failed { error, .. } => (JobState::Failed, None, Some(error)),
+            State::Failed { code, message, .. } => (JobState::Failed, None, Some((code, message))),
         };
         Status {
             job_id: self.id.clone(),
@@ -248,8 +250,8 @@ impl Job {
             bootstraps_done: self.bootstraps_done.load(Ordering::Relaxed),
             bootstraps_total: self.bootstraps_total,
             seconds,
-            error: error.map(ToString::to_string),
-            error_code: error.map(|e| e.code().as_str()),
+            error: error.map(|(_, message)| message.clone()),
+            error_code: error.map(|(code, _)| code.as_str()),
             node: (name != JobState::Queued).then(|| self.node.to_string()),
         }
     }
@@ -257,9 +259,9 @@ impl Job {
     fn outputs(&self) -> Result<Vec<u8>, ApiError> {
         match &*self.state.lock().expect("job state lock") {
             State::Done { outputs, .. } => Ok(outputs.to_vec()),
-            State::Failed { error, .. } => Err(ApiError::JobFailed {
+            State::Failed { message, .. } => Err(ApiError::JobFailed {
                 id: self.id.clone(),
-                message: error.to_string(),
+                message: message.clone(),
             }),
             _ => Err(ApiError::NotReady(self.id.clone())),
         }
@@ -496,7 +498,11 @@ impl Worker {
                 Err(error) => {
                     Metrics::add(&metrics.jobs_failed, 1);
                     log::warn!("job {} failed: {error}", job.id);
-                    State::Failed { error, finished }
+                    State::Failed {
+                        code: error.code(),
+                        message: error.public_message(),
+                        finished,
+                    }
                 }
             };
             *job.state.lock().expect("job state lock") = state;

@@ -15,7 +15,7 @@
 //! Expanding a key takes about a second and 85 MB, so expanded keys live in an LRU cache whose
 //! total size is bounded; an evicted key is simply expanded again from disk.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -116,6 +116,44 @@ pub(crate) fn cached_or_expanded(
     Ok(key)
 }
 
+/// The keys whose stored bytes this node has read back and found intact since it started.
+/// Submitting a job checks its key; without this memory, every submission whose key is not
+/// expanded in the cache would read and hash 30 MB, which body-less requests could repeat at
+/// will. A copy damaged after its check is still caught: expanding it reads it again
+/// ([`cached_or_expanded`]), and the job fails with `unknown_key`, so its client uploads it again.
+#[derive(Default)]
+pub(crate) struct Verified(Mutex<HashSet<(Owner, String)>>);
+
+impl Verified {
+    /// Checks `owner`'s key `id` once per node: known intact (checked before, or expanded in
+    /// `cache`), or read with `read`, which checks the bytes against their id.
+    pub(crate) fn check(
+        &self,
+        cache: &Mutex<Lru>,
+        owner: &Owner,
+        id: &str,
+        read: impl FnOnce() -> Result<Vec<u8>, ApiError>,
+    ) -> Result<(), ApiError> {
+        let entry = (owner.clone(), id.to_owned());
+        if self.0.lock().expect("verified keys lock").contains(&entry)
+            || cache.lock().expect("key cache lock").contains(id)
+        {
+            return Ok(());
+        }
+        read()?;
+        self.0.lock().expect("verified keys lock").insert(entry);
+        Ok(())
+    }
+
+    /// Forgets a key found damaged or deleted, so that its next use checks it again.
+    pub(crate) fn forget(&self, id: &str) {
+        self.0
+            .lock()
+            .expect("verified keys lock")
+            .retain(|(_, known)| known != id);
+    }
+}
+
 /// One stored key.
 #[derive(Clone, Copy, Debug)]
 struct Stored {
@@ -130,6 +168,7 @@ pub struct KeyStore {
     limits: KeyLimits,
     index: Mutex<HashMap<(Owner, String), Stored>>,
     cache: Mutex<Lru>,
+    verified: Verified,
 }
 
 /// Expanded keys, most recently used last, with their total size bounded by `budget` bytes.
@@ -191,6 +230,7 @@ impl KeyStore {
             limits,
             index: Mutex::new(index),
             cache: Mutex::new(Lru::new(cache_bytes)),
+            verified: Verified::default(),
         };
         Ok(store)
     }
@@ -254,6 +294,7 @@ impl KeyStore {
             .expect("key index lock")
             .remove(&(owner.clone(), id.to_owned()));
         self.cache.lock().expect("key cache lock").remove(id);
+        self.verified.forget(id);
     }
 
     /// Records a use, in the index and as the file's modification time, which is what a
@@ -326,10 +367,9 @@ impl KeyStorage for KeyStore {
         let set = self
             .indexed(owner, id)
             .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
-        if self.cache.lock().expect("key cache lock").contains(id) {
-            return Ok(set);
-        }
-        self.read_intact(owner, id, set).map(|_| set)
+        self.verified
+            .check(&self.cache, owner, id, || self.read_intact(owner, id, set))?;
+        Ok(set)
     }
 
     fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {
@@ -372,10 +412,16 @@ impl KeyStorage for KeyStore {
 
 /// Writes `bytes` to `path` so that a crash at any point leaves either no file or the whole
 /// file: a unique temporary file (concurrent uploads of one key never share one), fsynced,
-/// renamed, and the directory fsynced so the rename itself survives.
+/// renamed, and the directory fsynced so the rename itself survives. An owner's first key
+/// creates the owner's directory, and its parent is fsynced too, or a crash could lose the
+/// directory with the key inside.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("a key path has a directory");
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        let parent = dir.parent().expect("an owner's directory has a parent");
+        std::fs::File::open(parent)?.sync_all()?;
+    }
     let mut nonce = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let name = path

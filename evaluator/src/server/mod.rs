@@ -8,7 +8,8 @@
 //!   directory or, shared between nodes, in PostgreSQL ([`postgres`]);
 //! - [`jobs`]: the bounded job queue and its workers, in memory or, shared between nodes, in
 //!   PostgreSQL;
-//! - [`routes`]: the API; [`error`]: its JSON errors; [`metrics`]: Prometheus counters.
+//! - [`routes`]: the API; [`error`]: its JSON errors; [`metrics`]: Prometheus counters;
+//!   [`rate_limit`]: the per-address limit on the routes that need no token.
 //!
 //! The server only ever holds server keys (which cannot decrypt), encrypted images and
 //! encrypted outputs. Its logs hold request lines and ids, never a body.
@@ -20,12 +21,13 @@ pub mod keys;
 pub mod metrics;
 pub mod models;
 pub mod postgres;
+pub mod rate_limit;
 pub mod routes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::middleware::DefaultHeaders;
@@ -34,11 +36,12 @@ use thiserror::Error;
 
 use self::auth::{Access, Owner};
 use self::error::ApiError;
-use self::jobs::{Evaluator, JobQueue, JobStorage, QueueConfig};
+use self::jobs::{Depth, Evaluator, JobQueue, JobStorage, QueueConfig};
 use self::keys::{KeyLimits, KeyStorage, KeyStore};
 use self::metrics::Metrics;
 use self::models::Models;
-use self::postgres::{Database, DatabaseError, PgJobs, PgKeyStore};
+use self::postgres::{Database, DatabaseError, PgJobs, PgKeyStore, PoolLimits};
+use self::rate_limit::RateLimit;
 use hexray_engine::LoadError;
 
 /// Everything a server needs to start.
@@ -51,6 +54,10 @@ pub struct Config {
     /// A PostgreSQL database shared by several evaluator nodes (`postgres://…`) for keys and
     /// jobs; `None`: the embedded back end, in `data_dir` and memory.
     pub database_url: Option<String>,
+    /// The CA that signs the database's certificate, when the URL names none (`sslrootcert`).
+    pub database_ca_file: Option<PathBuf>,
+    /// This node's connections to the database.
+    pub database_pool: PoolLimits,
     /// This node's name in health reports ([`node_name`] by default).
     pub node: String,
     pub queue: QueueConfig,
@@ -68,6 +75,12 @@ impl Config {
             models_dir: None,
             data_dir: data_dir.to_path_buf(),
             database_url: None,
+            database_ca_file: None,
+            database_pool: PoolLimits {
+                max: 10,
+                wait: Duration::from_secs(10),
+                idle: Duration::from_secs(60),
+            },
             node: node_name(),
             queue: QueueConfig {
                 workers: 1,
@@ -92,6 +105,14 @@ impl Config {
         }
     }
 }
+
+/// How long a queue depth read from storage is good for.
+const DEPTH_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Requests per second, and bursts, that one address may send to the routes that need no
+/// token: far above a readiness probe's or a page's, far below what loads a node.
+const ANONYMOUS_PER_SECOND: f64 = 10.0;
+const ANONYMOUS_BURST: f64 = 30.0;
 
 /// Seconds one bootstrap takes on one core before a node has measured its own: the middle of
 /// the 18–45 ms a KS-PBS takes on the hosts HEXray was tried on.
@@ -162,6 +183,11 @@ pub struct AppState {
     pub node: String,
     /// Where keys and jobs are kept: `embedded` or `postgres`.
     pub storage: &'static str,
+    /// Requests without a token, per client address: health and the OpenAPI document.
+    pub anonymous: RateLimit,
+    /// The queue depth last read from storage, and when: health and metrics read storage at
+    /// most once per [`DEPTH_MAX_AGE`], however often they are asked.
+    depth: Mutex<Option<(Instant, Depth)>>,
     /// Bodies being received, per token.
     uploads: Slots,
     /// Progress streams open on this node, per job.
@@ -217,7 +243,13 @@ impl AppState {
         let database = config
             .database_url
             .as_deref()
-            .map(Database::open)
+            .map(|url| {
+                Database::open(
+                    url,
+                    config.database_ca_file.as_deref(),
+                    config.database_pool,
+                )
+            })
             .transpose()?;
         let keys: Arc<dyn KeyStorage> = match &database {
             Some(database) => Arc::new(PgKeyStore::new(
@@ -281,6 +313,8 @@ impl AppState {
             } else {
                 "embedded"
             },
+            anonymous: RateLimit::new(ANONYMOUS_PER_SECOND, ANONYMOUS_BURST),
+            depth: Mutex::new(None),
             uploads: Slots::default(),
             streams: Slots::default(),
         })
@@ -294,6 +328,19 @@ impl AppState {
             .map_or(NOMINAL_BOOTSTRAP_SECONDS / self.threads as f64, |rate| {
                 1.0 / rate
             })
+    }
+
+    /// The queue depth read from storage less than [`DEPTH_MAX_AGE`] ago, if any.
+    pub fn recent_depth(&self) -> Option<Depth> {
+        let depth = *self.depth.lock().expect("depth lock");
+        depth
+            .filter(|(read, _)| read.elapsed() < DEPTH_MAX_AGE)
+            .map(|(_, depth)| depth)
+    }
+
+    /// Remembers a depth just read from storage.
+    pub fn remember_depth(&self, depth: Depth) {
+        *self.depth.lock().expect("depth lock") = Some((Instant::now(), depth));
     }
 
     /// Opens a progress stream on job `id` on this node, or refuses with 429 when the job has

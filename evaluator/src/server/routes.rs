@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::jobs::{JobState, JobStorage, NewJob, Status};
+use super::jobs::{Depth, JobState, JobStorage, NewJob, Status};
 use super::metrics::Gauges;
 use super::{AppState, Slot};
 
@@ -73,28 +73,55 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
-/// Whether the server can serve: it answers 200 once its storage answers (which a load
-/// balancer's readiness probe relies on), and the queue depth every node sees.
-async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The queue depth every node sees, read from storage at most once a second.
+async fn queue_depth(state: &AppState) -> Result<Depth, ApiError> {
+    if let Some(depth) = state.recent_depth() {
+        return Ok(depth);
+    }
     let jobs = state.jobs.clone();
     let depth = blocking(move || jobs.depth()).await?;
-    Ok(HttpResponse::Ok().json(json!({
+    state.remember_depth(depth);
+    Ok(depth)
+}
+
+/// Whether the server can serve: it answers 200 once its storage answers (which a load
+/// balancer's readiness probe relies on), and what a client needs to know of its limits. The
+/// queue and this node's name are for those with a token (and `/metrics`): anyone may ask for
+/// health, and they tell how busy the service is and what its pods are called. Requests
+/// without a token are rate-limited per address.
+async fn health(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let insider = state.access.clinician(&request).is_ok();
+    if !insider {
+        state.anonymous.take(request.peer_addr().map(|a| a.ip()))?;
+    }
+    let depth = queue_depth(&state).await?;
+    let mut health = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "auth": state.access.name(),
         "models": state.models.len(),
-        "queue_depth": depth.queued,
-        "jobs_running": depth.running,
         "batch_images": state.limits.batch_images,
-        "node": state.node,
         "storage": state.storage,
-    })))
+    });
+    if insider {
+        health["queue_depth"] = depth.queued.into();
+        health["jobs_running"] = depth.running.into();
+        health["node"] = state.node.clone().into();
+    }
+    Ok(HttpResponse::Ok().json(health))
 }
 
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
+async fn openapi(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    state.anonymous.take(request.peer_addr().map(|a| a.ip()))?;
+    Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(OPENAPI)
+        .body(OPENAPI))
 }
 
 async fn list_models(
@@ -131,7 +158,8 @@ async fn register_key(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let owner = state.access.clinician(&request)?;
-    let bytes = read_body(&state, &owner, &request, body, state.bodies.key).await?;
+    let upload = admit_body(&state, &owner, &request, state.bodies.key)?;
+    let bytes = upload.receive(&state, body).await?;
     let store = state.keys.clone();
     let (id, registration) = blocking(move || store.register(&owner, &bytes)).await?;
     let mut response = if registration.created {
@@ -191,6 +219,8 @@ async fn submit_job(
     if fingerprint != model.loaded.spec().fingerprint {
         return Err(ApiError::StaleModel(model.id.clone()));
     }
+    // The checks that cost nothing come before the key's, which may read and hash 30 MB.
+    let upload = admit_body(&state, &owner, &request, state.bodies.job)?;
     let store = state.keys.clone();
     let (checked_owner, checked_key) = (owner.clone(), key.clone());
     let key_set = blocking(move || store.check(&checked_owner, &checked_key)).await?;
@@ -203,7 +233,7 @@ async fn submit_job(
     // Refuse a token at its share of the queue before reading its body.
     let (jobs, room_owner) = (state.jobs.clone(), owner.clone());
     blocking(move || jobs.check_owner_room(&room_owner)).await?;
-    let body = read_body(&state, &owner, &request, body, state.bodies.job).await?;
+    let body = upload.receive(&state, body).await?;
     let max_images = state.limits.batch_images;
     let inputs_len = model.loaded.circuit().input_len();
     let inputs = blocking(move || {
@@ -360,8 +390,9 @@ async fn metrics(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     state.access.metrics(&request)?;
-    let (jobs, keys) = (state.jobs.clone(), state.keys.clone());
-    let (depth, keys_registered) = blocking(move || Ok((jobs.depth()?, keys.registered()))).await?;
+    let depth = queue_depth(&state).await?;
+    let keys = state.keys.clone();
+    let keys_registered = blocking(move || Ok(keys.registered())).await?;
     let (keys_cached, key_cache_bytes) = state.keys.cached();
     let gauges = Gauges {
         node: &state.node,
@@ -378,18 +409,23 @@ async fn metrics(
         .body(state.metrics.render(&gauges)))
 }
 
-/// Reads a request body of at most `limit` bytes for `owner`, after the checks that cost
-/// nothing: the Content-Type must be `application/octet-stream` (which also keeps other web
-/// pages from posting simple cross-site requests), a declared length must fit, and the token
-/// must have an upload slot free. A larger body is refused as soon as the bytes received pass
-/// the limit, and a body that does not arrive within the deadline is dropped.
-async fn read_body(
+/// A request body admitted for reading: it passed the checks that cost nothing, and holds one
+/// of its token's upload slots until it has been read.
+struct Upload {
+    limit: usize,
+    _slot: Slot,
+}
+
+/// Admits a body of at most `limit` bytes for `owner` after the checks that cost nothing: the
+/// Content-Type must be `application/octet-stream` (which also keeps other web pages from
+/// posting simple cross-site requests), a declared length must fit, and the token must have an
+/// upload slot free. Routes run it before any check that costs storage work.
+fn admit_body(
     state: &AppState,
     owner: &Owner,
     request: &HttpRequest,
-    mut payload: web::Payload,
     limit: usize,
-) -> Result<web::Bytes, ApiError> {
+) -> Result<Upload, ApiError> {
     let octets = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -410,21 +446,36 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let _slot = state.begin_upload(owner)?;
-    let seconds = state.limits.body_timeout.as_secs();
-    let read = async {
-        let mut body = web::BytesMut::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-            if body.len() + chunk.len() > limit {
-                return Err(ApiError::TooLarge { limit });
+    Ok(Upload {
+        limit,
+        _slot: state.begin_upload(owner)?,
+    })
+}
+
+impl Upload {
+    /// Reads the body. A larger body than the limit is refused as soon as the bytes received
+    /// pass it, and a body that does not arrive within the deadline is dropped.
+    async fn receive(
+        self,
+        state: &AppState,
+        mut payload: web::Payload,
+    ) -> Result<web::Bytes, ApiError> {
+        let limit = self.limit;
+        let seconds = state.limits.body_timeout.as_secs();
+        let read = async {
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::TooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
-    };
-    tokio::time::timeout(state.limits.body_timeout, read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout { seconds })?
+            Ok(body.freeze())
+        };
+        tokio::time::timeout(state.limits.body_timeout, read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout { seconds })?
+    }
 }

@@ -309,10 +309,11 @@ pub(crate) fn jpeg2000(data: &[u8], geometry: Geometry) -> Result<Frame, DicomEr
             "JPEG 2000: the codestream is truncated (it does not end with an EOC marker)",
         ));
     }
-    if size.precision > 16 {
+    // Samples wider than BitsAllocated would index past the pixel pipeline's tables.
+    if size.precision > u32::from(geometry.bits_allocated) {
         return Err(pixel_error(format!(
-            "JPEG 2000: {} bits per sample; DICOM images have at most 16",
-            size.precision
+            "JPEG 2000: {}-bit samples in a data set that allocates {} bits to each",
+            size.precision, geometry.bits_allocated
         )));
     }
     let image = Image::new(data, &DecodeSettings::default()).map_err(failed)?;

@@ -22,7 +22,7 @@ mod pixels;
 use dicom_core::dictionary::{UidDictionary, UidDictionaryEntry};
 use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::Tag;
-use dicom_dictionary_std::{tags, StandardSopClassDictionary};
+use dicom_dictionary_std::{tags, uids, StandardSopClassDictionary};
 use dicom_object::file::ReadPreamble;
 use dicom_object::mem::InMemElement;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
@@ -37,6 +37,11 @@ use pixels::{Colour, Lut, ModalityTransform, SampleFormat, Voi, WindowFunction};
 /// The largest image read, in pixels per frame: 50 megapixels, over five times a large
 /// detector's, so that a forged Rows × Columns cannot exhaust the browser's memory.
 pub const MAX_PIXELS: u64 = 50_000_000;
+
+/// The most bytes a deflated data set may inflate to: a few times the largest image
+/// [`MAX_PIXELS`] allows at 16 bits, and far less than a browser tab's memory. Without a cap, a
+/// small file could inflate a thousandfold (a "zip bomb") in the wasm worker.
+pub const MAX_INFLATED_BYTES: u64 = 4 * 2 * MAX_PIXELS;
 
 /// Modalities of plain radiography: computed (CR) and digital (DX) radiography, film (RG),
 /// `DR`, which is not a DICOM code but some DX systems write it, and `OT` (other), what
@@ -84,6 +89,30 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.get(128..132) == Some(b"DICM") || bytes.starts_with(b"DICM")
 }
 
+/// Refuses a deflated data set that inflates to more than [`MAX_INFLATED_BYTES`], before
+/// dicom-rs inflates it whole. `body` starts at `DICM`; the file meta group is never deflated.
+fn check_inflated_size(body: &[u8]) -> Result<(), DicomError> {
+    use std::io::Read;
+    let mut rest = body;
+    let Ok(meta) = dicom_object::meta::FileMetaTable::from_reader(&mut rest) else {
+        return Ok(()); // dicom-rs says what is wrong with it, in its own words.
+    };
+    if meta.transfer_syntax() != uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        return Ok(());
+    }
+    let inflated = std::io::copy(
+        &mut flate2::read::DeflateDecoder::new(rest).take(MAX_INFLATED_BYTES + 1),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| DicomError::Parse(format!("the deflated data set does not inflate: {e}")))?;
+    if inflated > MAX_INFLATED_BYTES {
+        return Err(DicomError::Unsupported(format!(
+            "the deflated data set inflates to over {MAX_INFLATED_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes the first frame of a DICOM Part 10 file.
 pub fn read(bytes: &[u8]) -> Result<DicomImage, DicomError> {
     let body = if bytes.get(128..132) == Some(b"DICM") {
@@ -93,6 +122,7 @@ pub fn read(bytes: &[u8]) -> Result<DicomImage, DicomError> {
     } else {
         return Err(DicomError::NotDicom);
     };
+    check_inflated_size(body)?;
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(body)
@@ -406,9 +436,16 @@ impl<'a> File<'a> {
             .and_then(|e| e.to_multi_int().ok())
             .filter(|d: &Vec<i64>| d.len() == 3)
             .ok_or_else(|| invalid("LUT Descriptor must hold three numbers"))?;
+        // US: 1 to 65535 entries, 0 standing for 65536. Checked before any cast: on wasm32,
+        // 2^32 as usize would wrap to 0.
         let entries = match descriptor[0] {
             0 => 65536,
-            n => n as usize,
+            n @ 1..=65535 => n as usize,
+            _ => {
+                return Err(invalid(
+                    "LUT Descriptor's number of entries must be 0 to 65535",
+                ))
+            }
         };
         let first = match descriptor[1] {
             f if signed_input && f > i64::from(i16::MAX) => f - 65536,
@@ -465,6 +502,31 @@ mod tests {
         assert_eq!(w.len(), 3);
         assert_eq!(w[0], "3 frames; the first is analysed");
         assert!(w[1].starts_with("Modality MR: ") && w[2].starts_with("Body Part Examined KNEE: "));
+    }
+
+    #[test]
+    fn a_lut_descriptor_counting_past_65535_entries_is_refused_not_wrapped() {
+        use dicom_core::{DataElement, VR};
+        // As a 64-bit value (VR SV) can state it: 2^32 entries, whose cast wraps to 0 on
+        // wasm32; and counts just past the range.
+        for entries in [1i64 << 32, 65536, -1] {
+            let mut item = InMemDicomObject::new_empty();
+            item.put(DataElement::new(
+                tags::LUT_DESCRIPTOR,
+                VR::SV,
+                PrimitiveValue::I64(vec![entries, 0, 16].into()),
+            ));
+            item.put(DataElement::new(
+                tags::LUT_DATA,
+                VR::OW,
+                PrimitiveValue::U16(vec![0; 16].into()),
+            ));
+            let error = File(&item).lut("Modality LUT Sequence", false).unwrap_err();
+            assert!(
+                error.to_string().contains("number of entries"),
+                "{entries}: {error}"
+            );
+        }
     }
 
     #[test]

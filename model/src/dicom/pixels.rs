@@ -154,12 +154,18 @@ pub(crate) fn monochrome(
     invert: bool,
 ) -> GrayImage {
     let levels = 1usize << format.bits_allocated;
+    // Every codec checks its samples against BitsAllocated; clamping keeps a sample that
+    // slipped past one from indexing out of the tables (a trap in the browser's worker).
+    let raw: Vec<usize> = raw
+        .iter()
+        .map(|&r| usize::from(r).min(levels - 1))
+        .collect();
     let modality_values: Vec<f64> = (0..levels)
         .map(|raw| modality.apply(format.value(raw as u16)))
         .collect();
     let voi = voi.unwrap_or_else(|| {
         let mut present = vec![false; levels];
-        raw.iter().for_each(|&r| present[r as usize] = true);
+        raw.iter().for_each(|&r| present[r] = true);
         let (low, high) = present
             .iter()
             .zip(&modality_values)
@@ -180,7 +186,7 @@ pub(crate) fn monochrome(
             }
         })
         .collect();
-    let pixels = raw.iter().map(|&r| table[r as usize]).collect();
+    let pixels = raw.iter().map(|&r| table[r]).collect();
     GrayImage::from_raw(width, height, pixels).expect("one raw sample per pixel")
 }
 

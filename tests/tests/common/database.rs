@@ -1,22 +1,33 @@
 //! Databases for the tests of the shared (PostgreSQL) back end, on the private server that
-//! `scripts/test.sh` starts (`scripts/postgres.sh`) and names in `HEXRAY_TEST_DATABASE_URL`.
-//! Each test makes a database of its own. Without the server, the tests say so and pass, as on
-//! a machine where PostgreSQL cannot be installed.
+//! `scripts/test.sh` starts (`scripts/postgres.sh`) and names in `HEXRAY_TEST_DATABASE_URL`:
+//! a TLS-only server with a CA of its own, reached as the evaluator reaches it (verified TLS).
+//! Each test makes a database of its own.
+//!
+//! The tests that need the server are `#[ignore = "needs PostgreSQL…"]`: a plain `cargo test`
+//! lists them as ignored, and `scripts/test.sh` runs them with `--include-ignored`. Run without
+//! the server, they fail: they never pass by skipping.
 //!
 //! The blocking driver runs on a thread of its own, away from any async test runtime.
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+use hexray_evaluator::server::postgres::connection::other_database;
+use hexray_evaluator::server::postgres::Connection;
+
 /// The variable that names the test server.
 pub const SERVER_URL: &str = "HEXRAY_TEST_DATABASE_URL";
 
-/// A fresh, empty database `hexray_<name>_<pid>` on the test server, or `None` (said on
-/// stderr) without one.
-pub fn fresh(name: &str) -> Option<String> {
-    let Ok(admin) = std::env::var(SERVER_URL) else {
-        eprintln!("skipped: {SERVER_URL} is not set (scripts/test.sh starts PostgreSQL)");
-        return None;
-    };
+/// The test server's URL; panics, saying how to get one, when there is none.
+pub fn server() -> String {
+    std::env::var(SERVER_URL).unwrap_or_else(|_| {
+        panic!("{SERVER_URL} is not set: run scripts/test.sh, which starts PostgreSQL")
+    })
+}
+
+/// A fresh, empty database `hexray_<name>_<pid>` on the test server; its URL keeps the
+/// server's TLS settings.
+pub fn fresh(name: &str) -> String {
+    let admin = server();
     let name = format!("hexray_{name}_{}", std::process::id());
     // One statement each: neither may run in the implicit transaction of a batch.
     for sql in [
@@ -27,8 +38,7 @@ pub fn fresh(name: &str) -> Option<String> {
             client.simple_query(&sql).unwrap();
         });
     }
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some(format!("{base}/{name}"))
+    other_database(&admin, &name)
 }
 
 /// The one `bigint` that `sql` answers on `url`.
@@ -51,7 +61,7 @@ fn on_thread<T: Send + 'static>(
 ) -> T {
     let url = url.to_owned();
     std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut client = Connection::parse(&url, None).unwrap().connect().unwrap();
         work(&mut client)
     })
     .join()

@@ -21,6 +21,8 @@ use anyhow::{bail, Context, Result};
 use hexray_crypto::{frames, ClientKey};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::server::postgres::connection::other_database;
+use hexray_evaluator::server::postgres::Connection;
 use hexray_model::ClientSpec;
 use indicatif::ProgressBar;
 use ndarray::Array3;
@@ -324,12 +326,9 @@ struct Scratch {
 impl Scratch {
     fn create(admin: &str) -> Result<Self> {
         let name = format!("hexray_bench_{}", std::process::id());
-        let (base, _) = admin
-            .rsplit_once('/')
-            .context("a database URL ends in /DATABASE")?;
         let scratch = Scratch {
             admin: admin.to_owned(),
-            url: format!("{base}/{name}"),
+            url: other_database(admin, &name),
             name,
         };
         scratch.admin(&format!("CREATE DATABASE {}", scratch.name))?;
@@ -337,7 +336,8 @@ impl Scratch {
     }
 
     fn admin(&self, sql: &str) -> Result<()> {
-        let mut client = postgres::Client::connect(&self.admin, postgres::NoTls)
+        let mut client = Connection::parse(&self.admin, None)?
+            .connect()
             .context("connecting to PostgreSQL")?;
         client.simple_query(sql).with_context(|| sql.to_owned())?;
         Ok(())

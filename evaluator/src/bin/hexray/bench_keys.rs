@@ -12,6 +12,7 @@ use hexray_crypto::{ClientKey, ParameterSet};
 use hexray_evaluator::server::auth::Owner;
 use hexray_evaluator::server::keys::{KeyLimits, KeyStorage, KeyStore};
 use hexray_evaluator::server::postgres::{Database, PgKeyStore};
+use hexray_evaluator::server::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,7 +50,8 @@ pub fn bench_keys(args: Args) -> Result<()> {
         Box::new(KeyStore::open(&data, 1 << 30, limits)?),
     )];
     if let Some(url) = &args.database_url {
-        let database = Database::open(url).context("opening the database")?;
+        let database = Database::open(url, None, Config::defaults(&data, 1).database_pool)
+            .context("opening the database")?;
         stores.push((
             "postgres",
             Box::new(PgKeyStore::new(database, 1 << 30, limits)),

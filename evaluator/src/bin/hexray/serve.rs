@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use hexray_evaluator::server::auth::{Access, Tokens};
 use hexray_evaluator::server::jobs::QueueConfig;
 use hexray_evaluator::server::keys::KeyLimits;
+use hexray_evaluator::server::postgres::PoolLimits;
 use hexray_evaluator::server::{configure, node_name, security_headers, AppState, Config, Limits};
 
 #[derive(clap::Args)]
@@ -43,6 +44,14 @@ pub struct Args {
     /// start. Without it, keys stay in the data directory and jobs in memory.
     #[arg(long, env = "HEXRAY_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// The CA certificate (PEM) that signs the database server's certificate, when the URL
+    /// names none with `sslrootcert`. A database on another host is reached over TLS, verified
+    /// against it; plain text needs `sslmode=disable` in the URL.
+    #[arg(long, env = "HEXRAY_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
+    /// Connections this node may open to the database, all its requests and workers together.
+    #[arg(long, env = "HEXRAY_DATABASE_CONNECTIONS", default_value_t = 10)]
+    database_connections: usize,
     /// This node's name in `/api/v1/health`; the host name (a pod's name) by default.
     #[arg(long, env = "HEXRAY_NODE_NAME")]
     node_name: Option<String>,
@@ -102,10 +111,17 @@ pub struct Args {
 pub fn serve(args: Args) -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let access = access(&args)?;
+    let defaults = Config::defaults(&args.data_dir, 1);
     let config = Config {
         models_dir: args.models_dir,
         data_dir: args.data_dir,
         database_url: args.database_url,
+        database_ca_file: args.database_ca_file,
+        database_pool: PoolLimits {
+            // A worker and its lease renewal hold one each while a request holds another.
+            max: args.database_connections.max(3),
+            ..defaults.database_pool
+        },
         node: args.node_name.unwrap_or_else(node_name),
         queue: QueueConfig {
             workers: args.workers.max(1),
@@ -206,7 +222,9 @@ fn access(args: &Args) -> Result<Access> {
     // A proxy on this machine forwards with its own Host header: with --allow-open the
     // operator says one is in front, so only a bare loopback server checks the Host.
     Ok(if loopback && !args.allow_open {
-        Access::Loopback
+        Access::Loopback {
+            cors_origin: args.cors_origin.clone(),
+        }
     } else {
         Access::Proxied
     })

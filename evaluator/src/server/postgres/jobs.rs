@@ -650,7 +650,7 @@ impl Workers {
     /// no longer be claimed, and their inputs are dropped. Images first, then the job, as
     /// everywhere.
     fn fail(&self, claim: &Claim, error: &ApiError) -> Result<(), ApiError> {
-        let (message, code) = (error.to_string(), error.code().as_str());
+        let (message, code) = (error.public_message(), error.code().as_str());
         let failed = self.database.with(|c| {
             let mut tx = c.transaction()?;
             let held = tx.execute(

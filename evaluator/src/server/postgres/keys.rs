@@ -11,7 +11,7 @@ use crate::server::auth::Owner;
 use crate::server::error::ApiError;
 use crate::server::keys::{
     cached_or_expanded, key_id, registration, validate_upload, KeyLimits, KeyStorage, Lru,
-    Registration,
+    Registration, Verified,
 };
 
 /// Keys in PostgreSQL, with this node's expanded-key cache in front.
@@ -19,6 +19,7 @@ pub struct PgKeyStore {
     database: Arc<Database>,
     limits: KeyLimits,
     cache: Mutex<Lru>,
+    verified: Verified,
 }
 
 impl PgKeyStore {
@@ -27,6 +28,7 @@ impl PgKeyStore {
             database,
             limits,
             cache: Mutex::new(Lru::new(cache_bytes)),
+            verified: Verified::default(),
         }
     }
 
@@ -49,9 +51,13 @@ impl PgKeyStore {
                 self.database
                     .with(|c| c.execute("DELETE FROM key_blobs WHERE id = $1", &[&id]))?;
                 self.cache.lock().expect("key cache lock").remove(id);
+                self.verified.forget(id);
                 Err(ApiError::UnknownKey(id.into()))
             }
-            None => Err(ApiError::UnknownKey(id.into())),
+            None => {
+                self.verified.forget(id);
+                Err(ApiError::UnknownKey(id.into()))
+            }
         }
     }
 }
@@ -138,10 +144,9 @@ impl KeyStorage for PgKeyStore {
         let set = self
             .lookup(owner, id)?
             .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
-        if self.cache.lock().expect("key cache lock").contains(id) {
-            return Ok(set);
-        }
-        self.read_intact(owner, id).map(|_| set)
+        self.verified
+            .check(&self.cache, owner, id, || self.read_intact(owner, id))?;
+        Ok(set)
     }
 
     fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {

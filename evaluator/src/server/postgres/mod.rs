@@ -5,24 +5,29 @@
 //! - [`keys`]: registered keys ([`PgKeyStore`]); any node loads any key into its own
 //!   expanded-key cache;
 //! - [`jobs`]: the shared job queue ([`PgJobs`]); any node's workers claim images, a dead
-//!   node's claims lapse and are taken again, and any node answers for any job.
+//!   node's claims lapse and are taken again, and any node answers for any job;
+//! - [`connection`]: the URL, and verified TLS to any host but this one;
+//! - [`pool`]: the bounded pool of connections every caller shares.
 //!
 //! The driver is `postgres`, the blocking face of `tokio-postgres`: every caller already runs
-//! on a blocking thread (`web::block`, the job workers), as storage on disk does. A
-//! connection that broke (the database restarted) is dropped and the work retried on a fresh
-//! one, so nodes reconnect by themselves.
+//! on a blocking thread (`web::block`, the job workers), as storage on disk does.
 
+pub mod connection;
 pub mod jobs;
 pub mod keys;
+pub mod pool;
 
+pub use self::connection::Connection;
 pub use self::jobs::PgJobs;
 pub use self::keys::PgKeyStore;
+pub use self::pool::PoolLimits;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use thiserror::Error;
 
+use self::pool::Pool;
 use super::error::ApiError;
 
 /// The schema, in order. Each runs once, in a transaction, recorded in `hexray_migrations`.
@@ -34,44 +39,59 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// The advisory lock nodes take to migrate one at a time ("HEXR").
 const MIGRATION_LOCK: i64 = 0x4845_5852;
 
-/// Why the database could not be used: the server's own message where it sent one.
+/// Why the database could not be used.
 #[derive(Debug, Error)]
-#[error("PostgreSQL: {}", .0.as_db_error().map_or_else(|| .0.to_string(), |e| e.to_string()))]
-pub struct DatabaseError(#[from] postgres::Error);
+pub enum DatabaseError {
+    /// The database refused or failed: the server's own message where it sent one.
+    #[error("PostgreSQL: {}", .0.as_db_error().map_or_else(|| .0.to_string(), |e| e.to_string()))]
+    Postgres(#[from] postgres::Error),
+    /// Every connection of this node's pool stayed busy for the pool's wait.
+    #[error("every database connection of this node is busy")]
+    Busy,
+    /// The URL or the TLS settings are wrong.
+    #[error("database settings: {0}")]
+    Settings(String),
+}
 
 impl From<DatabaseError> for ApiError {
     fn from(e: DatabaseError) -> Self {
-        log::error!("{e}");
-        ApiError::Internal(e.to_string())
+        match e {
+            DatabaseError::Busy => ApiError::Busy,
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
-/// A small pool of connections to one database, reopened after a failure.
+/// One database, through a bounded pool of connections.
 pub struct Database {
-    url: String,
-    idle: Mutex<Vec<Client>>,
+    pool: Pool,
 }
 
 impl Database {
-    /// Connects to `url` and brings the schema up to date. Nodes starting together serialise
-    /// their migrations on an advisory lock.
-    pub fn open(url: &str) -> Result<Arc<Self>, DatabaseError> {
+    /// Connects to `url` ([`Connection::parse`], with `ca_file` as the CA when the URL names
+    /// none) and brings the schema up to date. Nodes starting together serialise their
+    /// migrations on an advisory lock.
+    pub fn open(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        limits: PoolLimits,
+    ) -> Result<Arc<Self>, DatabaseError> {
+        let database = Arc::new(Database {
+            pool: Pool::new(Connection::parse(url, ca_file)?, limits),
+        });
         // The blocking driver cannot run on a thread that drives async tasks, and a server may
         // be started from one (tests are): the first connection is made on a thread of its own.
         std::thread::scope(|scope| {
             scope
-                .spawn(|| Self::migrate(url))
+                .spawn(|| database.migrate())
                 .join()
                 .expect("the migration thread does not panic")
-        })
+        })?;
+        Ok(database)
     }
 
-    fn migrate(url: &str) -> Result<Arc<Self>, DatabaseError> {
-        let database = Arc::new(Database {
-            url: url.to_owned(),
-            idle: Mutex::new(Vec::new()),
-        });
-        database.with(|client| {
+    fn migrate(&self) -> Result<(), DatabaseError> {
+        self.with(|client| {
             let mut tx = client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
             tx.batch_execute(
@@ -96,34 +116,20 @@ impl Database {
                 }
             }
             tx.commit()
-        })?;
-        Ok(database)
+        })
     }
 
-    /// Runs `work` on a pooled connection. A pooled connection that the database closed (it
-    /// restarted, or an administrator ended it) is dropped and `work` retried once on a fresh
-    /// one, so a restart costs the nodes nothing but a reconnection.
+    /// Runs `work` on a pooled connection ([`Pool::with`]).
     pub fn with<T>(
         &self,
-        mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+        work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, DatabaseError> {
-        let pooled = self.idle.lock().expect("pool lock").pop();
-        if let Some(mut client) = pooled.filter(|c| !c.is_closed()) {
-            match work(&mut client) {
-                Ok(value) => {
-                    self.idle.lock().expect("pool lock").push(client);
-                    return Ok(value);
-                }
-                Err(e) if e.is_closed() || client.is_closed() || e.code().is_some_and(ended) => {
-                    log::warn!("database connection lost ({e}); reconnecting");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut client = Client::connect(&self.url, NoTls)?;
-        let value = work(&mut client)?;
-        self.idle.lock().expect("pool lock").push(client);
-        Ok(value)
+        self.pool.with(work)
+    }
+
+    /// How many connections this node has open to the database.
+    pub fn connections(&self) -> usize {
+        self.pool.open()
     }
 }
 
@@ -132,20 +138,9 @@ impl Drop for Database {
     /// happen on a thread that drives async tasks (a server may be dropped on one): the pooled
     /// connections are closed on a thread of their own.
     fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle.lock().expect("pool lock"));
+        let idle = self.pool.drain();
         if !idle.is_empty() {
             let _ = std::thread::spawn(move || drop(idle)).join();
         }
     }
-}
-
-/// Whether a server error means the connection was ended from the server's side.
-fn ended(code: &postgres::error::SqlState) -> bool {
-    use postgres::error::SqlState;
-    [
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
-        SqlState::CANNOT_CONNECT_NOW,
-    ]
-    .contains(code)
 }

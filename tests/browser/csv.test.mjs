@@ -1,0 +1,29 @@
+// The CSV export, in Node alone: what it writes for cells a spreadsheet would run as formulas.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { csvCell, resultsCsv } from '../../web/results.js';
+
+test('cells that a spreadsheet would read as formulas are written as text', () => {
+  for (const hostile of ['=HYPERLINK("http://x","y")', '+1+1', '-2+3', '@SUM(A1)', '\tx', '\rx']) {
+    const cell = csvCell(hostile);
+    assert.ok(cell.startsWith("'") || cell.startsWith(`"'`), `${JSON.stringify(hostile)} -> ${cell}`);
+  }
+  assert.equal(csvCell('DOE, JANE'), '"DOE, JANE"');
+  assert.equal(csvCell('chest 1.png'), 'chest 1.png');
+  assert.equal(csvCell('=a"b'), `"'=a""b"`);
+});
+
+test('a file and a patient named as formulas reach the CSV neutralised', () => {
+  const csv = resultsCsv({
+    classes: ['normal', 'pneumonia'],
+    model: { name: 'm', version: '1' },
+    rows: [{
+      path: '=cmd|"/c calc"!A1.dcm',
+      dicom: { patient_name: '@EVIL^X', study_date: '20240105' },
+      result: { class: 'normal', probabilities: [0.75, 0.25] },
+    }],
+  });
+  const row = csv.split('\r\n')[1];
+  assert.equal(row, `"'=cmd|""/c calc""!A1.dcm","'@EVIL, X",2024-01-05,normal,0.7500,0.2500,m,1`);
+});
