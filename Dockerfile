@@ -1,10 +1,19 @@
 # HEXray's evaluator as a container image: `hexray serve` with the page, the wasm client and the
 # models, running as an unprivileged user. Build from the repository root:
 #
-#   docker build -t hexray:latest .
+#   docker build -t hexray:latest .        (or: podman build -t hexray:latest .)
 #
-# Stage 1 builds the server and the browser client; stage 2 keeps only what runs.
-FROM rust:1.92-bookworm AS build
+# Stage `build` compiles the server and the browser client; the final stage keeps only what
+# runs. Both base images are build arguments, so that a site (or the test script) can use its
+# own mirror or a local base. `--build-arg ARTEFACTS=IMAGE` takes the binary and the built page
+# from IMAGE instead of compiling them (`scripts/container-test.sh` passes one made from the
+# host's build, under /src as here, so that CI does not compile TFHE twice): the final stage is
+# the same either way.
+ARG BUILD_IMAGE=docker.io/library/rust:1.92-bookworm
+ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
+ARG ARTEFACTS=build
+
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 # The wasm target and the wasm-bindgen CLI matching the crate that wasm-client pins.
 RUN rustup target add wasm32-unknown-unknown
@@ -15,14 +24,17 @@ COPY . .
 RUN cargo build --release --locked -p hexray-evaluator --bin hexray \
  && bash scripts/build-web.sh
 
-FROM debian:bookworm-slim
+# The binary and the page: from the stage above, or from a prebuilt image.
+FROM ${ARTEFACTS} AS artefacts
+
+FROM ${RUNTIME_IMAGE}
 # No shell tools beyond the base image's; certificates for a TLS connection to PostgreSQL.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/hexray --create-home hexray
-COPY --from=build /src/target/release/hexray /usr/local/bin/hexray
-COPY --from=build /src/web /opt/hexray/web
+COPY --from=artefacts /src/target/release/hexray /usr/local/bin/hexray
+COPY --from=artefacts /src/web /opt/hexray/web
 # The models this image serves. The model owner's network stays on the server side: clients
 # receive only each model's client spec.
 COPY models/pneumonia-a.hexray models/pneumonia-mlp-64.hexray /opt/hexray/models/

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check a submission must pass: formatting, clippy, the Rust tests in one release build
-# (TFHE is unusably slow unoptimised), the wasm client's tests in headless Chromium, and the
-# end-to-end test that drives the real page.
+# (TFHE is unusably slow unoptimised), the wasm client's tests in headless Chromium, the
+# end-to-end test that drives the real page, and the deployment: the Kubernetes manifests
+# validated, the container image built and run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --tests
@@ -24,3 +25,7 @@ bash scripts/build-web.sh
 # wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.
 (cd wasm-client && wasm-pack test --headless --chrome --release --mode no-install)
 node --test --test-concurrency=1 tests/browser/
+# The deployment, checked and run: the manifests against the Kubernetes API schemas, and the
+# container image built from the Dockerfile and run (one node, then two on the test database).
+bash scripts/validate-kubernetes.sh
+bash scripts/container-test.sh

@@ -124,6 +124,15 @@ impl ApiClient {
         Ok(Reply { status, body })
     }
 
+    /// The id of the server's default model: the first it lists.
+    pub fn default_model(&self) -> Result<String, ClientError> {
+        let models = self.request("/api/v1/models", None)?.json()?;
+        models["models"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Protocol("the server lists no model".into()))
+    }
+
     /// A served model's client spec.
     pub fn spec(&self, model: &str) -> Result<ClientSpec, ClientError> {
         let bytes = self

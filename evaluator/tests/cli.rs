@@ -68,6 +68,25 @@ fn bad_input_is_a_clear_error() {
 }
 
 #[test]
+fn commands_without_a_model_file_read_the_bundled_model_not_a_build_path() {
+    // The build machine's checkout is not where the binary runs (a container, another host):
+    // no default may name it.
+    let build_dir = env!("CARGO_MANIFEST_DIR");
+    for command in ["run", "simulate", "inspect", "client-spec"] {
+        let out = hexray(&[command, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("bundled default model"), "{command}: {help}");
+        assert!(
+            !help.contains(build_dir),
+            "{command} names {build_dir}: {help}"
+        );
+    }
+    let out = hexray(&["inspect"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pneumonia-mlp-64"));
+}
+
+#[test]
 fn client_spec_prints_the_public_part_only() {
     let out = hexray(&["client-spec"]);
     assert!(out.status.success());

@@ -886,6 +886,52 @@ async fn a_token_hogging_the_queue_gets_429_while_another_tokens_job_runs() {
 }
 
 #[actix_web::test]
+async fn quotas_hold_when_two_requests_race_for_the_last_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut limited = config(dir.path(), 8);
+    limited.keys.per_owner = 1;
+    limited.queue.per_owner = 1;
+    let app = app(&limited).await;
+    // Two different keys at once, with room for one.
+    let clients = [shared_client().clone(), client(2)];
+    let uploads = clients
+        .iter()
+        .map(|(_, bytes)| call(&app, Method::POST, "/api/v1/keys", bytes.clone()));
+    let answers = futures_util::future::join_all(uploads).await;
+    let mut statuses: Vec<StatusCode> = answers.iter().map(|(status, _)| *status).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::TOO_MANY_REQUESTS],
+        "{answers:?}"
+    );
+    assert_eq!(registrations(&limited), 1);
+    // Two jobs at once, with room for one, under the key that won.
+    let won = answers
+        .iter()
+        .position(|(status, _)| *status == StatusCode::CREATED)
+        .unwrap();
+    let id = json(&answers[won].1)["key_id"].as_str().unwrap().to_owned();
+    let one = batch(&clients[won].0, &["pneumoniamnist/test-0234-normal.png"]);
+    let uri = job_uri(&id);
+    let jobs = [0, 1].map(|_| call(&app, Method::POST, &uri, one.clone()));
+    let answers = futures_util::future::join_all(jobs).await;
+    let mut statuses: Vec<StatusCode> = answers.iter().map(|(status, _)| *status).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS],
+        "{answers:?}"
+    );
+    let accepted = answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::ACCEPTED)
+        .unwrap();
+    let job = json(&accepted.1)["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait(&app, &job).await["state"], "done");
+}
+
+#[actix_web::test]
 async fn progress_streams_are_capped_per_job_and_ten_thousand_more_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut limited = config(dir.path(), 4);

@@ -385,7 +385,6 @@ impl JobQueue {
 
 impl JobStorage for JobQueue {
     fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
-        self.check_owner_room(&new.owner)?;
         let images = new.inputs.len();
         let job = Arc::new(Job {
             id: job_id(),
@@ -399,16 +398,16 @@ impl JobStorage for JobQueue {
             inputs: Mutex::new(Some(new.inputs)),
             state: Mutex::new(State::Queued),
         });
+        // The owner's share is counted and the job entered under one lock, so that two
+        // submissions at once cannot both take the last place.
+        let mut table = self.jobs.table.lock().expect("job table lock");
+        owner_room(active_jobs(&table, &job.owner), self.per_owner)?;
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.sender.try_send(job.clone()) {
             Ok(()) => {
                 Metrics::add(&self.metrics.jobs_submitted, 1);
                 let status = job.status();
-                self.jobs
-                    .table
-                    .lock()
-                    .expect("job table lock")
-                    .insert(job.id.clone(), job);
+                table.insert(job.id.clone(), job);
                 Ok(status)
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -420,15 +419,8 @@ impl JobStorage for JobQueue {
     }
 
     fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
-        let active = self
-            .jobs
-            .table
-            .lock()
-            .expect("job table lock")
-            .values()
-            .filter(|job| job.owner == *owner && job.is_active())
-            .count();
-        owner_room(active, self.per_owner)
+        let table = self.jobs.table.lock().expect("job table lock");
+        owner_room(active_jobs(&table, owner), self.per_owner)
     }
 
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
@@ -451,6 +443,14 @@ impl JobStorage for JobQueue {
 }
 
 /// The one per-token rule: `active` jobs leave room for another below `limit`.
+/// How many of `owner`'s jobs in `table` are queued or running.
+fn active_jobs(table: &HashMap<String, Arc<Job>>, owner: &Owner) -> usize {
+    table
+        .values()
+        .filter(|job| job.owner == *owner && job.is_active())
+        .count()
+}
+
 pub(crate) fn owner_room(active: usize, limit: usize) -> Result<(), ApiError> {
     if active >= limit {
         return Err(ApiError::TooManyJobs { limit });

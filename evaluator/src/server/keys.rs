@@ -169,6 +169,9 @@ pub struct KeyStore {
     index: Mutex<HashMap<(Owner, String), Stored>>,
     cache: Mutex<Lru>,
     verified: Verified,
+    /// Held from the quota check to the index entry of a registration, so that two uploads
+    /// at once cannot both take a token's last place or the storage's last bytes.
+    registering: Mutex<()>,
 }
 
 /// Expanded keys, most recently used last, with their total size bounded by `budget` bytes.
@@ -231,6 +234,7 @@ impl KeyStore {
             index: Mutex::new(index),
             cache: Mutex::new(Lru::new(cache_bytes)),
             verified: Verified::default(),
+            registering: Mutex::new(()),
         };
         Ok(store)
     }
@@ -328,6 +332,7 @@ impl KeyStorage for KeyStore {
     fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
         let (id, set) = validate_upload(bytes)?;
         let path = self.path(owner, &id, set);
+        let _registering = self.registering.lock().expect("registration lock");
         let known = self.indexed(owner, &id).is_some();
         if known && std::fs::read(&path).is_ok_and(|stored| key_id(&stored) == id) {
             return Ok((

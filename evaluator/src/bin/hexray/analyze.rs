@@ -21,9 +21,9 @@ pub struct Args {
     /// The access token (`hexray token new`); the environment keeps it out of shell history.
     #[arg(long, env = "HEXRAY_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The served model's id.
-    #[arg(long, default_value = "pneumonia-a")]
-    model: String,
+    /// The served model's id; without it, the server's default (the first it lists).
+    #[arg(long)]
+    model: Option<String>,
     /// Chest X-rays (PNG, JPEG or DICOM); all go in one job.
     #[arg(long, required = true)]
     image: Vec<PathBuf>,
@@ -34,9 +34,15 @@ pub struct Args {
 
 pub fn analyze(args: Args) -> Result<()> {
     let api = ApiClient::new(&args.server, args.token.as_deref());
+    let model = match args.model {
+        Some(model) => model,
+        None => api
+            .default_model()
+            .context("asking the server for its models")?,
+    };
     let spec = api
-        .spec(&args.model)
-        .with_context(|| format!("fetching the client spec of `{}`", args.model))?;
+        .spec(&model)
+        .with_context(|| format!("fetching the client spec of `{model}`"))?;
     let set = ParameterSet::from_name(&spec.parameter_set)?;
     let keys = Keys::load_or_create(&args.keys_dir, set)?;
     let key_id = keys.registered(&api)?;
@@ -46,7 +52,7 @@ pub fn analyze(args: Args) -> Result<()> {
         blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes()?);
     }
     let batch = frames::pack(&blobs);
-    let submit = |key: &str| api.submit(&args.model, key, &spec, &batch);
+    let submit = |key: &str| api.submit(&model, key, &spec, &batch);
     let job = match submit(&key_id) {
         Err(e) if e.code() == Some("unknown_key") => submit(&keys.upload(&api)?)?,
         other => other?,

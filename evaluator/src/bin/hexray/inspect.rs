@@ -1,18 +1,10 @@
 //! `hexray inspect`: the compile report of a model.
 
-use std::path::Path;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hexray_engine::LoadedModel;
 
-pub fn inspect(path: &Path) -> Result<()> {
-    let loaded = LoadedModel::from_file(path).context("loading the model")?;
-    print_report(&loaded);
-    Ok(())
-}
-
 /// Prints the model's identity and its per-stage cost and noise.
-pub fn print_report(loaded: &LoadedModel) {
+pub fn print_report(loaded: &LoadedModel) -> Result<()> {
     let (model, circuit) = (&loaded.model(), &loaded.circuit());
     println!(
         "model      {} v{} ({})",
@@ -41,4 +33,5 @@ pub fn print_report(loaded: &LoadedModel) {
             r.max_sigma_positions
         );
     }
+    Ok(())
 }

@@ -29,15 +29,38 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hexray_engine::LoadedModel;
+use hexray_evaluator::server::models::bundled_default;
 use hexray_model::network::InputSpec;
 use hexray_model::preprocess::{decode, preprocess_luma};
 use ndarray::Array3;
 
-/// The model bundled with the repository, used when `--model` is not given.
+/// The repository's copy of the default model: the benchmarks' default, which they run from a
+/// checkout. Every other command falls back on the bundled bytes ([`ModelArg`]).
 pub const DEFAULT_MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../models/pneumonia-mlp-64.hexray"
 );
+
+/// The model a command reads.
+#[derive(clap::Args)]
+pub struct ModelArg {
+    /// Model file (*.hexray). Without it: the bundled default model, pneumonia-mlp-64, which
+    /// is compiled into this binary, so the command needs no file wherever it runs.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArg {
+    /// The model file given, or the bundled default.
+    pub fn load(&self) -> Result<LoadedModel> {
+        match &self.model {
+            Some(path) => LoadedModel::from_file(path)
+                .with_context(|| format!("loading the model {}", path.display())),
+            None => bundled_default().context("loading the bundled default model"),
+        }
+    }
+}
 
 /// Reads an image file (PNG, JPEG or DICOM) and preprocesses it for `spec`, printing what a
 /// DICOM file warns about (another modality, several frames…) to stderr: the images `run`,
@@ -57,9 +80,8 @@ pub struct ImageArgs {
     /// Chest X-ray (PNG, JPEG or DICOM).
     #[arg(long)]
     pub image: PathBuf,
-    /// Model file.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArg,
     /// Noisy simulations, each drawing TFHE's predicted noise before every table.
     #[arg(long, default_value_t = 300)]
     pub noisy_runs: usize,
@@ -83,11 +105,7 @@ enum Command {
     /// Analyse X-rays on a remote server, as the page does: encrypted here, decrypted here.
     Analyze(analyze::Args),
     /// Print a model's circuit: bootstraps, accumulator widths and noise per layer.
-    Inspect {
-        /// Model file.
-        #[arg(long, default_value = DEFAULT_MODEL)]
-        model: PathBuf,
-    },
+    Inspect(ModelArg),
     /// Benchmark the engine and print the figures.
     Bench(bench::Args),
     /// Print the plaintext simulator's prediction for an image (exact and noisy) as JSON.
@@ -107,18 +125,14 @@ enum Command {
     #[command(subcommand)]
     Token(token::Command),
     /// Print a model's client spec, the only part of it clients receive (for audits).
-    ClientSpec {
-        /// Model file.
-        #[arg(long, default_value = DEFAULT_MODEL)]
-        model: PathBuf,
-    },
+    ClientSpec(ModelArg),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
-        Command::Inspect { model } => inspect::inspect(&model),
+        Command::Inspect(model) => inspect::print_report(&model.load()?),
         Command::Bench(args) => bench::bench(args),
         Command::Serve(args) => serve::serve(*args),
         Command::BenchServer(args) => bench_server::bench_server(args),
@@ -127,6 +141,6 @@ fn main() -> Result<()> {
         Command::BenchCluster(args) => bench_cluster::bench_cluster(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Token(command) => token::run(command),
-        Command::ClientSpec { model } => client_spec::print(&model),
+        Command::ClientSpec(model) => client_spec::print(&model.load()?),
     }
 }

@@ -4,9 +4,9 @@
 use hexray_model::simulate;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hexray_crypto::{ClientKey, CompressedServerKey, EncryptedImage, EncryptedOutput};
-use hexray_engine::{evaluate, LoadedModel};
+use hexray_engine::evaluate;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -27,7 +27,7 @@ pub fn bootstrap_bar(total: usize) -> ProgressBar {
 }
 
 pub fn run(args: ImageArgs) -> Result<()> {
-    let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
+    let loaded = args.model.load()?;
     let (circuit, set) = (&loaded.circuit(), loaded.parameter_set());
     let mut phases: Vec<(&str, Duration)> = Vec::new();
     let mut timed = |name, start: Instant| phases.push((name, start.elapsed()));

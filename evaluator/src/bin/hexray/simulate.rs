@@ -2,8 +2,7 @@
 //! TFHE's noise, as JSON, with the preprocessed input integers a client would encrypt. It is
 //! the native reference the browser test compares the page with.
 
-use anyhow::{Context, Result};
-use hexray_engine::LoadedModel;
+use anyhow::Result;
 use hexray_model::simulate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -12,7 +11,7 @@ use serde_json::json;
 use crate::{read_image, ImageArgs};
 
 pub fn simulate(args: ImageArgs) -> Result<()> {
-    let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
+    let loaded = args.model.load()?;
     let circuit = &loaded.circuit();
     let input = read_image(&args.image, &loaded.model().network.input)?;
     let exact = simulate::exact(circuit, input.view())?;

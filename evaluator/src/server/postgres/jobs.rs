@@ -172,10 +172,11 @@ impl JobStorage for PgJobs {
         let (capacity, per_owner) = (self.capacity, self.per_owner);
         let accepted = self.database.with(|c| {
             let mut tx = c.transaction()?;
-            // One submission per token at a time, so its share cannot be raced past.
+            // One submission at a time across the cluster, so that neither a token's share
+            // nor the queue limit, which all tokens share, can be raced past.
             tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('jobs of ' || $1))",
-                &[&new.owner.0],
+                "SELECT pg_advisory_xact_lock(hashtext('hexray job submission'))",
+                &[],
             )?;
             let active: i64 = tx.query_one(ACTIVE_JOBS_OF, &[&new.owner.0])?.get(0);
             if let Err(e) = owner_room(active as usize, per_owner) {

@@ -70,8 +70,13 @@ impl KeyStorage for PgKeyStore {
         let limits = self.limits;
         let created = self.database.with(|c| {
             let mut tx = c.transaction()?;
-            // One registration per owner at a time, so the quota cannot be raced past.
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&owner.0])?;
+            // One registration at a time across the cluster, so that neither a token's quota
+            // nor the storage cap, which all tokens share, can be raced past. Registrations
+            // are rare (one per browser and parameter set); the key was parsed before this.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('hexray key registration'))",
+                &[],
+            )?;
             let known = tx
                 .query_opt(
                     "SELECT 1 FROM key_owners WHERE owner = $1 AND id = $2",
