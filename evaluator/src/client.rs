@@ -10,6 +10,8 @@ use hexray_model::ClientSpec;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::server::keys::{key_id, KEY_ID_HEADER};
+
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("HTTP: {0}")]
@@ -95,6 +97,16 @@ impl ApiClient {
 
     /// Sends one request; a body goes as `application/octet-stream`.
     pub fn request(&self, path: &str, body: Option<&[u8]>) -> Result<Reply, ClientError> {
+        self.request_with(path, body, None)
+    }
+
+    /// Sends one request with one more header.
+    fn request_with(
+        &self,
+        path: &str,
+        body: Option<&[u8]>,
+        header: Option<(&str, &str)>,
+    ) -> Result<Reply, ClientError> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut response = match body {
@@ -102,6 +114,9 @@ impl ApiClient {
                 let mut request = self.agent.post(&url);
                 if let Some(auth) = &auth {
                     request = request.header("Authorization", auth);
+                }
+                if let Some((name, value)) = header {
+                    request = request.header(name, value);
                 }
                 request
                     .content_type("application/octet-stream")
@@ -111,6 +126,9 @@ impl ApiClient {
                 let mut request = self.agent.get(&url);
                 if let Some(auth) = &auth {
                     request = request.header("Authorization", auth);
+                }
+                if let Some((name, value)) = header {
+                    request = request.header(name, value);
                 }
                 request.call()?
             }
@@ -141,9 +159,14 @@ impl ApiClient {
         ClientSpec::from_json(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// Registers a compressed server key; returns its id.
+    /// Registers a compressed server key; returns its id. The upload names the key, so that
+    /// the server can refuse it at the token's quota before reading it, yet let a key the
+    /// token already has through (a repair).
     pub fn register_key(&self, key: &[u8]) -> Result<String, ClientError> {
-        let reply = self.request("/api/v1/keys", Some(key))?.json()?;
+        let id = key_id(key);
+        let reply = self
+            .request_with("/api/v1/keys", Some(key), Some((KEY_ID_HEADER, &id)))?
+            .json()?;
         string(&reply, "key_id")
     }
 

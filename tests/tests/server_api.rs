@@ -19,6 +19,7 @@ use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::server::auth::{Access, Scope, Tokens};
 use hexray_evaluator::server::error::ErrorCode;
+use hexray_evaluator::server::keys::{key_id, KEY_ID_HEADER};
 use hexray_evaluator::server::routes::ROUTES;
 use hexray_evaluator::server::{configure, AppState, Config};
 use rand::{Rng, SeedableRng};
@@ -165,12 +166,20 @@ fn json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap()
 }
 
-/// Registers a key; returns its id.
+/// Registers a key, naming it in its upload as `hexray analyze` does; returns its id.
 async fn register<S>(app: &S, key: &[u8]) -> String
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
-    let (status, body) = call(app, Method::POST, "/api/v1/keys", key.to_vec()).await;
+    let request = test::TestRequest::post()
+        .uri("/api/v1/keys")
+        .insert_header(("authorization", format!("Bearer {}", token())))
+        .insert_header(("content-type", "application/octet-stream"))
+        .insert_header((KEY_ID_HEADER, key_id(key)))
+        .set_payload(key.to_vec());
+    let response = test::call_service(app, request.to_request()).await;
+    let status = response.status();
+    let body = response.into_body().try_into_bytes().unwrap();
     assert!(status.is_success(), "{status}: {body:?}");
     json(&body)["key_id"].as_str().unwrap().to_owned()
 }
@@ -823,7 +832,16 @@ async fn a_token_over_its_key_quota_or_a_full_store_is_refused_and_the_server_go
         error(&app, Method::POST, "/api/v1/keys", second.clone()).await,
         (StatusCode::TOO_MANY_REQUESTS, "key_quota".to_owned())
     );
-    // The same key again is no new key, and another token has its own quota.
+    // The refusal comes before the body is read: bytes that are no key at all get the quota's
+    // answer, not the parser's, and so does the token's own key when its upload does not
+    // name it.
+    for unread in [b"no key at all".to_vec(), first.clone()] {
+        assert_eq!(
+            error(&app, Method::POST, "/api/v1/keys", unread).await,
+            (StatusCode::TOO_MANY_REQUESTS, "key_quota".to_owned())
+        );
+    }
+    // The same key again, named, is no new key, and another token has its own quota.
     register(&app, first).await;
     let other = Some(tokens().1[1].as_str());
     let (status, _) = call_as(&app, other, Method::POST, "/api/v1/keys", second.clone()).await;
@@ -834,10 +852,13 @@ async fn a_token_over_its_key_quota_or_a_full_store_is_refused_and_the_server_go
     small.keys.storage_bytes = first.len() as u64 + 1000;
     let app = self::app(&small).await;
     register(&app, first).await;
-    assert_eq!(
-        error(&app, Method::POST, "/api/v1/keys", second.clone()).await,
-        (StatusCode::INSUFFICIENT_STORAGE, "storage_full".to_owned())
-    );
+    // Refused on the length it declares, before a byte of it is parsed.
+    for unread in [second.clone(), vec![0; second.len()]] {
+        assert_eq!(
+            error(&app, Method::POST, "/api/v1/keys", unread).await,
+            (StatusCode::INSUFFICIENT_STORAGE, "storage_full".to_owned())
+        );
+    }
     assert_eq!(
         registrations(&small),
         1,

@@ -53,6 +53,12 @@ pub struct KeyLimits {
 /// (`super::postgres::PgKeyStore`) shares them between evaluator nodes. Every method may block
 /// (disk, network, hashing, expansion): call them from a blocking thread.
 pub trait KeyStorage: Send + Sync {
+    /// Whether `owner` has room for a key of `bytes` bytes, asked before its body is read so
+    /// that a token at its quota, or a full store, costs no 30 MB upload. `named` is the id the
+    /// client says the key has ([`KEY_ID_HEADER`]): a key its owner already has always has
+    /// room, for a repair. [`KeyStorage::register`] checks again on the bytes themselves, so a
+    /// wrong name gains nothing.
+    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError>;
     /// Validates and persists a compressed server key for `owner`; returns its id.
     fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError>;
     /// The parameter set of a key `owner` registered, if it is registered.
@@ -68,6 +74,44 @@ pub trait KeyStorage: Send + Sync {
     fn cached(&self) -> (usize, usize);
     /// How many keys are registered, all owners together.
     fn registered(&self) -> usize;
+}
+
+/// The request header in which a client may name the key it uploads (its [`key_id`]), so that
+/// re-uploading a key it already has passes [`KeyStorage::admit`] at its quota.
+pub const KEY_ID_HEADER: &str = "hexray-key-id";
+
+/// What the rule for admitting a key needs to know of a store, read under the lock that
+/// registrations hold.
+pub(crate) struct Occupancy {
+    /// Keys the owner has registered.
+    pub owned: usize,
+    /// Bytes stored, all owners together.
+    pub used: u64,
+    /// Whether the owner already has this key.
+    pub known: bool,
+    /// Whether the key's bytes are already stored (for another owner, on a shared store).
+    pub stored: bool,
+}
+
+impl Occupancy {
+    /// The one rule for both stores, before and after the body is read: a key its owner has
+    /// always passes; a new one needs a place under its owner's quota and, unless its bytes
+    /// are already stored, room in the storage that all tokens share.
+    pub(crate) fn admit(&self, limits: &KeyLimits, bytes: u64) -> Result<(), ApiError> {
+        if self.known {
+            return Ok(());
+        }
+        if self.owned >= limits.per_owner {
+            return Err(ApiError::KeyQuota {
+                limit: limits.per_owner,
+            });
+        }
+        if !self.stored && self.used + bytes > limits.storage_bytes {
+            log::warn!("key storage full: {} bytes used", self.used);
+            return Err(ApiError::StorageFull);
+        }
+        Ok(())
+    }
 }
 
 /// Parses an upload as a compressed server key: its id and parameter set, or why it is not one.
@@ -239,7 +283,6 @@ impl KeyStore {
         Ok(store)
     }
 
-    /// Refuses a new key when its owner is at the quota or the storage is full.
     /// The parameter set of a key `owner` registered, from the index.
     fn indexed(&self, owner: &Owner, id: &str) -> Option<ParameterSet> {
         self.index
@@ -249,20 +292,17 @@ impl KeyStore {
             .map(|s| s.set)
     }
 
-    fn check_room(&self, owner: &Owner, bytes: u64) -> Result<(), ApiError> {
+    /// The index's occupancy for `owner`'s key `id`. Each owner's keys are files of their own
+    /// here, so a key is stored exactly when its owner has it.
+    fn occupancy(&self, owner: &Owner, id: Option<&str>) -> Occupancy {
         let index = self.index.lock().expect("key index lock");
-        let owned = index.keys().filter(|(o, _)| o == owner).count();
-        if owned >= self.limits.per_owner {
-            return Err(ApiError::KeyQuota {
-                limit: self.limits.per_owner,
-            });
+        let known = id.is_some_and(|id| index.contains_key(&(owner.clone(), id.to_owned())));
+        Occupancy {
+            owned: index.keys().filter(|(o, _)| o == owner).count(),
+            used: index.values().map(|s| s.bytes).sum(),
+            known,
+            stored: known,
         }
-        let used: u64 = index.values().map(|s| s.bytes).sum();
-        if used + bytes > self.limits.storage_bytes {
-            log::warn!("key storage full: {used} bytes used");
-            return Err(ApiError::StorageFull);
-        }
-        Ok(())
     }
 
     /// The stored bytes, if they still hash to `id`; otherwise the file is quarantined and the
@@ -329,12 +369,16 @@ impl KeyStore {
 }
 
 impl KeyStorage for KeyStore {
+    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError> {
+        self.occupancy(owner, named).admit(&self.limits, bytes)
+    }
+
     fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
         let (id, set) = validate_upload(bytes)?;
         let path = self.path(owner, &id, set);
         let _registering = self.registering.lock().expect("registration lock");
-        let known = self.indexed(owner, &id).is_some();
-        if known && std::fs::read(&path).is_ok_and(|stored| key_id(&stored) == id) {
+        let occupancy = self.occupancy(owner, Some(&id));
+        if occupancy.known && std::fs::read(&path).is_ok_and(|stored| key_id(&stored) == id) {
             return Ok((
                 id,
                 Registration {
@@ -343,9 +387,8 @@ impl KeyStorage for KeyStore {
                 },
             ));
         }
-        if !known {
-            self.check_room(owner, bytes.len() as u64)?;
-        } else {
+        occupancy.admit(&self.limits, bytes.len() as u64)?;
+        if occupancy.known {
             log::warn!("repairing the stored copy of key {id} from a new upload");
         }
         write_durably(&path, bytes)

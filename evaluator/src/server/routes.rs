@@ -21,6 +21,7 @@ use serde_json::json;
 use super::auth::Owner;
 use super::error::ApiError;
 use super::jobs::{Depth, JobState, JobStorage, NewJob, Status};
+use super::keys::KEY_ID_HEADER;
 use super::metrics::Gauges;
 use super::{AppState, Slot};
 
@@ -159,6 +160,10 @@ async fn register_key(
 ) -> Result<HttpResponse, ApiError> {
     let owner = state.access.clinician(&request)?;
     let upload = admit_body(&state, &owner, &request, state.bodies.key)?;
+    // A token at its quota, or a full store, is refused before 30 MB are read.
+    let named = named_key(&request)?;
+    let (store, declared, admitted_owner) = (state.keys.clone(), upload.declared, owner.clone());
+    blocking(move || store.admit(&admitted_owner, named.as_deref(), declared)).await?;
     let bytes = upload.receive(&state, body).await?;
     let store = state.keys.clone();
     let (id, registration) = blocking(move || store.register(&owner, &bytes)).await?;
@@ -413,7 +418,22 @@ async fn metrics(
 /// of its token's upload slots until it has been read.
 struct Upload {
     limit: usize,
+    /// The length the request declares, or 0 for a body sent in chunks.
+    declared: u64,
     _slot: Slot,
+}
+
+/// The key id a key upload names in [`KEY_ID_HEADER`], if it names one.
+fn named_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get(KEY_ID_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|v| Some(v.to_ascii_lowercase()))
+        .ok_or_else(|| ApiError::BadRequest(format!("{KEY_ID_HEADER}: not a key id")))
 }
 
 /// Admits a body of at most `limit` bytes for `owner` after the checks that cost nothing: the
@@ -448,6 +468,7 @@ fn admit_body(
     }
     Ok(Upload {
         limit,
+        declared: declared.unwrap_or(0) as u64,
         _slot: state.begin_upload(owner)?,
     })
 }

@@ -84,13 +84,15 @@ pub struct Args {
     /// Keys unused for this many days are deleted; the browser uploads them again.
     #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = 90)]
     key_expiry_days: u64,
-    /// Bodies one token may be uploading at once (429 beyond).
+    /// Bodies one token may be uploading at once to this node (429 beyond). Counted per node:
+    /// behind a load balancer, N nodes let a token upload N times as many.
     #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = 2)]
     max_uploads_per_token: usize,
     /// Seconds a request body has to arrive in full (408 beyond).
     #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = 120)]
     body_timeout_s: u64,
-    /// Progress streams open at once on one job (429 beyond).
+    /// Progress streams open at once on one job at this node (429 beyond). Counted per node,
+    /// like the upload slots.
     #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = 4)]
     max_streams_per_job: usize,
     /// Memory for expanded server keys, in MiB (about 85 MiB each).

@@ -11,7 +11,7 @@ use crate::server::auth::Owner;
 use crate::server::error::ApiError;
 use crate::server::keys::{
     cached_or_expanded, key_id, registration, validate_upload, KeyLimits, KeyStorage, Lru,
-    Registration, Verified,
+    Occupancy, Registration, Verified,
 };
 
 /// Keys in PostgreSQL, with this node's expanded-key cache in front.
@@ -62,7 +62,34 @@ impl PgKeyStore {
     }
 }
 
+/// The store's occupancy for `owner`'s key `id` (the empty id names no key).
+fn occupancy(
+    c: &mut impl postgres::GenericClient,
+    owner: &Owner,
+    id: &str,
+) -> Result<Occupancy, postgres::Error> {
+    let row = c.query_one(
+        "SELECT (SELECT count(*) FROM key_owners WHERE owner = $1),
+                (SELECT coalesce(sum(size), 0)::bigint FROM key_blobs),
+                EXISTS (SELECT 1 FROM key_owners WHERE owner = $1 AND id = $2),
+                EXISTS (SELECT 1 FROM key_blobs WHERE id = $2)",
+        &[&owner.0, &id],
+    )?;
+    Ok(Occupancy {
+        owned: row.get::<_, i64>(0) as usize,
+        used: row.get::<_, i64>(1) as u64,
+        known: row.get(2),
+        stored: row.get(3),
+    })
+}
+
 impl KeyStorage for PgKeyStore {
+    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError> {
+        self.database
+            .with(|c| occupancy(c, owner, named.unwrap_or_default()))?
+            .admit(&self.limits, bytes)
+    }
+
     fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
         let (id, set) = validate_upload(bytes)?;
         let checksum = hexray_model::file::hex(&Sha256::digest(bytes));
@@ -77,13 +104,8 @@ impl KeyStorage for PgKeyStore {
                 "SELECT pg_advisory_xact_lock(hashtext('hexray key registration'))",
                 &[],
             )?;
-            let known = tx
-                .query_opt(
-                    "SELECT 1 FROM key_owners WHERE owner = $1 AND id = $2",
-                    &[&owner.0, &id],
-                )?
-                .is_some();
-            if known {
+            let occupancy = occupancy(&mut tx, owner, &id)?;
+            if occupancy.known {
                 // Repair a damaged copy from the new upload, as the embedded store does.
                 tx.execute(
                     "UPDATE key_blobs SET bytes = $2, checksum = $3, size = $4
@@ -93,26 +115,8 @@ impl KeyStorage for PgKeyStore {
                 tx.commit()?;
                 return Ok(Ok(false));
             }
-            let owned: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM key_owners WHERE owner = $1",
-                    &[&owner.0],
-                )?
-                .get(0);
-            if owned as usize >= limits.per_owner {
-                return Ok(Err(ApiError::KeyQuota {
-                    limit: limits.per_owner,
-                }));
-            }
-            let used: i64 = tx
-                .query_one("SELECT coalesce(sum(size), 0)::bigint FROM key_blobs", &[])?
-                .get(0);
-            let stored = tx
-                .query_opt("SELECT 1 FROM key_blobs WHERE id = $1", &[&id])?
-                .is_some();
-            if !stored && (used + size) as u64 > limits.storage_bytes {
-                log::warn!("key storage full: {used} bytes used");
-                return Ok(Err(ApiError::StorageFull));
+            if let Err(refused) = occupancy.admit(&limits, size as u64) {
+                return Ok(Err(refused));
             }
             tx.execute(
                 "INSERT INTO key_blobs (id, parameter_set, checksum, size, bytes)
