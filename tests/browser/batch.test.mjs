@@ -5,7 +5,7 @@
 // benchmark figures.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   launch, minutes, modelLoaded, openWithToken, possibleClasses, recordedPage, repo, results, Server,
@@ -168,6 +168,10 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     const secrets = [PATIENT.name, PATIENT.shown, PATIENT.id, PATIENT.date.replaceAll('-', ''), ...uids(CHEST_RLE), ...uids(CHEST_PLAIN)];
     assert.ok(secrets.length > 6, 'the files hold UIDs');
     assertNotSent(bodies, secrets);
+    // The README's picture (docs/screenshot.png is a copy): results of PNG and DICOM files, a
+    // patient's name from a DICOM header, and the model picker.
+    mkdirSync(path.join(import.meta.dirname, 'screenshots'), { recursive: true });
+    await page.screenshot({ path: path.join(import.meta.dirname, 'screenshots/batch.png'), fullPage: true });
 
     // The model picker: both served models, with what each costs; the choice is remembered.
     const options = await page.locator('#model-select option').allTextContents();
