@@ -4,15 +4,19 @@
 //! Everything that two parties must agree on bit for bit lives here and nowhere else. The
 //! modules build on one another in this order, and import only from those before them:
 //! - [`error`]: the typed errors every module returns;
+//! - [`dicom`]: the DICOM reader (transfer syntaxes, pixel data, the viewer's rendering), which
+//!   needs nothing of the model;
 //! - [`parameters`]: the TFHE parameter set as the numbers the compiler needs;
 //! - [`network`]: the schema of a trained network, its shapes and its validation;
 //! - [`circuit`]: the network compiled into stages of dot products and bootstraps, with the
 //!   phase and table arithmetic the engine and the simulator share;
 //! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise;
-//! - [`file`]: the versioned model file, its magic line and its verification;
+//! - [`file`](mod@file): the versioned model file, its magic line and its verification;
 //! - [`client_spec`]: the public part of a model, all a client gets: no weights;
-//! - [`dicom`] and [`preprocess`]: the one function that turns an image (PNG, JPEG or DICOM)
-//!   into quantized input integers.
+//! - [`preprocess`]: the one function that turns an image (PNG, JPEG or DICOM) into quantized
+//!   input integers.
+//!
+//! `tests/layering.rs` holds the modules to this order.
 //!
 //! The crate has no TFHE dependency, so it builds for `wasm32-unknown-unknown` as it is. The
 //! cryptographic parameters reach it as plain numbers ([`FheParameters`]).

@@ -330,7 +330,7 @@ impl AppState {
             })
     }
 
-    /// The queue depth read from storage less than [`DEPTH_MAX_AGE`] ago, if any.
+    /// The queue depth read from storage less than `DEPTH_MAX_AGE` ago, if any.
     pub fn recent_depth(&self) -> Option<Depth> {
         let depth = *self.depth.lock().expect("depth lock");
         depth

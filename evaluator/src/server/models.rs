@@ -68,7 +68,7 @@ impl ServedModel {
 /// The models, the default first: clients that do not choose take the first one listed.
 pub struct Models(Vec<Arc<ServedModel>>);
 
-/// The bundled default model (the first of [`BUNDLED`]): what the command line reads when it
+/// The bundled default model (the first of the bundled models): what the command line reads when it
 /// is given no model file, wherever the binary was copied.
 pub fn bundled_default() -> Result<LoadedModel, LoadError> {
     let (id, file) = BUNDLED[0];

@@ -40,7 +40,7 @@ pub struct Circuit {
     pub input: InputSpec,
     /// Class names, one per output accumulator.
     pub classes: Vec<String>,
-    /// Real logit of one output accumulator step, as in [`OutputSpec::logit_scale`].
+    /// Real logit of one output accumulator step, as in [`OutputSpec::logit_scale`](crate::network::OutputSpec::logit_scale).
     pub logit_scale: f64,
 }
 
@@ -56,7 +56,7 @@ pub struct Stage {
     /// Torus value of one unit of this stage's input.
     pub delta: u64,
     /// Guard band kept free below and above every accumulator's range, in 2^64 torus units:
-    /// [`NOISE_MARGIN_SIGMAS`] standard deviations of the stage's noisiest neuron.
+    /// [`NOISE_MARGIN_SIGMAS`](super::compile::NOISE_MARGIN_SIGMAS) standard deviations of the stage's noisiest neuron.
     pub margin: u64,
     /// What the server multiplies this stage's weights by: `Δ / 2^INPUT_DELTA_LOG2` for stage 0,
     /// whose inputs the client encrypts in the public unit, and 1 after, where each table
@@ -70,7 +70,7 @@ pub struct Stage {
     pub input_sigma: f64,
     /// Standard deviation the keyswitch and modulus switch add before each bootstrap, as a
     /// fraction of the torus; for the output stage, what the output compression adds
-    /// ([`FheParameters::output_compression_variance`]).
+    /// ([`FheParameters::output_compression_variance`](crate::FheParameters::output_compression_variance)).
     pub switch_sigma: f64,
     /// The activation applied by each neuron's bootstrap; `None` for the output stage.
     pub activation: Option<StageActivation>,
