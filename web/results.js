@@ -2,8 +2,9 @@
 // printable report, all built here. Nothing computed from a decryption is ever sent.
 //
 // A batch is { model: { name, version, fingerprint }, classes, rows, seconds, serverSeconds },
-// each row { path, result: { class, probabilities }, dicom, original, seen }: `original` and
-// `seen` draw the image as dropped and as the model saw it (see canvas.js).
+// each row { path, result: { class, probabilities, borderline }, dicom, original, seen }:
+// `borderline` is what to say beside a borderline result (absent otherwise), and `original`
+// and `seen` draw the image as dropped and as the model saw it (see canvas.js).
 import { greyCanvas } from './canvas.js';
 
 const $ = (id) => document.getElementById(id);
@@ -37,17 +38,22 @@ function card(batch, row) {
   item.dataset.file = row.path;
   item.dataset.class = result.class;
   item.dataset.probabilities = JSON.stringify(result.probabilities);
+  item.dataset.borderline = String(!!result.borderline);
   const title = document.createElement('h3');
   title.textContent = row.path;
   const verdict = document.createElement('p');
   verdict.className = 'class';
-  verdict.textContent = result.class;
+  verdict.textContent = classText(result);
   item.append(title, verdict, ...bars(batch.classes, result.probabilities));
+  if (result.borderline) item.append(paragraph('borderline', result.borderline));
   for (const warning of row.dicom?.warnings ?? []) item.append(paragraph('warning', warning));
   item.append(paragraph('meta', `${batch.model.name} v${batch.model.version} · ${batch.seconds.toFixed(1)} s from start to result `
     + `(${batch.serverSeconds.toFixed(1)} s on the server) · ${DECISION_SUPPORT}`));
   return item;
 }
+
+/// The class as every view names it: marked when the result is borderline.
+const classText = (result) => (result.borderline ? `${result.class} (borderline)` : result.class);
 
 function bars(classes, probabilities) {
   return classes.map((label, i) => {
@@ -80,7 +86,7 @@ function paragraph(className, text) {
 function columns(batch) {
   return [
     { title: 'File', key: (row) => row.path },
-    { title: 'Class', key: (row) => row.result.class },
+    { title: 'Class', key: (row) => classText(row.result) },
     ...batch.classes.map((label, k) => ({ title: `P(${label})`, key: (row) => row.result.probabilities[k], numeric: true })),
   ];
 }
@@ -140,13 +146,14 @@ export function csvCell(value) {
   return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
-/// The results as CSV (RFC 4180): one row per image, probabilities as fractions.
+/// The results as CSV (RFC 4180): one row per image, probabilities as fractions, and the
+/// borderline note where a result is borderline.
 export function resultsCsv(batch) {
   const quote = csvCell;
-  const header = ['file', 'patient_name', 'study_date', 'class', ...batch.classes.map((c) => `p_${c}`), 'model', 'model_version'];
+  const header = ['file', 'patient_name', 'study_date', 'class', ...batch.classes.map((c) => `p_${c}`), 'borderline', 'model', 'model_version'];
   const lines = batch.rows.map((row) => [
     row.path, row.dicom?.patient_name ? personName(row.dicom.patient_name) : '', row.dicom?.study_date ? studyDate(row.dicom.study_date) : '',
-    row.result.class, ...row.result.probabilities.map((p) => p.toFixed(4)), batch.model.name, batch.model.version,
+    row.result.class, ...row.result.probabilities.map((p) => p.toFixed(4)), row.result.borderline ?? '', batch.model.name, batch.model.version,
   ]);
   return [header, ...lines].map((line) => line.map(quote).join(',')).join('\r\n') + '\r\n';
 }
@@ -184,7 +191,8 @@ export function printReport() {
     figures.className = 'figures';
     figures.append(figure(greyCanvas({ ...row.original, label: `${row.path}, as dropped` }), 'The image as dropped'),
       figure(greyCanvas({ ...row.seen, label: `${row.path}, as the model saw it` }), 'As the model saw it (what was encrypted)'));
-    page.append(figures, paragraph('class', `Class: ${row.result.class}`), ...bars(shown.classes, row.result.probabilities));
+    page.append(figures, paragraph('class', `Class: ${classText(row.result)}`), ...bars(shown.classes, row.result.probabilities));
+    if (row.result.borderline) page.append(paragraph('borderline', row.result.borderline));
     for (const warning of row.dicom?.warnings ?? []) page.append(paragraph('warning', warning));
     page.append(
       paragraph('meta', `Model: ${shown.model.name} v${shown.model.version} (fingerprint ${shown.model.fingerprint.slice(0, 16)}…). `

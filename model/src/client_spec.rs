@@ -7,17 +7,27 @@
 //! image, how to encrypt its integers, and how to read the answers (see
 //! `docs/client-spec.md`).
 //!
-//! Nothing in it is derived from the weights. Inputs are encrypted in one public unit
+//! Nothing in it is derived from the weights but one measured number about the circuit's
+//! noise, the borderline margin (below). Inputs are encrypted in one public unit
 //! ([`INPUT_DELTA_LOG2`]) for every model, and outputs decode with the unit the model's declared
 //! logit bound sets ([`output_unit_log2`]); the server does the model-specific scaling and
-//! centring. Two models that differ only
-//! in their weights therefore have specs that differ only in their [`ClientSpec::fingerprint`].
+//! centring. Two models that differ only in their weights therefore have specs that differ only
+//! in their [`ClientSpec::fingerprint`] and borderline margin.
 //!
 //! **What the client learns.** Each decrypted logit is rounded to [`LOGIT_STEP`] before the
 //! softmax. The output noise of the shipped model is about 0.07 in logit units, so the rounding
 //! removes the bits that noise sets (the IND-CPA-D stance: decrypted results that a client might
 //! show or share carry no noise bits to learn the key from), and nothing computed from a
 //! decryption is ever sent back.
+//!
+//! **Borderline results.** The one number derived from the model's circuit is
+//! [`ClientSpec::borderline_margin`]: how far apart the shown top two logits must be before
+//! another encryption of the same image can no longer change the class. It is a property of the
+//! circuit's noise, measured by the model's owner ([`crate::borderline::measure`]), and it is
+//! safe to publish: it is a multiple of [`LOGIT_STEP`], so a handful of values (a few
+//! bits, once per model); it says how noisy the model's answers are, not what any weight is;
+//! and any client can already measure it by encrypting one image again and again, which the
+//! service exists to let it do.
 //!
 //! ```
 //! use hexray_model::client_spec::ClientSpec;
@@ -30,24 +40,30 @@
 //! let diagnosis = spec.decode(&[0, (2.5 * (1u64 << 58) as f64) as u64]);
 //! assert_eq!(diagnosis.logits, vec![0.0, 2.5]);
 //! assert_eq!(diagnosis.class, 1);
+//! // A margin of 2.5 logits is borderline only for a model whose noise makes it so.
+//! assert_eq!(diagnosis.is_borderline(spec.borderline_margin), spec.borderline_margin >= 2.5);
 //! ```
 
 use serde::{Deserialize, Serialize};
 
 use crate::circuit::{output_unit_log2, Circuit, INPUT_DELTA_LOG2};
 use crate::error::ModelError;
-use crate::file::CompiledModel;
+use crate::file::{check_borderline_margin, CompiledModel};
 use crate::network::{check_classes, check_logit_bound, InputSpec};
 use crate::simulate::{argmax, softmax, Prediction};
 
 /// The `format` field of every client spec.
 pub const FORMAT: &str = "hexray-client-spec";
-/// The spec version this build reads and writes.
-pub const SPEC_VERSION: u32 = 1;
+/// The spec version this build reads and writes. Version 2 adds the borderline margin.
+pub const SPEC_VERSION: u32 = 2;
 /// Largest spec accepted, so a hostile server cannot make a client parse without bound.
 pub const MAX_SPEC_BYTES: usize = 64 << 10;
 /// Decrypted logits are rounded to a multiple of this before the softmax.
 pub const LOGIT_STEP: f64 = 0.25;
+/// What every HEXray client says beside a borderline result, so that the page, the CSV, the
+/// printed report and the CLI say the same thing.
+pub const BORDERLINE_NOTE: &str =
+    "borderline: another encryption of this image could give the other class; review the image";
 
 /// What a client needs to preprocess, encrypt and decode for one model, and nothing else.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +91,10 @@ pub struct ClientSpec {
     pub input_encoding: InputEncoding,
     /// How to turn decrypted phases into logits.
     pub output_decoding: OutputDecoding,
+    /// A result whose shown decision margin ([`Diagnosis::margin`]) is at most this many logits
+    /// is borderline: another encryption of the image could name another class. A property of
+    /// the circuit's noise (see the module docs for why it is safe to publish).
+    pub borderline_margin: f64,
     /// SHA-256 of the full model file, in hex: a job names it, so that a server whose model
     /// changed refuses inputs encrypted for the old one.
     pub fingerprint: String,
@@ -112,6 +132,34 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
+    /// The decision margin: the shown logit of the class named minus the largest other one,
+    /// in logits. Zero on a tie.
+    ///
+    /// ```
+    /// use hexray_model::Diagnosis;
+    ///
+    /// let shown = Diagnosis::from_logits(&[0.1, 1.4, -3.0], 0.25);
+    /// assert_eq!(shown.margin(), 1.5);
+    /// assert!(shown.is_borderline(1.5) && !shown.is_borderline(1.0));
+    /// ```
+    pub fn margin(&self) -> f64 {
+        let top = self.logits[self.class];
+        let next = self
+            .logits
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != self.class)
+            .map(|(_, &l)| l)
+            .fold(f64::NEG_INFINITY, f64::max);
+        top - next
+    }
+
+    /// Whether the result is borderline for a model whose borderline margin is
+    /// `borderline_margin` ([`ClientSpec::borderline_margin`]): the one rule every client uses.
+    pub fn is_borderline(&self, borderline_margin: f64) -> bool {
+        self.margin() <= borderline_margin
+    }
+
     /// What a client shows for unrounded logits: each rounded to a multiple of `step`, then
     /// their softmax and class. Rounding can tie two logits a simulator keeps apart, so
     /// whoever predicts what a clinician will see decodes through here.
@@ -173,6 +221,7 @@ impl ClientSpec {
                 unit_log2: output_unit_log2(model.network.output.logit_bound_log2),
                 logit_step: LOGIT_STEP,
             },
+            borderline_margin: model.borderline_margin,
             fingerprint: model.fingerprint(),
         }
     }
@@ -212,6 +261,7 @@ impl ClientSpec {
         }
         self.input.validate("input")?;
         check_classes("classes", &self.classes)?;
+        check_borderline_margin("borderline_margin", self.borderline_margin)?;
         let bound = 63u32.saturating_sub(self.output_decoding.unit_log2);
         check_logit_bound("output_decoding.unit_log2", bound)?;
         if self.input_encoding.delta_log2 != INPUT_DELTA_LOG2

@@ -11,15 +11,16 @@ use sha2::{Digest, Sha256};
 
 use crate::circuit::{compile, Circuit, Encoding};
 use crate::error::ModelError;
-use crate::network::Network;
+use crate::network::{Network, MAX_LOGIT_BOUND_LOG2};
 use crate::parameters::FheParameters;
 
 /// First token of every model file.
 pub const MAGIC: &str = "HEXRAY-MODEL";
 /// The format version this build reads and writes.
 /// Version 2 encodes inputs in the public unit and outputs around a common origin, so that the
-/// client spec holds nothing derived from the weights.
-pub const FORMAT_VERSION: u32 = 2;
+/// client spec holds nothing derived from the weights. Version 3 adds the borderline margin,
+/// which the client spec publishes.
+pub const FORMAT_VERSION: u32 = 3;
 /// Largest model file accepted, so a hostile file cannot make a loader allocate without bound.
 pub const MAX_MODEL_BYTES: usize = 64 << 20;
 
@@ -40,26 +41,36 @@ pub struct CompiledModel {
     pub fhe: FheParameters,
     /// The encoding the compiler chose; loading recompiles and requires exactly this.
     pub encoding: Encoding,
+    /// The decision margin, in shown logits, at or below which a result is borderline: another
+    /// encryption of the same image could name another class. The model's owner measures it
+    /// with the noisy simulator ([`crate::borderline::measure`]); loading cannot recompute it
+    /// without images, so it only checks that it is a margin at all.
+    pub borderline_margin: f64,
 }
 
 impl CompiledModel {
-    /// Compiles `network` for `fhe` and wraps it as a model file.
+    /// Compiles `network` for `fhe` and wraps it as a model file, with the borderline margin
+    /// measured on its circuit ([`crate::borderline::measure`]).
     pub fn build(
         name: &str,
         model_version: &str,
         description: &str,
         network: Network,
         fhe: FheParameters,
+        borderline_margin: f64,
     ) -> Result<Self, ModelError> {
         let circuit = compile(&network, &fhe)?;
-        Ok(CompiledModel {
+        let model = CompiledModel {
             name: name.to_owned(),
             model_version: model_version.to_owned(),
             description: description.to_owned(),
             encoding: circuit.encoding(),
             network,
             fhe,
-        })
+            borderline_margin,
+        };
+        check_borderline_margin("borderline_margin", model.borderline_margin)?;
+        Ok(model)
     }
 
     /// Serialises to the on-disk form.
@@ -119,6 +130,7 @@ impl CompiledModel {
 
     /// Checks the network, recompiles it and compares the stored encoding with the compiler's.
     fn verify(&self) -> Result<Circuit, ModelError> {
+        check_borderline_margin("borderline_margin", self.borderline_margin)?;
         let circuit = compile(&self.network, &self.fhe)?;
         let expected = circuit.encoding();
         if expected.stages.len() != self.encoding.stages.len() {
@@ -174,6 +186,19 @@ impl CompiledModel {
     pub fn fingerprint(&self) -> String {
         hex(&Sha256::digest(self.to_bytes()))
     }
+}
+
+/// Checks that `margin` can be a borderline margin: a finite number of logits, at least 0 and
+/// at most the widest difference two logits within the largest declared bound can have.
+pub(crate) fn check_borderline_margin(field: &str, margin: f64) -> Result<(), ModelError> {
+    let widest = (1u64 << (MAX_LOGIT_BOUND_LOG2 + 1)) as f64;
+    if !(0.0..=widest).contains(&margin) {
+        return Err(ModelError::field(
+            field,
+            format!("must be a decision margin from 0 to {widest} logits"),
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes in lowercase hex: how every digest and id in HEXray is written.

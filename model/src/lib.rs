@@ -13,6 +13,8 @@
 //! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise;
 //! - [`file`](mod@file): the versioned model file, its magic line and its verification;
 //! - [`client_spec`]: the public part of a model, all a client gets: no weights;
+//! - [`borderline`]: the margin below which another encryption could change a result's class,
+//!   measured on the circuit with the noisy simulator;
 //! - [`preprocess`]: the one function that turns an image (PNG, JPEG or DICOM) into quantized
 //!   input integers.
 //!
@@ -21,6 +23,7 @@
 //! The crate has no TFHE dependency, so it builds for `wasm32-unknown-unknown` as it is. The
 //! cryptographic parameters reach it as plain numbers ([`FheParameters`]).
 
+pub mod borderline;
 pub mod circuit;
 pub mod client_spec;
 pub mod dicom;

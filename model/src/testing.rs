@@ -73,7 +73,7 @@ pub fn tiny_model() -> (CompiledModel, Circuit) {
 
 /// [`tiny_network`] compiled for `fhe`, with its circuit.
 pub fn tiny_model_with(fhe: FheParameters) -> (CompiledModel, Circuit) {
-    let model = CompiledModel::build("tiny", "1", "test model", tiny_network(), fhe)
+    let model = CompiledModel::build("tiny", "1", "test model", tiny_network(), fhe, 1.0)
         .expect("the tiny network compiles");
     let circuit = crate::compile(&model.network, &model.fhe).expect("and again");
     (model, circuit)

@@ -27,7 +27,7 @@ fn keys(value: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
-    let a = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let a = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe(), 1.0).unwrap();
     let mut network = tiny_network();
     // Other weights and biases throughout, with other ranges, so every derived encoding moves.
     for layer in &mut network.layers {
@@ -40,7 +40,7 @@ fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
             _ => {}
         }
     }
-    let b = CompiledModel::build("m", "1", "d", network, test_fhe()).unwrap();
+    let b = CompiledModel::build("m", "1", "d", network, test_fhe(), 1.0).unwrap();
     assert_ne!(
         a.encoding, b.encoding,
         "the two circuits must be encoded differently"
@@ -54,7 +54,7 @@ fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
 
 #[test]
 fn a_spec_holds_no_weights_and_round_trips() {
-    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe(), 1.0).unwrap();
     let spec = spec_of(&model);
     let json = spec.to_json();
     let mut found = Vec::new();
@@ -84,7 +84,7 @@ fn a_spec_holds_no_weights_and_round_trips() {
 
 #[test]
 fn a_foreign_or_altered_spec_is_refused_in_words() {
-    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe(), 1.0).unwrap();
     let spec = spec_of(&model);
     let field = |json: Value| match ClientSpec::from_json(json.to_string().as_bytes()) {
         Err(ModelError::Field { field, .. }) => field,
@@ -100,6 +100,15 @@ fn a_foreign_or_altered_spec_is_refused_in_words() {
     let mut other = base.clone();
     other["classes"] = serde_json::json!(["one"]);
     assert_eq!(field(other), "classes");
+    for margin in [
+        serde_json::json!(-0.5),
+        serde_json::json!(1e12),
+        Value::Null,
+    ] {
+        let mut other = base.clone();
+        other["borderline_margin"] = margin;
+        assert_eq!(field(other), "borderline_margin");
+    }
     let mut other = base.clone();
     other["weights"] = serde_json::json!([1, 2]);
     assert!(ClientSpec::from_json(other.to_string().as_bytes()).is_err());
@@ -111,7 +120,7 @@ fn a_foreign_or_altered_spec_is_refused_in_words() {
 
 #[test]
 fn decoding_rounds_logits_to_the_public_step() {
-    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe()).unwrap();
+    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe(), 1.0).unwrap();
     let spec = spec_of(&model);
     let unit = (1u64 << 58) as f64;
     // 1.1 rounds to 1.0; −0.6 rounds to −0.5: the noise bits below the step are gone.
@@ -123,6 +132,33 @@ fn decoding_rounds_logits_to_the_public_step() {
     assert!((diagnosis.probabilities[0] - p0).abs() < 1e-12);
     let exact = spec.exact_logits(&phases);
     assert!((exact[0] - 1.1).abs() < 1e-9 && (exact[1] + 0.6).abs() < 1e-9);
+}
+
+#[test]
+fn a_result_is_borderline_exactly_when_its_shown_margin_is_within_the_models_margin() {
+    let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe(), 1.0).unwrap();
+    let spec = spec_of(&model);
+    assert_eq!(spec.borderline_margin, 1.0);
+    let unit = (1u64 << 58) as f64;
+    let shown = |a: f64, b: f64| spec.decode(&[(a * unit) as i64 as u64, (b * unit) as i64 as u64]);
+    // Shown margins 0.75 and 1.0 are inside; 1.25 (rounded from 1.2) and 3 are not.
+    for (a, b, borderline) in [
+        (0.8, 0.0, true),
+        (-1.0, 0.0, true),
+        (1.2, 0.0, false),
+        (0.0, 3.0, false),
+    ] {
+        let diagnosis = shown(a, b);
+        assert_eq!(
+            diagnosis.is_borderline(spec.borderline_margin),
+            borderline,
+            "logits {a} and {b}: shown margin {}",
+            diagnosis.margin()
+        );
+    }
+    // A tie names the first class and is always borderline.
+    assert_eq!(shown(0.5, 0.5).margin(), 0.0);
+    assert!(shown(0.5, 0.5).is_borderline(0.0));
 }
 
 #[test]
@@ -148,7 +184,7 @@ fn a_network_over_its_declared_logit_bound_is_refused_and_fit_declares_the_small
         "the smallest bound that fits"
     );
     network.output.logit_bound_log2 = bound;
-    let model = CompiledModel::build("m", "1", "d", network, test_fhe()).unwrap();
+    let model = CompiledModel::build("m", "1", "d", network, test_fhe(), 1.0).unwrap();
     let spec = ClientSpec::of(&model, &circuit);
     assert_eq!(spec.output_decoding.unit_log2, 63 - bound);
     assert_eq!(ClientSpec::from_json(&spec.to_json()).unwrap(), spec);

@@ -15,7 +15,7 @@ fn input(side: u32) -> InputSpec {
 }
 
 fn build(network: Network) -> Result<CompiledModel, ModelError> {
-    CompiledModel::build("tiny", "1", "test model", network, fhe())
+    CompiledModel::build("tiny", "1", "test model", network, fhe(), 1.0)
 }
 
 fn field_of(err: ModelError) -> String {
@@ -253,6 +253,21 @@ fn nan_coefficients_are_refused_in_memory_and_on_disk() {
 }
 
 #[test]
+fn a_borderline_margin_that_is_no_margin_is_refused_in_memory_and_on_disk() {
+    for margin in [-0.5, f64::NAN, f64::INFINITY, 1e9] {
+        let built = CompiledModel::build("tiny", "1", "test model", tiny(), fhe(), margin);
+        assert_eq!(field_of(built.unwrap_err()), "borderline_margin");
+    }
+    let text = String::from_utf8(build(tiny()).unwrap().to_bytes()).unwrap();
+    let tampered = text.replacen("\"borderline_margin\":1.0", "\"borderline_margin\":-1.0", 1);
+    assert_ne!(tampered, text);
+    assert_eq!(
+        field_of(CompiledModel::from_bytes(tampered.as_bytes()).unwrap_err()),
+        "borderline_margin"
+    );
+}
+
+#[test]
 fn a_tampered_encoding_is_refused() {
     let mut model = build(tiny()).unwrap();
     model.encoding.stages[0].delta *= 2;
@@ -275,7 +290,7 @@ fn truncated_random_and_oversized_files_are_errors() {
     for len in [0, 7, 100, 5000] {
         let noise: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
         assert!(CompiledModel::from_bytes(&noise).is_err());
-        let prefixed = [b"HEXRAY-MODEL 2\n".as_slice(), &noise].concat();
+        let prefixed = [b"HEXRAY-MODEL 3\n".as_slice(), &noise].concat();
         assert!(CompiledModel::from_bytes(&prefixed).is_err());
     }
     let huge = vec![b' '; hexray_model::file::MAX_MODEL_BYTES + 1];

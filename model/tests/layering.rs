@@ -15,6 +15,7 @@ const ORDER: &[&str] = &[
     "simulate",
     "file",
     "client_spec",
+    "borderline",
     "preprocess",
 ];
 

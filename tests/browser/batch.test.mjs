@@ -13,9 +13,11 @@ import {
 
 const samples = path.join(repo, 'samples');
 const SAMPLE_PNGS = [
-  'pneumoniamnist/test-0000-pneumonia.png', 'pneumoniamnist/test-0001-pneumonia.png', 'pneumoniamnist/test-0002-pneumonia.png',
+  'pneumoniamnist/test-0000-pneumonia.png', 'pneumoniamnist/test-0309-normal.png', 'pneumoniamnist/test-0002-pneumonia.png',
   'pneumoniamnist/test-0234-normal.png', 'covid-cxr-actualmed/normal-1.png',
 ].map((p) => path.join(samples, p));
+// What the page says beside a borderline result (hexray_model::client_spec::BORDERLINE_NOTE).
+const BORDERLINE = 'borderline: another encryption of this image could give the other class; review the image';
 // The DX/CR-style DICOM files samples/dicom/make_chest_dicoms.py writes from a sample PNG, and
 // the header fields it gives them: none of them may leave the browser.
 const CHEST_PNG = path.join(samples, 'covid-cxr-actualmed/covid-1.png');
@@ -106,6 +108,18 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
       const { possible } = possibleClasses(image);
       assert.ok(possible.includes(shown.class), `${shown.file}: ${shown.class} not among the simulator's ${possible}`);
     }
+    // A result is marked borderline exactly when its shown margin (the log ratio of its top two
+    // probabilities) is within the model's published margin. test-0309 almost always is (in
+    // 4984 of 5000 simulated encryptions), test-0234 nearly as often, and test-0002 never.
+    const band = possibleClasses(SAMPLE_PNGS[0]).native.borderline_margin;
+    assert.ok(band > 0, `the model publishes a borderline margin, not ${band}`);
+    for (const shown of five) {
+      const [top, next] = [...shown.probabilities].sort((a, b) => b - a);
+      const inside = Math.log(top / next) <= band + 1e-9;
+      assert.equal(shown.borderline, inside, `${shown.file}: margin ${Math.log(top / next)}, band ${band}`);
+      assert.equal(shown.text.includes(BORDERLINE), inside, `${shown.file} says what a borderline result means`);
+    }
+    assert.ok(five.some((r) => r.borderline) && five.some((r) => !r.borderline), 'both kinds are among the five');
 
     // The table: one row per image, sortable by probability.
     const column = (k) => page.$$eval('#results-table tbody tr', (rows, i) => rows.map((r) => r.children[i].textContent), k);
@@ -125,12 +139,13 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     const [download] = await Promise.all([page.waitForEvent('download'), page.locator('#download').click()]);
     assert.match(download.suggestedFilename(), /^hexray-results-\d{12}\.csv$/);
     const csv = readFileSync(await download.path(), 'utf8').trim().split('\r\n').map((line) => line.split(','));
-    assert.deepEqual(csv[0], ['file', 'patient_name', 'study_date', 'class', 'p_normal', 'p_pneumonia', 'model', 'model_version']);
+    assert.deepEqual(csv[0], ['file', 'patient_name', 'study_date', 'class', 'p_normal', 'p_pneumonia', 'borderline', 'model', 'model_version']);
     assert.equal(csv.length, 6);
     for (const row of csv.slice(1)) {
       const card = five.find((r) => r.file === row[0]);
       assert.equal(row[3], card.class);
       assert.deepEqual(row.slice(4, 6).map(Number), card.probabilities.map((p) => Number(p.toFixed(4))));
+      assert.equal(row[6], card.borderline ? BORDERLINE : '');
     }
     assert.ok(!bodies.some((b) => b.url.includes('csv') || b.body.indexOf(csv[1].join(',')) >= 0), 'no result is sent');
 
@@ -142,6 +157,12 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     assert.equal(await pages.count(), 5);
     assert.equal(await pages.first().locator('canvas').count(), 2);
     assert.match(await pages.first().textContent(), /Class: .*Model: .* v.*Decision support, not a diagnosis/s);
+    // Each page marks its result as the card does.
+    const reported = await pages.evaluateAll((all) => all.map((p) => ({ title: p.querySelector('h2').textContent, text: p.textContent })));
+    for (const shown of five) {
+      const report = reported.find((r) => r.title === `HEXray report: ${shown.file}`);
+      assert.equal(report.text.includes(BORDERLINE), shown.borderline, `${shown.file}'s page`);
+    }
     const pdf = (await page.pdf({ format: 'A4' })).toString('latin1');
     assert.equal(pdf.match(/\/Type\s*\/Page\b/g).length, 5, 'one PDF page per image');
 

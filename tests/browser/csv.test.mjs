@@ -25,5 +25,15 @@ test('a file and a patient named as formulas reach the CSV neutralised', () => {
     }],
   });
   const row = csv.split('\r\n')[1];
-  assert.equal(row, `"'=cmd|""/c calc""!A1.dcm","'@EVIL, X",2024-01-05,normal,0.7500,0.2500,m,1`);
+  assert.equal(row, `"'=cmd|""/c calc""!A1.dcm","'@EVIL, X",2024-01-05,normal,0.7500,0.2500,,m,1`);
+});
+
+test('a borderline result carries its note in the CSV, and a clear one an empty cell', () => {
+  const note = 'borderline: another encryption of this image could give the other class; review the image';
+  const row = (borderline) => ({ path: 'a.png', result: { class: 'normal', probabilities: [0.6, 0.4], borderline } });
+  const csv = resultsCsv({ classes: ['normal', 'pneumonia'], model: { name: 'm', version: '1' }, rows: [row(note), row(undefined)] });
+  const [header, marked, clear] = csv.split('\r\n');
+  assert.equal(header, 'file,patient_name,study_date,class,p_normal,p_pneumonia,borderline,model,model_version');
+  assert.equal(marked, `a.png,,,normal,0.6000,0.4000,${note},m,1`);
+  assert.equal(clear, 'a.png,,,normal,0.6000,0.4000,,m,1');
 });

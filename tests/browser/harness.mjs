@@ -105,7 +105,8 @@ export async function results(page, count) {
   const error = await page.locator('#error').isHidden() ? null : await page.locator('#error-text').textContent();
   if (error) throw new Error(`the page shows an error: ${error}`);
   return page.evaluate(() => Array.from(document.querySelectorAll('.result'), (item) => ({
-    file: item.dataset.file, class: item.dataset.class, probabilities: JSON.parse(item.dataset.probabilities), text: item.textContent,
+    file: item.dataset.file, class: item.dataset.class, probabilities: JSON.parse(item.dataset.probabilities),
+    borderline: item.dataset.borderline === 'true', text: item.textContent,
   })));
 }
 

@@ -119,6 +119,7 @@ fn a_model_whose_noise_figures_were_edited_is_refused() {
         &model.description,
         model.network.clone(),
         model.fhe.clone(),
+        model.borderline_margin,
     )
     .unwrap();
     let err = hexray_engine::LoadedModel::from_bytes(&rebuilt.to_bytes(), "edited")
@@ -237,8 +238,14 @@ fn a_three_class_model_runs_end_to_end() {
         bias: vec![1, 0, -1],
     });
     network.output.classes = vec!["normal".into(), "pneumonia".into(), "covid-19".into()];
-    let model =
-        hexray_model::CompiledModel::build("three", "1", "test", network, set.fhe_parameters())
-            .unwrap();
+    let model = hexray_model::CompiledModel::build(
+        "three",
+        "1",
+        "test",
+        network,
+        set.fhe_parameters(),
+        1.0,
+    )
+    .unwrap();
     round_trip(model, set);
 }

@@ -21,7 +21,7 @@ use hexray_model::network::{
     Activation, Conv2d, Dense, InputSpec, Intensity, Layer, OutputSpec, Shape,
 };
 use hexray_model::network::{Function, Granularity, Quantizer};
-use hexray_model::simulate;
+use hexray_model::{borderline, simulate};
 use hexray_model::{CompiledModel, Network};
 use hexray_trainer::data::{load_npz, Dataset};
 use ndarray::{Array2, Axis};
@@ -111,6 +111,10 @@ fn main() -> Result<()> {
             logit_bound_log2: hexray_model::network::DEFAULT_LOGIT_BOUND_LOG2,
         },
     };
+    let circuit = hexray_model::compile(&network, &DEFAULT_PARAMETER_SET.fhe_parameters())?;
+    let val = load_npz(Path::new(data), "val", &network.input)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let margin = borderline::measure(&circuit, &val.images, &mut rng)?;
     let model = CompiledModel::build(
         &format!("reference-{topology}"),
         "1",
@@ -121,6 +125,7 @@ fn main() -> Result<()> {
         ),
         network,
         DEFAULT_PARAMETER_SET.fhe_parameters(),
+        margin,
     )?;
     let (_, circuit) = CompiledModel::from_bytes(&model.to_bytes())?;
     let mut noise = ChaCha8Rng::seed_from_u64(7);

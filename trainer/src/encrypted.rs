@@ -192,6 +192,41 @@ pub struct Stability {
     pub encrypted_flipping_unflagged: usize,
     /// The same spread as `simulated_spread`, as the page shows it after decryption.
     pub encrypted_spread: (f64, f64),
+    /// The model's published borderline margin, in shown logits: a client marks a result
+    /// borderline when its shown margin is at most this.
+    pub borderline_margin: f64,
+    /// Results a client would mark borderline, of all results: over `runs` simulator draws of
+    /// every test image, and over the encrypted runs.
+    pub simulated_marked: (usize, usize),
+    pub encrypted_marked: (usize, usize),
+    /// Results of images whose class changed between draws (encryptions) that were not
+    /// marked borderline, of all such results: the mark's misses (the target is none).
+    pub simulated_flipping_unmarked: (usize, usize),
+    pub encrypted_flipping_unmarked: (usize, usize),
+}
+
+/// Results marked borderline, counted over images: the marked and all results, and of the
+/// results of images whose class changed, the unmarked and all.
+#[derive(Default)]
+struct Marks {
+    marked: (usize, usize),
+    flipping_unmarked: (usize, usize),
+}
+
+impl Marks {
+    /// Counts one image's results (at least one).
+    fn add(&mut self, results: &[Diagnosis], borderline_margin: f64) {
+        let marked = results
+            .iter()
+            .filter(|d| d.is_borderline(borderline_margin))
+            .count();
+        self.marked.0 += marked;
+        self.marked.1 += results.len();
+        if results.iter().any(|d| d.class != results[0].class) {
+            self.flipping_unmarked.0 += results.len() - marked;
+            self.flipping_unmarked.1 += results.len();
+        }
+    }
 }
 
 /// Simulator draws that decide whether an image is borderline.
@@ -216,8 +251,10 @@ pub fn stability(
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         max - values.iter().copied().fold(f64::INFINITY, f64::min)
     };
+    let margin = model.borderline_margin;
     let (mut borderline, mut simulated_flipping, mut simulated_spreads) =
         (Vec::new(), 0, Vec::new());
+    let (mut simulated_marks, mut encrypted_marks) = (Marks::default(), Marks::default());
     for (i, image) in test.images.iter().enumerate() {
         let exact = shown(&simulate::exact(circuit, image.view())?).class;
         let draws = (0..BORDERLINE_DRAWS)
@@ -228,6 +265,7 @@ pub fn stability(
         }
         let first = &draws[..runs.min(BORDERLINE_DRAWS)];
         simulated_flipping += usize::from(first.iter().any(|d| d.class != exact));
+        simulated_marks.add(first, margin);
         let values: Vec<f64> = first.iter().map(|d| d.probabilities[exact]).collect();
         simulated_spreads.push(spread(&values));
     }
@@ -246,17 +284,18 @@ pub fn stability(
     for &i in &chosen {
         let image = test.images[i].view();
         let exact = shown(&simulate::exact(circuit, image)?).class;
-        let mut classes = Vec::with_capacity(runs);
+        let mut results = Vec::with_capacity(runs);
         let mut values = Vec::with_capacity(runs);
         for _ in 0..runs {
             let encrypted = client.encrypt(loaded.spec(), image)?;
             let (output, _) = evaluate(&loaded, &server, encrypted, &|| {})?;
             let diagnosis = client.decrypt(loaded.spec(), &output)?;
             values.push(diagnosis.probabilities[exact]);
-            classes.push(diagnosis.class);
+            results.push(diagnosis);
             bar.inc(1);
         }
-        if classes.iter().any(|&c| c != classes[0]) {
+        encrypted_marks.add(&results, margin);
+        if results.iter().any(|d| d.class != results[0].class) {
             flipping += 1;
             unflagged += usize::from(!borderline.contains(&i));
         }
@@ -281,5 +320,10 @@ pub fn stability(
         encrypted_flipping: flipping,
         encrypted_flipping_unflagged: unflagged,
         encrypted_spread: mean_max(&spreads),
+        borderline_margin: margin,
+        simulated_marked: simulated_marks.marked,
+        encrypted_marked: encrypted_marks.marked,
+        simulated_flipping_unmarked: simulated_marks.flipping_unmarked,
+        encrypted_flipping_unmarked: encrypted_marks.flipping_unmarked,
     })
 }

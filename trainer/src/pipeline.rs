@@ -3,8 +3,8 @@
 
 use hexray_model::circuit::fit_logit_bound;
 use hexray_model::network::InputSpec;
-use hexray_model::simulate;
 use hexray_model::FheParameters;
+use hexray_model::{borderline, simulate};
 use hexray_model::{Circuit, CompiledModel, ModelError};
 use ndarray::Axis;
 use rand::SeedableRng;
@@ -53,6 +53,9 @@ pub struct Lesson<'a> {
     pub strong: Option<&'a Net>,
     pub train: &'a Tensors,
     pub val: &'a Tensors,
+    /// The validation split as input integers, on which the compiled circuit's borderline
+    /// margin is measured.
+    pub val_images: &'a Dataset,
 }
 
 /// Trains the student of `config.recipe` from `lesson`, quantizing and compiling it when the
@@ -70,6 +73,7 @@ pub fn train_and_compile(
         strong,
         train,
         val,
+        val_images,
     } = *lesson;
     let distil_from = strong.unwrap_or(teacher);
     let float = train_student(
@@ -104,8 +108,11 @@ pub fn train_and_compile(
                 config.classes.clone(),
             );
             let mut network = integer.network();
-            fit_logit_bound(&mut network, &config.fhe)?;
-            let model = CompiledModel::build(name, "1", description, network, config.fhe.clone())?;
+            let circuit = fit_logit_bound(&mut network, &config.fhe)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(config.settings.seed);
+            let margin = borderline::measure(&circuit, &val_images.images, &mut rng)?;
+            let model =
+                CompiledModel::build(name, "1", description, network, config.fhe.clone(), margin)?;
             let (model, circuit) = CompiledModel::from_bytes(&model.to_bytes())?;
             Some((q, model, circuit))
         }

@@ -77,6 +77,32 @@ impl Stability {
                 s.encrypted_spread.1,
             );
         }
+        let share = |(part, all): (usize, usize)| 100.0 * part as f64 / all.max(1) as f64;
+        out += &format!(
+            "\n**The borderline mark.** A client marks a result *borderline* when its shown \
+             margin (top logit minus the next, as decoded) is at most the model's published \
+             borderline margin, **{:.2} logits** (measured on the validation split, see \
+             `hexray_model::borderline`). Over {} draws of every test image it marks {:.1}% of \
+             results; of the results of images whose class changed between draws, {} of {} \
+             ({:.1}%) were not marked.",
+            s.borderline_margin,
+            s.runs,
+            share(s.simulated_marked),
+            s.simulated_flipping_unmarked.0,
+            s.simulated_flipping_unmarked.1,
+            share(s.simulated_flipping_unmarked),
+        );
+        if s.encrypted_images > 0 {
+            out += &format!(
+                " Encrypted, it marked {:.1}% of results; of the results of images whose class \
+                 changed between encryptions, {} of {} ({:.1}%) were not marked.",
+                share(s.encrypted_marked),
+                s.encrypted_flipping_unmarked.0,
+                s.encrypted_flipping_unmarked.1,
+                share(s.encrypted_flipping_unmarked),
+            );
+        }
+        out += "\n";
         out
     }
 }

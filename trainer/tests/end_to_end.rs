@@ -32,6 +32,12 @@ fn pneumoniamnist() -> Option<PathBuf> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/pneumoniamnist.npz");
     if !path.exists() {
+        // CI always has the data, so there a missing file is a failure, never a silent pass.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is absent, and CI must have it",
+            path.display()
+        );
         eprintln!(
             "skipped: {} is absent (CI places ../shared/data beside the checkout)",
             path.display()
@@ -79,7 +85,7 @@ fn tiny_config(topology: &str, strong: Option<&str>, epochs: [usize; 4]) -> Conf
 
 /// A quarter of the training split and the validation split, as the float network's tensors,
 /// and the test split; `None` without the dataset.
-fn tiny_splits(input: &InputSpec) -> Option<(Tensors, Tensors, Dataset)> {
+fn tiny_splits(input: &InputSpec) -> Option<(Tensors, Tensors, Dataset, Dataset)> {
     let path = pneumoniamnist()?;
     let train_full = load_npz(&path, "train", input).unwrap();
     let train = train_full.subset(&(0..train_full.len()).step_by(4).collect::<Vec<_>>());
@@ -88,6 +94,7 @@ fn tiny_splits(input: &InputSpec) -> Option<(Tensors, Tensors, Dataset)> {
     Some((
         Tensors::new(&train, input.scale),
         Tensors::new(&val, input.scale),
+        val,
         test,
     ))
 }
@@ -97,7 +104,7 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
     // Distilled from a larger network than itself, as the method allows.
     let config = tiny_config("c-narrow", Some("c8k3s1p1x2,d32"), [8, 2, 4, 3]);
     let input = config.input.clone();
-    let Some((tr, va, test)) = tiny_splits(&input) else {
+    let Some((tr, va, val, test)) = tiny_splits(&input) else {
         return;
     };
     let mut log = Vec::new();
@@ -108,6 +115,7 @@ fn a_tiny_training_run_beats_chance_and_exports_bit_exactly() {
         strong: Some(&strong),
         train: &tr,
         val: &va,
+        val_images: &val,
     };
     let student = train_and_compile(&config, &lesson, &mut log, "tiny", "test").unwrap();
     let (quantized, model, circuit) = student.quantized.unwrap();
@@ -179,7 +187,7 @@ fn a_linear_front_trains_as_layers_and_exports_its_composition_bit_exactly() {
     let config = tiny_config("c4k5s1p2x2l,d16", None, [4, 1, 2, 2]);
     assert_eq!(config.topology.bootstraps(INPUT), 16);
     let input = config.input.clone();
-    let Some((tr, va, test)) = tiny_splits(&input) else {
+    let Some((tr, va, val, test)) = tiny_splits(&input) else {
         return;
     };
     let mut log = Vec::new();
@@ -216,6 +224,7 @@ fn a_linear_front_trains_as_layers_and_exports_its_composition_bit_exactly() {
         strong: None,
         train: &tr,
         val: &va,
+        val_images: &val,
     };
     let student = train_and_compile(&config, &lesson, &mut log, "front", "test").unwrap();
     let (quantized, model, circuit) = student.quantized.unwrap();

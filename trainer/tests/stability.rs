@@ -36,6 +36,19 @@ fn re_encryptions_are_counted_and_only_borderline_images_may_flip() {
     );
     assert!(s.encrypted_flipping <= s.encrypted_images);
     assert_eq!(s.encrypted_flipping_unflagged, 0, "{s:?}");
+    // Every result is counted once, and the mark's misses are among flipping images' results.
+    assert_eq!(s.simulated_marked.1, 6 * 3);
+    assert_eq!(s.encrypted_marked.1, 4 * 3);
+    assert_eq!(s.borderline_margin, model.borderline_margin);
+    for ((marked, all), (missed, flipping)) in [
+        (s.simulated_marked, s.simulated_flipping_unmarked),
+        (s.encrypted_marked, s.encrypted_flipping_unmarked),
+    ] {
+        assert!(
+            marked <= all && missed <= flipping && flipping <= all,
+            "{s:?}"
+        );
+    }
     for (mean, max) in [s.simulated_spread, s.encrypted_spread] {
         assert!(
             (0.0..=1.0).contains(&mean) && mean <= max && max <= 1.0,

@@ -16,6 +16,7 @@
 //! - `pack_batch([blobs])`, `unpack_batch(body, count)`: the HXB1 batch bodies.
 
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::ClientSpec;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -167,6 +168,8 @@ struct Shown<'a> {
     class_index: usize,
     classes: &'a [String],
     probabilities: Vec<f64>,
+    /// What to say beside a borderline result ([`BORDERLINE_NOTE`]); absent otherwise.
+    borderline: Option<&'static str>,
 }
 
 #[wasm_bindgen]
@@ -204,18 +207,21 @@ impl Client {
     }
 
     /// Decrypts one encrypted output from the server into the class and its probabilities
-    /// (from logits rounded to the spec's step: no noise bits reach the page).
+    /// (from logits rounded to the spec's step: no noise bits reach the page), and whether the
+    /// result is borderline by the model's published margin.
     pub fn decrypt(&self, model: &Model, output: &[u8]) -> Result<JsValue, JsError> {
         let output =
             EncryptedOutput::from_bytes(output, self.key.parameter_set(), model.spec.output_len())
                 .map_err(error)?;
         let diagnosis = self.key.decrypt(&model.spec, &output).map_err(error)?;
         let classes = &model.spec.classes;
+        let borderline = diagnosis.is_borderline(model.spec.borderline_margin);
         let diagnosis = Shown {
             class: &classes[diagnosis.class],
             class_index: diagnosis.class,
             classes,
             probabilities: diagnosis.probabilities,
+            borderline: borderline.then_some(BORDERLINE_NOTE),
         };
         serde_wasm_bindgen::to_value(&diagnosis).map_err(error)
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_evaluator::client::ApiClient;
+use hexray_model::client_spec::BORDERLINE_NOTE;
 
 use crate::read_image;
 
@@ -82,8 +83,13 @@ pub fn analyze(args: Args) -> Result<()> {
             .zip(&diagnosis.probabilities)
             .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
             .collect();
+        let borderline = if diagnosis.is_borderline(spec.borderline_margin) {
+            format!(" {BORDERLINE_NOTE}")
+        } else {
+            String::new()
+        };
         println!(
-            "{}: {} ({})",
+            "{}: {} ({}){borderline}",
             path.display(),
             spec.classes[diagnosis.class],
             scores.join(", ")

@@ -1,6 +1,7 @@
 //! `hexray run`: the whole encrypted pipeline on one machine, phase by phase, exactly as the
 //! client and the server split it (every blob crosses the "network" as bytes).
 
+use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::simulate;
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,9 @@ pub fn run(args: ImageArgs) -> Result<()> {
     );
     for (class, p) in loaded.spec().classes.iter().zip(&diagnosis.probabilities) {
         println!("  {class:<12} {:>6.2}%", 100.0 * p);
+    }
+    if diagnosis.is_borderline(loaded.spec().borderline_margin) {
+        println!("  {BORDERLINE_NOTE}");
     }
     println!("bootstraps {}", stats.bootstraps);
     println!(

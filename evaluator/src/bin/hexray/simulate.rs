@@ -1,9 +1,9 @@
 //! `hexray simulate`: what the plaintext simulator predicts for an image, exactly and under
 //! TFHE's noise, as JSON, with the preprocessed input integers a client would encrypt. It is
-//! the native reference the browser test compares the page with.
+//! the native reference the browser test compares the page with, borderline marks included.
 
 use anyhow::Result;
-use hexray_model::simulate;
+use hexray_model::{simulate, Diagnosis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -24,6 +24,12 @@ pub fn simulate(args: ImageArgs) -> Result<()> {
     for run in &runs {
         votes[run.class()] += 1;
     }
+    // Draws a client would mark borderline, decoded as a client decodes them.
+    let margin = loaded.model().borderline_margin;
+    let borderline = runs
+        .iter()
+        .filter(|run| Diagnosis::of_prediction(circuit, run).is_borderline(margin))
+        .count();
     let column = |k: usize| runs.iter().map(move |r| r.probabilities[k]);
     let n = runs.len() as f64;
     let mean: Vec<f64> = (0..classes).map(|k| column(k).sum::<f64>() / n).collect();
@@ -53,7 +59,9 @@ pub fn simulate(args: ImageArgs) -> Result<()> {
             "min_probabilities": low,
             "max_probabilities": high,
             "class_votes": votes,
+            "borderline_votes": borderline,
         },
+        "borderline_margin": margin,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

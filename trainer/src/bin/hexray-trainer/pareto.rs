@@ -49,6 +49,7 @@ pub(crate) fn pareto(
                 strong: strong.as_ref(),
                 train: &tr,
                 val: &va,
+                val_images: &val,
             };
             let student = train_and_compile(&config, &lesson, &mut log, name, "pareto")?;
             let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");

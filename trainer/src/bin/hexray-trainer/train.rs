@@ -67,6 +67,7 @@ pub(crate) fn train(
         strong: strong.as_ref(),
         train: &tr,
         val: &va,
+        val_images: &val,
     };
     let student = train_and_compile(&config, &lesson, &mut log, &name, &description)?;
     let training_seconds = start.elapsed().as_secs_f64();

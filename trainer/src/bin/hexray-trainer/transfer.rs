@@ -59,7 +59,8 @@ pub(crate) fn transfer(
         // images trained on (nor on the test fold).
         let (fit_on, choose_on) = hold_out(&covid, &rest, (k - 1).max(2), common.seed)?;
         let fold_train = Tensors::new(&covid.subset(&fit_on), scale);
-        let fold_val = Tensors::new(&covid.subset(&choose_on), scale);
+        let fold_val_images = covid.subset(&choose_on);
+        let fold_val = Tensors::new(&fold_val_images, scale);
         let fold_test = covid.subset(held_out);
         let mut accuracies = Vec::new();
         for (slot, start) in [Some(&pretrained), None].into_iter().enumerate() {
@@ -75,6 +76,7 @@ pub(crate) fn transfer(
                 strong: None,
                 train: &fold_train,
                 val: &fold_val,
+                val_images: &fold_val_images,
             };
             let student = train_and_compile(&config, &lesson, &mut log, "covid", "transfer")?;
             let (_, _, circuit) = student.quantized.expect("the shipped recipe quantizes");
