@@ -83,6 +83,13 @@ async function chooseModel(id) {
   const info = state.info;
   $('model-info').textContent = `${info.name} v${info.version}: ${info.description} Classes: ${info.classes.join(' / ')}; `
     + `${info.width}×${info.height} grayscale input; ${info.bootstraps} bootstraps per image, ${expected(summary)}.`;
+  // The model card: its summary beside the picker, the whole card one click away.
+  $('model-card-summary').textContent = summary.card_summary
+    ? `Model card: ${summary.card_summary}`
+    : 'This model has no model card: ask its owner what it was trained on, and on whom, before relying on it.';
+  $('model-card').hidden = !summary.card_summary;
+  $('model-card-text').textContent = summary.card_summary
+    ? await (await api(`/models/${encodeURIComponent(id)}/card`)).text() : '';
   // Every image is read again: what the model sees depends on the model.
   for (const entry of state.entries) queueRead(entry);
   updateQueued();
@@ -320,7 +327,10 @@ async function analyseBatch(prepared, more) {
   window.hexrayTimings.endToEndSeconds = seconds;
   for (const entry of batch.entries) entry.analysedWith = batch.fingerprint;
   showResults({
-    model: { name: state.info.name, version: state.info.version, fingerprint: batch.fingerprint },
+    model: {
+      id: state.summary.id, name: state.info.name, version: state.info.version, fingerprint: batch.fingerprint,
+      cardSummary: state.summary.card_summary,
+    },
     classes: state.info.classes,
     rows: batch.entries.map((entry, i) => ({
       path: entry.path, result: results[i], dicom: entry.read.dicom, original: original(entry.read), seen: seen(entry.read),

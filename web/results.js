@@ -1,7 +1,8 @@
 // Results, which exist only in this page: cards, a sortable table, a CSV download and a
 // printable report, all built here. Nothing computed from a decryption is ever sent.
 //
-// A batch is { model: { name, version, fingerprint }, classes, rows, seconds, serverSeconds },
+// A batch is { model: { id, name, version, fingerprint, cardSummary }, classes, rows, seconds,
+// serverSeconds },
 // each row { path, result: { class, probabilities, borderline }, dicom, original, seen }:
 // `borderline` is what to say beside a borderline result (absent otherwise), and `original`
 // and `seen` draw the image as dropped and as the model saw it (see canvas.js).
@@ -197,6 +198,10 @@ export function printReport() {
     page.append(
       paragraph('meta', `Model: ${shown.model.name} v${shown.model.version} (fingerprint ${shown.model.fingerprint.slice(0, 16)}…). `
         + `Encrypted in the browser; the server computed on ciphertexts only. Printed ${printed}.`),
+      paragraph('model-card', shown.model.cardSummary
+        ? `Model card: ${shown.model.cardSummary} The whole card is on the page under "Model card", and in HEXray's `
+          + `docs/model-cards/${shown.model.id}.md.`
+        : 'This model has no model card.'),
       paragraph('statement', DECISION_SUPPORT),
     );
     return page;

@@ -157,6 +157,11 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     assert.equal(await pages.count(), 5);
     assert.equal(await pages.first().locator('canvas').count(), 2);
     assert.match(await pages.first().textContent(), /Class: .*Model: .* v.*Decision support, not a diagnosis/s);
+    // Each page carries the model card's summary.
+    const cardSummary = await page.locator('#model-card-summary').textContent();
+    for (const { text } of await pages.evaluateAll((all) => all.map((p) => ({ text: p.textContent })))) {
+      assert.ok(text.includes(cardSummary), 'the report page gives the model card summary');
+    }
     // Each page marks its result as the card does.
     const reported = await pages.evaluateAll((all) => all.map((p) => ({ title: p.querySelector('h2').textContent, text: p.textContent })));
     for (const shown of five) {
@@ -198,8 +203,25 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     const options = await page.locator('#model-select option').allTextContents();
     assert.equal(options.length, 2, `two models: ${options}`);
     for (const option of options) assert.match(option, /\d+ bootstraps, about \d+\.\d s per image/);
+    // Beside the picker, the model card's summary, as the server lists it, and the whole card.
+    const listed = await page.evaluate(async () => (await (await fetch('/api/v1/models', {
+      headers: { Authorization: `Bearer ${localStorage.getItem('hexray.token')}` },
+    })).json()).models);
+    const cardOf = async (id) => {
+      const { card_summary: summary } = listed.find((m) => m.id === id);
+      assert.ok(summary?.length > 40, `${id} has a card summary`);
+      await page.waitForFunction((s) => document.getElementById('model-card-summary').textContent === `Model card: ${s}`, summary);
+      await page.waitForFunction((m) => document.getElementById('model-card-text').textContent.startsWith(`# Model card: \`${m}\``), id);
+      assert.equal(await page.locator('#model-card-text').isVisible(), false, 'the whole card waits for a click');
+      await page.locator('#model-card summary').click();
+      assert.equal(await page.locator('#model-card-text').isVisible(), true);
+      await page.locator('#model-card summary').click();
+      return summary;
+    };
+    await cardOf(await page.locator('#model-select').inputValue());
     await page.locator('#model-select').selectOption('pneumonia-a');
     await page.waitForFunction(() => document.getElementById('model-info').textContent.startsWith('pneumonia-a v'));
+    await cardOf('pneumonia-a');
     // Reloaded, the page loads the remembered model; a file chosen while the model's spec is
     // still on its way waits for it, and is read once it comes.
     let release;

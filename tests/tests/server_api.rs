@@ -20,6 +20,7 @@ use hexray_engine::LoadedModel;
 use hexray_evaluator::server::auth::{Access, Scope, Tokens};
 use hexray_evaluator::server::error::ErrorCode;
 use hexray_evaluator::server::keys::{key_id, KEY_ID_HEADER};
+use hexray_evaluator::server::models::card_summary;
 use hexray_evaluator::server::routes::ROUTES;
 use hexray_evaluator::server::{configure, AppState, Config};
 use rand::{Rng, SeedableRng};
@@ -670,6 +671,7 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
     for (method, uri) in [
         (Method::GET, "/api/v1/models"),
         (Method::GET, "/api/v1/models/pneumonia-a"),
+        (Method::GET, "/api/v1/models/pneumonia-a/card"),
         (Method::POST, "/api/v1/keys"),
         (Method::GET, "/api/v1/keys/00ff"),
         (Method::POST, "/api/v1/jobs"),
@@ -754,6 +756,40 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
         );
     }
     assert_eq!(wait(&app, &job).await["state"], "done");
+}
+
+#[actix_web::test]
+async fn each_model_is_listed_with_its_cards_summary_and_its_card_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (status, body) = call(&app, Method::GET, "/api/v1/models", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let listing = json(&body);
+    let models = listing["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for listed in models {
+        let id = listed["id"].as_str().unwrap();
+        let (status, card) = call(
+            &app,
+            Method::GET,
+            &format!("/api/v1/models/{id}/card"),
+            vec![],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+        let card = String::from_utf8(card.to_vec()).unwrap();
+        assert!(card.starts_with(&format!("# Model card: `{id}`")), "{card}");
+        let summary = listed["card_summary"].as_str().expect("a summary");
+        assert_eq!(Some(summary), card_summary(&card));
+        assert!(
+            !card.contains("HEXRAY-MODEL"),
+            "the card is not the model file"
+        );
+    }
+    assert_eq!(
+        error(&app, Method::GET, "/api/v1/models/nope/card", vec![]).await,
+        (StatusCode::NOT_FOUND, "unknown_model".to_owned())
+    );
 }
 
 #[actix_web::test]

@@ -1,4 +1,5 @@
-//! The models a server offers: every `*.hexray` file of a directory, or the bundled default.
+//! The models a server offers: every `*.hexray` file of a directory, or the bundled ones, each
+//! with its model card where it has one.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,23 +12,33 @@ use super::BodyLimits;
 use hexray_engine::{LoadError, LoadedModel};
 
 /// The models shipped inside the binary, so a fresh install serves something useful; the
-/// first is the default.
-const BUNDLED: [(&str, &[u8]); 2] = [
+/// first is the default. Each comes with its model card (`docs/model-cards/<id>.md`): a bundled
+/// model without one does not build.
+const BUNDLED: [(&str, &[u8], &str); 2] = [
     (
         "pneumonia-mlp-64",
         include_bytes!("../../../models/pneumonia-mlp-64.hexray"),
+        include_str!("../../../docs/model-cards/pneumonia-mlp-64.md"),
     ),
     (
         "pneumonia-a",
         include_bytes!("../../../models/pneumonia-a.hexray"),
+        include_str!("../../../docs/model-cards/pneumonia-a.md"),
     ),
 ];
 
-/// A model as served: its id and the loaded circuit. The file itself never leaves the server;
-/// clients get [`LoadedModel::spec`].
+/// The file beside a model file `<id>.hexray` that holds its model card.
+pub const CARD_SUFFIX: &str = ".card.md";
+
+/// A model as served: its id, the loaded circuit and its model card. The file itself never
+/// leaves the server; clients get [`LoadedModel::spec`] and the card.
 pub struct ServedModel {
     pub id: String,
     pub loaded: LoadedModel,
+    /// The model card (Markdown): what the model is for, its data and population, its measured
+    /// figures and its failure modes. Bundled models always have one; a model read from a
+    /// directory has the `<id>.card.md` beside its file, if there is one.
+    pub card: Option<String>,
 }
 
 /// What `GET /api/v1/models` says about a model.
@@ -44,6 +55,26 @@ pub struct ModelSummary<'a> {
     pub fingerprint: &'a str,
     /// Seconds an image takes on this server, given its seconds per bootstrap.
     pub expected_seconds_per_image: f64,
+    /// The model card's summary (see [`card_summary`]); the whole card is at
+    /// `GET /api/v1/models/{id}/card`. `None` for a model without a card.
+    pub card_summary: Option<&'a str>,
+}
+
+/// A model card's summary: the paragraph under its `## Summary` heading, which says in a few
+/// sentences what the model is for and where it fails.
+///
+/// ```
+/// use hexray_evaluator::server::models::card_summary;
+///
+/// let card = "# Model card: `m`\n\n## Summary\n\nFor adults.\nNot children.\n\n## Data\n";
+/// assert_eq!(card_summary(card), Some("For adults.\nNot children."));
+/// assert_eq!(card_summary("# A card without one\n"), None);
+/// ```
+pub fn card_summary(card: &str) -> Option<&str> {
+    let (_, after) = card.split_once("\n## Summary\n")?;
+    let paragraph = after.trim_start_matches('\n');
+    let end = paragraph.find("\n\n").unwrap_or(paragraph.len());
+    Some(paragraph[..end].trim()).filter(|s| !s.is_empty())
 }
 
 impl ServedModel {
@@ -61,6 +92,7 @@ impl ServedModel {
             fingerprint: &self.loaded.spec().fingerprint,
             expected_seconds_per_image: self.loaded.circuit().bootstrap_count() as f64
                 * seconds_per_bootstrap,
+            card_summary: self.card.as_deref().and_then(card_summary),
         }
     }
 }
@@ -71,7 +103,7 @@ pub struct Models(Vec<Arc<ServedModel>>);
 /// The bundled default model (the first of the bundled models): what the command line reads when it
 /// is given no model file, wherever the binary was copied.
 pub fn bundled_default() -> Result<LoadedModel, LoadError> {
-    let (id, file) = BUNDLED[0];
+    let (id, file, _) = BUNDLED[0];
     LoadedModel::from_bytes(file, &format!("bundled model {id}"))
 }
 
@@ -80,20 +112,22 @@ impl Models {
     pub fn bundled() -> Result<Self, LoadError> {
         BUNDLED
             .iter()
-            .map(|&(id, file)| {
+            .map(|&(id, file, card)| {
                 let loaded = LoadedModel::from_bytes(file, &format!("bundled model {id}"))?;
                 Ok(Arc::new(ServedModel {
                     id: id.into(),
                     loaded,
+                    card: Some(card.to_owned()),
                 }))
             })
             .collect::<Result<_, _>>()
             .map(Models)
     }
 
-    /// Every `*.hexray` file in `dir`, by file stem, in the order of their ids. A file that fails
-    /// to load stops the server rather than being skipped, so a typo never silently drops a
-    /// model; an empty directory is an error too.
+    /// Every `*.hexray` file in `dir`, by file stem, in the order of their ids, each with the
+    /// model card beside it (`<id>.card.md`) if there is one. A file that fails to load stops
+    /// the server rather than being skipped, so a typo never silently drops a model; an empty
+    /// directory is an error too.
     pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
         let io = |source| LoadError::Io {
             path: dir.display().to_string(),
@@ -113,9 +147,21 @@ impl Models {
                 source,
             })?;
             let loaded = LoadedModel::from_bytes(&file, &path.display().to_string())?;
+            let card_path = dir.join(format!("{id}{CARD_SUFFIX}"));
+            let card = match std::fs::read_to_string(&card_path) {
+                Ok(card) => Some(card),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(LoadError::Io {
+                        path: card_path.display().to_string(),
+                        source,
+                    })
+                }
+            };
             let model = ServedModel {
                 id: id.into(),
                 loaded,
+                card,
             };
             models.push(Arc::new(model));
         }
@@ -187,6 +233,23 @@ mod tests {
         let models = Models::from_dir(dir.path()).unwrap();
         let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["chest"]);
+        assert_eq!(models.get("chest").unwrap().card, None, "no card beside it");
+    }
+
+    #[test]
+    fn a_directory_model_has_the_card_beside_it_and_every_bundled_model_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("chest.hexray"), bundled_file()).unwrap();
+        let card = "# Model card\n\n## Summary\n\nFor testing only.\n";
+        std::fs::write(dir.path().join("chest.card.md"), card).unwrap();
+        let models = Models::from_dir(dir.path()).unwrap();
+        let chest = models.get("chest").unwrap();
+        assert_eq!(chest.card.as_deref(), Some(card));
+        assert_eq!(chest.summary(0.03).card_summary, Some("For testing only."));
+        for model in Models::bundled().unwrap().iter() {
+            let summary = model.summary(0.03).card_summary;
+            assert!(summary.is_some_and(|s| s.len() > 40), "{}", model.id);
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::jobs::{Depth, JobState, JobStorage, NewJob, Status};
 use super::keys::KEY_ID_HEADER;
 use super::metrics::Gauges;
+use super::models::ServedModel;
 use super::{AppState, Slot};
 
 /// The OpenAPI description served at `/api/v1/openapi.json`.
@@ -47,6 +48,7 @@ api_routes! {
     get "/api/v1/openapi.json" => openapi,
     get "/api/v1/models" => list_models,
     get "/api/v1/models/{id}" => client_spec,
+    get "/api/v1/models/{id}/card" => model_card,
     post "/api/v1/keys" => register_key,
     get "/api/v1/keys/{id}" => key_status,
     post "/api/v1/jobs" => submit_job,
@@ -135,6 +137,28 @@ async fn list_models(
     Ok(HttpResponse::Ok().json(json!({ "models": models })))
 }
 
+/// A served model's public document (`what`), for a clinician's token: `document` picks it
+/// from the model (`None` when the model has none), and it is sent as `content_type`,
+/// revalidated on every use so that a replaced model is never shown stale.
+fn model_document(
+    state: &AppState,
+    request: &HttpRequest,
+    (id, what): (&str, &str),
+    content_type: &str,
+    document: impl FnOnce(&ServedModel) -> Option<Vec<u8>>,
+) -> Result<HttpResponse, ApiError> {
+    state.access.clinician(request)?;
+    let model = state
+        .models
+        .get(id)
+        .ok_or_else(|| ApiError::UnknownModel(id.to_owned()))?;
+    let body = document(model).ok_or_else(|| ApiError::NotFound(format!("the {what} of {id}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body))
+}
+
 /// The model's client spec: all a client needs to preprocess, encrypt and decode, and nothing
 /// of the network. The model file itself never leaves the server.
 async fn client_spec(
@@ -142,15 +166,29 @@ async fn client_spec(
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state.access.clinician(&request)?;
-    let model = state
-        .models
-        .get(&id)
-        .ok_or_else(|| ApiError::UnknownModel(id.clone()))?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(model.loaded.spec().to_json()))
+    model_document(
+        &state,
+        &request,
+        (&id, "client spec"),
+        "application/json",
+        |model| Some(model.loaded.spec().to_json()),
+    )
+}
+
+/// The model's card (Markdown): intended use and users, training data and its population,
+/// measured figures and failure modes. Public facts about the model, never its weights.
+async fn model_card(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    model_document(
+        &state,
+        &request,
+        (&id, "model card"),
+        "text/markdown; charset=utf-8",
+        |model| model.card.clone().map(String::into_bytes),
+    )
 }
 
 async fn register_key(

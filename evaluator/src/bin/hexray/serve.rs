@@ -33,7 +33,8 @@ pub struct Args {
     /// hospital's own web server), e.g. `https://pages.hospital.example`.
     #[arg(long, env = "HEXRAY_CORS_ORIGIN")]
     cors_origin: Option<String>,
-    /// Directory of *.hexray model files; without it, the bundled model is served.
+    /// Directory of *.hexray model files, each with its model card beside it as
+    /// `<id>.card.md` where there is one; without it, the bundled models are served.
     #[arg(long, env = "HEXRAY_MODELS_DIR")]
     models_dir: Option<PathBuf>,
     /// Where registered server keys are stored (the embedded back end).

@@ -1,0 +1,135 @@
+//! Every bundled model has a model card, and the card's figures are its sources' figures: the
+//! model file, the training report, the full-resolution check and the stability report. A card
+//! that is not regenerated when its model is fails here.
+
+mod common;
+
+use hexray_evaluator::server::models::Models;
+use serde_json::Value;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(common::repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The value cell of the card's figures table, in the row whose label starts with `label`.
+fn figure<'a>(card: &'a str, label: &str) -> &'a str {
+    card.lines()
+        .find(|line| line.starts_with(&format!("| {label}")))
+        .and_then(|line| line.split(" | ").nth(1))
+        .unwrap_or_else(|| panic!("the card has no figure `{label}`"))
+}
+
+/// The cells of the Markdown table row whose first cell is `first`.
+fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|line| line.split('|').map(str::trim).collect::<Vec<_>>())
+        .find(|cells| cells.get(1) == Some(&first))
+        .unwrap_or_else(|| panic!("no row for {first}"))
+}
+
+/// The Wilson 95% interval of `k` successes in `n` trials.
+fn wilson(k: u64, n: u64) -> (f64, f64) {
+    let (z, n_f, p) = (1.959_963_984_540_054, n as f64, k as f64 / n as f64);
+    let centre = (p + z * z / (2.0 * n_f)) / (1.0 + z * z / n_f);
+    let half = z * (p * (1.0 - p) / n_f + z * z / (4.0 * n_f * n_f)).sqrt() / (1.0 + z * z / n_f);
+    (centre - half, centre + half)
+}
+
+/// A proportion as cards write it: `0.611 (11/18), 95% CI 0.386–0.797`.
+fn proportion(k: u64, n: u64) -> String {
+    let (low, high) = wilson(k, n);
+    format!(
+        "{:.3} ({k}/{n}), 95% CI {low:.3}–{high:.3}",
+        k as f64 / n as f64
+    )
+}
+
+/// `k` and `n` of a cell such as `0.611 (11/18)`.
+fn counts(cell: &str) -> (u64, u64) {
+    let inner = cell
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'));
+    let (k, n) = inner.and_then(|i| i.split_once('/')).expect(cell);
+    (k.parse().unwrap(), n.parse().unwrap())
+}
+
+#[test]
+fn every_bundled_model_has_a_card_whose_figures_are_its_sources() {
+    let full_resolution = read("docs/full-resolution.md");
+    let stability = read("docs/stability.md");
+    let models = Models::bundled().unwrap();
+    assert!(models.len() >= 2);
+    for model in models.iter() {
+        let id = &model.id;
+        let card = model.card.as_deref().expect("a bundled model has a card");
+        assert_eq!(card, read(&format!("docs/model-cards/{id}.md")), "{id}");
+        assert!(card.starts_with(&format!("# Model card: `{id}`")), "{id}");
+        for section in [
+            "## Summary",
+            "## Intended use and users",
+            "## Training data and its population",
+            "## Measured figures",
+            "## Known failure modes",
+            "## Must not be used for",
+        ] {
+            assert!(card.contains(&format!("\n{section}\n")), "{id}: {section}");
+        }
+
+        // The model file.
+        let loaded = &model.loaded;
+        assert_eq!(
+            figure(card, "bootstraps per image"),
+            loaded.circuit().bootstrap_count().to_string(),
+            "{id}"
+        );
+        assert_eq!(
+            figure(card, "borderline margin"),
+            format!("{:.2} logits", loaded.model().borderline_margin),
+            "{id}"
+        );
+
+        // The training report: encrypted accuracy on the whole test split.
+        let report: Value =
+            serde_json::from_str(&read(&format!("docs/training/{id}/report.json"))).unwrap();
+        let encrypted = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"].as_str().unwrap().starts_with("encrypted"))
+            .expect("the report has an encrypted row");
+        let confusion = &encrypted["scores"]["confusion"];
+        let right = (0..2)
+            .map(|k| confusion[k][k].as_u64().unwrap())
+            .sum::<u64>();
+        let all = encrypted["scores"]["count"].as_u64().unwrap();
+        assert_eq!(
+            figure(card, "encrypted accuracy"),
+            proportion(right, all),
+            "{id}"
+        );
+
+        // The full-resolution check on adult X-rays.
+        let adult = row(&full_resolution, id);
+        for (label, cell) in [
+            ("adult normals called normal", adult[5]),
+            ("adult COVID-19 X-rays not called normal", adult[6]),
+        ] {
+            let (k, n) = counts(cell);
+            assert_eq!(figure(card, label), proportion(k, n), "{id}: {label}");
+        }
+        assert_eq!(figure(card, "full-resolution agreement"), adult[4], "{id}");
+
+        // The stability report: the share of simulated results marked borderline.
+        let section = stability
+            .split_once(&format!("## `{id}`"))
+            .expect("a stability section")
+            .1;
+        let marked = section
+            .split_once(" it marks ")
+            .and_then(|(_, rest)| rest.split_once(" of results"))
+            .expect("the borderline mark's share")
+            .0;
+        assert_eq!(figure(card, "results marked borderline"), marked, "{id}");
+    }
+}
