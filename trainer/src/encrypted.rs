@@ -214,18 +214,20 @@ struct Marks {
 }
 
 impl Marks {
-    /// Counts one image's results (at least one).
-    fn add(&mut self, results: &[Diagnosis], borderline_margin: f64) {
+    /// Counts one image's results (at least one), and says whether its class changed.
+    fn add(&mut self, results: &[Diagnosis], borderline_margin: f64) -> bool {
         let marked = results
             .iter()
             .filter(|d| d.is_borderline(borderline_margin))
             .count();
         self.marked.0 += marked;
         self.marked.1 += results.len();
-        if results.iter().any(|d| d.class != results[0].class) {
+        let changed = results.iter().any(|d| d.class != results[0].class);
+        if changed {
             self.flipping_unmarked.0 += results.len() - marked;
             self.flipping_unmarked.1 += results.len();
         }
+        changed
     }
 }
 
@@ -294,8 +296,7 @@ pub fn stability(
             results.push(diagnosis);
             bar.inc(1);
         }
-        encrypted_marks.add(&results, margin);
-        if results.iter().any(|d| d.class != results[0].class) {
+        if encrypted_marks.add(&results, margin) {
             flipping += 1;
             unflagged += usize::from(!borderline.contains(&i));
         }
