@@ -75,12 +75,15 @@ async function chooseModel(id) {
   const summary = state.models.find((m) => m.id === id);
   // The client spec (JSON): what the worker needs to read, encrypt and decode; no weights.
   const spec = new Uint8Array(await (await api(`/models/${encodeURIComponent(id)}`)).arrayBuffer());
-  state.info = await engine.call('model', { spec }, { transfer: [spec.buffer] });
+  const info = await engine.call('model', { spec }, { transfer: [spec.buffer] });
+  // The model card, fetched before anything changes: the page switches model in one step, so
+  // files added meanwhile are read once, with the new model.
+  const card = summary.card_summary ? await (await api(`/models/${encodeURIComponent(id)}/card`)).text() : '';
+  state.info = info;
   state.summary = summary;
   state.generation++;
   localStorage.setItem(CHOSEN_MODEL, id);
   $('model-select').value = id;
-  const info = state.info;
   $('model-info').textContent = `${info.name} v${info.version}: ${info.description} Classes: ${info.classes.join(' / ')}; `
     + `${info.width}×${info.height} grayscale input; ${info.bootstraps} bootstraps per image, ${expected(summary)}.`;
   // The model card: its summary beside the picker, the whole card one click away.
@@ -88,8 +91,7 @@ async function chooseModel(id) {
     ? `Model card: ${summary.card_summary}`
     : 'This model has no model card: ask its owner what it was trained on, and on whom, before relying on it.';
   $('model-card').hidden = !summary.card_summary;
-  $('model-card-text').textContent = summary.card_summary
-    ? await (await api(`/models/${encodeURIComponent(id)}/card`)).text() : '';
+  $('model-card-text').textContent = card;
   // Every image is read again: what the model sees depends on the model.
   for (const entry of state.entries) queueRead(entry);
   updateQueued();
