@@ -35,9 +35,10 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /var/lib/hexray --create-home hexray
 COPY --from=artefacts /src/target/release/hexray /usr/local/bin/hexray
 COPY --from=artefacts /src/web /opt/hexray/web
-# The models this image serves. The model owner's network stays on the server side: clients
-# receive only each model's client spec.
-COPY models/pneumonia-a.hexray models/pneumonia-mlp-64.hexray /opt/hexray/models/
+# The models are the binary's bundled ones, the default first, each with its model card; a
+# site serves its own by mounting a directory and setting HEXRAY_MODELS_DIR (each `<id>.hexray`
+# with its `<id>.card.md`). The model owner's network stays on the server side: clients receive
+# only each model's client spec.
 USER 10001:10001
 WORKDIR /var/lib/hexray
 # Off loopback, `hexray serve` needs HEXRAY_TOKENS_FILE (or HEXRAY_ALLOW_OPEN behind an
@@ -45,7 +46,6 @@ WORKDIR /var/lib/hexray
 # keys and jobs (see docs/scaling.md).
 ENV HEXRAY_BIND=0.0.0.0:8080 \
     HEXRAY_WEB_DIR=/opt/hexray/web \
-    HEXRAY_MODELS_DIR=/opt/hexray/models \
     HEXRAY_DATA_DIR=/var/lib/hexray/data \
     RUST_LOG=info
 EXPOSE 8080

@@ -28,15 +28,24 @@ fn run_prints_a_diagnosis_costs_and_the_simulator_comparison() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("bootstraps 64"), "{stdout}");
+    assert!(stdout.contains("bootstraps 32"), "{stdout}");
     assert!(stdout.contains("diagnosis  "), "{stdout}");
     assert!(stdout.contains("evaluate (server)"), "{stdout}");
     assert!(stdout.contains("max |encrypted − exact|"), "{stdout}");
+    // One line per class: its name (which may hold spaces), then its probability.
+    let spec: serde_json::Value = serde_json::from_slice(&hexray(&["client-spec"]).stdout).unwrap();
+    let classes: Vec<&str> = spec["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
     let percentages: f64 = stdout
         .lines()
-        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-            [_class, p] => p.strip_suffix('%')?.parse::<f64>().ok(),
-            _ => None,
+        .filter_map(|l| {
+            let (class, p) = l.trim().rsplit_once(' ')?;
+            classes.contains(&class.trim()).then_some(())?;
+            p.strip_suffix('%')?.parse::<f64>().ok()
         })
         .sum();
     assert!(
@@ -50,7 +59,7 @@ fn inspect_reports_bootstraps_and_noise() {
     let out = hexray(&["inspect"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("bootstraps 64 per image"), "{stdout}");
+    assert!(stdout.contains("bootstraps 32 per image"), "{stdout}");
     assert!(stdout.contains("output"), "{stdout}");
 }
 
@@ -83,7 +92,7 @@ fn commands_without_a_model_file_read_the_bundled_model_not_a_build_path() {
     }
     let out = hexray(&["inspect"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pneumonia-mlp-64"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("screen-mlp-32"));
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Every bundled model has a model card, and the card's figures are its sources' figures: the
-//! model file, the training report, the full-resolution check and the stability report. A card
+//! model file, the training report (encrypted accuracy on children; adult figures
+//! cross-validated by patient, and the teacher–student gap, where the model learned from
+//! adults), the full-resolution check and the stability report. A card
 //! that is not regenerated when its model is fails here.
 
 mod common;
@@ -30,7 +32,12 @@ fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
 
 /// The Wilson 95% interval of `k` successes in `n` trials.
 fn wilson(k: u64, n: u64) -> (f64, f64) {
-    let (z, n_f, p) = (1.959_963_984_540_054, n as f64, k as f64 / n as f64);
+    wilson_of(k as f64 / n as f64, n)
+}
+
+/// The Wilson 95% interval of a proportion `p` observed on `n` items.
+fn wilson_of(p: f64, n: u64) -> (f64, f64) {
+    let (z, n_f) = (1.959_963_984_540_054, n as f64);
     let centre = (p + z * z / (2.0 * n_f)) / (1.0 + z * z / n_f);
     let half = z * (p * (1.0 - p) / n_f + z * z / (4.0 * n_f * n_f)).sqrt() / (1.0 + z * z / n_f);
     (centre - half, centre + half)
@@ -52,6 +59,23 @@ fn counts(cell: &str) -> (u64, u64) {
         .and_then(|(_, rest)| rest.strip_suffix(')'));
     let (k, n) = inner.and_then(|i| i.split_once('/')).expect(cell);
     (k.parse().unwrap(), n.parse().unwrap())
+}
+
+/// A cross-validated figure as cards write it, recomputed from the report's per-seed counts:
+/// `mean ± sd [low, high]`, the mean and sample standard deviation over seeds and the Wilson
+/// interval of the mean over the images.
+fn cross_validated_cell(model: &Value, field: &str, images: &str) -> String {
+    let shares: Vec<f64> = model["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|seed| seed[field][0].as_f64().unwrap() / seed[field][1].as_f64().unwrap())
+        .collect();
+    let n = shares.len() as f64;
+    let mean = shares.iter().sum::<f64>() / n;
+    let sd = (shares.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    let (low, high) = wilson_of(mean, model[images].as_u64().unwrap());
+    format!("{mean:.3} ± {sd:.3} [{low:.2}, {high:.2}]")
 }
 
 #[test]
@@ -89,34 +113,86 @@ fn every_bundled_model_has_a_card_whose_figures_are_its_sources() {
             "{id}"
         );
 
-        // The training report: encrypted accuracy on the whole test split.
+        // The training report: the encrypted accuracy on the whole test split, where the
+        // model was made for it, and the cross-validated figures on adults, where it learned
+        // from them.
         let report: Value =
             serde_json::from_str(&read(&format!("docs/training/{id}/report.json"))).unwrap();
-        let encrypted = report["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"].as_str().unwrap().starts_with("encrypted"))
-            .expect("the report has an encrypted row");
-        let confusion = &encrypted["scores"]["confusion"];
-        let right = (0..2)
-            .map(|k| confusion[k][k].as_u64().unwrap())
-            .sum::<u64>();
-        let all = encrypted["scores"]["count"].as_u64().unwrap();
-        assert_eq!(
-            figure(card, "encrypted accuracy"),
-            proportion(right, all),
-            "{id}"
-        );
-
-        // The full-resolution check on adult X-rays.
+        // Its circuit equals the trainer's integer forward pass on the images it was checked on.
+        assert_eq!(report["export_mismatches"], 0, "{id}");
+        let encrypted = report["rows"].as_array().and_then(|rows| {
+            rows.iter()
+                .find(|r| r["name"].as_str().unwrap().starts_with("encrypted"))
+        });
+        if let Some(encrypted) = encrypted {
+            let confusion = &encrypted["scores"]["confusion"];
+            let right = (0..2)
+                .map(|k| confusion[k][k].as_u64().unwrap())
+                .sum::<u64>();
+            let all = encrypted["scores"]["count"].as_u64().unwrap();
+            assert_eq!(
+                figure(card, "encrypted accuracy"),
+                proportion(right, all),
+                "{id}"
+            );
+        }
+        let cross_validated = match (&report["adults"], &report["settings"]) {
+            (Value::Object(adults), _) => adults["models"].as_array().unwrap().last().cloned(),
+            (_, Value::Array(settings)) => {
+                let shipped = settings
+                    .iter()
+                    .find(|s| s["setting"] == report["shipped"])
+                    .expect("the shipped setting's figures");
+                let gap = &shipped["gap_points"];
+                assert_eq!(
+                    figure(card, "teacher–student gap"),
+                    format!(
+                        "{:.1} ± {:.1} points",
+                        gap[0].as_f64().unwrap(),
+                        gap[1].as_f64().unwrap()
+                    ),
+                    "{id}"
+                );
+                Some(shipped["student"].clone())
+            }
+            _ => None,
+        };
         let adult = row(&full_resolution, id);
-        for (label, cell) in [
-            ("adult normals called normal", adult[5]),
-            ("adult COVID-19 X-rays not called normal", adult[6]),
-        ] {
-            let (k, n) = counts(cell);
-            assert_eq!(figure(card, label), proportion(k, n), "{id}: {label}");
+        match cross_validated {
+            Some(cv) => {
+                assert!(
+                    encrypted.is_some() || report["export_mismatches"] == 0,
+                    "{id}"
+                );
+                for (label, field, images) in [
+                    (
+                        "adult abnormal X-rays not called normal",
+                        "abnormal_flagged",
+                        "abnormal_images",
+                    ),
+                    (
+                        "adult normals called normal",
+                        "normal_cleared",
+                        "normal_images",
+                    ),
+                ] {
+                    assert_eq!(
+                        figure(card, label),
+                        cross_validated_cell(&cv, field, images),
+                        "{id}: {label}"
+                    );
+                }
+            }
+            // Never trained on adults: every adult image is held out.
+            None => {
+                for (label, cell) in [
+                    ("adult normals called normal", adult[5]),
+                    ("adult COVID-19 X-rays not called normal", adult[6]),
+                ] {
+                    let (k, n) = counts(cell);
+                    assert_eq!(figure(card, label), proportion(k, n), "{id}: {label}");
+                }
+            }
         }
         assert_eq!(figure(card, "full-resolution agreement"), adult[4], "{id}");
 

@@ -766,7 +766,7 @@ async fn each_model_is_listed_with_its_cards_summary_and_its_card_is_served() {
     assert_eq!(status, StatusCode::OK);
     let listing = json(&body);
     let models = listing["models"].as_array().unwrap();
-    assert_eq!(models.len(), 2);
+    assert_eq!(models.len(), 4);
     for listed in models {
         let id = listed["id"].as_str().unwrap();
         let (status, card) = call(

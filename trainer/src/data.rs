@@ -77,6 +77,38 @@ impl Dataset {
                 .map(|p| indices.iter().map(|&i| p[i].clone()).collect()),
         }
     }
+
+    /// The same images with every class drawn as often as the largest: each smaller class's
+    /// images are repeated in turn until it has as many, so that a class with fewer images
+    /// (18 adult normals beside 26 COVID-19 X-rays) is not a prior the model learns.
+    pub fn class_balanced(&self) -> Dataset {
+        let classes = self.labels.iter().max().map_or(0, |&c| c + 1);
+        let members: Vec<Vec<usize>> = (0..classes)
+            .map(|c| (0..self.len()).filter(|&i| self.labels[i] == c).collect())
+            .collect();
+        let largest = members.iter().map(Vec::len).max().unwrap_or(0);
+        let indices: Vec<usize> = members
+            .iter()
+            .filter(|m| !m.is_empty())
+            .flat_map(|m| m.iter().copied().cycle().take(largest))
+            .collect();
+        self.subset(&indices)
+    }
+
+    /// These images followed by `repeats` copies of `other`'s: how a small set is given
+    /// weight beside a large one (44 adult X-rays beside thousands of children's) without a
+    /// weighted loss. Patient ids are dropped, since splits by patient are made before joining.
+    pub fn joined(&self, other: &Dataset, repeats: usize) -> Dataset {
+        let mut joined = Dataset {
+            patients: None,
+            ..self.clone()
+        };
+        for _ in 0..repeats {
+            joined.images.extend(other.images.iter().cloned());
+            joined.labels.extend(&other.labels);
+        }
+        joined
+    }
 }
 
 /// Reads split `split` (`train`, `val` or `test`) of a MedMNIST `.npz` file: arrays

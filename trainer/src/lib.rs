@@ -15,11 +15,13 @@
 //! - [`export`]: the quantization-aware network turned into the integers of a model file;
 //! - [`train`]: the training loops, with every step of the method a switch in its recipe;
 //! - [`pipeline`]: the whole method end to end, and the scores of each stage;
+//! - [`crossval`]: patient-level cross-validation on a small set, with Wilson intervals;
 //! - [`encrypted`]: encrypted inference on test images, the ground truth for the simulator;
 //! - [`metrics`], [`report`] and [`plots`]: what a person reads after a run.
 
 pub mod activation;
 pub mod augment;
+pub mod crossval;
 pub mod data;
 pub mod encrypted;
 pub mod export;

@@ -306,6 +306,24 @@ impl Net {
         self
     }
 
+    /// The same network with every hidden block's linear layers and batch norm frozen (no
+    /// gradients, running statistics fixed), so that only the activations and the output layer
+    /// learn: the "frozen front" of transfer learning, where a pre-trained network keeps its
+    /// features and learns a new head. The freeze survives [`Net::independent_copy`], so a
+    /// student started from a frozen teacher keeps the front too.
+    pub fn with_frozen_front(mut self) -> Self {
+        for block in &mut self.hidden {
+            block.front = std::mem::take(&mut block.front)
+                .into_iter()
+                .map(Module::freeze)
+                .collect();
+            block.conv = block.conv.take().map(Module::freeze);
+            block.dense = block.dense.take().map(Module::freeze);
+            block.norm = block.norm.take().map(Module::freeze);
+        }
+        self
+    }
+
     /// The student's starting point: the teacher's weights, with fresh quadratics of
     /// `granularity` (initialised to the least-squares fit of ReLU).
     pub fn with_quadratics(mut self, granularity: Granularity, device: &Device) -> Self {

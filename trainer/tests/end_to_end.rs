@@ -2,7 +2,7 @@
 //! quantization- and noise-aware fine-tuning, export, and the circuit simulator. It takes a few
 //! seconds and must beat chance; the export must match the simulator bit for bit.
 
-use std::path::PathBuf;
+mod common;
 
 use burn::prelude::*;
 use burn::tensor::module::avg_pool2d;
@@ -25,27 +25,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const INPUT: Shape = Shape::Image { c: 1, h: 28, w: 28 };
-
-/// The shared dataset CI places beside the checkout, or `None`, said on stderr, where it is
-/// absent (a checkout without `../shared`): these tests train on real data or not at all.
-fn pneumoniamnist() -> Option<PathBuf> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/pneumoniamnist.npz");
-    if !path.exists() {
-        // CI always has the data, so there a missing file is a failure, never a silent pass.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is absent, and CI must have it",
-            path.display()
-        );
-        eprintln!(
-            "skipped: {} is absent (CI places ../shared/data beside the checkout)",
-            path.display()
-        );
-        return None;
-    }
-    Some(path)
-}
 
 /// A short recipe on `topology`, distilled from `strong` when given.
 fn tiny_config(topology: &str, strong: Option<&str>, epochs: [usize; 4]) -> Config {
@@ -86,7 +65,7 @@ fn tiny_config(topology: &str, strong: Option<&str>, epochs: [usize; 4]) -> Conf
 /// A quarter of the training split and the validation split, as the float network's tensors,
 /// and the test split; `None` without the dataset.
 fn tiny_splits(input: &InputSpec) -> Option<(Tensors, Tensors, Dataset, Dataset)> {
-    let path = pneumoniamnist()?;
+    let path = common::shared_data("pneumoniamnist.npz")?;
     let train_full = load_npz(&path, "train", input).unwrap();
     let train = train_full.subset(&(0..train_full.len()).step_by(4).collect::<Vec<_>>());
     let val = load_npz(&path, "val", input).unwrap();

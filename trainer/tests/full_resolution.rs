@@ -1,4 +1,4 @@
-//! The shipped model, trained with full-resolution copies (`--full-resolution-copies`), must
+//! The bundled models, trained with full-resolution copies (`--full-resolution-copies`), must
 //! call a full-resolution X-ray as it calls the same X-ray shrunk the way MedMNIST shrank its
 //! training images, or shrunk and recompressed by an export tool.
 
@@ -17,8 +17,14 @@ fn repo() -> PathBuf {
 }
 
 #[test]
-fn the_shipped_model_calls_full_resolution_x_rays_as_their_downscaled_copies() {
-    let bytes = std::fs::read(repo().join("models/pneumonia-mlp-64.hexray")).unwrap();
+fn the_shipped_models_call_full_resolution_x_rays_as_their_downscaled_copies() {
+    for id in ["screen-mlp-32", "pneumonia-mlp-64"] {
+        agrees_at_every_size(id);
+    }
+}
+
+fn agrees_at_every_size(id: &str) {
+    let bytes = std::fs::read(repo().join(format!("models/{id}.hexray"))).unwrap();
     let (model, circuit) = CompiledModel::from_bytes(&bytes).unwrap();
     let spec = &model.network.input;
     for sample in ["covid-1.png", "normal-1.png"] {
@@ -27,7 +33,7 @@ fn the_shipped_model_calls_full_resolution_x_rays_as_their_downscaled_copies() {
         assert_eq!(
             full.class(),
             medmnist.class(),
-            "{sample}: full resolution {:?}, MedMNIST-style copy {:?}",
+            "{id}, {sample}: full resolution {:?}, MedMNIST-style copy {:?}",
             full.probabilities,
             medmnist.probabilities
         );
@@ -43,7 +49,7 @@ fn the_shipped_model_calls_full_resolution_x_rays_as_their_downscaled_copies() {
         assert_eq!(
             full.class(),
             shrunk.class(),
-            "{sample}: full resolution {:?}, quarter-size JPEG {:?}",
+            "{id}, {sample}: full resolution {:?}, quarter-size JPEG {:?}",
             full.probabilities,
             shrunk.probabilities
         );

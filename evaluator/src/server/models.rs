@@ -14,7 +14,17 @@ use hexray_engine::{LoadError, LoadedModel};
 /// The models shipped inside the binary, so a fresh install serves something useful; the
 /// first is the default. Each comes with its model card (`docs/model-cards/<id>.md`): a bundled
 /// model without one does not build.
-const BUNDLED: [(&str, &[u8], &str); 2] = [
+const BUNDLED: [(&str, &[u8], &str); 4] = [
+    (
+        "screen-mlp-32",
+        include_bytes!("../../../models/screen-mlp-32.hexray"),
+        include_str!("../../../docs/model-cards/screen-mlp-32.md"),
+    ),
+    (
+        "covid-19-mlp-32",
+        include_bytes!("../../../models/covid-19-mlp-32.hexray"),
+        include_str!("../../../docs/model-cards/covid-19-mlp-32.md"),
+    ),
     (
         "pneumonia-mlp-64",
         include_bytes!("../../../models/pneumonia-mlp-64.hexray"),

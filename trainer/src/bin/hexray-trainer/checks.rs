@@ -52,6 +52,7 @@ pub(crate) fn full_resolution(
     models: &[PathBuf],
     folder: &Path,
     classes: &[String],
+    trained_on: &[String],
     out: &Path,
 ) -> Result<()> {
     let names: Vec<&str> = classes.iter().map(String::as_str).collect();
@@ -62,9 +63,12 @@ pub(crate) fn full_resolution(
          the full-resolution file, as the browser does, and from a MedMNIST-style copy (centred \
          square, bicubic to the input size), the pipeline the training images went through. \
          `agreement` is the share of images both ways call alike; the last two columns are on the \
-         full-resolution path. None of these images was used in training.\n\n\
+         full-resolution path. A model with *yes* in the last column learned from these images, \
+         so those two columns are figures on its own training data, not measurements: its \
+         held-out figures are cross-validated by patient in its training report. The agreement \
+         column is about preprocessing and holds either way.\n\n\
          | model | PBS | images | agreement | `{normal}` called normal | others not called normal | \
-         mean abs(Δp) |\n|---|---|---|---|---|---|---|\n",
+         mean abs(Δp) | trained on these images |\n|---|---|---|---|---|---|---|---|\n",
         folder = folder.display(),
         normal = names[0],
     );
@@ -92,7 +96,7 @@ pub(crate) fn full_resolution(
             .sum::<f64>()
             / checks.len() as f64;
         doc += &format!(
-            "| {} | {} | {} | {} | {} | {} | {delta:.3} |\n",
+            "| {} | {} | {} | {} | {} | {} | {delta:.3} | {} |\n",
             model.name,
             circuit.bootstrap_count(),
             checks.len(),
@@ -105,6 +109,11 @@ pub(crate) fn full_resolution(
                 count(&|c| c.entry.class != 0 && c.full.class() != normal),
                 checks.len() - normals
             ),
+            if trained_on.contains(&model.name) {
+                "yes"
+            } else {
+                "no"
+            },
         );
     }
     write(out, &doc)?;

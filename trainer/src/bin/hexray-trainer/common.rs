@@ -8,12 +8,14 @@ use clap::Args;
 use hexray_crypto::params::DEFAULT_PARAMETER_SET;
 use hexray_model::network::Granularity;
 use hexray_model::network::{InputSpec, Intensity, Shape};
+use hexray_model::Circuit;
 use hexray_trainer::augment::full_resolution_copies;
 use hexray_trainer::data::{load_npz, read_npz, Dataset};
 use hexray_trainer::loss::Distillation;
 use hexray_trainer::metrics::Scores;
+use hexray_trainer::net::ActivationMode;
 use hexray_trainer::net::Net;
-use hexray_trainer::pipeline::{strong_teacher, Config};
+use hexray_trainer::pipeline::{score_circuit, score_float, strong_teacher, Config};
 use hexray_trainer::report::SeedRow;
 use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{QatRecipe, Recipe, Settings, Tensors};
@@ -187,6 +189,25 @@ impl Common {
         }
         Ok([train, load("val")?, load("test")?])
     }
+}
+
+/// The calls of a float ReLU teacher and a compiled student on held-out images, as
+/// [`hexray_trainer::crossval::cross_validate`] counts them: one per image for the teacher,
+/// `--draws` noisy simulations per image for the student.
+pub(crate) fn held_out_calls(
+    teacher: &Net,
+    student: &Circuit,
+    held: &Dataset,
+    common: &Common,
+    seed: u64,
+) -> Result<[Vec<Vec<Vec<f64>>>; 2]> {
+    let tensors = Tensors::new(held, common.input_spec().scale);
+    let (_, teacher) = score_float(teacher, ActivationMode::Relu, &tensors);
+    let (_, noisy) = score_circuit(student, held, common.draws, seed)?;
+    Ok([
+        teacher.into_iter().map(|p| vec![p]).collect(),
+        noisy.chunks(common.draws).map(<[_]>::to_vec).collect(),
+    ])
 }
 
 pub(crate) fn classes() -> Vec<String> {

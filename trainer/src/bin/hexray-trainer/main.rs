@@ -25,7 +25,7 @@ use crate::ablation::ablation;
 use crate::checks::{full_resolution, stability};
 use crate::common::*;
 use crate::pareto::pareto;
-use crate::train::train;
+use crate::train::{train, Adults};
 use crate::transfer::transfer;
 
 #[derive(Parser)]
@@ -53,6 +53,35 @@ enum Command {
         /// Also copy the model file here.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// The model's id (default: pneumonia-<topology>).
+        #[arg(long)]
+        name: Option<String>,
+        /// The model's class names, in label order: the first is normal, the second what
+        /// PneumoniaMNIST's pneumonia and the adult set's other labels are called.
+        #[arg(long, default_value = "normal,pneumonia", value_delimiter = ',')]
+        class_names: Vec<String>,
+        /// Also learn from these adult X-rays (a folder dataset's labels.csv with patient ids),
+        /// and cross-validate the recipe on them by patient first.
+        #[arg(long)]
+        adults: Option<PathBuf>,
+        /// The adult folder's labels, normal first; every other one is abnormal.
+        #[arg(long, default_value = "normal,covid", value_delimiter = ',')]
+        adult_labels: Vec<String>,
+        /// Copies of each adult image in the training set.
+        #[arg(long, default_value_t = 20, value_parser = at_least_one())]
+        adult_repeats: usize,
+        /// Draw each adult class as often as the largest before repeating them.
+        #[arg(long)]
+        adult_balance: bool,
+        /// Hold a quarter of the adult patients out to choose checkpoints on, beside the
+        /// validation split.
+        #[arg(long)]
+        adult_validation: bool,
+        #[arg(long, default_value_t = 4)]
+        adult_folds: usize,
+        /// Seeds of the adult cross-validation, from --seed upward.
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
+        adult_seeds: usize,
         /// Test images to run through real encrypted inference.
         #[arg(long, default_value_t = 8)]
         encrypted_sample: usize,
@@ -134,23 +163,40 @@ enum Command {
         /// The folder's labels; the first is the one the models call `normal`.
         #[arg(long, default_value = "normal,covid", value_delimiter = ',')]
         classes: Vec<String>,
+        /// Ids of the models that learned from these images, marked as such.
+        #[arg(long, value_delimiter = ',')]
+        trained_on: Vec<String>,
         #[arg(long, default_value = "docs/full-resolution.md")]
         out: PathBuf,
     },
-    /// Pre-train on PneumoniaMNIST, fine-tune on a COVID-19 folder dataset, cross-validated by
-    /// patient.
+    /// The COVID-19 model by transfer learning: pre-train on PneumoniaMNIST, fine-tune and
+    /// distil on the adult folder dataset, cross-validated by patient.
     Transfer {
         #[command(flatten)]
         common: Common,
         /// The folder dataset's labels.csv (path,label[,patient_id]).
         #[arg(long, default_value = "../shared/data/covid-cxr-actualmed/labels.csv")]
         folder: PathBuf,
+        /// The folder's labels, normal first.
         #[arg(long, default_value = "normal,covid", value_delimiter = ',')]
         classes: Vec<String>,
-        #[arg(long, default_value = "c")]
+        /// The model's class names, one per folder label.
+        #[arg(long, default_value = "normal,covid-19", value_delimiter = ',')]
+        class_names: Vec<String>,
+        #[arg(long, default_value = "mlp-32")]
         topology: String,
         #[arg(long, default_value_t = 4)]
         folds: usize,
+        /// Seeds of the cross-validation, from --seed upward.
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
+        seeds: usize,
+        /// Also train the shipped setting on every image and write its model file and
+        /// report.json here.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// The model's id (default: covid-19-<topology>).
+        #[arg(long)]
+        name: Option<String>,
         #[arg(long, default_value = "docs/transfer.md")]
         out: PathBuf,
     },
@@ -163,12 +209,33 @@ fn main() -> Result<()> {
             topology,
             out,
             model,
+            name,
+            class_names,
+            adults,
+            adult_labels,
+            adult_repeats,
+            adult_balance,
+            adult_validation,
+            adult_folds,
+            adult_seeds,
             encrypted_sample,
             stability_sample,
             stability_runs,
         } => train(
             &common,
             &topology,
+            (name.as_deref(), &class_names),
+            adults
+                .map(|labels| Adults {
+                    labels,
+                    classes: adult_labels,
+                    repeats: adult_repeats,
+                    balance: adult_balance,
+                    validate: adult_validation,
+                    folds: adult_folds,
+                    seeds: adult_seeds,
+                })
+                .as_ref(),
             &out,
             model.as_deref(),
             encrypted_sample,
@@ -191,10 +258,24 @@ fn main() -> Result<()> {
             common,
             folder,
             classes,
+            class_names,
             topology,
             folds,
+            seeds,
+            model_dir,
+            name,
             out,
-        } => transfer(&common, &folder, &classes, &topology, folds, &out),
+        } => transfer(
+            &common,
+            &folder,
+            &classes,
+            &class_names,
+            &topology,
+            (folds, seeds),
+            &out,
+            model_dir.as_deref(),
+            name.as_deref(),
+        ),
         Command::Stability {
             models,
             data,
@@ -206,7 +287,8 @@ fn main() -> Result<()> {
             models,
             folder,
             classes,
+            trained_on,
             out,
-        } => full_resolution(&models, &folder, &classes, &out),
+        } => full_resolution(&models, &folder, &classes, &trained_on, &out),
     }
 }

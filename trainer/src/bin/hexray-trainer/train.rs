@@ -1,19 +1,21 @@
 //! `train`: one topology with the shipped recipe; the model file, its report and curves.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use hexray_trainer::crossval::{cross_validate, CrossValidated};
+use hexray_trainer::data::{hold_out, load_folder, Dataset};
 use hexray_trainer::encrypted;
 use hexray_trainer::metrics::{roc_curve, Scores};
-use hexray_trainer::net::ActivationMode;
+use hexray_trainer::net::{ActivationMode, Net};
 use hexray_trainer::pipeline::{
     export_mismatches, score_circuit, score_float, strong_teacher, teacher, train_and_compile,
-    Lesson,
+    Config, Lesson, Student,
 };
 use hexray_trainer::plots::{line_chart, roc_chart, Series};
-use hexray_trainer::report::{Row, RunReport, StageSummary};
-use hexray_trainer::train::EpochLog;
+use hexray_trainer::report::{AdultFigures, Row, RunReport, StageSummary};
+use hexray_trainer::train::{EpochLog, Settings, Tensors};
 
 use crate::common::*;
 
@@ -36,40 +38,230 @@ fn curves(path: &Path, epochs: &[EpochLog]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn train(
-    common: &Common,
-    topology: &str,
-    out: &Path,
-    model_copy: Option<&Path>,
-    sample: usize,
-    (stability_sample, stability_runs): (usize, usize),
-) -> Result<()> {
-    let config = common.config(topology, common.shipped(), &classes())?;
-    let ([_, val, test], [tr, va, te]) = common.splits_and_tensors()?;
-    let start = Instant::now();
-    let mut log = Vec::new();
-    let teacher_net = teacher(None, &config, &tr, &va, &mut log);
-    let strong = strong_teacher(&config, &tr, &va, &mut log);
-    let distilled_from = match &config.strong_teacher {
-        Some(strong) => format!("a larger ReLU CNN ({})", strong.spec()),
-        None => "a ReLU teacher of its own topology".to_owned(),
-    };
-    let description = format!(
-        "Pneumonia vs normal on 28×28 chest X-rays. Topology {} ({}); per-element quadratic \
-         student distilled from {distilled_from}, quantization- and noise-aware. Trained on \
-         PneumoniaMNIST (CC BY 4.0) by `hexray-trainer train`.",
-        config.topology.name,
-        config.topology.spec()
-    );
-    let name = format!("pneumonia-{}", config.topology.name);
+/// The adult X-rays a screen also learns from (`train --adults`), and how its figures on them
+/// are cross-validated.
+pub(crate) struct Adults {
+    /// The folder dataset's labels.csv (path,label,patient_id).
+    pub(crate) labels: PathBuf,
+    /// The folder's labels, normal first: every other label is abnormal (class 1).
+    pub(crate) classes: Vec<String>,
+    /// Copies of each adult image in the training set, so that 44 images weigh beside
+    /// thousands of children's.
+    pub(crate) repeats: usize,
+    /// Draw each adult class as often as the largest before repeating.
+    pub(crate) balance: bool,
+    /// Hold a quarter of the adult patients out of training to choose checkpoints on, beside
+    /// PneumoniaMNIST's validation split, so that validation speaks for both populations.
+    pub(crate) validate: bool,
+    pub(crate) folds: usize,
+    pub(crate) seeds: usize,
+}
+
+impl Adults {
+    /// The adult images as they are repeated into the training set: class-balanced or not.
+    fn weighed(&self, set: &Dataset) -> Dataset {
+        match self.balance {
+            true => set.class_balanced(),
+            false => set.clone(),
+        }
+    }
+
+    /// One run's training and validation sets: PneumoniaMNIST's, with the adults at `indices`
+    /// of `set`. With [`Adults::validate`], a quarter of those patients validate instead of
+    /// training, repeated to count as much as PneumoniaMNIST's validation split.
+    fn sets(
+        &self,
+        [train, val]: [&Dataset; 2],
+        set: &Dataset,
+        indices: &[usize],
+        seed: u64,
+    ) -> Result<[Dataset; 2]> {
+        if !self.validate {
+            let fit_on = set.subset(indices);
+            return Ok([
+                train.joined(&self.weighed(&fit_on), self.repeats),
+                val.clone(),
+            ]);
+        }
+        let (fit_on, choose_on) = hold_out(set, indices, 4, seed)?;
+        let chosen = set.subset(&choose_on);
+        Ok([
+            train.joined(&self.weighed(&set.subset(&fit_on)), self.repeats),
+            val.joined(&chosen, val.len().div_ceil(chosen.len().max(1))),
+        ])
+    }
+}
+
+/// A model trained by [`fit`]: its teacher, strong teacher and student.
+struct Fitted {
+    teacher: Net,
+    strong: Option<Net>,
+    student: Student,
+}
+
+/// The shipped recipe on one training set, validated (checkpoints chosen) on `val`.
+fn fit(
+    config: &Config,
+    train_set: &Dataset,
+    val: &Dataset,
+    name: &str,
+    description: &str,
+    log: &mut Vec<EpochLog>,
+) -> Result<Fitted> {
+    let scale = config.input.scale;
+    let (tr, va) = (Tensors::new(train_set, scale), Tensors::new(val, scale));
+    let teacher_net = teacher(None, config, &tr, &va, log);
+    let strong = strong_teacher(config, &tr, &va, log);
     let lesson = Lesson {
         teacher: &teacher_net,
         strong: strong.as_ref(),
         train: &tr,
         val: &va,
-        val_images: &val,
+        val_images: val,
     };
-    let student = train_and_compile(&config, &lesson, &mut log, &name, &description)?;
+    let student = train_and_compile(config, &lesson, log, name, description)?;
+    Ok(Fitted {
+        teacher: teacher_net,
+        strong,
+        student,
+    })
+}
+
+/// Cross-validates the recipe on the adult set by patient: each fold trains on PneumoniaMNIST
+/// and the other folds' adults, and is scored on its own adults (float teacher, and the
+/// compiled student under TFHE's predicted noise).
+fn cross_validate_adults(
+    common: &Common,
+    config: &Config,
+    adults: &Adults,
+    adult_set: &Dataset,
+    [train, val]: [&Dataset; 2],
+) -> Result<Vec<CrossValidated>> {
+    let seeds: Vec<u64> = with_seeds(common, adults.seeds).map(|c| c.seed).collect();
+    let models = cross_validate(adult_set, adults.folds, &seeds, |seed, fit_on, held_out| {
+        eprintln!(
+            "adult cross-validation: seed {seed}, {} held out",
+            held_out.len()
+        );
+        let config = Config {
+            settings: Settings {
+                seed,
+                ..config.settings.clone()
+            },
+            ..config.clone()
+        };
+        let [fold_train, fold_val] = adults.sets([train, val], adult_set, fit_on, seed)?;
+        let fitted = fit(
+            &config,
+            &fold_train,
+            &fold_val,
+            "fold",
+            "fold",
+            &mut Vec::new(),
+        )?;
+        let held = adult_set.subset(held_out);
+        let (_, _, circuit) = fitted
+            .student
+            .quantized
+            .expect("the shipped recipe quantizes");
+        let [teacher, noisy] = held_out_calls(&fitted.teacher, &circuit, &held, common, seed)?;
+        anyhow::Ok(vec![
+            ("ReLU teacher (float)".to_owned(), teacher),
+            ("quantized student (noisy simulation)".to_owned(), noisy),
+        ])
+    })?;
+    Ok(models)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train(
+    common: &Common,
+    topology: &str,
+    (name, class_names): (Option<&str>, &[String]),
+    adults: Option<&Adults>,
+    out: &Path,
+    model_copy: Option<&Path>,
+    sample: usize,
+    (stability_sample, stability_runs): (usize, usize),
+) -> Result<()> {
+    let config = common.config(topology, common.shipped(), class_names)?;
+    let [train, val, test] = common.splits()?;
+    let te = Tensors::new(&test, config.input.scale);
+    let distilled_from = match &config.strong_teacher {
+        Some(strong) => format!("a larger ReLU CNN ({})", strong.spec()),
+        None => "a ReLU teacher of its own topology".to_owned(),
+    };
+    let adult_set = match adults {
+        None => None,
+        Some(a) => {
+            let labels: Vec<&str> = a.classes.iter().map(String::as_str).collect();
+            let set = load_folder(&a.labels, &labels, &config.input)
+                .with_context(|| format!("loading {}", a.labels.display()))?;
+            // Every label but the first is abnormal: class 1 of a two-class screen.
+            let set = Dataset {
+                labels: set.labels.iter().map(|&l| l.min(1)).collect(),
+                ..set
+            };
+            Some((a, set))
+        }
+    };
+    let trained_on = match &adult_set {
+        None => "PneumoniaMNIST (children aged 1-5; CC BY 4.0)".to_owned(),
+        Some((a, set)) => format!(
+            "PneumoniaMNIST (children aged 1-5; CC BY 4.0) and {} adult X-rays of one site \
+             (Actualmed COVID-19 set: {}), each counted {} times",
+            set.len(),
+            a.classes.join(", "),
+            a.repeats
+        ),
+    };
+    let description = format!(
+        "{} on 28×28 chest X-rays. Topology {} ({}); per-element quadratic student distilled \
+         from {distilled_from}, quantization- and noise-aware. Trained on {trained_on} by \
+         `hexray-trainer train`.",
+        class_names.join(" vs "),
+        config.topology.name,
+        config.topology.spec()
+    );
+    let name = name.map_or_else(
+        || format!("pneumonia-{}", config.topology.name),
+        str::to_owned,
+    );
+    let adult_figures = match &adult_set {
+        None => None,
+        Some((a, set)) => {
+            let start = Instant::now();
+            let models = cross_validate_adults(common, &config, a, set, [&train, &val])?;
+            Some(AdultFigures {
+                labels: a.labels.display().to_string(),
+                repeats: a.repeats,
+                balanced: a.balance,
+                models,
+                seconds: start.elapsed().as_secs_f64(),
+            })
+        }
+    };
+    let start = Instant::now();
+    let [train_set, chosen_on] = match &adult_set {
+        None => [train, val.clone()],
+        Some((a, set)) => {
+            let all: Vec<usize> = (0..set.len()).collect();
+            a.sets([&train, &val], set, &all, common.seed)?
+        }
+    };
+    let mut log = Vec::new();
+    let Fitted {
+        teacher: teacher_net,
+        strong,
+        student,
+    } = fit(
+        &config,
+        &train_set,
+        &chosen_on,
+        &name,
+        &description,
+        &mut log,
+    )?;
     let training_seconds = start.elapsed().as_secs_f64();
     let (quantized, model, circuit) = student.quantized.expect("the shipped recipe quantizes");
     let bootstraps = circuit.bootstrap_count();
@@ -149,6 +341,7 @@ pub(crate) fn train(
                 !common.quiet,
             )?),
         },
+        adults: adult_figures,
         validation_noisy_accuracy: score_circuit(&circuit, &val, common.draws, common.seed)?
             .0
             .accuracy,
