@@ -185,12 +185,7 @@ pub(crate) fn train(
     (stability_sample, stability_runs): (usize, usize),
 ) -> Result<()> {
     let config = common.config(topology, common.shipped(), class_names)?;
-    let [train, val, test] = common.splits()?;
-    let te = Tensors::new(&test, config.input.scale);
-    let distilled_from = match &config.strong_teacher {
-        Some(strong) => format!("a larger ReLU CNN ({})", strong.spec()),
-        None => "a ReLU teacher of its own topology".to_owned(),
-    };
+    // The small adult folder first: a wrong path fails before PneumoniaMNIST is read.
     let adult_set = match adults {
         None => None,
         Some(a) => {
@@ -204,6 +199,12 @@ pub(crate) fn train(
             };
             Some((a, set))
         }
+    };
+    let [train, val, test] = common.splits()?;
+    let te = Tensors::new(&test, config.input.scale);
+    let distilled_from = match &config.strong_teacher {
+        Some(strong) => format!("a larger ReLU CNN ({})", strong.spec()),
+        None => "a ReLU teacher of its own topology".to_owned(),
     };
     let trained_on = match &adult_set {
         None => "PneumoniaMNIST (children aged 1-5; CC BY 4.0)".to_owned(),
