@@ -13,10 +13,13 @@ rustup target add wasm32-unknown-unknown
 
 # The CLI must be exactly the version of the wasm-bindgen crate that wasm-client pins. Without
 # its default features it has no TLS stack, which nothing here needs (its test runner talks to
-# a local chromedriver over plain HTTP), and it compiles in about a fifth less time.
+# a local chromedriver over plain HTTP), and it compiles in about a fifth less time. It is built
+# at opt-level 1: it runs for a second or two per page build, so compiling it is what a first
+# serve waits for, and its output does not depend on how it was optimised.
 bindgen_version=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' wasm-client/Cargo.toml)
 if [[ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $bindgen_version" ]]; then
-  cargo install --locked --no-default-features wasm-bindgen-cli --version "$bindgen_version"
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+    cargo install --locked --no-default-features wasm-bindgen-cli --version "$bindgen_version"
 fi
 [[ ${1:-} == --tests ]] || exit 0
 
