@@ -2,7 +2,9 @@
 //! which loads models and runs the encrypted inference.
 //!
 //! - [`server`]: the actix-web server: page, API, key store and job queue;
-//! - [`client`]: a blocking client of that API, knowing models only by their client specs.
+//! - [`client`]: a blocking client of that API, knowing models only by their client specs;
+//! - [`progress`]: the progress bar the command lines show over bootstraps.
 
 pub mod client;
+pub mod progress;
 pub mod server;

@@ -95,6 +95,17 @@ fn commands_without_a_model_file_read_the_bundled_model_not_a_build_path() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("screen-mlp-32"));
 }
 
+/// The binary a hospital installs carries no benchmarks: they are `hexray-bench`'s.
+#[test]
+fn the_product_binary_has_no_benchmark_commands() {
+    let help = String::from_utf8_lossy(&hexray(&["--help"]).stdout).to_lowercase();
+    assert!(help.contains("serve"), "{help}");
+    assert!(!help.contains("bench"), "{help}");
+    let out = hexray(&["bench"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"));
+}
+
 #[test]
 fn client_spec_prints_the_public_part_only() {
     let out = hexray(&["client-spec"]);

@@ -4,8 +4,6 @@
 //! Everything that two parties must agree on bit for bit lives here and nowhere else. The
 //! modules build on one another in this order, and import only from those before them:
 //! - [`error`]: the typed errors every module returns;
-//! - [`dicom`]: the DICOM reader (transfer syntaxes, pixel data, the viewer's rendering), which
-//!   needs nothing of the model;
 //! - [`parameters`]: the TFHE parameter set as the numbers the compiler needs;
 //! - [`network`]: the schema of a trained network, its shapes and its validation;
 //! - [`circuit`]: the network compiled into stages of dot products and bootstraps, with the
@@ -16,7 +14,8 @@
 //! - [`borderline`]: the margin below which another encryption could change a result's class,
 //!   measured on the circuit with the noisy simulator;
 //! - [`preprocess`]: the one function that turns an image (PNG, JPEG or DICOM) into quantized
-//!   input integers.
+//!   input integers. DICOM files are read by the `hexray-dicom` crate, which needs nothing of
+//!   the model.
 //!
 //! `tests/layering.rs` holds the modules to this order.
 //!
@@ -26,7 +25,6 @@
 pub mod borderline;
 pub mod circuit;
 pub mod client_spec;
-pub mod dicom;
 pub mod error;
 pub mod file;
 pub mod network;
@@ -38,7 +36,7 @@ pub mod testing;
 
 pub use circuit::{compile, Circuit, Neuron, Stage};
 pub use client_spec::{ClientSpec, Diagnosis};
-pub use error::{CompileError, DicomError, ModelError, PreprocessError};
+pub use error::{CompileError, ModelError, PreprocessError};
 pub use file::CompiledModel;
 pub use network::Network;
 pub use parameters::FheParameters;

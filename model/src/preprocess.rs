@@ -6,11 +6,11 @@
 //! input size with its filter → per-image intensity normalisation (if the model asks for it) →
 //! q = round(luma · (2^bits − 1) / 255).
 
+use hexray_dicom::{self as dicom, DicomImage, DicomInfo};
 use image::imageops::{self, FilterType};
 use image::GrayImage;
 use ndarray::Array3;
 
-use crate::dicom::{self, DicomImage, DicomInfo};
 use crate::error::PreprocessError;
 use crate::network::{Crop, InputSpec, Intensity, ResizeFilter};
 

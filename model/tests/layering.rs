@@ -8,7 +8,6 @@ use std::path::Path;
 /// The layers, lowest first.
 const ORDER: &[&str] = &[
     "error",
-    "dicom",
     "parameters",
     "network",
     "circuit",

@@ -2,7 +2,7 @@
 
 Each file is what an X-ray system or a PACS export could send: 12-bit stored values with a VOI
 window that shows them as the PNG's 8-bit levels, so HEXray's preprocessing must give the PNG's
-pixels back (within rounding) from every one of them (`model/tests/dicom.rs`).
+pixels back (within rounding) from every one of them (`dicom/tests/decode.rs`).
 
     python3 -m venv /tmp/dicom-venv
     /tmp/dicom-venv/bin/pip install pydicom==3.0.2 numpy pillow python-gdcm==3.2.6 \

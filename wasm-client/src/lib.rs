@@ -133,7 +133,7 @@ impl Model {
         struct Read {
             input: Vec<i32>,
             original: Original,
-            dicom: Option<hexray_model::dicom::DicomInfo>,
+            dicom: Option<hexray_dicom::DicomInfo>,
         }
         let decoded = hexray_model::preprocess::decode(image).map_err(error)?;
         let shown = hexray_model::preprocess::thumbnail(&decoded.luma, 512);

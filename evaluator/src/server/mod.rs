@@ -8,6 +8,7 @@
 //!   directory or, shared between nodes, in PostgreSQL ([`postgres`]);
 //! - [`jobs`]: the bounded job queue and its workers, in memory or, shared between nodes, in
 //!   PostgreSQL;
+//! - [`defaults`]: the limits a server starts with unless told otherwise;
 //! - [`routes`]: the API; [`error`]: its JSON errors; [`metrics`]: Prometheus counters;
 //!   [`rate_limit`]: the per-address limit on the routes that need no token.
 //!
@@ -15,6 +16,7 @@
 //! encrypted outputs. Its logs hold request lines and ids, never a body.
 
 pub mod auth;
+pub mod defaults;
 pub mod error;
 pub mod jobs;
 pub mod keys;
@@ -77,30 +79,30 @@ impl Config {
             database_url: None,
             database_ca_file: None,
             database_pool: PoolLimits {
-                max: 10,
+                max: defaults::DATABASE_CONNECTIONS,
                 wait: Duration::from_secs(10),
                 idle: Duration::from_secs(60),
             },
             node: node_name(),
             queue: QueueConfig {
-                workers: 1,
+                workers: defaults::WORKERS,
                 threads,
-                capacity: 16,
-                retention: Duration::from_secs(3600),
-                per_owner: 4,
-                lease: Duration::from_secs(30),
+                capacity: defaults::QUEUE_LIMIT,
+                retention: Duration::from_secs(defaults::JOB_RETENTION_S),
+                per_owner: defaults::MAX_JOBS_PER_TOKEN,
+                lease: Duration::from_secs(defaults::LEASE_S),
             },
-            key_cache_bytes: 1 << 30,
+            key_cache_bytes: defaults::KEY_CACHE_MIB << 20,
             keys: KeyLimits {
-                per_owner: 4,
-                storage_bytes: 10 << 30,
-                expiry: Duration::from_secs(90 * 86_400),
+                per_owner: defaults::MAX_KEYS_PER_TOKEN,
+                storage_bytes: defaults::MAX_KEY_STORAGE_MIB << 20,
+                expiry: Duration::from_secs(defaults::KEY_EXPIRY_DAYS * 86_400),
             },
             limits: Limits {
-                batch_images: 16,
-                uploads_per_owner: 2,
-                body_timeout: Duration::from_secs(120),
-                streams_per_job: 4,
+                batch_images: defaults::MAX_BATCH,
+                uploads_per_owner: defaults::MAX_UPLOADS_PER_TOKEN,
+                body_timeout: Duration::from_secs(defaults::BODY_TIMEOUT_S),
+                streams_per_job: defaults::MAX_STREAMS_PER_JOB,
             },
         }
     }

@@ -4,20 +4,14 @@
 //!   decrypt), compared with the plaintext simulator;
 //! - `hexray analyze --server URL --image X.png`: a clinician's client of a remote server;
 //! - `hexray inspect`: what a model costs (bootstraps) and how noisy each layer is;
-//! - `hexray bench`: the engine benchmark (parameter sets, reference topologies);
 //! - `hexray simulate --image X.png`: the plaintext simulator's prediction, exact and noisy, as JSON;
-//! - `hexray bench-server`: amortised latency per image against batch size, and the server's overhead;
-//! - `hexray bench-load`: many clients, some misbehaving, against a real server over HTTP;
 //! - `hexray serve`: the self-hosted server with the clinician page and the API;
 //! - `hexray token new`: a bearer token for the server's tokens file;
 //! - `hexray client-spec`: the public part of a model, exactly what clients receive.
+//!
+//! The benchmarks are another binary, `hexray-bench` (the `bench/` crate).
 
 mod analyze;
-mod bench;
-mod bench_cluster;
-mod bench_keys;
-mod bench_load;
-mod bench_server;
 mod client_spec;
 mod inspect;
 mod run;
@@ -35,18 +29,11 @@ use hexray_model::network::InputSpec;
 use hexray_model::preprocess::{decode, preprocess_luma};
 use ndarray::Array3;
 
-/// The repository's copy of the default model: the benchmarks' default, which they run from a
-/// checkout. Every other command falls back on the bundled bytes ([`ModelArg`]).
-pub const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/pneumonia-mlp-64.hexray"
-);
-
 /// The model a command reads.
 #[derive(clap::Args)]
 pub struct ModelArg {
-    /// Model file (*.hexray). Without it: the bundled default model, pneumonia-mlp-64, which
-    /// is compiled into this binary, so the command needs no file wherever it runs.
+    /// Model file (*.hexray). Without it: the bundled default model, screen-mlp-32, which is
+    /// compiled into this binary, so the command needs no file wherever it runs.
     #[arg(long)]
     pub model: Option<PathBuf>,
 }
@@ -106,19 +93,8 @@ enum Command {
     Analyze(analyze::Args),
     /// Print a model's circuit: bootstraps, accumulator widths and noise per layer.
     Inspect(ModelArg),
-    /// Benchmark the engine and print the figures.
-    Bench(bench::Args),
     /// Print the plaintext simulator's prediction for an image (exact and noisy) as JSON.
     Simulate(ImageArgs),
-    /// Benchmark batch inference and the server's overhead above the engine.
-    BenchServer(bench_server::Args),
-    /// What storing server keys costs in the embedded store and in PostgreSQL.
-    BenchKeys(bench_keys::Args),
-    /// Throughput of one and two nodes sharing PostgreSQL, recovery from a killed node, and the
-    /// database's overhead per job.
-    BenchCluster(bench_cluster::Args),
-    /// Load test: clients with their own tokens, some misbehaving, over HTTP; prints p50/p95.
-    BenchLoad(bench_load::Args),
     /// Serve the clinician page and the encrypted inference API.
     Serve(Box<serve::Args>),
     /// Manage the server's bearer tokens.
@@ -133,12 +109,7 @@ fn main() -> Result<()> {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
         Command::Inspect(model) => inspect::print_report(&model.load()?),
-        Command::Bench(args) => bench::bench(args),
         Command::Serve(args) => serve::serve(*args),
-        Command::BenchServer(args) => bench_server::bench_server(args),
-        Command::BenchLoad(args) => bench_load::bench_load(args),
-        Command::BenchKeys(args) => bench_keys::bench_keys(args),
-        Command::BenchCluster(args) => bench_cluster::bench_cluster(args),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Token(command) => token::run(command),
         Command::ClientSpec(model) => client_spec::print(&model.load()?),

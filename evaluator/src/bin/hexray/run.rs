@@ -8,24 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use hexray_crypto::{ClientKey, CompressedServerKey, EncryptedImage, EncryptedOutput};
 use hexray_engine::evaluate;
-use indicatif::{ProgressBar, ProgressStyle};
+use hexray_evaluator::progress::bootstrap_bar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::{read_image, ImageArgs};
-
-/// A progress bar counting bootstraps.
-pub fn bootstrap_bar(total: usize) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} bootstraps, {per_sec}, eta {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    bar
-}
 
 pub fn run(args: ImageArgs) -> Result<()> {
     let loaded = args.model.load()?;

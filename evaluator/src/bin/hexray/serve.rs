@@ -14,12 +14,14 @@ use hexray_evaluator::server::auth::{Access, Tokens};
 use hexray_evaluator::server::jobs::QueueConfig;
 use hexray_evaluator::server::keys::KeyLimits;
 use hexray_evaluator::server::postgres::PoolLimits;
-use hexray_evaluator::server::{configure, node_name, security_headers, AppState, Config, Limits};
+use hexray_evaluator::server::{
+    configure, defaults, node_name, security_headers, AppState, Config, Limits,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Address to listen on. Put a TLS reverse proxy in front to serve other machines.
-    #[arg(long, env = "HEXRAY_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "HEXRAY_BIND", default_value = defaults::BIND)]
     bind: String,
     /// Tokens file (`hexray token new`): every API route but health and the OpenAPI document
     /// then needs `Authorization: Bearer <token>`.
@@ -38,7 +40,7 @@ pub struct Args {
     #[arg(long, env = "HEXRAY_MODELS_DIR")]
     models_dir: Option<PathBuf>,
     /// Where registered server keys are stored (the embedded back end).
-    #[arg(long, env = "HEXRAY_DATA_DIR", default_value = "hexray-data")]
+    #[arg(long, env = "HEXRAY_DATA_DIR", default_value = defaults::DATA_DIR)]
     data_dir: PathBuf,
     /// A PostgreSQL database that several `hexray serve` nodes share for registered keys and
     /// the job queue, e.g. `postgres://hexray@db/hexray`; the schema is created or updated at
@@ -51,63 +53,63 @@ pub struct Args {
     #[arg(long, env = "HEXRAY_DATABASE_CA_FILE")]
     database_ca_file: Option<PathBuf>,
     /// Connections this node may open to the database, all its requests and workers together.
-    #[arg(long, env = "HEXRAY_DATABASE_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "HEXRAY_DATABASE_CONNECTIONS", default_value_t = defaults::DATABASE_CONNECTIONS)]
     database_connections: usize,
     /// This node's name in `/api/v1/health`; the host name (a pod's name) by default.
     #[arg(long, env = "HEXRAY_NODE_NAME")]
     node_name: Option<String>,
     /// The page and wasm client (`web/`, built by `scripts/build-web.sh`).
-    #[arg(long, env = "HEXRAY_WEB_DIR", default_value = "web")]
+    #[arg(long, env = "HEXRAY_WEB_DIR", default_value = defaults::WEB_DIR)]
     web_dir: PathBuf,
     /// Threads for encrypted evaluation (default: all cores). With a shared database, a node
     /// claims at most this many images at a time.
     #[arg(long, env = "HEXRAY_THREADS")]
     threads: Option<usize>,
     /// Jobs evaluated at the same time; they share the threads.
-    #[arg(long, env = "HEXRAY_WORKERS", default_value_t = 1)]
+    #[arg(long, env = "HEXRAY_WORKERS", default_value_t = defaults::WORKERS)]
     workers: usize,
     /// Jobs that may wait (all nodes together, with a shared database); beyond this the server
     /// answers 503 with Retry-After.
-    #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = 16)]
+    #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = defaults::QUEUE_LIMIT)]
     queue_limit: usize,
     /// Jobs one token may have queued or running (429 beyond).
-    #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = 4)]
+    #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = defaults::MAX_JOBS_PER_TOKEN)]
     max_jobs_per_token: usize,
     /// Most images in one job.
-    #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = 16)]
+    #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = defaults::MAX_BATCH)]
     max_batch: usize,
     /// Keys one token may have registered (429 beyond).
-    #[arg(long, env = "HEXRAY_MAX_KEYS_PER_TOKEN", default_value_t = 4)]
+    #[arg(long, env = "HEXRAY_MAX_KEYS_PER_TOKEN", default_value_t = defaults::MAX_KEYS_PER_TOKEN)]
     max_keys_per_token: usize,
     /// Disk for stored keys, all tokens together, in MiB (507 beyond).
-    #[arg(long, env = "HEXRAY_MAX_KEY_STORAGE_MIB", default_value_t = 10240)]
+    #[arg(long, env = "HEXRAY_MAX_KEY_STORAGE_MIB", default_value_t = defaults::MAX_KEY_STORAGE_MIB)]
     max_key_storage_mib: u64,
     /// Keys unused for this many days are deleted; the browser uploads them again.
-    #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = 90)]
+    #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = defaults::KEY_EXPIRY_DAYS)]
     key_expiry_days: u64,
     /// Bodies one token may be uploading at once to this node (429 beyond). Counted per node:
     /// behind a load balancer, N nodes let a token upload N times as many.
-    #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = 2)]
+    #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = defaults::MAX_UPLOADS_PER_TOKEN)]
     max_uploads_per_token: usize,
     /// Seconds a request body has to arrive in full (408 beyond).
-    #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = 120)]
+    #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = defaults::BODY_TIMEOUT_S)]
     body_timeout_s: u64,
     /// Progress streams open at once on one job at this node (429 beyond). Counted per node,
     /// like the upload slots.
-    #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = 4)]
+    #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = defaults::MAX_STREAMS_PER_JOB)]
     max_streams_per_job: usize,
     /// Memory for expanded server keys, in MiB (about 85 MiB each).
-    #[arg(long, env = "HEXRAY_KEY_CACHE_MIB", default_value_t = 1024)]
+    #[arg(long, env = "HEXRAY_KEY_CACHE_MIB", default_value_t = defaults::KEY_CACHE_MIB)]
     key_cache_mib: usize,
     /// With a shared database: seconds a node's claim on work lasts unless renewed (about once
     /// a second); the work of a node that died is taken by another once its lease runs out.
-    #[arg(long, env = "HEXRAY_LEASE_S", default_value_t = 30)]
+    #[arg(long, env = "HEXRAY_LEASE_S", default_value_t = defaults::LEASE_S)]
     lease_s: u64,
     /// How long finished jobs' outputs are kept, in seconds.
-    #[arg(long, env = "HEXRAY_JOB_RETENTION_S", default_value_t = 3600)]
+    #[arg(long, env = "HEXRAY_JOB_RETENTION_S", default_value_t = defaults::JOB_RETENTION_S)]
     job_retention_s: u64,
     /// Threads answering HTTP requests.
-    #[arg(long, env = "HEXRAY_HTTP_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "HEXRAY_HTTP_WORKERS", default_value_t = defaults::HTTP_WORKERS)]
     http_workers: usize,
 }
 

@@ -25,7 +25,7 @@ pub(crate) enum Codec {
 /// deprecated), but archives still hold such files.
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 
-/// The transfer syntaxes HEXray reads, each tested on a real file (`model/tests/dicom.rs`).
+/// The transfer syntaxes HEXray reads, each tested on a real file (`dicom/tests/decode.rs`).
 pub(crate) fn codec(transfer_syntax: &str) -> Option<Codec> {
     Some(match transfer_syntax {
         uids::IMPLICIT_VR_LITTLE_ENDIAN
@@ -497,7 +497,7 @@ mod tests {
     /// libjpeg's samples of pydicom's JPGExtended.dcm on a 16×16 grid, shared with the
     /// integration test that checks the rendered image (`model/tests/fixtures`).
     fn jpgextended_reference() -> Vec<Vec<u16>> {
-        include_str!("../../tests/fixtures/jpgextended-reference.txt")
+        include_str!("../tests/fixtures/jpgextended-reference.txt")
             .lines()
             .filter(|line| !line.starts_with('#'))
             .map(|line| {

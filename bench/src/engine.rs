@@ -1,4 +1,4 @@
-//! `hexray bench`: the engine benchmark. It prints figures; nothing here passes or fails.
+//! `hexray-bench engine`: the engine benchmark. It prints figures; nothing here passes or fails.
 //!
 //! 1. For each supported parameter set: client keygen time, compressed server key size,
 //!    decompression time and the single-thread keyswitch + bootstrap time (median).
@@ -20,7 +20,7 @@ use hexray_model::simulate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::run::bootstrap_bar;
+use hexray_evaluator::progress::bootstrap_bar;
 
 const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
 const SAMPLE: &str = concat!(
@@ -41,7 +41,7 @@ pub struct Args {
     samples: usize,
 }
 
-pub fn bench(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     let cores = rayon::current_num_threads();
     let models = if args.model.is_empty() {
         ["reference-a", "reference-b"]

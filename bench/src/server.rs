@@ -1,4 +1,4 @@
-//! `hexray bench-server`: what batching and the HTTP server cost. It prints figures; nothing
+//! `hexray-bench server`: what batching and the HTTP server cost. It prints figures; nothing
 //! here passes or fails.
 //!
 //! 1. Amortised encrypted latency per image for batches of 1, 4 and 16 images, each batch one
@@ -19,14 +19,14 @@ use hexray_evaluator::server::auth::{Access, Owner};
 use hexray_evaluator::server::{configure, AppState, Config};
 use hexray_model::preprocess::preprocess;
 
-use crate::DEFAULT_MODEL;
+use crate::BENCH_MODEL;
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/pneumoniamnist");
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Model file (the server serves the bundled one, which is the default here too).
-    #[arg(long, default_value = DEFAULT_MODEL)]
+    #[arg(long, default_value = BENCH_MODEL)]
     model: PathBuf,
     /// Batch sizes to time.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
@@ -40,7 +40,7 @@ pub struct Args {
     rounds: usize,
 }
 
-pub fn bench_server(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     let loaded = LoadedModel::from_file(&args.model).context("loading the model")?;
     let circuit = &loaded.circuit();
     let (client, compressed) = ClientKey::generate_deterministic(loaded.parameter_set(), 7);

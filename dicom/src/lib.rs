@@ -1,4 +1,6 @@
-//! DICOM (Part 10) files → the 8-bit grayscale image the rest of preprocessing takes.
+#![warn(missing_docs)]
+//! DICOM (Part 10) files → the 8-bit grayscale image that HEXray's preprocessing
+//! (`hexray_model::preprocess`) takes.
 //!
 //! X-ray systems and PACS export DICOM, not PNG, and browsers cannot show it. The browser (via
 //! wasm), the command line and the trainer's folder loader all read it here, so a file gives
@@ -16,6 +18,7 @@
 //! reading the result decides.
 
 mod codec;
+mod error;
 mod jpeg12;
 mod pixels;
 
@@ -30,8 +33,8 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 use image::GrayImage;
 use serde::Serialize;
 
-use crate::error::DicomError;
 use codec::{Codec, Geometry};
+pub use error::DicomError;
 use pixels::{Colour, Lut, ModalityTransform, SampleFormat, Voi, WindowFunction};
 
 /// The largest image read, in pixels per frame: 50 megapixels, over five times a large
@@ -114,6 +117,23 @@ fn check_inflated_size(body: &[u8]) -> Result<(), DicomError> {
 }
 
 /// Decodes the first frame of a DICOM Part 10 file.
+///
+/// Anything that is not a readable image comes back as a [`DicomError`] whose message is meant
+/// for the person who dropped the file; no input makes it panic.
+///
+/// ```
+/// use hexray_dicom::{is_dicom, read, DicomError};
+///
+/// let png = b"\x89PNG\r\n\x1a\n";
+/// assert!(!is_dicom(png));
+/// assert_eq!(read(png).unwrap_err(), DicomError::NotDicom);
+///
+/// // A `DICM` marker after the preamble, then nothing a parser can read.
+/// let mut truncated = vec![0u8; 128];
+/// truncated.extend_from_slice(b"DICM\x02\x00");
+/// assert!(is_dicom(&truncated));
+/// assert!(matches!(read(&truncated), Err(DicomError::Parse(_))));
+/// ```
 pub fn read(bytes: &[u8]) -> Result<DicomImage, DicomError> {
     let body = if bytes.get(128..132) == Some(b"DICM") {
         &bytes[128..]

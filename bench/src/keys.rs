@@ -1,4 +1,4 @@
-//! `hexray bench-keys`: what storing 30 MB server keys costs in each back end, the embedded
+//! `hexray-bench keys`: what storing 30 MB server keys costs in each back end, the embedded
 //! data directory and PostgreSQL (`bytea`). It prints figures; nothing here passes or fails.
 //!
 //! For each of `--keys` fresh keys: registering it (validation, hashing and a durable write),
@@ -30,7 +30,7 @@ pub(crate) fn median_ms(mut times: Vec<Duration>) -> f64 {
     times[times.len() / 2].as_secs_f64() * 1e3
 }
 
-pub fn bench_keys(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     let keys: Vec<Vec<u8>> = (0..args.keys.max(1) as u128)
         .map(|seed| {
             ClientKey::generate_deterministic(ParameterSet::Ks32, 1000 + seed)

@@ -1,4 +1,4 @@
-//! `hexray bench-cluster`: `hexray serve` nodes sharing one PostgreSQL database, each limited
+//! `hexray-bench cluster`: `hexray serve` nodes sharing one PostgreSQL database, each limited
 //! to one evaluation thread, so that the scaling shows on a small machine. It prints figures;
 //! nothing here passes or fails.
 //!
@@ -28,8 +28,8 @@ use indicatif::ProgressBar;
 use ndarray::Array3;
 use serde_json::Value;
 
-use crate::bench_keys::median_ms;
-use crate::bench_load::sample_inputs;
+use crate::keys::median_ms;
+use crate::load::sample_inputs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,6 +48,10 @@ pub struct Args {
     /// One-image jobs timed on each back end for the database's overhead.
     #[arg(long, default_value_t = 5)]
     overhead_jobs: usize,
+    /// The `hexray` binary the nodes run; by default the one beside this benchmark, where
+    /// `cargo build --release -p hexray-evaluator` puts it.
+    #[arg(long)]
+    hexray: Option<PathBuf>,
 }
 
 /// A `hexray serve` process and a client of it; killed when dropped.
@@ -66,6 +70,7 @@ impl Drop for Node {
 
 /// What every node of a run is started with.
 struct Nodes<'a> {
+    hexray: &'a Path,
     models: &'a Path,
     database: Option<&'a str>,
     lease_s: u64,
@@ -78,7 +83,7 @@ impl Nodes<'_> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = Command::new(self.hexray);
         command
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
@@ -173,7 +178,18 @@ fn time_job(api: &ApiClient, clinician: &Clinician, images: usize) -> Result<(f6
     Ok((started.elapsed().as_secs_f64(), status))
 }
 
-pub fn bench_cluster(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
+    let hexray = match args.hexray {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("hexray"),
+    };
+    if !hexray.is_file() {
+        bail!(
+            "no hexray binary at {}: build it (cargo build --release -p hexray-evaluator) or name \
+             one with --hexray",
+            hexray.display()
+        );
+    }
     let model = LoadedModel::from_file(&args.model)?;
     let models = tempfile::tempdir()?;
     std::fs::copy(&args.model, models.path().join("bench.hexray"))?;
@@ -181,6 +197,7 @@ pub fn bench_cluster(args: Args) -> Result<()> {
     let server_key = server_key.to_bytes()?;
     let database = Scratch::create(&args.database_url)?;
     let shared = Nodes {
+        hexray: &hexray,
         models: models.path(),
         database: Some(&database.url),
         lease_s: args.lease_s,

@@ -1,4 +1,4 @@
-//! `hexray bench-load`: several clinicians' browsers against one real server over HTTP, some of
+//! `hexray-bench load`: several clinicians' browsers against one real server over HTTP, some of
 //! them misbehaving, with every limit at its default. It prints the time per image that the
 //! well-behaved clients see (p50, p95), what the misbehaving ones were refused, and whether
 //! anything was lost: every well-behaved image must come back and decrypt.
@@ -25,7 +25,7 @@ use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
 use indicatif::ProgressBar;
 
-use crate::DEFAULT_MODEL;
+use crate::BENCH_MODEL;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Model file to serve.
-    #[arg(long, default_value = DEFAULT_MODEL)]
+    #[arg(long, default_value = BENCH_MODEL)]
     model: PathBuf,
 }
 
@@ -58,7 +58,7 @@ struct Good {
     disagreements: usize,
 }
 
-pub fn bench_load(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("hexray-bench-load-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("models"))?;
     std::fs::copy(&args.model, dir.join("models/bench.hexray"))?;

@@ -1,0 +1,46 @@
+//! The benchmarks as a user runs them: a process, its figures on stdout. Timings are not
+//! checked (they belong to the machine); that each command runs and prints its table is.
+
+use std::process::Command;
+
+/// Runs `hexray-bench` with `args` and returns its stdout, failing on a non-zero exit.
+fn bench(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_hexray-bench"))
+        .args(args)
+        .output()
+        .expect("hexray-bench runs");
+    assert!(
+        output.status.success(),
+        "hexray-bench {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 figures")
+}
+
+#[test]
+fn the_key_storage_benchmark_prints_a_row_for_the_embedded_store() {
+    let figures = bench(&["keys", "--keys", "1"]);
+    assert!(figures.contains("keys of 30.1 MB each"), "{figures}");
+    let row = figures
+        .lines()
+        .find(|line| line.starts_with("embedded"))
+        .unwrap_or_else(|| panic!("no embedded row in:\n{figures}"));
+    let times: Vec<f64> = row
+        .split_whitespace()
+        .skip(1)
+        .map(|cell| cell.parse().expect("a time in ms"))
+        .collect();
+    assert_eq!(times.len(), 4, "{row}");
+    assert!(times.iter().all(|t| *t >= 0.0), "{row}");
+}
+
+#[test]
+fn every_benchmark_is_a_command_of_hexray_bench() {
+    let help = bench(&["--help"]);
+    for command in ["engine", "server", "keys", "cluster", "load"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(command)),
+            "{command} missing from:\n{help}"
+        );
+    }
+}
