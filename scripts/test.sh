@@ -19,7 +19,7 @@ url=$(bash scripts/postgres.sh start "$pg_dir" 55433)
 export HEXRAY_TEST_DATABASE_URL=$url HEXRAY_TEST_POSTGRES_DIR=$pg_dir
 cargo test --release --workspace -- --include-ignored
 # The same API suite against the PostgreSQL back end. `--workspace` keeps the features of the
-# build above: `-p hexray-e2e` alone would resolve them differently and rebuild tfhe.
+# build above: `-p hexray-evaluator` alone would resolve them differently and rebuild tfhe.
 HEXRAY_TEST_STORAGE=postgres cargo test --release --workspace --test server_api
 bash scripts/build-web.sh
 # wasm-bindgen-test in a real browser; --mode no-install uses the CLI setup.sh installed.

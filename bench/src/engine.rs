@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hexray_crypto::{ClientKey, EncryptedImage, ParameterSet, ServerKey};
-use hexray_engine::evaluate::{bootstrap, lookup_table};
 use hexray_engine::{evaluate, LoadedModel};
 use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
@@ -177,15 +176,16 @@ fn single_bootstrap(
     spec.parameter_set = client.parameter_set().name().into();
     let encrypted = client.encrypt(&spec, input)?.expand();
     let stage = &circuit.stages[0];
-    let lut = lookup_table(
-        server,
-        &stage.lookup_table(0, circuit.polynomial_size, circuit.stages[1].delta),
-    );
+    let lut = server.lookup_table(&stage.lookup_table(
+        0,
+        circuit.polynomial_size,
+        circuit.stages[1].delta,
+    ));
     let phase = hexray_engine::evaluate::dot_product(stage, 0, &encrypted);
     let mut times: Vec<Duration> = (0..samples)
         .map(|_| {
             let t = Instant::now();
-            let _ = bootstrap(server, phase.clone(), &lut);
+            let _ = server.bootstrap(phase.clone(), &lut);
             t.elapsed()
         })
         .collect();

@@ -22,12 +22,12 @@ use tfhe::core_crypto::prelude::packed_integers::{
 };
 use tfhe::core_crypto::prelude::*;
 use tfhe::core_crypto::seeders::new_seeder;
-use tfhe::shortint::atomic_pattern::AtomicPatternServerKey;
 use tfhe::shortint::client_key::atomic_pattern::AtomicPatternClientKey;
 
 use crate::envelope::{self, ImageEnvelope, OutputEnvelope};
 use crate::error::CryptoError;
 use crate::keys::{ClientKey, ServerKey};
+use crate::lwe::{Ciphertexts, Keyswitched};
 use crate::params::ParameterSet;
 
 /// Largest encrypted image accepted: 8 bytes for each of the most input integers a model may
@@ -117,9 +117,10 @@ impl ClientKey {
     }
 
     /// Decrypts raw phases (plaintext plus noise) of big-key ciphertexts, e.g. to measure noise.
-    pub fn decrypt_phases(&self, ciphertexts: &LweCiphertextListOwned<u64>) -> Vec<u64> {
+    pub fn decrypt_phases(&self, ciphertexts: &Ciphertexts) -> Vec<u64> {
         let key = self.lwe_key();
         ciphertexts
+            .tfhe()
             .iter()
             .map(|ct| decrypt_lwe_ciphertext(&key, &ct).0)
             .collect()
@@ -223,8 +224,8 @@ impl EncryptedImage {
     }
 
     /// Regenerates the masks from the seed: one full LWE ciphertext per input integer.
-    pub fn expand(self) -> LweCiphertextListOwned<u64> {
-        self.ciphertexts.decompress_into_lwe_ciphertext_list()
+    pub fn expand(self) -> Ciphertexts {
+        Ciphertexts::from_tfhe(self.ciphertexts.decompress_into_lwe_ciphertext_list())
     }
 
     /// Serializes the seeded ciphertexts (bodies and seed) for upload, with their parameter set.
@@ -284,30 +285,15 @@ impl EncryptedOutput {
     /// TFHE-rs's own `switch_modulus_and_compress` does the same to a shortint ciphertext, but
     /// keeps only log2(2N) = 12 bits (noise as large as the logits' own), and its result can
     /// only be read back through a bootstrap.
-    pub fn compress(key: &ServerKey, accumulators: &LweCiphertextListOwned<u64>) -> Self {
+    pub fn compress(key: &ServerKey, accumulators: &Ciphertexts) -> Self {
         let mut values = Vec::new();
-        match &key.tfhe().atomic_pattern {
-            AtomicPatternServerKey::Standard(ap) => {
-                let ksk = &ap.key_switching_key;
-                let mut small =
-                    LweCiphertext::new(0u64, ksk.output_lwe_size(), ksk.ciphertext_modulus());
-                for ct in accumulators.iter() {
-                    keyswitch_lwe_ciphertext(ksk, &ct, &mut small);
-                    push_switched(small.as_view(), &mut values);
-                }
-            }
-            AtomicPatternServerKey::KeySwitch32(ap) => {
-                let ksk = &ap.key_switching_key;
-                let mut small =
-                    LweCiphertext::new(0u32, ksk.output_lwe_size(), ksk.ciphertext_modulus());
-                for ct in accumulators.iter() {
-                    keyswitch_lwe_ciphertext_with_scalar_change(ksk, &ct, &mut small);
-                    push_switched(small.as_view(), &mut values);
-                }
-            }
-            AtomicPatternServerKey::Dynamic(_) => {
-                unreachable!("HEXray's parameter sets use the standard and KS32 atomic patterns")
-            }
+        match key.keyswitch(accumulators.tfhe().iter()) {
+            Keyswitched::U64(small, _) => small
+                .iter()
+                .for_each(|ct| push_switched(ct.as_view(), &mut values)),
+            Keyswitched::U32(small, _) => small
+                .iter()
+                .for_each(|ct| push_switched(ct.as_view(), &mut values)),
         }
         EncryptedOutput {
             set: key.parameter_set(),
@@ -465,7 +451,7 @@ mod tests {
                 set.encryption_noise(),
                 &mut generator,
             );
-            let output = EncryptedOutput::compress(&server, &list);
+            let output = EncryptedOutput::compress(&server, &Ciphertexts::from_tfhe(list));
             let bytes = output.to_bytes().unwrap();
             let per_class = (set.small_lwe_dimension().0 + 1) * OUTPUT_LOG_MODULUS as usize / 8;
             assert!(

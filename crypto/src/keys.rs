@@ -186,9 +186,9 @@ impl CompressedServerKey {
 }
 
 impl ServerKey {
-    /// The TFHE-rs key, read-only, for the engine's bootstraps and keyswitches: it stays the
-    /// key of [`ServerKey::parameter_set`], which it was checked against when it was read.
-    pub fn tfhe(&self) -> &shortint::ServerKey {
+    /// The TFHE-rs key, read-only, for [`lwe`](crate::lwe)'s bootstraps and keyswitches: it
+    /// stays the key of [`ServerKey::parameter_set`], which it was checked against when read.
+    pub(crate) fn tfhe(&self) -> &shortint::ServerKey {
         &self.inner
     }
 

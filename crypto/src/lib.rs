@@ -6,19 +6,23 @@
 //! - [`keys`]: client key generation, compressed server keys and their size-limited,
 //!   parameter-checked serialization;
 //! - [`ciphertext`]: seeded encryption of a preprocessed image and decryption of the outputs;
+//! - [`lwe`]: what the server computes on ciphertexts: clear-weight dot products, lookup
+//!   tables and batched keyswitch + bootstrap;
 //! - [`frames`]: several blobs (a batch of images or outputs) in one HTTP body.
 //!
-//! The server-side evaluation lives in `hexray-engine`; this crate is what a client needs.
+//! This is the only crate that names TFHE-rs: `hexray-engine` composes [`lwe`]'s operations
+//! into a network without seeing TFHE-rs's types, and a client needs nothing but this crate.
 
 pub mod ciphertext;
 mod envelope;
 pub mod error;
 pub mod frames;
 pub mod keys;
+pub mod lwe;
 pub mod params;
 
 pub use ciphertext::{EncryptedImage, EncryptedOutput};
 pub use error::CryptoError;
 pub use keys::{ClientKey, CompressedServerKey, ServerKey};
+pub use lwe::{Ciphertext, Ciphertexts, LookupTable};
 pub use params::ParameterSet;
-pub use tfhe;

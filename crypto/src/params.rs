@@ -79,11 +79,31 @@ impl ParameterSet {
         if self.name() == found {
             Ok(())
         } else {
-            Err(CryptoError::ParameterMismatch {
-                what,
-                expected: self.name().into(),
-                found: found.chars().take(80).collect(),
-            })
+            Err(self.mismatch(what, found))
+        }
+    }
+
+    /// [`ParameterSet::require`] for a set already read (a checked key's or image's): compared
+    /// as a value, with the same refusal.
+    ///
+    /// ```
+    /// use hexray_crypto::ParameterSet;
+    /// assert!(ParameterSet::Ks32.require_set("server key", ParameterSet::Ks32).is_ok());
+    /// assert!(ParameterSet::Ks32.require_set("server key", ParameterSet::Ks64).is_err());
+    /// ```
+    pub fn require_set(self, what: &'static str, found: ParameterSet) -> Result<(), CryptoError> {
+        if self == found {
+            Ok(())
+        } else {
+            Err(self.mismatch(what, found.name()))
+        }
+    }
+
+    fn mismatch(self, what: &'static str, found: &str) -> CryptoError {
+        CryptoError::ParameterMismatch {
+            what,
+            expected: self.name().into(),
+            found: found.chars().take(80).collect(),
         }
     }
 

@@ -1,26 +1,22 @@
 //! Encrypted evaluation of a compiled circuit.
 //!
 //! For a batch of up to 8 hidden neurons, one task computes each neuron's composed dot product
-//! on the LWE ciphertexts with wrapping integer arithmetic (clear weights, no bootstrap), adds its
-//! clear constant, and immediately applies the neurons' lookup tables with one batched keyswitch
-//! and programmable bootstrap ([`crate::batch`], bit for bit TFHE-rs's
-//! `apply_lookup_table_assign` with its centred modulus switch). Fusing the two keeps the work of every task alike, so rayon
+//! on the LWE ciphertexts with wrapping integer arithmetic (clear weights, no bootstrap), adds
+//! its clear constant, and immediately applies the neurons' lookup tables with one batched
+//! keyswitch and programmable bootstrap ([`ServerKey::bootstrap_batch`], bit for bit TFHE-rs's
+//! `apply_lookup_table_assign`). Fusing the two keeps the work of every task alike, so rayon
 //! keeps every core on bootstraps. The output stage is a leveled dot product only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hexray_crypto::tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_add_scalar_mul_assign;
-use hexray_crypto::tfhe::core_crypto::prelude::*;
-use hexray_crypto::tfhe::shortint::ciphertext::{Degree, NoiseLevel};
-use hexray_crypto::tfhe::shortint::server_key::LookupTableOwned;
-use hexray_crypto::tfhe::shortint::Ciphertext;
-use hexray_crypto::{CryptoError, EncryptedImage, EncryptedOutput, ServerKey};
+use hexray_crypto::{
+    Ciphertext, Ciphertexts, CryptoError, EncryptedImage, EncryptedOutput, ServerKey,
+};
 use hexray_model::{Circuit, Stage};
 use rayon::prelude::*;
 use thiserror::Error;
 
-use crate::batch::bootstrap_batch;
 use crate::model::LoadedModel;
 
 /// Why the engine refused a batch. The server checks all of this before it queues a job, so
@@ -28,7 +24,7 @@ use crate::model::LoadedModel;
 #[derive(Debug, Error)]
 pub enum EngineError {
     /// A key or image of another parameter set than the model's
-    /// ([`ParameterSet::require`](hexray_crypto::ParameterSet::require)).
+    /// ([`ParameterSet::require_set`](hexray_crypto::ParameterSet::require_set)).
     #[error(transparent)]
     Parameters(#[from] CryptoError),
     /// An image with another number of values than the model reads.
@@ -47,7 +43,9 @@ pub enum EngineError {
 /// Where the time went, summed over threads for the parts that run in parallel.
 #[derive(Clone, Debug, Default)]
 pub struct EvaluationStats {
+    /// Bootstraps run, all images together.
     pub bootstraps: usize,
+    /// Time from the call to the outputs.
     pub wall: Duration,
     /// Expanding the seeded input ciphertexts.
     pub expand: Duration,
@@ -112,9 +110,9 @@ pub fn evaluate_batch(
     if inputs.is_empty() {
         return Err(EngineError::EmptyBatch);
     }
-    set.require("server key", key.parameter_set().name())?;
+    set.require_set("server key", key.parameter_set())?;
     for input in &inputs {
-        set.require("encrypted image", input.parameter_set().name())?;
+        set.require_set("encrypted image", input.parameter_set())?;
         if input.len() != circuit.input_len() {
             return Err(EngineError::InputLength {
                 expected: circuit.input_len(),
@@ -139,9 +137,9 @@ pub fn evaluate_batch(
         .map(|image| {
             let linear_start = Instant::now();
             let neurons = (0..output.neurons.len())
-                .map(|j| dot_product(output, j, image).into_container())
+                .map(|j| dot_product(output, j, image))
                 .collect();
-            let accumulators = into_list(neurons, image.lwe_size());
+            let accumulators = Ciphertexts::concat(neurons);
             timers.add(&timers.linear, linear_start);
             let compress_start = Instant::now();
             let compressed = EncryptedOutput::compress(key, &accumulators);
@@ -166,11 +164,11 @@ pub fn evaluate_batch(
 fn run_hidden_stage(
     circuit: &Circuit,
     index: usize,
-    images: &[LweCiphertextListOwned<u64>],
+    images: &[Ciphertexts],
     key: &ServerKey,
     progress: &(dyn Fn() + Sync),
     timers: &Timers,
-) -> Vec<LweCiphertextListOwned<u64>> {
+) -> Vec<Ciphertexts> {
     let stage = &circuit.stages[index];
     let next_delta = circuit.stages[index + 1].delta;
     let width = stage.neurons.len();
@@ -181,7 +179,7 @@ fn run_hidden_stage(
     let batch = MAX_BATCH
         .min(work.len().div_ceil(rayon::current_num_threads()))
         .max(1);
-    let mut outputs: Vec<Vec<u64>> = work
+    let mut outputs: Vec<Ciphertext> = work
         .par_chunks(batch)
         .flat_map_iter(|chunk| {
             let linear_start = Instant::now();
@@ -192,26 +190,19 @@ fn run_hidden_stage(
             let tables: Vec<_> = chunk
                 .iter()
                 .map(|&(_, j)| {
-                    lookup_table(
-                        key,
-                        &stage.lookup_table(j, circuit.polynomial_size, next_delta),
-                    )
+                    key.lookup_table(&stage.lookup_table(j, circuit.polynomial_size, next_delta))
                 })
                 .collect();
             timers.add(&timers.linear, linear_start);
             let bootstrap_start = Instant::now();
-            let outputs = bootstrap_batch(key, &phases, &tables);
+            let outputs = key.bootstrap_batch(&phases, &tables);
             timers.add(&timers.bootstrap, bootstrap_start);
-            outputs.into_iter().map(|ct| {
-                progress();
-                ct.into_container()
-            })
+            outputs.into_iter().inspect(|_| progress())
         })
         .collect();
-    let lwe_size = images[0].lwe_size();
     images
         .iter()
-        .map(|_| into_list(outputs.drain(..width).collect(), lwe_size))
+        .map(|_| Ciphertexts::concat(outputs.drain(..width).collect()))
         .collect()
 }
 
@@ -232,68 +223,13 @@ impl Timers {
     }
 }
 
-/// Neuron `j`'s phase: its dot product over the stage inputs plus its clear constant.
-pub fn dot_product(
-    stage: &Stage,
-    j: usize,
-    inputs: &LweCiphertextListOwned<u64>,
-) -> LweCiphertextOwned<u64> {
-    let mut acc = LweCiphertext::new(0u64, inputs.lwe_size(), inputs.ciphertext_modulus());
-    for &(i, w) in &stage.neurons[j].form.terms {
-        let input = inputs.get(i as usize);
-        // Stage 0's inputs arrive in the public input unit; the gain scales them to its Δ.
-        let weight = (w as u64).wrapping_mul(stage.input_gain);
-        slice_wrapping_add_scalar_mul_assign(acc.as_mut(), input.as_ref(), weight);
-    }
-    lwe_ciphertext_plaintext_add_assign(&mut acc, Plaintext(stage.constant(j)));
-    acc
-}
-
-/// A bootstrap accumulator whose box `p` (one per position, N in the half torus) holds
-/// `table[p]`, a torus value.
-pub fn lookup_table(key: &ServerKey, table: &[u64]) -> LookupTableOwned {
-    let set = key.parameter_set();
-    let n = set.polynomial_size();
-    assert_eq!(
-        table.len(),
-        n.0,
-        "a table has one entry per position of the half torus"
-    );
-    LookupTableOwned {
-        acc: generate_programmable_bootstrap_glwe_lut(
-            n,
-            set.glwe_size(),
-            n.0,
-            CiphertextModulus::new_native(),
-            1u64,
-            |p: u64| table[p as usize],
-        ),
-        degree: Degree::new(key.tfhe().message_modulus.0 * key.tfhe().carry_modulus.0 - 1),
-    }
-}
-
-/// Keyswitch + programmable bootstrap of one big-key LWE ciphertext through `lut`.
-pub fn bootstrap(
-    key: &ServerKey,
-    phase: LweCiphertextOwned<u64>,
-    lut: &LookupTableOwned,
-) -> LweCiphertextOwned<u64> {
-    let mut ct = Ciphertext::new(
-        phase,
-        Degree::new(0),
-        NoiseLevel::NOMINAL,
-        key.tfhe().message_modulus,
-        key.tfhe().carry_modulus,
-        key.parameter_set().tfhe().atomic_pattern(),
-    );
-    key.tfhe().apply_lookup_table_assign(&mut ct, lut);
-    ct.ct
-}
-
-fn into_list(ciphertexts: Vec<Vec<u64>>, lwe_size: LweSize) -> LweCiphertextListOwned<u64> {
-    LweCiphertextList::from_container(
-        ciphertexts.concat(),
-        lwe_size,
-        CiphertextModulus::new_native(),
-    )
+/// Neuron `j`'s phase: its dot product over the stage inputs plus its clear constant. Stage 0's
+/// inputs arrive in the public input unit; its gain scales them to the stage's Δ.
+pub fn dot_product(stage: &Stage, j: usize, inputs: &Ciphertexts) -> Ciphertext {
+    let terms = stage.neurons[j]
+        .form
+        .terms
+        .iter()
+        .map(|&(i, w)| (i as usize, (w as u64).wrapping_mul(stage.input_gain)));
+    inputs.dot_product(terms, stage.constant(j))
 }

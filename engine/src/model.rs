@@ -6,17 +6,33 @@ use hexray_crypto::{CryptoError, ParameterSet};
 use hexray_model::{Circuit, ClientSpec, CompiledModel, ModelError};
 use thiserror::Error;
 
+/// Why a model file cannot be served, naming the file.
 #[derive(Debug, Error)]
 pub enum LoadError {
+    /// The file cannot be read.
     #[error("cannot read model file {path}: {source}")]
     Io {
+        /// The file, as given.
         path: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The file is not a valid model (format, checks, compilation).
     #[error("model file {path}: {source}")]
-    Model { path: String, source: ModelError },
+    Model {
+        /// The file, as given.
+        path: String,
+        /// What is wrong with it.
+        source: ModelError,
+    },
+    /// The model was compiled for a parameter set this build does not run.
     #[error("model file {path}: {source}")]
-    Parameters { path: String, source: CryptoError },
+    Parameters {
+        /// The file, as given.
+        path: String,
+        /// The parameter-set refusal.
+        source: CryptoError,
+    },
 }
 
 /// A validated model ready for encrypted evaluation. Its parts are read-only: the circuit and

@@ -5,12 +5,8 @@
 //! hands its work over at once.
 //!
 //! Each node has one evaluation thread, so one image fills it. The databases come from
-//! `tests/tests/common/database.rs`; they are ignored by a plain `cargo test`, and
+//! the test kit (`hexray_test_kit::database`); they are ignored by a plain `cargo test`, and
 //! `scripts/test.sh` runs them on its PostgreSQL.
-
-mod common;
-#[path = "../../tests/tests/common/database.rs"]
-mod database;
 
 use std::path::Path;
 use std::process::Child;
@@ -26,7 +22,8 @@ use ndarray::Array3;
 use rand::SeedableRng;
 use serde_json::Value;
 
-use common::{kill, port, start};
+use hexray_test_kit::database;
+use hexray_test_kit::node::{kill, port, start};
 
 /// The tests share two cores: one runs at a time, so each node has its core.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -3,8 +3,6 @@
 //! key leaves nothing behind, and the server serves again. Also the start-up rules for open
 //! mode, and tokens end to end.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
@@ -18,7 +16,7 @@ use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
 
-use common::{hexray, kill, port, serve, serve_with, start};
+use hexray_test_kit::node::{hexray, kill, port, serve, serve_with, start};
 
 fn new_token(tokens: &Path) -> String {
     let out = hexray()

@@ -1,1 +1,11 @@
-//! End-to-end tests live in `tests/tests/`; this crate has no library code of its own.
+//! HEXray's test kit: what the tests of several crates share, written once. Each crate's tests
+//! live beside it (`engine/tests/`, `evaluator/tests/`, …) and take their fixtures from here;
+//! the tests that span crates live in this crate's own `tests/`.
+//!
+//! - [`fixtures`]: the reference model, committed sample images, deterministic keys;
+//! - [`database`]: fresh databases on the test PostgreSQL that `scripts/test.sh` starts;
+//! - [`node`]: real `hexray serve` processes, started and waited for.
+
+pub mod database;
+pub mod fixtures;
+pub mod node;

@@ -4,13 +4,13 @@
 //! adults), the full-resolution check and the stability report. A card
 //! that is not regenerated when its model is fails here.
 
-mod common;
+use hexray_test_kit::fixtures;
 
 use hexray_evaluator::server::models::Models;
 use serde_json::Value;
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(common::repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    std::fs::read_to_string(fixtures::repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// The value cell of the card's figures table, in the row whose label starts with `label`.

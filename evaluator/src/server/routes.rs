@@ -268,7 +268,7 @@ async fn submit_job(
     let (checked_owner, checked_key) = (owner.clone(), key.clone());
     let key_set = blocking(move || store.check(&checked_owner, &checked_key)).await?;
     let set = model.loaded.parameter_set();
-    set.require("server key", key_set.name())
+    set.require_set("server key", key_set)
         .map_err(|source| ApiError::ParameterMismatch {
             context: format!("key {key} for model {}", model.id),
             source,

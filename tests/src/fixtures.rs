@@ -1,6 +1,4 @@
 //! Shared fixtures: the bundled reference model, sample images and deterministic keys.
-// Each test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -9,10 +7,12 @@ use hexray_engine::LoadedModel;
 use hexray_model::preprocess::preprocess;
 use ndarray::Array3;
 
+/// The repository's root, for its committed models and samples.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The engine's reference model (`models/reference-a.hexray`): small, and two stages deep.
 pub fn reference_model() -> LoadedModel {
     LoadedModel::from_file(&repo().join("models/reference-a.hexray")).expect("bundled model loads")
 }
@@ -29,5 +29,3 @@ pub fn keys(model: &LoadedModel) -> (ClientKey, ServerKey) {
         ClientKey::generate_deterministic(model.parameter_set(), 0x4845_5852_4159);
     (client, server.decompress())
 }
-
-pub mod database;

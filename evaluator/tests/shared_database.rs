@@ -4,13 +4,13 @@
 //! reconnects after the database restarts. `hexray-evaluator`'s `cluster` tests run nodes as
 //! separate processes and kill one.
 //!
-//! The databases come from [`common::database`].
+//! The databases come from [`fixtures::database`].
 
 // Each test holds `SERVER` across its awaits on purpose: each runs on its own thread and
 // runtime, so the lock orders whole tests and cannot deadlock.
 #![allow(clippy::await_holding_lock)]
 
-mod common;
+use hexray_test_kit::{database, fixtures};
 
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use hexray_evaluator::server::auth::Access;
 use hexray_evaluator::server::{configure, AppState, Config};
 use serde_json::Value;
 
-use common::database::{fresh, number as count};
+use database::{fresh, number as count};
 
 /// Held shared by every test, and alone by the one that restarts the database server.
 static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
@@ -113,7 +113,7 @@ where
 }
 
 fn model() -> LoadedModel {
-    LoadedModel::from_file(&common::repo().join("models/pneumonia-mlp-64.hexray")).unwrap()
+    LoadedModel::from_file(&fixtures::repo().join("models/pneumonia-mlp-64.hexray")).unwrap()
 }
 
 /// Submits one encrypted sample to `submit`, follows it on `ask` until it is done, and checks
@@ -129,7 +129,7 @@ where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
     T: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
-    let input = common::sample(model, "pneumoniamnist/test-0000-pneumonia.png");
+    let input = fixtures::sample(model, "pneumoniamnist/test-0000-pneumonia.png");
     let image = client
         .encrypt_deterministic(model.spec(), input.view(), 1)
         .unwrap();
@@ -273,7 +273,7 @@ async fn a_node_reconnects_after_the_database_restarts_between_two_jobs() {
     let (client, key) = register(&a, 5).await;
     run_job(&a, &a, &client, &key, &model).await;
     let restart = std::process::Command::new("bash")
-        .arg(common::repo().join("scripts/postgres.sh"))
+        .arg(fixtures::repo().join("scripts/postgres.sh"))
         .args(["restart", &cluster])
         .status()
         .unwrap();
@@ -292,7 +292,7 @@ async fn submit_two<S>(app: &S, client: &ClientKey, key: &str, model: &LoadedMod
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
-    let input = common::sample(model, "pneumoniamnist/test-0000-pneumonia.png");
+    let input = fixtures::sample(model, "pneumoniamnist/test-0000-pneumonia.png");
     let image = client
         .encrypt_deterministic(model.spec(), input.view(), 1)
         .unwrap()

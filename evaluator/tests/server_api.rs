@@ -5,7 +5,7 @@
 //! `HEXRAY_TEST_STORAGE=postgres` (`scripts/test.sh` runs it both ways): each data directory
 //! then gets a database of its own, and the few checks that look inside storage look in it.
 
-mod common;
+use hexray_test_kit::{database, fixtures};
 
 use hexray_model::simulate;
 use std::sync::OnceLock;
@@ -31,7 +31,7 @@ use serde_json::Value;
 fn model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| {
-        LoadedModel::from_file(&common::repo().join("models/pneumonia-a.hexray")).unwrap()
+        LoadedModel::from_file(&fixtures::repo().join("models/pneumonia-a.hexray")).unwrap()
     })
 }
 
@@ -76,7 +76,7 @@ fn database(data_dir: &std::path::Path) -> Option<String> {
     if let Some((_, url)) = made.iter().find(|(dir, _)| dir == data_dir) {
         return Some(url.clone());
     }
-    let url = common::database::fresh(&format!("api{}", made.len()));
+    let url = database::fresh(&format!("api{}", made.len()));
     made.push((data_dir.to_path_buf(), url.clone()));
     Some(url)
 }
@@ -192,7 +192,7 @@ fn batch(client: &ClientKey, names: &[&str]) -> Vec<u8> {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let input = common::sample(model(), name);
+            let input = fixtures::sample(model(), name);
             client
                 .encrypt_deterministic(model().spec(), input.view(), i as u128)
                 .unwrap()
@@ -247,7 +247,7 @@ where
             EncryptedOutput::from_bytes(blob, model().parameter_set(), circuit.output_len())
                 .unwrap();
         let decrypted = client.decrypt_prediction(circuit, &output).unwrap();
-        let input = common::sample(model(), name);
+        let input = fixtures::sample(model(), name);
         // TFHE's noise, as the simulator draws it: each decrypted accumulator must lie within
         // 6 standard deviations of the noisy runs' mean (a false alarm is a 1-in-10^9 event).
         let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -279,137 +279,115 @@ async fn every_error_path_answers_json_with_a_stable_code() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(&config(dir.path(), 4)).await;
     let (client, key) = shared_client();
-    let e = |status: u16, code: &str| (StatusCode::from_u16(status).unwrap(), code.to_owned());
-
-    assert_eq!(
-        error(&app, Method::GET, "/api/v1/models/nope", vec![]).await,
-        e(404, "unknown_model")
-    );
-    assert_eq!(
-        error(&app, Method::GET, "/api/v1/keys/00ff", vec![]).await,
-        e(404, "unknown_key")
-    );
-    assert_eq!(
-        error(&app, Method::GET, "/api/v1/jobs/00ff", vec![]).await,
-        e(404, "unknown_job")
-    );
-    assert_eq!(
-        error(&app, Method::GET, "/api/v1/jobs/00ff/events", vec![]).await,
-        e(404, "unknown_job")
-    );
-    assert_eq!(
-        error(&app, Method::GET, "/api/v1/jobs/00ff/outputs", vec![]).await,
-        e(404, "unknown_job")
-    );
-    assert_eq!(
-        error(&app, Method::GET, "/nowhere", vec![]).await,
-        e(404, "not_found")
-    );
-    assert_eq!(
-        error(&app, Method::DELETE, "/api/v1/models", vec![]).await,
-        e(404, "not_found")
-    );
-    assert_eq!(
-        error(&app, Method::POST, "/api/v1/keys", b"garbage".to_vec()).await,
-        e(422, "malformed_key")
-    );
+    /// Each case: what is sent, and the status and stable code it must be refused with.
+    async fn refused<S>(app: &S, cases: Vec<(Method, String, Vec<u8>, u16, &str)>)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+    {
+        for (method, uri, body, status, code) in cases {
+            let expected = (StatusCode::from_u16(status).unwrap(), code.to_owned());
+            let what = format!("{method} {uri}");
+            assert_eq!(error(app, method, &uri, body).await, expected, "{what}");
+        }
+    }
+    let get = |uri: &str| (Method::GET, uri.to_owned(), vec![]);
+    let post = |uri: &str, body: Vec<u8>| (Method::POST, uri.to_owned(), body);
+    let case = |(method, uri, body): (Method, String, Vec<u8>), status, code| {
+        (method, uri, body, status, code)
+    };
     let mut oversized = key.clone();
     oversized.push(0);
-    assert_eq!(
-        error(&app, Method::POST, "/api/v1/keys", oversized).await,
-        e(413, "too_large")
-    );
-    assert_eq!(
-        error(&app, Method::POST, "/api/v1/jobs", vec![]).await,
-        e(400, "bad_request")
-    );
-    assert_eq!(
-        error(
-            &app,
-            Method::POST,
-            &format!("{}&extra=1", job_uri("00ff")),
-            vec![]
-        )
-        .await,
-        e(400, "bad_request")
-    );
+    refused(
+        &app,
+        vec![
+            case(get("/api/v1/models/nope"), 404, "unknown_model"),
+            case(get("/api/v1/keys/00ff"), 404, "unknown_key"),
+            case(get("/api/v1/jobs/00ff"), 404, "unknown_job"),
+            case(get("/api/v1/jobs/00ff/events"), 404, "unknown_job"),
+            case(get("/api/v1/jobs/00ff/outputs"), 404, "unknown_job"),
+            case(get("/nowhere"), 404, "not_found"),
+            case(
+                (Method::DELETE, "/api/v1/models".into(), vec![]),
+                404,
+                "not_found",
+            ),
+            case(
+                post("/api/v1/keys", b"garbage".to_vec()),
+                422,
+                "malformed_key",
+            ),
+            case(post("/api/v1/keys", oversized), 413, "too_large"),
+            case(post("/api/v1/jobs", vec![]), 400, "bad_request"),
+            case(
+                post(&format!("{}&extra=1", job_uri("00ff")), vec![]),
+                400,
+                "bad_request",
+            ),
+        ],
+    )
+    .await;
 
     // A well-formed key of a parameter set no served model uses is larger than any key
     // body the server accepts.
     let app = self::app(&config(dir.path(), 4)).await;
     let (_, foreign) = ClientKey::generate_deterministic(ParameterSet::Ks64, 9);
-    assert_eq!(
-        error(
-            &app,
-            Method::POST,
-            "/api/v1/keys",
-            foreign.to_bytes().unwrap()
-        )
-        .await,
-        e(413, "too_large")
-    );
+    refused(
+        &app,
+        vec![case(
+            post("/api/v1/keys", foreign.to_bytes().unwrap()),
+            413,
+            "too_large",
+        )],
+    )
+    .await;
     let id = register(&app, key).await;
     let fingerprint = &model().spec().fingerprint;
     let submit = |model: &str, key: &str| {
         format!("/api/v1/jobs?model={model}&key={key}&fingerprint={fingerprint}")
     };
     let one = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"]);
-    assert_eq!(
-        error(&app, Method::POST, &submit("nope", &id), one.clone()).await,
-        e(404, "unknown_model")
-    );
-    assert_eq!(
-        error(
-            &app,
-            Method::POST,
-            &submit("pneumonia-a", "00ff"),
-            one.clone()
-        )
-        .await,
-        e(404, "unknown_key")
-    );
     let job = submit("pneumonia-a", &id);
-    assert_eq!(
-        error(&app, Method::POST, &job, b"HXB1".to_vec()).await,
-        e(422, "malformed_ciphertext")
-    );
-    assert_eq!(
-        error(
-            &app,
-            Method::POST,
-            &job,
-            frames::pack(&[b"not a ciphertext"])
-        )
-        .await,
-        e(422, "malformed_ciphertext")
-    );
-    assert_eq!(
-        error(&app, Method::POST, &job, frames::pack::<Vec<u8>>(&[])).await,
-        e(422, "wrong_input_count")
-    );
+    let mut truncated = one.clone();
+    truncated.truncate(one.len() - 100);
     // Five images do not fit the body limit of a batch of four, so they are refused before
     // being read whole.
     let five = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"; 5]);
-    assert_eq!(
-        error(&app, Method::POST, &job, five).await,
-        e(413, "too_large")
-    );
-    let mut truncated = one.clone();
-    truncated.truncate(one.len() - 100);
-    assert_eq!(
-        error(&app, Method::POST, &job, truncated).await,
-        e(422, "malformed_ciphertext")
-    );
+    refused(
+        &app,
+        vec![
+            case(
+                post(&submit("nope", &id), one.clone()),
+                404,
+                "unknown_model",
+            ),
+            case(
+                post(&submit("pneumonia-a", "00ff"), one.clone()),
+                404,
+                "unknown_key",
+            ),
+            case(post(&job, b"HXB1".to_vec()), 422, "malformed_ciphertext"),
+            case(
+                post(&job, frames::pack(&[b"not a ciphertext"])),
+                422,
+                "malformed_ciphertext",
+            ),
+            case(
+                post(&job, frames::pack::<Vec<u8>>(&[])),
+                422,
+                "wrong_input_count",
+            ),
+            case(post(&job, five), 413, "too_large"),
+            case(post(&job, truncated), 422, "malformed_ciphertext"),
+        ],
+    )
+    .await;
 
     // A job that has not finished has no outputs yet.
     let (status, body) = call(&app, Method::POST, &job, one).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let job_id = json(&body)["job_id"].as_str().unwrap().to_owned();
     let outputs = format!("/api/v1/jobs/{job_id}/outputs");
-    assert_eq!(
-        error(&app, Method::GET, &outputs, vec![]).await,
-        e(409, "not_ready")
-    );
+    refused(&app, vec![case(get(&outputs), 409, "not_ready")]).await;
     assert_eq!(wait(&app, &job_id).await["state"], "done");
 }
 
@@ -657,7 +635,7 @@ fn stored_keys(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// key files, or its database's rows.
 fn registrations(config: &Config) -> usize {
     match &config.database_url {
-        Some(url) => common::database::number(url, "SELECT count(*) FROM key_owners") as usize,
+        Some(url) => database::number(url, "SELECT count(*) FROM key_owners") as usize,
         None => stored_keys(&config.data_dir).len(),
     }
 }
@@ -1076,7 +1054,7 @@ async fn a_damaged_key_is_quarantined_reported_unknown_and_repaired_by_a_new_upl
 /// Flips one bit in the middle of the one stored key's bytes, in either back end.
 fn damage_stored_key(config: &Config) {
     match &config.database_url {
-        Some(url) => common::database::execute(
+        Some(url) => database::execute(
             url,
             "UPDATE key_blobs SET bytes = set_byte(bytes, length(bytes) / 2, \
              get_byte(bytes, length(bytes) / 2) # 1)",
@@ -1180,7 +1158,7 @@ async fn concurrent_uploads_of_one_key_store_it_once() {
     assert_eq!(registrations(&config), 2);
     match &config.database_url {
         Some(url) => assert_eq!(
-            common::database::number(url, "SELECT count(*) FROM key_blobs"),
+            database::number(url, "SELECT count(*) FROM key_blobs"),
             1,
             "the database keeps the bytes once for both tokens"
         ),
@@ -1200,7 +1178,7 @@ async fn keys_unused_for_longer_than_the_expiry_are_deleted() {
         register(&app, key).await
     };
     match &config.database_url {
-        Some(url) => common::database::execute(
+        Some(url) => database::execute(
             url,
             "UPDATE key_owners SET last_used = now() - interval '91 days'",
         ),

@@ -1,18 +1,18 @@
-//! The engine's batched bootstrap is exactly TFHE-rs's `apply_lookup_table_assign`, bit for bit,
-//! for both supported parameter sets.
+//! The batched bootstrap (`ServerKey::bootstrap_batch`) is exactly TFHE-rs's
+//! `apply_lookup_table_assign`, bit for bit, for both supported parameter sets, on a real
+//! model's phases and tables.
 
-mod common;
+use hexray_test_kit::fixtures;
 
 use hexray_crypto::{ClientKey, ParameterSet};
-use hexray_engine::batch::bootstrap_batch;
-use hexray_engine::evaluate::{bootstrap, dot_product, lookup_table};
+use hexray_engine::evaluate::dot_product;
 
 #[test]
 fn batched_bootstraps_equal_single_ones_bit_for_bit() {
-    let model = common::reference_model();
+    let model = fixtures::reference_model();
     let circuit = &model.circuit();
     let stage = &circuit.stages[0];
-    let input = common::sample(&model, "pneumoniamnist/test-0001-pneumonia.png");
+    let input = fixtures::sample(&model, "pneumoniamnist/test-0001-pneumonia.png");
     for set in ParameterSet::ALL {
         let (client, server) = ClientKey::generate_deterministic(set, 21);
         let server = server.decompress();
@@ -31,15 +31,16 @@ fn batched_bootstraps_equal_single_ones_bit_for_bit() {
         let tables: Vec<_> = neurons
             .iter()
             .map(|&j| {
-                lookup_table(
-                    &server,
-                    &stage.lookup_table(j, circuit.polynomial_size, circuit.stages[1].delta),
-                )
+                server.lookup_table(&stage.lookup_table(
+                    j,
+                    circuit.polynomial_size,
+                    circuit.stages[1].delta,
+                ))
             })
             .collect();
-        let batched = bootstrap_batch(&server, &phases, &tables);
+        let batched = server.bootstrap_batch(&phases, &tables);
         for ((phase, table), batched) in phases.into_iter().zip(&tables).zip(batched) {
-            assert_eq!(bootstrap(&server, phase, table), batched, "{}", set.name());
+            assert_eq!(server.bootstrap(phase, table), batched, "{}", set.name());
         }
     }
 }

@@ -1,15 +1,28 @@
 //! The real `hexray serve` process, for the tests that start, kill and restart it.
-// Each test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
+//!
+//! The binary is the one Cargo built beside the running test (`target/<profile>/hexray`): the
+//! evaluator's integration tests, which use this module, have it built before they run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hexray_evaluator::client::ApiClient;
 
+/// The `hexray` binary of this build: a test executable lives in `target/<profile>/deps/`.
 pub fn hexray() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hexray"))
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let binary: PathBuf = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable inside target/<profile>/deps")
+        .join("hexray");
+    assert!(
+        binary.is_file(),
+        "{} is missing: run the evaluator's tests (cargo test -p hexray-evaluator), which build it",
+        binary.display()
+    );
+    Command::new(binary)
 }
 
 /// A free loopback port.

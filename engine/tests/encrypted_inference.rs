@@ -1,6 +1,6 @@
 //! Encrypted inference agrees with the plaintext simulator on real chest X-rays.
 
-mod common;
+use hexray_test_kit::fixtures;
 
 use hexray_crypto::{EncryptedImage, EncryptedOutput};
 use hexray_engine::{evaluate, evaluate_batch};
@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 
 #[test]
 fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
-    let model = common::reference_model();
-    let (client, server) = common::keys(&model);
+    let model = fixtures::reference_model();
+    let (client, server) = fixtures::keys(&model);
     let circuit = &model.circuit();
     let images = [
         "pneumoniamnist/test-0001-pneumonia.png",
@@ -19,7 +19,7 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
         "covid-cxr-actualmed/normal-1.png",
     ];
     for (seed, name) in images.into_iter().enumerate() {
-        let input = common::sample(&model, name);
+        let input = fixtures::sample(&model, name);
         // Through bytes, as a client and a server would exchange them.
         let upload = client
             .encrypt_deterministic(model.spec(), input.view(), seed as u128)
@@ -77,11 +77,11 @@ fn encrypted_outputs_lie_in_the_noisy_simulators_spread() {
 
 #[test]
 fn keys_and_ciphertexts_of_another_parameter_set_are_refused() {
-    let model = common::reference_model();
+    let model = fixtures::reference_model();
     let (client, server) =
         hexray_crypto::ClientKey::generate_deterministic(hexray_crypto::ParameterSet::Ks64, 11);
     let server = server.decompress();
-    let input = common::sample(&model, "pneumoniamnist/test-0000-pneumonia.png");
+    let input = fixtures::sample(&model, "pneumoniamnist/test-0000-pneumonia.png");
     // The client refuses to encrypt for a model of another set…
     assert!(matches!(
         client.encrypt_deterministic(model.spec(), input.view(), 1),
@@ -110,7 +110,7 @@ fn keys_and_ciphertexts_of_another_parameter_set_are_refused() {
 
 #[test]
 fn a_model_whose_noise_figures_were_edited_is_refused() {
-    let bytes = std::fs::read(common::repo().join("models/reference-a.hexray")).unwrap();
+    let bytes = std::fs::read(fixtures::repo().join("models/reference-a.hexray")).unwrap();
     let (mut model, _) = hexray_model::CompiledModel::from_bytes(&bytes).unwrap();
     model.fhe.modulus_switch_variance /= 4.0;
     let rebuilt = hexray_model::CompiledModel::build(
@@ -130,12 +130,12 @@ fn a_model_whose_noise_figures_were_edited_is_refused() {
 
 #[test]
 fn a_batch_gives_bit_for_bit_what_each_image_gives_alone() {
-    let model = common::reference_model();
-    let (client, server) = common::keys(&model);
+    let model = fixtures::reference_model();
+    let (client, server) = fixtures::keys(&model);
     let circuit = &model.circuit();
     let encrypt = |seed: u128, name: &str| {
         client
-            .encrypt_deterministic(model.spec(), common::sample(&model, name).view(), seed)
+            .encrypt_deterministic(model.spec(), fixtures::sample(&model, name).view(), seed)
             .unwrap()
     };
     let names = [

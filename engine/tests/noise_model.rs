@@ -8,11 +8,10 @@
 //!   inputs exactly, stage 0 is bootstrapped here through constant tables (a bootstrap's noise
 //!   does not depend on its table), so each output is exactly `q·Δ₁` plus bootstrap noise.
 
-mod common;
+use hexray_test_kit::fixtures;
 
-use hexray_crypto::tfhe::core_crypto::prelude::{LweCiphertextList, LweCiphertextListOwned};
-use hexray_crypto::{ClientKey, ServerKey};
-use hexray_engine::evaluate::{bootstrap, dot_product, lookup_table};
+use hexray_crypto::{Ciphertexts, ClientKey, ServerKey};
+use hexray_engine::evaluate::dot_product;
 use hexray_model::{Circuit, Stage};
 use rayon::prelude::*;
 
@@ -26,7 +25,7 @@ const IMAGES: [&str; 2] = [
 fn normalised_errors(
     circuit: &Circuit,
     stage: &Stage,
-    inputs: &LweCiphertextListOwned<u64>,
+    inputs: &Ciphertexts,
     exact_inputs: &[i64],
     client: &ClientKey,
     server: &ServerKey,
@@ -35,15 +34,13 @@ fn normalised_errors(
     let identity: Vec<u64> = (0..circuit.polynomial_size as u64)
         .map(|p| (p << shift) + (1u64 << (shift - 1)))
         .collect();
-    let lut = lookup_table(server, &identity);
-    let outputs: Vec<u64> = (0..stage.neurons.len())
+    let lut = server.lookup_table(&identity);
+    let outputs = (0..stage.neurons.len())
         .into_par_iter()
-        .flat_map_iter(|j| bootstrap(server, dot_product(stage, j, inputs), &lut).into_container())
+        .map(|j| server.bootstrap(dot_product(stage, j, inputs), &lut))
         .collect();
-    let list =
-        LweCiphertextList::from_container(outputs, inputs.lwe_size(), inputs.ciphertext_modulus());
     client
-        .decrypt_phases(&list)
+        .decrypt_phases(&Ciphertexts::concat(outputs))
         .into_iter()
         .enumerate()
         .map(|(j, decrypted)| {
@@ -75,12 +72,12 @@ fn check(label: &str, errors: &[f64]) {
 
 #[test]
 fn measured_bootstrap_noise_matches_the_predicted_sigma() {
-    let model = common::reference_model();
-    let (client, server) = common::keys(&model);
+    let model = fixtures::reference_model();
+    let (client, server) = fixtures::keys(&model);
     let circuit = &model.circuit();
     let (mut first, mut second) = (Vec::new(), Vec::new());
     for (seed, name) in IMAGES.into_iter().enumerate() {
-        let input = common::sample(&model, name);
+        let input = fixtures::sample(&model, name);
         let pixels: Vec<i64> = input.iter().copied().collect();
         let encrypted = client
             .encrypt_deterministic(model.spec(), input.view(), seed as u128)
@@ -104,21 +101,17 @@ fn measured_bootstrap_noise_matches_the_predicted_sigma() {
             .enumerate()
             .map(|(j, &(lo, hi))| lo + (j as i64 * 7) % (hi - lo + 1))
             .collect();
-        let outputs: Vec<u64> = produced
+        let outputs = produced
             .par_iter()
             .enumerate()
-            .flat_map_iter(|(j, &q)| {
+            .map(|(j, &q)| {
                 let table =
                     vec![(q as u64).wrapping_mul(stage1.delta); circuit.polynomial_size as usize];
                 let phase = dot_product(&circuit.stages[0], j, &encrypted);
-                bootstrap(&server, phase, &lookup_table(&server, &table)).into_container()
+                server.bootstrap(phase, &server.lookup_table(&table))
             })
             .collect();
-        let hidden = LweCiphertextList::from_container(
-            outputs,
-            encrypted.lwe_size(),
-            encrypted.ciphertext_modulus(),
-        );
+        let hidden = Ciphertexts::concat(outputs);
         second.extend(normalised_errors(
             circuit, stage1, &hidden, &produced, &client, &server,
         ));

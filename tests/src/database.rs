@@ -8,8 +8,6 @@
 //! the server, they fail: they never pass by skipping.
 //!
 //! The blocking driver runs on a thread of its own, away from any async test runtime.
-// Each test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
 
 use hexray_evaluator::server::postgres::connection::other_database;
 use hexray_evaluator::server::postgres::Connection;

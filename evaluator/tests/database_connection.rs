@@ -1,19 +1,19 @@
 //! How a node reaches PostgreSQL: over verified TLS, never in clear by accident, and through a
 //! pool whose bounds hold however many callers wait. On the test server of
-//! [`common::database`], which takes TLS only.
+//! [`fixtures::database`], which takes TLS only.
 
-mod common;
+use hexray_test_kit::database;
 
 use std::time::Duration;
 
 use hexray_evaluator::server::postgres::{Connection, Database, DatabaseError, PoolLimits};
 use hexray_evaluator::server::Config;
 
-use common::database::fresh;
+use database::fresh;
 
 /// The test server's URL with its `sslmode` and `sslrootcert` replaced by `settings`.
 fn with_tls_settings(settings: &str) -> String {
-    let url = common::database::server();
+    let url = database::server();
     let (base, _) = url.split_once('?').unwrap_or((&url, ""));
     format!("{base}?{settings}")
 }
