@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hexray_crypto::{ClientKey, ParameterSet};
 use hexray_evaluator::server::auth::Owner;
-use hexray_evaluator::server::keys::{KeyLimits, KeyStorage, KeyStore};
-use hexray_evaluator::server::postgres::{Database, PgKeyStore};
+use hexray_evaluator::server::keys::{DirectoryKeys, KeyLimits, KeyStorage};
+use hexray_evaluator::server::postgres::{Database, PgKeys};
 use hexray_evaluator::server::Config;
 
 #[derive(clap::Args)]
@@ -47,15 +47,12 @@ pub fn run(args: Args) -> Result<()> {
     let data = std::env::temp_dir().join(format!("hexray-bench-keys-{}", std::process::id()));
     let mut stores: Vec<(&str, Box<dyn KeyStorage>)> = vec![(
         "embedded",
-        Box::new(KeyStore::open(&data, 1 << 30, limits)?),
+        Box::new(DirectoryKeys::open(&data, 1 << 30, limits)?),
     )];
     if let Some(url) = &args.database_url {
         let database = Database::open(url, None, Config::defaults(&data, 1).database_pool)
             .context("opening the database")?;
-        stores.push((
-            "postgres",
-            Box::new(PgKeyStore::new(database, 1 << 30, limits)),
-        ));
+        stores.push(("postgres", Box::new(PgKeys::new(database, 1 << 30, limits))));
     }
     println!(
         "{} keys of {megabytes:.1} MB each; medians in ms\n{:<10} {:>10} {:>8} {:>10} {:>8}",

@@ -1,40 +1,25 @@
-//! The job queue in PostgreSQL, shared by every node.
+//! The job queue in PostgreSQL, shared by every node: the API's side (submit, status,
+//! outputs, depth, stop), and the sweeper. The workers that claim and evaluate the images are
+//! in `worker`.
 //!
-//! Submission inserts the job and its encrypted images in one transaction. The unit of work is
-//! an image: a node's worker claims up to as many queued images of the oldest job as the node
-//! has free cores (`SELECT … FOR UPDATE SKIP LOCKED`, so nodes never wait on each other), which
-//! splits a batch larger than one node across nodes by image. A claim carries a lease that the
-//! worker renews, with the bootstraps done, about once a second while it evaluates. A node that
-//! dies stops renewing; once its lease has run out, any node claims the images again.
-//!
-//! Each claim bumps the image's `attempt`, and every later write names the attempt it holds, so
-//! a node whose claim lapsed (it froze, then woke) can write nothing. A claim's outputs are
-//! written in one transaction with their state change, and the job is marked done in the same
-//! transaction as its last image: a job finishes exactly once, with every output once.
-
+//! Submission inserts the job and its encrypted images in one transaction.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hexray_crypto::{frames, EncryptedImage};
 
+use super::worker::Workers;
 use super::Database;
 use crate::server::auth::Owner;
 use crate::server::error::{ApiError, ErrorCode};
+use crate::server::evaluation::Evaluator;
 use crate::server::jobs::{
-    job_id, owner_room, start_sweeper, Depth, Evaluator, JobState, JobStorage, NewJob, QueueConfig,
-    Status,
+    job_id, owner_room, start_sweeper, Depth, JobState, JobStorage, NewJob, QueueConfig, Status,
 };
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
-
-/// How often an idle worker looks for work.
-const POLL: Duration = Duration::from_millis(250);
-
-/// The most often a claim writes its progress (and renews its lease).
-const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
 
 /// The shared queue, as seen from one node.
 pub struct PgJobs {
@@ -43,39 +28,13 @@ pub struct PgJobs {
     /// The fingerprints of the models this node serves.
     served: Vec<String>,
     /// Set when the node shuts down: its workers claim nothing more.
-    stopping: AtomicBool,
+    pub(super) stopping: AtomicBool,
     /// Held by a worker while it claims, so that stopping waits for a claim in progress and
     /// hands it back too.
-    claiming: Mutex<()>,
+    pub(super) claiming: Mutex<()>,
     capacity: usize,
     per_owner: usize,
     metrics: Arc<Metrics>,
-}
-
-/// A node's hold on some images of one job.
-struct Claim {
-    job: String,
-    owner: Owner,
-    key_id: String,
-    model: Arc<ServedModel>,
-    /// The images' places in the batch, the attempt each claim is, and their inputs.
-    images: Vec<i32>,
-    attempts: Vec<i32>,
-    inputs: Vec<Option<Vec<u8>>>,
-}
-
-/// What a node's workers share: the queue, the node's evaluator, the models it serves (by
-/// fingerprint: a node claims only jobs for models it serves in the same version), and the
-/// images it is evaluating, so it claims no more than its free cores.
-struct Workers {
-    jobs: Weak<PgJobs>,
-    database: Arc<Database>,
-    evaluator: Arc<Evaluator>,
-    models: HashMap<String, Arc<ServedModel>>,
-    node: String,
-    threads: usize,
-    lease: Duration,
-    in_flight: Mutex<usize>,
 }
 
 impl PgJobs {
@@ -364,336 +323,4 @@ fn job_state(state: String) -> Result<JobState, ApiError> {
         "failed" => Ok(JobState::Failed),
         other => Err(ApiError::Internal(format!("a job in state {other}"))),
     }
-}
-
-/// Images a claim may take: queued, or running under a lease that has run out.
-const CLAIMABLE: &str = "(i.state = 'queued' OR (i.state = 'running' AND i.lease_until < now()))";
-
-impl Workers {
-    /// Claims and evaluates work until the node's queue is dropped or stopped.
-    fn run(self: Arc<Self>) {
-        loop {
-            let free = self.reserve();
-            if free == 0 {
-                std::thread::sleep(POLL);
-                continue;
-            }
-            let claimed = match self.jobs.upgrade() {
-                Some(jobs) => {
-                    let _claiming = jobs.claiming.lock().expect("claiming lock");
-                    if jobs.stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    self.claim(free)
-                }
-                None => return, // The node's server was dropped.
-            };
-            let taken = match &claimed {
-                Ok(Some(claim)) => claim.images.len(),
-                _ => 0,
-            };
-            self.release(free - taken);
-            match claimed {
-                Ok(Some(claim)) => {
-                    self.evaluate(&claim);
-                    self.release(taken);
-                }
-                Ok(None) => std::thread::sleep(POLL),
-                Err(e) => {
-                    log::error!("cannot claim work: {e}");
-                    std::thread::sleep(POLL * 4);
-                }
-            }
-        }
-    }
-
-    /// Reserves this node's free cores for one claim; returns how many.
-    fn reserve(&self) -> usize {
-        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
-        let free = self.threads.saturating_sub(*in_flight);
-        *in_flight += free;
-        free
-    }
-
-    fn release(&self, cores: usize) {
-        *self.in_flight.lock().expect("in-flight lock") -= cores;
-    }
-
-    /// Claims up to `free` images of the oldest job with work left, for a model this node
-    /// serves.
-    fn claim(&self, free: usize) -> Result<Option<Claim>, ApiError> {
-        let fingerprints: Vec<&str> = self.models.keys().map(String::as_str).collect();
-        let lease = self.lease.as_secs_f64();
-        let claimed = self.database.with(|c| {
-            let mut tx = c.transaction()?;
-            let Some(first) = tx.query_opt(
-                &format!(
-                    "SELECT i.job_id FROM job_images i JOIN jobs j ON j.id = i.job_id
-                     WHERE j.state IN ('queued', 'running') AND j.fingerprint = ANY($1)
-                       AND {CLAIMABLE}
-                     ORDER BY j.submitted, j.id, i.image
-                     LIMIT 1
-                     FOR UPDATE OF i SKIP LOCKED"
-                ),
-                &[&fingerprints],
-            )?
-            else {
-                return Ok(None);
-            };
-            let job: String = first.get(0);
-            // The picked images are materialised first: as a subquery of the UPDATE, the
-            // planner may run the LIMIT again for each row and claim more than `free`.
-            let rows = tx.query(
-                &format!(
-                    "WITH picked AS MATERIALIZED (
-                         SELECT i.image FROM job_images i
-                         WHERE i.job_id = $1 AND {CLAIMABLE}
-                         ORDER BY i.image LIMIT $4 FOR UPDATE SKIP LOCKED)
-                     UPDATE job_images j SET state = 'running', node = $2, attempt = attempt + 1,
-                            lease_until = now() + make_interval(secs => $3), bootstraps_done = 0
-                     FROM picked WHERE j.job_id = $1 AND j.image = picked.image
-                     RETURNING j.image, j.attempt, j.input"
-                ),
-                &[&job, &self.node, &lease, &(free as i64)],
-            )?;
-            // The job may have failed since the first query read it: then claim nothing.
-            let Some(meta) = tx.query_opt(
-                "UPDATE jobs SET state = 'running', started = coalesce(started, now())
-                 WHERE id = $1 AND state IN ('queued', 'running')
-                 RETURNING owner, key_id, fingerprint",
-                &[&job],
-            )?
-            else {
-                return Ok(None); // Rolled back with the transaction.
-            };
-            tx.commit()?;
-            Ok(Some((job, meta, rows)))
-        })?;
-        let Some((job, meta, mut rows)) = claimed else {
-            return Ok(None);
-        };
-        rows.sort_by_key(|row| row.get::<_, i32>(0));
-        let fingerprint: String = meta.get(2);
-        Ok(Some(Claim {
-            job,
-            owner: Owner(meta.get(0)),
-            key_id: meta.get(1),
-            model: self.models[&fingerprint].clone(),
-            images: rows.iter().map(|r| r.get(0)).collect(),
-            attempts: rows.iter().map(|r| r.get(1)).collect(),
-            inputs: rows.iter().map(|r| r.get(2)).collect(),
-        }))
-    }
-
-    /// Evaluates a claim while renewing its lease, then records its outputs or its failure.
-    fn evaluate(&self, claim: &Claim) {
-        let done = AtomicUsize::new(0);
-        let (stop, stopped) = channel::<()>();
-        let result = std::thread::scope(|scope| {
-            let done = &done;
-            scope.spawn(move || loop {
-                match stopped.recv_timeout(PROGRESS_PERIOD.min(self.lease / 3)) {
-                    Err(RecvTimeoutError::Timeout) => {
-                        if let Err(e) = self.renew(claim, done.load(Ordering::Relaxed)) {
-                            log::warn!("cannot renew the claim on job {}: {e}", claim.job);
-                        }
-                    }
-                    _ => return,
-                }
-            });
-            let result = self.outputs(claim, done);
-            drop(stop);
-            result
-        });
-        let recorded = match result {
-            Ok(outputs) => self.complete(claim, &outputs),
-            Err(error) => self.fail(claim, &error),
-        };
-        if let Err(e) = recorded {
-            log::error!(
-                "cannot record images {:?} of job {}: {e}; they will be claimed again",
-                claim.images,
-                claim.job
-            );
-        }
-    }
-
-    fn outputs(&self, claim: &Claim, done: &AtomicUsize) -> Result<Vec<Vec<u8>>, ApiError> {
-        let set = claim.model.loaded.parameter_set();
-        let len = claim.model.loaded.circuit().input_len();
-        let inputs = claim
-            .inputs
-            .iter()
-            .map(|bytes| {
-                let bytes = bytes
-                    .as_deref()
-                    .ok_or_else(|| ApiError::Internal("a stored input is missing".into()))?;
-                EncryptedImage::from_bytes(bytes, set, len)
-                    .map_err(|e| ApiError::Internal(format!("a stored input no longer reads: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let progress = || {
-            done.fetch_add(1, Ordering::Relaxed);
-        };
-        self.evaluator
-            .run(&claim.model, &claim.owner, &claim.key_id, inputs, &progress)
-    }
-
-    /// The bootstraps done, shared out over the claim's images (the first ones take the
-    /// remainder), so a job's progress is the sum over its images.
-    fn shares(claim: &Claim, done: usize) -> Vec<i64> {
-        let n = claim.images.len();
-        (0..n)
-            .map(|i| (done / n + usize::from(i < done % n)) as i64)
-            .collect()
-    }
-
-    /// Extends the claim's lease and records its progress, for the attempts it still holds.
-    fn renew(&self, claim: &Claim, done: usize) -> Result<(), ApiError> {
-        let lease = self.lease.as_secs_f64();
-        let shares = Self::shares(claim, done);
-        let renewed = self.database.with(|c| {
-            c.execute(
-                "UPDATE job_images i
-                 SET lease_until = now() + make_interval(secs => $4), bootstraps_done = c.done
-                 FROM unnest($2::integer[], $3::integer[], $5::bigint[]) AS c(image, attempt, done)
-                 WHERE i.job_id = $1 AND i.image = c.image AND i.attempt = c.attempt
-                   AND i.state = 'running'",
-                &[&claim.job, &claim.images, &claim.attempts, &lease, &shares],
-            )
-        })?;
-        if renewed < claim.images.len() as u64 {
-            log::warn!(
-                "job {}: this node's claim lapsed and was taken again; its results will be dropped",
-                claim.job
-            );
-        }
-        Ok(())
-    }
-
-    /// Writes the outputs and the images' state change in one transaction, if this node still
-    /// holds every attempt it claimed, and marks the job done with its last image. Locks are
-    /// taken images first, then the job, in the same order as a claim, so the two never wait
-    /// on each other in a cycle.
-    fn complete(&self, claim: &Claim, outputs: &[Vec<u8>]) -> Result<(), ApiError> {
-        let per_image = claim.model.loaded.circuit().bootstrap_count() as i64;
-        let finished = self.database.with(|c| {
-            let mut tx = c.transaction()?;
-            let written = tx.execute(
-                "UPDATE job_images i
-                 SET state = 'done', output = c.output, input = NULL, lease_until = NULL,
-                     bootstraps_done = $5
-                 FROM unnest($2::integer[], $3::integer[], $4::bytea[]) AS c(image, attempt, output)
-                 WHERE i.job_id = $1 AND i.image = c.image AND i.attempt = c.attempt
-                   AND i.state = 'running'",
-                &[
-                    &claim.job,
-                    &claim.images,
-                    &claim.attempts,
-                    &outputs,
-                    &per_image,
-                ],
-            )?;
-            if written < claim.images.len() as u64 {
-                return Ok(Completion::Lapsed); // Another node owns these images now.
-            }
-            // One completion per job at a time, counting after the previous one committed:
-            // whoever writes the last image sees it.
-            let state: Option<String> = tx
-                .query_opt(
-                    "SELECT state FROM jobs WHERE id = $1 FOR UPDATE",
-                    &[&claim.job],
-                )?
-                .map(|r| r.get(0));
-            if !matches!(state.as_deref(), Some("queued" | "running")) {
-                return Ok(Completion::Ended); // Failed meanwhile, or expired and deleted.
-            }
-            let left: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM job_images WHERE job_id = $1 AND state <> 'done'",
-                    &[&claim.job],
-                )?
-                .get(0);
-            if left == 0 {
-                tx.execute(
-                    "UPDATE jobs SET state = 'done', finished = clock_timestamp() WHERE id = $1",
-                    &[&claim.job],
-                )?;
-            }
-            tx.commit()?;
-            Ok(if left == 0 {
-                Completion::Job
-            } else {
-                Completion::Images
-            })
-        })?;
-        match finished {
-            Completion::Job => {
-                Metrics::add(&self.evaluator.metrics.jobs_completed, 1);
-                log::info!("job {} done (its last images on this node)", claim.job);
-            }
-            Completion::Images => {}
-            Completion::Lapsed => log::warn!(
-                "job {}: images {:?} were evaluated here but their claim lapsed; dropped",
-                claim.job,
-                claim.images
-            ),
-            Completion::Ended => log::info!(
-                "job {} ended while images {:?} were evaluated here; dropped",
-                claim.job,
-                claim.images
-            ),
-        }
-        Ok(())
-    }
-
-    /// Fails the job, if this node still holds its claim: its images that are not done can
-    /// no longer be claimed, and their inputs are dropped. Images first, then the job, as
-    /// everywhere.
-    fn fail(&self, claim: &Claim, error: &ApiError) -> Result<(), ApiError> {
-        let (message, code) = (error.public_message(), error.code().as_str());
-        let failed = self.database.with(|c| {
-            let mut tx = c.transaction()?;
-            let held = tx.execute(
-                "UPDATE job_images i SET lease_until = NULL
-                 FROM unnest($2::integer[], $3::integer[]) AS c(image, attempt)
-                 WHERE i.job_id = $1 AND i.image = c.image AND i.attempt = c.attempt
-                   AND i.state = 'running'",
-                &[&claim.job, &claim.images, &claim.attempts],
-            )?;
-            if held < claim.images.len() as u64 {
-                return Ok(false); // A lapsed claim: the node that holds it now decides.
-            }
-            tx.execute(
-                "UPDATE job_images SET state = 'failed', input = NULL
-                 WHERE job_id = $1 AND state <> 'done'",
-                &[&claim.job],
-            )?;
-            let n = tx.execute(
-                "UPDATE jobs SET state = 'failed', finished = clock_timestamp(),
-                        error = $2, error_code = $3
-                 WHERE id = $1 AND state IN ('queued', 'running')",
-                &[&claim.job, &message, &code],
-            )?;
-            tx.commit()?;
-            Ok(n == 1)
-        })?;
-        if failed {
-            Metrics::add(&self.evaluator.metrics.jobs_failed, 1);
-            log::warn!("job {} failed: {message}", claim.job);
-        }
-        Ok(())
-    }
-}
-
-/// What recording a claim's outputs came to.
-enum Completion {
-    /// The job's last images: it is done.
-    Job,
-    /// Some of its images; others are still to come.
-    Images,
-    /// The claim had lapsed, and another node holds the images.
-    Lapsed,
-    /// The job failed or was removed meanwhile.
-    Ended,
 }

@@ -15,16 +15,16 @@ use crate::server::keys::{
 };
 
 /// Keys in PostgreSQL, with this node's expanded-key cache in front.
-pub struct PgKeyStore {
+pub struct PgKeys {
     database: Arc<Database>,
     limits: KeyLimits,
     cache: Mutex<Lru>,
     verified: Verified,
 }
 
-impl PgKeyStore {
+impl PgKeys {
     pub fn new(database: Arc<Database>, cache_bytes: usize, limits: KeyLimits) -> Self {
-        PgKeyStore {
+        PgKeys {
             database,
             limits,
             cache: Mutex::new(Lru::new(cache_bytes)),
@@ -83,7 +83,7 @@ fn occupancy(
     })
 }
 
-impl KeyStorage for PgKeyStore {
+impl KeyStorage for PgKeys {
     fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError> {
         self.database
             .with(|c| occupancy(c, owner, named.unwrap_or_default()))?

@@ -2,10 +2,12 @@
 //! `--database-url` / `HEXRAY_DATABASE_URL`. The embedded back end (the data directory and
 //! memory) stays the default, with nothing to install.
 //!
-//! - [`keys`]: registered keys ([`PgKeyStore`]); any node loads any key into its own
+//! - [`keys`]: registered keys ([`PgKeys`]); any node loads any key into its own
 //!   expanded-key cache;
-//! - [`jobs`]: the shared job queue ([`PgJobs`]); any node's workers claim images, a dead
-//!   node's claims lapse and are taken again, and any node answers for any job;
+//! - [`jobs`]: the shared job queue ([`PgJobs`]) as the API sees it; any node answers for any
+//!   job;
+//! - `worker`: each node's workers, which claim images; a dead node's claims lapse and are
+//!   taken again;
 //! - [`connection`]: the URL, and verified TLS to any host but this one;
 //! - [`pool`]: the bounded pool of connections every caller shares.
 //!
@@ -16,10 +18,11 @@ pub mod connection;
 pub mod jobs;
 pub mod keys;
 pub mod pool;
+mod worker;
 
 pub use self::connection::Connection;
 pub use self::jobs::PgJobs;
-pub use self::keys::PgKeyStore;
+pub use self::keys::PgKeys;
 pub use self::pool::PoolLimits;
 
 use std::sync::Arc;

@@ -1,202 +1,27 @@
-//! Clients' server keys: registered once, persisted durably, checked when loaded, and kept
-//! expanded in a memory-bounded cache.
-//!
-//! A key's id is the first 128 bits of the SHA-256 of its compressed bytes, so registering the
-//! same key twice is harmless, a returning client can check its id without uploading 30 MB
-//! again, and a stored file can be checked against its name. Each key belongs to the token that
-//! registered it and is stored at `<data dir>/keys/<owner>/<id>.<set>.key`: written to a unique
-//! temporary file, fsynced, renamed, and its directory fsynced before the id is returned, so a
-//! crash loses no registration and never leaves a half-written key under a real name.
+//! The embedded key back end: keys in the data directory, at
+//! `<data dir>/keys/<owner>/<id>.<set>.key`, each written to a unique temporary file, fsynced,
+//! renamed, and its directory fsynced before the id is returned, so a crash loses no
+//! registration and never leaves a half-written key under a real name.
 //!
 //! A stored key that no longer matches its id is moved to `<data dir>/quarantine/`, logged,
 //! and reported as unknown, so its browser uploads it again; uploading a known id repairs a
 //! missing or damaged file. Keys unused for longer than the expiry are deleted.
-//!
-//! Expanding a key takes about a second and 85 MB, so expanded keys live in an LRU cache whose
-//! total size is bounded; an evicted key is simply expanded again from disk.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use hexray_crypto::{CompressedServerKey, ParameterSet, ServerKey};
-use hexray_model::file::hex;
+use hexray_crypto::{ParameterSet, ServerKey};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
-use super::auth::Owner;
-use super::error::ApiError;
-
-/// A registered key, as the API describes it.
-#[derive(Clone, Copy, Debug)]
-pub struct Registration {
-    pub parameter_set: ParameterSet,
-    /// False when the key was already registered.
-    pub created: bool,
-}
-
-/// How much key storage clients may use.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyLimits {
-    /// Keys one token may have registered.
-    pub per_owner: usize,
-    /// Bytes of stored keys, all tokens together.
-    pub storage_bytes: u64,
-    /// Keys unused for this long are deleted.
-    pub expiry: Duration,
-}
-
-/// Where registered keys live, and the expanded-key cache in front of them. The embedded
-/// [`KeyStore`] keeps them in the data directory, for one server; the PostgreSQL store
-/// (`super::postgres::PgKeyStore`) shares them between evaluator nodes. Every method may block
-/// (disk, network, hashing, expansion): call them from a blocking thread.
-pub trait KeyStorage: Send + Sync {
-    /// Whether `owner` has room for a key of `bytes` bytes, asked before its body is read so
-    /// that a token at its quota, or a full store, costs no 30 MB upload. `named` is the id the
-    /// client says the key has ([`KEY_ID_HEADER`]): a key its owner already has always has
-    /// room, for a repair. [`KeyStorage::register`] checks again on the bytes themselves, so a
-    /// wrong name gains nothing.
-    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError>;
-    /// Validates and persists a compressed server key for `owner`; returns its id.
-    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError>;
-    /// The parameter set of a key `owner` registered, if it is registered.
-    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError>;
-    /// Checks that `owner`'s key is usable: cached, or stored intact. A damaged copy is set
-    /// aside and the key reported unknown, so the client uploads it again.
-    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError>;
-    /// The expanded key, from the cache or expanded from storage, marked used.
-    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError>;
-    /// Deletes keys unused for longer than the expiry. Returns how many.
-    fn expire(&self) -> usize;
-    /// How many expanded keys this node's cache holds, and their size in bytes.
-    fn cached(&self) -> (usize, usize);
-    /// How many keys are registered, all owners together.
-    fn registered(&self) -> usize;
-}
-
-/// The request header in which a client may name the key it uploads (its [`key_id`]), so that
-/// re-uploading a key it already has passes [`KeyStorage::admit`] at its quota.
-pub const KEY_ID_HEADER: &str = "hexray-key-id";
-
-/// What the rule for admitting a key needs to know of a store, read under the lock that
-/// registrations hold.
-pub(crate) struct Occupancy {
-    /// Keys the owner has registered.
-    pub owned: usize,
-    /// Bytes stored, all owners together.
-    pub used: u64,
-    /// Whether the owner already has this key.
-    pub known: bool,
-    /// Whether the key's bytes are already stored (for another owner, on a shared store).
-    pub stored: bool,
-}
-
-impl Occupancy {
-    /// The one rule for both stores, before and after the body is read: a key its owner has
-    /// always passes; a new one needs a place under its owner's quota and, unless its bytes
-    /// are already stored, room in the storage that all tokens share.
-    pub(crate) fn admit(&self, limits: &KeyLimits, bytes: u64) -> Result<(), ApiError> {
-        if self.known {
-            return Ok(());
-        }
-        if self.owned >= limits.per_owner {
-            return Err(ApiError::KeyQuota {
-                limit: limits.per_owner,
-            });
-        }
-        if !self.stored && self.used + bytes > limits.storage_bytes {
-            log::warn!("key storage full: {} bytes used", self.used);
-            return Err(ApiError::StorageFull);
-        }
-        Ok(())
-    }
-}
-
-/// Parses an upload as a compressed server key: its id and parameter set, or why it is not one.
-pub(crate) fn validate_upload(bytes: &[u8]) -> Result<(String, ParameterSet), ApiError> {
-    let key = CompressedServerKey::from_bytes(bytes).map_err(|e| match e {
-        hexray_crypto::CryptoError::ParameterMismatch { .. } => ApiError::ParameterMismatch {
-            context: "the uploaded key".into(),
-            source: e,
-        },
-        _ => ApiError::MalformedKey(e.to_string()),
-    })?;
-    Ok((key_id(bytes), key.parameter_set()))
-}
-
-/// What registering key `id` of `set` answers, logged when it is new.
-pub(crate) fn registration(id: String, set: ParameterSet, created: bool) -> (String, Registration) {
-    if created {
-        log::info!("registered server key {id} ({})", set.name());
-    }
-    (
-        id,
-        Registration {
-            parameter_set: set,
-            created,
-        },
-    )
-}
-
-/// Key `id`, expanded, from `cache`; or its stored bytes, from `read` (which checks them
-/// against their id), expanded and cached.
-pub(crate) fn cached_or_expanded(
-    cache: &Mutex<Lru>,
-    id: &str,
-    read: impl FnOnce() -> Result<Vec<u8>, ApiError>,
-) -> Result<Arc<ServerKey>, ApiError> {
-    if let Some(key) = cache.lock().expect("key cache lock").get(id) {
-        return Ok(key);
-    }
-    let key = CompressedServerKey::from_bytes(&read()?)
-        .map_err(|e| ApiError::Internal(format!("stored key {id} no longer reads: {e}")))?;
-    let key = Arc::new(key.decompress());
-    cache
-        .lock()
-        .expect("key cache lock")
-        .insert(id.into(), key.clone());
-    Ok(key)
-}
-
-/// The keys whose stored bytes this node has read back and found intact since it started.
-/// Submitting a job checks its key; without this memory, every submission whose key is not
-/// expanded in the cache would read and hash 30 MB, which body-less requests could repeat at
-/// will. A copy damaged after its check is still caught: expanding it reads it again
-/// ([`cached_or_expanded`]), and the job fails with `unknown_key`, so its client uploads it again.
-#[derive(Default)]
-pub(crate) struct Verified(Mutex<HashSet<(Owner, String)>>);
-
-impl Verified {
-    /// Checks `owner`'s key `id` once per node: known intact (checked before, or expanded in
-    /// `cache`), or read with `read`, which checks the bytes against their id.
-    pub(crate) fn check(
-        &self,
-        cache: &Mutex<Lru>,
-        owner: &Owner,
-        id: &str,
-        read: impl FnOnce() -> Result<Vec<u8>, ApiError>,
-    ) -> Result<(), ApiError> {
-        let entry = (owner.clone(), id.to_owned());
-        if self.0.lock().expect("verified keys lock").contains(&entry)
-            || cache.lock().expect("key cache lock").contains(id)
-        {
-            return Ok(());
-        }
-        read()?;
-        self.0.lock().expect("verified keys lock").insert(entry);
-        Ok(())
-    }
-
-    /// Forgets a key found damaged or deleted, so that its next use checks it again.
-    pub(crate) fn forget(&self, id: &str) {
-        self.0
-            .lock()
-            .expect("verified keys lock")
-            .retain(|(_, known)| known != id);
-    }
-}
+use super::{
+    cached_or_expanded, key_id, registration, validate_upload, KeyLimits, KeyStorage, Lru,
+    Occupancy, Registration, Verified,
+};
+use crate::server::auth::Owner;
+use crate::server::error::ApiError;
 
 /// One stored key.
 #[derive(Clone, Copy, Debug)]
@@ -206,7 +31,9 @@ struct Stored {
     last_used: SystemTime,
 }
 
-pub struct KeyStore {
+/// The data directory back end: one file per key, an index of them in memory, and the
+/// expanded-key cache.
+pub struct DirectoryKeys {
     dir: PathBuf,
     quarantine: PathBuf,
     limits: KeyLimits,
@@ -218,13 +45,7 @@ pub struct KeyStore {
     registering: Mutex<()>,
 }
 
-/// Expanded keys, most recently used last, with their total size bounded by `budget` bytes.
-pub(crate) struct Lru {
-    budget: usize,
-    entries: VecDeque<(String, Arc<ServerKey>)>,
-}
-
-impl KeyStore {
+impl DirectoryKeys {
     /// Opens (creating it if needed) the key directory under `data_dir` and indexes the keys
     /// registered before a restart. Entries that cannot be read are logged and skipped, and
     /// temporary files left by a crash are removed: a damaged directory never stops a start.
@@ -271,7 +92,7 @@ impl KeyStore {
                 index.insert((owner.clone(), id.to_owned()), stored);
             }
         }
-        let store = KeyStore {
+        let store = DirectoryKeys {
             dir,
             quarantine,
             limits,
@@ -368,7 +189,7 @@ impl KeyStore {
     }
 }
 
-impl KeyStorage for KeyStore {
+impl KeyStorage for DirectoryKeys {
     fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError> {
         self.occupancy(owner, named).admit(&self.limits, bytes)
     }
@@ -499,59 +320,6 @@ fn skip_unreadable(entry: std::io::Result<std::fs::DirEntry>) -> Option<std::fs:
         .ok()
 }
 
-impl Lru {
-    pub(crate) fn new(budget: usize) -> Self {
-        Lru {
-            budget,
-            entries: VecDeque::new(),
-        }
-    }
-
-    /// How many keys it holds, and their size in bytes.
-    pub(crate) fn usage(&self) -> (usize, usize) {
-        (self.entries.len(), self.used())
-    }
-
-    pub(crate) fn contains(&self, id: &str) -> bool {
-        self.entries.iter().any(|(k, _)| k == id)
-    }
-
-    pub(crate) fn get(&mut self, id: &str) -> Option<Arc<ServerKey>> {
-        let at = self.entries.iter().position(|(k, _)| k == id)?;
-        let entry = self.entries.remove(at).expect("position is in range");
-        let key = entry.1.clone();
-        self.entries.push_back(entry);
-        Some(key)
-    }
-
-    pub(crate) fn remove(&mut self, id: &str) {
-        self.entries.retain(|(k, _)| k != id);
-    }
-
-    /// Inserts `key` and evicts the least recently used keys until the budget holds. The new
-    /// key always stays, even alone over budget: a job needs it.
-    pub(crate) fn insert(&mut self, id: String, key: Arc<ServerKey>) {
-        self.remove(&id);
-        self.entries.push_back((id, key));
-        while self.used() > self.budget && self.entries.len() > 1 {
-            let (evicted, _) = self.entries.pop_front().expect("more than one entry");
-            log::info!("evicted expanded key {evicted} from the cache");
-        }
-    }
-
-    fn used(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|(_, k)| k.parameter_set().server_key_memory_bytes())
-            .sum()
-    }
-}
-
-/// A key's id: the first 128 bits of the SHA-256 of its compressed bytes, in hex.
-pub fn key_id(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes)[..16])
-}
-
 fn tag(set: ParameterSet) -> &'static str {
     match set {
         ParameterSet::Ks64 => "ks64",
@@ -568,43 +336,4 @@ fn parse_file_name(name: &str) -> Option<(&str, ParameterSet)> {
     };
     let hex = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     hex.then_some((id, set))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The cache's ids, least recently used first.
-    fn ids(lru: &Lru) -> Vec<&str> {
-        lru.entries.iter().map(|(id, _)| id.as_str()).collect()
-    }
-
-    #[test]
-    fn the_least_recently_used_key_is_evicted_first_and_the_newest_always_stays() {
-        // The cache sizes keys by their parameter set, so one expanded key stands for all.
-        let (_, compressed) =
-            hexray_crypto::ClientKey::generate_deterministic(ParameterSet::Ks32, 5);
-        let key = Arc::new(compressed.decompress());
-        let one = ParameterSet::Ks32.server_key_memory_bytes();
-        let mut lru = Lru {
-            budget: 2 * one,
-            entries: VecDeque::new(),
-        };
-        lru.insert("a".into(), key.clone());
-        lru.insert("b".into(), key.clone());
-        assert_eq!(ids(&lru), ["a", "b"]);
-        // Using "a" makes "b" the least recently used, so "c" evicts "b".
-        assert!(lru.get("a").is_some());
-        lru.insert("c".into(), key.clone());
-        assert_eq!(ids(&lru), ["a", "c"]);
-        assert!(lru.get("b").is_none());
-        assert_eq!(lru.used(), 2 * one);
-        // Inserting a cached id again moves it, without a second copy.
-        lru.insert("a".into(), key.clone());
-        assert_eq!(ids(&lru), ["c", "a"]);
-        // A budget smaller than one key still keeps the key a job is about to use.
-        lru.budget = one / 2;
-        lru.insert("d".into(), key);
-        assert_eq!(ids(&lru), ["d"]);
-    }
 }
