@@ -64,9 +64,10 @@ impl ParameterSet {
         }
     }
 
-    /// The one parameter-set check: what a key, ciphertext or model declares (`found`, a set
-    /// name) must be this set. Every refusal in HEXray, in the client, the engine or the API,
-    /// is the [`CryptoError::ParameterMismatch`] this returns.
+    /// The parameter-set check on a name read from outside (a model, a client spec, a
+    /// serialized key or ciphertext): `found` must name this set. With
+    /// [`ParameterSet::require_set`], for sets already read, it is every such refusal in
+    /// HEXray, in the client, the engine or the API: the same [`CryptoError::ParameterMismatch`].
     ///
     /// ```
     /// use hexray_crypto::{CryptoError, ParameterSet};
