@@ -8,8 +8,11 @@
 //! - `hexray-bench keys`: what storing server keys costs in the embedded store and PostgreSQL;
 //! - `hexray-bench cluster`: `hexray serve` nodes sharing PostgreSQL: throughput, recovery from a
 //!   killed node, the database's overhead per job;
-//! - `hexray-bench load`: many clients, some misbehaving, against a real server over HTTP.
+//! - `hexray-bench load`: many clients, some misbehaving, against a real server over HTTP;
+//! - `hexray-bench bulk`: the bulk path (BFV, element-wise packing) on thousands of images
+//!   against the interactive path, with the bulk circuit's accuracy and exactness.
 
+mod bulk;
 mod cluster;
 mod engine;
 mod keys;
@@ -50,6 +53,8 @@ enum Command {
     Cluster(cluster::Args),
     /// Load test: clients with their own tokens, some misbehaving, over HTTP; prints p50/p95.
     Load(load::Args),
+    /// The bulk path on N images against the interactive path; the last line is JSON.
+    Bulk(bulk::Args),
 }
 
 fn main() -> Result<()> {
@@ -59,5 +64,6 @@ fn main() -> Result<()> {
         Command::Keys(args) => keys::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Load(args) => load::run(args),
+        Command::Bulk(args) => bulk::run(args),
     }
 }

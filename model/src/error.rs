@@ -95,6 +95,64 @@ pub enum CompileError {
         /// Standard deviation of the stage's worst-case noise, as a fraction of the torus.
         sigma: f64,
     },
+    /// Bulk path: an activation the packed circuit cannot evaluate. Without a bootstrap only
+    /// additions and one square per layer are available.
+    #[error(
+        "layer {layer}: the bulk path evaluates activations that are polynomials of degree at \
+         most 2 (a·z² + b·z + c); found {found}"
+    )]
+    NotQuadratic {
+        /// Index of the network layer.
+        layer: usize,
+        /// What the layer has instead.
+        found: String,
+    },
+    /// Bulk path: a value's worst case does not fit the plaintext modulus, where BFV would
+    /// wrap it silently, even with the activations' coefficients at their coarsest.
+    #[error(
+        "bulk stage {stage}, neuron {neuron}: the {what} reaches ±2^{bits:.1} in the worst \
+         case, beyond the ±2^{limit_bits:.1} the bulk parameters hold exactly"
+    )]
+    PlaintextRange {
+        /// Index of the packed stage.
+        stage: usize,
+        /// Index of the neuron within the stage.
+        neuron: usize,
+        /// Which value: an accumulator, a square, a term, an activation or a coefficient.
+        what: &'static str,
+        /// log2 of its worst-case magnitude.
+        bits: f64,
+        /// log2 of the largest magnitude allowed.
+        limit_bits: f64,
+    },
+    /// Bulk path: even at the largest coefficient scale that fits, rounding a neuron's
+    /// coefficients to integers moves its activation by more than the TFHE path's rounding.
+    #[error(
+        "bulk stage {stage}, neuron {neuron}: integer coefficients would move the activation by \
+         up to {steps:.2} output steps where it matters, over the {allowed} allowed; the \
+         values leave no room for a finer scale"
+    )]
+    PackedPrecision {
+        /// Index of the packed stage.
+        stage: usize,
+        /// Index of the neuron within the stage.
+        neuron: usize,
+        /// The worst-case error, in the TFHE path's output steps.
+        steps: f64,
+        /// The largest error allowed, in the same steps.
+        allowed: f64,
+    },
+    /// Bulk path: the worst-case noise at decryption exceeds the parameters' budget.
+    #[error(
+        "the bulk circuit's worst-case noise is {bits:.1} bits, over the {budget:.1} bits the \
+         bulk parameters leave: too many squares or too large weights"
+    )]
+    PackedNoise {
+        /// Estimated noise at decryption, in bits.
+        bits: f64,
+        /// The parameters' budget, in bits.
+        budget: f64,
+    },
 }
 
 /// An image that cannot be turned into model input.

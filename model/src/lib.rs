@@ -4,11 +4,13 @@
 //! Everything that two parties must agree on bit for bit lives here and nowhere else. The
 //! modules build on one another in this order, and import only from those before them:
 //! - [`error`]: the typed errors every module returns;
-//! - [`parameters`]: the TFHE parameter set as the numbers the compiler needs;
+//! - [`parameters`]: the TFHE and BFV parameter sets as the numbers the compilers need;
 //! - [`network`]: the schema of a trained network, its shapes and its validation;
 //! - [`circuit`]: the network compiled into stages of dot products and bootstraps, with the
 //!   phase and table arithmetic the engine and the simulator share;
 //! - [`simulate`]: the plaintext evaluation of the circuit, exact or with TFHE's noise;
+//! - [`packed`]: the same network compiled for the bulk path (BFV, one image per slot), with
+//!   its range proof and its exact evaluation;
 //! - [`file`](mod@file): the versioned model file, its magic line and its verification;
 //! - [`client_spec`]: the public part of a model, all a client gets: no weights;
 //! - [`borderline`]: the margin below which another encryption could change a result's class,
@@ -28,6 +30,7 @@ pub mod client_spec;
 pub mod error;
 pub mod file;
 pub mod network;
+pub mod packed;
 pub mod parameters;
 pub mod preprocess;
 pub mod simulate;
@@ -39,4 +42,4 @@ pub use client_spec::{ClientSpec, Diagnosis};
 pub use error::{CompileError, ModelError, PreprocessError};
 pub use file::CompiledModel;
 pub use network::Network;
-pub use parameters::FheParameters;
+pub use parameters::{BulkParameters, FheParameters};

@@ -1,5 +1,7 @@
-//! The TFHE parameter set as the plain numbers the compiler, the simulator and the trainer
-//! need: none of them links TFHE-rs, so the noise a parameter set adds reaches them here.
+//! The parameter sets as the plain numbers the compilers, the simulator and the trainer need:
+//! none of them links TFHE-rs or the BFV library, so what a parameter set allows reaches them
+//! here. [`FheParameters`] is the interactive (TFHE) path's; [`BulkParameters`] the bulk
+//! (BFV, element-wise packed) path's.
 
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +80,73 @@ impl FheParameters {
                     "must be a finite variance in [0, 0.25)",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// The bulk path's BFV parameter set, as the numbers its compiler needs
+/// ([`crate::packed`]). `hexray-bulk` builds the scheme from the same numbers and refuses a
+/// circuit compiled for others.
+///
+/// BFV computes exactly modulo the plaintext modulus t, so the compiler proves that every
+/// value stays inside ±t/2, and estimates the noise in bits, as the BFV library measures it,
+/// against the budget the ciphertext modulus leaves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkParameters {
+    /// A name that keys, ciphertexts and specs carry, so that a mismatch is caught by name.
+    pub name: String,
+    /// Ring degree N: also the number of slots, so the most images one batch holds.
+    pub degree: u32,
+    /// Plaintext modulus t: a prime ≡ 1 mod 2N, below every ciphertext modulus.
+    pub plaintext_modulus: u64,
+    /// Bits of the ciphertext modulus q, the product of the RNS moduli.
+    pub ciphertext_modulus_bits: u32,
+    /// Bits of noise a fresh encryption carries, as measured on the scheme.
+    pub fresh_noise_bits: f64,
+}
+
+/// Bits of noise budget the bulk compiler keeps unused, on top of its worst-case estimate.
+pub const BULK_NOISE_HEADROOM_BITS: f64 = 10.0;
+
+impl BulkParameters {
+    /// The largest magnitude a value may reach: every value is computed modulo t and decoded
+    /// into (−t/2, t/2].
+    pub fn value_limit(&self) -> i128 {
+        i128::from(self.plaintext_modulus / 2)
+    }
+
+    /// The noise, in bits, above which decryption could fail: log2(q/t) − 1, less
+    /// [`BULK_NOISE_HEADROOM_BITS`].
+    pub fn noise_budget_bits(&self) -> f64 {
+        f64::from(self.ciphertext_modulus_bits)
+            - (self.plaintext_modulus as f64).log2()
+            - 1.0
+            - BULK_NOISE_HEADROOM_BITS
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
+        let field =
+            |name: &str, reason: &str| Err(ModelError::field(format!("bulk.{name}"), reason));
+        if !self.degree.is_power_of_two() || !(1024..=32768).contains(&self.degree) {
+            return field("degree", "must be a power of two between 1024 and 32768");
+        }
+        let t = self.plaintext_modulus;
+        if !(3..1 << 62).contains(&t) || t % (2 * u64::from(self.degree)) != 1 {
+            return field(
+                "plaintext_modulus",
+                "must be below 2^62 and ≡ 1 modulo twice the degree (for slots)",
+            );
+        }
+        if f64::from(self.ciphertext_modulus_bits) <= (t as f64).log2() {
+            return field(
+                "ciphertext_modulus_bits",
+                "must exceed the plaintext modulus's",
+            );
+        }
+        if !(self.fresh_noise_bits.is_finite() && self.fresh_noise_bits >= 0.0) {
+            return field("fresh_noise_bits", "must be a finite number of bits");
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use crate::network::{
     Activation, Conv2d, Dense, Function, Granularity, InputSpec, Intensity, Layer, Network,
     OutputSpec, Quantizer,
 };
-use crate::parameters::FheParameters;
+use crate::parameters::{BulkParameters, FheParameters};
 
 /// Noise variances of the order of TFHE-rs's 2_2 parameter sets.
 pub fn test_fhe() -> FheParameters {
@@ -19,6 +19,28 @@ pub fn test_fhe() -> FheParameters {
         keyswitch_variance: 2.33e-7,
         modulus_switch_variance: 1.14e-6,
     }
+}
+
+/// The numbers of `hexray-bulk`'s BFV parameter set (N = 8192, 217-bit q, 53-bit t).
+pub fn test_bulk() -> BulkParameters {
+    BulkParameters {
+        name: "TEST_BULK".into(),
+        degree: 8192,
+        plaintext_modulus: 9_007_199_254_429_697,
+        ciphertext_modulus_bits: 217,
+        fresh_noise_bits: 5.0,
+    }
+}
+
+/// [`tiny_network`] with a quadratic in place of its ReLU, so that the bulk path takes it.
+pub fn tiny_quadratic_network() -> Network {
+    let mut network = tiny_network();
+    if let Layer::Activation(act) = &mut network.layers[1] {
+        act.functions[1] = Function::Polynomial {
+            coefficients: vec![0.0, 1.0, -0.125],
+        };
+    }
+    network
 }
 
 /// conv(1→2, 3×3) → per-channel activation → flatten → dense(8→2), on a 4×4 input.

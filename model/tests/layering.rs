@@ -12,6 +12,7 @@ const ORDER: &[&str] = &[
     "network",
     "circuit",
     "simulate",
+    "packed",
     "file",
     "client_spec",
     "borderline",

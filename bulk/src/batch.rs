@@ -1,0 +1,233 @@
+//! Encrypted batches and results, and their wire format.
+//!
+//! A batch is one ciphertext per pixel, each packing that pixel of every image; the results
+//! are one ciphertext per class. Both travel as
+//!
+//! ```text
+//! HEXRAY-BULK <kind> 1\n
+//! {"parameters": "<name>", "images": n, "ciphertexts": m}\n
+//! m × ( u32 little-endian length, then fhe.rs's bytes for one ciphertext )
+//! ```
+//!
+//! so that a reader can check the header before the body arrives, and read the ciphertexts one
+//! at a time from a file or a socket without holding the raw bytes.
+
+use std::io::{BufRead, Read, Write};
+use std::marker::PhantomData;
+
+use fhe::bfv::Ciphertext;
+use fhe_traits::{DeserializeParametrized, Serialize};
+use serde::{Deserialize, Serialize as SerdeSerialize};
+
+use crate::error::BulkError;
+use crate::parameters::{bfv, DEGREE, NAME};
+
+/// Largest serialized ciphertext accepted: two polynomials of N coefficients under four
+/// 55-bit primes is 2 × 8192 × 4 × 55 bits ≈ 451 KB.
+pub const MAX_CIPHERTEXT_BYTES: usize = 512 << 10;
+
+/// Upper bound on the ciphertexts of a batch: one per input pixel of the largest input the
+/// contract accepts.
+pub const MAX_CIPHERTEXTS: usize = 1 << 16;
+
+/// Ciphertexts that pack one value of many images each; `K` says which ones.
+pub struct Packed<K: Kind> {
+    images: usize,
+    ciphertexts: Vec<Ciphertext>,
+    kind: PhantomData<K>,
+}
+
+/// What a [`Packed`] holds, and how its wire format names it.
+pub trait Kind {
+    /// The word in the magic line.
+    const MAGIC: &'static str;
+    /// What errors call it.
+    const WHAT: &'static str;
+}
+
+/// A job's images: ciphertext i holds pixel i of every image.
+pub enum Batch {}
+/// A job's results: ciphertext c holds class c's output integer of every image.
+pub enum Outputs {}
+
+impl Kind for Batch {
+    const MAGIC: &'static str = "BATCH";
+    const WHAT: &'static str = "encrypted batch";
+}
+
+impl Kind for Outputs {
+    const MAGIC: &'static str = "OUTPUTS";
+    const WHAT: &'static str = "encrypted results";
+}
+
+/// The images of one job, packed and encrypted.
+pub type EncryptedBatch = Packed<Batch>;
+/// A job's results, encrypted.
+pub type EncryptedOutputs = Packed<Outputs>;
+
+#[derive(SerdeSerialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    parameters: String,
+    images: usize,
+    ciphertexts: usize,
+}
+
+impl<K: Kind> Packed<K> {
+    pub(crate) fn new(images: usize, ciphertexts: Vec<Ciphertext>) -> Self {
+        Packed {
+            images,
+            ciphertexts,
+            kind: PhantomData,
+        }
+    }
+
+    /// How many images (slots) are in use.
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
+    /// The ciphertexts, in order.
+    pub fn ciphertexts(&self) -> &[Ciphertext] {
+        &self.ciphertexts
+    }
+
+    /// Writes the wire format; returns the bytes written.
+    pub fn write_to(&self, writer: impl Write) -> Result<u64, BulkError> {
+        write_frames(writer, K::MAGIC, self.images, &self.ciphertexts)
+    }
+
+    /// The wire format in memory.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)
+            .expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Reads the wire format, one ciphertext at a time, refusing at the first fault.
+    pub fn read_from(reader: impl Read) -> Result<Self, BulkError> {
+        let (images, ciphertexts) = read_frames(reader, K::MAGIC, K::WHAT)?;
+        Ok(Packed::new(images, ciphertexts))
+    }
+}
+
+fn magic(kind: &str) -> String {
+    format!("HEXRAY-BULK {kind} 1\n")
+}
+
+fn write_frames(
+    mut writer: impl Write,
+    kind: &str,
+    images: usize,
+    ciphertexts: &[Ciphertext],
+) -> Result<u64, BulkError> {
+    let io = |e: std::io::Error| BulkError::Scheme(format!("cannot write: {e}"));
+    let header = serde_json::to_string(&Header {
+        parameters: NAME.to_owned(),
+        images,
+        ciphertexts: ciphertexts.len(),
+    })
+    .expect("a header serializes");
+    let mut written = 0u64;
+    for part in [magic(kind), header + "\n"] {
+        writer.write_all(part.as_bytes()).map_err(io)?;
+        written += part.len() as u64;
+    }
+    for ct in ciphertexts {
+        let bytes = ct.to_bytes();
+        writer
+            .write_all(&(bytes.len() as u32).to_le_bytes())
+            .map_err(io)?;
+        writer.write_all(&bytes).map_err(io)?;
+        written += 4 + bytes.len() as u64;
+    }
+    Ok(written)
+}
+
+fn read_frames(
+    reader: impl Read,
+    kind: &str,
+    what: &'static str,
+) -> Result<(usize, Vec<Ciphertext>), BulkError> {
+    let fault = |reason: String| BulkError::Deserialize { what, reason };
+    let mut reader = std::io::BufReader::new(reader);
+    let mut line = Vec::new();
+    let mut read_line = |reader: &mut std::io::BufReader<_>, limit: u64| {
+        line.clear();
+        reader
+            .by_ref()
+            .take(limit)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| fault(e.to_string()))?;
+        String::from_utf8(line.clone()).map_err(|_| fault("the header is not UTF-8".into()))
+    };
+    let expected = magic(kind);
+    if read_line(&mut reader, expected.len() as u64)? != expected {
+        return Err(fault(format!(
+            "it does not start with `{}`",
+            expected.trim_end()
+        )));
+    }
+    let header: Header = serde_json::from_str(read_line(&mut reader, 4096)?.trim_end())
+        .map_err(|e| fault(format!("bad header: {e}")))?;
+    if header.parameters != NAME {
+        return Err(BulkError::ParameterMismatch {
+            what,
+            expected: NAME.to_owned(),
+            found: header.parameters.chars().take(64).collect(),
+        });
+    }
+    if header.images == 0 || header.images > DEGREE {
+        return Err(fault(format!(
+            "it declares {} images; a batch holds 1 to {DEGREE}",
+            header.images
+        )));
+    }
+    if header.ciphertexts > MAX_CIPHERTEXTS {
+        return Err(fault(format!(
+            "it declares {} ciphertexts, over the limit of {MAX_CIPHERTEXTS}",
+            header.ciphertexts
+        )));
+    }
+    let parameters = bfv();
+    let full = parameters.context_at_level(0)?.clone();
+    let mut ciphertexts = Vec::with_capacity(header.ciphertexts);
+    let mut bytes = Vec::new();
+    for index in 0..header.ciphertexts {
+        let mut length = [0u8; 4];
+        reader.read_exact(&mut length).map_err(|_| {
+            fault(format!(
+                "truncated: ciphertext {index} of {} is missing",
+                header.ciphertexts
+            ))
+        })?;
+        let length = u32::from_le_bytes(length) as usize;
+        if length > MAX_CIPHERTEXT_BYTES {
+            return Err(fault(format!(
+                "ciphertext {index} is {length} bytes, over the {MAX_CIPHERTEXT_BYTES}-byte limit"
+            )));
+        }
+        bytes.resize(length, 0);
+        reader
+            .read_exact(&mut bytes)
+            .map_err(|_| fault(format!("truncated inside ciphertext {index}")))?;
+        let ct = Ciphertext::from_bytes(&bytes, &parameters)
+            .map_err(|e| fault(format!("ciphertext {index}: {e}")))?;
+        // A fresh or relinearised ciphertext: two polynomials at the full modulus.
+        if ct.len() != 2 || ct[0].ctx() != &full {
+            return Err(fault(format!(
+                "ciphertext {index} is not a two-part ciphertext at the full modulus"
+            )));
+        }
+        ciphertexts.push(ct);
+    }
+    let mut rest = [0u8; 1];
+    if reader.read(&mut rest).map_err(|e| fault(e.to_string()))? != 0 {
+        return Err(fault(format!(
+            "bytes follow the {} declared ciphertexts",
+            header.ciphertexts
+        )));
+    }
+    Ok((header.images, ciphertexts))
+}

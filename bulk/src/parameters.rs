@@ -1,0 +1,62 @@
+//! The one BFV parameter set the bulk path uses, and its numbers for the compiler.
+//!
+//! - **N = 8192**: 8192 slots, so one batch packs up to 8192 images.
+//! - **q**: four NTT-friendly primes of 55, 54, 54 and 55 bits, 218 bits in all: the largest
+//!   modulus the HomomorphicEncryption.org standard allows at N = 8192 for 128-bit security
+//!   against classical attacks (ternary secret; Table 1 of the standard).
+//! - **t = 9007199254429697**, the largest prime below 2^53 with t ≡ 1 mod 2N: batching needs
+//!   t ≡ 1 mod 2N, fhe.rs needs t below every ciphertext prime, and the accumulators of the
+//!   bundled networks need about 50 bits ([`hexray_model::packed`] proves the range).
+//!
+//! A fresh encryption's noise measures 4 bits; the compiler is told 5.
+
+use std::sync::Arc;
+
+use fhe::bfv::{BfvParameters, BfvParametersBuilder};
+use hexray_model::BulkParameters;
+
+/// The parameter set's name, carried by keys, batches and specs.
+pub const NAME: &str = "BFV_N8192_Q218_T53";
+/// Ring degree, and slots per ciphertext.
+pub const DEGREE: usize = 8192;
+/// The plaintext modulus t.
+pub const PLAINTEXT_MODULUS: u64 = 9_007_199_254_429_697;
+/// Bit sizes of the ciphertext's RNS primes; fhe.rs picks the largest NTT-friendly primes of
+/// these sizes, deterministically.
+pub const MODULI_BITS: [usize; 4] = [55, 54, 54, 55];
+/// Measured noise of a fresh encryption (4 bits), plus one.
+const FRESH_NOISE_BITS: f64 = 5.0;
+
+/// The scheme's parameters, built once per process.
+pub fn bfv() -> Arc<BfvParameters> {
+    static PARAMETERS: std::sync::OnceLock<Arc<BfvParameters>> = std::sync::OnceLock::new();
+    PARAMETERS
+        .get_or_init(|| {
+            BfvParametersBuilder::new()
+                .set_degree(DEGREE)
+                .set_plaintext_modulus(PLAINTEXT_MODULUS)
+                .set_moduli_sizes(&MODULI_BITS)
+                .build_arc()
+                .expect("the bulk parameter set is valid")
+        })
+        .clone()
+}
+
+/// The same parameter set as the numbers `hexray_model::packed::compile` needs.
+///
+/// ```
+/// let numbers = hexray_bulk::parameters::contract();
+/// assert_eq!(numbers.degree, 8192);
+/// // log2 q, rounded down: the product of the four primes is just under 2^218.
+/// assert_eq!(numbers.ciphertext_modulus_bits, 217);
+/// ```
+pub fn contract() -> BulkParameters {
+    let q_bits: f64 = bfv().moduli().iter().map(|&m| (m as f64).log2()).sum();
+    BulkParameters {
+        name: NAME.to_owned(),
+        degree: DEGREE as u32,
+        plaintext_modulus: PLAINTEXT_MODULUS,
+        ciphertext_modulus_bits: q_bits.floor() as u32,
+        fresh_noise_bits: FRESH_NOISE_BITS,
+    }
+}
