@@ -65,12 +65,11 @@ pub fn run(args: Args) -> Result<()> {
     let network = &loaded.model().network;
     let circuit = compile(network, &parameters::contract()).context("compiling for bulk")?;
     println!(
-        "model {}: bulk circuit with {} neurons, worst-case noise {:.1} of {:.1} bits, logit unit {:.3e}",
+        "model {}: bulk circuit with {} neurons, worst-case noise {:.1} of {:.1} bits",
         loaded.model().name,
         hexray_bulk::evaluate::neurons(&circuit),
         circuit.noise_bits,
         circuit.parameters.noise_budget_bits(),
-        circuit.logit_unit
     );
 
     let (inputs, labels) = test_split(&args.data, &circuit)?;

@@ -3,10 +3,11 @@
 //! - **N = 8192**: 8192 slots, so one batch packs up to 8192 images.
 //! - **q**: four NTT-friendly primes of 55, 54, 54 and 55 bits, 218 bits in all: the largest
 //!   modulus the HomomorphicEncryption.org standard allows at N = 8192 for 128-bit security
-//!   against classical attacks (ternary secret; Table 1 of the standard).
-//! - **t = 9007199254429697**, the largest prime below 2^53 with t ≡ 1 mod 2N: batching needs
-//!   t ≡ 1 mod 2N, fhe.rs needs t below every ciphertext prime, and the accumulators of the
-//!   bundled networks need about 50 bits ([`hexray_model::packed`] proves the range).
+//!   against classical attacks (secret and errors from the standard's error distribution; Table 1 of the standard).
+//! - **t = 18014398507892737** (just under 2^54), the largest prime with t ≡ 1 mod 2N below the
+//!   smallest ciphertext prime (18014398508138497): batching needs t ≡ 1 mod 2N, fhe.rs needs t
+//!   below every ciphertext prime, and the bundled networks' values, at the public output unit,
+//!   need 53 bits ([`hexray_model::packed`] proves the range).
 //!
 //! A fresh encryption's noise measures 4 bits; the compiler is told 5.
 
@@ -16,11 +17,11 @@ use fhe::bfv::{BfvParameters, BfvParametersBuilder};
 use hexray_model::BulkParameters;
 
 /// The parameter set's name, carried by keys, batches and specs.
-pub const NAME: &str = "BFV_N8192_Q218_T53";
+pub const NAME: &str = "BFV_N8192_Q218_T54";
 /// Ring degree, and slots per ciphertext.
 pub const DEGREE: usize = 8192;
 /// The plaintext modulus t.
-pub const PLAINTEXT_MODULUS: u64 = 9_007_199_254_429_697;
+pub const PLAINTEXT_MODULUS: u64 = 18_014_398_507_892_737;
 /// Bit sizes of the ciphertext's RNS primes; fhe.rs picks the largest NTT-friendly primes of
 /// these sizes, deterministically.
 pub const MODULI_BITS: [usize; 4] = [55, 54, 54, 55];

@@ -7,6 +7,7 @@
 
 use hexray_test_kit::{database, fixtures};
 
+use hexray_model::bulk_spec::BulkSpec;
 use hexray_model::simulate;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -650,6 +651,7 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
         (Method::GET, "/api/v1/models"),
         (Method::GET, "/api/v1/models/pneumonia-a"),
         (Method::GET, "/api/v1/models/pneumonia-a/card"),
+        (Method::GET, "/api/v1/models/screen-mlp-32/bulk-spec"),
         (Method::POST, "/api/v1/keys"),
         (Method::GET, "/api/v1/keys/00ff"),
         (Method::POST, "/api/v1/jobs"),
@@ -768,6 +770,34 @@ async fn each_model_is_listed_with_its_cards_summary_and_its_card_is_served() {
         error(&app, Method::GET, "/api/v1/models/nope/card", vec![]).await,
         (StatusCode::NOT_FOUND, "unknown_model".to_owned())
     );
+}
+
+/// The bulk spec is served for the models that take the bulk path (the three MLPs), with the
+/// client spec's fingerprint, and refused in words for one that does not.
+#[actix_web::test]
+async fn the_bulk_spec_is_served_for_the_models_that_take_the_bulk_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    let (_, body) = call(&app, Method::GET, "/api/v1/models", vec![]).await;
+    let listing = json(&body);
+    for listed in listing["models"].as_array().unwrap() {
+        let id = listed["id"].as_str().unwrap();
+        let uri = format!("/api/v1/models/{id}/bulk-spec");
+        if id == "pneumonia-a" {
+            assert_eq!(listed["bulk"], false);
+            assert_eq!(
+                error(&app, Method::GET, &uri, vec![]).await,
+                (StatusCode::NOT_FOUND, "not_found".to_owned())
+            );
+            continue;
+        }
+        assert_eq!(listed["bulk"], true, "{id}");
+        let (status, body) = call(&app, Method::GET, &uri, vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+        let spec = BulkSpec::from_json(&body).unwrap();
+        assert_eq!(spec.fingerprint, listed["fingerprint"].as_str().unwrap());
+        assert_eq!(spec.parameters, hexray_bulk::parameters::contract());
+    }
 }
 
 #[actix_web::test]

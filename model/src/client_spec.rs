@@ -234,31 +234,13 @@ impl ClientSpec {
     /// Parses and checks a spec: its format and version, its input, and that its encodings are
     /// the ones this build implements.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
-        if bytes.len() > MAX_SPEC_BYTES {
-            return Err(ModelError::TooLarge {
-                size: bytes.len(),
-                limit: MAX_SPEC_BYTES,
-            });
-        }
-        let mut json = serde_json::Deserializer::from_slice(bytes);
-        let spec: ClientSpec = serde_path_to_error::deserialize(&mut json)
-            .map_err(|e| ModelError::field(e.path().to_string(), e.inner().to_string()))?;
-        json.end()
-            .map_err(|e| ModelError::field("(end of spec)", e.to_string()))?;
+        let spec: ClientSpec = parse_spec(bytes)?;
         spec.validate()?;
         Ok(spec)
     }
 
     fn validate(&self) -> Result<(), ModelError> {
-        if self.format != FORMAT {
-            return Err(ModelError::field("format", format!("must be `{FORMAT}`")));
-        }
-        if self.spec_version != SPEC_VERSION {
-            return Err(ModelError::Version {
-                found: self.spec_version.to_string(),
-                supported: SPEC_VERSION,
-            });
-        }
+        check_header((&self.format, FORMAT), (self.spec_version, SPEC_VERSION))?;
         self.input.validate("input")?;
         check_classes("classes", &self.classes)?;
         check_borderline_margin("borderline_margin", self.borderline_margin)?;
@@ -272,12 +254,7 @@ impl ClientSpec {
                 "this client implements another encoding: update the client",
             ));
         }
-        let hex_digest =
-            self.fingerprint.len() == 64 && self.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_digest {
-            return Err(ModelError::field("fingerprint", "must be a SHA-256 in hex"));
-        }
-        Ok(())
+        check_fingerprint(&self.fingerprint)
     }
 
     /// Number of input integers a client encrypts.
@@ -307,4 +284,49 @@ impl ClientSpec {
     pub fn decode(&self, phases: &[u64]) -> Diagnosis {
         Diagnosis::from_logits(&self.exact_logits(phases), self.output_decoding.logit_step)
     }
+}
+
+/// Reads a spec document of at most [`MAX_SPEC_BYTES`], naming the field at fault: the one
+/// parser of the client and bulk specs.
+pub(crate) fn parse_spec<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ModelError> {
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(ModelError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_SPEC_BYTES,
+        });
+    }
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let spec = serde_path_to_error::deserialize(&mut json)
+        .map_err(|e| ModelError::field(e.path().to_string(), e.inner().to_string()))?;
+    json.end()
+        .map_err(|e| ModelError::field("(end of spec)", e.to_string()))?;
+    Ok(spec)
+}
+
+/// A spec's `format` and `spec_version`, each as (found, expected).
+pub(crate) fn check_header(
+    (format, expected_format): (&str, &str),
+    (version, expected_version): (u32, u32),
+) -> Result<(), ModelError> {
+    if format != expected_format {
+        return Err(ModelError::field(
+            "format",
+            format!("must be `{expected_format}`"),
+        ));
+    }
+    if version != expected_version {
+        return Err(ModelError::Version {
+            found: version.to_string(),
+            supported: expected_version,
+        });
+    }
+    Ok(())
+}
+
+/// A model fingerprint: a SHA-256 in hex.
+pub(crate) fn check_fingerprint(fingerprint: &str) -> Result<(), ModelError> {
+    if fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    Err(ModelError::field("fingerprint", "must be a SHA-256 in hex"))
 }

@@ -95,6 +95,15 @@ pub enum CompileError {
         /// Standard deviation of the stage's worst-case noise, as a fraction of the torus.
         sigma: f64,
     },
+    /// Bulk path: more activation layers than the noise budget allows squares.
+    #[error(
+        "the bulk path evaluates networks with one activation layer (one square fits the noise \
+         budget of its parameters); this network has {activations}"
+    )]
+    PackedDepth {
+        /// Activation layers in the network.
+        activations: usize,
+    },
     /// Bulk path: an activation the packed circuit cannot evaluate. Without a bootstrap only
     /// additions and one square per layer are available.
     #[error(
@@ -129,8 +138,8 @@ pub enum CompileError {
     /// coefficients to integers moves its activation by more than the TFHE path's rounding.
     #[error(
         "bulk stage {stage}, neuron {neuron}: integer coefficients would move the activation by \
-         up to {steps:.2} output steps where it matters, over the {allowed} allowed; the \
-         values leave no room for a finer scale"
+         up to {steps:.2} output steps where it matters, over the {allowed} allowed, at the \
+         finest output unit its values fit"
     )]
     PackedPrecision {
         /// Index of the packed stage.

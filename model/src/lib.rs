@@ -13,6 +13,8 @@
 //!   its range proof and its exact evaluation;
 //! - [`file`](mod@file): the versioned model file, its magic line and its verification;
 //! - [`client_spec`]: the public part of a model, all a client gets: no weights;
+//! - [`bulk_spec`]: the public part of a model for the bulk path: parameters and decoding,
+//!   no weights;
 //! - [`borderline`]: the margin below which another encryption could change a result's class,
 //!   measured on the circuit with the noisy simulator;
 //! - [`preprocess`]: the one function that turns an image (PNG, JPEG or DICOM) into quantized
@@ -25,6 +27,7 @@
 //! cryptographic parameters reach it as plain numbers ([`FheParameters`]).
 
 pub mod borderline;
+pub mod bulk_spec;
 pub mod circuit;
 pub mod client_spec;
 pub mod error;

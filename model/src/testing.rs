@@ -21,12 +21,12 @@ pub fn test_fhe() -> FheParameters {
     }
 }
 
-/// The numbers of `hexray-bulk`'s BFV parameter set (N = 8192, 217-bit q, 53-bit t).
+/// The numbers of `hexray-bulk`'s BFV parameter set (N = 8192, 217-bit q, 54-bit t).
 pub fn test_bulk() -> BulkParameters {
     BulkParameters {
         name: "TEST_BULK".into(),
         degree: 8192,
-        plaintext_modulus: 9_007_199_254_429_697,
+        plaintext_modulus: 18_014_398_507_892_737,
         ciphertext_modulus_bits: 217,
         fresh_noise_bits: 5.0,
     }

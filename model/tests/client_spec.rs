@@ -1,14 +1,21 @@
-//! The client spec: the public part of a model holds nothing derived from the weights.
+//! The client spec and the bulk spec: the public parts of a model hold nothing derived from
+//! the weights.
 
+use hexray_model::bulk_spec::BulkSpec;
 use hexray_model::circuit::fit_logit_bound;
 use hexray_model::client_spec::ClientSpec;
 use hexray_model::network::{Conv2d, Dense, Layer};
-use hexray_model::testing::{test_fhe, tiny_network};
+use hexray_model::testing::{test_bulk, test_fhe, tiny_network, tiny_quadratic_network};
 use hexray_model::{compile, CompiledModel, ModelError};
 use serde_json::Value;
 
 fn spec_of(model: &CompiledModel) -> ClientSpec {
     ClientSpec::of(model, &compile(&model.network, &model.fhe).unwrap())
+}
+
+fn bulk_spec_of(model: &CompiledModel) -> BulkSpec {
+    let circuit = hexray_model::packed::compile(&model.network, &test_bulk()).unwrap();
+    BulkSpec::of(model, &circuit)
 }
 
 /// Every key of a JSON document, at any depth.
@@ -27,8 +34,9 @@ fn keys(value: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
-    let a = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe(), 1.0).unwrap();
-    let mut network = tiny_network();
+    // A quadratic network, so that both paths take it.
+    let a = CompiledModel::build("m", "1", "d", tiny_quadratic_network(), test_fhe(), 1.0).unwrap();
+    let mut network = tiny_quadratic_network();
     // Other weights and biases throughout, with other ranges, so every derived encoding moves.
     for layer in &mut network.layers {
         match layer {
@@ -50,6 +58,11 @@ fn models_that_differ_only_in_weights_differ_only_in_fingerprint() {
     spec_b.fingerprint = spec_a.fingerprint.clone();
     assert_eq!(spec_a, spec_b);
     assert_eq!(spec_a.to_json(), spec_b.to_json());
+
+    let (bulk_a, mut bulk_b) = (bulk_spec_of(&a), bulk_spec_of(&b));
+    assert_ne!(bulk_a.fingerprint, bulk_b.fingerprint);
+    bulk_b.fingerprint = bulk_a.fingerprint.clone();
+    assert_eq!(bulk_a.to_json(), bulk_b.to_json());
 }
 
 #[test]
@@ -57,8 +70,15 @@ fn a_spec_holds_no_weights_and_round_trips() {
     let model = CompiledModel::build("m", "1", "d", tiny_network(), test_fhe(), 1.0).unwrap();
     let spec = spec_of(&model);
     let json = spec.to_json();
+    let quadratic =
+        CompiledModel::build("m", "1", "d", tiny_quadratic_network(), test_fhe(), 1.0).unwrap();
+    let bulk = bulk_spec_of(&quadratic);
     let mut found = Vec::new();
     keys(&serde_json::from_slice(&json).unwrap(), &mut found);
+    keys(
+        &serde_json::from_slice(&bulk.to_json()).unwrap(),
+        &mut found,
+    );
     for secret in [
         "weights",
         "bias",
@@ -80,6 +100,7 @@ fn a_spec_holds_no_weights_and_round_trips() {
     }
     assert_eq!(ClientSpec::from_json(&json).unwrap(), spec);
     assert_eq!(spec.fingerprint, model.fingerprint());
+    assert_eq!(BulkSpec::from_json(&bulk.to_json()).unwrap(), bulk);
 }
 
 #[test]

@@ -15,6 +15,7 @@ const ORDER: &[&str] = &[
     "packed",
     "file",
     "client_spec",
+    "bulk_spec",
     "borderline",
     "preprocess",
 ];

@@ -62,20 +62,13 @@ fn a_network_beyond_the_plaintext_modulus_is_refused_with_the_value_at_fault() {
 }
 
 #[test]
-fn a_second_square_is_refused_for_noise_or_range() {
-    // reference-a has two activation layers: the second square needs log2 t + log2 N more
-    // bits of noise and squares values that already fill most of ±t/2.
+fn a_second_activation_layer_is_refused_in_words() {
+    // reference-a has two activation layers: a second square would need log2 t + log2 N more
+    // bits of noise than the budget holds.
     let (model, _) = bundled("reference-a");
     let e = compile_error(&model.network);
-    assert!(
-        matches!(
-            e,
-            CompileError::PackedNoise { .. }
-                | CompileError::PlaintextRange { .. }
-                | CompileError::PackedPrecision { .. }
-        ),
-        "{e:?}"
-    );
+    assert_eq!(e, CompileError::PackedDepth { activations: 2 });
+    assert!(e.to_string().contains("one activation layer"), "{e}");
 }
 
 /// The default model compiles for the bulk path, its values proven inside ±t/2 and its noise

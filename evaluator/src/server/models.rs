@@ -7,6 +7,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use hexray_crypto::{CompressedServerKey, CryptoError, EncryptedImage};
+use hexray_model::bulk_spec::BulkSpec;
+use hexray_model::packed::{self, PackedCircuit};
 
 use super::BodyLimits;
 use hexray_engine::{LoadError, LoadedModel};
@@ -40,11 +42,15 @@ const BUNDLED: [(&str, &[u8], &str); 4] = [
 /// The file beside a model file `<id>.hexray` that holds its model card.
 pub const CARD_SUFFIX: &str = ".card.md";
 
-/// A model as served: its id, the loaded circuit and its model card. The file itself never
-/// leaves the server; clients get [`LoadedModel::spec`] and the card.
+/// A model as served: its id, the loaded circuit, its bulk circuit and its model card. The
+/// file itself never leaves the server; clients get [`LoadedModel::spec`], the bulk spec and
+/// the card.
 pub struct ServedModel {
     pub id: String,
     pub loaded: LoadedModel,
+    /// The network compiled for the bulk path (`docs/bulk.md`), when it takes it: quadratic
+    /// activations in one hidden layer, values inside the plaintext modulus.
+    pub packed: Option<PackedCircuit>,
     /// The model card (Markdown): what the model is for, its data and population, its measured
     /// figures and its failure modes. Bundled models always have one; a model read from a
     /// directory has the `<id>.card.md` beside its file, if there is one.
@@ -63,6 +69,9 @@ pub struct ModelSummary<'a> {
     pub inputs: usize,
     pub parameter_set: &'static str,
     pub fingerprint: &'a str,
+    /// Whether the model takes the bulk path; its bulk spec is at
+    /// `GET /api/v1/models/{id}/bulk-spec`.
+    pub bulk: bool,
     /// Seconds an image takes on this server, given its seconds per bootstrap.
     pub expected_seconds_per_image: f64,
     /// The model card's summary (see [`card_summary`]); the whole card is at
@@ -88,6 +97,29 @@ pub fn card_summary(card: &str) -> Option<&str> {
 }
 
 impl ServedModel {
+    /// A served model, with its network compiled for the bulk path when it fits.
+    pub fn new(id: &str, loaded: LoadedModel, card: Option<String>) -> Self {
+        let packed = packed::compile(
+            &loaded.model().network,
+            &hexray_bulk::parameters::contract(),
+        );
+        if let Err(reason) = &packed {
+            log::info!("model {id} does not take the bulk path: {reason}");
+        }
+        ServedModel {
+            id: id.to_owned(),
+            packed: packed.ok(),
+            loaded,
+            card,
+        }
+    }
+
+    /// The bulk spec, for a model that takes the bulk path.
+    pub fn bulk_spec(&self) -> Option<BulkSpec> {
+        let circuit = self.packed.as_ref()?;
+        Some(BulkSpec::of(self.loaded.model(), circuit))
+    }
+
     pub fn summary(&self, seconds_per_bootstrap: f64) -> ModelSummary<'_> {
         let model = &self.loaded.model();
         ModelSummary {
@@ -100,6 +132,7 @@ impl ServedModel {
             inputs: self.loaded.circuit().input_len(),
             parameter_set: self.loaded.parameter_set().name(),
             fingerprint: &self.loaded.spec().fingerprint,
+            bulk: self.packed.is_some(),
             expected_seconds_per_image: self.loaded.circuit().bootstrap_count() as f64
                 * seconds_per_bootstrap,
             card_summary: self.card.as_deref().and_then(card_summary),
@@ -124,11 +157,11 @@ impl Models {
             .iter()
             .map(|&(id, file, card)| {
                 let loaded = LoadedModel::from_bytes(file, &format!("bundled model {id}"))?;
-                Ok(Arc::new(ServedModel {
-                    id: id.into(),
+                Ok(Arc::new(ServedModel::new(
+                    id,
                     loaded,
-                    card: Some(card.to_owned()),
-                }))
+                    Some(card.to_owned()),
+                )))
             })
             .collect::<Result<_, _>>()
             .map(Models)
@@ -168,12 +201,7 @@ impl Models {
                     })
                 }
             };
-            let model = ServedModel {
-                id: id.into(),
-                loaded,
-                card,
-            };
-            models.push(Arc::new(model));
+            models.push(Arc::new(ServedModel::new(id, loaded, card)));
         }
         models.sort_by(|a, b| a.id.cmp(&b.id));
         if models.is_empty() {

@@ -49,6 +49,7 @@ api_routes! {
     get "/api/v1/models" => list_models,
     get "/api/v1/models/{id}" => client_spec,
     get "/api/v1/models/{id}/card" => model_card,
+    get "/api/v1/models/{id}/bulk-spec" => bulk_spec,
     post "/api/v1/keys" => register_key,
     get "/api/v1/keys/{id}" => key_status,
     post "/api/v1/jobs" => submit_job,
@@ -188,6 +189,22 @@ async fn model_card(
         (&id, "model card"),
         "text/markdown; charset=utf-8",
         |model| model.card.clone().map(String::into_bytes),
+    )
+}
+
+/// The model's bulk spec (`docs/bulk.md`): the BFV parameters, the input spec and the output
+/// decoding, and nothing of the network; 404 for a model that does not take the bulk path.
+async fn bulk_spec(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    model_document(
+        &state,
+        &request,
+        (&id, "bulk spec"),
+        "application/json",
+        |model| model.bulk_spec().map(|spec| spec.to_json()),
     )
 }
 

@@ -1,20 +1,28 @@
 //! The bulk compile step: network → packed circuit, with the range proof and the noise
 //! estimate that make its result exact.
 //!
-//! **Coefficients.** A neuron's trained polynomial a·z² + b·z + c reads z = acc·s, where s is
-//! its input scale, and the TFHE path would quantize its value in steps of o. The packed
-//! circuit computes `A·acc² + B·acc + C` with `A = round(M·a·s²/o)`, `B = round(M·b·s/o)` and
-//! `C = round(M·c/o)`: the same value in steps of o/M. The next layer's biases are multiplied by
-//! M to stay in its units, and the logits' unit is divided by it.
+//! **One activation layer.** A square costs log2 t + log2 N bits of noise, about 68 of the
+//! budget's 153 under the bulk parameters; a second would not fit, so the compiler takes
+//! networks with at most one activation layer and refuses deeper ones in words.
 //!
-//! A larger M keeps more of the coefficients' precision and makes every later value larger.
-//! Each activation layer takes the largest power of two M ≤ 2^62 with which every value of the
-//! circuit still fits; later layers are tried at M = 1 while an earlier one is chosen.
+//! **Coefficients and the output unit.** A neuron's trained polynomial a·z² + b·z + c reads
+//! z = acc·s, where s is its input scale, and the TFHE path would quantize its value in steps
+//! of o. The packed circuit computes `A·acc² + B·acc + C` with `A = round(M·a·s²/o)`,
+//! `B = round(M·b·s/o)` and `C = round(M·c/o)`: the same value in steps of o/M. The output
+//! layer's biases are multiplied by M to stay in its units. M is `round(logit_scale · 2^41)`,
+//! so that one output integer is 2^-41 logits ([`LOGIT_UNIT_LOG2`]) for every model: the unit
+//! a client decodes with is public and says nothing of the weights. A network without an
+//! activation has its output forms multiplied by the same factor. A finer unit would keep more
+//! of the coefficients' precision and make every value larger; 2^-41 is the one at which every
+//! bundled network fits, with its precision.
 //!
 //! **Range proof.** Interval arithmetic bounds every value the server computes (accumulators,
 //! squares, each product and sum, outputs) over every input in the pixel range, and each must
 //! lie inside ±(t−1)/2, where decoding is exact. The quadratic's range over its accumulator's
 //! interval is exact (its ends and its vertex).
+//!
+//! **Fidelity.** Where the TFHE path does not clip an activation, rounding its coefficients may
+//! move it by at most [`MAX_ERROR_STEPS`] output steps, the TFHE path's own rounding.
 //!
 //! **Noise**, in bits, as the BFV library measures it: fresh inputs carry
 //! `fresh_noise_bits`; a sum weighted by w adds log2 Σ|w|; a scalar product by A adds log2 |A|;
@@ -23,7 +31,7 @@
 //! compiler keeps [`BULK_NOISE_HEADROOM_BITS`](crate::parameters::BULK_NOISE_HEADROOM_BITS)
 //! more. `hexray-bulk`'s tests measure the real noise against this estimate.
 
-use super::{PackedCircuit, PackedStage, Quadratic};
+use super::{PackedCircuit, PackedStage, Quadratic, LOGIT_UNIT_LOG2};
 use crate::circuit::{linear, Affine};
 use crate::error::{CompileError, ModelError};
 use crate::network::{Activation, Function, Layer, Network, Quantizer, Shape};
@@ -37,14 +45,13 @@ pub const SQUARE_EXTRA_BITS: f64 = 2.0;
 /// an activation where the TFHE path does not clip it: the TFHE path's own rounding.
 pub const MAX_ERROR_STEPS: f64 = 0.5;
 
-/// Largest power of two tried for an activation's coefficient scale M.
-const MAX_SCALE_LOG2: u32 = 62;
-
 /// Validates `network` and compiles it for the bulk path under `parameters`.
 ///
-/// Refuses, with the value and stage at fault, a network whose activations are not
-/// polynomials of degree ≤ 2 ([`CompileError::NotQuadratic`]), whose values cannot fit ±t/2
-/// even at M = 1 ([`CompileError::PlaintextRange`]), or whose noise exceeds the budget
+/// Refuses, with the value and stage at fault, a network with more than one activation layer
+/// ([`CompileError::PackedDepth`]) or activations that are not polynomials of degree ≤ 2
+/// ([`CompileError::NotQuadratic`]), whose values cannot fit ±t/2 at the public output unit
+/// ([`CompileError::PlaintextRange`]), whose coefficients lose too much as integers
+/// ([`CompileError::PackedPrecision`]) or whose noise exceeds the budget
 /// ([`CompileError::PackedNoise`]).
 pub fn compile(
     network: &Network,
@@ -53,62 +60,67 @@ pub fn compile(
     let shapes = network.validate()?;
     parameters.validate()?;
     let plan = plan(network, &shapes)?;
-    let activations = plan.iter().filter(|s| s.activation.is_some()).count();
-    let mut scales = vec![0u32; activations];
-    for layer in 0..activations {
-        // Layers after this one wait at M = 1, and their precision is not judged yet.
-        for k in (0..=MAX_SCALE_LOG2).rev() {
-            scales[layer] = k;
-            match build(network, &plan, &scales, layer + 1, parameters) {
-                Ok(_) => break,
-                // A smaller M only loses more precision.
-                Err(e @ CompileError::PackedPrecision { .. }) => return Err(e.into()),
-                Err(e) if k == 0 => return Err(e.into()),
-                Err(_) => {}
-            }
+    let factor = (network.output.logit_scale * 2f64.powi(LOGIT_UNIT_LOG2 as i32)).round();
+    if factor < 1.0 {
+        return Err(CompileError::PlaintextRange {
+            stage: 0,
+            neuron: 0,
+            what: "logit scale",
+            bits: network.output.logit_scale.log2(),
+            limit_bits: -f64::from(LOGIT_UNIT_LOG2),
         }
+        .into());
     }
-    Ok(build(network, &plan, &scales, activations, parameters)?)
+    Ok(build(network, &plan, factor, parameters)?)
 }
 
-/// A stage before its coefficients are scaled: the composed forms, and the activation that
-/// follows them with its shape.
-struct PlannedStage<'a> {
-    forms: Vec<Affine>,
-    activation: Option<(&'a Activation, Shape, usize)>,
+/// The network split at its one activation, each run of linear layers composed as the TFHE
+/// compiler composes them.
+struct Plan<'a> {
+    /// The forms before the activation, the activation and its shape; `None` for a network
+    /// without one.
+    hidden: Option<(Vec<Affine>, &'a Activation, Shape)>,
+    /// The output layer's forms over the activation's outputs (or the pixels).
+    output: Vec<Affine>,
 }
 
-/// Splits the network at its activations and composes each run of linear layers, as the TFHE
-/// compiler does; refuses activations that are not quadratics.
-fn plan<'a>(network: &'a Network, shapes: &[Shape]) -> Result<Vec<PlannedStage<'a>>, ModelError> {
-    let mut stages = Vec::new();
+/// Refuses a second activation layer and activations that are not quadratics.
+fn plan<'a>(network: &'a Network, shapes: &[Shape]) -> Result<Plan<'a>, ModelError> {
+    let activations = network
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::Activation(_)))
+        .count();
+    if activations > 1 {
+        return Err(CompileError::PackedDepth { activations }.into());
+    }
+    let mut hidden = None;
     let mut shape = network.input_shape();
-    let mut stage_inputs = shape.len();
-    let mut forms = Affine::identity(stage_inputs);
+    let mut forms = Affine::identity(shape.len());
     for (i, layer) in network.layers.iter().enumerate() {
         match layer {
             Layer::Activation(act) => {
                 for function in &act.functions {
                     check_quadratic(i, function)?;
                 }
-                stages.push(PlannedStage {
-                    forms,
-                    activation: Some((act, shape, i)),
-                });
-                stage_inputs = shape.len();
-                forms = Affine::identity(stage_inputs);
+                let done = std::mem::replace(&mut forms, Affine::identity(shape.len()));
+                hidden = Some((done, act, shape));
             }
             linear_layer => {
+                let stage_inputs = hidden
+                    .as_ref()
+                    .map_or(network.input_shape().len(), |(_, _, s): &(_, _, Shape)| {
+                        s.len()
+                    });
                 forms = linear::apply(i, linear_layer, (shape, shapes[i]), &forms, stage_inputs)?;
             }
         }
         shape = shapes[i];
     }
-    stages.push(PlannedStage {
-        forms,
-        activation: None,
-    });
-    Ok(stages)
+    Ok(Plan {
+        hidden,
+        output: forms,
+    })
 }
 
 fn check_quadratic(layer: usize, function: &Function) -> Result<(), CompileError> {
@@ -122,155 +134,236 @@ fn check_quadratic(layer: usize, function: &Function) -> Result<(), CompileError
     Err(CompileError::NotQuadratic { layer, found })
 }
 
-/// The circuit with the given coefficient scales (log2 M per activation layer), or the first
-/// value or noise that does not fit, or, among the first `judged` activation layers, the first
-/// neuron whose integer polynomial strays from the trained one.
+/// A worst-case interval of integers.
+type Range = (i128, i128);
+
+/// A value's worst-case interval and the bits of noise its ciphertext carries.
+struct Bounded {
+    range: Range,
+    noise: f64,
+}
+
+/// What an activation layer becomes: each neuron's quadratic and the range of its value, and
+/// the worst noise over its outputs.
+struct Activated {
+    polynomials: Vec<Quadratic>,
+    ranges: Vec<Range>,
+    noise: f64,
+}
+
+/// Worst-case ranges and noise of one stage's values, checked against ±t/2 as they are made.
+struct Checker {
+    stage: usize,
+    limit: i128,
+}
+
+impl Checker {
+    fn check(
+        &self,
+        neuron: usize,
+        what: &'static str,
+        range: (i128, i128),
+    ) -> Result<(i128, i128), CompileError> {
+        let reach = range.0.abs().max(range.1.abs());
+        if reach > self.limit {
+            return Err(CompileError::PlaintextRange {
+                stage: self.stage,
+                neuron,
+                what,
+                bits: (reach as f64).log2(),
+                limit_bits: (self.limit as f64).log2(),
+            });
+        }
+        Ok(range)
+    }
+
+    /// Each form's range over `inputs`, checked, and its noise given the inputs' `noise`.
+    fn forms(
+        &self,
+        forms: &[Affine],
+        inputs: &[Range],
+        noise: f64,
+    ) -> Result<Vec<Bounded>, CompileError> {
+        forms
+            .iter()
+            .enumerate()
+            .map(|(j, form)| {
+                let l1: f64 = form.terms.iter().map(|&(_, w)| (w as f64).abs()).sum();
+                Ok(Bounded {
+                    range: self.check(j, "accumulator", affine_range(form, inputs))?,
+                    noise: noise + l1.max(1.0).log2(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The circuit whose outputs count 2^-[`LOGIT_UNIT_LOG2`] logits, `factor` being
+/// `round(logit_scale · 2^LOGIT_UNIT_LOG2)`, or the first value, coefficient or noise that does
+/// not fit.
 fn build(
     network: &Network,
-    plan: &[PlannedStage],
-    scales: &[u32],
-    judged: usize,
+    plan: &Plan,
+    factor: f64,
     parameters: &BulkParameters,
 ) -> Result<PackedCircuit, CompileError> {
     let limit = parameters.value_limit();
+    let pixels: Vec<Range> =
+        vec![(0, i128::from(network.input.max_value())); network.input_shape().len()];
+    let mut stages = Vec::with_capacity(2);
+    let mut output_forms = plan.output.clone();
+    let (inputs, input_noise) = match &plan.hidden {
+        Some((forms, activation, shape)) => {
+            let checker = Checker { stage: 0, limit };
+            let accumulators = checker.forms(forms, &pixels, parameters.fresh_noise_bits)?;
+            let activated = activate(
+                &checker,
+                activation,
+                *shape,
+                &accumulators,
+                factor,
+                parameters,
+            )?;
+            stages.push(PackedStage {
+                forms: forms.clone(),
+                activation: Some(activated.polynomials),
+            });
+            // The activations count o/M: the output layer's biases follow.
+            scale_forms(&mut output_forms, 1, factor as i64, 1)?;
+            (activated.ranges, activated.noise)
+        }
+        None => {
+            scale_forms(&mut output_forms, factor as i64, factor as i64, 0)?;
+            (pixels, parameters.fresh_noise_bits)
+        }
+    };
+    let checker = Checker {
+        stage: stages.len(),
+        limit,
+    };
+    let outputs = checker.forms(&output_forms, &inputs, input_noise)?;
+    let noise_bits = outputs.iter().map(|o| o.noise).fold(f64::MIN, f64::max);
+    if noise_bits > parameters.noise_budget_bits() {
+        return Err(CompileError::PackedNoise {
+            bits: noise_bits,
+            budget: parameters.noise_budget_bits(),
+        });
+    }
+    stages.push(PackedStage {
+        forms: output_forms,
+        activation: None,
+    });
+    Ok(PackedCircuit {
+        input: network.input.clone(),
+        classes: network.output.classes.clone(),
+        parameters: parameters.clone(),
+        stages,
+        noise_bits,
+    })
+}
+
+/// Multiplies every form's weights by `weight_factor` and bias by `bias_factor`, refusing what
+/// would overflow.
+fn scale_forms(
+    forms: &mut [Affine],
+    weight_factor: i64,
+    bias_factor: i64,
+    stage: usize,
+) -> Result<(), CompileError> {
+    for (j, form) in forms.iter_mut().enumerate() {
+        let overflow = || CompileError::PlaintextRange {
+            stage,
+            neuron: j,
+            what: "scaled weight or bias",
+            bits: 63.0,
+            limit_bits: 63.0,
+        };
+        form.bias = form.bias.checked_mul(bias_factor).ok_or_else(overflow)?;
+        for (_, w) in &mut form.terms {
+            *w = w.checked_mul(weight_factor).ok_or_else(overflow)?;
+        }
+    }
+    Ok(())
+}
+
+/// Each neuron's integer quadratic at scale `m`, with the range of its value and the noise
+/// of the layer's outputs: the worst over its neurons.
+fn activate(
+    checker: &Checker,
+    activation: &Activation,
+    shape: Shape,
+    accumulators: &[Bounded],
+    m: f64,
+    parameters: &BulkParameters,
+) -> Result<Activated, CompileError> {
     let square_bits = (parameters.plaintext_modulus as f64).log2()
         + f64::from(parameters.degree).log2()
         + SQUARE_EXTRA_BITS;
-    let mut input_ranges =
-        vec![(0i128, i128::from(network.input.max_value())); network.input_shape().len()];
-    let mut input_noise = parameters.fresh_noise_bits;
-    // Real value of one step of the stage's inputs, relative to the TFHE path's: M of the
-    // activation that produced them.
-    let mut gain = 1.0f64;
-    let mut bias_factor = 1i64;
-    let mut stages = Vec::with_capacity(plan.len());
-    for (index, planned) in plan.iter().enumerate() {
-        let check = |neuron: usize, what: &'static str, (lo, hi): (i128, i128)| {
-            let reach = lo.abs().max(hi.abs());
-            if reach > limit {
+    let o = activation.output.scale;
+    let mut polynomials = Vec::with_capacity(accumulators.len());
+    let mut ranges = Vec::with_capacity(accumulators.len());
+    let mut worst_noise = f64::MIN;
+    for (j, accumulator) in accumulators.iter().enumerate() {
+        let ((lo, hi), noise) = (accumulator.range, accumulator.noise);
+        let entry = activation.granularity.index(shape, j);
+        let s = activation.input_scales[entry];
+        let Function::Polynomial { coefficients } = &activation.functions[entry] else {
+            unreachable!("plan refuses every other function");
+        };
+        let mut rounding = [0.0f64; 3];
+        let mut coefficient = |degree: usize, factor: f64| -> Result<i64, CompileError> {
+            let real = coefficients.get(degree).copied().unwrap_or(0.0) * m * factor / o;
+            let rounded = real.round();
+            rounding[degree] = (real - rounded).abs();
+            if !rounded.is_finite() || rounded.abs() >= 2f64.powi(62) {
                 return Err(CompileError::PlaintextRange {
-                    stage: index,
-                    neuron,
-                    what,
-                    bits: (reach as f64).log2(),
-                    limit_bits: (limit as f64).log2(),
+                    stage: checker.stage,
+                    neuron: j,
+                    what: "coefficient",
+                    bits: rounded.abs().log2(),
+                    limit_bits: 62.0,
                 });
             }
-            Ok((lo, hi))
+            Ok(rounded as i64)
         };
-        let mut forms = planned.forms.clone();
-        for form in &mut forms {
-            form.bias = form
-                .bias
-                .checked_mul(bias_factor)
-                .ok_or(CompileError::PlaintextRange {
-                    stage: index,
-                    neuron: 0,
-                    what: "bias",
-                    bits: 63.0,
-                    limit_bits: (limit as f64).log2(),
-                })?;
-        }
-        let mut ranges = Vec::with_capacity(forms.len());
-        let mut noise = Vec::with_capacity(forms.len());
-        for (j, form) in forms.iter().enumerate() {
-            ranges.push(check(j, "accumulator", affine_range(form, &input_ranges))?);
-            let l1: f64 = form.terms.iter().map(|&(_, w)| (w as f64).abs()).sum();
-            noise.push(input_noise + l1.max(1.0).log2());
-        }
-        let Some((activation, shape, _)) = planned.activation else {
-            let noise_bits = noise.iter().copied().fold(f64::MIN, f64::max);
-            if noise_bits > parameters.noise_budget_bits() {
-                return Err(CompileError::PackedNoise {
-                    bits: noise_bits,
-                    budget: parameters.noise_budget_bits(),
-                });
-            }
-            stages.push(PackedStage {
-                forms,
-                activation: None,
-            });
-            return Ok(PackedCircuit {
-                input: network.input.clone(),
-                classes: network.output.classes.clone(),
-                parameters: parameters.clone(),
-                stages,
-                logit_unit: network.output.logit_scale / gain,
-                noise_bits,
-            });
+        let p = Quadratic {
+            a: coefficient(2, s * s)?,
+            b: coefficient(1, s)?,
+            c: coefficient(0, 1.0)?,
         };
-        let m = 2f64.powi(scales[index] as i32);
-        let mut polynomials = Vec::with_capacity(forms.len());
-        let mut output_ranges = Vec::with_capacity(forms.len());
-        let mut output_noise = f64::MIN;
-        for (j, &(lo, hi)) in ranges.iter().enumerate() {
-            let entry = activation.granularity.index(shape, j);
-            let s = activation.input_scales[entry] / gain;
-            let o = activation.output.scale;
-            let Function::Polynomial { coefficients } = &activation.functions[entry] else {
-                unreachable!("plan refuses every other function");
-            };
-            let mut rounding = [0.0f64; 3];
-            let mut coefficient = |degree: usize, factor: f64| -> Result<i64, CompileError> {
-                let real = coefficients.get(degree).copied().unwrap_or(0.0) * m * factor / o;
-                let rounded = real.round();
-                rounding[degree] = (real - rounded).abs();
-                if !rounded.is_finite() || rounded.abs() >= 2f64.powi(62) {
-                    return Err(CompileError::PlaintextRange {
-                        stage: index,
-                        neuron: j,
-                        what: "coefficient",
-                        bits: rounded.abs().log2(),
-                        limit_bits: 62.0,
-                    });
-                }
-                Ok(rounded as i64)
-            };
-            let p = Quadratic {
-                a: coefficient(2, s * s)?,
-                b: coefficient(1, s)?,
-                c: coefficient(0, 1.0)?,
-            };
-            if index < judged {
-                let reach = unclipped_reach(coefficients, activation.output, s)
-                    .min(lo.unsigned_abs().max(hi.unsigned_abs()) as f64);
-                let steps = (rounding[2] * reach * reach + rounding[1] * reach + rounding[0]) / m;
-                if steps > MAX_ERROR_STEPS {
-                    return Err(CompileError::PackedPrecision {
-                        stage: index,
-                        neuron: j,
-                        steps,
-                        allowed: MAX_ERROR_STEPS,
-                    });
-                }
-            }
-            let (a, b) = (i128::from(p.a), i128::from(p.b));
-            if a != 0 {
-                let square = check(j, "square", square_range(lo, hi))?;
-                check(j, "quadratic term", scaled(a, square))?;
-            }
-            check(j, "linear term", scaled(b, (lo, hi)))?;
-            output_ranges.push(check(j, "activation", quadratic_range(&p, lo, hi))?);
-            let linear_noise = noise[j] + (b.unsigned_abs().max(1) as f64).log2();
-            let neuron_noise = if p.a == 0 {
-                linear_noise
-            } else {
-                let quadratic_noise = noise[j] + square_bits + (a.unsigned_abs() as f64).log2();
-                quadratic_noise.max(linear_noise) + 1.0
-            };
-            output_noise = output_noise.max(neuron_noise);
-            polynomials.push(p);
+        let reach = unclipped_reach(coefficients, activation.output, s)
+            .min(lo.unsigned_abs().max(hi.unsigned_abs()) as f64);
+        let steps = (rounding[2] * reach * reach + rounding[1] * reach + rounding[0]) / m;
+        if steps > MAX_ERROR_STEPS {
+            return Err(CompileError::PackedPrecision {
+                stage: checker.stage,
+                neuron: j,
+                steps,
+                allowed: MAX_ERROR_STEPS,
+            });
         }
-        stages.push(PackedStage {
-            forms,
-            activation: Some(polynomials),
-        });
-        input_ranges = output_ranges;
-        input_noise = output_noise;
-        gain = m;
-        bias_factor = m as i64;
+        let (a, b) = (i128::from(p.a), i128::from(p.b));
+        if a != 0 {
+            let square = checker.check(j, "square", square_range(lo, hi))?;
+            checker.check(j, "quadratic term", scaled(a, square))?;
+        }
+        checker.check(j, "linear term", scaled(b, (lo, hi)))?;
+        ranges.push(checker.check(j, "activation", quadratic_range(&p, lo, hi))?);
+        let linear_noise = noise + (b.unsigned_abs().max(1) as f64).log2();
+        let neuron_noise = if p.a == 0 {
+            linear_noise
+        } else {
+            let quadratic_noise = noise + square_bits + (a.unsigned_abs() as f64).log2();
+            quadratic_noise.max(linear_noise) + 1.0
+        };
+        worst_noise = worst_noise.max(neuron_noise);
+        polynomials.push(p);
     }
-    unreachable!("a plan ends with the output stage")
+    Ok(Activated {
+        polynomials,
+        ranges,
+        noise: worst_noise,
+    })
 }
 
 /// The largest accumulator magnitude at which the trained polynomial's value is still inside

@@ -22,6 +22,16 @@ use crate::circuit::Affine;
 use crate::network::InputSpec;
 use crate::parameters::BulkParameters;
 
+/// Every bulk circuit's outputs count logits in units of 2^-this, whatever the model: the
+/// compiler scales the activations to it, so the unit a client decodes with is public.
+pub const LOGIT_UNIT_LOG2: u32 = 41;
+
+/// The logits that output integers encode, in the public unit.
+pub fn logits(outputs: &[i64]) -> Vec<f64> {
+    let unit = 2f64.powi(-(LOGIT_UNIT_LOG2 as i32));
+    outputs.iter().map(|&v| v as f64 * unit).collect()
+}
+
 /// A network compiled for the bulk path.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedCircuit {
@@ -31,10 +41,9 @@ pub struct PackedCircuit {
     pub classes: Vec<String>,
     /// The parameter set the range proof and the noise estimate hold for.
     pub parameters: BulkParameters,
-    /// The stages in evaluation order; the last has no activation.
+    /// The stages in evaluation order: one with the activation, if the network has one, then
+    /// the output stage.
     pub stages: Vec<PackedStage>,
-    /// Real logit of one output integer: the network's logit scale over the last M.
-    pub logit_unit: f64,
     /// Worst-case noise at decryption, in bits, as estimated by [`compile`].
     pub noise_bits: f64,
 }
@@ -109,10 +118,7 @@ impl PackedCircuit {
 
     /// The real logits of output integers.
     pub fn logits(&self, outputs: &[i64]) -> Vec<f64> {
-        outputs
-            .iter()
-            .map(|&v| v as f64 * self.logit_unit)
-            .collect()
+        logits(outputs)
     }
 }
 
