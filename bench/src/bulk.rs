@@ -95,14 +95,14 @@ pub fn run(args: Args) -> Result<()> {
     let bar = bootstrap_bar(hexray_bulk::evaluate::neurons(&circuit));
     bar.set_message("bulk neurons");
     let t = Instant::now();
-    let received = EncryptedBatch::read_from(BufReader::new(File::open(&upload)?))?;
+    let received =
+        EncryptedBatch::read_from(BufReader::new(File::open(&upload)?), circuit.input_len())?;
     let read_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let outputs = evaluate(&circuit, &evaluation_key, &received, &|| bar.inc(1))?;
+    let outputs = evaluate(&circuit, &evaluation_key, received, &|| bar.inc(1))?;
     let evaluate_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let peak_bytes = peak_memory_bytes();
-    drop(received);
     let download_bytes = outputs.to_bytes().len();
     let t = Instant::now();
     let decrypted = key.decrypt(&outputs)?;

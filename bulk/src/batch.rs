@@ -26,10 +26,6 @@ use crate::parameters::{bfv, DEGREE, NAME};
 /// 55-bit primes is 2 × 8192 × 4 × 55 bits ≈ 451 KB.
 pub const MAX_CIPHERTEXT_BYTES: usize = 512 << 10;
 
-/// Upper bound on the ciphertexts of a batch: one per input pixel of the largest input the
-/// contract accepts.
-pub const MAX_CIPHERTEXTS: usize = 1 << 16;
-
 /// Ciphertexts that pack one value of many images each; `K` says which ones.
 pub struct Packed<K: Kind> {
     images: usize,
@@ -92,6 +88,11 @@ impl<K: Kind> Packed<K> {
         &self.ciphertexts
     }
 
+    /// The images in use and the ciphertexts, moved out.
+    pub(crate) fn into_parts(self) -> (usize, Vec<Ciphertext>) {
+        (self.images, self.ciphertexts)
+    }
+
     /// Writes the wire format; returns the bytes written.
     pub fn write_to(&self, writer: impl Write) -> Result<u64, BulkError> {
         write_frames(writer, K::MAGIC, self.images, &self.ciphertexts)
@@ -105,9 +106,11 @@ impl<K: Kind> Packed<K> {
         out
     }
 
-    /// Reads the wire format, one ciphertext at a time, refusing at the first fault.
-    pub fn read_from(reader: impl Read) -> Result<Self, BulkError> {
-        let (images, ciphertexts) = read_frames(reader, K::MAGIC, K::WHAT)?;
+    /// Reads the wire format, one ciphertext at a time, refusing at the first fault. The
+    /// reader says how many ciphertexts it needs (a model's input pixels for a batch, its
+    /// classes for results), so a header that declares others is refused before any is read.
+    pub fn read_from(reader: impl Read, ciphertexts: usize) -> Result<Self, BulkError> {
+        let (images, ciphertexts) = read_frames(reader, K::MAGIC, K::WHAT, ciphertexts)?;
         Ok(Packed::new(images, ciphertexts))
     }
 }
@@ -135,20 +138,40 @@ fn write_frames(
         written += part.len() as u64;
     }
     for ct in ciphertexts {
-        let bytes = ct.to_bytes();
-        writer
-            .write_all(&(bytes.len() as u32).to_le_bytes())
-            .map_err(io)?;
-        writer.write_all(&bytes).map_err(io)?;
-        written += 4 + bytes.len() as u64;
+        written += write_frame(&mut writer, &ct.to_bytes()).map_err(io)?;
     }
     Ok(written)
+}
+
+/// Writes `bytes` with their u32 little-endian length before them; returns the bytes written.
+pub(crate) fn write_frame(mut writer: impl Write, bytes: &[u8]) -> std::io::Result<u64> {
+    writer.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    writer.write_all(bytes)?;
+    Ok(4 + bytes.len() as u64)
+}
+
+/// Reads one length-prefixed frame of at most `limit` bytes; the reason it cannot, in words.
+pub(crate) fn read_frame(mut reader: impl Read, limit: usize) -> Result<Vec<u8>, String> {
+    let mut length = [0u8; 4];
+    reader
+        .read_exact(&mut length)
+        .map_err(|_| "missing".to_owned())?;
+    let length = u32::from_le_bytes(length) as usize;
+    if length > limit {
+        return Err(format!("{length} bytes, over the {limit}-byte limit"));
+    }
+    let mut bytes = vec![0; length];
+    reader
+        .read_exact(&mut bytes)
+        .map_err(|_| "truncated".to_owned())?;
+    Ok(bytes)
 }
 
 fn read_frames(
     reader: impl Read,
     kind: &str,
     what: &'static str,
+    needed: usize,
 ) -> Result<(usize, Vec<Ciphertext>), BulkError> {
     let fault = |reason: String| BulkError::Deserialize { what, reason };
     let mut reader = std::io::BufReader::new(reader);
@@ -184,50 +207,50 @@ fn read_frames(
             header.images
         )));
     }
-    if header.ciphertexts > MAX_CIPHERTEXTS {
-        return Err(fault(format!(
-            "it declares {} ciphertexts, over the limit of {MAX_CIPHERTEXTS}",
-            header.ciphertexts
-        )));
+    if header.ciphertexts != needed {
+        return Err(BulkError::Count {
+            what,
+            unit: "ciphertexts",
+            expected: needed,
+            found: header.ciphertexts,
+        });
     }
-    let parameters = bfv();
-    let full = parameters.context_at_level(0)?.clone();
-    let mut ciphertexts = Vec::with_capacity(header.ciphertexts);
-    let mut bytes = Vec::new();
-    for index in 0..header.ciphertexts {
-        let mut length = [0u8; 4];
-        reader.read_exact(&mut length).map_err(|_| {
-            fault(format!(
-                "truncated: ciphertext {index} of {} is missing",
-                header.ciphertexts
-            ))
-        })?;
-        let length = u32::from_le_bytes(length) as usize;
-        if length > MAX_CIPHERTEXT_BYTES {
-            return Err(fault(format!(
-                "ciphertext {index} is {length} bytes, over the {MAX_CIPHERTEXT_BYTES}-byte limit"
-            )));
-        }
-        bytes.resize(length, 0);
-        reader
-            .read_exact(&mut bytes)
-            .map_err(|_| fault(format!("truncated inside ciphertext {index}")))?;
-        let ct = Ciphertext::from_bytes(&bytes, &parameters)
-            .map_err(|e| fault(format!("ciphertext {index}: {e}")))?;
-        // A fresh or relinearised ciphertext: two polynomials at the full modulus.
-        if ct.len() != 2 || ct[0].ctx() != &full {
-            return Err(fault(format!(
-                "ciphertext {index} is not a two-part ciphertext at the full modulus"
-            )));
-        }
-        ciphertexts.push(ct);
+    let mut ciphertexts = Vec::with_capacity(needed);
+    for index in 0..needed {
+        let bytes = read_frame(&mut reader, MAX_CIPHERTEXT_BYTES)
+            .map_err(|reason| fault(format!("ciphertext {index} of {needed}: {reason}")))?;
+        ciphertexts.push(
+            canonical_ciphertext(&bytes)
+                .map_err(|reason| fault(format!("ciphertext {index}: {reason}")))?,
+        );
     }
     let mut rest = [0u8; 1];
     if reader.read(&mut rest).map_err(|e| fault(e.to_string()))? != 0 {
         return Err(fault(format!(
-            "bytes follow the {} declared ciphertexts",
-            header.ciphertexts
+            "bytes follow the {needed} declared ciphertexts"
         )));
     }
     Ok((header.images, ciphertexts))
+}
+
+/// A ciphertext from bytes a client sent, or why it is refused. fhe.rs reads what its
+/// protobuf allows (short polynomials, any representation, unreduced coefficients), and
+/// fhe-math asserts on some of it later; so the bytes must be fhe.rs's own encoding of a
+/// two-part ciphertext at the full modulus, in the NTT representation every operation expects.
+fn canonical_ciphertext(bytes: &[u8]) -> Result<Ciphertext, String> {
+    let parameters = bfv();
+    let ct = Ciphertext::from_bytes(bytes, &parameters).map_err(|e| e.to_string())?;
+    if ct.to_bytes() != bytes {
+        return Err("not in the canonical encoding".into());
+    }
+    if ct.len() != 2 {
+        return Err(format!("{} parts, not 2", ct.len()));
+    }
+    // `Ciphertext::new` checks each part's representation and context.
+    let checked = Ciphertext::new(ct.to_vec(), &parameters).map_err(|e| e.to_string())?;
+    let full = parameters.context_at_level(0).map_err(|e| e.to_string())?;
+    if checked[0].ctx() != full {
+        return Err("not at the full modulus".into());
+    }
+    Ok(checked)
 }

@@ -1,19 +1,21 @@
-//! The client's keys. The secret key never leaves the client; the evaluation key (BFV's
-//! relinearisation key) is all the server needs, to bring a square back to two polynomials.
+//! The client's keys. The secret key never leaves the client. The evaluation key is all the
+//! server needs: BFV's relinearisation key, to bring a square back to two polynomials, and
+//! the public key, to re-randomise the results before they go back (see
+//! [`crate::evaluate`]).
 
-use fhe::bfv::{Encoding, Plaintext, RelinearizationKey, SecretKey};
+use fhe::bfv::{Encoding, Plaintext, PublicKey, RelinearizationKey, SecretKey};
 use fhe_traits::{
     DeserializeParametrized, FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize,
 };
 use hexray_model::packed::PackedCircuit;
 use rayon::prelude::*;
 
-use crate::batch::{EncryptedBatch, EncryptedOutputs};
+use crate::batch::{read_frame, write_frame, EncryptedBatch, EncryptedOutputs};
 use crate::error::BulkError;
 use crate::parameters::{bfv, DEGREE};
 
-/// Largest serialized evaluation key accepted. The key is about 0.9 MB; a blob much larger is
-/// not one.
+/// Largest serialized evaluation key accepted: the relinearisation key is about 0.9 MB and
+/// the public key 0.2 MB.
 pub const MAX_EVALUATION_KEY_BYTES: usize = 4 << 20;
 
 /// The client's secret key.
@@ -21,9 +23,10 @@ pub struct ClientKey {
     secret: SecretKey,
 }
 
-/// What the server evaluates with: the relinearisation key, public.
+/// What the server evaluates with: public keys only.
 pub struct EvaluationKey {
     pub(crate) relinearization: RelinearizationKey,
+    pub(crate) public: PublicKey,
 }
 
 impl ClientKey {
@@ -38,6 +41,7 @@ impl ClientKey {
     pub fn evaluation_key(&self) -> Result<EvaluationKey, BulkError> {
         Ok(EvaluationKey {
             relinearization: RelinearizationKey::new(&self.secret, &mut rand::rng())?,
+            public: PublicKey::new(&self.secret, &mut rand::rng()),
         })
     }
 
@@ -115,8 +119,8 @@ impl ClientKey {
             .collect())
     }
 
-    /// The noise left in a ciphertext's decryption, in bits: for tests that hold the
-    /// compiler's estimate to the scheme's measurement.
+    /// The noise in a ciphertext's decryption, in bits: for tests that hold the compiler's
+    /// estimate and the server's flooding to the scheme's measurement.
     #[doc(hidden)]
     pub fn measure_noise_bits(&self, ct: &fhe::bfv::Ciphertext) -> Result<usize, BulkError> {
         // SAFETY: fhe.rs marks this unsafe because it is not constant-time; it only reads.
@@ -125,27 +129,49 @@ impl ClientKey {
 }
 
 impl EvaluationKey {
-    /// The key's bytes (fhe.rs's protobuf encoding).
+    /// The key's bytes: the relinearisation key's and the public key's (fhe.rs's protobuf
+    /// encodings), each length-prefixed.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.relinearization.to_bytes()
+        let mut out = Vec::new();
+        for part in [self.relinearization.to_bytes(), self.public.to_bytes()] {
+            write_frame(&mut out, &part).expect("writing to memory cannot fail");
+        }
+        out
     }
 
-    /// Reads a key written by [`to_bytes`](Self::to_bytes) for this parameter set.
+    /// Reads a key written by [`to_bytes`](Self::to_bytes) for this parameter set. Each part
+    /// must be in fhe.rs's canonical encoding (it writes back to the same bytes), and nothing
+    /// may follow.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BulkError> {
+        let fault = |reason: String| BulkError::Deserialize {
+            what: "evaluation key",
+            reason,
+        };
         if bytes.len() > MAX_EVALUATION_KEY_BYTES {
-            return Err(BulkError::Deserialize {
-                what: "evaluation key",
-                reason: format!(
-                    "{} bytes, over the {MAX_EVALUATION_KEY_BYTES}-byte limit",
-                    bytes.len()
-                ),
-            });
+            return Err(fault(format!(
+                "{} bytes, over the {MAX_EVALUATION_KEY_BYTES}-byte limit",
+                bytes.len()
+            )));
         }
-        let relinearization =
-            RelinearizationKey::from_bytes(bytes, &bfv()).map_err(|e| BulkError::Deserialize {
-                what: "evaluation key",
-                reason: e.to_string(),
-            })?;
-        Ok(EvaluationKey { relinearization })
+        let mut reader = bytes;
+        let mut part = |name: &str| -> Result<Vec<u8>, BulkError> {
+            read_frame(&mut reader, MAX_EVALUATION_KEY_BYTES)
+                .map_err(|reason| fault(format!("{name}: {reason}")))
+        };
+        let (relinearization, public) = (part("relinearisation key")?, part("public key")?);
+        if !reader.is_empty() {
+            return Err(fault("bytes follow the public key".into()));
+        }
+        let parameters = bfv();
+        let key = EvaluationKey {
+            relinearization: RelinearizationKey::from_bytes(&relinearization, &parameters)
+                .map_err(|e| fault(format!("relinearisation key: {e}")))?,
+            public: PublicKey::from_bytes(&public, &parameters)
+                .map_err(|e| fault(format!("public key: {e}")))?,
+        };
+        if key.relinearization.to_bytes() != relinearization || key.public.to_bytes() != public {
+            return Err(fault("not in the canonical encoding".into()));
+        }
+        Ok(key)
     }
 }

@@ -5,8 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hexray_bulk::{evaluate, parameters, BulkError, ClientKey, EncryptedBatch, EncryptedOutputs};
+use hexray_bulk::{
+    evaluate, parameters, BulkError, ClientKey, EncryptedBatch, EncryptedOutputs, EvaluationKey,
+};
 use hexray_model::packed::{compile, PackedCircuit};
+use hexray_model::parameters::BULK_FLOODING_BITS;
 use hexray_model::preprocess::preprocess;
 use hexray_model::CompiledModel;
 
@@ -46,21 +49,44 @@ fn a_packed_batch_decrypts_to_the_exact_evaluation_bit_for_bit() {
     let key = ClientKey::generate();
     let batch = key.encrypt(&circuit, &images).unwrap();
 
-    // Through the wire format, as the server receives it.
-    let batch = EncryptedBatch::read_from(batch.to_bytes().as_slice()).unwrap();
+    // Key and batch through the wire format, as the server receives them.
+    let evaluation_key = EvaluationKey::from_bytes(&key.evaluation_key().unwrap().to_bytes());
+    let batch = EncryptedBatch::read_from(batch.to_bytes().as_slice(), circuit.input_len());
     let done = AtomicUsize::new(0);
-    let outputs = evaluate(&circuit, &key.evaluation_key().unwrap(), &batch, &|| {
+    let outputs = evaluate(&circuit, &evaluation_key.unwrap(), batch.unwrap(), &|| {
         done.fetch_add(1, Ordering::Relaxed);
     })
     .unwrap();
     assert_eq!(done.into_inner(), hexray_bulk::evaluate::neurons(&circuit));
-    let outputs = EncryptedOutputs::read_from(outputs.to_bytes().as_slice()).unwrap();
+    let classes = circuit.classes.len();
+    let outputs = EncryptedOutputs::read_from(outputs.to_bytes().as_slice(), classes).unwrap();
 
     let decrypted = key.decrypt(&outputs).unwrap();
     assert_eq!(decrypted.len(), images.len());
     for (k, image) in images.iter().enumerate() {
         assert_eq!(decrypted[k], circuit.evaluate(image), "image {k}");
     }
+    // The results carry the flooding noise, 40 bits above the circuit's estimate, and still
+    // decrypt exactly (above).
+    let flooded = circuit.noise_bits + BULK_FLOODING_BITS;
+    for ct in outputs.ciphertexts() {
+        let measured = key.measure_noise_bits(ct).unwrap() as f64;
+        assert!(
+            (flooded - 2.0..=flooded + 2.0).contains(&measured),
+            "measured {measured} bits of noise, where flooding gives {flooded}"
+        );
+    }
+}
+
+/// The circuit's own noise, measured before flooding, stays under the compiler's estimate:
+/// what the flooding is sized from.
+#[test]
+fn the_circuits_noise_stays_under_the_compilers_estimate() {
+    let circuit = default_circuit();
+    let key = ClientKey::generate();
+    let batch = key.encrypt(&circuit, &sample_images(&circuit)).unwrap();
+    let evaluation_key = key.evaluation_key().unwrap();
+    let outputs = hexray_bulk::evaluate::unflooded(&circuit, &evaluation_key, batch).unwrap();
     for ct in outputs.ciphertexts() {
         let measured = key.measure_noise_bits(ct).unwrap() as f64;
         assert!(
@@ -77,12 +103,13 @@ fn batches_that_are_not_what_they_claim_are_refused() {
     let key = ClientKey::generate();
     let images = vec![vec![0; circuit.input_len()]; 2];
     let bytes = key.encrypt(&circuit, &images).unwrap().to_bytes();
-    let refused = |bytes: &[u8]| match EncryptedBatch::read_from(bytes) {
+    let inputs = circuit.input_len();
+    let refused = |bytes: &[u8]| match EncryptedBatch::read_from(bytes, inputs) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a bad batch was read"),
     };
 
-    assert!(refused(&bytes[..bytes.len() - 10]).contains("truncated inside ciphertext 783"));
+    assert!(refused(&bytes[..bytes.len() - 10]).contains("ciphertext 783 of 784: truncated"));
     let header_end = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
     let body_start = header_end
         + bytes[header_end..]
@@ -90,7 +117,16 @@ fn batches_that_are_not_what_they_claim_are_refused() {
             .position(|&b| b == b'\n')
             .unwrap()
         + 1;
-    assert!(refused(&bytes[..body_start]).contains("ciphertext 0 of 784 is missing"));
+    assert!(refused(&bytes[..body_start]).contains("ciphertext 0 of 784: missing"));
+    // Another model's count is refused from the header, before any ciphertext is read.
+    assert!(matches!(
+        EncryptedBatch::read_from(&bytes[..body_start], 16),
+        Err(BulkError::Count {
+            expected: 16,
+            found: 784,
+            ..
+        })
+    ));
     let mut longer = bytes.clone();
     longer.push(0);
     assert!(refused(&longer).contains("bytes follow"));
@@ -98,7 +134,7 @@ fn batches_that_are_not_what_they_claim_are_refused() {
     let foreign =
         String::from_utf8_lossy(&bytes[..body_start]).replace(parameters::NAME, "BFV_OTHER");
     assert!(matches!(
-        EncryptedBatch::read_from(foreign.as_bytes()),
+        EncryptedBatch::read_from(foreign.as_bytes(), inputs),
         Err(BulkError::ParameterMismatch { .. })
     ));
     // A ciphertext's bytes flipped into garbage.
@@ -116,7 +152,7 @@ fn batches_that_are_not_what_they_claim_are_refused() {
     )
     .unwrap();
     let batch = key.encrypt(&tiny, &short).unwrap();
-    let e = evaluate(&circuit, &key.evaluation_key().unwrap(), &batch, &|| {}).err();
+    let e = evaluate(&circuit, &key.evaluation_key().unwrap(), batch, &|| {}).err();
     assert!(
         matches!(
             e,
@@ -128,6 +164,17 @@ fn batches_that_are_not_what_they_claim_are_refused() {
         ),
         "{e:?}"
     );
+    // Evaluation keys: truncated, with bytes after them, or not in fhe.rs's own encoding.
+    let key_bytes = key.evaluation_key().unwrap().to_bytes();
+    let key_refused = |bytes: &[u8]| match EvaluationKey::from_bytes(bytes) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a bad evaluation key was read"),
+    };
+    assert!(key_refused(&key_bytes[..key_bytes.len() - 1]).contains("public key: truncated"));
+    let mut longer = key_bytes.clone();
+    longer.push(0);
+    assert!(key_refused(&longer).contains("bytes follow the public key"));
+    assert!(key_refused(&key_bytes[..3]).contains("relinearisation key: missing"));
     // Images that are not the model's input.
     let e = key
         .encrypt(&circuit, &[vec![300; circuit.input_len()]])

@@ -90,8 +90,9 @@ impl FheParameters {
 /// circuit compiled for others.
 ///
 /// BFV computes exactly modulo the plaintext modulus t, so the compiler proves that every
-/// value stays inside ±t/2, and estimates the noise in bits, as the BFV library measures it,
-/// against the budget the ciphertext modulus leaves.
+/// value stays inside the range decoded exactly ([`value_limit`](Self::value_limit)), and
+/// estimates the noise in bits, as the BFV library measures it, against the budget the
+/// ciphertext modulus leaves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkParameters {
@@ -110,19 +111,27 @@ pub struct BulkParameters {
 /// Bits of noise budget the bulk compiler keeps unused, on top of its worst-case estimate.
 pub const BULK_NOISE_HEADROOM_BITS: f64 = 10.0;
 
+/// Bits by which the server's flooding noise exceeds the circuit's own before results go back
+/// (`hexray-bulk`): the statistical distance between two circuits' result noise is then about
+/// 2^-40, so a client holding the secret key learns nothing of the weights from it.
+pub const BULK_FLOODING_BITS: f64 = 40.0;
+
 impl BulkParameters {
-    /// The largest magnitude a value may reach: every value is computed modulo t and decoded
-    /// into (−t/2, t/2].
+    /// The largest magnitude a value may reach. Every value is computed modulo t and decoded
+    /// centred: with k = (t−1)/2, residues below k are themselves and the others are negative,
+    /// so the values decoded exactly are −(k+1)..=k−1.
     pub fn value_limit(&self) -> i128 {
-        i128::from(self.plaintext_modulus / 2)
+        i128::from(self.plaintext_modulus / 2) - 1
     }
 
-    /// The noise, in bits, above which decryption could fail: log2(q/t) − 1, less
-    /// [`BULK_NOISE_HEADROOM_BITS`].
+    /// The circuit noise, in bits, that the compiler allows. Decryption needs the total below
+    /// log2(q/t) − 1; the results also carry flooding noise [`BULK_FLOODING_BITS`] above the
+    /// circuit's (one more bit for the sum), and [`BULK_NOISE_HEADROOM_BITS`] stay unused.
     pub fn noise_budget_bits(&self) -> f64 {
         f64::from(self.ciphertext_modulus_bits)
             - (self.plaintext_modulus as f64).log2()
             - 1.0
+            - (BULK_FLOODING_BITS + 1.0)
             - BULK_NOISE_HEADROOM_BITS
     }
 

@@ -1,8 +1,8 @@
 //! The bulk compile step: network → packed circuit, with the range proof and the noise
 //! estimate that make its result exact.
 //!
-//! **One activation layer.** A square costs log2 t + log2 N bits of noise, about 68 of the
-//! budget's 153 under the bulk parameters; a second would not fit, so the compiler takes
+//! **One activation layer.** A square costs log2 t + log2 N + 2 bits of noise, 69 of the
+//! budget's 111 under the bulk parameters; a second would not fit, so the compiler takes
 //! networks with at most one activation layer and refuses deeper ones in words.
 //!
 //! **Coefficients and the output unit.** A neuron's trained polynomial a·z² + b·z + c reads
@@ -16,10 +16,12 @@
 //! of the coefficients' precision and make every value larger; 2^-41 is the one at which every
 //! bundled network fits, with its precision.
 //!
-//! **Range proof.** Interval arithmetic bounds every value the server computes (accumulators,
-//! squares, each product and sum, outputs) over every input in the pixel range, and each must
-//! lie inside ±(t−1)/2, where decoding is exact. The quadratic's range over its accumulator's
-//! interval is exact (its ends and its vertex).
+//! **Range proof.** Interval arithmetic bounds, over every input in the pixel range, the
+//! accumulators, the squares, each term of an activation, each activation and the outputs, and
+//! each must lie inside the range decoded exactly ([`BulkParameters::value_limit`]). Only the
+//! outputs are decoded, and arithmetic modulo t is exact, so this is more than correctness
+//! needs. The quadratic's range over its accumulator's interval is exact (its ends and its
+//! vertex). The interval arithmetic itself is checked: an overflow of i128 is a refusal.
 //!
 //! **Fidelity.** Where the TFHE path does not clip an activation, rounding its coefficients may
 //! move it by at most [`MAX_ERROR_STEPS`] output steps, the TFHE path's own rounding.
@@ -45,12 +47,16 @@ pub const SQUARE_EXTRA_BITS: f64 = 2.0;
 /// an activation where the TFHE path does not clip it: the TFHE path's own rounding.
 pub const MAX_ERROR_STEPS: f64 = 0.5;
 
+/// Below this, every integer is exact in an f64: the bound on the scale and the coefficients,
+/// so that their rounding errors are measured exactly.
+const EXACT_F64: f64 = 9_007_199_254_740_992.0; // 2^53
+
 /// Validates `network` and compiles it for the bulk path under `parameters`.
 ///
 /// Refuses, with the value and stage at fault, a network with more than one activation layer
 /// ([`CompileError::PackedDepth`]) or activations that are not polynomials of degree ≤ 2
-/// ([`CompileError::NotQuadratic`]), whose values cannot fit ±t/2 at the public output unit
-/// ([`CompileError::PlaintextRange`]), whose coefficients lose too much as integers
+/// ([`CompileError::NotQuadratic`]), whose values cannot fit the exact range at the public
+/// output unit ([`CompileError::PlaintextRange`]), whose coefficients lose too much as integers
 /// ([`CompileError::PackedPrecision`]) or whose noise exceeds the budget
 /// ([`CompileError::PackedNoise`]).
 pub fn compile(
@@ -61,7 +67,7 @@ pub fn compile(
     parameters.validate()?;
     let plan = plan(network, &shapes)?;
     let factor = (network.output.logit_scale * 2f64.powi(LOGIT_UNIT_LOG2 as i32)).round();
-    if factor < 1.0 {
+    if !(1.0..EXACT_F64).contains(&factor) {
         return Err(CompileError::PlaintextRange {
             stage: 0,
             neuron: 0,
@@ -151,30 +157,34 @@ struct Activated {
     noise: f64,
 }
 
-/// Worst-case ranges and noise of one stage's values, checked against ±t/2 as they are made.
+/// Worst-case ranges and noise of one stage's values, checked against the exact range as they
+/// are made.
 struct Checker {
     stage: usize,
     limit: i128,
 }
 
 impl Checker {
+    /// The range, if it fits; `None` stands for a range whose arithmetic overflowed i128.
     fn check(
         &self,
         neuron: usize,
         what: &'static str,
-        range: (i128, i128),
-    ) -> Result<(i128, i128), CompileError> {
-        let reach = range.0.abs().max(range.1.abs());
-        if reach > self.limit {
-            return Err(CompileError::PlaintextRange {
+        range: Option<Range>,
+    ) -> Result<Range, CompileError> {
+        let reach = range.map_or(i128::MAX, |(lo, hi)| {
+            lo.saturating_abs().max(hi.saturating_abs())
+        });
+        match range {
+            Some(range) if reach <= self.limit => Ok(range),
+            _ => Err(CompileError::PlaintextRange {
                 stage: self.stage,
                 neuron,
                 what,
                 bits: (reach as f64).log2(),
                 limit_bits: (self.limit as f64).log2(),
-            });
+            }),
         }
-        Ok(range)
     }
 
     /// Each form's range over `inputs`, checked, and its noise given the inputs' `noise`.
@@ -315,13 +325,13 @@ fn activate(
             let real = coefficients.get(degree).copied().unwrap_or(0.0) * m * factor / o;
             let rounded = real.round();
             rounding[degree] = (real - rounded).abs();
-            if !rounded.is_finite() || rounded.abs() >= 2f64.powi(62) {
+            if !rounded.is_finite() || rounded.abs() >= EXACT_F64 {
                 return Err(CompileError::PlaintextRange {
                     stage: checker.stage,
                     neuron: j,
                     what: "coefficient",
                     bits: rounded.abs().log2(),
-                    limit_bits: 62.0,
+                    limit_bits: 53.0,
                 });
             }
             Ok(rounded as i64)
@@ -348,7 +358,7 @@ fn activate(
             checker.check(j, "quadratic term", scaled(a, square))?;
         }
         checker.check(j, "linear term", scaled(b, (lo, hi)))?;
-        ranges.push(checker.check(j, "activation", quadratic_range(&p, lo, hi))?);
+        ranges.push(checker.check(j, "activation", Some(quadratic_range(&p, lo, hi)))?);
         let linear_noise = noise + (b.unsigned_abs().max(1) as f64).log2();
         let neuron_noise = if p.a == 0 {
             linear_noise
@@ -392,35 +402,38 @@ fn unclipped_reach(coefficients: &[f64], output: Quantizer, s: f64) -> f64 {
     roots.map(f64::abs).fold(0.0, f64::max) / s
 }
 
-/// Worst-case range of `bias + Σ w·x` over inputs in their ranges.
-fn affine_range(form: &Affine, inputs: &[(i128, i128)]) -> (i128, i128) {
+/// Worst-case range of `bias + Σ w·x` over inputs in their ranges; `None` if it overflows.
+fn affine_range(form: &Affine, inputs: &[Range]) -> Option<Range> {
     let bias = i128::from(form.bias);
-    form.terms.iter().fold((bias, bias), |(lo, hi), &(i, w)| {
-        let (a, b) = scaled(i128::from(w), inputs[i as usize]);
-        (lo + a, hi + b)
-    })
+    form.terms
+        .iter()
+        .try_fold((bias, bias), |(lo, hi), &(i, w)| {
+            let (a, b) = scaled(i128::from(w), inputs[i as usize])?;
+            Some((lo.checked_add(a)?, hi.checked_add(b)?))
+        })
 }
 
-/// The range of `w·x` for x in `(lo, hi)`.
-fn scaled(w: i128, (lo, hi): (i128, i128)) -> (i128, i128) {
-    let (a, b) = (w * lo, w * hi);
-    (a.min(b), a.max(b))
+/// The range of `w·x` for x in `(lo, hi)`; `None` if it overflows.
+fn scaled(w: i128, (lo, hi): Range) -> Option<Range> {
+    let (a, b) = (w.checked_mul(lo)?, w.checked_mul(hi)?);
+    Some((a.min(b), a.max(b)))
 }
 
-/// The range of x² for x in `lo..=hi`.
-fn square_range(lo: i128, hi: i128) -> (i128, i128) {
-    let ends = (lo * lo, hi * hi);
+/// The range of x² for x in `lo..=hi`; `None` if it overflows.
+fn square_range(lo: i128, hi: i128) -> Option<Range> {
+    let ends = (lo.checked_mul(lo)?, hi.checked_mul(hi)?);
     let top = ends.0.max(ends.1);
     if lo <= 0 && hi >= 0 {
-        (0, top)
+        Some((0, top))
     } else {
-        (ends.0.min(ends.1), top)
+        Some((ends.0.min(ends.1), top))
     }
 }
 
 /// The exact range of the quadratic over the integers `lo..=hi`: its ends, and the integers
-/// either side of its vertex when they lie inside.
-fn quadratic_range(p: &Quadratic, lo: i128, hi: i128) -> (i128, i128) {
+/// either side of its vertex when they lie inside. Called once the square and both terms are
+/// known to fit, so it cannot overflow.
+fn quadratic_range(p: &Quadratic, lo: i128, hi: i128) -> Range {
     let mut candidates = vec![lo, hi];
     if p.a != 0 {
         let vertex = -(p.b as f64) / (2.0 * p.a as f64);

@@ -11,8 +11,8 @@
 //!   power of two the compiler picks ([`compile`]). There is no rounding or clipping in between:
 //!   a bootstrap table could do it, a polynomial cannot.
 //!
-//! Nothing wraps modulo t: [`compile`] proves every value's worst case inside ±t/2, so the
-//! decrypted output equals [`PackedCircuit::evaluate`] bit for bit.
+//! Nothing wraps modulo t: [`compile`] proves every output's worst case inside the range
+//! decoded exactly, so the decrypted output equals [`PackedCircuit::evaluate`] bit for bit.
 
 mod compile;
 
@@ -88,7 +88,8 @@ impl PackedCircuit {
     }
 
     /// The output integers for one image's quantized pixels (the exact simulation): what the
-    /// packed evaluation decrypts to, slot for slot.
+    /// packed evaluation decrypts to, slot for slot. The pixels must be the circuit's input
+    /// (`input_len` values in the pixel range), which the range proof covers.
     ///
     /// ```
     /// # let network = hexray_model::testing::tiny_quadratic_network();
@@ -101,6 +102,7 @@ impl PackedCircuit {
     /// assert!(outputs.iter().all(|v| v.abs() <= limit));
     /// ```
     pub fn evaluate(&self, pixels: &[i64]) -> Vec<i64> {
+        assert_eq!(pixels.len(), self.input_len(), "one value per input pixel");
         let mut values: Vec<i128> = pixels.iter().map(|&v| i128::from(v)).collect();
         for stage in &self.stages {
             let accumulators = stage.forms.iter().map(|form| affine(form, &values));
