@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
     let keygen_s = t.elapsed().as_secs_f64();
     let key_bytes = evaluation_key.to_bytes().len();
     let t = Instant::now();
-    let batch = key.encrypt(&circuit, &images)?;
+    let batch = key.encrypt(&circuit.input, &images)?;
     let encrypt_s = t.elapsed().as_secs_f64();
 
     // The upload goes to disk, as the server streams it, and the client's copy is dropped, so

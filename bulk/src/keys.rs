@@ -7,7 +7,7 @@ use fhe::bfv::{Encoding, Plaintext, PublicKey, RelinearizationKey, SecretKey};
 use fhe_traits::{
     DeserializeParametrized, FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize,
 };
-use hexray_model::packed::PackedCircuit;
+use hexray_model::network::InputSpec;
 use rayon::prelude::*;
 
 use crate::batch::{read_frame, write_frame, EncryptedBatch, EncryptedOutputs};
@@ -46,24 +46,25 @@ impl ClientKey {
     }
 
     /// Packs and encrypts the quantized pixels of up to N images (N = 8192): ciphertext i holds
-    /// pixel i of image k in slot k. Every image must be the circuit's input, each value in the
-    /// pixel range. Encrypted with the secret key, so that each ciphertext travels as one
-    /// polynomial and a seed.
+    /// pixel i of image k in slot k. Every image must be `input`'s tensor (the bulk spec's
+    /// input, which is all a client has), each value in the pixel range. Encrypted with the
+    /// secret key, so that each ciphertext travels as one polynomial and a seed.
     ///
     /// ```
     /// # let network = hexray_model::testing::tiny_quadratic_network();
     /// let circuit = hexray_model::packed::compile(&network, &hexray_bulk::parameters::contract())?;
     /// let key = hexray_bulk::ClientKey::generate();
     /// let images = vec![vec![7; circuit.input_len()]; 3];
-    /// let batch = key.encrypt(&circuit, &images)?;
+    /// let batch = key.encrypt(&circuit.input, &images)?;
     /// assert_eq!((batch.images(), batch.ciphertexts().len()), (3, circuit.input_len()));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn encrypt(
         &self,
-        circuit: &PackedCircuit,
+        input: &InputSpec,
         images: &[Vec<i64>],
     ) -> Result<EncryptedBatch, BulkError> {
+        let pixels = input.shape().len();
         if images.is_empty() || images.len() > DEGREE {
             return Err(BulkError::Count {
                 what: "a batch",
@@ -72,16 +73,12 @@ impl ClientKey {
                 found: images.len(),
             });
         }
-        let max = circuit.input.max_value();
+        let max = input.max_value();
         for (index, image) in images.iter().enumerate() {
-            if image.len() != circuit.input_len() {
+            if image.len() != pixels {
                 return Err(BulkError::Image {
                     index,
-                    reason: format!(
-                        "has {} pixels, the model takes {}",
-                        image.len(),
-                        circuit.input_len()
-                    ),
+                    reason: format!("has {} pixels, the model takes {pixels}", image.len()),
                 });
             }
             if let Some(v) = image.iter().find(|v| !(0..=max).contains(*v)) {
@@ -92,7 +89,7 @@ impl ClientKey {
             }
         }
         let parameters = bfv();
-        let ciphertexts = (0..circuit.input_len())
+        let ciphertexts = (0..pixels)
             .into_par_iter()
             .map(|pixel| {
                 let slots: Vec<i64> = images.iter().map(|image| image[pixel]).collect();
@@ -104,7 +101,7 @@ impl ClientKey {
     }
 
     /// The output integers of each image in a batch's results, in the batch's order: what
-    /// [`PackedCircuit::evaluate`] gives for that image.
+    /// `PackedCircuit::evaluate` gives for that image, and what `BulkSpec::decode` reads.
     pub fn decrypt(&self, outputs: &EncryptedOutputs) -> Result<Vec<Vec<i64>>, BulkError> {
         let per_class = outputs
             .ciphertexts()

@@ -47,7 +47,7 @@ fn a_packed_batch_decrypts_to_the_exact_evaluation_bit_for_bit() {
     let images = sample_images(&circuit);
     assert!(images.len() >= 12, "{} samples", images.len());
     let key = ClientKey::generate();
-    let batch = key.encrypt(&circuit, &images).unwrap();
+    let batch = key.encrypt(&circuit.input, &images).unwrap();
 
     // Key and batch through the wire format, as the server receives them.
     let evaluation_key = EvaluationKey::from_bytes(&key.evaluation_key().unwrap().to_bytes());
@@ -84,7 +84,9 @@ fn a_packed_batch_decrypts_to_the_exact_evaluation_bit_for_bit() {
 fn the_circuits_noise_stays_under_the_compilers_estimate() {
     let circuit = default_circuit();
     let key = ClientKey::generate();
-    let batch = key.encrypt(&circuit, &sample_images(&circuit)).unwrap();
+    let batch = key
+        .encrypt(&circuit.input, &sample_images(&circuit))
+        .unwrap();
     let evaluation_key = key.evaluation_key().unwrap();
     let outputs = hexray_bulk::evaluate::unflooded(&circuit, &evaluation_key, batch).unwrap();
     for ct in outputs.ciphertexts() {
@@ -102,7 +104,7 @@ fn batches_that_are_not_what_they_claim_are_refused() {
     let circuit = default_circuit();
     let key = ClientKey::generate();
     let images = vec![vec![0; circuit.input_len()]; 2];
-    let bytes = key.encrypt(&circuit, &images).unwrap().to_bytes();
+    let bytes = key.encrypt(&circuit.input, &images).unwrap().to_bytes();
     let inputs = circuit.input_len();
     let refused = |bytes: &[u8]| match EncryptedBatch::read_from(bytes, inputs) {
         Err(e) => e.to_string(),
@@ -151,7 +153,7 @@ fn batches_that_are_not_what_they_claim_are_refused() {
         &parameters::contract(),
     )
     .unwrap();
-    let batch = key.encrypt(&tiny, &short).unwrap();
+    let batch = key.encrypt(&tiny.input, &short).unwrap();
     let e = evaluate(&circuit, &key.evaluation_key().unwrap(), batch, &|| {}).err();
     assert!(
         matches!(
@@ -177,7 +179,7 @@ fn batches_that_are_not_what_they_claim_are_refused() {
     assert!(key_refused(&key_bytes[..3]).contains("relinearisation key: missing"));
     // Images that are not the model's input.
     let e = key
-        .encrypt(&circuit, &[vec![300; circuit.input_len()]])
+        .encrypt(&circuit.input, &[vec![300; circuit.input_len()]])
         .err();
     assert!(e
         .unwrap()
