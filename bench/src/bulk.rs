@@ -207,16 +207,8 @@ fn accuracy(
     labels: &[usize],
 ) -> Result<(f64, f64, f64)> {
     let (mut interactive, mut bulk, mut agree) = (0, 0, 0);
-    let shape = circuit.input.shape();
     for (input, &label) in inputs.iter().zip(labels) {
-        let pixels = ndarray::ArrayView3::from_shape(
-            (
-                1,
-                shape.len() / circuit.input.width as usize,
-                circuit.input.width as usize,
-            ),
-            input,
-        )?;
+        let pixels = image_view(&circuit.input, input)?;
         let a = simulate::exact(loaded.circuit(), pixels)?.class();
         let b = simulate::argmax(&circuit.logits(&circuit.evaluate(input)));
         interactive += usize::from(a == label);
@@ -246,10 +238,7 @@ fn tfhe_seconds_per_image(loaded: &LoadedModel, inputs: &[Vec<i64>], count: usiz
         .iter()
         .take(count.max(1))
         .map(|pixels| {
-            let view = ndarray::ArrayView3::from_shape(
-                (1, input.height as usize, input.width as usize),
-                pixels,
-            )?;
+            let view = image_view(input, pixels)?;
             Ok(client.encrypt(loaded.spec(), view)?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -260,6 +249,15 @@ fn tfhe_seconds_per_image(loaded: &LoadedModel, inputs: &[Vec<i64>], count: usiz
     evaluate_batch(loaded, &server, encrypted, &|| bar.inc(1))?;
     bar.finish_and_clear();
     Ok(t.elapsed().as_secs_f64() / images as f64)
+}
+
+/// One image's quantized pixels as the `[1][height][width]` tensor the interactive path takes.
+fn image_view<'a>(
+    input: &hexray_model::network::InputSpec,
+    pixels: &'a [i64],
+) -> Result<ndarray::ArrayView3<'a, i64>> {
+    let shape = (1, input.height as usize, input.width as usize);
+    Ok(ndarray::ArrayView3::from_shape(shape, pixels)?)
 }
 
 /// Resets the kernel's record of this process's peak resident memory (Linux).

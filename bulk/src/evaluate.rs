@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use crate::batch::{EncryptedBatch, EncryptedOutputs};
 use crate::error::BulkError;
 use crate::keys::EvaluationKey;
-use crate::parameters::{bfv, contract, DEGREE};
+use crate::parameters::{bfv, contract, modulus, DEGREE};
 
 /// Evaluates `circuit` on `batch` and re-randomises the results for the client;
 /// `progress` is told each neuron as it finishes, out of [`neurons`] in all.
@@ -236,7 +236,7 @@ fn flooding(bits: u32) -> Result<Poly, BulkError> {
             if v >= half {
                 v - &half
             } else {
-                &q - (&half - v)
+                q - (&half - v)
             }
         })
         .collect();
@@ -250,12 +250,4 @@ fn flooding(bits: u32) -> Result<Poly, BulkError> {
     .map_err(fhe::Error::from)?;
     poly.change_representation(Representation::Ntt);
     Ok(poly)
-}
-
-/// q, the product of the ciphertext primes.
-fn modulus() -> BigUint {
-    bfv()
-        .moduli()
-        .iter()
-        .fold(BigUint::from(1u8), |q, &m| q * m)
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use fhe::bfv::{BfvParameters, BfvParametersBuilder};
 use hexray_model::BulkParameters;
+use num_bigint::BigUint;
 
 /// The parameter set's name, carried by keys, batches and specs.
 pub const NAME: &str = "BFV_N8192_Q218_T54";
@@ -41,6 +42,18 @@ pub fn bfv() -> Arc<BfvParameters> {
                 .expect("the bulk parameter set is valid")
         })
         .clone()
+}
+
+/// q, the product of the ciphertext primes, computed once per process: every scalar product
+/// by a negative weight reads it.
+pub(crate) fn modulus() -> &'static BigUint {
+    static MODULUS: std::sync::OnceLock<BigUint> = std::sync::OnceLock::new();
+    MODULUS.get_or_init(|| {
+        bfv()
+            .moduli()
+            .iter()
+            .fold(BigUint::from(1u8), |q, &m| q * m)
+    })
 }
 
 /// The same parameter set as the numbers `hexray_model::packed::compile` needs.

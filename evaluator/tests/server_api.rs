@@ -109,6 +109,17 @@ async fn app(
     test::init_service(App::new().configure(configure(state, None))).await
 }
 
+/// A server with the test configuration (queue capacity 4) on a fresh data directory, which
+/// the caller keeps for as long as it uses the server.
+async fn fresh_app() -> (
+    tempfile::TempDir,
+    impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&config(dir.path(), 4)).await;
+    (dir, app)
+}
+
 /// Sends a request as `token` (none: anonymous), with POST bodies as octet streams and from a
 /// loopback address; returns the status and the body.
 async fn call_as<S>(
@@ -277,8 +288,7 @@ where
 
 #[actix_web::test]
 async fn every_error_path_answers_json_with_a_stable_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (dir, app) = fresh_app().await;
     let (client, key) = shared_client();
     /// Each case: what is sent, and the status and stable code it must be refused with.
     async fn refused<S>(app: &S, cases: Vec<(Method, String, Vec<u8>, u16, &str)>)
@@ -514,8 +524,7 @@ async fn key_registrations_survive_a_restart() {
 
 #[actix_web::test]
 async fn random_and_truncated_bodies_never_get_a_5xx() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (_dir, app) = fresh_app().await;
     let (client, key) = shared_client();
     let id = register(&app, key).await;
     let image = batch(client, &["pneumoniamnist/test-0000-pneumonia.png"]);
@@ -556,8 +565,7 @@ async fn random_and_truncated_bodies_never_get_a_5xx() {
 
 #[actix_web::test]
 async fn the_openapi_description_matches_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (_dir, app) = fresh_app().await;
     let (status, body) = call(&app, Method::GET, "/api/v1/openapi.json", vec![]).await;
     assert_eq!(status, StatusCode::OK);
     let spec = json(&body);
@@ -643,8 +651,7 @@ fn registrations(config: &Config) -> usize {
 
 #[actix_web::test]
 async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (_dir, app) = fresh_app().await;
     let (client, key) = shared_client();
     let other = Some(tokens().1[1].as_str());
     for (method, uri) in [
@@ -740,8 +747,7 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
 
 #[actix_web::test]
 async fn each_model_is_listed_with_its_cards_summary_and_its_card_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (_dir, app) = fresh_app().await;
     let (status, body) = call(&app, Method::GET, "/api/v1/models", vec![]).await;
     assert_eq!(status, StatusCode::OK);
     let listing = json(&body);
@@ -776,8 +782,7 @@ async fn each_model_is_listed_with_its_cards_summary_and_its_card_is_served() {
 /// client spec's fingerprint, and refused in words for one that does not.
 #[actix_web::test]
 async fn the_bulk_spec_is_served_for_the_models_that_take_the_bulk_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (_dir, app) = fresh_app().await;
     let (_, body) = call(&app, Method::GET, "/api/v1/models", vec![]).await;
     let listing = json(&body);
     for listed in listing["models"].as_array().unwrap() {
@@ -802,8 +807,7 @@ async fn the_bulk_spec_is_served_for_the_models_that_take_the_bulk_path() {
 
 #[actix_web::test]
 async fn the_client_spec_holds_no_weights_and_a_stale_fingerprint_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (_dir, app) = fresh_app().await;
     let (status, body) = call(&app, Method::GET, "/api/v1/models/pneumonia-a", vec![]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.len() < 4096, "the spec is {} bytes", body.len());
@@ -1264,8 +1268,7 @@ fn status_events(stream: &str) -> Vec<Value> {
 
 #[actix_web::test]
 async fn the_progress_stream_runs_to_the_finished_job_and_then_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = app(&config(dir.path(), 4)).await;
+    let (_dir, app) = fresh_app().await;
     let (client, key) = shared_client();
     let id = register(&app, key).await;
     let two = batch(

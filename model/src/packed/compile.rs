@@ -102,22 +102,20 @@ fn plan<'a>(network: &'a Network, shapes: &[Shape]) -> Result<Plan<'a>, ModelErr
     }
     let mut hidden = None;
     let mut shape = network.input_shape();
-    let mut forms = Affine::identity(shape.len());
+    // The values the current run of linear layers reads: the pixels, then the activations.
+    let mut stage_inputs = shape.len();
+    let mut forms = Affine::identity(stage_inputs);
     for (i, layer) in network.layers.iter().enumerate() {
         match layer {
             Layer::Activation(act) => {
                 for function in &act.functions {
                     check_quadratic(i, function)?;
                 }
-                let done = std::mem::replace(&mut forms, Affine::identity(shape.len()));
+                stage_inputs = shape.len();
+                let done = std::mem::replace(&mut forms, Affine::identity(stage_inputs));
                 hidden = Some((done, act, shape));
             }
             linear_layer => {
-                let stage_inputs = hidden
-                    .as_ref()
-                    .map_or(network.input_shape().len(), |(_, _, s): &(_, _, Shape)| {
-                        s.len()
-                    });
                 forms = linear::apply(i, linear_layer, (shape, shapes[i]), &forms, stage_inputs)?;
             }
         }
