@@ -10,6 +10,7 @@
 //! - [`batch`]: packed ciphertexts and their streamed wire format;
 //! - [`keys`]: the client's secret key (packing, encryption, decryption) and the server's
 //!   evaluation key;
+//! - [`upload`]: a bulk job's request body, the evaluation key then the batch;
 //! - [`evaluate`](mod@evaluate): the packed circuit run on a batch.
 //!
 //! The circuit itself, with its range proof and its exact evaluation, is the contract's
@@ -21,6 +22,7 @@ pub mod error;
 pub mod evaluate;
 pub mod keys;
 pub mod parameters;
+pub mod upload;
 
 pub use batch::{EncryptedBatch, EncryptedOutputs};
 pub use error::BulkError;

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use hexray_model::bulk_spec::BulkSpec;
 use hexray_model::ClientSpec;
 use serde_json::Value;
 use thiserror::Error;
@@ -186,11 +187,45 @@ impl ApiClient {
         string(&reply, "job_id")
     }
 
+    /// A served model's bulk spec; `not_found` for a model that does not take the bulk path.
+    pub fn bulk_spec(&self, model: &str) -> Result<BulkSpec, ClientError> {
+        let bytes = self
+            .request(&format!("/api/v1/models/{model}/bulk-spec"), None)?
+            .bytes()?;
+        BulkSpec::from_json(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Submits a bulk upload ([`hexray_bulk::upload`]) encrypted for `spec`; returns the job id.
+    pub fn submit_bulk(
+        &self,
+        model: &str,
+        spec: &BulkSpec,
+        upload: &[u8],
+    ) -> Result<String, ClientError> {
+        let path = format!(
+            "/api/v1/bulk-jobs?model={model}&fingerprint={}",
+            spec.fingerprint
+        );
+        let reply = self.request(&path, Some(upload))?.json()?;
+        string(&reply, "job_id")
+    }
+
     /// Polls a job until it is done or failed; returns its last status.
     pub fn wait(&self, job: &str, timeout: Duration) -> Result<Value, ClientError> {
+        self.follow(job, timeout, |_| {})
+    }
+
+    /// [`wait`](Self::wait), showing each status polled to `seen` (for a progress bar).
+    pub fn follow(
+        &self,
+        job: &str,
+        timeout: Duration,
+        mut seen: impl FnMut(&Value),
+    ) -> Result<Value, ClientError> {
         let start = Instant::now();
         loop {
             let status = self.request(&format!("/api/v1/jobs/{job}"), None)?.json()?;
+            seen(&status);
             if matches!(status["state"].as_str(), Some("done" | "failed")) {
                 return Ok(status);
             }

@@ -409,3 +409,120 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
     kill(server);
 }
+
+/// `hexray bulk` on a folder that mixes DICOM, PNG and a text file, against a real server: the
+/// text file is listed with its reason and left out, every image gets a row with the page's
+/// columns, each class is the packed circuit's exact class for that file, a DICOM's patient
+/// name and study date are written as the page writes them, and an existing CSV is never
+/// overwritten.
+#[test]
+fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
+    let token = new_token(&tokens);
+    let folder = dir.path().join("export");
+    std::fs::create_dir_all(folder.join("dicom")).unwrap();
+    let images = [
+        ("covid-1.png", "covid-cxr-actualmed/covid-1.png"),
+        (
+            "test-0235-normal.png",
+            "pneumoniamnist/test-0235-normal.png",
+        ),
+        ("dicom/normal-1.dcm", "dicom/chest/normal-1.dx-mono2.dcm"),
+        (
+            "dicom/test-0000.dcm",
+            "dicom/chest/test-0000-pneumonia.jpeg-lossless-sv1.dcm",
+        ),
+    ];
+    for (name, source) in images {
+        std::fs::copy(sample(source), folder.join(name)).unwrap();
+    }
+    std::fs::write(folder.join("notes.txt"), "not an X-ray").unwrap();
+    let port = port();
+    let server = serve(&data, &tokens, port);
+    let out_csv = dir.path().join("results.csv");
+    let bulk = || {
+        hexray()
+            .args(["bulk", "--server", &format!("http://127.0.0.1:{port}")])
+            .arg("--folder")
+            .arg(&folder)
+            .arg("--out")
+            .arg(&out_csv)
+            .env("HEXRAY_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let out = bulk();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("skipped notes.txt: decoding"),
+        "the text file is listed with its reason: {stderr}"
+    );
+    let csv = std::fs::read_to_string(&out_csv).unwrap();
+    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    // Without --model: the first model the server lists for the bulk path, the bundled default.
+    let model = bundled_default().unwrap();
+    let circuit =
+        hexray_model::packed::compile(&model.model().network, &hexray_bulk::parameters::contract())
+            .unwrap();
+    let spec = hexray_model::bulk_spec::BulkSpec::of(model.model(), &circuit);
+    let classes = &model.spec().classes;
+    let header = format!(
+        "file,patient_name,study_date,class,{},borderline,model,model_version",
+        classes
+            .iter()
+            .map(|c| format!("p_{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(lines[0], header);
+    assert_eq!(lines.len(), 1 + images.len(), "{csv}");
+    let mut names: Vec<&str> = images.iter().map(|(name, _)| *name).collect();
+    names.sort();
+    for (line, name) in lines[1..].iter().zip(names) {
+        let cells = csv_fields(line);
+        assert_eq!(cells[0], name, "{line}");
+        let bytes = std::fs::read(folder.join(name)).unwrap();
+        let input = preprocess(&bytes, &circuit.input).unwrap();
+        let pixels: Vec<i64> = input.iter().copied().collect();
+        let exact = spec.decode(&circuit.evaluate(&pixels));
+        assert_eq!(cells[3], classes[exact.class], "{line}");
+        let p: f64 = cells[4..4 + classes.len()]
+            .iter()
+            .map(|p| p.parse::<f64>().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-3, "{line}");
+        assert_eq!(cells[cells.len() - 2], model.model().name, "{line}");
+        if name.ends_with(".dcm") {
+            assert_eq!(cells[1..3], ["DOE, JANE", "2024-01-31"], "{line}");
+        } else {
+            assert_eq!(cells[1..3], ["", ""], "{line}");
+        }
+    }
+    // A second run refuses to overwrite the results.
+    let out = bulk();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+    assert_eq!(std::fs::read_to_string(&out_csv).unwrap(), csv);
+    kill(server);
+}
+
+/// One line of RFC 4180 CSV, split into its fields.
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}

@@ -16,6 +16,12 @@ pub const WORKERS: usize = 1;
 pub const QUEUE_LIMIT: usize = 16;
 /// Jobs one token may have queued or running.
 pub const MAX_JOBS_PER_TOKEN: usize = 4;
+/// Bulk jobs that may be queued or running, all tokens together: each holds an upload of up to
+/// a few hundred MB on disk (or in the database) until it is evaluated.
+pub const BULK_QUEUE_LIMIT: usize = 4;
+/// Images one token may have in the bulk jobs kept (queued, running, or finished within the
+/// retention): four full batches an hour by default.
+pub const MAX_BULK_IMAGES_PER_TOKEN: usize = 4 * 8192;
 /// Most images in one job: a clinician's batch.
 pub const MAX_BATCH: usize = 16;
 /// Keys one token may have registered.

@@ -22,6 +22,9 @@ pub enum ApiError {
         context: String,
         source: hexray_crypto::CryptoError,
     },
+    /// The bulk path's parameter-set refusal ([`hexray_bulk::BulkError::ParameterMismatch`]).
+    #[error("{0}")]
+    BulkParameterMismatch(String),
     #[error("{0}")]
     MalformedKey(String),
     #[error("{0}")]
@@ -56,6 +59,12 @@ pub enum ApiError {
     TooManyUploads { limit: usize },
     #[error("this token already has {limit} jobs queued or running; wait for one to finish")]
     TooManyJobs { limit: usize },
+    #[error("this token already has {used} images in bulk jobs kept by the server, of its {limit} per {hours} h; wait for older jobs to expire")]
+    ImageQuota {
+        limit: usize,
+        used: usize,
+        hours: f64,
+    },
     #[error("this job already has {limit} progress streams open; poll the job instead")]
     TooManyStreams { limit: usize },
     #[error("the request body did not arrive within {seconds} s")]
@@ -119,6 +128,7 @@ error_codes! {
     StorageFull = "storage_full",
     TooManyUploads = "too_many_uploads",
     TooManyJobs = "too_many_jobs",
+    ImageQuota = "image_quota",
     TooManyStreams = "too_many_streams",
     BodyTimeout = "body_timeout",
     Busy = "busy",
@@ -139,7 +149,9 @@ impl ApiError {
             ApiError::UnknownModel(_) => ErrorCode::UnknownModel,
             ApiError::UnknownKey(_) => ErrorCode::UnknownKey,
             ApiError::UnknownJob(_) => ErrorCode::UnknownJob,
-            ApiError::ParameterMismatch { .. } => ErrorCode::ParameterMismatch,
+            ApiError::ParameterMismatch { .. } | ApiError::BulkParameterMismatch(_) => {
+                ErrorCode::ParameterMismatch
+            }
             ApiError::MalformedKey(_) => ErrorCode::MalformedKey,
             ApiError::MalformedCiphertext(_) => ErrorCode::MalformedCiphertext,
             ApiError::WrongInputCount(_) => ErrorCode::WrongInputCount,
@@ -156,11 +168,32 @@ impl ApiError {
             ApiError::StorageFull => ErrorCode::StorageFull,
             ApiError::TooManyUploads { .. } => ErrorCode::TooManyUploads,
             ApiError::TooManyJobs { .. } => ErrorCode::TooManyJobs,
+            ApiError::ImageQuota { .. } => ErrorCode::ImageQuota,
             ApiError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
             ApiError::BodyTimeout { .. } => ErrorCode::BodyTimeout,
             ApiError::Busy => ErrorCode::Busy,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Internal(_) | ApiError::Engine(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A bulk upload's refusal in the API's terms: the client's bytes are a 4xx; only a failure of
+/// the BFV library itself is the server's.
+impl From<hexray_bulk::BulkError> for ApiError {
+    fn from(e: hexray_bulk::BulkError) -> Self {
+        use hexray_bulk::BulkError;
+        match e {
+            BulkError::ParameterMismatch { .. } => ApiError::BulkParameterMismatch(e.to_string()),
+            BulkError::Count { .. } => ApiError::WrongInputCount(e.to_string()),
+            BulkError::Deserialize {
+                what: "evaluation key",
+                ..
+            } => ApiError::MalformedKey(e.to_string()),
+            BulkError::Deserialize { .. } | BulkError::Image { .. } => {
+                ApiError::MalformedCiphertext(e.to_string())
+            }
+            BulkError::Scheme(_) => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -198,6 +231,7 @@ impl ResponseError for ApiError {
             | ApiError::UnknownJob(_)
             | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::ParameterMismatch { .. }
+            | ApiError::BulkParameterMismatch(_)
             | ApiError::MalformedKey(_)
             | ApiError::MalformedCiphertext(_)
             | ApiError::WrongInputCount(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -211,6 +245,7 @@ impl ResponseError for ApiError {
             ApiError::KeyQuota { .. }
             | ApiError::TooManyUploads { .. }
             | ApiError::TooManyJobs { .. }
+            | ApiError::ImageQuota { .. }
             | ApiError::TooManyStreams { .. }
             | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::jobs::{Depth, JobState, JobStorage, NewJob, Status};
+use super::jobs::{Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress, Status};
 use super::keys::KEY_ID_HEADER;
 use super::metrics::Gauges;
 use super::models::ServedModel;
@@ -53,6 +53,7 @@ api_routes! {
     post "/api/v1/keys" => register_key,
     get "/api/v1/keys/{id}" => key_status,
     post "/api/v1/jobs" => submit_job,
+    post "/api/v1/bulk-jobs" => submit_bulk_job,
     get "/api/v1/jobs/{id}" => job_status,
     get "/api/v1/jobs/{id}/events" => job_events,
     get "/api/v1/jobs/{id}/outputs" => job_outputs,
@@ -263,19 +264,12 @@ async fn submit_job(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let owner = state.access.clinician(&request)?;
-    // Parsed after the token check, so an anonymous request learns nothing of the API.
     let JobQuery {
         model,
         key,
         fingerprint,
-    } = web::Query::<JobQuery>::from_query(request.query_string())
-        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
-        .into_inner();
-    let model = state
-        .models
-        .get(&model)
-        .cloned()
-        .ok_or(ApiError::UnknownModel(model))?;
+    } = query(&request)?;
+    let model = served(&state, model)?;
     if fingerprint != model.loaded.spec().fingerprint {
         return Err(ApiError::StaleModel(model.id.clone()));
     }
@@ -291,8 +285,7 @@ async fn submit_job(
             source,
         })?;
     // Refuse a token at its share of the queue before reading its body.
-    let (jobs, room_owner) = (state.jobs.clone(), owner.clone());
-    blocking(move || jobs.check_owner_room(&room_owner)).await?;
+    check_room(&state, &owner, JobKind::Interactive).await?;
     let body = upload.receive(&state, body).await?;
     let max_images = state.limits.batch_images;
     let inputs_len = model.loaded.circuit().input_len();
@@ -319,19 +312,101 @@ async fn submit_job(
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
-    let jobs = state.jobs.clone();
-    let status = blocking(move || {
-        jobs.submit(NewJob {
+    let inputs = JobInputs::Images {
+        key_id: key,
+        images: inputs,
+    };
+    accepted(
+        &state,
+        NewJob {
             model,
             owner,
-            key_id: key,
             inputs,
-        })
-    })
-    .await?;
+        },
+    )
+    .await
+}
+
+/// A job route's query string. Routes parse it after the token check, so an anonymous request
+/// learns nothing of the API.
+fn query<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(request.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
+}
+
+/// The served model `id`, or 404 `unknown_model`.
+fn served(state: &AppState, id: String) -> Result<Arc<ServedModel>, ApiError> {
+    state
+        .models
+        .get(&id)
+        .cloned()
+        .ok_or(ApiError::UnknownModel(id))
+}
+
+/// Refuses a job of `kind` for `owner` when the queue has no room for it
+/// ([`JobStorage::check_room`]): run before its body is read.
+async fn check_room(state: &AppState, owner: &Owner, kind: JobKind) -> Result<(), ApiError> {
+    let (jobs, owner) = (state.jobs.clone(), owner.clone());
+    blocking(move || jobs.check_room(&owner, kind)).await
+}
+
+/// Queues a checked job, answering 202 with its status and where to follow it.
+async fn accepted(state: &AppState, job: NewJob) -> Result<HttpResponse, ApiError> {
+    let jobs = state.jobs.clone();
+    let status = blocking(move || jobs.submit(job)).await?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/jobs/{}", status.job_id)))
         .json(status))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkJobQuery {
+    model: String,
+    /// The fingerprint of the bulk spec the images were encrypted for.
+    fingerprint: String,
+}
+
+/// Accepts a bulk job ([`hexray_bulk::upload`]: the evaluation key, then one packed batch of up
+/// to 8192 images). The body, up to a few hundred MB, is streamed to a file and read through
+/// once before the job is queued, so a malformed, foreign or truncated upload is refused here,
+/// in words, and never reaches a worker. Status, progress and outputs are the interactive
+/// job's routes.
+async fn submit_bulk_job(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let owner = state.access.clinician(&request)?;
+    let BulkJobQuery { model, fingerprint } = query(&request)?;
+    let model = served(&state, model)?;
+    let spec = model
+        .bulk_spec()
+        .ok_or_else(|| ApiError::NotFound(format!("the bulk path of {}", model.id)))?;
+    if fingerprint != spec.fingerprint {
+        return Err(ApiError::StaleModel(model.id.clone()));
+    }
+    let inputs = spec.input.shape().len();
+    let upload = admit_body(&state, &owner, &request, hexray_bulk::upload::limit(inputs))?;
+    check_room(&state, &owner, JobKind::Bulk).await?;
+    let file = upload.spool(&state, body).await?;
+    let (file, images) = blocking(move || {
+        let reader = std::fs::File::open(&file)
+            .map_err(|e| ApiError::Internal(format!("the spooled upload: {e}")))?;
+        let (_, batch) = hexray_bulk::upload::read(reader, inputs)?;
+        Ok((file, batch.images()))
+    })
+    .await?;
+    accepted(
+        &state,
+        NewJob {
+            model,
+            owner,
+            inputs: JobInputs::Bulk { file, images },
+        },
+    )
+    .await
 }
 
 /// The status of job `id`, if it is `owner`'s.
@@ -370,8 +445,8 @@ struct Follow {
     _slot: Slot,
 }
 
-/// Server-sent events: a `status` event at once, then whenever the state or the bootstrap
-/// count has changed (at most five a second), ending after the final one; a comment line every
+/// Server-sent events: a `status` event at once, then whenever the state or the progress
+/// (bootstraps, or a bulk job's neurons) has changed (at most five a second), ending after the final one; a comment line every
 /// [`HEARTBEAT`] while nothing changes. Each job allows a few streams at once on each node.
 /// Any node can follow any job of a shared queue.
 async fn job_events(
@@ -399,7 +474,7 @@ fn progress_events(follow: Follow) -> impl Stream<Item = Result<web::Bytes, acti
     // before the first event. The stream ends after a final status, or when the job can no
     // longer be read (expired, or the storage failed).
     futures_util::stream::unfold(Some((follow, None)), |state| async move {
-        let (follow, last): (Follow, Option<(JobState, usize)>) = state?;
+        let (follow, last): (Follow, Option<(JobState, Progress)>) = state?;
         if last.is_some() {
             tokio::time::sleep(STREAM_PERIOD).await;
         }
@@ -410,7 +485,7 @@ fn progress_events(follow: Follow) -> impl Stream<Item = Result<web::Bytes, acti
             let Ok(status) = status else {
                 return None;
             };
-            let progress = (status.state, status.bootstraps_done);
+            let progress = (status.state, status.progress);
             if last != Some(progress) {
                 let event = format!(
                     "event: status\ndata: {}\n\n",
@@ -431,7 +506,8 @@ fn progress_events(follow: Follow) -> impl Stream<Item = Result<web::Bytes, acti
     })
 }
 
-/// The packed encrypted outputs ([`frames`]), one per input image, in order.
+/// The encrypted outputs: for an interactive job, packed ([`frames`]), one per input image, in
+/// order; for a bulk job, the encrypted results ([`hexray_bulk::batch`]).
 async fn job_outputs(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -528,7 +604,59 @@ fn admit_body(
     })
 }
 
+/// How much of a spooled body is gathered in memory before it is written out.
+const SPOOL_CHUNK: usize = 4 << 20;
+
 impl Upload {
+    /// Streams the body to a new file in the server's spool directory, in writes of
+    /// [`SPOOL_CHUNK`] on a blocking thread, under the same limit and deadline as
+    /// [`receive`](Self::receive). The file is removed when the returned path is dropped, and
+    /// at once if the body is refused.
+    async fn spool(
+        self,
+        state: &AppState,
+        mut payload: web::Payload,
+    ) -> Result<tempfile::TempPath, ApiError> {
+        let disk = |e: std::io::Error| ApiError::Internal(format!("spooling a bulk upload: {e}"));
+        let dir = state.spool.clone();
+        let (file, path) = blocking(move || {
+            tempfile::Builder::new()
+                .prefix("bulk-")
+                .tempfile_in(&dir)
+                .map_err(disk)
+        })
+        .await?
+        .into_parts();
+        let write = |mut file: std::fs::File, bytes: web::Bytes| {
+            blocking(move || {
+                std::io::Write::write_all(&mut file, &bytes).map_err(disk)?;
+                Ok(file)
+            })
+        };
+        let limit = self.limit;
+        let seconds = state.limits.body_timeout.as_secs();
+        let read = async {
+            let (mut file, mut buffer, mut received) = (file, web::BytesMut::new(), 0);
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+                received += chunk.len();
+                if received > limit {
+                    return Err(ApiError::TooLarge { limit });
+                }
+                buffer.extend_from_slice(&chunk);
+                if buffer.len() >= SPOOL_CHUNK {
+                    file = write(file, buffer.split().freeze()).await?;
+                }
+            }
+            write(file, buffer.freeze()).await.map(drop)
+        };
+        tokio::time::timeout(state.limits.body_timeout, read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout { seconds })??;
+        Ok(path)
+    }
+
     /// Reads the body. A larger body than the limit is refused as soon as the bytes received
     /// pass it, and a body that does not arrive within the deadline is dropped.
     async fn receive(

@@ -26,7 +26,8 @@ use hexray_engine::LoadError;
 pub struct Config {
     /// `*.hexray` files to serve; `None` serves the bundled default model.
     pub models_dir: Option<PathBuf>,
-    /// Where registered keys are persisted by the embedded back end.
+    /// Where registered keys are persisted by the embedded back end, and where bulk uploads are
+    /// spooled (`spool/`) by either back end. One server process per directory.
     pub data_dir: PathBuf,
     /// A PostgreSQL database shared by several evaluator nodes (`postgres://…`) for keys and
     /// jobs; `None`: the embedded back end, in `data_dir` and memory.
@@ -65,6 +66,8 @@ impl Config {
                 capacity: defaults::QUEUE_LIMIT,
                 retention: Duration::from_secs(defaults::JOB_RETENTION_S),
                 per_owner: defaults::MAX_JOBS_PER_TOKEN,
+                bulk_capacity: defaults::BULK_QUEUE_LIMIT,
+                bulk_images_per_owner: defaults::MAX_BULK_IMAGES_PER_TOKEN,
                 lease: Duration::from_secs(defaults::LEASE_S),
             },
             key_cache_bytes: defaults::KEY_CACHE_MIB << 20,
@@ -156,6 +159,8 @@ pub struct AppState {
     pub access: Access,
     pub limits: Limits,
     pub bodies: BodyLimits,
+    /// Where bulk uploads are streamed to (`data_dir/spool`).
+    pub spool: PathBuf,
     /// This node's name, as health reports it: which of several nodes answered.
     pub node: String,
     /// Where keys and jobs are kept: `embedded` or `postgres`.
@@ -208,6 +213,21 @@ impl Drop for Slot {
             }
         }
     }
+}
+
+/// Creates `data_dir/spool`, emptied of what an earlier process left: uploads it was receiving,
+/// and the embedded queue's bulk batches, which ended with it.
+fn open_spool(data_dir: &Path) -> Result<PathBuf, StartError> {
+    let spool = data_dir.join("spool");
+    let fault = |source| StartError::DataDir {
+        path: spool.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&spool).map_err(fault)?;
+    for entry in std::fs::read_dir(&spool).map_err(fault)? {
+        std::fs::remove_file(entry.map_err(fault)?.path()).map_err(fault)?;
+    }
+    Ok(spool)
 }
 
 impl AppState {
@@ -274,6 +294,7 @@ impl AppState {
             None => Arc::new(MemoryJobs::start(&config.queue, &config.node, evaluator)),
         };
         let bodies = models.body_limits(config.limits.batch_images)?;
+        let spool = open_spool(&config.data_dir)?;
         Ok(AppState {
             models,
             keys,
@@ -283,6 +304,7 @@ impl AppState {
             access,
             limits: config.limits,
             bodies,
+            spool,
             node: config.node.clone(),
             storage: if config.database_url.is_some() {
                 "postgres"

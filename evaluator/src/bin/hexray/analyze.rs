@@ -12,16 +12,12 @@ use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_evaluator::client::ApiClient;
 use hexray_model::client_spec::BORDERLINE_NOTE;
 
-use crate::read_image;
+use crate::{read_image, ServerArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The server, e.g. `https://hexray.hospital.example` or `http://127.0.0.1:8080`.
-    #[arg(long, env = "HEXRAY_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
-    /// The access token (`hexray token new`); the environment keeps it out of shell history.
-    #[arg(long, env = "HEXRAY_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The served model's id; without it, the server's default (the first it lists).
     #[arg(long)]
     model: Option<String>,
@@ -34,7 +30,7 @@ pub struct Args {
 }
 
 pub fn analyze(args: Args) -> Result<()> {
-    let api = ApiClient::new(&args.server, args.token.as_deref());
+    let api = args.server.client();
     let model = match args.model {
         Some(model) => model,
         None => api

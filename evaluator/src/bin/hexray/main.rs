@@ -3,6 +3,8 @@
 //! - `hexray run --image X.png` (or `.jpg`, `.dcm`): the whole pipeline on one machine (keygen, encrypt, evaluate,
 //!   decrypt), compared with the plaintext simulator;
 //! - `hexray analyze --server URL --image X.png`: a clinician's client of a remote server;
+//! - `hexray bulk --server URL --folder DIR`: a folder of X-rays screened on a remote server in
+//!   one packed batch (the bulk path), results written to a CSV;
 //! - `hexray inspect`: what a model costs (bootstraps) and how noisy each layer is;
 //! - `hexray simulate --image X.png`: the plaintext simulator's prediction, exact and noisy, as JSON;
 //! - `hexray serve`: the self-hosted server with the clinician page and the API;
@@ -12,6 +14,7 @@
 //! The benchmarks are another binary, `hexray-bench` (the `bench/` crate).
 
 mod analyze;
+mod bulk;
 mod client_spec;
 mod inspect;
 mod run;
@@ -49,16 +52,55 @@ impl ModelArg {
     }
 }
 
+/// An image file read and preprocessed for a model, with what its DICOM header names.
+pub struct ImageFile {
+    pub input: Array3<i64>,
+    pub patient_name: Option<String>,
+    pub study_date: Option<String>,
+}
+
 /// Reads an image file (PNG, JPEG or DICOM) and preprocesses it for `spec`, printing what a
 /// DICOM file warns about (another modality, several frames…) to stderr: the images `run`,
-/// `simulate` and `analyze` are given all come through here.
-pub fn read_image(path: &Path, spec: &InputSpec) -> Result<Array3<i64>> {
+/// `simulate`, `analyze` and `bulk` are given all come through here.
+pub fn read_image_file(path: &Path, spec: &InputSpec) -> Result<ImageFile> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let decoded = decode(&bytes).with_context(|| format!("decoding {}", path.display()))?;
     for warning in decoded.dicom.iter().flat_map(|info| &info.warnings) {
         eprintln!("warning: {}: {warning}", path.display());
     }
-    preprocess_luma(decoded.luma, spec).with_context(|| format!("preprocessing {}", path.display()))
+    let (patient_name, study_date) = decoded
+        .dicom
+        .map(|info| (info.patient_name, info.study_date))
+        .unwrap_or_default();
+    let input = preprocess_luma(decoded.luma, spec)
+        .with_context(|| format!("preprocessing {}", path.display()))?;
+    Ok(ImageFile {
+        input,
+        patient_name,
+        study_date,
+    })
+}
+
+/// [`read_image_file`]'s input tensor alone.
+pub fn read_image(path: &Path, spec: &InputSpec) -> Result<Array3<i64>> {
+    Ok(read_image_file(path, spec)?.input)
+}
+
+/// The server a client command talks to, and its token.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// The server, e.g. `https://hexray.hospital.example` or `http://127.0.0.1:8080`.
+    #[arg(long, env = "HEXRAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The access token (`hexray token new`); the environment keeps it out of shell history.
+    #[arg(long, env = "HEXRAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    pub fn client(&self) -> hexray_evaluator::client::ApiClient {
+        hexray_evaluator::client::ApiClient::new(&self.server, self.token.as_deref())
+    }
 }
 
 /// One image through one model, compared with the noisy simulator: `run` and `simulate`.
@@ -91,6 +133,9 @@ enum Command {
     Run(ImageArgs),
     /// Analyse X-rays on a remote server, as the page does: encrypted here, decrypted here.
     Analyze(analyze::Args),
+    /// Screen a folder of X-rays on a remote server by the bulk path: packed and encrypted
+    /// here, thousands per job, results decrypted here into a CSV.
+    Bulk(bulk::Args),
     /// Print a model's circuit: bootstraps, accumulator widths and noise per layer.
     Inspect(ModelArg),
     /// Print the plaintext simulator's prediction for an image (exact and noisy) as JSON.
@@ -108,6 +153,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
+        Command::Bulk(args) => bulk::bulk(args),
         Command::Inspect(model) => inspect::print_report(&model.load()?),
         Command::Serve(args) => serve::serve(*args),
         Command::Simulate(args) => simulate::simulate(args),

@@ -75,6 +75,15 @@ pub struct Args {
     /// Jobs one token may have queued or running (429 beyond).
     #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = defaults::MAX_JOBS_PER_TOKEN)]
     max_jobs_per_token: usize,
+    /// Bulk jobs (`POST /api/v1/bulk-jobs`, up to a few hundred MB each on disk or in the
+    /// database) that may be queued or running, all tokens together (503 beyond).
+    #[arg(long, env = "HEXRAY_BULK_QUEUE_LIMIT", default_value_t = defaults::BULK_QUEUE_LIMIT)]
+    bulk_queue_limit: usize,
+    /// Images one token may have in the bulk jobs the server keeps (queued, running, or finished
+    /// within --job-retention-s), 429 beyond: it bounds how many chosen images a token can have
+    /// the model answer exactly.
+    #[arg(long, env = "HEXRAY_MAX_BULK_IMAGES_PER_TOKEN", default_value_t = defaults::MAX_BULK_IMAGES_PER_TOKEN)]
+    max_bulk_images_per_token: usize,
     /// Most images in one job.
     #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = defaults::MAX_BATCH)]
     max_batch: usize,
@@ -137,6 +146,8 @@ pub fn serve(args: Args) -> Result<()> {
             capacity: args.queue_limit.max(1),
             retention: Duration::from_secs(args.job_retention_s),
             per_owner: args.max_jobs_per_token.max(1),
+            bulk_capacity: args.bulk_queue_limit,
+            bulk_images_per_owner: args.max_bulk_images_per_token,
             lease: Duration::from_secs(args.lease_s.max(1)),
         },
         key_cache_bytes: args.key_cache_mib << 20,

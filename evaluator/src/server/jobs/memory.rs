@@ -7,10 +7,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hexray_crypto::{frames, EncryptedImage};
+use hexray_crypto::frames;
 
 use super::{
-    job_id, owner_room, start_sweeper, Depth, JobState, JobStorage, NewJob, QueueConfig, Status,
+    job_id, room, start_sweeper, Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress,
+    QueueConfig, QueueOccupancy, Status,
 };
 use crate::server::auth::Owner;
 use crate::server::error::{ApiError, ErrorCode};
@@ -23,13 +24,15 @@ struct Job {
     id: String,
     model: Arc<ServedModel>,
     owner: Owner,
-    key_id: String,
+    kind: JobKind,
     images: usize,
-    bootstraps_total: usize,
-    bootstraps_done: AtomicUsize,
+    /// Units of work ([`JobKind::work`]): bootstraps, or packed neurons.
+    work_total: usize,
+    work_done: AtomicUsize,
     /// The node whose workers evaluate it.
     node: Arc<str>,
-    inputs: Mutex<Option<Vec<EncryptedImage>>>,
+    /// Taken by the worker that evaluates it; a bulk job's file goes with the job.
+    inputs: Mutex<Option<JobInputs>>,
     state: Mutex<State>,
 }
 
@@ -67,10 +70,14 @@ impl Job {
         Status {
             job_id: self.id.clone(),
             model: self.model.id.clone(),
+            kind: self.kind,
             state: name,
             images: self.images,
-            bootstraps_done: self.bootstraps_done.load(Ordering::Relaxed),
-            bootstraps_total: self.bootstraps_total,
+            progress: Progress::new(
+                self.kind,
+                self.work_done.load(Ordering::Relaxed),
+                self.work_total,
+            ),
             seconds,
             error: error.map(|(_, message)| message.clone()),
             error_code: error.map(|(code, _)| code.as_str()),
@@ -97,6 +104,11 @@ impl Job {
         )
     }
 
+    /// A bulk job, queued or running.
+    fn holds_bulk(&self) -> bool {
+        self.kind == JobKind::Bulk && self.is_active()
+    }
+
     fn finished_at(&self) -> Option<Instant> {
         match &*self.state.lock().expect("job state lock") {
             State::Done { finished, .. } | State::Failed { finished, .. } => Some(*finished),
@@ -111,7 +123,8 @@ pub struct MemoryJobs {
     jobs: Arc<Jobs>,
     queued: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
-    per_owner: usize,
+    /// The limits [`room`] checks.
+    config: QueueConfig,
     /// This node's name, which its jobs report.
     node: Arc<str>,
     metrics: Arc<Metrics>,
@@ -165,7 +178,7 @@ impl MemoryJobs {
             jobs,
             queued,
             running,
-            per_owner: config.per_owner,
+            config: *config,
             node: node.into(),
             metrics,
         }
@@ -185,15 +198,15 @@ impl MemoryJobs {
 
 impl JobStorage for MemoryJobs {
     fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
-        let images = new.inputs.len();
+        let (kind, images) = (new.inputs.kind(), new.inputs.images());
         let job = Arc::new(Job {
             id: job_id(),
-            bootstraps_total: images * new.model.loaded.circuit().bootstrap_count(),
+            work_total: kind.work(&new.model, images),
             model: new.model,
             owner: new.owner,
-            key_id: new.key_id,
+            kind,
             images,
-            bootstraps_done: AtomicUsize::new(0),
+            work_done: AtomicUsize::new(0),
             node: self.node.clone(),
             inputs: Mutex::new(Some(new.inputs)),
             state: Mutex::new(State::Queued),
@@ -201,7 +214,7 @@ impl JobStorage for MemoryJobs {
         // The owner's share is counted and the job entered under one lock, so that two
         // submissions at once cannot both take the last place.
         let mut table = self.jobs.table.lock().expect("job table lock");
-        owner_room(active_jobs(&table, &job.owner), self.per_owner)?;
+        self.room(&table, &job.owner, kind, images)?;
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.sender.try_send(job.clone()) {
             Ok(()) => {
@@ -218,9 +231,9 @@ impl JobStorage for MemoryJobs {
         }
     }
 
-    fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
+    fn check_room(&self, owner: &Owner, kind: JobKind) -> Result<(), ApiError> {
         let table = self.jobs.table.lock().expect("job table lock");
-        owner_room(active_jobs(&table, owner), self.per_owner)
+        self.room(&table, owner, kind, 1)
     }
 
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
@@ -242,12 +255,26 @@ impl JobStorage for MemoryJobs {
     }
 }
 
-/// How many of `owner`'s jobs in `table` are queued or running.
-fn active_jobs(table: &HashMap<String, Arc<Job>>, owner: &Owner) -> usize {
-    table
-        .values()
-        .filter(|job| job.owner == *owner && job.is_active())
-        .count()
+impl MemoryJobs {
+    /// [`room`] for a job of `owner`'s of `images` images, counted in `table`.
+    fn room(
+        &self,
+        table: &HashMap<String, Arc<Job>>,
+        owner: &Owner,
+        kind: JobKind,
+        images: usize,
+    ) -> Result<(), ApiError> {
+        let owners = || table.values().filter(|job| job.owner == *owner);
+        let now = QueueOccupancy {
+            owner_active: owners().filter(|job| job.is_active()).count(),
+            bulk_active: table.values().filter(|job| job.holds_bulk()).count(),
+            owner_bulk_images: owners()
+                .filter(|job| job.kind == JobKind::Bulk)
+                .map(|job| job.images)
+                .sum(),
+        };
+        room(&self.config, kind, images, now)
+    }
 }
 
 struct Worker {
@@ -276,10 +303,10 @@ impl Worker {
                 Ok(outputs) => {
                     Metrics::add(&metrics.jobs_completed, 1);
                     log::info!(
-                        "job {} done: {} images, {} bootstraps in {seconds:.2} s",
+                        "{} job {} done: {} images in {seconds:.2} s",
+                        job.kind.as_str(),
                         job.id,
                         job.images,
-                        job.bootstraps_total
                     );
                     State::Done {
                         outputs: Arc::new(outputs),
@@ -310,11 +337,20 @@ impl Worker {
             .take()
             .ok_or_else(|| ApiError::Internal("the job's inputs were already consumed".into()))?;
         let progress = || {
-            job.bootstraps_done.fetch_add(1, Ordering::Relaxed);
+            job.work_done.fetch_add(1, Ordering::Relaxed);
         };
-        let blobs = self
-            .evaluator
-            .run(&job.model, &job.owner, &job.key_id, inputs, &progress)?;
-        Ok(frames::pack(&blobs))
+        match inputs {
+            JobInputs::Images { key_id, images } => {
+                let blobs = self
+                    .evaluator
+                    .run(&job.model, &job.owner, &key_id, images, &progress)?;
+                Ok(frames::pack(&blobs))
+            }
+            JobInputs::Bulk { file, .. } => {
+                let upload = std::fs::File::open(&file)
+                    .map_err(|e| ApiError::Internal(format!("the spooled batch: {e}")))?;
+                self.evaluator.run_bulk(&job.model, upload, &progress)
+            }
+        }
     }
 }

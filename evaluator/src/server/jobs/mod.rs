@@ -1,7 +1,9 @@
 //! Inference jobs: where they wait, who evaluates them, and the state clients poll.
 //!
-//! A job is one batch of encrypted images for one model and key. [`JobStorage`] is what the
-//! routes see, with two back ends:
+//! A job is one batch of encrypted images for one model: on the interactive path (TFHE), one
+//! ciphertext set per image under a registered key; on the bulk path (BFV, `docs/bulk.md`), one
+//! packed batch of up to 8192 images with its evaluation key, spooled to disk. [`JobStorage`]
+//! is what the routes see, with two back ends:
 //! - the embedded [`MemoryJobs`] (the default, `memory`): a bounded queue in memory and a
 //!   few workers, for one server;
 //! - the PostgreSQL queue ([`PgJobs`](super::postgres::PgJobs)), which several nodes share:
@@ -23,6 +25,7 @@ use hexray_crypto::EncryptedImage;
 use hexray_model::file::hex;
 use rand::RngCore;
 use serde::Serialize;
+use tempfile::TempPath;
 
 use super::auth::Owner;
 use super::error::ApiError;
@@ -35,11 +38,13 @@ pub use memory::MemoryJobs;
 pub trait JobStorage: Send + Sync {
     /// Queues a batch, or refuses it at once when the queue or `owner`'s share of it is full.
     fn submit(&self, job: NewJob) -> Result<Status, ApiError>;
-    /// Refuses a job when its owner already has its share of the queue.
-    fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError>;
+    /// Refuses a job of `kind` that would not fit ([`room`]) before its body is read.
+    fn check_room(&self, owner: &Owner, kind: JobKind) -> Result<(), ApiError>;
     /// `owner`'s job `id`; another token's job is unknown to it.
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError>;
-    /// The packed encrypted outputs ([`frames`](hexray_crypto::frames)) of `owner`'s job, once done, in image order.
+    /// The encrypted outputs of `owner`'s job, once done: for an interactive job, packed
+    /// ([`frames`](hexray_crypto::frames)) in image order; for a bulk job, the encrypted
+    /// results' wire format ([`hexray_bulk::batch`]).
     fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError>;
     /// Jobs waiting and jobs being evaluated, as every node sees them.
     fn depth(&self) -> Result<Depth, ApiError>;
@@ -54,8 +59,102 @@ pub struct NewJob {
     pub model: Arc<ServedModel>,
     /// The token that submits it: only that token can see it.
     pub owner: Owner,
-    pub key_id: String,
-    pub inputs: Vec<EncryptedImage>,
+    pub inputs: JobInputs,
+}
+
+/// What a job evaluates, as the route checked it.
+pub enum JobInputs {
+    /// The interactive path: one ciphertext set per image, under the registered key `key_id`.
+    Images {
+        key_id: String,
+        images: Vec<EncryptedImage>,
+    },
+    /// The bulk path: an upload ([`hexray_bulk::upload`]) that was streamed to this file and
+    /// read through once; the file is removed when this is dropped.
+    Bulk { file: TempPath, images: usize },
+}
+
+impl JobInputs {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobInputs::Images { .. } => JobKind::Interactive,
+            JobInputs::Bulk { .. } => JobKind::Bulk,
+        }
+    }
+
+    pub fn images(&self) -> usize {
+        match self {
+            JobInputs::Images { images, .. } => images.len(),
+            JobInputs::Bulk { images, .. } => *images,
+        }
+    }
+
+    /// The registered key an interactive job names; a bulk job carries its own.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            JobInputs::Images { key_id, .. } => Some(key_id),
+            JobInputs::Bulk { .. } => None,
+        }
+    }
+}
+
+/// Which path a job takes (`"interactive"` or `"bulk"` in JSON and in the database).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Interactive,
+    Bulk,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Interactive => "interactive",
+            JobKind::Bulk => "bulk",
+        }
+    }
+
+    /// Units of work a job of `images` images of `model` takes: bootstraps on the interactive
+    /// path, packed neurons (each for every image at once) on the bulk path.
+    pub fn work(self, model: &ServedModel, images: usize) -> usize {
+        match self {
+            JobKind::Interactive => images * model.loaded.circuit().bootstrap_count(),
+            JobKind::Bulk => model
+                .packed
+                .as_ref()
+                .map_or(0, hexray_bulk::evaluate::neurons),
+        }
+    }
+}
+
+/// How far a job has got, in its path's unit of work: flattened into [`Status`] as
+/// `bootstraps_done`/`bootstraps_total` or `neurons_done`/`neurons_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Progress {
+    Bootstraps {
+        bootstraps_done: usize,
+        bootstraps_total: usize,
+    },
+    Neurons {
+        neurons_done: usize,
+        neurons_total: usize,
+    },
+}
+
+impl Progress {
+    pub fn new(kind: JobKind, done: usize, total: usize) -> Self {
+        match kind {
+            JobKind::Interactive => Progress::Bootstraps {
+                bootstraps_done: done,
+                bootstraps_total: total,
+            },
+            JobKind::Bulk => Progress::Neurons {
+                neurons_done: done,
+                neurons_total: total,
+            },
+        }
+    }
 }
 
 /// The queue as all nodes see it.
@@ -82,10 +181,11 @@ pub enum JobState {
 pub struct Status {
     pub job_id: String,
     pub model: String,
+    pub kind: JobKind,
     pub state: JobState,
     pub images: usize,
-    pub bootstraps_done: usize,
-    pub bootstraps_total: usize,
+    #[serde(flatten)]
+    pub progress: Progress,
     /// Evaluation time so far, or in total once done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
@@ -107,7 +207,11 @@ impl Status {
 }
 
 /// Sizes of the queue and its workers.
-#[derive(Clone, Debug)]
+///
+/// Bulk batches count in the same queue and the same per-token share as interactive ones;
+/// `bulk_capacity` also bounds how many the server holds at once, as each is a file (or a
+/// database large object) of up to a few hundred MB.
+#[derive(Clone, Copy, Debug)]
 pub struct QueueConfig {
     /// Batches evaluated at once. One batch already fills every core, so more workers mainly
     /// help many small jobs.
@@ -120,6 +224,12 @@ pub struct QueueConfig {
     pub retention: Duration,
     /// Jobs one token may have queued or running, so one client cannot hold the queue.
     pub per_owner: usize,
+    /// Bulk jobs that may be queued or running (all tokens and nodes together).
+    pub bulk_capacity: usize,
+    /// Images one token may have in the bulk jobs the server keeps (queued, running, or
+    /// finished within the retention): a bound on how many chosen images a token can have the
+    /// model answer exactly, which is what fitting a copy of the model takes.
+    pub bulk_images_per_owner: usize,
     /// How long a node's claim on shared work lasts unless it renews it: another node takes
     /// the work of a node that died once its lease has run out.
     pub lease: Duration,
@@ -154,10 +264,43 @@ pub(crate) fn start_sweeper<T: Send + Sync + 'static>(
         .expect("the job sweeper starts");
 }
 
-/// The one per-token rule: `active` jobs leave room for another below `limit`.
-pub(crate) fn owner_room(active: usize, limit: usize) -> Result<(), ApiError> {
-    if active >= limit {
-        return Err(ApiError::TooManyJobs { limit });
+/// What a job's admission is counted against, as a back end counts it at that moment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueOccupancy {
+    /// The token's jobs, queued or running.
+    pub owner_active: usize,
+    /// Every token's bulk jobs, queued or running.
+    pub bulk_active: usize,
+    /// Images in the token's bulk jobs still kept: queued, running, or finished within the
+    /// retention.
+    pub owner_bulk_images: usize,
+}
+
+/// The one room rule: a job of `kind` with `images` images fits below the token's share of
+/// the queue and, for a bulk job, below the server's limit of bulk jobs and the token's image
+/// quota. Routes ask with one image before they read a body, as they cannot know more yet.
+pub(crate) fn room(
+    config: &QueueConfig,
+    kind: JobKind,
+    images: usize,
+    now: QueueOccupancy,
+) -> Result<(), ApiError> {
+    if now.owner_active >= config.per_owner {
+        return Err(ApiError::TooManyJobs {
+            limit: config.per_owner,
+        });
+    }
+    if kind == JobKind::Bulk {
+        if now.bulk_active >= config.bulk_capacity {
+            return Err(ApiError::QueueFull { retry_after: 30 });
+        }
+        if now.owner_bulk_images + images > config.bulk_images_per_owner {
+            return Err(ApiError::ImageQuota {
+                limit: config.bulk_images_per_owner,
+                used: now.owner_bulk_images,
+                hours: config.retention.as_secs_f64() / 3600.0,
+            });
+        }
     }
     Ok(())
 }

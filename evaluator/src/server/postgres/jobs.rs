@@ -2,13 +2,17 @@
 //! outputs, depth, stop), and the sweeper. The workers that claim and evaluate the images are
 //! in `worker`.
 //!
-//! Submission inserts the job and its encrypted images in one transaction.
+//! Submission inserts the job and its encrypted images in one transaction; a bulk job's upload
+//! goes into a large object in the same transaction, so a refused or failed submission leaves
+//! nothing behind.
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hexray_crypto::{frames, EncryptedImage};
+use postgres::Transaction;
 
 use super::worker::Workers;
 use super::Database;
@@ -16,7 +20,8 @@ use crate::server::auth::Owner;
 use crate::server::error::{ApiError, ErrorCode};
 use crate::server::evaluation::Evaluator;
 use crate::server::jobs::{
-    job_id, owner_room, start_sweeper, Depth, JobState, JobStorage, NewJob, QueueConfig, Status,
+    job_id, room, start_sweeper, Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress,
+    QueueConfig, QueueOccupancy, Status,
 };
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
@@ -32,10 +37,13 @@ pub struct PgJobs {
     /// Held by a worker while it claims, so that stopping waits for a claim in progress and
     /// hands it back too.
     pub(super) claiming: Mutex<()>,
-    capacity: usize,
-    per_owner: usize,
+    /// The limits [`room`] checks, and the queue's capacity.
+    config: QueueConfig,
     metrics: Arc<Metrics>,
 }
+
+/// The piece of a bulk upload one statement writes or reads.
+pub(super) const UPLOAD_PIECE: usize = 4 << 20;
 
 impl PgJobs {
     /// The queue in `database`, with `config.workers` workers on this node evaluating `models`.
@@ -56,8 +64,7 @@ impl PgJobs {
             served: models.keys().cloned().collect(),
             stopping: AtomicBool::new(false),
             claiming: Mutex::new(()),
-            capacity: config.capacity,
-            per_owner: config.per_owner,
+            config: *config,
             metrics: evaluator.metrics.clone(),
         });
         let workers = Arc::new(Workers {
@@ -81,13 +88,26 @@ impl PgJobs {
         jobs
     }
 
-    /// Deletes finished jobs older than the retention, with their outputs, and fails jobs
+    /// Unlinks the uploads of bulk jobs that have ended, deletes finished jobs older than the
+    /// retention, with their outputs, and fails jobs
     /// that have waited as long for a model no longer served here: after a rolling upgrade,
     /// nothing would ever claim them, and they would hold their owner's share of the queue.
     /// Every node sweeps; the statements are idempotent.
     fn sweep(&self, retention: Duration) {
         let seconds = retention.as_secs_f64();
         let swept = self.database.with(|c| {
+            // Each upload is unlinked once: a row another node's sweeper holds is skipped.
+            c.execute(
+                "WITH ended AS (
+                     UPDATE jobs j SET upload = NULL
+                     FROM (SELECT id, upload FROM jobs
+                           WHERE upload IS NOT NULL AND state IN ('done', 'failed')
+                           FOR UPDATE SKIP LOCKED) e
+                     WHERE j.id = e.id
+                     RETURNING e.upload)
+                 SELECT count(lo_unlink(upload)) FROM ended",
+                &[],
+            )?;
             c.execute(
                 "DELETE FROM jobs WHERE finished < now() - make_interval(secs => $1)",
                 &[&seconds],
@@ -113,32 +133,101 @@ impl PgJobs {
     }
 }
 
-/// A token's jobs that are queued or running, on every node: what its share is counted in.
-const ACTIVE_JOBS_OF: &str =
-    "SELECT count(*) FROM jobs WHERE owner = $1 AND state IN ('queued', 'running')";
+/// What [`room`] is counted in, on every node: a token's jobs that are queued or running,
+/// every token's such bulk jobs, and the images of the token's bulk jobs still kept.
+const OCCUPANCY: &str = "SELECT count(*) FILTER (WHERE owner = $1 AND state IN ('queued', 'running')),
+                                count(*) FILTER (WHERE kind = 'bulk' AND state IN ('queued', 'running')),
+                                coalesce(sum(images) FILTER (WHERE owner = $1 AND kind = 'bulk'), 0)::bigint
+                         FROM jobs";
+
+impl PgJobs {
+    /// [`room`] for a job of `owner`'s of `images` images, as the database counts them now.
+    fn room_in(
+        &self,
+        c: &mut impl postgres::GenericClient,
+        owner: &Owner,
+        kind: JobKind,
+        images: usize,
+    ) -> Result<Result<(), ApiError>, postgres::Error> {
+        let row = c.query_one(OCCUPANCY, &[&owner.0])?;
+        let count = |i| row.get::<_, i64>(i) as usize;
+        let now = QueueOccupancy {
+            owner_active: count(0),
+            bulk_active: count(1),
+            owner_bulk_images: count(2),
+        };
+        Ok(room(&self.config, kind, images, now))
+    }
+}
+
+/// Copies a spooled bulk upload into a new large object, in pieces; returns its oid, or why
+/// the file could not be read.
+fn store_upload(
+    tx: &mut Transaction,
+    file: &std::path::Path,
+) -> Result<Result<u32, ApiError>, postgres::Error> {
+    let disk = |e: std::io::Error| ApiError::Internal(format!("the spooled upload: {e}"));
+    let mut file = match std::fs::File::open(file) {
+        Ok(file) => file,
+        Err(e) => return Ok(Err(disk(e))),
+    };
+    let oid: u32 = tx.query_one("SELECT lo_create(0)", &[])?.get(0);
+    let (mut piece, mut offset) = (vec![0u8; UPLOAD_PIECE], 0i64);
+    loop {
+        let n = match read_piece(&mut file, &mut piece) {
+            Ok(0) => return Ok(Ok(oid)),
+            Ok(n) => n,
+            Err(e) => return Ok(Err(disk(e))),
+        };
+        tx.execute("SELECT lo_put($1, $2, $3)", &[&oid, &offset, &&piece[..n]])?;
+        offset += n as i64;
+    }
+}
+
+/// Fills `piece` from `file` as far as it can; returns the bytes read (0 at the end).
+fn read_piece(file: &mut std::fs::File, piece: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < piece.len() {
+        match file.read(&mut piece[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
 
 impl JobStorage for PgJobs {
     fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
-        let inputs = new
-            .inputs
-            .iter()
-            .map(EncryptedImage::to_bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (kind, images) = (new.inputs.kind(), new.inputs.images());
+        let inputs = match &new.inputs {
+            JobInputs::Images { images, .. } => images
+                .iter()
+                .map(EncryptedImage::to_bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+            // One row, whose input is the job's large object.
+            JobInputs::Bulk { .. } => Vec::new(),
+        };
         let id = job_id();
-        let images = inputs.len();
-        let bootstraps_total = images * new.model.loaded.circuit().bootstrap_count();
-        let (capacity, per_owner) = (self.capacity, self.per_owner);
+        let work_total = kind.work(&new.model, images);
+        let capacity = self.config.capacity;
         let accepted = self.database.with(|c| {
             let mut tx = c.transaction()?;
+            // The upload is written before the lock below, which it would hold for seconds.
+            let upload = match &new.inputs {
+                JobInputs::Bulk { file, .. } => match store_upload(&mut tx, file)? {
+                    Ok(oid) => Some(oid),
+                    Err(e) => return Ok(Err(e)),
+                },
+                JobInputs::Images { .. } => None,
+            };
             // One submission at a time across the cluster, so that neither a token's share
             // nor the queue limit, which all tokens share, can be raced past.
             tx.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('hexray job submission'))",
                 &[],
             )?;
-            let active: i64 = tx.query_one(ACTIVE_JOBS_OF, &[&new.owner.0])?.get(0);
-            if let Err(e) = owner_room(active as usize, per_owner) {
+            if let Err(e) = self.room_in(&mut tx, &new.owner, kind, images)? {
                 return Ok(Err(e));
             }
             let waiting: i64 = tx
@@ -148,23 +237,33 @@ impl JobStorage for PgJobs {
                 return Ok(Err(ApiError::QueueFull { retry_after: 5 }));
             }
             tx.execute(
-                "INSERT INTO jobs (id, owner, model, fingerprint, key_id, images, bootstraps_total)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO jobs (id, owner, model, fingerprint, key_id, images, bootstraps_total,
+                                   kind, upload)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &[
                     &id,
                     &new.owner.0,
                     &new.model.id,
                     &new.model.loaded.spec().fingerprint,
-                    &new.key_id,
+                    &new.inputs.key_id(),
                     &(images as i32),
-                    &(bootstraps_total as i64),
+                    &(work_total as i64),
+                    &kind.as_str(),
+                    &upload,
                 ],
             )?;
-            tx.execute(
-                "INSERT INTO job_images (job_id, image, input)
-                 SELECT $1, (n - 1)::integer, input FROM unnest($2::bytea[]) WITH ORDINALITY AS t(input, n)",
-                &[&id, &inputs],
-            )?;
+            match upload {
+                Some(_) => tx.execute(
+                    "INSERT INTO job_images (job_id, image) VALUES ($1, 0)",
+                    &[&id],
+                )?,
+                None => tx.execute(
+                    "INSERT INTO job_images (job_id, image, input)
+                     SELECT $1, (n - 1)::integer, input
+                     FROM unnest($2::bytea[]) WITH ORDINALITY AS t(input, n)",
+                    &[&id, &inputs],
+                )?,
+            };
             tx.commit()?;
             Ok(Ok(()))
         })?;
@@ -177,10 +276,10 @@ impl JobStorage for PgJobs {
         Ok(Status {
             job_id: id,
             model: new.model.id.clone(),
+            kind,
             state: JobState::Queued,
             images,
-            bootstraps_done: 0,
-            bootstraps_total,
+            progress: Progress::new(kind, 0, work_total),
             seconds: None,
             error: None,
             error_code: None,
@@ -188,12 +287,8 @@ impl JobStorage for PgJobs {
         })
     }
 
-    fn check_owner_room(&self, owner: &Owner) -> Result<(), ApiError> {
-        let active: i64 = self
-            .database
-            .with(|c| c.query_one(ACTIVE_JOBS_OF, &[&owner.0]))?
-            .get(0);
-        owner_room(active as usize, self.per_owner)
+    fn check_room(&self, owner: &Owner, kind: JobKind) -> Result<(), ApiError> {
+        self.database.with(|c| self.room_in(c, owner, kind, 1))?
     }
 
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
@@ -205,7 +300,7 @@ impl JobStorage for PgJobs {
                             CASE WHEN j.state <> 'failed' THEN extract(epoch FROM
                                 coalesce(j.finished, clock_timestamp()) - j.started)::float8 END,
                             coalesce(sum(i.bootstraps_done), 0)::bigint,
-                            string_agg(DISTINCT i.node, ',' ORDER BY i.node)
+                            string_agg(DISTINCT i.node, ',' ORDER BY i.node), j.kind
                      FROM jobs j LEFT JOIN job_images i ON i.job_id = j.id
                      WHERE j.id = $1 AND j.owner = $2
                      GROUP BY j.id",
@@ -214,14 +309,19 @@ impl JobStorage for PgJobs {
             })?
             .ok_or_else(|| ApiError::UnknownJob(id.into()))?;
         let state = job_state(row.get(1))?;
+        let kind = job_kind(row.get(9))?;
         let code: Option<String> = row.get(5);
         Ok(Status {
             job_id: id.to_owned(),
             model: row.get(0),
+            kind,
             state,
             images: row.get::<_, i32>(2) as usize,
-            bootstraps_done: row.get::<_, i64>(7) as usize,
-            bootstraps_total: row.get::<_, i64>(3) as usize,
+            progress: Progress::new(
+                kind,
+                row.get::<_, i64>(7) as usize,
+                row.get::<_, i64>(3) as usize,
+            ),
             seconds: row.get(6),
             error: row.get(4),
             error_code: code.and_then(|c| {
@@ -235,11 +335,11 @@ impl JobStorage for PgJobs {
     }
 
     fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError> {
-        let (state, error, outputs) = self
+        let (state, error, outputs, kind) = self
             .database
             .with(|c| {
                 let Some(job) = c.query_opt(
-                    "SELECT state, error FROM jobs WHERE id = $1 AND owner = $2",
+                    "SELECT state, error, kind FROM jobs WHERE id = $1 AND owner = $2",
                     &[&id, &owner.0],
                 )?
                 else {
@@ -257,11 +357,22 @@ impl JobStorage for PgJobs {
                 } else {
                     Vec::new()
                 };
-                Ok(Some((state, job.get::<_, Option<String>>(1), outputs)))
+                Ok(Some((
+                    state,
+                    job.get::<_, Option<String>>(1),
+                    outputs,
+                    job.get::<_, String>(2),
+                )))
             })?
             .ok_or_else(|| ApiError::UnknownJob(id.into()))?;
         match job_state(state)? {
-            JobState::Done => Ok(frames::pack(&outputs)),
+            JobState::Done => match job_kind(kind)? {
+                JobKind::Interactive => Ok(frames::pack(&outputs)),
+                JobKind::Bulk => outputs
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| ApiError::Internal(format!("bulk job {id} has no output"))),
+            },
             JobState::Failed => Err(ApiError::JobFailed {
                 id: id.into(),
                 message: error.unwrap_or_default(),
@@ -311,6 +422,15 @@ impl JobStorage for PgJobs {
         })?;
         log::info!("stopping: {released} claimed images handed back to the queue");
         Ok(())
+    }
+}
+
+/// A stored job kind, which the schema's CHECK keeps to two words.
+pub(super) fn job_kind(kind: String) -> Result<JobKind, ApiError> {
+    match kind.as_str() {
+        "interactive" => Ok(JobKind::Interactive),
+        "bulk" => Ok(JobKind::Bulk),
+        other => Err(ApiError::Internal(format!("a job of kind {other}"))),
     }
 }
 

@@ -37,6 +37,7 @@ use super::error::ApiError;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../migrations/0001_keys.sql")),
     (2, include_str!("../../../migrations/0002_jobs.sql")),
+    (3, include_str!("../../../migrations/0003_bulk_jobs.sql")),
 ];
 
 /// The advisory lock nodes take to migrate one at a time ("HEXR").

@@ -1,7 +1,7 @@
 //! A node's workers on the shared queue: they claim images, evaluate them, renew their lease
 //! while they do, and write the outputs or the failure.
 //!
-//! The unit of work is an image: a node's worker claims up to as many queued images of the
+//! The unit of work is an image (a bulk job's whole batch is one): a node's worker claims up to as many queued images of the
 //! oldest job as the node has free cores (`SELECT … FOR UPDATE SKIP LOCKED`, so nodes never wait
 //! on each other), which splits a batch larger than one node across nodes by image. A claim
 //! carries a lease that the worker renews, with the bootstraps done, about once a second while
@@ -21,11 +21,12 @@ use std::time::Duration;
 
 use hexray_crypto::EncryptedImage;
 
-use super::jobs::PgJobs;
+use super::jobs::{job_kind, PgJobs, UPLOAD_PIECE};
 use super::Database;
 use crate::server::auth::Owner;
 use crate::server::error::ApiError;
 use crate::server::evaluation::Evaluator;
+use crate::server::jobs::JobKind;
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
 
@@ -39,7 +40,11 @@ const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
 struct Claim {
     job: String,
     owner: Owner,
-    key_id: String,
+    kind: JobKind,
+    /// The registered key of an interactive job.
+    key_id: Option<String>,
+    /// A bulk job's upload (a large object); its one row has no input.
+    upload: Option<u32>,
     model: Arc<ServedModel>,
     /// The images' places in the batch, the attempt each claim is, and their inputs.
     images: Vec<i32>,
@@ -155,7 +160,7 @@ impl Workers {
             let Some(meta) = tx.query_opt(
                 "UPDATE jobs SET state = 'running', started = coalesce(started, now())
                  WHERE id = $1 AND state IN ('queued', 'running')
-                 RETURNING owner, key_id, fingerprint",
+                 RETURNING owner, key_id, fingerprint, kind, upload",
                 &[&job],
             )?
             else {
@@ -172,7 +177,9 @@ impl Workers {
         Ok(Some(Claim {
             job,
             owner: Owner(meta.get(0)),
+            kind: job_kind(meta.get(3))?,
             key_id: meta.get(1),
+            upload: meta.get(4),
             model: self.models[&fingerprint].clone(),
             images: rows.iter().map(|r| r.get(0)).collect(),
             attempts: rows.iter().map(|r| r.get(1)).collect(),
@@ -214,6 +221,16 @@ impl Workers {
     }
 
     fn outputs(&self, claim: &Claim, done: &AtomicUsize) -> Result<Vec<Vec<u8>>, ApiError> {
+        let progress = || {
+            done.fetch_add(1, Ordering::Relaxed);
+        };
+        let Some(key_id) = &claim.key_id else {
+            let upload = self.upload(claim)?;
+            let outputs = self
+                .evaluator
+                .run_bulk(&claim.model, &upload[..], &progress)?;
+            return Ok(vec![outputs]);
+        };
         let set = claim.model.loaded.parameter_set();
         let len = claim.model.loaded.circuit().input_len();
         let inputs = claim
@@ -227,11 +244,30 @@ impl Workers {
                     .map_err(|e| ApiError::Internal(format!("a stored input no longer reads: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let progress = || {
-            done.fetch_add(1, Ordering::Relaxed);
-        };
         self.evaluator
-            .run(&claim.model, &claim.owner, &claim.key_id, inputs, &progress)
+            .run(&claim.model, &claim.owner, key_id, inputs, &progress)
+    }
+
+    /// A bulk claim's upload, read from its large object in pieces.
+    fn upload(&self, claim: &Claim) -> Result<Vec<u8>, ApiError> {
+        let oid = claim
+            .upload
+            .ok_or_else(|| ApiError::Internal(format!("bulk job {} has no upload", claim.job)))?;
+        Ok(self.database.with(|c| {
+            let mut upload = Vec::new();
+            loop {
+                let piece: Vec<u8> = c
+                    .query_one(
+                        "SELECT lo_get($1, $2, $3)",
+                        &[&oid, &(upload.len() as i64), &(UPLOAD_PIECE as i32)],
+                    )?
+                    .get(0);
+                if piece.is_empty() {
+                    return Ok(upload);
+                }
+                upload.extend_from_slice(&piece);
+            }
+        })?)
     }
 
     /// The bootstraps done, shared out over the claim's images (the first ones take the
@@ -271,7 +307,8 @@ impl Workers {
     /// taken images first, then the job, in the same order as a claim, so the two never wait
     /// on each other in a cycle.
     fn complete(&self, claim: &Claim, outputs: &[Vec<u8>]) -> Result<(), ApiError> {
-        let per_image = claim.model.loaded.circuit().bootstrap_count() as i64;
+        // An interactive image's bootstraps, or a bulk batch's neurons.
+        let per_image = claim.kind.work(&claim.model, 1) as i64;
         let finished = self.database.with(|c| {
             let mut tx = c.transaction()?;
             let written = tx.execute(
