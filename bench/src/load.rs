@@ -20,6 +20,7 @@ use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::{ApiClient, ClientError};
 use hexray_evaluator::server::auth::{Access, Scope, Tokens};
+use hexray_evaluator::server::jobs::JobState;
 use hexray_evaluator::server::{configure, AppState, Config};
 use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
@@ -269,7 +270,7 @@ impl<'a> Session<'a> {
             }
         };
         let status = self.api.wait(&job, Duration::from_secs(1800))?;
-        anyhow::ensure!(status["state"] == "done", "job {job}: {status}");
+        anyhow::ensure!(status.state == JobState::Done, "job {job}: {status:?}");
         let outputs = self.api.outputs(&job)?;
         let blobs = frames::unpack(&outputs, images)?;
         anyhow::ensure!(blobs.len() == images, "job {job}: {} outputs", blobs.len());

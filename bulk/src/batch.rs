@@ -110,8 +110,16 @@ impl<K: Kind> Packed<K> {
     /// reader says how many ciphertexts it needs (a model's input pixels for a batch, its
     /// classes for results), so a header that declares others is refused before any is read.
     pub fn read_from(reader: impl Read, ciphertexts: usize) -> Result<Self, BulkError> {
-        let (images, ciphertexts) = read_frames(reader, K::MAGIC, K::WHAT, ciphertexts)?;
-        Ok(Packed::new(images, ciphertexts))
+        let mut read = Vec::with_capacity(ciphertexts);
+        let images = read_frames(reader, K::MAGIC, K::WHAT, ciphertexts, |ct| read.push(ct))?;
+        Ok(Packed::new(images, read))
+    }
+
+    /// Checks the wire format as [`read_from`](Self::read_from) does, holding one ciphertext
+    /// at a time; returns how many images it packs. For a server that checks an upload before
+    /// it queues it, without the 400 MB a decoded batch takes.
+    pub fn check(reader: impl Read, ciphertexts: usize) -> Result<usize, BulkError> {
+        read_frames(reader, K::MAGIC, K::WHAT, ciphertexts, drop)
     }
 }
 
@@ -167,12 +175,14 @@ pub(crate) fn read_frame(mut reader: impl Read, limit: usize) -> Result<Vec<u8>,
     Ok(bytes)
 }
 
+/// Reads the wire format, giving each checked ciphertext to `keep`; returns the images.
 fn read_frames(
     reader: impl Read,
     kind: &str,
     what: &'static str,
     needed: usize,
-) -> Result<(usize, Vec<Ciphertext>), BulkError> {
+    mut keep: impl FnMut(Ciphertext),
+) -> Result<usize, BulkError> {
     let fault = |reason: String| BulkError::Deserialize { what, reason };
     let mut reader = std::io::BufReader::new(reader);
     let mut line = Vec::new();
@@ -215,11 +225,10 @@ fn read_frames(
             found: header.ciphertexts,
         });
     }
-    let mut ciphertexts = Vec::with_capacity(needed);
     for index in 0..needed {
         let bytes = read_frame(&mut reader, MAX_CIPHERTEXT_BYTES)
             .map_err(|reason| fault(format!("ciphertext {index} of {needed}: {reason}")))?;
-        ciphertexts.push(
+        keep(
             canonical_ciphertext(&bytes)
                 .map_err(|reason| fault(format!("ciphertext {index}: {reason}")))?,
         );
@@ -230,7 +239,7 @@ fn read_frames(
             "bytes follow the {needed} declared ciphertexts"
         )));
     }
-    Ok((header.images, ciphertexts))
+    Ok(header.images)
 }
 
 /// A ciphertext from bytes a client sent, or why it is refused. fhe.rs reads what its

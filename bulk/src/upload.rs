@@ -34,8 +34,10 @@ const BATCH_HEADER_BYTES: usize = 64 + 4096;
 ///
 /// let (_key, received) = upload::read(&body[..], circuit.input_len())?;
 /// assert_eq!(received.images(), 1);
+/// assert_eq!(upload::check(&body[..], circuit.input_len())?, 1);
 /// // A body cut short is refused, in words.
 /// assert!(upload::read(&body[..body.len() - 1], circuit.input_len()).is_err());
+/// assert!(upload::check(&body[..body.len() - 1], circuit.input_len()).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn write(
@@ -54,14 +56,24 @@ pub fn read(
     mut reader: impl Read,
     ciphertexts: usize,
 ) -> Result<(EvaluationKey, EncryptedBatch), BulkError> {
-    let key = read_frame(&mut reader, MAX_EVALUATION_KEY_BYTES).map_err(|reason| {
-        BulkError::Deserialize {
+    let key = read_key(&mut reader)?;
+    Ok((key, EncryptedBatch::read_from(reader, ciphertexts)?))
+}
+
+/// Checks an upload as [`read`] does, holding one ciphertext at a time; returns how many
+/// images its batch packs.
+pub fn check(mut reader: impl Read, ciphertexts: usize) -> Result<usize, BulkError> {
+    read_key(&mut reader)?;
+    EncryptedBatch::check(reader, ciphertexts)
+}
+
+fn read_key(reader: impl Read) -> Result<EvaluationKey, BulkError> {
+    let key =
+        read_frame(reader, MAX_EVALUATION_KEY_BYTES).map_err(|reason| BulkError::Deserialize {
             what: "evaluation key",
             reason,
-        }
-    })?;
-    let key = EvaluationKey::from_bytes(&key)?;
-    Ok((key, EncryptedBatch::read_from(reader, ciphertexts)?))
+        })?;
+    EvaluationKey::from_bytes(&key)
 }
 
 /// The largest upload a circuit of `ciphertexts` inputs can need: what a server bounds a bulk

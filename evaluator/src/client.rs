@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use hexray_model::bulk_spec::BulkSpec;
 use hexray_model::ClientSpec;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::server::jobs::Status;
 use crate::server::keys::{key_id, KEY_ID_HEADER};
 
 #[derive(Debug, Error)]
@@ -62,6 +64,11 @@ impl Reply {
                 })
             }
         }
+    }
+
+    /// The body as `T`, if the status is a success; the API's error otherwise.
+    pub fn parse<T: DeserializeOwned>(self) -> Result<T, ClientError> {
+        serde_json::from_value(self.json()?).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// The body, if the status is a success.
@@ -211,7 +218,7 @@ impl ApiClient {
     }
 
     /// Polls a job until it is done or failed; returns its last status.
-    pub fn wait(&self, job: &str, timeout: Duration) -> Result<Value, ClientError> {
+    pub fn wait(&self, job: &str, timeout: Duration) -> Result<Status, ClientError> {
         self.follow(job, timeout, |_| {})
     }
 
@@ -220,13 +227,15 @@ impl ApiClient {
         &self,
         job: &str,
         timeout: Duration,
-        mut seen: impl FnMut(&Value),
-    ) -> Result<Value, ClientError> {
+        mut seen: impl FnMut(&Status),
+    ) -> Result<Status, ClientError> {
         let start = Instant::now();
         loop {
-            let status = self.request(&format!("/api/v1/jobs/{job}"), None)?.json()?;
+            let status: Status = self
+                .request(&format!("/api/v1/jobs/{job}"), None)?
+                .parse()?;
             seen(&status);
-            if matches!(status["state"].as_str(), Some("done" | "failed")) {
+            if status.is_final() {
                 return Ok(status);
             }
             if start.elapsed() > timeout {

@@ -813,16 +813,17 @@ fn spooled(dir: &std::path::Path) -> usize {
 /// A bulk job through the HTTP API, on the back end under test: real X-rays packed and
 /// encrypted as a bulk client does, refused in words when the upload is cut short, foreign,
 /// damaged, oversized, stale, for a model without the bulk path or without a token; then
-/// accepted, followed, hidden from another token, decrypted to the packed circuit's exact
-/// outputs, and counted in the token's image quota. Refused and finished uploads leave nothing behind: no spooled file and, on
-/// PostgreSQL, no large object once the sweeper has run.
+/// accepted, followed on the event stream, hidden from another token, decrypted to the packed
+/// circuit's exact outputs, and counted in the token's image quota. Refused and finished
+/// uploads leave nothing behind: no spooled file and, on PostgreSQL, no large object once the
+/// sweeper has run.
 #[actix_web::test]
 async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), 4);
     // The sweeper runs every quarter of the retention: uploads are unlinked within seconds.
     config.queue.retention = Duration::from_secs(20);
-    config.queue.bulk_images_per_owner = 3;
+    config.queue.bulk_images_per_owner = 5;
     let app = app(&config).await;
     let model_id = "screen-mlp-32";
     let (status, body) = call(
@@ -910,7 +911,7 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     assert_eq!(spooled(dir.path()), 0, "a refused upload left its file");
 
     // The server goes on serving: the real upload is accepted and evaluated.
-    let (status, body) = call(&app, Method::POST, &uri, upload).await;
+    let (status, body) = call(&app, Method::POST, &uri, upload.clone()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
     let accepted = json(&body);
     assert_eq!(accepted["kind"], "bulk");
@@ -918,9 +919,26 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     let neurons = hexray_bulk::evaluate::neurons(&circuit);
     assert_eq!(accepted["neurons_total"], neurons);
     let job = accepted["job_id"].as_str().unwrap();
-    let done = wait(&app, job).await;
-    assert_eq!(done["state"], "done", "{done}");
+    // Followed on the interactive jobs' event stream, which ends with the finished job.
+    let request = test::TestRequest::get()
+        .uri(&format!("/api/v1/jobs/{job}/events"))
+        .insert_header(("authorization", format!("Bearer {}", token())))
+        .to_request();
+    let response = test::call_service(&app, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let stream = actix_web::rt::time::timeout(
+        Duration::from_secs(600),
+        actix_web::body::to_bytes(response.into_body()),
+    )
+    .await
+    .expect("the stream ends when the job does")
+    .unwrap();
+    let events = status_events(std::str::from_utf8(&stream).unwrap());
+    let done = events.last().unwrap();
+    assert_eq!(done["state"], "done", "{events:?}");
+    assert_eq!(done["kind"], "bulk", "{done}");
     assert_eq!(done["neurons_done"], neurons, "{done}");
+    assert!(done.get("bootstraps_done").is_none(), "{done}");
     for path in [
         format!("/api/v1/jobs/{job}"),
         format!("/api/v1/jobs/{job}/outputs"),
@@ -940,10 +958,11 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     let decrypted = client.decrypt(&results).unwrap();
     let exact: Vec<Vec<i64>> = pixels.iter().map(|p| circuit.evaluate(p)).collect();
     assert_eq!(decrypted, exact);
-    // The token's image quota (3 here) is used up by the job the server keeps: another batch
-    // is refused before its body is read.
+    // The token's image quota (5 here) holds the 3 images of the job the server keeps: the
+    // same batch again passes the check made before the body (3 + 1 images), and is refused
+    // once its 3 images are counted; its upload is dropped, file and large object.
     assert_eq!(
-        error(&app, Method::POST, &uri, vec![0; 16]).await,
+        error(&app, Method::POST, &uri, upload).await,
         (StatusCode::TOO_MANY_REQUESTS, "image_quota".to_owned())
     );
 

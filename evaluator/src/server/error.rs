@@ -53,7 +53,7 @@ pub enum ApiError {
     StaleModel(String),
     #[error("this token already has {limit} keys registered; forget an old one or wait for it to expire")]
     KeyQuota { limit: usize },
-    #[error("the server's key storage is full; try again later or ask the administrator")]
+    #[error("the server's storage (keys, or the bulk spool) is full; try again later or ask the administrator")]
     StorageFull,
     #[error("this token already has {limit} uploads in progress; wait for them to finish")]
     TooManyUploads { limit: usize },

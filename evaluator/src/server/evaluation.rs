@@ -81,9 +81,10 @@ impl Evaluator {
 
     /// Evaluates a bulk upload ([`hexray_bulk::upload`], as the route checked it) with `model`'s
     /// packed circuit, calling `progress` after each packed neuron; returns the encrypted
-    /// results' wire format. Its time is not counted as busy: the bootstrap rate the page's
-    /// time estimates come from is the interactive path's alone. The upload is read again here, one ciphertext at a time, rather
-    /// than kept decoded in the queue: decoded, a 4096-image batch takes about 400 MB.
+    /// results' wire format. The upload is read here from its file, rather than kept decoded in
+    /// the queue, where a 4096-image batch would take about 400 MB while it waits. Its time is
+    /// not counted as busy: the bootstrap rate the page's time estimates come from is the
+    /// interactive path's alone.
     pub fn run_bulk(
         &self,
         model: &ServedModel,

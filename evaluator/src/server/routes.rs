@@ -294,8 +294,8 @@ async fn submit_job(
             CryptoError::BatchSize { .. } => ApiError::WrongInputCount(e.to_string()),
             e => ApiError::MalformedCiphertext(e.to_string()),
         })?;
-        blobs
-            .into_iter()
+        let images = blobs
+            .iter()
             .enumerate()
             .map(|(i, blob)| {
                 EncryptedImage::from_bytes(blob, set, inputs_len).map_err(|e| match e {
@@ -309,12 +309,15 @@ async fn submit_job(
                     _ => ApiError::MalformedCiphertext(format!("image {i}: {e}")),
                 })
             })
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<_>, _>>()?;
+        let blobs = blobs.into_iter().map(<[u8]>::to_vec).collect();
+        Ok((images, blobs))
     })
     .await?;
     let inputs = JobInputs::Images {
         key_id: key,
-        images: inputs,
+        images: inputs.0,
+        blobs: inputs.1,
     };
     accepted(
         &state,
@@ -390,12 +393,13 @@ async fn submit_bulk_job(
     let inputs = spec.input.shape().len();
     let upload = admit_body(&state, &owner, &request, hexray_bulk::upload::limit(inputs))?;
     check_room(&state, &owner, JobKind::Bulk).await?;
+    // Held until the job is queued or refused, so that uploads in flight count too.
+    let _receiving = state.begin_bulk_upload()?;
     let file = upload.spool(&state, body).await?;
     let (file, images) = blocking(move || {
-        let reader = std::fs::File::open(&file)
-            .map_err(|e| ApiError::Internal(format!("the spooled upload: {e}")))?;
-        let (_, batch) = hexray_bulk::upload::read(reader, inputs)?;
-        Ok((file, batch.images()))
+        let reader = std::fs::File::open(&file).map_err(spool_error)?;
+        let images = hexray_bulk::upload::check(std::io::BufReader::new(reader), inputs)?;
+        Ok((file, images))
     })
     .await?;
     accepted(
@@ -604,6 +608,15 @@ fn admit_body(
     })
 }
 
+/// A spool file's fault: a full disk is the server's storage being full (507), anything else
+/// a server error.
+fn spool_error(e: std::io::Error) -> ApiError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => ApiError::StorageFull,
+        _ => ApiError::Internal(format!("the bulk spool: {e}")),
+    }
+}
+
 /// How much of a spooled body is gathered in memory before it is written out.
 const SPOOL_CHUNK: usize = 4 << 20;
 
@@ -617,19 +630,18 @@ impl Upload {
         state: &AppState,
         mut payload: web::Payload,
     ) -> Result<tempfile::TempPath, ApiError> {
-        let disk = |e: std::io::Error| ApiError::Internal(format!("spooling a bulk upload: {e}"));
         let dir = state.spool.clone();
         let (file, path) = blocking(move || {
             tempfile::Builder::new()
                 .prefix("bulk-")
                 .tempfile_in(&dir)
-                .map_err(disk)
+                .map_err(spool_error)
         })
         .await?
         .into_parts();
         let write = |mut file: std::fs::File, bytes: web::Bytes| {
             blocking(move || {
-                std::io::Write::write_all(&mut file, &bytes).map_err(disk)?;
+                std::io::Write::write_all(&mut file, &bytes).map_err(spool_error)?;
                 Ok(file)
             })
         };

@@ -174,6 +174,11 @@ pub struct AppState {
     uploads: Slots,
     /// Progress streams open on this node, per job.
     streams: Slots,
+    /// Bulk uploads this node is receiving or checking, under one key: each may spool and
+    /// check up to a few hundred MB before its job counts in the queue.
+    bulk_uploads: Slots,
+    /// How many bulk uploads this node takes at once: the queue's limit of bulk jobs.
+    bulk_capacity: usize,
 }
 
 /// Things in progress per key (bodies per token, progress streams per job), each key's count
@@ -283,18 +288,18 @@ impl AppState {
             keys.clone(),
             metrics.clone(),
         ));
+        let spool = open_spool(&config.data_dir)?;
         let jobs: Arc<dyn JobStorage> = match database {
             Some(database) => PgJobs::start(
                 database,
                 &config.queue,
-                &config.node,
+                (&config.node, &spool),
                 models.iter().cloned(),
                 evaluator,
             ),
             None => Arc::new(MemoryJobs::start(&config.queue, &config.node, evaluator)),
         };
         let bodies = models.body_limits(config.limits.batch_images)?;
-        let spool = open_spool(&config.data_dir)?;
         Ok(AppState {
             models,
             keys,
@@ -315,6 +320,8 @@ impl AppState {
             depth: Mutex::new(None),
             uploads: Slots::default(),
             streams: Slots::default(),
+            bulk_uploads: Slots::default(),
+            bulk_capacity: config.queue.bulk_capacity,
         })
     }
 
@@ -348,6 +355,13 @@ impl AppState {
         self.streams
             .claim(id, limit)
             .ok_or(ApiError::TooManyStreams { limit })
+    }
+
+    /// Claims one of this node's bulk upload slots, or refuses with 503 and Retry-After.
+    pub fn begin_bulk_upload(&self) -> Result<Slot, ApiError> {
+        self.bulk_uploads
+            .claim("bulk", self.bulk_capacity)
+            .ok_or(ApiError::QueueFull { retry_after: 30 })
     }
 
     /// Claims an upload slot for `owner`, or refuses with 429.

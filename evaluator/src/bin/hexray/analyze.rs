@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::server::jobs::JobState;
 use hexray_model::client_spec::BORDERLINE_NOTE;
 
 use crate::{read_image, ServerArgs};
@@ -61,9 +62,9 @@ pub fn analyze(args: Args) -> Result<()> {
     );
     let status = api.wait(&job, Duration::from_secs(3600))?;
     anyhow::ensure!(
-        status["state"] == "done",
+        status.state == JobState::Done,
         "the server could not evaluate the images: {}",
-        status["error"]
+        status.error.unwrap_or_default()
     );
     let outputs = api.outputs(&job)?;
     for (path, blob) in args

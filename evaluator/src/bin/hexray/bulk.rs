@@ -3,19 +3,22 @@
 //! the folder with the page's decoder and preprocessing, packs and encrypts up to 8192 images
 //! per job under a secret key generated for this run, which never leaves this process, uploads
 //! each job with its evaluation key, follows it with a progress bar, decrypts the results here
-//! and writes them to a CSV with the page's columns.
+//! and writes them to a CSV with the page's columns, batch by batch, so that a batch that fails
+//! (a full queue that stays full, the token's image quota) loses none that came before it.
 //!
 //! A file that cannot be read (not an image, a DICOM without pixels…) is listed with the reason
 //! and left out; it never stops the batch.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use hexray_bulk::parameters::DEGREE;
-use hexray_bulk::{upload, ClientKey, EncryptedOutputs};
+use hexray_bulk::{upload, ClientKey, EncryptedOutputs, EvaluationKey};
 use hexray_evaluator::client::ApiClient;
 use hexray_evaluator::progress;
+use hexray_evaluator::server::jobs::{JobState, Progress};
 use hexray_model::bulk_spec::BulkSpec;
 
 use crate::{read_image_file, ImageFile, ServerArgs};
@@ -43,14 +46,39 @@ struct Row {
 }
 
 pub fn bulk(args: Args) -> Result<()> {
-    ensure!(
-        !args.out.exists(),
-        "{} exists already: name another file with --out",
-        args.out.display()
-    );
+    // Created first, never over an existing file: a rerun cannot lose earlier results.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&args.out)
+        .with_context(|| {
+            format!(
+                "creating {} (an existing file is never overwritten: name another with --out)",
+                args.out.display()
+            )
+        })?;
+    let mut written = 0;
+    match screen_folder(&args, &mut out, &mut written) {
+        Ok(()) => Ok(()),
+        Err(e) if written == 0 => {
+            // Nothing to keep: the file this run created goes.
+            drop(out);
+            let _ = std::fs::remove_file(&args.out);
+            Err(e)
+        }
+        Err(e) => Err(e.context(format!(
+            "{written} results are in {}; the images after them were not screened",
+            args.out.display()
+        ))),
+    }
+}
+
+/// Screens the folder, appending each batch's rows to `out` as soon as they are decrypted and
+/// counting them in `written`.
+fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> Result<()> {
     let api = args.server.client();
-    let model = match args.model {
-        Some(model) => model,
+    let model = match &args.model {
+        Some(model) => model.clone(),
         None => bulk_model(&api)?,
     };
     let spec = api
@@ -73,68 +101,24 @@ pub fn bulk(args: Args) -> Result<()> {
     );
     let key = ClientKey::generate();
     let evaluation_key = key.evaluation_key()?;
-    let mut outputs = Vec::with_capacity(rows.len());
+    out.write_all(csv_line(&header(&spec)).as_bytes())?;
     for (i, chunk) in rows.chunks(DEGREE).enumerate() {
-        let pixels: Vec<Vec<i64>> = chunk
+        let batch = Batch {
+            api: &api,
+            model: &model,
+            spec: &spec,
+            number: i + 1,
+        };
+        let outputs = batch.screen(&key, &evaluation_key, chunk)?;
+        let lines: String = chunk
             .iter()
-            .map(|row| row.image.input.iter().copied().collect())
+            .zip(&outputs)
+            .map(|(row, output)| csv_line(&result(&spec, row, output)))
             .collect();
-        let started = Instant::now();
-        let batch = key.encrypt(&spec.input, &pixels)?;
-        let mut body = Vec::new();
-        upload::write(&mut body, &evaluation_key, &batch)?;
-        drop(batch);
-        eprintln!(
-            "batch {}: {} images packed and encrypted in {:.1} s; uploading {:.0} MB",
-            i + 1,
-            chunk.len(),
-            started.elapsed().as_secs_f64(),
-            body.len() as f64 / 1e6
-        );
-        let started = Instant::now();
-        let job = api.submit_bulk(&model, &spec, &body)?;
-        drop(body);
-        eprintln!(
-            "batch {}: accepted as job {job} in {:.1} s",
-            i + 1,
-            started.elapsed().as_secs_f64()
-        );
-        let started = Instant::now();
-        let bar = progress::bar(0, "neurons");
-        bar.set_message(format!("job {job}"));
-        let status = api.follow(&job, Duration::from_secs(3600), |status| {
-            if let (Some(done), Some(total)) = (
-                status["neurons_done"].as_u64(),
-                status["neurons_total"].as_u64(),
-            ) {
-                bar.set_length(total);
-                bar.set_position(done);
-            }
-        })?;
-        bar.finish_and_clear();
-        eprintln!(
-            "job {job}: {} after {:.1} s ({} s evaluating on the server)",
-            status["state"].as_str().unwrap_or("?"),
-            started.elapsed().as_secs_f64(),
-            status["seconds"]
-        );
-        if status["state"] != "done" {
-            bail!(
-                "the server could not evaluate job {job}: {}",
-                status["error"]
-            );
-        }
-        let results = EncryptedOutputs::read_from(&api.outputs(&job)?[..], spec.classes.len())?;
-        ensure!(
-            results.images() == chunk.len(),
-            "job {job} returned {} results for {} images",
-            results.images(),
-            chunk.len()
-        );
-        outputs.extend(key.decrypt(&results)?);
+        out.write_all(lines.as_bytes())?;
+        out.flush()?;
+        *written += chunk.len();
     }
-    std::fs::write(&args.out, csv(&spec, &rows, &outputs))
-        .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "{} results written to {}; decision support, not a diagnosis: a qualified clinician \
          reviews every result",
@@ -142,6 +126,105 @@ pub fn bulk(args: Args) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Times the server's queue is asked again when it is full, 30 s apart.
+const QUEUE_FULL_RETRIES: usize = 20;
+
+/// One job of up to 8192 images.
+struct Batch<'a> {
+    api: &'a ApiClient,
+    model: &'a str,
+    spec: &'a BulkSpec,
+    number: usize,
+}
+
+impl Batch<'_> {
+    /// Packs, encrypts, uploads, follows and decrypts `rows`: the output integers of each.
+    fn screen(
+        &self,
+        key: &ClientKey,
+        evaluation_key: &EvaluationKey,
+        rows: &[Row],
+    ) -> Result<Vec<Vec<i64>>> {
+        let (api, number) = (self.api, self.number);
+        let pixels: Vec<Vec<i64>> = rows
+            .iter()
+            .map(|row| row.image.input.iter().copied().collect())
+            .collect();
+        let started = Instant::now();
+        let batch = key.encrypt(&self.spec.input, &pixels)?;
+        let mut body = Vec::new();
+        upload::write(&mut body, evaluation_key, &batch)?;
+        drop(batch);
+        eprintln!(
+            "batch {number}: {} images packed and encrypted in {:.1} s; uploading {:.0} MB",
+            rows.len(),
+            started.elapsed().as_secs_f64(),
+            body.len() as f64 / 1e6
+        );
+        let started = Instant::now();
+        let job = self.submit(&body)?;
+        drop(body);
+        eprintln!(
+            "batch {number}: accepted as job {job} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let bar = progress::bar(0, "neurons");
+        bar.set_message(format!("job {job}"));
+        let status = api.follow(&job, Duration::from_secs(3600), |status| {
+            if let Progress::Neurons {
+                neurons_done,
+                neurons_total,
+            } = status.progress
+            {
+                bar.set_length(neurons_total as u64);
+                bar.set_position(neurons_done as u64);
+            }
+        })?;
+        bar.finish_and_clear();
+        if status.state != JobState::Done {
+            bail!(
+                "the server could not evaluate job {job}: {}",
+                status.error.unwrap_or_default()
+            );
+        }
+        eprintln!(
+            "job {job}: done after {:.1} s ({:.1} s evaluating on the server)",
+            started.elapsed().as_secs_f64(),
+            status.seconds.unwrap_or_default()
+        );
+        let results =
+            EncryptedOutputs::read_from(&api.outputs(&job)?[..], self.spec.classes.len())?;
+        ensure!(
+            results.images() == rows.len(),
+            "job {job} returned {} results for {} images",
+            results.images(),
+            rows.len()
+        );
+        Ok(key.decrypt(&results)?)
+    }
+
+    /// Submits the upload, waiting while the server's queue is full.
+    fn submit(&self, body: &[u8]) -> Result<String> {
+        for _ in 0..QUEUE_FULL_RETRIES {
+            match self.api.submit_bulk(self.model, self.spec, body) {
+                Err(e) if e.code() == Some("queue_full") => {
+                    eprintln!(
+                        "batch {}: the server's queue is full; retrying in 30 s",
+                        self.number
+                    );
+                    std::thread::sleep(Duration::from_secs(30));
+                }
+                other => return Ok(other?),
+            }
+        }
+        bail!(
+            "the server's queue stayed full for {} minutes",
+            QUEUE_FULL_RETRIES / 2
+        )
+    }
 }
 
 /// The first model the server lists as taking the bulk path.
@@ -166,41 +249,60 @@ type Unreadable = Vec<(String, String)>;
 /// Every file below `folder`, in path order, read for `spec`; and the files that could not be
 /// read.
 fn read_folder(folder: &Path, spec: &BulkSpec) -> Result<(Vec<Row>, Unreadable)> {
-    let mut files = Vec::new();
-    collect_files(folder, &mut files).with_context(|| format!("listing {}", folder.display()))?;
+    ensure!(folder.is_dir(), "{} is not a folder", folder.display());
+    let (mut files, mut skipped) = (Vec::new(), Vec::new());
+    collect_files(folder, &mut files, &mut skipped);
     files.sort();
-    let (mut rows, mut unreadable) = (Vec::new(), Vec::new());
-    for path in files {
-        let name = path
-            .strip_prefix(folder)
-            .unwrap_or(&path)
+    let name = |path: &Path| {
+        path.strip_prefix(folder)
+            .unwrap_or(path)
             .display()
-            .to_string();
+            .to_string()
+    };
+    let mut unreadable: Unreadable = skipped
+        .iter()
+        .map(|(path, reason)| (name(path), reason.clone()))
+        .collect();
+    let mut rows = Vec::new();
+    for path in files {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if size > MAX_FILE_BYTES {
+            unreadable.push((name(&path), format!("{size} bytes: too large for an X-ray")));
+            continue;
+        }
         match read_image_file(&path, &spec.input) {
-            Ok(image) => rows.push(Row { name, image }),
-            Err(e) => unreadable.push((name, format!("{:#}", e))),
+            Ok(image) => rows.push(Row {
+                name: name(&path),
+                image,
+            }),
+            Err(e) => unreadable.push((name(&path), format!("{e:#}"))),
         }
     }
     Ok((rows, unreadable))
 }
 
-fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            collect_files(&entry.path(), files)?;
-        } else {
-            files.push(entry.path());
+/// Files over this size are not X-rays: they are listed, not read.
+const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Every file below `dir`, following links; a folder that cannot be listed goes to
+/// `unreadable`, as a file that cannot be read does.
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<(PathBuf, String)>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return unreadable.push((dir.to_owned(), format!("cannot list it: {e}"))),
+    };
+    for entry in entries {
+        match entry {
+            Ok(entry) if entry.path().is_dir() => collect_files(&entry.path(), files, unreadable),
+            Ok(entry) => files.push(entry.path()),
+            Err(e) => unreadable.push((dir.to_owned(), format!("cannot list it: {e}"))),
         }
     }
-    Ok(())
 }
 
-/// The results as the page's CSV (RFC 4180, `web/results.js`): one row per image, the
-/// probabilities as fractions, the model's name and version. The bulk path is exact (BFV
-/// decrypts to the circuit's integers, with no bootstrapping noise), so no result is
-/// borderline by encryption and that column stays empty.
-fn csv(spec: &BulkSpec, rows: &[Row], outputs: &[Vec<i64>]) -> String {
+/// The CSV's columns, the page's (`web/results.js`): the file, what its DICOM header names,
+/// the class, one probability per class, the borderline note, the model and its version.
+fn header(spec: &BulkSpec) -> Vec<String> {
     let mut header = vec![
         "file".to_owned(),
         "patient_name".into(),
@@ -209,34 +311,38 @@ fn csv(spec: &BulkSpec, rows: &[Row], outputs: &[Vec<i64>]) -> String {
     header.push("class".into());
     header.extend(spec.classes.iter().map(|c| format!("p_{c}")));
     header.extend(["borderline".into(), "model".into(), "model_version".into()]);
-    let mut lines = vec![header];
-    for (row, output) in rows.iter().zip(outputs) {
-        let diagnosis = spec.decode(output);
-        let mut line = vec![
-            row.name.clone(),
-            row.image
-                .patient_name
-                .as_deref()
-                .map(person_name)
-                .unwrap_or_default(),
-            row.image
-                .study_date
-                .as_deref()
-                .map(study_date)
-                .unwrap_or_default(),
-            spec.classes[diagnosis.class].clone(),
-        ];
-        line.extend(diagnosis.probabilities.iter().map(|p| format!("{p:.4}")));
-        line.extend([String::new(), spec.name.clone(), spec.model_version.clone()]);
-        lines.push(line);
-    }
-    lines
-        .iter()
-        .map(|line| {
-            let cells: Vec<String> = line.iter().map(|c| csv_cell(c)).collect();
-            cells.join(",") + "\r\n"
-        })
-        .collect()
+    header
+}
+
+/// One image's row, as the page writes it: probabilities as fractions to four places. The
+/// bulk path is exact (BFV decrypts to the circuit's integers, with no bootstrapping noise),
+/// so no result is borderline by encryption and that column stays empty.
+fn result(spec: &BulkSpec, row: &Row, output: &[i64]) -> Vec<String> {
+    let diagnosis = spec.decode(output);
+    let image = &row.image;
+    let mut line = vec![
+        row.name.clone(),
+        image
+            .patient_name
+            .as_deref()
+            .map(person_name)
+            .unwrap_or_default(),
+        image
+            .study_date
+            .as_deref()
+            .map(study_date)
+            .unwrap_or_default(),
+        spec.classes[diagnosis.class].clone(),
+    ];
+    line.extend(diagnosis.probabilities.iter().map(|p| format!("{p:.4}")));
+    line.extend([String::new(), spec.name.clone(), spec.model_version.clone()]);
+    line
+}
+
+/// One CSV line (RFC 4180), ended by CRLF.
+fn csv_line(cells: &[String]) -> String {
+    let cells: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+    cells.join(",") + "\r\n"
 }
 
 /// A DICOM person name as the page shows it: `Doe^Jane` → `Doe, Jane`.

@@ -3,8 +3,8 @@
 //! - `hexray run --image X.png` (or `.jpg`, `.dcm`): the whole pipeline on one machine (keygen, encrypt, evaluate,
 //!   decrypt), compared with the plaintext simulator;
 //! - `hexray analyze --server URL --image X.png`: a clinician's client of a remote server;
-//! - `hexray bulk --server URL --folder DIR`: a folder of X-rays screened on a remote server in
-//!   one packed batch (the bulk path), results written to a CSV;
+//! - `hexray bulk --server URL --folder DIR`: a folder of X-rays screened on a remote server by
+//!   the bulk path (up to 8192 images per job), results written to a CSV;
 //! - `hexray inspect`: what a model costs (bootstraps) and how noisy each layer is;
 //! - `hexray simulate --image X.png`: the plaintext simulator's prediction, exact and noisy, as JSON;
 //! - `hexray serve`: the self-hosted server with the clinician page and the API;

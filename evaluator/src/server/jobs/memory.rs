@@ -80,7 +80,7 @@ impl Job {
             ),
             seconds,
             error: error.map(|(_, message)| message.clone()),
-            error_code: error.map(|(code, _)| code.as_str()),
+            error_code: error.map(|(code, _)| code.as_str().to_owned()),
             node: (name != JobState::Queued).then(|| self.node.to_string()),
         }
     }
@@ -340,7 +340,7 @@ impl Worker {
             job.work_done.fetch_add(1, Ordering::Relaxed);
         };
         match inputs {
-            JobInputs::Images { key_id, images } => {
+            JobInputs::Images { key_id, images, .. } => {
                 let blobs = self
                     .evaluator
                     .run(&job.model, &job.owner, &key_id, images, &progress)?;

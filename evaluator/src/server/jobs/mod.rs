@@ -24,7 +24,7 @@ use std::time::Duration;
 use hexray_crypto::EncryptedImage;
 use hexray_model::file::hex;
 use rand::RngCore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tempfile::TempPath;
 
 use super::auth::Owner;
@@ -64,10 +64,13 @@ pub struct NewJob {
 
 /// What a job evaluates, as the route checked it.
 pub enum JobInputs {
-    /// The interactive path: one ciphertext set per image, under the registered key `key_id`.
+    /// The interactive path: one ciphertext set per image, under the registered key `key_id`;
+    /// decoded (for a worker of this node) and as the client sent them (for a shared queue,
+    /// which stores the bytes the route checked rather than encoding the images again).
     Images {
         key_id: String,
         images: Vec<EncryptedImage>,
+        blobs: Vec<Vec<u8>>,
     },
     /// The bulk path: an upload ([`hexray_bulk::upload`]) that was streamed to this file and
     /// read through once; the file is removed when this is dropped.
@@ -99,9 +102,11 @@ impl JobInputs {
 }
 
 /// Which path a job takes (`"interactive"` or `"bulk"` in JSON and in the database).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
+    /// Servers older than the bulk path report no kind: their jobs are interactive.
+    #[default]
     Interactive,
     Bulk,
 }
@@ -129,7 +134,7 @@ impl JobKind {
 
 /// How far a job has got, in its path's unit of work: flattened into [`Status`] as
 /// `bootstraps_done`/`bootstraps_total` or `neurons_done`/`neurons_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Progress {
     Bootstraps {
@@ -167,7 +172,7 @@ pub struct Depth {
 }
 
 /// Where a job is, as clients see it (`"queued"`, `"running"`, `"done"`, `"failed"` in JSON).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -176,11 +181,13 @@ pub enum JobState {
     Failed,
 }
 
-/// A job's state as `GET /api/v1/jobs/{id}` reports it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A job's state as `GET /api/v1/jobs/{id}` reports it: what the server sends and what
+/// [`ApiClient`](crate::client::ApiClient) reads back, one type for both.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub job_id: String,
     pub model: String,
+    #[serde(default)]
     pub kind: JobKind,
     pub state: JobState,
     pub images: usize,
@@ -193,7 +200,7 @@ pub struct Status {
     pub error: Option<String>,
     /// The failure's API code; `unknown_key` tells the client to upload its key again.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<&'static str>,
+    pub error_code: Option<String>,
     /// The node that evaluates or evaluated it, once a worker has taken it; the nodes, joined
     /// by commas, when a shared queue split it between several.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,6 +298,13 @@ pub(crate) fn room(
         });
     }
     if kind == JobKind::Bulk {
+        if images > config.bulk_images_per_owner {
+            return Err(ApiError::WrongInputCount(format!(
+                "a batch of {images} images is over this token's bulk quota of {}: send it in \
+                 smaller batches",
+                config.bulk_images_per_owner
+            )));
+        }
         if now.bulk_active >= config.bulk_capacity {
             return Err(ApiError::QueueFull { retry_after: 30 });
         }

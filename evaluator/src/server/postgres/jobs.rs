@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hexray_crypto::{frames, EncryptedImage};
+use hexray_crypto::frames;
 use postgres::Transaction;
 
 use super::worker::Workers;
@@ -46,11 +46,12 @@ pub struct PgJobs {
 pub(super) const UPLOAD_PIECE: usize = 4 << 20;
 
 impl PgJobs {
-    /// The queue in `database`, with `config.workers` workers on this node evaluating `models`.
+    /// The queue in `database`, with `config.workers` workers on this node evaluating `models`;
+    /// they copy bulk uploads to `spool` to read them.
     pub fn start(
         database: Arc<Database>,
         config: &QueueConfig,
-        node: &str,
+        (node, spool): (&str, &std::path::Path),
         models: impl IntoIterator<Item = Arc<ServedModel>>,
         evaluator: Arc<Evaluator>,
     ) -> Arc<Self> {
@@ -73,6 +74,7 @@ impl PgJobs {
             evaluator,
             models,
             node: node.to_owned(),
+            spool: spool.to_owned(),
             threads: config.threads,
             lease: config.lease,
             in_flight: Mutex::new(0),
@@ -89,46 +91,48 @@ impl PgJobs {
     }
 
     /// Unlinks the uploads of bulk jobs that have ended, deletes finished jobs older than the
-    /// retention, with their outputs, and fails jobs
-    /// that have waited as long for a model no longer served here: after a rolling upgrade,
-    /// nothing would ever claim them, and they would hold their owner's share of the queue.
-    /// Every node sweeps; the statements are idempotent.
+    /// retention, with their outputs, and fails jobs that have waited as long for a model no
+    /// longer served here: after a rolling upgrade, nothing would ever claim them, and they
+    /// would hold their owner's share of the queue. Every node sweeps; the statements are
+    /// idempotent, and each runs on its own, so that one failing never stops the others.
     fn sweep(&self, retention: Duration) {
         let seconds = retention.as_secs_f64();
-        let swept = self.database.with(|c| {
-            // Each upload is unlinked once: a row another node's sweeper holds is skipped.
-            c.execute(
-                "WITH ended AS (
-                     UPDATE jobs j SET upload = NULL
-                     FROM (SELECT id, upload FROM jobs
-                           WHERE upload IS NOT NULL AND state IN ('done', 'failed')
-                           FOR UPDATE SKIP LOCKED) e
-                     WHERE j.id = e.id
-                     RETURNING e.upload)
-                 SELECT count(lo_unlink(upload)) FROM ended",
-                &[],
-            )?;
-            c.execute(
-                "DELETE FROM jobs WHERE finished < now() - make_interval(secs => $1)",
-                &[&seconds],
-            )?;
-            c.execute(
-                "WITH stale AS (
-                     UPDATE job_images SET state = 'failed', input = NULL
-                     WHERE state = 'queued' AND job_id IN (
-                         SELECT id FROM jobs WHERE state = 'queued' AND NOT fingerprint = ANY($2)
-                           AND submitted < now() - make_interval(secs => $1))
-                     RETURNING job_id)
-                 UPDATE jobs SET state = 'failed', finished = clock_timestamp(),
-                        error = 'no node serves this version of model ' || model
-                                || ' any more: fetch its client spec and submit again',
-                        error_code = 'stale_model'
-                 WHERE state = 'queued' AND id IN (SELECT job_id FROM stale)",
+        // Each upload is unlinked once: a row another node's sweeper holds is skipped, and an
+        // object already gone (unlinked by hand) is only forgotten.
+        let unlink = "WITH ended AS (
+                          UPDATE jobs j SET upload = NULL
+                          FROM (SELECT id, upload FROM jobs
+                                WHERE upload IS NOT NULL AND state IN ('done', 'failed')
+                                FOR UPDATE SKIP LOCKED) e
+                          WHERE j.id = e.id
+                          RETURNING e.upload)
+                      SELECT count(lo_unlink(upload)) FROM ended
+                      WHERE upload IN (SELECT oid FROM pg_largeobject_metadata)";
+        let expire = "DELETE FROM jobs WHERE finished < now() - make_interval(secs => $1)";
+        let stale = "WITH stale AS (
+                         UPDATE job_images SET state = 'failed', input = NULL
+                         WHERE state = 'queued' AND job_id IN (
+                             SELECT id FROM jobs WHERE state = 'queued' AND NOT fingerprint = ANY($2)
+                               AND submitted < now() - make_interval(secs => $1))
+                         RETURNING job_id)
+                     UPDATE jobs SET state = 'failed', finished = clock_timestamp(),
+                            error = 'no node serves this version of model ' || model
+                                    || ' any more: fetch its client spec and submit again',
+                            error_code = 'stale_model'
+                     WHERE state = 'queued' AND id IN (SELECT job_id FROM stale)";
+        let steps: [(&str, &str, &[&(dyn postgres::types::ToSql + Sync)]); 3] = [
+            ("unlink ended uploads", unlink, &[]),
+            ("expire finished jobs", expire, &[&seconds]),
+            (
+                "fail jobs for retired models",
+                stale,
                 &[&seconds, &self.served],
-            )
-        });
-        if let Err(e) = swept {
-            log::error!("cannot sweep the job queue: {e}");
+            ),
+        ];
+        for (what, sql, parameters) in steps {
+            if let Err(e) = self.database.with(|c| c.execute(sql, parameters)) {
+                log::error!("cannot {what} in the job queue: {e}");
+            }
         }
     }
 }
@@ -199,14 +203,10 @@ fn read_piece(file: &mut std::fs::File, piece: &mut [u8]) -> std::io::Result<usi
 impl JobStorage for PgJobs {
     fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
         let (kind, images) = (new.inputs.kind(), new.inputs.images());
-        let inputs = match &new.inputs {
-            JobInputs::Images { images, .. } => images
-                .iter()
-                .map(EncryptedImage::to_bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        let inputs: &[Vec<u8>] = match &new.inputs {
+            JobInputs::Images { blobs, .. } => blobs,
             // One row, whose input is the job's large object.
-            JobInputs::Bulk { .. } => Vec::new(),
+            JobInputs::Bulk { .. } => &[],
         };
         let id = job_id();
         let work_total = kind.work(&new.model, images);
@@ -324,12 +324,7 @@ impl JobStorage for PgJobs {
             ),
             seconds: row.get(6),
             error: row.get(4),
-            error_code: code.and_then(|c| {
-                ErrorCode::ALL
-                    .iter()
-                    .map(|known| known.as_str())
-                    .find(|known| *known == c)
-            }),
+            error_code: code.filter(|c| ErrorCode::ALL.iter().any(|known| known.as_str() == c)),
             node: row.get(8),
         })
     }

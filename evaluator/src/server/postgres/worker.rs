@@ -61,6 +61,8 @@ pub(super) struct Workers {
     pub(super) evaluator: Arc<Evaluator>,
     pub(super) models: HashMap<String, Arc<ServedModel>>,
     pub(super) node: String,
+    /// Where a bulk upload is copied to be read (the data directory's spool).
+    pub(super) spool: std::path::PathBuf,
     pub(super) threads: usize,
     pub(super) lease: Duration,
     pub(super) in_flight: Mutex<usize>,
@@ -226,9 +228,7 @@ impl Workers {
         };
         let Some(key_id) = &claim.key_id else {
             let upload = self.upload(claim)?;
-            let outputs = self
-                .evaluator
-                .run_bulk(&claim.model, &upload[..], &progress)?;
+            let outputs = self.evaluator.run_bulk(&claim.model, upload, &progress)?;
             return Ok(vec![outputs]);
         };
         let set = claim.model.loaded.parameter_set();
@@ -248,26 +248,41 @@ impl Workers {
             .run(&claim.model, &claim.owner, key_id, inputs, &progress)
     }
 
-    /// A bulk claim's upload, read from its large object in pieces.
-    fn upload(&self, claim: &Claim) -> Result<Vec<u8>, ApiError> {
+    /// A bulk claim's upload, copied from its large object in pieces to a file in the spool
+    /// (removed when it is closed), so that it is read as the route read it: one ciphertext at
+    /// a time, never whole in memory.
+    fn upload(&self, claim: &Claim) -> Result<std::fs::File, ApiError> {
+        use std::io::{Seek, Write};
         let oid = claim
             .upload
             .ok_or_else(|| ApiError::Internal(format!("bulk job {} has no upload", claim.job)))?;
-        Ok(self.database.with(|c| {
-            let mut upload = Vec::new();
+        let disk = |e: std::io::Error| ApiError::Internal(format!("copying a bulk upload: {e}"));
+        let mut file = tempfile::tempfile_in(&self.spool).map_err(disk)?;
+        let copied = self.database.with(|c| {
+            // Run again after a lost connection: the copy starts over.
+            if let Err(e) = file.rewind().and_then(|()| file.set_len(0)) {
+                return Ok(Err(disk(e)));
+            }
+            let mut offset = 0i64;
             loop {
                 let piece: Vec<u8> = c
                     .query_one(
                         "SELECT lo_get($1, $2, $3)",
-                        &[&oid, &(upload.len() as i64), &(UPLOAD_PIECE as i32)],
+                        &[&oid, &offset, &(UPLOAD_PIECE as i32)],
                     )?
                     .get(0);
                 if piece.is_empty() {
-                    return Ok(upload);
+                    return Ok(Ok(()));
                 }
-                upload.extend_from_slice(&piece);
+                if let Err(e) = file.write_all(&piece) {
+                    return Ok(Err(disk(e)));
+                }
+                offset += piece.len() as i64;
             }
-        })?)
+        })?;
+        copied?;
+        file.rewind().map_err(disk)?;
+        Ok(file)
     }
 
     /// The bootstraps done, shared out over the claim's images (the first ones take the
