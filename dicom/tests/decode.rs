@@ -416,12 +416,14 @@ fn a_deflated_data_set_that_inflates_past_the_cap_is_refused_before_it_is_inflat
     read("pydicom/image_dfl.dcm");
 }
 
-/// Every sample DICOM file, damaged at random for a bounded time (CI's budget, not a count):
-/// a byte, a run of bytes or a 32-bit length overwritten, or the file cut. Any outcome but a
+/// The sample DICOM files, damaged at random 100 times (seeded): a byte, a run of bytes or a
+/// 32-bit length overwritten, or the file cut. Any outcome but a
 /// panic (in the browser: a trapped worker) passes.
 #[test]
 fn randomly_damaged_dicom_files_never_panic_the_decoder() {
-    let budget = std::time::Duration::from_secs(20);
+    // A count, not a time budget: the same damage on every run, however busy the machine is
+    // (a budget of 20 s ran only 94 cases while CI's other tests shared the cores).
+    let cases = 100;
     let files: Vec<Vec<u8>> = ["chest", "pydicom"]
         .iter()
         .flat_map(|dir| std::fs::read_dir(repo().join("samples/dicom").join(dir)).unwrap())
@@ -431,9 +433,7 @@ fn randomly_damaged_dicom_files_never_panic_the_decoder() {
         .collect();
     assert!(files.len() >= 20, "{} sample files", files.len());
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
-    let start = std::time::Instant::now();
-    let mut cases = 0;
-    while start.elapsed() < budget {
+    for _ in 0..cases {
         let mut bytes = files[rng.gen_range(0..files.len())].clone();
         match rng.gen_range(0..4) {
             0 => {
@@ -455,8 +455,5 @@ fn randomly_damaged_dicom_files_never_panic_the_decoder() {
             _ => bytes.truncate(rng.gen_range(132..bytes.len())),
         }
         let _ = dicom::read(&bytes);
-        cases += 1;
     }
-    eprintln!("{cases} damaged files in {budget:?}");
-    assert!(cases > 100, "only {cases} cases ran");
 }
