@@ -178,6 +178,36 @@ impl ApiClient {
         string(&reply, "key_id")
     }
 
+    /// Submits a batch under the compressed server key `key`, the whole key lifecycle a client
+    /// needs: the key is uploaded first if the server does not have it (asked by its id, a hash
+    /// of its bytes), and again, once, if the server answers `unknown_key` when the batch
+    /// arrives (it expired or was lost in between). `uploading` is told the key's size before
+    /// each upload, which takes a while at 30 MB. Returns the job id.
+    pub fn submit_under_key(
+        &self,
+        model: &str,
+        spec: &ClientSpec,
+        batch: &[u8],
+        key: &[u8],
+        uploading: impl Fn(usize),
+    ) -> Result<String, ClientError> {
+        let id = key_id(key);
+        let upload = || {
+            uploading(key.len());
+            self.register_key(key)
+        };
+        if self.request(&format!("/api/v1/keys/{id}"), None)?.status != 200 {
+            upload()?;
+        }
+        match self.submit(model, &id, spec, batch) {
+            Err(e) if e.code() == Some("unknown_key") => {
+                upload()?;
+                self.submit(model, &id, spec, batch)
+            }
+            submitted => submitted,
+        }
+    }
+
     /// Submits a packed batch of images encrypted for `spec`; returns the job id.
     pub fn submit(
         &self,

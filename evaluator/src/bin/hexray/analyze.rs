@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
-use hexray_evaluator::client::ApiClient;
 use hexray_evaluator::server::jobs::JobState;
 use hexray_model::client_spec::BORDERLINE_NOTE;
 
@@ -43,18 +42,18 @@ pub fn analyze(args: Args) -> Result<()> {
         .with_context(|| format!("fetching the client spec of `{model}`"))?;
     let set = ParameterSet::from_name(&spec.parameter_set)?;
     let keys = Keys::load_or_create(&args.keys_dir, set)?;
-    let key_id = keys.registered(&api)?;
     let mut blobs = Vec::with_capacity(args.image.len());
     for path in &args.image {
         let input = read_image(path, &spec.input)?;
         blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes()?);
     }
     let batch = frames::pack(&blobs);
-    let submit = |key: &str| api.submit(&model, key, &spec, &batch);
-    let job = match submit(&key_id) {
-        Err(e) if e.code() == Some("unknown_key") => submit(&keys.upload(&api)?)?,
-        other => other?,
-    };
+    let job = api.submit_under_key(&model, &spec, &batch, &keys.server_key, |bytes| {
+        eprintln!(
+            "uploading the evaluation key ({:.1} MB)",
+            bytes as f64 / 1e6
+        )
+    })?;
     eprintln!(
         "job {job}: {} image(s), {} bootstraps each",
         blobs.len(),
@@ -98,7 +97,6 @@ pub fn analyze(args: Args) -> Result<()> {
 
 /// This client's key pair, kept in a directory only its user can read.
 struct Keys {
-    dir: PathBuf,
     client: ClientKey,
     server_key: Vec<u8>,
 }
@@ -111,7 +109,6 @@ impl Keys {
                 .with_context(|| format!("reading {}", client_path.display()))?;
             if client.parameter_set() == set {
                 return Ok(Keys {
-                    dir: dir.into(),
                     client,
                     server_key: std::fs::read(&server_path)?,
                 });
@@ -123,36 +120,7 @@ impl Keys {
         let server_key = client.server_key().to_bytes()?;
         std::fs::write(&client_path, client.to_bytes()?)?;
         std::fs::write(&server_path, &server_key)?;
-        Ok(Keys {
-            dir: dir.into(),
-            client,
-            server_key,
-        })
-    }
-
-    /// The key's id on the server, uploading it when the server does not have it.
-    fn registered(&self, api: &ApiClient) -> Result<String> {
-        let id_path = self.dir.join("key-id");
-        if let Ok(id) = std::fs::read_to_string(&id_path) {
-            if api
-                .request(&format!("/api/v1/keys/{}", id.trim()), None)?
-                .status
-                == 200
-            {
-                return Ok(id.trim().to_owned());
-            }
-        }
-        self.upload(api)
-    }
-
-    fn upload(&self, api: &ApiClient) -> Result<String> {
-        eprintln!(
-            "uploading the evaluation key ({:.1} MB)",
-            self.server_key.len() as f64 / 1e6
-        );
-        let id = api.register_key(&self.server_key)?;
-        std::fs::write(self.dir.join("key-id"), &id)?;
-        Ok(id)
+        Ok(Keys { client, server_key })
     }
 }
 
