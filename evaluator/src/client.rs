@@ -196,8 +196,11 @@ impl ApiClient {
             uploading(key.len());
             self.register_key(key)
         };
-        if self.request(&format!("/api/v1/keys/{id}"), None)?.status != 200 {
-            upload()?;
+        let known = self.request(&format!("/api/v1/keys/{id}"), None)?;
+        match known.status {
+            404 => drop(upload()?),
+            // Any other refusal (a token, a limit, the server) is the caller's to see.
+            _ => drop(known.json()?),
         }
         match self.submit(model, &id, spec, batch) {
             Err(e) if e.code() == Some("unknown_key") => {

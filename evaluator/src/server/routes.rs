@@ -20,7 +20,9 @@ use serde_json::json;
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::jobs::{Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress, Status};
+use super::jobs::{
+    spool_error, Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress, Status,
+};
 use super::keys::KEY_ID_HEADER;
 use super::metrics::Gauges;
 use super::models::ServedModel;
@@ -285,7 +287,7 @@ async fn submit_job(
             source,
         })?;
     // Refuse a token at its share of the queue before reading its body.
-    check_room(&state, &owner, JobKind::Interactive).await?;
+    check_room(&state, &owner, JobKind::Interactive, 0).await?;
     let body = upload.receive(&state, body).await?;
     let max_images = state.limits.batch_images;
     let inputs_len = model.loaded.circuit().input_len();
@@ -347,11 +349,16 @@ fn served(state: &AppState, id: String) -> Result<Arc<ServedModel>, ApiError> {
         .ok_or(ApiError::UnknownModel(id))
 }
 
-/// Refuses a job of `kind` for `owner` when the queue has no room for it
-/// ([`JobStorage::check_room`]): run before its body is read.
-async fn check_room(state: &AppState, owner: &Owner, kind: JobKind) -> Result<(), ApiError> {
+/// Refuses a job of `kind` for `owner` when the queue has no room for it, counting `pending`
+/// bulk uploads still arriving ([`JobStorage::check_room`]): run before its body is read.
+async fn check_room(
+    state: &AppState,
+    owner: &Owner,
+    kind: JobKind,
+    pending: usize,
+) -> Result<(), ApiError> {
     let (jobs, owner) = (state.jobs.clone(), owner.clone());
-    blocking(move || jobs.check_room(&owner, kind)).await
+    blocking(move || jobs.check_room(&owner, kind, pending)).await
 }
 
 /// Queues a checked job, answering 202 with its status and where to follow it.
@@ -392,9 +399,10 @@ async fn submit_bulk_job(
     }
     let inputs = spec.input.shape().len();
     let upload = admit_body(&state, &owner, &request, hexray_bulk::upload::limit(inputs))?;
-    check_room(&state, &owner, JobKind::Bulk).await?;
-    // Held until the job is queued or refused, so that uploads in flight count too.
-    let _receiving = state.begin_bulk_upload()?;
+    // Held until the job is queued or refused: the node's other uploads still arriving count
+    // as bulk jobs in the room check, so uploads in flight cannot pass the limit together.
+    let (_receiving, pending) = state.begin_bulk_upload()?;
+    check_room(&state, &owner, JobKind::Bulk, pending).await?;
     let file = upload.spool(&state, body).await?;
     let (file, images) = blocking(move || {
         let reader = std::fs::File::open(&file).map_err(spool_error)?;
@@ -606,15 +614,6 @@ fn admit_body(
         declared: declared.unwrap_or(0) as u64,
         _slot: state.begin_upload(owner)?,
     })
-}
-
-/// A spool file's fault: a full disk is the server's storage being full (507), anything else
-/// a server error.
-fn spool_error(e: std::io::Error) -> ApiError {
-    match e.kind() {
-        std::io::ErrorKind::StorageFull => ApiError::StorageFull,
-        _ => ApiError::Internal(format!("the bulk spool: {e}")),
-    }
 }
 
 /// How much of a spooled body is gathered in memory before it is written out.

@@ -200,6 +200,16 @@ impl Slots {
             key: key.to_owned(),
         })
     }
+
+    /// How many of `key`'s slots are taken.
+    fn taken(&self, key: &str) -> usize {
+        self.0
+            .lock()
+            .expect("slots lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// One slot taken; dropping it (the body arrived, the stream ended, the client left) frees it.
@@ -357,11 +367,14 @@ impl AppState {
             .ok_or(ApiError::TooManyStreams { limit })
     }
 
-    /// Claims one of this node's bulk upload slots, or refuses with 503 and Retry-After.
-    pub fn begin_bulk_upload(&self) -> Result<Slot, ApiError> {
-        self.bulk_uploads
+    /// Claims one of this node's bulk upload slots, or refuses with 503 and Retry-After;
+    /// returns it with how many other bulk uploads this node is receiving.
+    pub fn begin_bulk_upload(&self) -> Result<(Slot, usize), ApiError> {
+        let slot = self
+            .bulk_uploads
             .claim("bulk", self.bulk_capacity)
-            .ok_or(ApiError::QueueFull { retry_after: 30 })
+            .ok_or(ApiError::QueueFull { retry_after: 30 })?;
+        Ok((slot, self.bulk_uploads.taken("bulk") - 1))
     }
 
     /// Claims an upload slot for `owner`, or refuses with 429.

@@ -208,22 +208,20 @@ impl Batch<'_> {
 
     /// Submits the upload, waiting while the server's queue is full.
     fn submit(&self, body: &[u8]) -> Result<String> {
-        for _ in 0..QUEUE_FULL_RETRIES {
+        let mut attempt = 1;
+        loop {
             match self.api.submit_bulk(self.model, self.spec, body) {
-                Err(e) if e.code() == Some("queue_full") => {
+                Err(e) if e.code() == Some("queue_full") && attempt < QUEUE_FULL_RETRIES => {
                     eprintln!(
                         "batch {}: the server's queue is full; retrying in 30 s",
                         self.number
                     );
                     std::thread::sleep(Duration::from_secs(30));
+                    attempt += 1;
                 }
                 other => return Ok(other?),
             }
         }
-        bail!(
-            "the server's queue stayed full for {} minutes",
-            QUEUE_FULL_RETRIES / 2
-        )
     }
 }
 
@@ -284,18 +282,28 @@ fn read_folder(folder: &Path, spec: &BulkSpec) -> Result<(Vec<Row>, Unreadable)>
 /// Files over this size are not X-rays: they are listed, not read.
 const MAX_FILE_BYTES: u64 = 1 << 30;
 
-/// Every file below `dir`, following links; a folder that cannot be listed goes to
-/// `unreadable`, as a file that cannot be read does.
+/// Every file below `dir`, with links to files followed; a link to a folder is not followed
+/// (it could loop), and it and a folder that cannot be listed go to `unreadable`, as a file that
+/// cannot be read does.
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<(PathBuf, String)>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => return unreadable.push((dir.to_owned(), format!("cannot list it: {e}"))),
     };
     for entry in entries {
+        let entry = match entry.and_then(|e| Ok((e.path(), e.file_type()?))) {
+            Ok(entry) => entry,
+            Err(e) => {
+                unreadable.push((dir.to_owned(), format!("cannot list it: {e}")));
+                continue;
+            }
+        };
         match entry {
-            Ok(entry) if entry.path().is_dir() => collect_files(&entry.path(), files, unreadable),
-            Ok(entry) => files.push(entry.path()),
-            Err(e) => unreadable.push((dir.to_owned(), format!("cannot list it: {e}"))),
+            (path, kind) if kind.is_dir() => collect_files(&path, files, unreadable),
+            (path, kind) if kind.is_symlink() && path.is_dir() => {
+                unreadable.push((path, "a link to a folder, not followed".into()))
+            }
+            (path, _) => files.push(path),
         }
     }
 }

@@ -214,7 +214,7 @@ impl JobStorage for MemoryJobs {
         // The owner's share is counted and the job entered under one lock, so that two
         // submissions at once cannot both take the last place.
         let mut table = self.jobs.table.lock().expect("job table lock");
-        self.room(&table, &job.owner, kind, images)?;
+        self.room(&table, &job.owner, kind, (images, 0))?;
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.sender.try_send(job.clone()) {
             Ok(()) => {
@@ -231,9 +231,9 @@ impl JobStorage for MemoryJobs {
         }
     }
 
-    fn check_room(&self, owner: &Owner, kind: JobKind) -> Result<(), ApiError> {
+    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), ApiError> {
         let table = self.jobs.table.lock().expect("job table lock");
-        self.room(&table, owner, kind, 1)
+        self.room(&table, owner, kind, (1, pending))
     }
 
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
@@ -256,18 +256,19 @@ impl JobStorage for MemoryJobs {
 }
 
 impl MemoryJobs {
-    /// [`room`] for a job of `owner`'s of `images` images, counted in `table`.
+    /// [`room`] for a job of `owner`'s of `images` images, counted in `table` with `pending`
+    /// bulk uploads still arriving.
     fn room(
         &self,
         table: &HashMap<String, Arc<Job>>,
         owner: &Owner,
         kind: JobKind,
-        images: usize,
+        (images, pending): (usize, usize),
     ) -> Result<(), ApiError> {
         let owners = || table.values().filter(|job| job.owner == *owner);
         let now = QueueOccupancy {
             owner_active: owners().filter(|job| job.is_active()).count(),
-            bulk_active: table.values().filter(|job| job.holds_bulk()).count(),
+            bulk_active: table.values().filter(|job| job.holds_bulk()).count() + pending,
             owner_bulk_images: owners()
                 .filter(|job| job.kind == JobKind::Bulk)
                 .map(|job| job.images)

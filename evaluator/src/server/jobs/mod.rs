@@ -38,8 +38,9 @@ pub use memory::MemoryJobs;
 pub trait JobStorage: Send + Sync {
     /// Queues a batch, or refuses it at once when the queue or `owner`'s share of it is full.
     fn submit(&self, job: NewJob) -> Result<Status, ApiError>;
-    /// Refuses a job of `kind` that would not fit ([`room`]) before its body is read.
-    fn check_room(&self, owner: &Owner, kind: JobKind) -> Result<(), ApiError>;
+    /// Refuses a job of `kind` that would not fit ([`room`]) before its body is read; `pending`
+    /// bulk uploads that this node is still receiving count as bulk jobs.
+    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), ApiError>;
     /// `owner`'s job `id`; another token's job is unknown to it.
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError>;
     /// The encrypted outputs of `owner`'s job, once done: for an interactive job, packed
@@ -240,6 +241,16 @@ pub struct QueueConfig {
     /// How long a node's claim on shared work lasts unless it renews it: another node takes
     /// the work of a node that died once its lease has run out.
     pub lease: Duration,
+}
+
+/// A fault of a file in the bulk spool: a full disk is the server's storage being full (507
+/// to a client; a claim on a shared queue lets it lapse, for a node with room), anything else
+/// a server error.
+pub(crate) fn spool_error(e: std::io::Error) -> ApiError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => ApiError::StorageFull,
+        _ => ApiError::Internal(format!("the bulk spool: {e}")),
+    }
 }
 
 /// 128 random bits in hex: ids that cannot be guessed, so one client cannot poll another's job.

@@ -108,7 +108,9 @@ impl PgJobs {
                           RETURNING e.upload)
                       SELECT count(lo_unlink(upload)) FROM ended
                       WHERE upload IN (SELECT oid FROM pg_largeobject_metadata)";
-        let expire = "DELETE FROM jobs WHERE finished < now() - make_interval(secs => $1)";
+        // A job whose upload is not unlinked yet stays, so no large object is ever orphaned.
+        let expire = "DELETE FROM jobs WHERE finished < now() - make_interval(secs => $1)
+                      AND upload IS NULL";
         let stale = "WITH stale AS (
                          UPDATE job_images SET state = 'failed', input = NULL
                          WHERE state = 'queued' AND job_id IN (
@@ -145,19 +147,20 @@ const OCCUPANCY: &str = "SELECT count(*) FILTER (WHERE owner = $1 AND state IN (
                          FROM jobs";
 
 impl PgJobs {
-    /// [`room`] for a job of `owner`'s of `images` images, as the database counts them now.
+    /// [`room`] for a job of `owner`'s of `images` images, as the database counts them now,
+    /// with `pending` bulk uploads this node is still receiving.
     fn room_in(
         &self,
         c: &mut impl postgres::GenericClient,
         owner: &Owner,
         kind: JobKind,
-        images: usize,
+        (images, pending): (usize, usize),
     ) -> Result<Result<(), ApiError>, postgres::Error> {
         let row = c.query_one(OCCUPANCY, &[&owner.0])?;
         let count = |i| row.get::<_, i64>(i) as usize;
         let now = QueueOccupancy {
             owner_active: count(0),
-            bulk_active: count(1),
+            bulk_active: count(1) + pending,
             owner_bulk_images: count(2),
         };
         Ok(room(&self.config, kind, images, now))
@@ -227,7 +230,7 @@ impl JobStorage for PgJobs {
                 "SELECT pg_advisory_xact_lock(hashtext('hexray job submission'))",
                 &[],
             )?;
-            if let Err(e) = self.room_in(&mut tx, &new.owner, kind, images)? {
+            if let Err(e) = self.room_in(&mut tx, &new.owner, kind, (images, 0))? {
                 return Ok(Err(e));
             }
             let waiting: i64 = tx
@@ -287,8 +290,9 @@ impl JobStorage for PgJobs {
         })
     }
 
-    fn check_room(&self, owner: &Owner, kind: JobKind) -> Result<(), ApiError> {
-        self.database.with(|c| self.room_in(c, owner, kind, 1))?
+    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), ApiError> {
+        self.database
+            .with(|c| self.room_in(c, owner, kind, (1, pending)))?
     }
 
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {

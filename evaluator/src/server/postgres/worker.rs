@@ -26,7 +26,7 @@ use super::Database;
 use crate::server::auth::Owner;
 use crate::server::error::ApiError;
 use crate::server::evaluation::Evaluator;
-use crate::server::jobs::JobKind;
+use crate::server::jobs::{spool_error, JobKind};
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
 
@@ -211,6 +211,15 @@ impl Workers {
         });
         let recorded = match result {
             Ok(outputs) => self.complete(claim, &outputs),
+            // This node's disk, not the job: the claim lapses, for this node or another to
+            // take again.
+            Err(ApiError::StorageFull) => {
+                log::error!(
+                    "job {}: this node's spool is full; its claim will lapse",
+                    claim.job
+                );
+                Ok(())
+            }
             Err(error) => self.fail(claim, &error),
         };
         if let Err(e) = recorded {
@@ -256,7 +265,7 @@ impl Workers {
         let oid = claim
             .upload
             .ok_or_else(|| ApiError::Internal(format!("bulk job {} has no upload", claim.job)))?;
-        let disk = |e: std::io::Error| ApiError::Internal(format!("copying a bulk upload: {e}"));
+        let disk = spool_error;
         let mut file = tempfile::tempfile_in(&self.spool).map_err(disk)?;
         let copied = self.database.with(|c| {
             // Run again after a lost connection: the copy starts over.
