@@ -926,14 +926,7 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
         .to_request();
     let response = test::call_service(&app, request).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let stream = actix_web::rt::time::timeout(
-        Duration::from_secs(600),
-        actix_web::body::to_bytes(response.into_body()),
-    )
-    .await
-    .expect("the stream ends when the job does")
-    .unwrap();
-    let events = status_events(std::str::from_utf8(&stream).unwrap());
+    let events = whole_stream(response).await;
     let done = events.last().unwrap();
     assert_eq!(done["state"], "done", "{events:?}");
     assert_eq!(done["kind"], "bulk", "{done}");
@@ -1426,6 +1419,19 @@ async fn finished_jobs_are_removed_on_a_timer_after_their_retention() {
     assert_eq!(json(&body)["code"], "unknown_job");
 }
 
+/// The status events of a progress stream, read whole: it ends by itself after the final
+/// event, or the deadline fails the test.
+async fn whole_stream(response: ServiceResponse) -> Vec<Value> {
+    let body = actix_web::rt::time::timeout(
+        Duration::from_secs(600),
+        actix_web::body::to_bytes(response.into_body()),
+    )
+    .await
+    .expect("the stream ends when the job does")
+    .unwrap();
+    status_events(std::str::from_utf8(&body).unwrap())
+}
+
 /// The `data` of every `status` event in a server-sent event stream, in order.
 fn status_events(stream: &str) -> Vec<Value> {
     stream
@@ -1466,15 +1472,7 @@ async fn the_progress_stream_runs_to_the_finished_job_and_then_ends() {
         response.headers().get("content-type").unwrap(),
         "text/event-stream"
     );
-    // The whole stream: it ends by itself after the final event, or the deadline fails it.
-    let body = actix_web::rt::time::timeout(
-        Duration::from_secs(600),
-        actix_web::body::to_bytes(response.into_body()),
-    )
-    .await
-    .expect("the stream ends when the job does")
-    .unwrap();
-    let events = status_events(std::str::from_utf8(&body).unwrap());
+    let events = whole_stream(response).await;
     assert!(events.len() >= 2, "{events:?}");
     let total = 2 * model().circuit().bootstrap_count();
     let order = |state: &Value| {
