@@ -14,19 +14,20 @@
 //! needs the right to create databases), dropped at the end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hexray_crypto::{frames, ClientKey};
+use hexray_crypto::{batch_body, ClientKey};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::launch;
+use hexray_evaluator::server::jobs::{JobState, Progress, Status};
 use hexray_evaluator::server::postgres::connection::other_database;
 use hexray_evaluator::server::postgres::Connection;
 use hexray_model::ClientSpec;
 use indicatif::ProgressBar;
 use ndarray::Array3;
-use serde_json::Value;
 
 use crate::keys::median_ms;
 use crate::load::sample_inputs;
@@ -80,45 +81,27 @@ impl Nodes<'_> {
     /// Starts node `name` with one evaluation thread, and waits until it answers.
     fn start(&self, name: &str) -> Result<Node> {
         let data = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut command = Command::new(self.hexray);
-        command
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--models-dir")
-            .arg(self.models)
-            .args([
-                "--web-dir",
-                "/nonexistent",
-                "--threads",
-                "1",
-                "--node-name",
-                name,
-            ])
-            .args(["--lease-s", &self.lease_s.to_string()])
-            .args(["--max-batch", "64", "--queue-limit", "64"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let port = launch::free_port()?;
+        let lease = self.lease_s.to_string();
+        let mut flags = vec!["--models-dir", path_str(self.models)?];
+        flags.extend(["--threads", "1", "--node-name", name, "--lease-s", &lease]);
+        flags.extend(["--max-batch", "64", "--queue-limit", "64"]);
         if let Some(url) = self.database {
-            command.args(["--database-url", url]);
+            flags.extend(["--database-url", url]);
         }
-        let node = Node {
-            process: command.spawn().context("starting hexray serve")?,
+        let process = launch::start(self.hexray, data.path(), port, &flags)
+            .with_context(|| format!("starting node {name}"))?;
+        Ok(Node {
+            process,
             api: ApiClient::new(&format!("http://127.0.0.1:{port}"), None),
             _data: data,
-        };
-        let started = Instant::now();
-        while node.api.request("/api/v1/health", None).is_err() {
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("node {name} did not start");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(node)
+        })
     }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// A client with its key registered on a node, ready to submit encrypted batches.
@@ -142,36 +125,38 @@ impl Clinician {
                     .to_bytes()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(api.submit(&self.model, &self.key, &self.spec, &frames::pack(&blobs))?)
+        Ok(api.submit(
+            &self.model,
+            &self.key,
+            &self.spec,
+            &batch_body::pack(&blobs),
+        )?)
     }
 }
 
-fn status(api: &ApiClient, job: &str) -> Result<Value> {
-    Ok(api.request(&format!("/api/v1/jobs/{job}"), None)?.json()?)
-}
-
-/// Polls until `ready`, every 50 ms; fails on a failed job or after ten minutes.
-fn until(api: &ApiClient, job: &str, ready: impl Fn(&Value) -> bool) -> Result<Value> {
+/// Polls until `ready`, every 50 ms (finer than [`ApiClient::wait`], as the timings here are
+/// short); fails on a failed job or after ten minutes.
+fn until(api: &ApiClient, job: &str, ready: impl Fn(&Status) -> bool) -> Result<Status> {
     let started = Instant::now();
     loop {
-        let status = status(api, job)?;
+        let status = api.status(job)?;
         if ready(&status) {
             return Ok(status);
         }
-        if status["state"] == "failed" || started.elapsed() > Duration::from_secs(600) {
-            bail!("job {job}: {status}");
+        if status.state == JobState::Failed || started.elapsed() > Duration::from_secs(600) {
+            bail!("job {job}: {status:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn done(status: &Value) -> bool {
-    status["state"] == "done"
+fn done(status: &Status) -> bool {
+    status.state == JobState::Done
 }
 
 /// Seconds from submitting a batch of `images` to its job being done, and the job's final
 /// status.
-fn time_job(api: &ApiClient, clinician: &Clinician, images: usize) -> Result<(f64, Value)> {
+fn time_job(api: &ApiClient, clinician: &Clinician, images: usize) -> Result<(f64, Status)> {
     let started = Instant::now();
     let job = clinician.submit(api, images)?;
     let status = until(api, &job, done)?;
@@ -260,18 +245,20 @@ pub fn run(args: Args) -> Result<()> {
     }
     let single = seconds[0][0];
     let job = clinician.submit(&nodes[0].api, 1)?;
-    let running = until(&nodes[0].api, &job, |s| {
-        s["bootstraps_done"].as_u64().is_some_and(|n| n > 0)
-    })?;
+    let running = until(
+        &nodes[0].api,
+        &job,
+        |s| matches!(s.progress, Progress::Bootstraps { bootstraps_done, .. } if bootstraps_done > 0),
+    )?;
     let [a, b] = nodes;
-    let (victim, survivor, name) = if running["node"] == "node-a" {
+    let (victim, survivor, name) = if running.node.as_deref() == Some("node-a") {
         (a, b, "node-b")
     } else {
         (b, a, "node-a")
     };
     drop(victim);
     let killed = Instant::now();
-    until(&survivor.api, &job, |s| s["node"] == name)?;
+    until(&survivor.api, &job, |s| s.node.as_deref() == Some(name))?;
     let claimed = killed.elapsed().as_secs_f64();
     until(&survivor.api, &job, done)?;
     let recovery = killed.elapsed().as_secs_f64();
@@ -294,9 +281,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut outside = Vec::new();
         for _ in 0..args.overhead_jobs.max(1) {
             let (wall, status) = time_job(&node.api, &clinician, 1)?;
-            let evaluating = status["seconds"]
-                .as_f64()
-                .context("a done job has seconds")?;
+            let evaluating = status.seconds.context("a done job has seconds")?;
             walls.push(Duration::from_secs_f64(wall));
             outside.push(Duration::from_secs_f64(wall - evaluating));
         }

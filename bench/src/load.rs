@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
 use anyhow::{Context, Result};
-use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::{ApiClient, ClientError};
 use hexray_evaluator::server::auth::{Access, Scope, Tokens};
@@ -237,7 +237,7 @@ impl<'a> Session<'a> {
             .client
             .encrypt(self.model.spec(), input.view())?
             .to_bytes()?;
-        Ok(frames::pack(&[blob]))
+        Ok(batch_body::pack(&[blob]))
     }
 
     /// Submits its images as one job, as the page does, retrying after `Retry-After` while
@@ -258,7 +258,7 @@ impl<'a> Session<'a> {
                     .to_bytes()?)
             })
             .collect::<Result<Vec<_>>>()?;
-        let batch = frames::pack(&blobs);
+        let batch = batch_body::pack(&blobs);
         let start = Instant::now();
         let job = loop {
             match self
@@ -272,7 +272,7 @@ impl<'a> Session<'a> {
         let status = self.api.wait(&job, Duration::from_secs(1800))?;
         anyhow::ensure!(status.state == JobState::Done, "job {job}: {status:?}");
         let outputs = self.api.outputs(&job)?;
-        let blobs = frames::unpack(&outputs, images)?;
+        let blobs = batch_body::unpack(&outputs, images)?;
         anyhow::ensure!(blobs.len() == images, "job {job}: {} outputs", blobs.len());
         let seconds = start.elapsed().as_secs_f64();
         let mut good = Good::default();

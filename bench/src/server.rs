@@ -13,9 +13,10 @@ use actix_http::Request;
 use actix_web::dev::Service;
 use actix_web::{test, web, App};
 use anyhow::{bail, Context, Result};
-use hexray_crypto::{frames, ClientKey, EncryptedImage};
+use hexray_crypto::{batch_body, ClientKey, EncryptedImage};
 use hexray_engine::{evaluate_batch, LoadedModel};
 use hexray_evaluator::server::auth::{Access, Owner};
+use hexray_evaluator::server::jobs::{JobState, Status};
 use hexray_evaluator::server::{configure, AppState, Config};
 use hexray_model::preprocess::preprocess;
 
@@ -78,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let n = args.overhead_batch;
-    let body = frames::pack(
+    let body = batch_body::pack(
         &encrypt(n)?
             .iter()
             .map(EncryptedImage::to_bytes)
@@ -181,10 +182,10 @@ impl<S: Service<Request, Response = Response, Error = actix_web::Error>> Api<S> 
             let request = test::TestRequest::get()
                 .uri(&format!("/api/v1/jobs/{id}"))
                 .to_request();
-            let status: serde_json::Value = test::call_and_read_body_json(&self.app, request).await;
-            match status["state"].as_str() {
-                Some("done") => break,
-                Some("failed") => bail!("the job failed: {}", status["error"]),
+            let status: Status = test::call_and_read_body_json(&self.app, request).await;
+            match status.state {
+                JobState::Done => break,
+                JobState::Failed => bail!("the job failed: {:?}", status.error),
                 _ => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -192,7 +193,7 @@ impl<S: Service<Request, Response = Response, Error = actix_web::Error>> Api<S> 
             .uri(&format!("/api/v1/jobs/{id}/outputs"))
             .to_request();
         let outputs = test::call_and_read_body(&self.app, request).await;
-        frames::unpack(&outputs, 64)?;
+        batch_body::unpack(&outputs, 64)?;
         Ok(start.elapsed().as_secs_f64())
     }
 }

@@ -95,7 +95,7 @@ impl<K: Kind> Packed<K> {
 
     /// Writes the wire format; returns the bytes written.
     pub fn write_to(&self, writer: impl Write) -> Result<u64, BulkError> {
-        write_frames(writer, K::MAGIC, self.images, &self.ciphertexts)
+        write_wire(writer, K::MAGIC, self.images, &self.ciphertexts)
     }
 
     /// The wire format in memory.
@@ -111,7 +111,7 @@ impl<K: Kind> Packed<K> {
     /// classes for results), so a header that declares others is refused before any is read.
     pub fn read_from(reader: impl Read, ciphertexts: usize) -> Result<Self, BulkError> {
         let mut read = Vec::with_capacity(ciphertexts);
-        let images = read_frames(reader, K::MAGIC, K::WHAT, ciphertexts, |ct| read.push(ct))?;
+        let images = read_wire(reader, K::MAGIC, K::WHAT, ciphertexts, |ct| read.push(ct))?;
         Ok(Packed::new(images, read))
     }
 
@@ -119,7 +119,7 @@ impl<K: Kind> Packed<K> {
     /// at a time; returns how many images it packs. For a server that checks an upload before
     /// it queues it, without the 400 MB a decoded batch takes.
     pub fn check(reader: impl Read, ciphertexts: usize) -> Result<usize, BulkError> {
-        read_frames(reader, K::MAGIC, K::WHAT, ciphertexts, drop)
+        read_wire(reader, K::MAGIC, K::WHAT, ciphertexts, drop)
     }
 }
 
@@ -127,7 +127,7 @@ fn magic(kind: &str) -> String {
     format!("HEXRAY-BULK {kind} 1\n")
 }
 
-fn write_frames(
+fn write_wire(
     mut writer: impl Write,
     kind: &str,
     images: usize,
@@ -176,7 +176,7 @@ pub(crate) fn read_frame(mut reader: impl Read, limit: usize) -> Result<Vec<u8>,
 }
 
 /// Reads the wire format, giving each checked ciphertext to `keep`; returns the images.
-fn read_frames(
+fn read_wire(
     reader: impl Read,
     kind: &str,
     what: &'static str,

@@ -8,15 +8,15 @@
 //! - [`ciphertext`]: seeded encryption of a preprocessed image and decryption of the outputs;
 //! - [`lwe`]: what the server computes on ciphertexts: clear-weight dot products, lookup
 //!   tables and batched keyswitch + bootstrap;
-//! - [`frames`]: several blobs (a batch of images or outputs) in one HTTP body.
+//! - [`batch_body`]: several blobs (a batch of images or outputs) in one HTTP body.
 //!
 //! This is the only crate that names TFHE-rs: `hexray-engine` composes [`lwe`]'s operations
 //! into a network without seeing TFHE-rs's types, and a client needs nothing but this crate.
 
+pub mod batch_body;
 pub mod ciphertext;
 mod envelope;
 pub mod error;
-pub mod frames;
 pub mod keys;
 pub mod lwe;
 pub mod params;

@@ -250,6 +250,11 @@ impl ApiClient {
         string(&reply, "job_id")
     }
 
+    /// A job's status, as the server reports it now.
+    pub fn status(&self, job: &str) -> Result<Status, ClientError> {
+        self.request(&format!("/api/v1/jobs/{job}"), None)?.parse()
+    }
+
     /// Polls a job until it is done or failed; returns its last status.
     pub fn wait(&self, job: &str, timeout: Duration) -> Result<Status, ClientError> {
         self.follow(job, timeout, |_| {})
@@ -264,9 +269,7 @@ impl ApiClient {
     ) -> Result<Status, ClientError> {
         let start = Instant::now();
         loop {
-            let status: Status = self
-                .request(&format!("/api/v1/jobs/{job}"), None)?
-                .parse()?;
+            let status = self.status(job)?;
             seen(&status);
             if status.is_final() {
                 return Ok(status);

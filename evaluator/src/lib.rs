@@ -3,8 +3,11 @@
 //!
 //! - [`server`]: the actix-web server: page, API, key store and job queue;
 //! - [`client`]: a blocking client of that API, knowing models only by their client specs;
+//! - [`launch`]: starting a `hexray serve` process and waiting until it answers, for the tests
+//!   and benchmarks;
 //! - [`progress`]: the progress bar the command lines show over bootstraps.
 
 pub mod client;
+pub mod launch;
 pub mod progress;
 pub mod server;

@@ -13,7 +13,7 @@ use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::ApiClient;
 use hexray_model::preprocess::preprocess;
@@ -105,7 +105,7 @@ fn submit(
         })
         .collect();
     let spec = api.spec("pneumonia-a").unwrap();
-    api.submit("pneumonia-a", key, &spec, &frames::pack(&blobs))
+    api.submit("pneumonia-a", key, &spec, &batch_body::pack(&blobs))
         .unwrap()
 }
 
@@ -133,7 +133,7 @@ fn until(api: &ApiClient, job: &str, limit: Duration, ready: impl Fn(&Value) -> 
 /// Checks that the packed `outputs` decrypt, in order, to what the simulator allows for
 /// `inputs`.
 fn check(client: &ClientKey, model: &LoadedModel, inputs: &[Array3<i64>], outputs: &[u8]) {
-    let blobs = frames::unpack(outputs, inputs.len()).unwrap();
+    let blobs = batch_body::unpack(outputs, inputs.len()).unwrap();
     assert_eq!(blobs.len(), inputs.len());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     for (i, (blob, input)) in blobs.iter().zip(inputs).enumerate() {

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hexray_crypto::{frames, ClientKey, ParameterSet};
+use hexray_crypto::{batch_body, ClientKey, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::ApiClient;
 use hexray_evaluator::server::jobs::JobState;
@@ -110,7 +110,7 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
     ))
     .unwrap();
     let input = preprocess(&image, &spec.input).unwrap();
-    let batch = frames::pack(&[client
+    let batch = batch_body::pack(&[client
         .encrypt(&spec, input.view())
         .unwrap()
         .to_bytes()
@@ -141,7 +141,7 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
     let status = api.wait(&job, Duration::from_secs(300)).unwrap();
     assert_eq!(status.state, JobState::Done, "{status:?}");
     let outputs = api.outputs(&job).unwrap();
-    let blobs = frames::unpack(&outputs, 1).unwrap();
+    let blobs = batch_body::unpack(&outputs, 1).unwrap();
     let output =
         hexray_crypto::EncryptedOutput::from_bytes(blobs[0], ParameterSet::Ks32, spec.output_len())
             .unwrap();

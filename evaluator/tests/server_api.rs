@@ -16,7 +16,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{test, web, App};
-use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::server::auth::{Access, Scope, Tokens};
 use hexray_evaluator::server::error::ErrorCode;
@@ -212,7 +212,7 @@ fn batch(client: &ClientKey, names: &[&str]) -> Vec<u8> {
                 .unwrap()
         })
         .collect();
-    frames::pack(&blobs)
+    batch_body::pack(&blobs)
 }
 
 /// Polls a job until it ends; returns its final status.
@@ -252,7 +252,7 @@ where
     .await;
     assert_eq!(status, StatusCode::OK);
     let circuit = &model().circuit();
-    let blobs = frames::unpack(&body, names.len()).unwrap();
+    let blobs = batch_body::unpack(&body, names.len()).unwrap();
     assert_eq!(blobs.len(), names.len());
     for (blob, name) in blobs.into_iter().zip(names) {
         let output =
@@ -378,12 +378,12 @@ async fn every_error_path_answers_json_with_a_stable_code() {
             ),
             case(post(&job, b"HXB1".to_vec()), 422, "malformed_ciphertext"),
             case(
-                post(&job, frames::pack(&[b"not a ciphertext"])),
+                post(&job, batch_body::pack(&[b"not a ciphertext"])),
                 422,
                 "malformed_ciphertext",
             ),
             case(
-                post(&job, frames::pack::<Vec<u8>>(&[])),
+                post(&job, batch_body::pack::<Vec<u8>>(&[])),
                 422,
                 "wrong_input_count",
             ),

@@ -18,7 +18,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{test, web, App};
-use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::server::auth::Access;
 use hexray_evaluator::server::{configure, AppState, Config};
@@ -137,7 +137,7 @@ where
         "/api/v1/jobs?model=pneumonia-mlp-64&key={key}&fingerprint={}",
         model.spec().fingerprint
     );
-    let batch = frames::pack(&[image.to_bytes().unwrap()]);
+    let batch = batch_body::pack(&[image.to_bytes().unwrap()]);
     let (status, body, _) = call(submit, Method::POST, &uri, batch).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let job = body["job_id"].as_str().unwrap().to_owned();
@@ -161,7 +161,7 @@ where
         vec![],
     )
     .await;
-    let output = frames::unpack(&outputs, 1).unwrap()[0];
+    let output = batch_body::unpack(&outputs, 1).unwrap()[0];
     let output = EncryptedOutput::from_bytes(output, ParameterSet::Ks32, 2).unwrap();
     let shown = client.decrypt(model.spec(), &output).unwrap();
     let prediction = client.decrypt_prediction(model.circuit(), &output).unwrap();
@@ -302,7 +302,8 @@ where
         "/api/v1/jobs?model=pneumonia-mlp-64&key={key}&fingerprint={}",
         model.spec().fingerprint
     );
-    let (status, body, _) = call(app, Method::POST, &uri, frames::pack(&[&image, &image])).await;
+    let (status, body, _) =
+        call(app, Method::POST, &uri, batch_body::pack(&[&image, &image])).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     body["job_id"].as_str().unwrap().to_owned()
 }

@@ -184,7 +184,7 @@ impl CompiledModel {
     /// SHA-256 of the model file ([`CompiledModel::to_bytes`]), in hex: the fingerprint a client
     /// checks, so that it knows which weights answered it without seeing them.
     pub fn fingerprint(&self) -> String {
-        hex(&Sha256::digest(self.to_bytes()))
+        crate::hex::encode(&Sha256::digest(self.to_bytes()))
     }
 }
 
@@ -199,9 +199,4 @@ pub(crate) fn check_borderline_margin(field: &str, margin: f64) -> Result<(), Mo
         ));
     }
     Ok(())
-}
-
-/// Bytes in lowercase hex: how every digest and id in HEXray is written.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

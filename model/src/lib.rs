@@ -4,6 +4,7 @@
 //! Everything that two parties must agree on bit for bit lives here and nowhere else. The
 //! modules build on one another in this order, and import only from those before them:
 //! - [`error`]: the typed errors every module returns;
+//! - [`hex`]: bytes as lowercase hex, the one way digests and ids are written;
 //! - [`parameters`]: the TFHE and BFV parameter sets as the numbers the compilers need;
 //! - [`network`]: the schema of a trained network, its shapes and its validation;
 //! - [`circuit`]: the network compiled into stages of dot products and bootstraps, with the
@@ -32,6 +33,7 @@ pub mod circuit;
 pub mod client_spec;
 pub mod error;
 pub mod file;
+pub mod hex;
 pub mod network;
 pub mod packed;
 pub mod parameters;

@@ -8,6 +8,7 @@ use std::path::Path;
 /// The layers, lowest first.
 const ORDER: &[&str] = &[
     "error",
+    "hex",
     "parameters",
     "network",
     "circuit",

@@ -4,13 +4,18 @@
 //! evaluator's integration tests, which use this module, have it built before they run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
-use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::launch;
 
-/// The `hexray` binary of this build: a test executable lives in `target/<profile>/deps/`.
+/// The `hexray` binary of this build, to run.
 pub fn hexray() -> Command {
+    Command::new(binary())
+}
+
+/// The path of the `hexray` binary of this build: a test executable lives in
+/// `target/<profile>/deps/`.
+pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let binary: PathBuf = exe
         .parent()
@@ -22,16 +27,12 @@ pub fn hexray() -> Command {
         "{} is missing: run the evaluator's tests (cargo test -p hexray-evaluator), which build it",
         binary.display()
     );
-    Command::new(binary)
+    binary
 }
 
 /// A free loopback port.
 pub fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    launch::free_port().expect("a free loopback port")
 }
 
 /// Starts `hexray serve` with tokens on `data`, and waits until it answers.
@@ -45,35 +46,15 @@ pub fn serve_with(data: &Path, tokens: &Path, port: u16, flags: &[&str]) -> Chil
     start(data, port, &[&tokens[..], flags].concat())
 }
 
-/// Starts `hexray serve` on loopback with `flags` (2 evaluation threads unless they say
-/// otherwise), and waits until it answers.
+/// Starts this build's `hexray serve` ([`launch::start`]) with `flags` (2 evaluation threads
+/// unless they say otherwise), and waits until it answers.
 pub fn start(data: &Path, port: u16, flags: &[&str]) -> Child {
     let threads: &[&str] = if flags.contains(&"--threads") {
         &[]
     } else {
         &["--threads", "2"]
     };
-    let child = hexray()
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--web-dir", "/nonexistent"])
-        .args(threads)
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hexray serve starts");
-    let health = ApiClient::new(&format!("http://127.0.0.1:{port}"), None);
-    let start = Instant::now();
-    while health.request("/api/v1/health", None).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
+    launch::start(&binary(), data, port, &[threads, flags].concat()).expect("hexray serve starts")
 }
 
 /// SIGKILL: the server gets no chance to tidy up.

@@ -15,7 +15,7 @@
 //!   `client.decrypt(model, outputBytes)`;
 //! - `pack_batch([blobs])`, `unpack_batch(body, count)`: the HXB1 batch bodies.
 
-use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::ClientSpec;
 use serde::Serialize;
@@ -234,13 +234,13 @@ pub fn pack_batch(blobs: js_sys::Array) -> Vec<u8> {
         .iter()
         .map(|b| js_sys::Uint8Array::new(&b).to_vec())
         .collect();
-    frames::pack(&blobs)
+    batch_body::pack(&blobs)
 }
 
 /// Splits a job's outputs body into its blobs (`Uint8Array`s); `count` is how many there must be.
 #[wasm_bindgen]
 pub fn unpack_batch(body: &[u8], count: usize) -> Result<js_sys::Array, JsError> {
-    let blobs = frames::unpack(body, count).map_err(error)?;
+    let blobs = batch_body::unpack(body, count).map_err(error)?;
     if blobs.len() != count {
         return Err(JsError::new(&format!(
             "the server returned {} outputs for {count} images",

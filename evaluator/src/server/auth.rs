@@ -12,7 +12,7 @@ use std::path::Path;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
-use hexray_model::file::hex;
+use hexray_model::hex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -110,7 +110,7 @@ impl Tokens {
     pub fn create(path: &Path, label: &str, scope: Scope) -> Result<String, TokensError> {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token = format!("hxr_{}", hex(&bytes));
+        let token = format!("hxr_{}", hex::encode(&bytes));
         let label: String = label
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -258,7 +258,7 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 fn hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+    hex::encode(&Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

@@ -7,14 +7,12 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use thiserror::Error;
 
+use super::store_error::StoreError;
+
 #[derive(Debug, Error)]
 pub enum ApiError {
     #[error("no model has id `{0}`")]
     UnknownModel(String),
-    #[error("no server key is registered under id `{0}`; upload it first")]
-    UnknownKey(String),
-    #[error("no job has id `{0}` (finished jobs are kept for a limited time)")]
-    UnknownJob(String),
     /// The one parameter-set refusal ([`hexray_crypto::ParameterSet::require`]), with what
     /// it was about.
     #[error("{context}: {source}")]
@@ -35,10 +33,8 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("{0}")]
     BadRequest(String),
-    #[error("job `{0}` has not finished yet")]
-    NotReady(String),
-    #[error("job `{id}` failed: {message}")]
-    JobFailed { id: String, message: String },
+    /// This node's bulk upload slots are all taken (the queue's own refusals are
+    /// [`StoreError::QueueFull`]).
     #[error("the job queue is full; retry after {retry_after} s")]
     QueueFull { retry_after: u64 },
     #[error("no route for {0}")]
@@ -51,35 +47,21 @@ pub enum ApiError {
         "model `{0}` has changed since its spec was fetched: fetch the spec again and re-encrypt"
     )]
     StaleModel(String),
-    #[error("this token already has {limit} keys registered; forget an old one or wait for it to expire")]
-    KeyQuota { limit: usize },
-    #[error("the server's storage (keys, or the bulk spool) is full; try again later or ask the administrator")]
-    StorageFull,
     #[error("this token already has {limit} uploads in progress; wait for them to finish")]
     TooManyUploads { limit: usize },
-    #[error("this token already has {limit} jobs queued or running; wait for one to finish")]
-    TooManyJobs { limit: usize },
-    #[error("this token already has {used} images in bulk jobs kept by the server, of its {limit} per {hours} h; wait for older jobs to expire")]
-    ImageQuota {
-        limit: usize,
-        used: usize,
-        hours: f64,
-    },
     #[error("this job already has {limit} progress streams open; poll the job instead")]
     TooManyStreams { limit: usize },
     #[error("the request body did not arrive within {seconds} s")]
     BodyTimeout { seconds: u64 },
-    #[error("the server's database is busy; retry after {BUSY_RETRY_S} s")]
-    Busy,
     #[error("too many requests without a token from this address; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
     /// A server fault. Its text is for the server's log only: clients get
     /// [`ApiError::public_message`], which names it by a reference.
     #[error("server error: {0}")]
     Internal(String),
-    /// The engine refused a job the server had accepted: a server bug, not the client's.
-    #[error("the evaluation failed: {0}")]
-    Engine(#[from] hexray_engine::EngineError),
+    /// What storage or a worker reported ([`store_status`] maps it).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Declares [`ErrorCode`] with its wire names and the list of them all in one place, so that
@@ -147,8 +129,6 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::UnknownModel(_) => ErrorCode::UnknownModel,
-            ApiError::UnknownKey(_) => ErrorCode::UnknownKey,
-            ApiError::UnknownJob(_) => ErrorCode::UnknownJob,
             ApiError::ParameterMismatch { .. } | ApiError::BulkParameterMismatch(_) => {
                 ErrorCode::ParameterMismatch
             }
@@ -157,23 +137,58 @@ impl ApiError {
             ApiError::WrongInputCount(_) => ErrorCode::WrongInputCount,
             ApiError::TooLarge { .. } => ErrorCode::TooLarge,
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
-            ApiError::NotReady(_) => ErrorCode::NotReady,
-            ApiError::JobFailed { .. } => ErrorCode::JobFailed,
             ApiError::QueueFull { .. } => ErrorCode::QueueFull,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Unauthorized => ErrorCode::Unauthorized,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::StaleModel(_) => ErrorCode::StaleModel,
-            ApiError::KeyQuota { .. } => ErrorCode::KeyQuota,
-            ApiError::StorageFull => ErrorCode::StorageFull,
             ApiError::TooManyUploads { .. } => ErrorCode::TooManyUploads,
-            ApiError::TooManyJobs { .. } => ErrorCode::TooManyJobs,
-            ApiError::ImageQuota { .. } => ErrorCode::ImageQuota,
             ApiError::TooManyStreams { .. } => ErrorCode::TooManyStreams,
             ApiError::BodyTimeout { .. } => ErrorCode::BodyTimeout,
-            ApiError::Busy => ErrorCode::Busy,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
-            ApiError::Internal(_) | ApiError::Engine(_) => ErrorCode::Internal,
+            ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::Store(e) => store_status(e).0,
+        }
+    }
+
+    /// Seconds a client should wait before it retries, for the refusals that say so.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::QueueFull { retry_after }
+            | ApiError::RateLimited { retry_after }
+            | ApiError::Store(StoreError::QueueFull { retry_after }) => Some(*retry_after),
+            ApiError::Store(StoreError::Busy) => Some(BUSY_RETRY_S),
+            _ => None,
+        }
+    }
+}
+
+/// The one place where storage's errors meet HTTP: each [`StoreError`]'s code and status.
+/// The bytes a client sent are a 4xx; the store's own faults are a 500, whose detail stays
+/// in the server's log.
+fn store_status(e: &StoreError) -> (ErrorCode, StatusCode) {
+    use hexray_crypto::CryptoError;
+    match e {
+        StoreError::UnknownKey(_) => (ErrorCode::UnknownKey, StatusCode::NOT_FOUND),
+        StoreError::UnknownJob(_) => (ErrorCode::UnknownJob, StatusCode::NOT_FOUND),
+        StoreError::NotReady(_) => (ErrorCode::NotReady, StatusCode::CONFLICT),
+        StoreError::JobFailed { .. } => (ErrorCode::JobFailed, StatusCode::CONFLICT),
+        StoreError::RejectedKey(CryptoError::ParameterMismatch { .. }) => (
+            ErrorCode::ParameterMismatch,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        StoreError::RejectedKey(_) => (ErrorCode::MalformedKey, StatusCode::UNPROCESSABLE_ENTITY),
+        StoreError::QueueFull { .. } => (ErrorCode::QueueFull, StatusCode::SERVICE_UNAVAILABLE),
+        StoreError::TooManyJobs { .. } => (ErrorCode::TooManyJobs, StatusCode::TOO_MANY_REQUESTS),
+        StoreError::OverQuota { .. } => {
+            (ErrorCode::WrongInputCount, StatusCode::UNPROCESSABLE_ENTITY)
+        }
+        StoreError::ImageQuota { .. } => (ErrorCode::ImageQuota, StatusCode::TOO_MANY_REQUESTS),
+        StoreError::KeyQuota { .. } => (ErrorCode::KeyQuota, StatusCode::TOO_MANY_REQUESTS),
+        StoreError::StorageFull => (ErrorCode::StorageFull, StatusCode::INSUFFICIENT_STORAGE),
+        StoreError::Busy => (ErrorCode::Busy, StatusCode::SERVICE_UNAVAILABLE),
+        StoreError::Internal(_) | StoreError::Engine(_) | StoreError::Bulk(_) => {
+            (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
 }
@@ -198,6 +213,13 @@ impl From<hexray_bulk::BulkError> for ApiError {
     }
 }
 
+/// How a failed job is shown to its client, settled once when a worker records the failure:
+/// its code, and the public message (a server fault's detail goes to the log).
+pub(crate) fn job_failure(error: StoreError) -> (ErrorCode, String) {
+    let error = ApiError::from(error);
+    (error.code(), error.public_message())
+}
+
 /// Seconds a client waits before retrying when the database is busy.
 const BUSY_RETRY_S: u64 = 1;
 
@@ -207,11 +229,11 @@ impl ApiError {
     /// and replaced by that reference, so that clients learn nothing of the server's insides
     /// and an administrator can still find what happened.
     pub fn public_message(&self) -> String {
-        match self {
-            ApiError::Internal(_) | ApiError::Engine(_) => {
+        match self.status_code() {
+            StatusCode::INTERNAL_SERVER_ERROR => {
                 let mut bytes = [0u8; 6];
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-                let reference = hexray_model::file::hex(&bytes);
+                let reference = hexray_model::hex::encode(&bytes);
                 log::error!("[{reference}] {self}");
                 format!(
                     "server error (reference {reference}); the administrator can find it in \
@@ -226,10 +248,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::UnknownModel(_)
-            | ApiError::UnknownKey(_)
-            | ApiError::UnknownJob(_)
-            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::ParameterMismatch { .. }
             | ApiError::BulkParameterMismatch(_)
             | ApiError::MalformedKey(_)
@@ -237,37 +256,26 @@ impl ResponseError for ApiError {
             | ApiError::WrongInputCount(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotReady(_) | ApiError::JobFailed { .. } | ApiError::StaleModel(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::StaleModel(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::KeyQuota { .. }
-            | ApiError::TooManyUploads { .. }
-            | ApiError::TooManyJobs { .. }
-            | ApiError::ImageQuota { .. }
+            ApiError::TooManyUploads { .. }
             | ApiError::TooManyStreams { .. }
             | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::QueueFull { .. } | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) | ApiError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Store(e) => store_status(e).1,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        match self {
-            ApiError::QueueFull { retry_after } | ApiError::RateLimited { retry_after } => {
-                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-            }
-            ApiError::Busy => {
-                response.insert_header((header::RETRY_AFTER, BUSY_RETRY_S.to_string()));
-            }
-            ApiError::Unauthorized => {
-                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-            }
-            _ => {}
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let ApiError::Unauthorized = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         response.json(Body {
             code: self.code().as_str(),
@@ -280,30 +288,56 @@ impl ResponseError for ApiError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_server_fault_reaches_the_client_as_a_reference_never_as_its_detail() {
-        let fault = ApiError::Internal(
-            "PostgreSQL: connection to 10.0.3.7 refused; /var/lib/hexray/keys unreadable".into(),
-        );
-        let response = fault.error_response();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    /// The body of `error`'s response, as a client reads it.
+    fn body(error: ApiError) -> (StatusCode, String) {
+        let response = error.error_response();
+        let status = response.status();
         let body = actix_web::body::to_bytes(response.into_body());
         let body = futures_util::FutureExt::now_or_never(body)
             .unwrap()
             .unwrap();
-        let text = String::from_utf8_lossy(&body);
-        assert!(text.contains("\"code\":\"internal\""), "{text}");
-        assert!(text.contains("reference"), "{text}");
-        for detail in ["PostgreSQL", "10.0.3.7", "/var/lib"] {
-            assert!(
-                !text.contains(detail),
-                "{detail} reached the client: {text}"
-            );
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn a_server_fault_reaches_the_client_as_a_reference_never_as_its_detail() {
+        let detail = "PostgreSQL: connection to 10.0.3.7 refused; /var/lib/hexray/keys unreadable";
+        // A route's fault and a store's fault alike.
+        for fault in [
+            ApiError::Internal(detail.into()),
+            StoreError::Internal(detail.into()).into(),
+        ] {
+            let (status, text) = body(fault);
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(text.contains("\"code\":\"internal\""), "{text}");
+            assert!(text.contains("reference"), "{text}");
+            for detail in ["PostgreSQL", "10.0.3.7", "/var/lib"] {
+                assert!(
+                    !text.contains(detail),
+                    "{detail} reached the client: {text}"
+                );
+            }
         }
         // Client errors keep their words.
-        assert_eq!(
-            ApiError::UnknownJob("ab".into()).public_message(),
-            ApiError::UnknownJob("ab".into()).to_string()
-        );
+        let unknown = || ApiError::from(StoreError::UnknownJob("ab".into()));
+        assert_eq!(unknown().public_message(), unknown().to_string());
+    }
+
+    #[test]
+    fn storage_refusals_keep_their_code_status_and_retry_advice() {
+        let (status, text) = body(StoreError::QueueFull { retry_after: 5 }.into());
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.contains("\"code\":\"queue_full\""), "{text}");
+        let busy = ApiError::from(StoreError::Busy).error_response();
+        assert_eq!(busy.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let (status, text) = body(StoreError::StorageFull.into());
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(text.contains("\"code\":\"storage_full\""), "{text}");
+        let (code, message) = job_failure(StoreError::OverQuota {
+            images: 9,
+            limit: 8,
+        });
+        assert_eq!(code, ErrorCode::WrongInputCount);
+        assert!(message.contains("smaller batches"), "{message}");
     }
 }

@@ -11,10 +11,10 @@ use hexray_crypto::{EncryptedImage, EncryptedOutput};
 use hexray_engine::evaluate_batch;
 
 use super::auth::Owner;
-use super::error::ApiError;
 use super::keys::KeyStorage;
 use super::metrics::Metrics;
 use super::models::ServedModel;
+use super::store_error::StoreError;
 
 /// Evaluates batches on one node's pool, for either back end, and counts what it did.
 pub struct Evaluator {
@@ -47,7 +47,7 @@ impl Evaluator {
         key_id: &str,
         inputs: Vec<EncryptedImage>,
         progress: &(dyn Fn() + Sync),
-    ) -> Result<Vec<Vec<u8>>, ApiError> {
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let images = inputs.len();
         let bootstraps = AtomicUsize::new(0);
         let started = Instant::now();
@@ -64,9 +64,9 @@ impl Evaluator {
                 .iter()
                 .map(EncryptedOutput::to_bytes)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ApiError::Internal(e.to_string()))
+                .map_err(|e| StoreError::Internal(e.to_string()))
         }))
-        .unwrap_or_else(|_| Err(ApiError::Internal("the evaluation panicked".into())));
+        .unwrap_or_else(|_| Err(StoreError::Internal("the evaluation panicked".into())));
         let metrics = &self.metrics;
         Metrics::add(&metrics.busy_nanos, started.elapsed().as_nanos() as u64);
         Metrics::add(
@@ -90,18 +90,18 @@ impl Evaluator {
         model: &ServedModel,
         upload: impl Read,
         progress: &(dyn Fn() + Sync),
-    ) -> Result<Vec<u8>, ApiError> {
+    ) -> Result<Vec<u8>, StoreError> {
         let circuit = model
             .packed
             .as_ref()
-            .ok_or_else(|| ApiError::Internal(format!("{} has no bulk circuit", model.id)))?;
+            .ok_or_else(|| StoreError::Internal(format!("{} has no bulk circuit", model.id)))?;
         let (key, batch) = hexray_bulk::upload::read(BufReader::new(upload), circuit.input_len())?;
         let images = batch.images();
         let result = self
             .pool
             .install(|| hexray_bulk::evaluate(circuit, &key, batch, progress))
             .map(|outputs| outputs.to_bytes())
-            .map_err(ApiError::from);
+            .map_err(StoreError::Bulk);
         if result.is_ok() {
             Metrics::add(&self.metrics.images_completed, images as u64);
         }

@@ -11,7 +11,9 @@
 //! - [`state`]: a server's configuration and what its routes share (storage, limits, slots);
 //!   [`defaults`]: the limits a server starts with unless told otherwise;
 //! - [`evaluation`]: the pool of threads both job back ends evaluate on;
-//! - [`routes`]: the API; [`error`]: its JSON errors; [`metrics`]: Prometheus counters;
+//! - [`store_error`]: what storage and its workers report, with no HTTP in it;
+//! - [`routes`]: the API; [`error`]: its JSON errors, and the one mapping of storage's errors
+//!   to them; [`metrics`]: Prometheus counters;
 //!   [`rate_limit`]: the per-address limit on the routes that need no token.
 //!
 //! The server only ever holds server keys (which cannot decrypt), encrypted images and
@@ -29,6 +31,7 @@ pub mod postgres;
 pub mod rate_limit;
 pub mod routes;
 pub mod state;
+pub mod store_error;
 
 use std::path::Path;
 

@@ -14,7 +14,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::Stream;
 use futures_util::StreamExt;
-use hexray_crypto::{frames, CryptoError, EncryptedImage};
+use hexray_crypto::{batch_body, CryptoError, EncryptedImage};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -26,6 +26,7 @@ use super::jobs::{
 use super::keys::KEY_ID_HEADER;
 use super::metrics::Gauges;
 use super::models::ServedModel;
+use super::store_error::StoreError;
 use super::{AppState, Slot};
 
 /// The OpenAPI description served at `/api/v1/openapi.json`.
@@ -72,12 +73,13 @@ pub async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// Runs storage work (disk, database, hashing) on a blocking thread, off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     web::block(work)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(Into::into)
 }
 
 /// The queue depth every node sees, read from storage at most once a second.
@@ -246,7 +248,7 @@ async fn key_status(
     let (store, wanted) = (state.keys.clone(), id.clone());
     let set = blocking(move || store.lookup(&owner, &wanted))
         .await?
-        .ok_or_else(|| ApiError::UnknownKey(id.clone()))?;
+        .ok_or_else(|| StoreError::UnknownKey(id.clone()))?;
     Ok(HttpResponse::Ok().json(json!({ "key_id": *id, "parameter_set": set.name() })))
 }
 
@@ -259,7 +261,7 @@ struct JobQuery {
     fingerprint: String,
 }
 
-/// Accepts a batch: the body packs one encrypted image per blob ([`frames`]).
+/// Accepts a batch: the body packs one encrypted image per blob ([`batch_body`]).
 async fn submit_job(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -292,7 +294,7 @@ async fn submit_job(
     let max_images = state.limits.batch_images;
     let inputs_len = model.loaded.circuit().input_len();
     let inputs = blocking(move || {
-        let blobs = frames::unpack(&body, max_images).map_err(|e| match e {
+        let blobs = batch_body::unpack(&body, max_images).map_err(|e| match e {
             CryptoError::BatchSize { .. } => ApiError::WrongInputCount(e.to_string()),
             e => ApiError::MalformedCiphertext(e.to_string()),
         })?;
@@ -313,7 +315,7 @@ async fn submit_job(
             })
             .collect::<Result<Vec<_>, _>>()?;
         let blobs = blobs.into_iter().map(<[u8]>::to_vec).collect();
-        Ok((images, blobs))
+        Ok::<_, ApiError>((images, blobs))
     })
     .await?;
     let inputs = JobInputs::Images {
@@ -407,7 +409,7 @@ async fn submit_bulk_job(
     let (file, images) = blocking(move || {
         let reader = std::fs::File::open(&file).map_err(spool_error)?;
         let images = hexray_bulk::upload::check(std::io::BufReader::new(reader), inputs)?;
-        Ok((file, images))
+        Ok::<_, ApiError>((file, images))
     })
     .await?;
     accepted(
@@ -518,7 +520,7 @@ fn progress_events(follow: Follow) -> impl Stream<Item = Result<web::Bytes, acti
     })
 }
 
-/// The encrypted outputs: for an interactive job, packed ([`frames`]), one per input image, in
+/// The encrypted outputs: for an interactive job, packed ([`batch_body`]), one per input image, in
 /// order; for a bulk job, the encrypted results ([`hexray_bulk::batch`]).
 async fn job_outputs(
     state: web::Data<AppState>,
@@ -540,7 +542,7 @@ async fn metrics(
     state.access.metrics(&request)?;
     let depth = queue_depth(&state).await?;
     let keys = state.keys.clone();
-    let keys_registered = blocking(move || Ok(keys.registered())).await?;
+    let keys_registered = blocking(move || Ok::<_, ApiError>(keys.registered())).await?;
     let (keys_cached, key_cache_bytes) = state.keys.cached();
     let gauges = Gauges {
         node: &state.node,
@@ -641,7 +643,7 @@ impl Upload {
         let write = |mut file: std::fs::File, bytes: web::Bytes| {
             blocking(move || {
                 std::io::Write::write_all(&mut file, &bytes).map_err(spool_error)?;
-                Ok(file)
+                Ok::<_, ApiError>(file)
             })
         };
         let limit = self.limit;

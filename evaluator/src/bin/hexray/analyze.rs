@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hexray_crypto::{frames, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_evaluator::server::jobs::JobState;
 use hexray_model::client_spec::BORDERLINE_NOTE;
 
@@ -47,7 +47,7 @@ pub fn analyze(args: Args) -> Result<()> {
         let input = read_image(path, &spec.input)?;
         blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes()?);
     }
-    let batch = frames::pack(&blobs);
+    let batch = batch_body::pack(&blobs);
     let job = api.submit_under_key(&model, &spec, &batch, &keys.server_key, |bytes| {
         eprintln!(
             "uploading the evaluation key ({:.1} MB)",
@@ -69,7 +69,7 @@ pub fn analyze(args: Args) -> Result<()> {
     for (path, blob) in args
         .image
         .iter()
-        .zip(frames::unpack(&outputs, blobs.len())?)
+        .zip(batch_body::unpack(&outputs, blobs.len())?)
     {
         let output = EncryptedOutput::from_bytes(blob, set, spec.output_len())?;
         let diagnosis = keys.client.decrypt(&spec, &output)?;

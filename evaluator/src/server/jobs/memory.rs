@@ -7,17 +7,18 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hexray_crypto::frames;
+use hexray_crypto::batch_body;
 
 use super::{
     job_id, room, start_sweeper, Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress,
     QueueConfig, QueueOccupancy, Status,
 };
 use crate::server::auth::Owner;
-use crate::server::error::{ApiError, ErrorCode};
+use crate::server::error::{job_failure, ErrorCode};
 use crate::server::evaluation::Evaluator;
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
+use crate::server::store_error::StoreError;
 
 /// One batch in the embedded queue.
 struct Job {
@@ -47,7 +48,7 @@ enum State {
         finished: Instant,
     },
     Failed {
-        /// What the client is told, settled once ([`ApiError::public_message`]).
+        /// What the client is told, settled once ([`job_failure`]).
         code: ErrorCode,
         message: String,
         finished: Instant,
@@ -85,14 +86,14 @@ impl Job {
         }
     }
 
-    fn outputs(&self) -> Result<Vec<u8>, ApiError> {
+    fn outputs(&self) -> Result<Vec<u8>, StoreError> {
         match &*self.state.lock().expect("job state lock") {
             State::Done { outputs, .. } => Ok(outputs.to_vec()),
-            State::Failed { message, .. } => Err(ApiError::JobFailed {
+            State::Failed { message, .. } => Err(StoreError::JobFailed {
                 id: self.id.clone(),
                 message: message.clone(),
             }),
-            _ => Err(ApiError::NotReady(self.id.clone())),
+            _ => Err(StoreError::NotReady(self.id.clone())),
         }
     }
 
@@ -184,7 +185,7 @@ impl MemoryJobs {
         }
     }
 
-    fn get(&self, owner: &Owner, id: &str) -> Result<Arc<Job>, ApiError> {
+    fn get(&self, owner: &Owner, id: &str) -> Result<Arc<Job>, StoreError> {
         self.jobs
             .table
             .lock()
@@ -192,12 +193,12 @@ impl MemoryJobs {
             .get(id)
             .filter(|job| job.owner == *owner)
             .cloned()
-            .ok_or_else(|| ApiError::UnknownJob(id.into()))
+            .ok_or_else(|| StoreError::UnknownJob(id.into()))
     }
 }
 
 impl JobStorage for MemoryJobs {
-    fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
+    fn submit(&self, new: NewJob) -> Result<Status, StoreError> {
         let (kind, images) = (new.inputs.kind(), new.inputs.images());
         let job = Arc::new(Job {
             id: job_id(),
@@ -226,31 +227,31 @@ impl JobStorage for MemoryJobs {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 Metrics::add(&self.metrics.jobs_rejected, 1);
-                Err(ApiError::QueueFull { retry_after: 5 })
+                Err(StoreError::QueueFull { retry_after: 5 })
             }
         }
     }
 
-    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), ApiError> {
+    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), StoreError> {
         let table = self.jobs.table.lock().expect("job table lock");
         self.room(&table, owner, kind, (1, pending))
     }
 
-    fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
+    fn status(&self, owner: &Owner, id: &str) -> Result<Status, StoreError> {
         Ok(self.get(owner, id)?.status())
     }
 
-    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError> {
+    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, StoreError> {
         self.get(owner, id)?.outputs()
     }
 
-    fn depth(&self) -> Result<Depth, ApiError> {
+    fn depth(&self) -> Result<Depth, StoreError> {
         Ok(Depth {
             queued: self.queued.load(Ordering::SeqCst),
             running: self.running.load(Ordering::SeqCst),
         })
     }
-    fn stop(&self) -> Result<(), ApiError> {
+    fn stop(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -264,7 +265,7 @@ impl MemoryJobs {
         owner: &Owner,
         kind: JobKind,
         (images, pending): (usize, usize),
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let owners = || table.values().filter(|job| job.owner == *owner);
         let now = QueueOccupancy {
             owner_active: owners().filter(|job| job.is_active()).count(),
@@ -318,9 +319,10 @@ impl Worker {
                 Err(error) => {
                     Metrics::add(&metrics.jobs_failed, 1);
                     log::warn!("job {} failed: {error}", job.id);
+                    let (code, message) = job_failure(error);
                     State::Failed {
-                        code: error.code(),
-                        message: error.public_message(),
+                        code,
+                        message,
                         finished,
                     }
                 }
@@ -330,13 +332,13 @@ impl Worker {
         }
     }
 
-    fn evaluate(&self, job: &Job) -> Result<Vec<u8>, ApiError> {
+    fn evaluate(&self, job: &Job) -> Result<Vec<u8>, StoreError> {
         let inputs = job
             .inputs
             .lock()
             .expect("job inputs lock")
             .take()
-            .ok_or_else(|| ApiError::Internal("the job's inputs were already consumed".into()))?;
+            .ok_or_else(|| StoreError::Internal("the job's inputs were already consumed".into()))?;
         let progress = || {
             job.work_done.fetch_add(1, Ordering::Relaxed);
         };
@@ -345,11 +347,11 @@ impl Worker {
                 let blobs = self
                     .evaluator
                     .run(&job.model, &job.owner, &key_id, images, &progress)?;
-                Ok(frames::pack(&blobs))
+                Ok(batch_body::pack(&blobs))
             }
             JobInputs::Bulk { file, .. } => {
                 let upload = std::fs::File::open(&file)
-                    .map_err(|e| ApiError::Internal(format!("the spooled batch: {e}")))?;
+                    .map_err(|e| StoreError::Internal(format!("the spooled batch: {e}")))?;
                 self.evaluator.run_bulk(&job.model, upload, &progress)
             }
         }

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hexray_crypto::EncryptedImage;
-use hexray_model::file::hex;
+use hexray_model::hex;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tempfile::TempPath;
 
 use super::auth::Owner;
-use super::error::ApiError;
 use super::models::ServedModel;
+use super::store_error::StoreError;
 
 pub use memory::MemoryJobs;
 
@@ -37,22 +37,22 @@ pub use memory::MemoryJobs;
 /// talks to its database): call them from a blocking thread.
 pub trait JobStorage: Send + Sync {
     /// Queues a batch, or refuses it at once when the queue or `owner`'s share of it is full.
-    fn submit(&self, job: NewJob) -> Result<Status, ApiError>;
+    fn submit(&self, job: NewJob) -> Result<Status, StoreError>;
     /// Refuses a job of `kind` that would not fit ([`room`]) before its body is read; `pending`
     /// bulk uploads that this node is still receiving count as bulk jobs.
-    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), ApiError>;
+    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), StoreError>;
     /// `owner`'s job `id`; another token's job is unknown to it.
-    fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError>;
+    fn status(&self, owner: &Owner, id: &str) -> Result<Status, StoreError>;
     /// The encrypted outputs of `owner`'s job, once done: for an interactive job, packed
-    /// ([`frames`](hexray_crypto::frames)) in image order; for a bulk job, the encrypted
+    /// ([`batch_body`](hexray_crypto::batch_body)) in image order; for a bulk job, the encrypted
     /// results' wire format ([`hexray_bulk::batch`]).
-    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError>;
+    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, StoreError>;
     /// Jobs waiting and jobs being evaluated, as every node sees them.
-    fn depth(&self) -> Result<Depth, ApiError>;
+    fn depth(&self) -> Result<Depth, StoreError>;
     /// For a node that is shutting down: its workers take no more work, and what they hold
     /// goes back to the queue at once rather than when its lease runs out. The embedded
     /// queue has no other node to hand work to: its jobs end with the process.
-    fn stop(&self) -> Result<(), ApiError>;
+    fn stop(&self) -> Result<(), StoreError>;
 }
 
 /// A batch the API has accepted and checked, to be queued.
@@ -243,13 +243,13 @@ pub struct QueueConfig {
     pub lease: Duration,
 }
 
-/// A fault of a file in the bulk spool: a full disk is the server's storage being full (507
-/// to a client; a claim on a shared queue lets it lapse, for a node with room), anything else
-/// a server error.
-pub(crate) fn spool_error(e: std::io::Error) -> ApiError {
+/// A fault of a file in the bulk spool: a full disk is the server's storage being full (to a
+/// client, 507; a claim on a shared queue lets it lapse, for a node with room), anything else
+/// a fault of the store.
+pub(crate) fn spool_error(e: std::io::Error) -> StoreError {
     match e.kind() {
-        std::io::ErrorKind::StorageFull => ApiError::StorageFull,
-        _ => ApiError::Internal(format!("the bulk spool: {e}")),
+        std::io::ErrorKind::StorageFull => StoreError::StorageFull,
+        _ => StoreError::Internal(format!("the bulk spool: {e}")),
     }
 }
 
@@ -257,7 +257,7 @@ pub(crate) fn spool_error(e: std::io::Error) -> ApiError {
 pub(crate) fn job_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex(&bytes)
+    hex::encode(&bytes)
 }
 
 /// Starts a thread that calls `sweep` on `target` every so often (a quarter of the retention,
@@ -302,25 +302,24 @@ pub(crate) fn room(
     kind: JobKind,
     images: usize,
     now: QueueOccupancy,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     if now.owner_active >= config.per_owner {
-        return Err(ApiError::TooManyJobs {
+        return Err(StoreError::TooManyJobs {
             limit: config.per_owner,
         });
     }
     if kind == JobKind::Bulk {
         if images > config.bulk_images_per_owner {
-            return Err(ApiError::WrongInputCount(format!(
-                "a batch of {images} images is over this token's bulk quota of {}: send it in \
-                 smaller batches",
-                config.bulk_images_per_owner
-            )));
+            return Err(StoreError::OverQuota {
+                images,
+                limit: config.bulk_images_per_owner,
+            });
         }
         if now.bulk_active >= config.bulk_capacity {
-            return Err(ApiError::QueueFull { retry_after: 30 });
+            return Err(StoreError::QueueFull { retry_after: 30 });
         }
         if now.owner_bulk_images + images > config.bulk_images_per_owner {
-            return Err(ApiError::ImageQuota {
+            return Err(StoreError::ImageQuota {
                 limit: config.bulk_images_per_owner,
                 used: now.owner_bulk_images,
                 hours: config.retention.as_secs_f64() / 3600.0,

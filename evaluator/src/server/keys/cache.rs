@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use hexray_crypto::{CompressedServerKey, ServerKey};
 
-use crate::server::error::ApiError;
+use crate::server::store_error::StoreError;
 
 /// Expanded keys, most recently used last, with their total size bounded by `budget` bytes.
 pub(crate) struct Lru {
@@ -20,13 +20,13 @@ pub(crate) struct Lru {
 pub(crate) fn cached_or_expanded(
     cache: &Mutex<Lru>,
     id: &str,
-    read: impl FnOnce() -> Result<Vec<u8>, ApiError>,
-) -> Result<Arc<ServerKey>, ApiError> {
+    read: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+) -> Result<Arc<ServerKey>, StoreError> {
     if let Some(key) = cache.lock().expect("key cache lock").get(id) {
         return Ok(key);
     }
     let key = CompressedServerKey::from_bytes(&read()?)
-        .map_err(|e| ApiError::Internal(format!("stored key {id} no longer reads: {e}")))?;
+        .map_err(|e| StoreError::Internal(format!("stored key {id} no longer reads: {e}")))?;
     let key = Arc::new(key.decompress());
     cache
         .lock()

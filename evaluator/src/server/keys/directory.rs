@@ -21,7 +21,7 @@ use super::{
     Occupancy, Registration, Verified,
 };
 use crate::server::auth::Owner;
-use crate::server::error::ApiError;
+use crate::server::store_error::StoreError;
 
 /// One stored key.
 #[derive(Clone, Copy, Debug)]
@@ -128,7 +128,12 @@ impl DirectoryKeys {
 
     /// The stored bytes, if they still hash to `id`; otherwise the file is quarantined and the
     /// key forgotten.
-    fn read_intact(&self, owner: &Owner, id: &str, set: ParameterSet) -> Result<Vec<u8>, ApiError> {
+    fn read_intact(
+        &self,
+        owner: &Owner,
+        id: &str,
+        set: ParameterSet,
+    ) -> Result<Vec<u8>, StoreError> {
         let path = self.path(owner, id, set);
         match std::fs::read(&path) {
             Ok(bytes) if key_id(&bytes) == id => return Ok(bytes),
@@ -150,7 +155,7 @@ impl DirectoryKeys {
             Err(e) => log::error!("stored key {id} cannot be read: {e}"),
         }
         self.forget(owner, id);
-        Err(ApiError::UnknownKey(id.into()))
+        Err(StoreError::UnknownKey(id.into()))
     }
 
     fn forget(&self, owner: &Owner, id: &str) {
@@ -190,11 +195,11 @@ impl DirectoryKeys {
 }
 
 impl KeyStorage for DirectoryKeys {
-    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError> {
+    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), StoreError> {
         self.occupancy(owner, named).admit(&self.limits, bytes)
     }
 
-    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
+    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), StoreError> {
         let (id, set) = validate_upload(bytes)?;
         let path = self.path(owner, &id, set);
         let _registering = self.registering.lock().expect("registration lock");
@@ -213,7 +218,7 @@ impl KeyStorage for DirectoryKeys {
             log::warn!("repairing the stored copy of key {id} from a new upload");
         }
         write_durably(&path, bytes)
-            .map_err(|e| ApiError::Internal(format!("cannot store the key: {e}")))?;
+            .map_err(|e| StoreError::Internal(format!("cannot store the key: {e}")))?;
         let stored = Stored {
             set,
             bytes: bytes.len() as u64,
@@ -228,23 +233,23 @@ impl KeyStorage for DirectoryKeys {
         Ok(registration(id, set, created))
     }
 
-    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError> {
+    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, StoreError> {
         Ok(self.indexed(owner, id))
     }
 
-    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError> {
+    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, StoreError> {
         let set = self
             .indexed(owner, id)
-            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+            .ok_or_else(|| StoreError::UnknownKey(id.into()))?;
         self.verified
             .check(&self.cache, owner, id, || self.read_intact(owner, id, set))?;
         Ok(set)
     }
 
-    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {
+    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, StoreError> {
         let set = self
             .indexed(owner, id)
-            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+            .ok_or_else(|| StoreError::UnknownKey(id.into()))?;
         self.touch(owner, id, set);
         cached_or_expanded(&self.cache, id, || self.read_intact(owner, id, set))
     }

@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hexray_crypto::{CompressedServerKey, ParameterSet, ServerKey};
-use hexray_model::file::hex;
+use hexray_model::hex;
 use sha2::{Digest, Sha256};
 
 use super::auth::Owner;
-use super::error::ApiError;
+use super::store_error::StoreError;
 
 pub(crate) use cache::{cached_or_expanded, Lru};
 pub use directory::DirectoryKeys;
@@ -58,16 +58,16 @@ pub trait KeyStorage: Send + Sync {
     /// client says the key has ([`KEY_ID_HEADER`]): a key its owner already has always has
     /// room, for a repair. [`KeyStorage::register`] checks again on the bytes themselves, so a
     /// wrong name gains nothing.
-    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError>;
+    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), StoreError>;
     /// Validates and persists a compressed server key for `owner`; returns its id.
-    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError>;
+    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), StoreError>;
     /// The parameter set of a key `owner` registered, if it is registered.
-    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError>;
+    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, StoreError>;
     /// Checks that `owner`'s key is usable: cached, or stored intact. A damaged copy is set
     /// aside and the key reported unknown, so the client uploads it again.
-    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError>;
+    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, StoreError>;
     /// The expanded key, from the cache or expanded from storage, marked used.
-    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError>;
+    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, StoreError>;
     /// Deletes keys unused for longer than the expiry. Returns how many.
     fn expire(&self) -> usize;
     /// How many expanded keys this node's cache holds, and their size in bytes.
@@ -97,32 +97,26 @@ impl Occupancy {
     /// The one rule for both stores, before and after the body is read: a key its owner has
     /// always passes; a new one needs a place under its owner's quota and, unless its bytes
     /// are already stored, room in the storage that all tokens share.
-    pub(crate) fn admit(&self, limits: &KeyLimits, bytes: u64) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, limits: &KeyLimits, bytes: u64) -> Result<(), StoreError> {
         if self.known {
             return Ok(());
         }
         if self.owned >= limits.per_owner {
-            return Err(ApiError::KeyQuota {
+            return Err(StoreError::KeyQuota {
                 limit: limits.per_owner,
             });
         }
         if !self.stored && self.used + bytes > limits.storage_bytes {
             log::warn!("key storage full: {} bytes used", self.used);
-            return Err(ApiError::StorageFull);
+            return Err(StoreError::StorageFull);
         }
         Ok(())
     }
 }
 
 /// Parses an upload as a compressed server key: its id and parameter set, or why it is not one.
-pub(crate) fn validate_upload(bytes: &[u8]) -> Result<(String, ParameterSet), ApiError> {
-    let key = CompressedServerKey::from_bytes(bytes).map_err(|e| match e {
-        hexray_crypto::CryptoError::ParameterMismatch { .. } => ApiError::ParameterMismatch {
-            context: "the uploaded key".into(),
-            source: e,
-        },
-        _ => ApiError::MalformedKey(e.to_string()),
-    })?;
+pub(crate) fn validate_upload(bytes: &[u8]) -> Result<(String, ParameterSet), StoreError> {
+    let key = CompressedServerKey::from_bytes(bytes).map_err(StoreError::RejectedKey)?;
     Ok((key_id(bytes), key.parameter_set()))
 }
 
@@ -156,8 +150,8 @@ impl Verified {
         cache: &Mutex<Lru>,
         owner: &Owner,
         id: &str,
-        read: impl FnOnce() -> Result<Vec<u8>, ApiError>,
-    ) -> Result<(), ApiError> {
+        read: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+    ) -> Result<(), StoreError> {
         let entry = (owner.clone(), id.to_owned());
         if self.0.lock().expect("verified keys lock").contains(&entry)
             || cache.lock().expect("key cache lock").contains(id)
@@ -180,5 +174,5 @@ impl Verified {
 
 /// A key's id: the first 128 bits of the SHA-256 of its compressed bytes, in hex.
 pub fn key_id(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes)[..16])
+    hex::encode(&Sha256::digest(bytes)[..16])
 }

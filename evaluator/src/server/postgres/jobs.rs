@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hexray_crypto::frames;
+use hexray_crypto::batch_body;
 use postgres::Transaction;
 
 use super::worker::Workers;
 use super::Database;
 use crate::server::auth::Owner;
-use crate::server::error::{ApiError, ErrorCode};
+use crate::server::error::ErrorCode;
 use crate::server::evaluation::Evaluator;
 use crate::server::jobs::{
     job_id, room, start_sweeper, Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress,
@@ -25,6 +25,7 @@ use crate::server::jobs::{
 };
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
+use crate::server::store_error::StoreError;
 
 /// The shared queue, as seen from one node.
 pub struct PgJobs {
@@ -155,7 +156,7 @@ impl PgJobs {
         owner: &Owner,
         kind: JobKind,
         (images, pending): (usize, usize),
-    ) -> Result<Result<(), ApiError>, postgres::Error> {
+    ) -> Result<Result<(), StoreError>, postgres::Error> {
         let row = c.query_one(OCCUPANCY, &[&owner.0])?;
         let count = |i| row.get::<_, i64>(i) as usize;
         let now = QueueOccupancy {
@@ -172,8 +173,8 @@ impl PgJobs {
 fn store_upload(
     tx: &mut Transaction,
     file: &std::path::Path,
-) -> Result<Result<u32, ApiError>, postgres::Error> {
-    let disk = |e: std::io::Error| ApiError::Internal(format!("the spooled upload: {e}"));
+) -> Result<Result<u32, StoreError>, postgres::Error> {
+    let disk = |e: std::io::Error| StoreError::Internal(format!("the spooled upload: {e}"));
     let mut file = match std::fs::File::open(file) {
         Ok(file) => file,
         Err(e) => return Ok(Err(disk(e))),
@@ -204,7 +205,7 @@ fn read_piece(file: &mut std::fs::File, piece: &mut [u8]) -> std::io::Result<usi
 }
 
 impl JobStorage for PgJobs {
-    fn submit(&self, new: NewJob) -> Result<Status, ApiError> {
+    fn submit(&self, new: NewJob) -> Result<Status, StoreError> {
         let (kind, images) = (new.inputs.kind(), new.inputs.images());
         let inputs: &[Vec<u8>] = match &new.inputs {
             JobInputs::Images { blobs, .. } => blobs,
@@ -237,7 +238,7 @@ impl JobStorage for PgJobs {
                 .query_one("SELECT count(*) FROM jobs WHERE state = 'queued'", &[])?
                 .get(0);
             if waiting as usize >= capacity {
-                return Ok(Err(ApiError::QueueFull { retry_after: 5 }));
+                return Ok(Err(StoreError::QueueFull { retry_after: 5 }));
             }
             tx.execute(
                 "INSERT INTO jobs (id, owner, model, fingerprint, key_id, images, bootstraps_total,
@@ -272,7 +273,7 @@ impl JobStorage for PgJobs {
         })?;
         match accepted {
             Ok(()) => Metrics::add(&self.metrics.jobs_submitted, 1),
-            Err(ApiError::QueueFull { .. }) => Metrics::add(&self.metrics.jobs_rejected, 1),
+            Err(StoreError::QueueFull { .. }) => Metrics::add(&self.metrics.jobs_rejected, 1),
             Err(_) => {}
         }
         accepted?;
@@ -290,12 +291,12 @@ impl JobStorage for PgJobs {
         })
     }
 
-    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), ApiError> {
+    fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), StoreError> {
         self.database
             .with(|c| self.room_in(c, owner, kind, (1, pending)))?
     }
 
-    fn status(&self, owner: &Owner, id: &str) -> Result<Status, ApiError> {
+    fn status(&self, owner: &Owner, id: &str) -> Result<Status, StoreError> {
         let row = self
             .database
             .with(|c| {
@@ -311,7 +312,7 @@ impl JobStorage for PgJobs {
                     &[&id, &owner.0],
                 )
             })?
-            .ok_or_else(|| ApiError::UnknownJob(id.into()))?;
+            .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
         let state = job_state(row.get(1))?;
         let kind = job_kind(row.get(9))?;
         let code: Option<String> = row.get(5);
@@ -333,7 +334,7 @@ impl JobStorage for PgJobs {
         })
     }
 
-    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError> {
+    fn outputs(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, StoreError> {
         let (state, error, outputs, kind) = self
             .database
             .with(|c| {
@@ -363,24 +364,24 @@ impl JobStorage for PgJobs {
                     job.get::<_, String>(2),
                 )))
             })?
-            .ok_or_else(|| ApiError::UnknownJob(id.into()))?;
+            .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
         match job_state(state)? {
             JobState::Done => match job_kind(kind)? {
-                JobKind::Interactive => Ok(frames::pack(&outputs)),
+                JobKind::Interactive => Ok(batch_body::pack(&outputs)),
                 JobKind::Bulk => outputs
                     .into_iter()
                     .next()
-                    .ok_or_else(|| ApiError::Internal(format!("bulk job {id} has no output"))),
+                    .ok_or_else(|| StoreError::Internal(format!("bulk job {id} has no output"))),
             },
-            JobState::Failed => Err(ApiError::JobFailed {
+            JobState::Failed => Err(StoreError::JobFailed {
                 id: id.into(),
                 message: error.unwrap_or_default(),
             }),
-            JobState::Queued | JobState::Running => Err(ApiError::NotReady(id.into())),
+            JobState::Queued | JobState::Running => Err(StoreError::NotReady(id.into())),
         }
     }
 
-    fn depth(&self) -> Result<Depth, ApiError> {
+    fn depth(&self) -> Result<Depth, StoreError> {
         let row = self.database.with(|c| {
             c.query_one(
                 "SELECT count(*) FILTER (WHERE state = 'queued'),
@@ -395,7 +396,7 @@ impl JobStorage for PgJobs {
         })
     }
 
-    fn stop(&self) -> Result<(), ApiError> {
+    fn stop(&self) -> Result<(), StoreError> {
         self.stopping.store(true, Ordering::SeqCst);
         // A claim in progress commits first, and is handed back with the rest.
         let _no_claim = self.claiming.lock().expect("claiming lock");
@@ -425,21 +426,21 @@ impl JobStorage for PgJobs {
 }
 
 /// A stored job kind, which the schema's CHECK keeps to two words.
-pub(super) fn job_kind(kind: String) -> Result<JobKind, ApiError> {
+pub(super) fn job_kind(kind: String) -> Result<JobKind, StoreError> {
     match kind.as_str() {
         "interactive" => Ok(JobKind::Interactive),
         "bulk" => Ok(JobKind::Bulk),
-        other => Err(ApiError::Internal(format!("a job of kind {other}"))),
+        other => Err(StoreError::Internal(format!("a job of kind {other}"))),
     }
 }
 
 /// A stored job state, which the schema's CHECK keeps to four words.
-fn job_state(state: String) -> Result<JobState, ApiError> {
+fn job_state(state: String) -> Result<JobState, StoreError> {
     match state.as_str() {
         "queued" => Ok(JobState::Queued),
         "running" => Ok(JobState::Running),
         "done" => Ok(JobState::Done),
         "failed" => Ok(JobState::Failed),
-        other => Err(ApiError::Internal(format!("a job in state {other}"))),
+        other => Err(StoreError::Internal(format!("a job in state {other}"))),
     }
 }

@@ -8,11 +8,11 @@ use sha2::{Digest, Sha256};
 
 use super::Database;
 use crate::server::auth::Owner;
-use crate::server::error::ApiError;
 use crate::server::keys::{
     cached_or_expanded, key_id, registration, validate_upload, KeyLimits, KeyStorage, Lru,
     Occupancy, Registration, Verified,
 };
+use crate::server::store_error::StoreError;
 
 /// Keys in PostgreSQL, with this node's expanded-key cache in front.
 pub struct PgKeys {
@@ -34,7 +34,7 @@ impl PgKeys {
 
     /// The stored bytes of `owner`'s key `id`, if they still match their id; a damaged row is
     /// deleted (logged) and the key reported unknown, so its client uploads it again.
-    fn read_intact(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, ApiError> {
+    fn read_intact(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, StoreError> {
         let row = self.database.with(|c| {
             c.query_opt(
                 "SELECT b.bytes FROM key_blobs b JOIN key_owners o USING (id)
@@ -52,11 +52,11 @@ impl PgKeys {
                     .with(|c| c.execute("DELETE FROM key_blobs WHERE id = $1", &[&id]))?;
                 self.cache.lock().expect("key cache lock").remove(id);
                 self.verified.forget(id);
-                Err(ApiError::UnknownKey(id.into()))
+                Err(StoreError::UnknownKey(id.into()))
             }
             None => {
                 self.verified.forget(id);
-                Err(ApiError::UnknownKey(id.into()))
+                Err(StoreError::UnknownKey(id.into()))
             }
         }
     }
@@ -84,15 +84,15 @@ fn occupancy(
 }
 
 impl KeyStorage for PgKeys {
-    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), ApiError> {
+    fn admit(&self, owner: &Owner, named: Option<&str>, bytes: u64) -> Result<(), StoreError> {
         self.database
             .with(|c| occupancy(c, owner, named.unwrap_or_default()))?
             .admit(&self.limits, bytes)
     }
 
-    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), ApiError> {
+    fn register(&self, owner: &Owner, bytes: &[u8]) -> Result<(String, Registration), StoreError> {
         let (id, set) = validate_upload(bytes)?;
-        let checksum = hexray_model::file::hex(&Sha256::digest(bytes));
+        let checksum = hexray_model::hex::encode(&Sha256::digest(bytes));
         let size = bytes.len() as i64;
         let limits = self.limits;
         let created = self.database.with(|c| {
@@ -133,7 +133,7 @@ impl KeyStorage for PgKeys {
         Ok(registration(id, set, created))
     }
 
-    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, ApiError> {
+    fn lookup(&self, owner: &Owner, id: &str) -> Result<Option<ParameterSet>, StoreError> {
         let name: Option<String> = self
             .database
             .with(|c| {
@@ -146,19 +146,19 @@ impl KeyStorage for PgKeys {
             .map(|row| row.get(0));
         name.map(|n| ParameterSet::from_name(&n))
             .transpose()
-            .map_err(|e| ApiError::Internal(format!("stored key {id}: {e}")))
+            .map_err(|e| StoreError::Internal(format!("stored key {id}: {e}")))
     }
 
-    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, ApiError> {
+    fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, StoreError> {
         let set = self
             .lookup(owner, id)?
-            .ok_or_else(|| ApiError::UnknownKey(id.into()))?;
+            .ok_or_else(|| StoreError::UnknownKey(id.into()))?;
         self.verified
             .check(&self.cache, owner, id, || self.read_intact(owner, id))?;
         Ok(set)
     }
 
-    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, ApiError> {
+    fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, StoreError> {
         let touched = self.database.with(|c| {
             c.execute(
                 "UPDATE key_owners SET last_used = now() WHERE owner = $1 AND id = $2",
@@ -166,7 +166,7 @@ impl KeyStorage for PgKeys {
             )
         })?;
         if touched == 0 {
-            return Err(ApiError::UnknownKey(id.into()));
+            return Err(StoreError::UnknownKey(id.into()));
         }
         cached_or_expanded(&self.cache, id, || self.read_intact(owner, id))
     }

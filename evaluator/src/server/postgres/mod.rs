@@ -31,7 +31,7 @@ use postgres::Client;
 use thiserror::Error;
 
 use self::pool::Pool;
-use super::error::ApiError;
+use super::store_error::StoreError;
 
 /// The schema, in order. Each runs once, in a transaction, recorded in `hexray_migrations`.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -57,11 +57,11 @@ pub enum DatabaseError {
     Settings(String),
 }
 
-impl From<DatabaseError> for ApiError {
+impl From<DatabaseError> for StoreError {
     fn from(e: DatabaseError) -> Self {
         match e {
-            DatabaseError::Busy => ApiError::Busy,
-            e => ApiError::Internal(e.to_string()),
+            DatabaseError::Busy => StoreError::Busy,
+            e => StoreError::Internal(e.to_string()),
         }
     }
 }

@@ -24,11 +24,12 @@ use hexray_crypto::EncryptedImage;
 use super::jobs::{job_kind, PgJobs, UPLOAD_PIECE};
 use super::Database;
 use crate::server::auth::Owner;
-use crate::server::error::ApiError;
+use crate::server::error::job_failure;
 use crate::server::evaluation::Evaluator;
 use crate::server::jobs::{spool_error, JobKind};
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
+use crate::server::store_error::StoreError;
 
 /// How often an idle worker looks for work.
 const POLL: Duration = Duration::from_millis(250);
@@ -123,7 +124,7 @@ impl Workers {
 
     /// Claims up to `free` images of the oldest job with work left, for a model this node
     /// serves.
-    fn claim(&self, free: usize) -> Result<Option<Claim>, ApiError> {
+    fn claim(&self, free: usize) -> Result<Option<Claim>, StoreError> {
         let fingerprints: Vec<&str> = self.models.keys().map(String::as_str).collect();
         let lease = self.lease.as_secs_f64();
         let claimed = self.database.with(|c| {
@@ -213,14 +214,14 @@ impl Workers {
             Ok(outputs) => self.complete(claim, &outputs),
             // This node's disk, not the job: the claim lapses, for this node or another to
             // take again.
-            Err(ApiError::StorageFull) => {
+            Err(StoreError::StorageFull) => {
                 log::error!(
                     "job {}: this node's spool is full; its claim will lapse",
                     claim.job
                 );
                 Ok(())
             }
-            Err(error) => self.fail(claim, &error),
+            Err(error) => self.fail(claim, error),
         };
         if let Err(e) = recorded {
             log::error!(
@@ -231,7 +232,7 @@ impl Workers {
         }
     }
 
-    fn outputs(&self, claim: &Claim, done: &AtomicUsize) -> Result<Vec<Vec<u8>>, ApiError> {
+    fn outputs(&self, claim: &Claim, done: &AtomicUsize) -> Result<Vec<Vec<u8>>, StoreError> {
         let progress = || {
             done.fetch_add(1, Ordering::Relaxed);
         };
@@ -248,9 +249,10 @@ impl Workers {
             .map(|bytes| {
                 let bytes = bytes
                     .as_deref()
-                    .ok_or_else(|| ApiError::Internal("a stored input is missing".into()))?;
-                EncryptedImage::from_bytes(bytes, set, len)
-                    .map_err(|e| ApiError::Internal(format!("a stored input no longer reads: {e}")))
+                    .ok_or_else(|| StoreError::Internal("a stored input is missing".into()))?;
+                EncryptedImage::from_bytes(bytes, set, len).map_err(|e| {
+                    StoreError::Internal(format!("a stored input no longer reads: {e}"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.evaluator
@@ -260,11 +262,11 @@ impl Workers {
     /// A bulk claim's upload, copied from its large object in pieces to a file in the spool
     /// (removed when it is closed), so that it is read as the route read it: one ciphertext at
     /// a time, never whole in memory.
-    fn upload(&self, claim: &Claim) -> Result<std::fs::File, ApiError> {
+    fn upload(&self, claim: &Claim) -> Result<std::fs::File, StoreError> {
         use std::io::{Seek, Write};
         let oid = claim
             .upload
-            .ok_or_else(|| ApiError::Internal(format!("bulk job {} has no upload", claim.job)))?;
+            .ok_or_else(|| StoreError::Internal(format!("bulk job {} has no upload", claim.job)))?;
         let disk = spool_error;
         let mut file = tempfile::tempfile_in(&self.spool).map_err(disk)?;
         let copied = self.database.with(|c| {
@@ -304,7 +306,7 @@ impl Workers {
     }
 
     /// Extends the claim's lease and records its progress, for the attempts it still holds.
-    fn renew(&self, claim: &Claim, done: usize) -> Result<(), ApiError> {
+    fn renew(&self, claim: &Claim, done: usize) -> Result<(), StoreError> {
         let lease = self.lease.as_secs_f64();
         let shares = Self::shares(claim, done);
         let renewed = self.database.with(|c| {
@@ -330,7 +332,7 @@ impl Workers {
     /// holds every attempt it claimed, and marks the job done with its last image. Locks are
     /// taken images first, then the job, in the same order as a claim, so the two never wait
     /// on each other in a cycle.
-    fn complete(&self, claim: &Claim, outputs: &[Vec<u8>]) -> Result<(), ApiError> {
+    fn complete(&self, claim: &Claim, outputs: &[Vec<u8>]) -> Result<(), StoreError> {
         // An interactive image's bootstraps, or a bulk batch's neurons.
         let per_image = claim.kind.work(&claim.model, 1) as i64;
         let finished = self.database.with(|c| {
@@ -406,8 +408,9 @@ impl Workers {
     /// Fails the job, if this node still holds its claim: its images that are not done can
     /// no longer be claimed, and their inputs are dropped. Images first, then the job, as
     /// everywhere.
-    fn fail(&self, claim: &Claim, error: &ApiError) -> Result<(), ApiError> {
-        let (message, code) = (error.public_message(), error.code().as_str());
+    fn fail(&self, claim: &Claim, error: StoreError) -> Result<(), StoreError> {
+        let (code, message) = job_failure(error);
+        let code = code.as_str();
         let failed = self.database.with(|c| {
             let mut tx = c.transaction()?;
             let held = tx.execute(

@@ -11,7 +11,7 @@ const WHAT: &str = "batch body";
 /// little-endian u32 length and its bytes.
 ///
 /// ```
-/// use hexray_crypto::frames::{pack, unpack};
+/// use hexray_crypto::batch_body::{pack, unpack};
 ///
 /// let body = pack(&[b"first".as_slice(), b"second".as_slice()]);
 /// assert_eq!(&body[..4], b"HXB1");

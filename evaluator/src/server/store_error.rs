@@ -1,0 +1,50 @@
+//! What the storage back ends (keys and jobs, embedded or PostgreSQL) and the workers they run
+//! report, in their own terms. Storage knows nothing of HTTP: `error.rs` alone turns a
+//! [`StoreError`] into a status, a code and the words a client reads.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("no server key is registered under id `{0}`; upload it first")]
+    UnknownKey(String),
+    #[error("no job has id `{0}` (finished jobs are kept for a limited time)")]
+    UnknownJob(String),
+    #[error("job `{0}` has not finished yet")]
+    NotReady(String),
+    /// A job that failed; `message` is what its client was told when it failed.
+    #[error("job `{id}` failed: {message}")]
+    JobFailed { id: String, message: String },
+    /// The upload is not a compressed server key, or one for another parameter set.
+    #[error("the uploaded key: {0}")]
+    RejectedKey(hexray_crypto::CryptoError),
+    #[error("the job queue is full; retry after {retry_after} s")]
+    QueueFull { retry_after: u64 },
+    #[error("this token already has {limit} jobs queued or running; wait for one to finish")]
+    TooManyJobs { limit: usize },
+    /// A bulk batch larger than a token's whole image quota, which no wait would admit.
+    #[error("a batch of {images} images is over this token's bulk quota of {limit}: send it in smaller batches")]
+    OverQuota { images: usize, limit: usize },
+    #[error("this token already has {used} images in bulk jobs kept by the server, of its {limit} per {hours} h; wait for older jobs to expire")]
+    ImageQuota {
+        limit: usize,
+        used: usize,
+        hours: f64,
+    },
+    #[error("this token already has {limit} keys registered; forget an old one or wait for it to expire")]
+    KeyQuota { limit: usize },
+    #[error("the server's storage (keys, or the bulk spool) is full; try again later or ask the administrator")]
+    StorageFull,
+    /// Every connection to the shared database stayed busy.
+    #[error("the server's database is busy; retry in a second")]
+    Busy,
+    /// A fault of the store itself: a disk, the database, stored bytes that no longer read.
+    #[error("storage: {0}")]
+    Internal(String),
+    /// The engine refused a batch the route had accepted: a server bug, not the client's.
+    #[error("the evaluation failed: {0}")]
+    Engine(#[from] hexray_engine::EngineError),
+    /// A bulk upload that the route checked no longer reads, or the BFV library failed.
+    #[error("the bulk evaluation failed: {0}")]
+    Bulk(#[from] hexray_bulk::BulkError),
+}
