@@ -13,6 +13,7 @@
 //! It works in a fresh database `hexray_bench_<pid>` on the server of `--database-url` (which
 //! needs the right to create databases), dropped at the end.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -83,11 +84,11 @@ impl Nodes<'_> {
         let data = tempfile::tempdir()?;
         let port = launch::free_port()?;
         let lease = self.lease_s.to_string();
-        let mut flags = vec!["--models-dir", path_str(self.models)?];
-        flags.extend(["--threads", "1", "--node-name", name, "--lease-s", &lease]);
-        flags.extend(["--max-batch", "64", "--queue-limit", "64"]);
+        let mut flags: Vec<&OsStr> = vec!["--models-dir".as_ref(), self.models.as_os_str()];
+        flags.extend(["--threads", "1", "--node-name", name, "--lease-s", &lease].map(OsStr::new));
+        flags.extend(["--max-batch", "64", "--queue-limit", "64"].map(OsStr::new));
         if let Some(url) = self.database {
-            flags.extend(["--database-url", url]);
+            flags.extend(["--database-url", url].map(OsStr::new));
         }
         let process = launch::start(self.hexray, data.path(), port, &flags)
             .with_context(|| format!("starting node {name}"))?;
@@ -97,11 +98,6 @@ impl Nodes<'_> {
             _data: data,
         })
     }
-}
-
-fn path_str(path: &Path) -> Result<&str> {
-    path.to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// A client with its key registered on a node, ready to submit encrypted batches.

@@ -146,20 +146,20 @@ fn write_wire(
         written += part.len() as u64;
     }
     for ct in ciphertexts {
-        written += write_frame(&mut writer, &ct.to_bytes()).map_err(io)?;
+        written += write_prefixed(&mut writer, &ct.to_bytes()).map_err(io)?;
     }
     Ok(written)
 }
 
 /// Writes `bytes` with their u32 little-endian length before them; returns the bytes written.
-pub(crate) fn write_frame(mut writer: impl Write, bytes: &[u8]) -> std::io::Result<u64> {
+pub(crate) fn write_prefixed(mut writer: impl Write, bytes: &[u8]) -> std::io::Result<u64> {
     writer.write_all(&(bytes.len() as u32).to_le_bytes())?;
     writer.write_all(bytes)?;
     Ok(4 + bytes.len() as u64)
 }
 
-/// Reads one length-prefixed frame of at most `limit` bytes; the reason it cannot, in words.
-pub(crate) fn read_frame(mut reader: impl Read, limit: usize) -> Result<Vec<u8>, String> {
+/// Reads one length-prefixed blob of at most `limit` bytes; the reason it cannot, in words.
+pub(crate) fn read_prefixed(mut reader: impl Read, limit: usize) -> Result<Vec<u8>, String> {
     let mut length = [0u8; 4];
     reader
         .read_exact(&mut length)
@@ -226,7 +226,7 @@ fn read_wire(
         });
     }
     for index in 0..needed {
-        let bytes = read_frame(&mut reader, MAX_CIPHERTEXT_BYTES)
+        let bytes = read_prefixed(&mut reader, MAX_CIPHERTEXT_BYTES)
             .map_err(|reason| fault(format!("ciphertext {index} of {needed}: {reason}")))?;
         keep(
             canonical_ciphertext(&bytes)

@@ -10,7 +10,7 @@ use fhe_traits::{
 use hexray_model::network::InputSpec;
 use rayon::prelude::*;
 
-use crate::batch::{read_frame, write_frame, EncryptedBatch, EncryptedOutputs};
+use crate::batch::{read_prefixed, write_prefixed, EncryptedBatch, EncryptedOutputs};
 use crate::error::BulkError;
 use crate::parameters::{bfv, DEGREE};
 
@@ -131,7 +131,7 @@ impl EvaluationKey {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for part in [self.relinearization.to_bytes(), self.public.to_bytes()] {
-            write_frame(&mut out, &part).expect("writing to memory cannot fail");
+            write_prefixed(&mut out, &part).expect("writing to memory cannot fail");
         }
         out
     }
@@ -152,7 +152,7 @@ impl EvaluationKey {
         }
         let mut reader = bytes;
         let mut part = |name: &str| -> Result<Vec<u8>, BulkError> {
-            read_frame(&mut reader, MAX_EVALUATION_KEY_BYTES)
+            read_prefixed(&mut reader, MAX_EVALUATION_KEY_BYTES)
                 .map_err(|reason| fault(format!("{name}: {reason}")))
         };
         let (relinearization, public) = (part("relinearisation key")?, part("public key")?);

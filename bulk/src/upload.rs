@@ -7,12 +7,12 @@
 //!
 //! The key travels with every job rather than being registered once, as the interactive path's
 //! is: at 1.1 MB it is under 1% of a batch, and a job then needs nothing stored beforehand.
-//! Both parts are read one frame at a time, so a server can read an upload from a file it
+//! Both parts are read one length-prefixed blob at a time, so a server can read an upload from a file it
 //! streamed to disk without ever holding the raw bytes.
 
 use std::io::{Read, Write};
 
-use crate::batch::{read_frame, write_frame, EncryptedBatch, MAX_CIPHERTEXT_BYTES};
+use crate::batch::{read_prefixed, write_prefixed, EncryptedBatch, MAX_CIPHERTEXT_BYTES};
 use crate::error::BulkError;
 use crate::keys::{EvaluationKey, MAX_EVALUATION_KEY_BYTES};
 
@@ -45,7 +45,7 @@ pub fn write(
     key: &EvaluationKey,
     batch: &EncryptedBatch,
 ) -> Result<u64, BulkError> {
-    let key_bytes = write_frame(&mut writer, &key.to_bytes())
+    let key_bytes = write_prefixed(&mut writer, &key.to_bytes())
         .map_err(|e| BulkError::Scheme(format!("cannot write: {e}")))?;
     Ok(key_bytes + batch.write_to(writer)?)
 }
@@ -68,11 +68,12 @@ pub fn check(mut reader: impl Read, ciphertexts: usize) -> Result<usize, BulkErr
 }
 
 fn read_key(reader: impl Read) -> Result<EvaluationKey, BulkError> {
-    let key =
-        read_frame(reader, MAX_EVALUATION_KEY_BYTES).map_err(|reason| BulkError::Deserialize {
+    let key = read_prefixed(reader, MAX_EVALUATION_KEY_BYTES).map_err(|reason| {
+        BulkError::Deserialize {
             what: "evaluation key",
             reason,
-        })?;
+        }
+    })?;
     EvaluationKey::from_bytes(&key)
 }
 

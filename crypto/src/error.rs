@@ -41,7 +41,7 @@ pub enum CryptoError {
         /// Number of ciphertexts received.
         found: usize,
     },
-    /// A framed batch holds no blob, or more than the receiver accepts.
+    /// A batch body ([`crate::batch_body`]) holds no blob, or more than the receiver accepts.
     #[error("the batch holds {found} blobs; between 1 and {max} are accepted")]
     BatchSize {
         /// Number of blobs in the batch.

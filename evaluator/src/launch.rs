@@ -2,6 +2,7 @@
 //! launcher that the tests (through `hexray-test-kit`) and `hexray-bench cluster` share, so
 //! that both start a node the same way and neither hands a client a server still starting.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -36,7 +37,12 @@ pub fn free_port() -> std::io::Result<u16> {
 /// Runs `binary serve` on `127.0.0.1:port` with data directory `data`, no page (the tests and
 /// benchmarks drive the API alone) and `flags`, its output discarded, and returns it once
 /// `/api/v1/health` answers. A node that exits or never answers is killed and reported.
-pub fn start(binary: &Path, data: &Path, port: u16, flags: &[&str]) -> Result<Child, LaunchError> {
+pub fn start(
+    binary: &Path,
+    data: &Path,
+    port: u16,
+    flags: &[impl AsRef<OsStr>],
+) -> Result<Child, LaunchError> {
     let mut child = Command::new(binary)
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")

@@ -880,7 +880,7 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
         error(&app, Method::POST, &uri, foreign).await,
         unprocessable("parameter_mismatch")
     );
-    // The key's frame one byte short: the key is cut, and the batch misread after it.
+    // The key's length prefix one byte short: the key is cut, and the batch misread after it.
     let mut damaged = upload.clone();
     let key_length = u32::from_le_bytes(damaged[..4].try_into().unwrap());
     damaged[..4].copy_from_slice(&(key_length - 1).to_le_bytes());

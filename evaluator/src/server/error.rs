@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::store_error::StoreError;
+use super::store_error::{StoreError, BUSY_RETRY_S};
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -59,9 +59,19 @@ pub enum ApiError {
     /// [`ApiError::public_message`], which names it by a reference.
     #[error("server error: {0}")]
     Internal(String),
-    /// What storage or a worker reported ([`store_status`] maps it).
+    /// What storage or a worker reported, mapped to HTTP by this file's `store_status`.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // A bulk upload's refusal reads the same from a worker as from the route.
+            StoreError::Bulk(e) => ApiError::from(e),
+            e => ApiError::Store(e),
+        }
+    }
 }
 
 /// Declares [`ErrorCode`] with its wire names and the list of them all in one place, so that
@@ -187,6 +197,7 @@ fn store_status(e: &StoreError) -> (ErrorCode, StatusCode) {
         StoreError::KeyQuota { .. } => (ErrorCode::KeyQuota, StatusCode::TOO_MANY_REQUESTS),
         StoreError::StorageFull => (ErrorCode::StorageFull, StatusCode::INSUFFICIENT_STORAGE),
         StoreError::Busy => (ErrorCode::Busy, StatusCode::SERVICE_UNAVAILABLE),
+        // `Bulk` never reaches here: `From<StoreError>` gives it the route's mapping.
         StoreError::Internal(_) | StoreError::Engine(_) | StoreError::Bulk(_) => {
             (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR)
         }
@@ -219,9 +230,6 @@ pub(crate) fn job_failure(error: StoreError) -> (ErrorCode, String) {
     let error = ApiError::from(error);
     (error.code(), error.public_message())
 }
-
-/// Seconds a client waits before retrying when the database is busy.
-const BUSY_RETRY_S: u64 = 1;
 
 impl ApiError {
     /// What a client is told: the error's text, except for a server fault, whose detail (a
@@ -339,5 +347,15 @@ mod tests {
         });
         assert_eq!(code, ErrorCode::WrongInputCount);
         assert!(message.contains("smaller batches"), "{message}");
+        // A bulk upload a worker cannot read is refused as the route refuses it.
+        let count = hexray_bulk::BulkError::Count {
+            what: "encrypted batch",
+            unit: "ciphertexts",
+            expected: 784,
+            found: 3,
+        };
+        let (code, message) = job_failure(StoreError::Bulk(count));
+        assert_eq!(code, ErrorCode::WrongInputCount);
+        assert!(message.contains("784"), "{message}");
     }
 }

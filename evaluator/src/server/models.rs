@@ -215,7 +215,7 @@ impl Models {
 
     /// The largest key and job bodies the served models need, for `batch_images` per job.
     pub fn body_limits(&self, batch_images: usize) -> Result<BodyLimits, CryptoError> {
-        // Frames add a 4-byte length per blob and a short header.
+        // A batch body adds a 4-byte length per blob and a short header.
         let image = self
             .iter()
             .map(|m| {

@@ -1,8 +1,12 @@
 //! What the storage back ends (keys and jobs, embedded or PostgreSQL) and the workers they run
-//! report, in their own terms. Storage knows nothing of HTTP: `error.rs` alone turns a
-//! [`StoreError`] into a status, a code and the words a client reads.
+//! report, in their own terms. Storage knows no HTTP status: `error.rs` alone turns a
+//! [`StoreError`] into a status, a code and the words a client reads. (A failed job is stored
+//! with the code and words its client will read, which `error.rs`'s `job_failure` settles.)
 
 use thiserror::Error;
+
+/// Seconds a client waits before retrying when the database is busy (sent as Retry-After).
+pub const BUSY_RETRY_S: u64 = 1;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -16,7 +20,7 @@ pub enum StoreError {
     #[error("job `{id}` failed: {message}")]
     JobFailed { id: String, message: String },
     /// The upload is not a compressed server key, or one for another parameter set.
-    #[error("the uploaded key: {0}")]
+    #[error("{}", key_refusal(.0))]
     RejectedKey(hexray_crypto::CryptoError),
     #[error("the job queue is full; retry after {retry_after} s")]
     QueueFull { retry_after: u64 },
@@ -36,15 +40,25 @@ pub enum StoreError {
     #[error("the server's storage (keys, or the bulk spool) is full; try again later or ask the administrator")]
     StorageFull,
     /// Every connection to the shared database stayed busy.
-    #[error("the server's database is busy; retry in a second")]
+    #[error("the server's database is busy; retry after {BUSY_RETRY_S} s")]
     Busy,
-    /// A fault of the store itself: a disk, the database, stored bytes that no longer read.
-    #[error("storage: {0}")]
+    /// A server fault in storage or in the evaluation its workers run: a disk, the database,
+    /// stored bytes that no longer read, a panic.
+    #[error("server error: {0}")]
     Internal(String),
     /// The engine refused a batch the route had accepted: a server bug, not the client's.
     #[error("the evaluation failed: {0}")]
     Engine(#[from] hexray_engine::EngineError),
-    /// A bulk upload that the route checked no longer reads, or the BFV library failed.
-    #[error("the bulk evaluation failed: {0}")]
+    /// A bulk upload that a worker cannot read or evaluate; reported as the route reports
+    /// the same refusal.
+    #[error("{0}")]
     Bulk(#[from] hexray_bulk::BulkError),
+}
+
+/// A refused key's words: a parameter mismatch says what it was about.
+fn key_refusal(e: &hexray_crypto::CryptoError) -> String {
+    match e {
+        hexray_crypto::CryptoError::ParameterMismatch { .. } => format!("the uploaded key: {e}"),
+        _ => e.to_string(),
+    }
 }

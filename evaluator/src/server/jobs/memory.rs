@@ -34,10 +34,12 @@ struct Job {
     node: Arc<str>,
     /// Taken by the worker that evaluates it; a bulk job's file goes with the job.
     inputs: Mutex<Option<JobInputs>>,
-    state: Mutex<State>,
+    lifecycle: Mutex<Lifecycle>,
 }
 
-enum State {
+/// A job's [`JobState`] as this back end holds it: with when it started, and its outputs or
+/// its failure once it ended. Clients see it only as a [`Status`].
+enum Lifecycle {
     Queued,
     Running {
         started: Instant,
@@ -57,22 +59,24 @@ enum State {
 
 impl Job {
     fn status(&self) -> Status {
-        let state = self.state.lock().expect("job state lock");
-        let (name, seconds, error) = match &*state {
-            State::Queued => (JobState::Queued, None, None),
-            State::Running { started } => (
+        let lifecycle = self.lifecycle.lock().expect("job lifecycle lock");
+        let (state, seconds, error) = match &*lifecycle {
+            Lifecycle::Queued => (JobState::Queued, None, None),
+            Lifecycle::Running { started } => (
                 JobState::Running,
                 Some(started.elapsed().as_secs_f64()),
                 None,
             ),
-            State::Done { seconds, .. } => (JobState::Done, Some(*seconds), None),
-            State::Failed { code, message, .. } => (JobState::Failed, None, Some((code, message))),
+            Lifecycle::Done { seconds, .. } => (JobState::Done, Some(*seconds), None),
+            Lifecycle::Failed { code, message, .. } => {
+                (JobState::Failed, None, Some((code, message)))
+            }
         };
         Status {
             job_id: self.id.clone(),
             model: self.model.id.clone(),
             kind: self.kind,
-            state: name,
+            state,
             images: self.images,
             progress: Progress::new(
                 self.kind,
@@ -82,14 +86,14 @@ impl Job {
             seconds,
             error: error.map(|(_, message)| message.clone()),
             error_code: error.map(|(code, _)| code.as_str().to_owned()),
-            node: (name != JobState::Queued).then(|| self.node.to_string()),
+            node: (state != JobState::Queued).then(|| self.node.to_string()),
         }
     }
 
     fn outputs(&self) -> Result<Vec<u8>, StoreError> {
-        match &*self.state.lock().expect("job state lock") {
-            State::Done { outputs, .. } => Ok(outputs.to_vec()),
-            State::Failed { message, .. } => Err(StoreError::JobFailed {
+        match &*self.lifecycle.lock().expect("job lifecycle lock") {
+            Lifecycle::Done { outputs, .. } => Ok(outputs.to_vec()),
+            Lifecycle::Failed { message, .. } => Err(StoreError::JobFailed {
                 id: self.id.clone(),
                 message: message.clone(),
             }),
@@ -100,8 +104,8 @@ impl Job {
     /// Queued or running.
     fn is_active(&self) -> bool {
         matches!(
-            *self.state.lock().expect("job state lock"),
-            State::Queued | State::Running { .. }
+            *self.lifecycle.lock().expect("job lifecycle lock"),
+            Lifecycle::Queued | Lifecycle::Running { .. }
         )
     }
 
@@ -111,8 +115,10 @@ impl Job {
     }
 
     fn finished_at(&self) -> Option<Instant> {
-        match &*self.state.lock().expect("job state lock") {
-            State::Done { finished, .. } | State::Failed { finished, .. } => Some(*finished),
+        match &*self.lifecycle.lock().expect("job lifecycle lock") {
+            Lifecycle::Done { finished, .. } | Lifecycle::Failed { finished, .. } => {
+                Some(*finished)
+            }
             _ => None,
         }
     }
@@ -210,7 +216,7 @@ impl JobStorage for MemoryJobs {
             work_done: AtomicUsize::new(0),
             node: self.node.clone(),
             inputs: Mutex::new(Some(new.inputs)),
-            state: Mutex::new(State::Queued),
+            lifecycle: Mutex::new(Lifecycle::Queued),
         });
         // The owner's share is counted and the job entered under one lock, so that two
         // submissions at once cannot both take the last place.
@@ -297,11 +303,11 @@ impl Worker {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.running.fetch_add(1, Ordering::SeqCst);
             let started = Instant::now();
-            *job.state.lock().expect("job state lock") = State::Running { started };
+            *job.lifecycle.lock().expect("job lifecycle lock") = Lifecycle::Running { started };
             let result = self.evaluate(&job);
             let finished = Instant::now();
             let seconds = (finished - started).as_secs_f64();
-            let state = match result {
+            let ended = match result {
                 Ok(outputs) => {
                     Metrics::add(&metrics.jobs_completed, 1);
                     log::info!(
@@ -310,7 +316,7 @@ impl Worker {
                         job.id,
                         job.images,
                     );
-                    State::Done {
+                    Lifecycle::Done {
                         outputs: Arc::new(outputs),
                         seconds,
                         finished,
@@ -320,14 +326,14 @@ impl Worker {
                     Metrics::add(&metrics.jobs_failed, 1);
                     log::warn!("job {} failed: {error}", job.id);
                     let (code, message) = job_failure(error);
-                    State::Failed {
+                    Lifecycle::Failed {
                         code,
                         message,
                         finished,
                     }
                 }
             };
-            *job.state.lock().expect("job state lock") = state;
+            *job.lifecycle.lock().expect("job lifecycle lock") = ended;
             self.running.fetch_sub(1, Ordering::SeqCst);
         }
     }
