@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use hexray_model::network::InputSpec;
-use hexray_model::preprocess::{preprocess, preprocess_luma};
+use hexray_model::preprocess::{decode, preprocess, preprocess_luma, thumbnail};
 use image::GrayImage;
 use ndarray::{Array2, Array3, Axis};
 use ndarray_npy::NpzReader;
@@ -82,17 +82,21 @@ impl Dataset {
     /// images are repeated in turn until it has as many, so that a class with fewer images
     /// (18 adult normals beside 26 COVID-19 X-rays) is not a prior the model learns.
     pub fn class_balanced(&self) -> Dataset {
+        self.subset(&self.class_balanced_indices())
+    }
+
+    /// The indices [`Dataset::class_balanced`] draws, in its order.
+    pub fn class_balanced_indices(&self) -> Vec<usize> {
         let classes = self.labels.iter().max().map_or(0, |&c| c + 1);
         let members: Vec<Vec<usize>> = (0..classes)
             .map(|c| (0..self.len()).filter(|&i| self.labels[i] == c).collect())
             .collect();
         let largest = members.iter().map(Vec::len).max().unwrap_or(0);
-        let indices: Vec<usize> = members
+        members
             .iter()
             .filter(|m| !m.is_empty())
             .flat_map(|m| m.iter().copied().cycle().take(largest))
-            .collect();
-        self.subset(&indices)
+            .collect()
     }
 
     /// These images followed by `repeats` copies of `other`'s: how a small set is given
@@ -192,6 +196,24 @@ pub fn load_folder(csv: &Path, classes: &[&str], spec: &InputSpec) -> Result<Dat
         }
     }
     Ok(dataset)
+}
+
+/// The images `csv` lists, in [`load_folder`]'s order, decoded as the client decodes them and
+/// shrunk to at most `max_side` pixels a side: the originals that
+/// [`full_resolution_copies`](crate::augment::full_resolution_copies) renders again, each time
+/// as another file. `max_side` only bounds the work: renderings are at most 448 pixels a side.
+pub fn read_folder(
+    csv: &Path,
+    classes: &[&str],
+    max_side: u32,
+) -> Result<Vec<GrayImage>, DataError> {
+    list_folder(csv, classes)?
+        .iter()
+        .map(|entry| {
+            let decoded = decode(&entry.read(csv)?).map_err(|e| entry.error(csv, e.to_string()))?;
+            Ok(thumbnail(&decoded.luma, max_side))
+        })
+        .collect()
 }
 
 /// One image of a folder dataset.

@@ -57,6 +57,9 @@ pub struct AdultFigures {
     pub repeats: usize,
     /// Whether each adult class was drawn as often as the largest before repeating.
     pub balanced: bool,
+    /// Whether each repeat was a new full-resolution rendering of the image's file rather
+    /// than the same image.
+    pub renderings: bool,
     /// The float teacher's figures, then the compiled student's under TFHE's predicted noise.
     pub models: Vec<CrossValidated>,
     pub seconds: f64,
@@ -71,7 +74,7 @@ impl AdultFigures {
         format!(
             "{} adult X-rays of {} patients ({} normal, {} abnormal) from `{}`, in {} folds by \
              patient over {} seeds: each fold's model trains on PneumoniaMNIST and the other \
-             folds' adults ({}, counted {} times) and calls its own fold. Each cell is \
+             folds' adults ({}, counted {} times{}) and calls its own fold. Each cell is \
              the mean ± standard deviation over seeds, then the Wilson 95% interval over the \
              images: with this few images the intervals are wide. Cross-validation took \
              {:.0} s.\n\n{}\n",
@@ -87,6 +90,10 @@ impl AdultFigures {
                 false => "each image",
             },
             self.repeats,
+            match self.renderings {
+                true => ", each time as a new full-resolution rendering of its file",
+                false => "",
+            },
             self.seconds,
             crossval::table(&self.models)
         )

@@ -1,5 +1,6 @@
 //! The two commands that learn from the adult X-rays, run as a user runs them (tiny epochs, real
-//! data): `train --adults` cross-validates by patient and then trains a screen for both
+//! data): `train --adults` (with the default's flags: class-balanced, each repeat a new
+//! rendering of the file) cross-validates by patient and then trains a screen for both
 //! populations, and `transfer` cross-validates four settings and writes the COVID-19 model.
 //! Each model file must load, name its classes, and equal the trainer's integer forward pass.
 
@@ -95,6 +96,7 @@ fn a_screen_learns_from_both_populations_and_is_cross_validated_on_adults() {
             "--adult-repeats",
             "2",
             "--adult-balance",
+            "--adult-renderings",
             "--adult-folds",
             "2",
             "--adult-seeds",
@@ -112,11 +114,9 @@ fn a_screen_learns_from_both_populations_and_is_cross_validated_on_adults() {
         model.network.output.classes,
         ["normal", "abnormal (pneumonia or COVID-19)"]
     );
-    assert!(
-        model.description.contains("44 adult X-rays"),
-        "{}",
-        model.description
-    );
+    for said in ["44 adult X-rays", "full-resolution renderings"] {
+        assert!(model.description.contains(said), "{}", model.description);
+    }
     let report = report(&out.join("report.json"));
     assert_eq!(report["export_mismatches"], 0);
     let models = report["adults"]["models"].as_array().unwrap();
@@ -128,6 +128,7 @@ fn a_screen_learns_from_both_populations_and_is_cross_validated_on_adults() {
     assert_every_image_called(&models[0], 1);
     assert_every_image_called(&models[1], 2);
     assert!(report["adults"]["balanced"].as_bool().unwrap());
+    assert!(report["adults"]["renderings"].as_bool().unwrap());
 }
 
 #[test]

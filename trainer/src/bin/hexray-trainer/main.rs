@@ -73,6 +73,10 @@ enum Command {
         /// Draw each adult class as often as the largest before repeating them.
         #[arg(long)]
         adult_balance: bool,
+        /// Make each repeat of an adult image a new full-resolution rendering of its file
+        /// (size, aspect, margins, exposure, PNG or JPEG) rather than the same image again.
+        #[arg(long)]
+        adult_renderings: bool,
         /// Hold a quarter of the adult patients out to choose checkpoints on, beside the
         /// validation split.
         #[arg(long)]
@@ -215,6 +219,7 @@ fn main() -> Result<()> {
             adult_labels,
             adult_repeats,
             adult_balance,
+            adult_renderings,
             adult_validation,
             adult_folds,
             adult_seeds,
@@ -231,6 +236,7 @@ fn main() -> Result<()> {
                     classes: adult_labels,
                     repeats: adult_repeats,
                     balance: adult_balance,
+                    renderings: adult_renderings,
                     validate: adult_validation,
                     folds: adult_folds,
                     seeds: adult_seeds,

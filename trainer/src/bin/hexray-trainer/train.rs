@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use hexray_model::network::InputSpec;
+use hexray_trainer::augment::full_resolution_copies;
 use hexray_trainer::crossval::{cross_validate, CrossValidated};
-use hexray_trainer::data::{hold_out, load_folder, Dataset};
+use hexray_trainer::data::{hold_out, load_folder, read_folder, Dataset};
 use hexray_trainer::encrypted;
 use hexray_trainer::metrics::{roc_curve, Scores};
 use hexray_trainer::net::{ActivationMode, Net};
@@ -16,6 +18,7 @@ use hexray_trainer::pipeline::{
 use hexray_trainer::plots::{line_chart, roc_chart, Series};
 use hexray_trainer::report::{AdultFigures, Row, RunReport, StageSummary};
 use hexray_trainer::train::{EpochLog, Settings, Tensors};
+use image::GrayImage;
 
 use crate::common::*;
 
@@ -50,6 +53,10 @@ pub(crate) struct Adults {
     pub(crate) repeats: usize,
     /// Draw each adult class as often as the largest before repeating.
     pub(crate) balance: bool,
+    /// Make each repeat a new full-resolution rendering of the image's file (another size,
+    /// aspect, margins, exposure, PNG or JPEG; [`full_resolution_copies`]) brought back through
+    /// the client's preprocessing, rather than the same 28×28 image again.
+    pub(crate) renderings: bool,
     /// Hold a quarter of the adult patients out of training to choose checkpoints on, beside
     /// PneumoniaMNIST's validation split, so that validation speaks for both populations.
     pub(crate) validate: bool,
@@ -57,36 +64,82 @@ pub(crate) struct Adults {
     pub(crate) seeds: usize,
 }
 
+/// The adult images: as the client preprocesses them, and, for [`Adults::renderings`], the
+/// decoded files they are rendered again from (same order).
+pub(crate) struct AdultImages {
+    set: Dataset,
+    originals: Option<Vec<GrayImage>>,
+}
+
+/// The longest side the adult originals are kept at: above the largest rendering
+/// (`augment`'s 448 pixels), far below a detector's 3000.
+const ORIGINAL_SIDE: u32 = 512;
+
 impl Adults {
-    /// The adult images as they are repeated into the training set: class-balanced or not.
-    fn weighed(&self, set: &Dataset) -> Dataset {
-        match self.balance {
-            true => set.class_balanced(),
-            false => set.clone(),
-        }
+    /// Reads the adult folder: every label but the first is abnormal, class 1 of a two-class
+    /// screen.
+    fn load(&self, spec: &InputSpec) -> Result<AdultImages> {
+        let labels: Vec<&str> = self.classes.iter().map(String::as_str).collect();
+        let reading = || format!("loading {}", self.labels.display());
+        let set = load_folder(&self.labels, &labels, spec).with_context(reading)?;
+        let originals = match self.renderings {
+            true => Some(read_folder(&self.labels, &labels, ORIGINAL_SIDE).with_context(reading)?),
+            false => None,
+        };
+        Ok(AdultImages {
+            set: Dataset {
+                labels: set.labels.iter().map(|&l| l.min(1)).collect(),
+                ..set
+            },
+            originals,
+        })
     }
 
-    /// One run's training and validation sets: PneumoniaMNIST's, with the adults at `indices`
-    /// of `set`. With [`Adults::validate`], a quarter of those patients validate instead of
-    /// training, repeated to count as much as PneumoniaMNIST's validation split.
+    /// `train` with the adults at `indices` added as the recipe weighs them: class-balanced or
+    /// not, then [`Adults::repeats`] times, as the same images or as new renderings (drawn
+    /// with `seed`).
+    fn with_adults(
+        &self,
+        train: &Dataset,
+        adults: &AdultImages,
+        indices: &[usize],
+        (seed, spec): (u64, &InputSpec),
+    ) -> Result<Dataset> {
+        let fit_on = adults.set.subset(indices);
+        let order = match self.balance {
+            true => fit_on.class_balanced_indices(),
+            false => (0..fit_on.len()).collect(),
+        };
+        let picks: Vec<usize> = order.into_iter().map(|i| indices[i]).collect();
+        let Some(originals) = &adults.originals else {
+            return Ok(train.joined(&adults.set.subset(&picks), self.repeats));
+        };
+        let images: Vec<GrayImage> = picks.iter().map(|&i| originals[i].clone()).collect();
+        let labels: Vec<usize> = picks.iter().map(|&i| adults.set.labels[i]).collect();
+        let renderings = full_resolution_copies(&images, &labels, spec, self.repeats, seed)?;
+        Ok(train.joined(&renderings, 1))
+    }
+
+    /// One run's training and validation sets: PneumoniaMNIST's, with the adults at `indices`.
+    /// With [`Adults::validate`], a quarter of those patients validate instead of training,
+    /// repeated to count as much as PneumoniaMNIST's validation split.
     fn sets(
         &self,
         [train, val]: [&Dataset; 2],
-        set: &Dataset,
+        adults: &AdultImages,
         indices: &[usize],
-        seed: u64,
+        (seed, spec): (u64, &InputSpec),
     ) -> Result<[Dataset; 2]> {
         if !self.validate {
-            let fit_on = set.subset(indices);
             return Ok([
-                train.joined(&self.weighed(&fit_on), self.repeats),
+                self.with_adults(train, adults, indices, (seed, spec))?,
                 val.clone(),
             ]);
         }
-        let (fit_on, choose_on) = hold_out(set, indices, 4, seed)?;
-        let chosen = set.subset(&choose_on);
+        let (fit_on, choose_on) = hold_out(&adults.set, indices, 4, seed)?;
+        let chosen = adults.set.subset(&choose_on);
         Ok([
-            train.joined(&self.weighed(&set.subset(&fit_on)), self.repeats),
+            self.with_adults(train, adults, &fit_on, (seed, spec))?,
             val.joined(&chosen, val.len().div_ceil(chosen.len().max(1))),
         ])
     }
@@ -133,11 +186,11 @@ fn fit(
 fn cross_validate_adults(
     common: &Common,
     config: &Config,
-    adults: &Adults,
-    adult_set: &Dataset,
+    (adults, images): (&Adults, &AdultImages),
     [train, val]: [&Dataset; 2],
 ) -> Result<Vec<CrossValidated>> {
     let seeds: Vec<u64> = with_seeds(common, adults.seeds).map(|c| c.seed).collect();
+    let adult_set = &images.set;
     let models = cross_validate(adult_set, adults.folds, &seeds, |seed, fit_on, held_out| {
         eprintln!(
             "adult cross-validation: seed {seed}, {} held out",
@@ -150,7 +203,8 @@ fn cross_validate_adults(
             },
             ..config.clone()
         };
-        let [fold_train, fold_val] = adults.sets([train, val], adult_set, fit_on, seed)?;
+        let [fold_train, fold_val] =
+            adults.sets([train, val], images, fit_on, (seed, &config.input))?;
         let fitted = fit(
             &config,
             &fold_train,
@@ -188,17 +242,7 @@ pub(crate) fn train(
     // The small adult folder first: a wrong path fails before PneumoniaMNIST is read.
     let adult_set = match adults {
         None => None,
-        Some(a) => {
-            let labels: Vec<&str> = a.classes.iter().map(String::as_str).collect();
-            let set = load_folder(&a.labels, &labels, &config.input)
-                .with_context(|| format!("loading {}", a.labels.display()))?;
-            // Every label but the first is abnormal: class 1 of a two-class screen.
-            let set = Dataset {
-                labels: set.labels.iter().map(|&l| l.min(1)).collect(),
-                ..set
-            };
-            Some((a, set))
-        }
+        Some(a) => Some((a, a.load(&config.input)?)),
     };
     let [train, val, test] = common.splits()?;
     let te = Tensors::new(&test, config.input.scale);
@@ -208,12 +252,16 @@ pub(crate) fn train(
     };
     let trained_on = match &adult_set {
         None => "PneumoniaMNIST (children aged 1-5; CC BY 4.0)".to_owned(),
-        Some((a, set)) => format!(
+        Some((a, images)) => format!(
             "PneumoniaMNIST (children aged 1-5; CC BY 4.0) and {} adult X-rays of one site \
-             (Actualmed COVID-19 set: {}), each counted {} times",
-            set.len(),
+             (Actualmed COVID-19 set: {}), each counted {} times{}",
+            images.set.len(),
             a.classes.join(", "),
-            a.repeats
+            a.repeats,
+            match a.renderings {
+                true => " as new full-resolution renderings of its file",
+                false => "",
+            }
         ),
     };
     let description = format!(
@@ -230,13 +278,14 @@ pub(crate) fn train(
     );
     let adult_figures = match &adult_set {
         None => None,
-        Some((a, set)) => {
+        Some((a, images)) => {
             let start = Instant::now();
-            let models = cross_validate_adults(common, &config, a, set, [&train, &val])?;
+            let models = cross_validate_adults(common, &config, (a, images), [&train, &val])?;
             Some(AdultFigures {
                 labels: a.labels.display().to_string(),
                 repeats: a.repeats,
                 balanced: a.balance,
+                renderings: a.renderings,
                 models,
                 seconds: start.elapsed().as_secs_f64(),
             })
@@ -245,9 +294,9 @@ pub(crate) fn train(
     let start = Instant::now();
     let [train_set, chosen_on] = match &adult_set {
         None => [train, val.clone()],
-        Some((a, set)) => {
-            let all: Vec<usize> = (0..set.len()).collect();
-            a.sets([&train, &val], set, &all, common.seed)?
+        Some((a, images)) => {
+            let all: Vec<usize> = (0..images.set.len()).collect();
+            a.sets([&train, &val], images, &all, (common.seed, &config.input))?
         }
     };
     let mut log = Vec::new();
