@@ -43,7 +43,7 @@ fn relu_is_refused_in_words() {
 
 #[test]
 fn a_network_beyond_the_plaintext_modulus_is_refused_with_the_value_at_fault() {
-    // The default model's first accumulators reach ±2^17.8; a 17-bit t holds ±2^15.
+    // The default model's first accumulators reach ±2^17.7; a 17-bit t holds ±2^15.
     let (model, _) = bundled("screen-mlp-32");
     let small = BulkParameters {
         plaintext_modulus: 65537,

@@ -116,14 +116,17 @@ const FILTERS: [FilterType; 3] = [
 ];
 
 /// `image` re-rendered as a full-resolution file (random size, aspect, margins, gamma,
-/// contrast, and PNG or JPEG), then preprocessed by `spec` as the client would.
+/// contrast, and PNG or JPEG), then preprocessed by `spec` as the client would. The aspect
+/// varies around the image's own, so a wide film stays wide and the client's crop takes from
+/// it what it takes from the real file.
 pub fn full_resolution_copy(
     image: &GrayImage,
     spec: &InputSpec,
     rng: &mut impl Rng,
 ) -> Result<Array3<i64>, hexray_model::error::PreprocessError> {
     let side = rng.gen_range(SIDES) as f64;
-    let aspect = rng.gen_range(1.0 - MAX_ASPECT..=1.0 + MAX_ASPECT).sqrt();
+    let own = (image.width() as f64 / image.height() as f64).sqrt();
+    let aspect = rng.gen_range(1.0 - MAX_ASPECT..=1.0 + MAX_ASPECT).sqrt() * own;
     let (w, h) = (
         (side * aspect).round() as u32,
         (side / aspect).round() as u32,
@@ -201,6 +204,34 @@ mod tests {
         let labels = [0, 1];
         let copies = full_resolution_copies(&[image.clone(), image], &labels, &spec, 2, 3).unwrap();
         assert_eq!(copies.labels, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_wide_film_stays_wide_so_the_clients_crop_sees_its_centre() {
+        // 2:1, white in the outer 15% of each side: the client's centre square sees only
+        // black, and so must every rendering (a rendering squeezed square would show the white).
+        let spec = InputSpec::square_8bit(28, hexray_model::network::Intensity::AsIs);
+        let wide = GrayImage::from_fn(256, 128, |x, _| {
+            image::Luma([if (38..218).contains(&x) { 0 } else { 255 }])
+        });
+        assert!(preprocess_png(&wide, &spec).iter().all(|&q| q == 0));
+        for seed in 0..20 {
+            let copy = full_resolution_copy(&wide, &spec, &mut ChaCha8Rng::seed_from_u64(seed));
+            let brightest = copy.unwrap().into_iter().max().unwrap();
+            assert!(
+                brightest < 128,
+                "seed {seed}: the film was squeezed ({brightest})"
+            );
+        }
+    }
+
+    /// `image` as a PNG file through the client's preprocessing.
+    fn preprocess_png(image: &GrayImage, spec: &InputSpec) -> Array3<i64> {
+        let mut png = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        preprocess(&png, spec).unwrap()
     }
 
     #[test]

@@ -78,14 +78,9 @@ impl Dataset {
         }
     }
 
-    /// The same images with every class drawn as often as the largest: each smaller class's
-    /// images are repeated in turn until it has as many, so that a class with fewer images
-    /// (18 adult normals beside 26 COVID-19 X-rays) is not a prior the model learns.
-    pub fn class_balanced(&self) -> Dataset {
-        self.subset(&self.class_balanced_indices())
-    }
-
-    /// The indices [`Dataset::class_balanced`] draws, in its order.
+    /// Indices that draw every class as often as the largest: each smaller class's images are
+    /// repeated in turn until it has as many, so that a class with fewer images (18 adult
+    /// normals beside 26 COVID-19 X-rays) is not a prior the model learns.
     pub fn class_balanced_indices(&self) -> Vec<usize> {
         let classes = self.labels.iter().max().map_or(0, |&c| c + 1);
         let members: Vec<Vec<usize>> = (0..classes)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hexray_model::network::{InputSpec, Intensity};
 use hexray_model::preprocess::{preprocess, preprocess_luma};
-use hexray_trainer::data::{folds, hold_out, load_folder, load_npz, shared_patients};
+use hexray_trainer::data::{folds, hold_out, load_folder, load_npz, read_folder, shared_patients};
 use image::GrayImage;
 use ndarray::{Array2, Array3};
 use ndarray_npy::NpzWriter;
@@ -164,6 +164,17 @@ fn folder_datasets_load_with_patients_and_split_by_patient() {
     );
     let subset = data.subset(&split[0]);
     assert_eq!(subset.len(), split[0].len());
+
+    // Class balance draws the two normals in turn until they are as many as the covid images.
+    assert_eq!(data.class_balanced_indices(), vec![1, 2, 0, 3]);
+    // The originals, for renderings: decoded in the same order, shrunk to at most 64 pixels a
+    // side and never enlarged (normal-2 is a 28×28 PneumoniaMNIST image).
+    let originals = read_folder(&csv, &["normal", "covid"], 64).unwrap();
+    assert_eq!(originals.len(), data.len());
+    assert_eq!(originals[0].width().max(originals[0].height()), 64);
+    assert_eq!(originals[2].dimensions(), (28, 28));
+    let again = preprocess_luma(originals[1].clone(), &spec()).unwrap();
+    assert_eq!(again.dim(), data.images[1].dim());
 }
 
 /// A folder may list DICOM files (`.dcm` or any name): they load like the PNGs, through the
