@@ -642,8 +642,9 @@ impl Upload {
         .into_parts();
         let write = |mut file: std::fs::File, bytes: web::Bytes| {
             blocking(move || {
-                std::io::Write::write_all(&mut file, &bytes).map_err(spool_error)?;
-                Ok::<_, ApiError>(file)
+                std::io::Write::write_all(&mut file, &bytes)
+                    .map(|()| file)
+                    .map_err(spool_error)
             })
         };
         let limit = self.limit;

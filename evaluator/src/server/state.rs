@@ -194,21 +194,13 @@ impl Slots {
         if *n >= limit {
             return None;
         }
+        let others = *n;
         *n += 1;
         Some(Slot {
             counts: self.0.clone(),
             key: key.to_owned(),
+            others,
         })
-    }
-
-    /// How many of `key`'s slots are taken.
-    fn taken(&self, key: &str) -> usize {
-        self.0
-            .lock()
-            .expect("slots lock")
-            .get(key)
-            .copied()
-            .unwrap_or(0)
     }
 }
 
@@ -216,6 +208,8 @@ impl Slots {
 pub struct Slot {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     key: String,
+    /// The key's other slots taken when this one was, counted under the same lock.
+    others: usize,
 }
 
 impl Drop for Slot {
@@ -374,7 +368,8 @@ impl AppState {
             .bulk_uploads
             .claim("bulk", self.bulk_capacity)
             .ok_or(ApiError::QueueFull { retry_after: 30 })?;
-        Ok((slot, self.bulk_uploads.taken("bulk") - 1))
+        let others = slot.others;
+        Ok((slot, others))
     }
 
     /// Claims an upload slot for `owner`, or refuses with 429.

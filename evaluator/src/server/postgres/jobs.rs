@@ -20,8 +20,8 @@ use crate::server::auth::Owner;
 use crate::server::error::ErrorCode;
 use crate::server::evaluation::Evaluator;
 use crate::server::jobs::{
-    job_id, room, start_sweeper, Depth, JobInputs, JobKind, JobState, JobStorage, NewJob, Progress,
-    QueueConfig, QueueOccupancy, Status,
+    job_id, room, spool_error, start_sweeper, Depth, JobInputs, JobKind, JobState, JobStorage,
+    NewJob, Progress, QueueConfig, QueueOccupancy, Status,
 };
 use crate::server::metrics::Metrics;
 use crate::server::models::ServedModel;
@@ -174,10 +174,9 @@ fn store_upload(
     tx: &mut Transaction,
     file: &std::path::Path,
 ) -> Result<Result<u32, StoreError>, postgres::Error> {
-    let disk = |e: std::io::Error| StoreError::Internal(format!("the spooled upload: {e}"));
     let mut file = match std::fs::File::open(file) {
         Ok(file) => file,
-        Err(e) => return Ok(Err(disk(e))),
+        Err(e) => return Ok(Err(spool_error(e))),
     };
     let oid: u32 = tx.query_one("SELECT lo_create(0)", &[])?.get(0);
     let (mut piece, mut offset) = (vec![0u8; UPLOAD_PIECE], 0i64);
@@ -185,7 +184,7 @@ fn store_upload(
         let n = match read_piece(&mut file, &mut piece) {
             Ok(0) => return Ok(Ok(oid)),
             Ok(n) => n,
-            Err(e) => return Ok(Err(disk(e))),
+            Err(e) => return Ok(Err(spool_error(e))),
         };
         tx.execute("SELECT lo_put($1, $2, $3)", &[&oid, &offset, &&piece[..n]])?;
         offset += n as i64;

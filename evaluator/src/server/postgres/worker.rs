@@ -267,12 +267,11 @@ impl Workers {
         let oid = claim
             .upload
             .ok_or_else(|| StoreError::Internal(format!("bulk job {} has no upload", claim.job)))?;
-        let disk = spool_error;
-        let mut file = tempfile::tempfile_in(&self.spool).map_err(disk)?;
+        let mut file = tempfile::tempfile_in(&self.spool).map_err(spool_error)?;
         let copied = self.database.with(|c| {
             // Run again after a lost connection: the copy starts over.
             if let Err(e) = file.rewind().and_then(|()| file.set_len(0)) {
-                return Ok(Err(disk(e)));
+                return Ok(Err(spool_error(e)));
             }
             let mut offset = 0i64;
             loop {
@@ -286,13 +285,13 @@ impl Workers {
                     return Ok(Ok(()));
                 }
                 if let Err(e) = file.write_all(&piece) {
-                    return Ok(Err(disk(e)));
+                    return Ok(Err(spool_error(e)));
                 }
                 offset += piece.len() as i64;
             }
         })?;
         copied?;
-        file.rewind().map_err(disk)?;
+        file.rewind().map_err(spool_error)?;
         Ok(file)
     }
 
