@@ -805,6 +805,32 @@ async fn the_bulk_spec_is_served_for_the_models_that_take_the_bulk_path() {
     }
 }
 
+/// `--bulk-queue-limit 0` switches the bulk path off: no model is listed with it, and its
+/// routes answer 404 rather than a 503 that asks the client to retry forever.
+#[actix_web::test]
+async fn a_bulk_queue_limit_of_zero_switches_the_bulk_path_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 4);
+    config.queue.bulk_capacity = 0;
+    let app = app(&config).await;
+    let (_, body) = call(&app, Method::GET, "/api/v1/models", vec![]).await;
+    let listing = json(&body);
+    let not_found = (StatusCode::NOT_FOUND, "not_found".to_owned());
+    for listed in listing["models"].as_array().unwrap() {
+        let id = listed["id"].as_str().unwrap();
+        assert_eq!(listed["bulk"], false, "{id}");
+        let uri = format!("/api/v1/models/{id}/bulk-spec");
+        assert_eq!(error(&app, Method::GET, &uri, vec![]).await, not_found);
+        let fingerprint = listed["fingerprint"].as_str().unwrap();
+        let uri = format!("/api/v1/bulk-jobs?model={id}&fingerprint={fingerprint}");
+        assert_eq!(
+            error(&app, Method::POST, &uri, vec![0; 64]).await,
+            not_found
+        );
+    }
+    assert_eq!(spooled(dir.path()), 0, "a refused upload left its file");
+}
+
 /// Every file in a data directory's bulk spool: what uploads leave behind.
 fn spooled(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir.join("spool")).unwrap().count()

@@ -120,7 +120,9 @@ impl ServedModel {
         Some(BulkSpec::of(self.loaded.model(), circuit))
     }
 
-    pub fn summary(&self, seconds_per_bootstrap: f64) -> ModelSummary<'_> {
+    /// The model as `GET /api/v1/models` lists it; `bulk`: whether this node serves its bulk
+    /// path ([`AppState::bulk_spec`](super::AppState::bulk_spec)).
+    pub fn summary(&self, seconds_per_bootstrap: f64, bulk: bool) -> ModelSummary<'_> {
         let model = &self.loaded.model();
         ModelSummary {
             id: &self.id,
@@ -132,7 +134,7 @@ impl ServedModel {
             inputs: self.loaded.circuit().input_len(),
             parameter_set: self.loaded.parameter_set().name(),
             fingerprint: &self.loaded.spec().fingerprint,
-            bulk: self.packed.is_some(),
+            bulk,
             expected_seconds_per_image: self.loaded.circuit().bootstrap_count() as f64
                 * seconds_per_bootstrap,
             card_summary: self.card.as_deref().and_then(card_summary),
@@ -283,9 +285,12 @@ mod tests {
         let models = Models::from_dir(dir.path()).unwrap();
         let chest = models.get("chest").unwrap();
         assert_eq!(chest.card.as_deref(), Some(card));
-        assert_eq!(chest.summary(0.03).card_summary, Some("For testing only."));
+        assert_eq!(
+            chest.summary(0.03, true).card_summary,
+            Some("For testing only.")
+        );
         for model in Models::bundled().unwrap().iter() {
-            let summary = model.summary(0.03).card_summary;
+            let summary = model.summary(0.03, true).card_summary;
             assert!(summary.is_some_and(|s| s.len() > 40), "{}", model.id);
         }
     }

@@ -139,7 +139,11 @@ async fn list_models(
 ) -> Result<HttpResponse, ApiError> {
     state.access.clinician(&request)?;
     let seconds = state.seconds_per_bootstrap();
-    let models: Vec<_> = state.models.iter().map(|m| m.summary(seconds)).collect();
+    let models: Vec<_> = state
+        .models
+        .iter()
+        .map(|m| m.summary(seconds, state.bulk_spec(m).is_some()))
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "models": models })))
 }
 
@@ -209,7 +213,7 @@ async fn bulk_spec(
         &request,
         (&id, "bulk spec"),
         "application/json",
-        |model| model.bulk_spec().map(|spec| spec.to_json()),
+        |model| state.bulk_spec(model).map(|spec| spec.to_json()),
     )
 }
 
@@ -393,8 +397,8 @@ async fn submit_bulk_job(
     let owner = state.access.clinician(&request)?;
     let BulkJobQuery { model, fingerprint } = query(&request)?;
     let model = served(&state, model)?;
-    let spec = model
-        .bulk_spec()
+    let spec = state
+        .bulk_spec(&model)
         .ok_or_else(|| ApiError::NotFound(format!("the bulk path of {}", model.id)))?;
     if fingerprint != spec.fingerprint {
         return Err(ApiError::StaleModel(model.id.clone()));

@@ -16,10 +16,11 @@ use super::evaluation::Evaluator;
 use super::jobs::{Depth, JobStorage, MemoryJobs, QueueConfig};
 use super::keys::{DirectoryKeys, KeyLimits, KeyStorage};
 use super::metrics::Metrics;
-use super::models::Models;
+use super::models::{Models, ServedModel};
 use super::postgres::{Database, DatabaseError, PgJobs, PgKeys, PoolLimits};
 use super::rate_limit::RateLimit;
 use hexray_engine::LoadError;
+use hexray_model::bulk_spec::BulkSpec;
 
 /// Everything a server needs to start.
 #[derive(Clone, Debug)]
@@ -359,6 +360,16 @@ impl AppState {
         self.streams
             .claim(id, limit)
             .ok_or(ApiError::TooManyStreams { limit })
+    }
+
+    /// The model's bulk spec, when it takes the bulk path and this node takes bulk jobs:
+    /// `--bulk-queue-limit 0` switches the bulk path off, so that its routes answer 404 and
+    /// the model list says so, rather than a 503 that asks the client to retry forever.
+    pub fn bulk_spec(&self, model: &ServedModel) -> Option<BulkSpec> {
+        if self.bulk_capacity == 0 {
+            return None;
+        }
+        model.bulk_spec()
     }
 
     /// Claims one of this node's bulk upload slots, or refuses with 503 and Retry-After;
