@@ -1,7 +1,8 @@
 //! The two commands that learn from the adult X-rays, run as a user runs them (tiny epochs, real
 //! data): `train --adults` (with the default's flags: class-balanced, each repeat a new
 //! rendering of the file) cross-validates by patient and then trains a screen for both
-//! populations, and `transfer` cross-validates four settings and writes the COVID-19 model.
+//! populations, and `transfer` (its adult files rendered anew) cross-validates four settings
+//! and writes the COVID-19 model.
 //! Each model file must load, name its classes, and equal the trainer's integer forward pass.
 
 mod common;
@@ -143,6 +144,7 @@ fn transfer_cross_validates_four_settings_and_writes_the_covid_model() {
             "transfer",
             "--topology",
             "mlp-16",
+            "--adult-renderings",
             "--folder",
             adults.to_str().unwrap(),
             "--folds",
@@ -174,4 +176,6 @@ fn transfer_cross_validates_four_settings_and_writes_the_covid_model() {
         assert!(doc.contains(setting["setting"].as_str().unwrap()), "{doc}");
     }
     assert!(doc.contains("no patient in two"), "{doc}");
+    assert!(doc.contains("new full-resolution rendering"), "{doc}");
+    assert!(model.description.contains("new full-resolution rendering"));
 }

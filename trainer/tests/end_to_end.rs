@@ -52,6 +52,7 @@ fn tiny_config(topology: &str, strong: Option<&str>, epochs: [usize; 4]) -> Conf
         settings: Settings {
             batch_size: 32,
             learning_rate: 2e-3,
+            weight_decay: None,
             seed: 5,
             progress: false,
         },

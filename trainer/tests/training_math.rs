@@ -226,3 +226,42 @@ fn each_training_phase_shuffles_differently_and_repeatably() {
         }
     }
 }
+
+/// `--weight-decay`: the same training with an L2 penalty ends with smaller weights.
+#[test]
+fn weight_decay_pulls_the_weights_towards_zero() {
+    use hexray_trainer::topology::Topology;
+    use hexray_trainer::train::{train_teacher, Settings, Tensors};
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let data = Tensors {
+        images: (0..64 * 36).map(|_| rng.gen::<f32>()).collect(),
+        labels: (0..64).map(|i| i % 2).collect(),
+        dims: [1, 6, 6],
+    };
+    let topology = Topology::parse("d8").unwrap();
+    let squared_weights = |weight_decay| {
+        let settings = Settings {
+            batch_size: 16,
+            learning_rate: 1e-2,
+            weight_decay,
+            seed: 3,
+            progress: false,
+        };
+        let net = train_teacher(
+            None,
+            &topology,
+            2,
+            &data,
+            &data,
+            4,
+            &settings,
+            &mut Vec::new(),
+        );
+        let dense = net.hidden[0].dense.as_ref().unwrap();
+        values(dense.weight.val().powf_scalar(2.0).sum().reshape([1]))[0]
+    };
+    let (plain, decayed) = (squared_weights(None), squared_weights(Some(0.5)));
+    assert!(decayed < 0.9 * plain, "{decayed} vs {plain}");
+}

@@ -189,6 +189,10 @@ enum Command {
         class_names: Vec<String>,
         #[arg(long, default_value = "mlp-32")]
         topology: String,
+        /// Make each repeat of an adult image a new full-resolution rendering of its file
+        /// (size, aspect, margins, exposure, PNG or JPEG) rather than the same image again.
+        #[arg(long)]
+        adult_renderings: bool,
         #[arg(long, default_value_t = 4)]
         folds: usize,
         /// Seeds of the cross-validation, from --seed upward.
@@ -266,6 +270,7 @@ fn main() -> Result<()> {
             classes,
             class_names,
             topology,
+            adult_renderings,
             folds,
             seeds,
             model_dir,
@@ -273,7 +278,7 @@ fn main() -> Result<()> {
             out,
         } => transfer(
             &common,
-            &folder,
+            (&folder, adult_renderings),
             &classes,
             &class_names,
             &topology,

@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use hexray_model::network::InputSpec;
-use hexray_trainer::augment::full_resolution_copies;
 use hexray_trainer::crossval::{cross_validate, CrossValidated};
-use hexray_trainer::data::{hold_out, load_folder, read_folder, Dataset};
+use hexray_trainer::data::{hold_out, Dataset};
 use hexray_trainer::encrypted;
 use hexray_trainer::metrics::{roc_curve, Scores};
 use hexray_trainer::net::{ActivationMode, Net};
@@ -18,9 +17,17 @@ use hexray_trainer::pipeline::{
 use hexray_trainer::plots::{line_chart, roc_chart, Series};
 use hexray_trainer::report::{AdultFigures, Row, RunReport, StageSummary};
 use hexray_trainer::train::{EpochLog, Settings, Tensors};
-use image::GrayImage;
 
 use crate::common::*;
+
+/// `text` with its first letter capitalised: a description starts as a sentence does, even
+/// when its first class name ("normal") is lower-case.
+fn sentence_case(text: &str) -> String {
+    let mut letters = text.chars();
+    letters.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(letters).collect()
+    })
+}
 
 /// The training curves of one run: loss and validation accuracy per epoch.
 fn curves(path: &Path, epochs: &[EpochLog]) -> Result<()> {
@@ -53,9 +60,8 @@ pub(crate) struct Adults {
     pub(crate) repeats: usize,
     /// Draw each adult class as often as the largest before repeating.
     pub(crate) balance: bool,
-    /// Make each repeat a new full-resolution rendering of the image's file (another size,
-    /// aspect, margins, exposure, PNG or JPEG; [`full_resolution_copies`]) brought back through
-    /// the client's preprocessing, rather than the same 28×28 image again.
+    /// Make each repeat a new full-resolution rendering of the image's file
+    /// ([`AdultImages::repeated`]) rather than the same 28×28 image again.
     pub(crate) renderings: bool,
     /// Hold a quarter of the adult patients out of training to choose checkpoints on, beside
     /// PneumoniaMNIST's validation split, so that validation speaks for both populations.
@@ -64,35 +70,14 @@ pub(crate) struct Adults {
     pub(crate) seeds: usize,
 }
 
-/// The adult images: as the client preprocesses them, and, for [`Adults::renderings`], the
-/// decoded files they are rendered again from (same order).
-pub(crate) struct AdultImages {
-    set: Dataset,
-    originals: Option<Vec<GrayImage>>,
-}
-
-/// The longest side the adult originals are kept at: above the largest rendering
-/// (`augment`'s 448 pixels), far below a detector's 3000.
-const ORIGINAL_SIDE: u32 = 512;
-
 impl Adults {
     /// Reads the adult folder: every label but the first is abnormal, class 1 of a two-class
     /// screen.
     fn load(&self, spec: &InputSpec) -> Result<AdultImages> {
         let labels: Vec<&str> = self.classes.iter().map(String::as_str).collect();
-        let reading = || format!("loading {}", self.labels.display());
-        let set = load_folder(&self.labels, &labels, spec).with_context(reading)?;
-        let originals = match self.renderings {
-            true => Some(read_folder(&self.labels, &labels, ORIGINAL_SIDE).with_context(reading)?),
-            false => None,
-        };
-        Ok(AdultImages {
-            set: Dataset {
-                labels: set.labels.iter().map(|&l| l.min(1)).collect(),
-                ..set
-            },
-            originals,
-        })
+        let mut adults = AdultImages::load(&self.labels, &labels, spec, self.renderings)?;
+        adults.set.labels.iter_mut().for_each(|l| *l = (*l).min(1));
+        Ok(adults)
     }
 
     /// `train` with the adults at `indices` added as the recipe weighs them: class-balanced or
@@ -111,13 +96,7 @@ impl Adults {
             false => (0..fit_on.len()).collect(),
         };
         let picks: Vec<usize> = order.into_iter().map(|i| indices[i]).collect();
-        let Some(originals) = &adults.originals else {
-            return Ok(train.joined(&adults.set.subset(&picks), self.repeats));
-        };
-        let images: Vec<GrayImage> = picks.iter().map(|&i| originals[i].clone()).collect();
-        let labels: Vec<usize> = picks.iter().map(|&i| adults.set.labels[i]).collect();
-        let renderings = full_resolution_copies(&images, &labels, spec, self.repeats, seed)?;
-        Ok(train.joined(&renderings, 1))
+        Ok(train.joined(&adults.repeated(&picks, self.repeats, (seed, spec))?, 1))
     }
 
     /// One run's training and validation sets: PneumoniaMNIST's, with the adults at `indices`.
@@ -268,7 +247,7 @@ pub(crate) fn train(
         "{} on 28×28 chest X-rays. Topology {} ({}); per-element quadratic student distilled \
          from {distilled_from}, quantization- and noise-aware. Trained on {trained_on} by \
          `hexray-trainer train`.",
-        class_names.join(" vs "),
+        sentence_case(&class_names.join(" vs ")),
         config.topology.name,
         config.topology.spec()
     );

@@ -10,8 +10,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use hexray_model::network::InputSpec;
 use hexray_trainer::crossval::{self, cross_validate, CrossValidated, FoldCalls};
-use hexray_trainer::data::{hold_out, load_folder, Dataset};
+use hexray_trainer::data::{hold_out, Dataset};
 use hexray_trainer::metrics::{mean_sd, Scores};
 use hexray_trainer::net::Net;
 use hexray_trainer::pipeline::{
@@ -119,12 +120,16 @@ fn train_setting(
     let description = format!(
         "COVID-19 vs normal on adult chest X-rays (28×28). Topology {} ({}); {teachers} \
          pre-trained on PneumoniaMNIST (children aged 1-5; CC BY 4.0) and fine-tuned on {} adult \
-         X-rays of one site (the Actualmed COVID-19 set), then a per-element quadratic student \
+         X-rays of one site (the Actualmed COVID-19 set){}, then a per-element quadratic student \
          distilled from them, quantization- and noise-aware. Trained by `hexray-trainer \
          transfer`.",
         config.topology.name,
         config.topology.spec(),
-        fold.adults
+        fold.adults,
+        match fold.renderings {
+            true => ", each repeat a new full-resolution rendering of its file",
+            false => "",
+        }
     );
     let student = train_and_compile(&config, &lesson, &mut Vec::new(), name, &description)?;
     Ok((strong.unwrap_or(fine_tuned), student))
@@ -140,25 +145,28 @@ struct Fold {
     /// the circuit's noise more than of the population.
     margin_images: Dataset,
     adults: usize,
+    /// Whether each repeat of a training image is a new rendering of its file.
+    renderings: bool,
 }
 
 impl Fold {
     fn new(
-        adults: &Dataset,
+        images: &AdultImages,
         indices: &[usize],
         pediatric_val: &Dataset,
-        scale: f64,
-        seed: u64,
+        (seed, spec): (u64, &InputSpec),
     ) -> Result<Self> {
+        let adults = &images.set;
         let (fit_on, choose_on) = hold_out(adults, indices, 4, seed)?;
         let repeats = IMAGES_PER_EPOCH.div_ceil(fit_on.len().max(1));
-        let train = adults.subset(&[]).joined(&adults.subset(&fit_on), repeats);
+        let train = images.repeated(&fit_on, repeats, (seed, spec))?;
         let val = adults.subset(&choose_on);
         Ok(Fold {
-            train: Tensors::new(&train, scale),
-            val: Tensors::new(&val, scale),
+            train: Tensors::new(&train, spec.scale),
+            val: Tensors::new(&val, spec.scale),
             margin_images: pediatric_val.joined(&val, 1),
             adults: indices.len(),
+            renderings: images.renders(),
         })
     }
 }
@@ -195,7 +203,7 @@ pub(crate) struct TransferReport {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn transfer(
     common: &Common,
-    folder: &Path,
+    (folder, renderings): (&Path, bool),
     labels: &[String],
     class_names: &[String],
     topology: &str,
@@ -212,10 +220,11 @@ pub(crate) fn transfer(
         );
     }
     let names: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let adults = load_folder(folder, &names, &common.input_spec())
-        .with_context(|| format!("loading {}", folder.display()))?;
+    let spec = common.input_spec();
+    let images = AdultImages::load(folder, &names, &spec, renderings)?;
+    let adults = &images.set;
     let [train, val, test] = common.splits()?;
-    let scale = common.input_spec().scale;
+    let scale = spec.scale;
     let config = common.config(topology, common.shipped(), class_names)?;
     let seeded = |seed: u64| Config {
         settings: Settings {
@@ -237,10 +246,10 @@ pub(crate) fn transfer(
             (seed, Pretrained { own, strong })
         })
         .collect();
-    let models = cross_validate(&adults, k, &seed_list, |seed, fit_on, held_out| {
+    let models = cross_validate(adults, k, &seed_list, |seed, fit_on, held_out| {
         eprintln!("transfer: seed {seed}, {} images held out", held_out.len());
         let pre = &pretrained[&seed];
-        let fold = Fold::new(&adults, fit_on, &val, scale, seed)?;
+        let fold = Fold::new(&images, fit_on, &val, (seed, &spec))?;
         let held = adults.subset(held_out);
         let mut fold_calls: FoldCalls = Vec::new();
         for setting in Setting::ALL {
@@ -289,7 +298,7 @@ pub(crate) fn transfer(
          cross-validated by patient: {k} folds, no patient in two, over {} seeds; within a fold, \
          a quarter of the training patients is held out to choose checkpoints on. Students are \
          scored by the compiled circuit under TFHE's predicted noise ({} draws per image), \
-         teachers in float.{strong}\n\n\
+         teachers in float.{renderings}{strong}\n\n\
          Each cell is the mean ± standard deviation over seeds, then the Wilson 95% interval over \
          the images. **With 44 images from one site, the intervals are wide**: read them before \
          the means. The gap is the teacher's accuracy minus the student's, in points (Baruch et \
@@ -305,6 +314,13 @@ pub(crate) fn transfer(
         config.topology.bootstraps(INPUT_SHAPE),
         seeds,
         common.draws,
+        renderings = match images.renders() {
+            true => {
+                " Each repeat of an adult training image is a new full-resolution rendering of \
+                 its file (size, aspect, margins, exposure, PNG or JPEG; `--adult-renderings`)."
+            }
+            false => "",
+        },
         strong = match &config.strong_teacher {
             Some(t) => format!(
                 " The last setting also pre-trains and fine-tunes a larger ReLU CNN (`{}`) and \
@@ -335,7 +351,7 @@ pub(crate) fn transfer(
     if let Some(dir) = model_dir {
         let start = Instant::now();
         let all: Vec<usize> = (0..adults.len()).collect();
-        let fold = Fold::new(&adults, &all, &val, scale, common.seed)?;
+        let fold = Fold::new(&images, &all, &val, (common.seed, &spec))?;
         let name = name.map_or_else(
             || format!("covid-19-{}", config.topology.name),
             str::to_owned,
