@@ -815,8 +815,11 @@ async fn a_bulk_queue_limit_of_zero_switches_the_bulk_path_off() {
     let app = app(&config).await;
     let (_, body) = call(&app, Method::GET, "/api/v1/models", vec![]).await;
     let listing = json(&body);
+    let models = listing["models"].as_array().unwrap();
+    // The default takes the bulk path, on a server that takes bulk jobs.
+    assert!(models.iter().any(|m| m["id"] == "screen-mlp-32"));
     let not_found = (StatusCode::NOT_FOUND, "not_found".to_owned());
-    for listed in listing["models"].as_array().unwrap() {
+    for listed in models {
         let id = listed["id"].as_str().unwrap();
         assert_eq!(listed["bulk"], false, "{id}");
         let uri = format!("/api/v1/models/{id}/bulk-spec");

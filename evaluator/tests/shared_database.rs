@@ -390,3 +390,54 @@ async fn a_job_that_fails_on_a_worker_fails_whole_and_a_job_nobody_serves_fails_
     };
     assert_eq!(status["error_code"], "stale_model", "{status}");
 }
+
+/// A node started with `--bulk-queue-limit 0` claims no bulk job that another node accepted
+/// (it would copy a few hundred MB into its own spool), while a node that takes bulk jobs
+/// claims it.
+#[actix_web::test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
+async fn a_node_with_the_bulk_path_off_claims_no_bulk_job() {
+    let _shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    let url = fresh("bulk_off");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // The node that starts first creates the schema.
+    let _off = node_with(&url, dirs[0].path(), "off", |config| {
+        config.queue.bulk_capacity = 0;
+    })
+    .await;
+    // A bulk job for a model both nodes serve, as a node that took it stores it (without its
+    // upload, so that the node that claims it fails it at once).
+    let fingerprint = model().spec().fingerprint.clone();
+    count(
+        &url,
+        &format!(
+            "WITH s AS (INSERT INTO jobs (id, owner, model, fingerprint, kind, images, \
+             bootstraps_total) VALUES ('bulk', 'a clinician', 'pneumonia-mlp-64', \
+             '{fingerprint}', 'bulk', 1, 1) RETURNING id), \
+             i AS (INSERT INTO job_images (job_id, image, input) SELECT id, 0, '\\x00' FROM s \
+             RETURNING 1) SELECT count(*) FROM i"
+        ),
+    );
+    let claims = || {
+        count(
+            &url,
+            "SELECT coalesce(sum(attempt), 0) FROM job_images WHERE job_id = 'bulk'",
+        )
+    };
+    // A worker looks for work every 250 ms: a dozen chances to claim it.
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        claims(),
+        0,
+        "the node with the bulk path off claimed a bulk job"
+    );
+    let _on = node(&url, dirs[1].path(), "on").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while claims() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no node claimed the bulk job"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -7,6 +7,8 @@
 //! - [`data`]: datasets (MedMNIST `.npz` files and image folders with a `labels.csv`), read
 //!   through the client's own preprocessing, and patient-level splits;
 //! - [`augment`]: the teacher's augmentation, and full-resolution copies of MedMNIST images;
+//! - [`adults`]: the small adult set, as the same images again or as new renderings of its
+//!   files;
 //! - [`full_resolution`]: the full-resolution X-rays, read as the product reads a dropped file;
 //! - [`topology`]: the shape of the network the server evaluates, and so its cost;
 //! - [`activation`]: the trainable quadratic activation, per layer, channel or element;
@@ -20,6 +22,7 @@
 //! - [`metrics`], [`report`] and [`plots`]: what a person reads after a run.
 
 pub mod activation;
+pub mod adults;
 pub mod augment;
 pub mod crossval;
 pub mod data;

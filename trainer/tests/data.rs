@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hexray_model::network::{InputSpec, Intensity};
 use hexray_model::preprocess::{preprocess, preprocess_luma};
+use hexray_trainer::adults::AdultImages;
 use hexray_trainer::data::{folds, hold_out, load_folder, load_npz, read_folder, shared_patients};
 use image::GrayImage;
 use ndarray::{Array2, Array3};
@@ -175,6 +176,60 @@ fn folder_datasets_load_with_patients_and_split_by_patient() {
     assert_eq!(originals[2].dimensions(), (28, 28));
     let again = preprocess_luma(originals[1].clone(), &spec()).unwrap();
     assert_eq!(again.dim(), data.images[1].dim());
+}
+
+/// The adult set repeated in a training set: the same preprocessed images, in the order
+/// picked, or each time a new rendering of the file, deterministic for a seed.
+#[test]
+fn adult_images_repeat_as_the_same_images_or_as_new_renderings() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = folder(dir.path(), GOOD);
+    let classes = ["normal", "covid"];
+    let seeded = (7, &spec());
+    let plain = AdultImages::load(&csv, &classes, &spec(), false).unwrap();
+    assert!(!plain.renders());
+    let set = plain.set();
+    let again = plain.repeated(&[1, 0], 3, seeded).unwrap();
+    assert_eq!(again.labels, vec![0, 1, 0, 1, 0, 1]);
+    for (k, image) in again.images.iter().enumerate() {
+        assert_eq!(image, &set.images[[1, 0][k % 2]], "repeat {k}");
+    }
+    assert!(again.patients.is_none(), "a training set names no patient");
+
+    let rendered = AdultImages::load(&csv, &classes, &spec(), true).unwrap();
+    assert!(rendered.renders());
+    assert_eq!(
+        rendered.set().images,
+        set.images,
+        "the same images as the client reads"
+    );
+    let renderings = rendered.repeated(&[1, 0], 3, seeded).unwrap();
+    assert_eq!(renderings.labels, again.labels);
+    assert_eq!(renderings.images.len(), 6);
+    assert!(
+        renderings.images != again.images,
+        "renderings are new images, not the same ones again"
+    );
+    assert_ne!(
+        renderings.images[0], renderings.images[2],
+        "each repeat differs"
+    );
+    assert_eq!(
+        renderings.images,
+        rendered.repeated(&[1, 0], 3, seeded).unwrap().images,
+        "deterministic for a seed"
+    );
+    // A screen calls every class but normal abnormal, class 1.
+    let three = dir.path().join("three.csv");
+    std::fs::write(
+        &three,
+        GOOD.replace("normal-2.png,normal", "normal-2.png,other"),
+    )
+    .unwrap();
+    let classes = ["normal", "covid", "other"];
+    let loaded = AdultImages::load(&three, &classes, &spec(), false).unwrap();
+    assert_eq!(loaded.set().labels, vec![1, 0, 2, 1]);
+    assert_eq!(loaded.abnormal_as_one().set().labels, vec![1, 0, 1, 1]);
 }
 
 /// A folder may list DICOM files (`.dcm` or any name): they load like the PNGs, through the

@@ -69,8 +69,8 @@ pub struct ModelSummary<'a> {
     pub inputs: usize,
     pub parameter_set: &'static str,
     pub fingerprint: &'a str,
-    /// Whether the model takes the bulk path; its bulk spec is at
-    /// `GET /api/v1/models/{id}/bulk-spec`.
+    /// Whether this server takes bulk jobs for the model (false for every model with
+    /// `--bulk-queue-limit 0`); its bulk spec is at `GET /api/v1/models/{id}/bulk-spec`.
     pub bulk: bool,
     /// Seconds an image takes on this server, given its seconds per bootstrap.
     pub expected_seconds_per_image: f64,
@@ -121,7 +121,7 @@ impl ServedModel {
     }
 
     /// The model as `GET /api/v1/models` lists it; `bulk`: whether this node serves its bulk
-    /// path ([`AppState::bulk_spec`](super::AppState::bulk_spec)).
+    /// path ([`AppState::serves_bulk`](super::AppState::serves_bulk)).
     pub fn summary(&self, seconds_per_bootstrap: f64, bulk: bool) -> ModelSummary<'_> {
         let model = &self.loaded.model();
         ModelSummary {

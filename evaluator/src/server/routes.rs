@@ -142,7 +142,7 @@ async fn list_models(
     let models: Vec<_> = state
         .models
         .iter()
-        .map(|m| m.summary(seconds, state.bulk_spec(m).is_some()))
+        .map(|m| m.summary(seconds, state.serves_bulk(m)))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "models": models })))
 }
@@ -202,7 +202,8 @@ async fn model_card(
 }
 
 /// The model's bulk spec (`docs/bulk.md`): the BFV parameters, the input spec and the output
-/// decoding, and nothing of the network; 404 for a model that does not take the bulk path.
+/// decoding, and nothing of the network; 404 for a model that does not take the bulk path, or
+/// on a node that takes no bulk jobs.
 async fn bulk_spec(
     state: web::Data<AppState>,
     request: HttpRequest,

@@ -362,14 +362,17 @@ impl AppState {
             .ok_or(ApiError::TooManyStreams { limit })
     }
 
-    /// The model's bulk spec, when it takes the bulk path and this node takes bulk jobs:
-    /// `--bulk-queue-limit 0` switches the bulk path off, so that its routes answer 404 and
-    /// the model list says so, rather than a 503 that asks the client to retry forever.
+    /// Whether this node takes bulk jobs for `model`: the model takes the bulk path, and
+    /// `--bulk-queue-limit` is not 0, which switches the bulk path off so that its routes
+    /// answer 404 and the model list says so, rather than a 503 that asks the client to retry
+    /// forever.
+    pub fn serves_bulk(&self, model: &ServedModel) -> bool {
+        self.bulk_capacity > 0 && model.packed.is_some()
+    }
+
+    /// The model's bulk spec, when this node [serves its bulk path](Self::serves_bulk).
     pub fn bulk_spec(&self, model: &ServedModel) -> Option<BulkSpec> {
-        if self.bulk_capacity == 0 {
-            return None;
-        }
-        model.bulk_spec()
+        self.serves_bulk(model).then(|| model.bulk_spec()).flatten()
     }
 
     /// Claims one of this node's bulk upload slots, or refuses with 503 and Retry-After;

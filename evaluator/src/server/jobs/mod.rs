@@ -232,7 +232,8 @@ pub struct QueueConfig {
     pub retention: Duration,
     /// Jobs one token may have queued or running, so one client cannot hold the queue.
     pub per_owner: usize,
-    /// Bulk jobs that may be queued or running (all tokens and nodes together).
+    /// Bulk jobs that may be queued or running (all tokens and nodes together); 0 switches
+    /// the bulk path off at this node: it accepts and claims no bulk job.
     pub bulk_capacity: usize,
     /// Images one token may have in the bulk jobs the server keeps (queued, running, or
     /// finished within the retention): a bound on how many chosen images a token can have the

@@ -76,6 +76,7 @@ impl PgJobs {
             models,
             node: node.to_owned(),
             spool: spool.to_owned(),
+            bulk: config.bulk_capacity > 0,
             threads: config.threads,
             lease: config.lease,
             in_flight: Mutex::new(0),

@@ -64,6 +64,9 @@ pub(super) struct Workers {
     pub(super) node: String,
     /// Where a bulk upload is copied to be read (the data directory's spool).
     pub(super) spool: std::path::PathBuf,
+    /// Whether this node takes bulk jobs: with `--bulk-queue-limit 0` it claims none of those
+    /// other nodes accepted, as it copies no upload into its spool.
+    pub(super) bulk: bool,
     pub(super) threads: usize,
     pub(super) lease: Duration,
     pub(super) in_flight: Mutex<usize>,
@@ -133,12 +136,12 @@ impl Workers {
                 &format!(
                     "SELECT i.job_id FROM job_images i JOIN jobs j ON j.id = i.job_id
                      WHERE j.state IN ('queued', 'running') AND j.fingerprint = ANY($1)
-                       AND {CLAIMABLE}
+                       AND (j.kind <> 'bulk' OR $2) AND {CLAIMABLE}
                      ORDER BY j.submitted, j.id, i.image
                      LIMIT 1
                      FOR UPDATE OF i SKIP LOCKED"
                 ),
-                &[&fingerprints],
+                &[&fingerprints, &self.bulk],
             )?
             else {
                 return Ok(None);

@@ -10,7 +10,7 @@ use hexray_model::network::Granularity;
 use hexray_model::network::{InputSpec, Intensity, Shape};
 use hexray_model::Circuit;
 use hexray_trainer::augment::full_resolution_copies;
-use hexray_trainer::data::{load_folder, load_npz, read_folder, read_npz, Dataset};
+use hexray_trainer::data::{load_npz, read_npz, Dataset};
 use hexray_trainer::loss::Distillation;
 use hexray_trainer::metrics::Scores;
 use hexray_trainer::net::ActivationMode;
@@ -19,7 +19,6 @@ use hexray_trainer::pipeline::{score_circuit, score_float, strong_teacher, Confi
 use hexray_trainer::report::SeedRow;
 use hexray_trainer::topology::Topology;
 use hexray_trainer::train::{QatRecipe, Recipe, Settings, Tensors};
-use image::GrayImage;
 
 #[derive(Args, Clone)]
 pub(crate) struct Common {
@@ -54,9 +53,10 @@ pub(crate) struct Common {
     /// Distillation weight α.
     #[arg(long, default_value_t = 0.7)]
     pub(crate) alpha: f64,
-    /// L2 penalty on every weight in every phase (Adam's coupled weight decay): the gradient
-    /// gains λ·θ. None by default, as every model before it was trained.
-    #[arg(long)]
+    /// L2 penalty λ in every phase (Adam's coupled weight decay): the gradient of every
+    /// trainable parameter (weights, biases, batch norm, the quadratics' coefficients) gains
+    /// λ·θ. None by default, as every bundled model was trained.
+    #[arg(long, value_parser = non_negative)]
     pub(crate) weight_decay: Option<f64>,
     /// Noisy simulation draws per test image.
     #[arg(long, default_value_t = 10, value_parser = at_least_one())]
@@ -89,6 +89,14 @@ pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 /// Parses an `--intensity` value: the kebab-case names of [`Intensity`].
+/// A finite number ≥ 0.
+pub(crate) fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err(format!("expected a finite number ≥ 0, got {text:?}")),
+    }
+}
+
 pub(crate) fn parse_intensity(name: &str) -> Result<Intensity, String> {
     match name {
         "as-is" => Ok(Intensity::AsIs),
@@ -194,66 +202,6 @@ impl Common {
             train.labels.extend(copies.labels);
         }
         Ok([train, load("val")?, load("test")?])
-    }
-}
-
-/// Adult X-rays from a folder dataset: as the client preprocesses them, and, when they are to
-/// be rendered again, the decoded files (same order).
-pub(crate) struct AdultImages {
-    pub(crate) set: Dataset,
-    originals: Option<Vec<GrayImage>>,
-}
-
-/// The longest side the adult originals are kept at: above the largest rendering
-/// (`augment`'s 448 pixels), far below a detector's 3000.
-const ORIGINAL_SIDE: u32 = 512;
-
-impl AdultImages {
-    /// Reads the folder `csv` lists (its `classes`, normal first), and with `renderings` keeps
-    /// the decoded files too.
-    pub(crate) fn load(
-        csv: &Path,
-        classes: &[&str],
-        spec: &InputSpec,
-        renderings: bool,
-    ) -> Result<Self> {
-        let reading = || format!("loading {}", csv.display());
-        let set = load_folder(csv, classes, spec).with_context(reading)?;
-        let originals = match renderings {
-            true => Some(read_folder(csv, classes, ORIGINAL_SIDE).with_context(reading)?),
-            false => None,
-        };
-        Ok(AdultImages { set, originals })
-    }
-
-    /// Whether [`AdultImages::repeated`] renders the files again.
-    pub(crate) fn renders(&self) -> bool {
-        self.originals.is_some()
-    }
-
-    /// The images at `picks`, `repeats` times each: the same preprocessed images again or,
-    /// when the files were kept, each time a new full-resolution rendering of the file
-    /// ([`full_resolution_copies`]: another size, aspect, margins, exposure, PNG or JPEG,
-    /// brought back through the client's preprocessing; drawn with `seed`). Another site's
-    /// files differ in exactly those ways, so a model learns the X-rays rather than a few
-    /// exact pictures.
-    pub(crate) fn repeated(
-        &self,
-        picks: &[usize],
-        repeats: usize,
-        (seed, spec): (u64, &InputSpec),
-    ) -> Result<Dataset> {
-        let labels: Vec<usize> = picks.iter().map(|&i| self.set.labels[i]).collect();
-        let Some(originals) = &self.originals else {
-            return Ok(self
-                .set
-                .subset(&[])
-                .joined(&self.set.subset(picks), repeats));
-        };
-        let images: Vec<GrayImage> = picks.iter().map(|&i| originals[i].clone()).collect();
-        Ok(full_resolution_copies(
-            &images, &labels, spec, repeats, seed,
-        )?)
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use hexray_model::network::InputSpec;
+use hexray_trainer::adults::AdultImages;
 use hexray_trainer::crossval::{cross_validate, CrossValidated};
 use hexray_trainer::data::{hold_out, Dataset};
 use hexray_trainer::encrypted;
@@ -75,9 +76,9 @@ impl Adults {
     /// screen.
     fn load(&self, spec: &InputSpec) -> Result<AdultImages> {
         let labels: Vec<&str> = self.classes.iter().map(String::as_str).collect();
-        let mut adults = AdultImages::load(&self.labels, &labels, spec, self.renderings)?;
-        adults.set.labels.iter_mut().for_each(|l| *l = (*l).min(1));
-        Ok(adults)
+        let adults = AdultImages::load(&self.labels, &labels, spec, self.renderings)
+            .with_context(|| format!("loading {}", self.labels.display()))?;
+        Ok(adults.abnormal_as_one())
     }
 
     /// `train` with the adults at `indices` added as the recipe weighs them: class-balanced or
@@ -90,7 +91,7 @@ impl Adults {
         indices: &[usize],
         (seed, spec): (u64, &InputSpec),
     ) -> Result<Dataset> {
-        let fit_on = adults.set.subset(indices);
+        let fit_on = adults.set().subset(indices);
         let order = match self.balance {
             true => fit_on.class_balanced_indices(),
             false => (0..fit_on.len()).collect(),
@@ -115,8 +116,8 @@ impl Adults {
                 val.clone(),
             ]);
         }
-        let (fit_on, choose_on) = hold_out(&adults.set, indices, 4, seed)?;
-        let chosen = adults.set.subset(&choose_on);
+        let (fit_on, choose_on) = hold_out(adults.set(), indices, 4, seed)?;
+        let chosen = adults.set().subset(&choose_on);
         Ok([
             self.with_adults(train, adults, &fit_on, (seed, spec))?,
             val.joined(&chosen, val.len().div_ceil(chosen.len().max(1))),
@@ -169,7 +170,7 @@ fn cross_validate_adults(
     [train, val]: [&Dataset; 2],
 ) -> Result<Vec<CrossValidated>> {
     let seeds: Vec<u64> = with_seeds(common, adults.seeds).map(|c| c.seed).collect();
-    let adult_set = &images.set;
+    let adult_set = images.set();
     let models = cross_validate(adult_set, adults.folds, &seeds, |seed, fit_on, held_out| {
         eprintln!(
             "adult cross-validation: seed {seed}, {} held out",
@@ -234,7 +235,7 @@ pub(crate) fn train(
         Some((a, images)) => format!(
             "PneumoniaMNIST (children aged 1-5; CC BY 4.0) and {} adult X-rays of one site \
              (Actualmed COVID-19 set: {}), each counted {} times{}",
-            images.set.len(),
+            images.set().len(),
             a.classes.join(", "),
             a.repeats,
             match a.renderings {
@@ -274,7 +275,7 @@ pub(crate) fn train(
     let [train_set, chosen_on] = match &adult_set {
         None => [train, val.clone()],
         Some((a, images)) => {
-            let all: Vec<usize> = (0..images.set.len()).collect();
+            let all: Vec<usize> = (0..images.set().len()).collect();
             a.sets([&train, &val], images, &all, (common.seed, &config.input))?
         }
     };

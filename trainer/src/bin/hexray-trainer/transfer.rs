@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use hexray_model::network::InputSpec;
+use hexray_trainer::adults::AdultImages;
 use hexray_trainer::crossval::{self, cross_validate, CrossValidated, FoldCalls};
 use hexray_trainer::data::{hold_out, Dataset};
 use hexray_trainer::metrics::{mean_sd, Scores};
@@ -156,7 +157,7 @@ impl Fold {
         pediatric_val: &Dataset,
         (seed, spec): (u64, &InputSpec),
     ) -> Result<Self> {
-        let adults = &images.set;
+        let adults = images.set();
         let (fit_on, choose_on) = hold_out(adults, indices, 4, seed)?;
         let repeats = IMAGES_PER_EPOCH.div_ceil(fit_on.len().max(1));
         let train = images.repeated(&fit_on, repeats, (seed, spec))?;
@@ -189,6 +190,8 @@ pub(crate) struct TransferReport {
     pub(crate) settings: Vec<SettingFigures>,
     /// The setting the model file was trained with.
     pub(crate) shipped: String,
+    /// Whether each repeat of an adult training image was a new rendering of its file.
+    pub(crate) renderings: bool,
     /// Images (all adults, then the PneumoniaMNIST test split) whose trainer integer outputs
     /// differ from the simulator's (must be 0), and how many were compared.
     pub(crate) export_mismatches: usize,
@@ -221,8 +224,9 @@ pub(crate) fn transfer(
     }
     let names: Vec<&str> = labels.iter().map(String::as_str).collect();
     let spec = common.input_spec();
-    let images = AdultImages::load(folder, &names, &spec, renderings)?;
-    let adults = &images.set;
+    let images = AdultImages::load(folder, &names, &spec, renderings)
+        .with_context(|| format!("loading {}", folder.display()))?;
+    let adults = images.set();
     let [train, val, test] = common.splits()?;
     let scale = spec.scale;
     let config = common.config(topology, common.shipped(), class_names)?;
@@ -383,6 +387,7 @@ pub(crate) fn transfer(
             config: config.clone(),
             settings,
             shipped: Setting::Distilled.name().to_owned(),
+            renderings: images.renders(),
             export_mismatches: export,
             export_images: checked.len(),
             pediatric: score_circuit(&circuit, &test, 0, common.seed)?.0,
