@@ -391,9 +391,37 @@ async fn a_job_that_fails_on_a_worker_fails_whole_and_a_job_nobody_serves_fails_
     assert_eq!(status["error_code"], "stale_model", "{status}");
 }
 
+/// Inserts a one-image job for pneumonia-mlp-64, as a node that accepted it stores it, with no
+/// upload and, for an interactive job, a key no node has: whichever node claims it fails it.
+fn insert_job(url: &str, id: &str, kind: &str, age: &str) {
+    let fingerprint = model().spec().fingerprint.clone();
+    let key = match kind {
+        "bulk" => "NULL",
+        _ => "'unregistered'",
+    };
+    count(
+        url,
+        &format!(
+            "WITH s AS (INSERT INTO jobs (id, owner, model, fingerprint, kind, key_id, images, \
+             bootstraps_total, submitted) VALUES ('{id}', 'a clinician', 'pneumonia-mlp-64', \
+             '{fingerprint}', '{kind}', {key}, 1, 1, now() - interval '{age}') RETURNING id), \
+             i AS (INSERT INTO job_images (job_id, image, input) SELECT id, 0, '\\x00' FROM s \
+             RETURNING 1) SELECT count(*) FROM i"
+        ),
+    );
+}
+
+/// Claims made so far on job `id`'s image.
+fn claims(url: &str, id: &str) -> i64 {
+    count(
+        url,
+        &format!("SELECT coalesce(sum(attempt), 0) FROM job_images WHERE job_id = '{id}'"),
+    )
+}
+
 /// A node started with `--bulk-queue-limit 0` claims no bulk job that another node accepted
-/// (it would copy a few hundred MB into its own spool), while a node that takes bulk jobs
-/// claims it.
+/// (it would copy a few hundred MB into its own spool), though it claims interactive jobs,
+/// while a node that takes bulk jobs claims it.
 #[actix_web::test]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
 async fn a_node_with_the_bulk_path_off_claims_no_bulk_job() {
@@ -405,39 +433,55 @@ async fn a_node_with_the_bulk_path_off_claims_no_bulk_job() {
         config.queue.bulk_capacity = 0;
     })
     .await;
-    // A bulk job for a model both nodes serve, as a node that took it stores it (without its
-    // upload, so that the node that claims it fails it at once).
-    let fingerprint = model().spec().fingerprint.clone();
-    count(
-        &url,
-        &format!(
-            "WITH s AS (INSERT INTO jobs (id, owner, model, fingerprint, kind, images, \
-             bootstraps_total) VALUES ('bulk', 'a clinician', 'pneumonia-mlp-64', \
-             '{fingerprint}', 'bulk', 1, 1) RETURNING id), \
-             i AS (INSERT INTO job_images (job_id, image, input) SELECT id, 0, '\\x00' FROM s \
-             RETURNING 1) SELECT count(*) FROM i"
-        ),
-    );
-    let claims = || {
-        count(
-            &url,
-            "SELECT coalesce(sum(attempt), 0) FROM job_images WHERE job_id = 'bulk'",
-        )
+    insert_job(&url, "bulk", "bulk", "0 s");
+    insert_job(&url, "interactive", "interactive", "0 s");
+    let until_claimed = |id: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let url = url.clone();
+        let id = id.to_owned();
+        async move {
+            while claims(&url, &id) == 0 {
+                assert!(std::time::Instant::now() < deadline, "no node claimed {id}");
+                actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     };
-    // A worker looks for work every 250 ms: a dozen chances to claim it.
+    until_claimed("interactive").await;
+    // A worker looks for work every 250 ms: a dozen more chances to claim the bulk job.
     actix_web::rt::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        claims(),
+        claims(&url, "bulk"),
         0,
         "the node with the bulk path off claimed a bulk job"
     );
     let _on = node(&url, dirs[1].path(), "on").await;
+    until_claimed("bulk").await;
+}
+
+/// A bulk job that no node will claim, because the node sweeping has its bulk path off, fails
+/// once it has waited the retention, as a job for a retired model does, rather than holding
+/// its owner's share of the queue for ever.
+#[actix_web::test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
+async fn a_bulk_job_no_node_takes_fails_after_the_retention() {
+    let _shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    let url = fresh("bulk_stale");
+    let dir = tempfile::tempdir().unwrap();
+    let _off = node_with(&url, dir.path(), "off", |config| {
+        config.queue.bulk_capacity = 0;
+        config.queue.retention = Duration::from_secs(3);
+    })
+    .await;
+    insert_job(&url, "waited", "bulk", "1 hour");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while claims() == 0 {
+    let failed = "SELECT count(*) FROM jobs WHERE id = 'waited' AND state = 'failed' \
+                  AND error_code = 'stale_model' AND error LIKE 'no node takes bulk jobs%'";
+    while count(&url, failed) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "no node claimed the bulk job"
+            "the bulk job nobody takes still waits"
         );
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(claims(&url, "waited"), 0);
 }

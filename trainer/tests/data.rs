@@ -214,6 +214,17 @@ fn adult_images_repeat_as_the_same_images_or_as_new_renderings() {
         renderings.images[0], renderings.images[2],
         "each repeat differs"
     );
+    assert!(renderings.patients.is_none());
+    // Each rendering is of its own file: nearer its preprocessed image than the other pick's.
+    let distance =
+        |a: &ndarray::Array3<i64>, b: &ndarray::Array3<i64>| (a - b).mapv(i64::abs).sum();
+    for (k, image) in renderings.images.iter().enumerate() {
+        let (own, other) = ([1, 0][k % 2], [0, 1][k % 2]);
+        assert!(
+            distance(image, &set.images[own]) < distance(image, &set.images[other]),
+            "rendering {k} is not of image {own}"
+        );
+    }
     assert_eq!(
         renderings.images,
         rendered.repeated(&[1, 0], 3, seeded).unwrap().images,

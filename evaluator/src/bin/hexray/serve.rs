@@ -77,7 +77,8 @@ pub struct Args {
     max_jobs_per_token: usize,
     /// Bulk jobs (`POST /api/v1/bulk-jobs`, up to a few hundred MB each on disk or in the
     /// database) that may be queued or running, all tokens together (503 beyond); 0 switches
-    /// the bulk path off (its routes answer 404).
+    /// the bulk path off: its routes answer 404, and on a shared database this node claims no
+    /// bulk job.
     #[arg(long, env = "HEXRAY_BULK_QUEUE_LIMIT", default_value_t = defaults::BULK_QUEUE_LIMIT)]
     bulk_queue_limit: usize,
     /// Images one token may have in the bulk jobs the server keeps (queued, running, or finished

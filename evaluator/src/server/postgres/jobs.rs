@@ -94,8 +94,9 @@ impl PgJobs {
 
     /// Unlinks the uploads of bulk jobs that have ended, deletes finished jobs older than the
     /// retention, with their outputs, and fails jobs that have waited as long for a model no
-    /// longer served here: after a rolling upgrade, nothing would ever claim them, and they
-    /// would hold their owner's share of the queue. Every node sweeps; the statements are
+    /// longer served here, or bulk jobs on a node whose bulk path is off: after a rolling
+    /// upgrade or a change of `--bulk-queue-limit` to 0, nothing would ever claim them, and
+    /// they would hold their owner's share of the queue. Every node sweeps; the statements are
     /// idempotent, and each runs on its own, so that one failing never stops the others.
     fn sweep(&self, retention: Duration) {
         let seconds = retention.as_secs_f64();
@@ -116,21 +117,26 @@ impl PgJobs {
         let stale = "WITH stale AS (
                          UPDATE job_images SET state = 'failed', input = NULL
                          WHERE state = 'queued' AND job_id IN (
-                             SELECT id FROM jobs WHERE state = 'queued' AND NOT fingerprint = ANY($2)
+                             SELECT id FROM jobs WHERE state = 'queued'
+                               AND NOT (fingerprint = ANY($2) AND (kind <> 'bulk' OR $3))
                                AND submitted < now() - make_interval(secs => $1))
                          RETURNING job_id)
                      UPDATE jobs SET state = 'failed', finished = clock_timestamp(),
-                            error = 'no node serves this version of model ' || model
-                                    || ' any more: fetch its client spec and submit again',
+                            error = CASE WHEN fingerprint = ANY($2)
+                                THEN 'no node takes bulk jobs any more \
+                                      (their --bulk-queue-limit is 0): ask your administrator'
+                                ELSE 'no node serves this version of model ' || model
+                                     || ' any more: fetch its client spec and submit again' END,
                             error_code = 'stale_model'
                      WHERE state = 'queued' AND id IN (SELECT job_id FROM stale)";
+        let takes_bulk = self.config.bulk_capacity > 0;
         let steps: [(&str, &str, &[&(dyn postgres::types::ToSql + Sync)]); 3] = [
             ("unlink ended uploads", unlink, &[]),
             ("expire finished jobs", expire, &[&seconds]),
             (
-                "fail jobs for retired models",
+                "fail jobs nothing here will claim",
                 stale,
-                &[&seconds, &self.served],
+                &[&seconds, &self.served, &takes_bulk],
             ),
         ];
         for (what, sql, parameters) in steps {

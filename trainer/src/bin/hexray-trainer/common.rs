@@ -88,8 +88,7 @@ pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
-/// Parses an `--intensity` value: the kebab-case names of [`Intensity`].
-/// A finite number ≥ 0.
+/// Parses a finite number ≥ 0, such as `--weight-decay`'s λ.
 pub(crate) fn non_negative(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
@@ -97,6 +96,7 @@ pub(crate) fn non_negative(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses an `--intensity` value: the kebab-case names of [`Intensity`].
 pub(crate) fn parse_intensity(name: &str) -> Result<Intensity, String> {
     match name {
         "as-is" => Ok(Intensity::AsIs),
