@@ -179,7 +179,9 @@ pub struct AppState {
     /// check up to a few hundred MB before its job counts in the queue.
     bulk_uploads: Slots,
     /// How many bulk uploads this node takes at once: the queue's limit of bulk jobs.
-    bulk_capacity: usize,
+    /// The queue's sizes: its `bulk_capacity` is this node's bulk upload slots, and says
+    /// whether it takes bulk jobs at all ([`QueueConfig::takes_bulk`]).
+    queue: QueueConfig,
 }
 
 /// Things in progress per key (bodies per token, progress streams per job), each key's count
@@ -326,7 +328,7 @@ impl AppState {
             uploads: Slots::default(),
             streams: Slots::default(),
             bulk_uploads: Slots::default(),
-            bulk_capacity: config.queue.bulk_capacity,
+            queue: config.queue,
         })
     }
 
@@ -367,7 +369,7 @@ impl AppState {
     /// answer 404 and the model list says so, rather than a 503 that asks the client to retry
     /// forever.
     pub fn serves_bulk(&self, model: &ServedModel) -> bool {
-        self.bulk_capacity > 0 && model.packed.is_some()
+        self.queue.takes_bulk() && model.packed.is_some()
     }
 
     /// The model's bulk spec, when this node [serves its bulk path](Self::serves_bulk).
@@ -380,7 +382,7 @@ impl AppState {
     pub fn begin_bulk_upload(&self) -> Result<(Slot, usize), ApiError> {
         let slot = self
             .bulk_uploads
-            .claim("bulk", self.bulk_capacity)
+            .claim("bulk", self.queue.bulk_capacity)
             .ok_or(ApiError::QueueFull { retry_after: 30 })?;
         let others = slot.others;
         Ok((slot, others))

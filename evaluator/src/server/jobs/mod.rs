@@ -244,6 +244,13 @@ pub struct QueueConfig {
     pub lease: Duration,
 }
 
+impl QueueConfig {
+    /// Whether this node takes bulk jobs: a `bulk_capacity` of 0 switches the bulk path off.
+    pub fn takes_bulk(&self) -> bool {
+        self.bulk_capacity > 0
+    }
+}
+
 /// A fault of a file in the bulk spool: a full disk is the server's storage being full (to a
 /// client, 507; a claim on a shared queue lets it lapse, for a node with room), anything else
 /// a fault of the store.

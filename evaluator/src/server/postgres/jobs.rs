@@ -76,7 +76,7 @@ impl PgJobs {
             models,
             node: node.to_owned(),
             spool: spool.to_owned(),
-            bulk: config.bulk_capacity > 0,
+            bulk: config.takes_bulk(),
             threads: config.threads,
             lease: config.lease,
             in_flight: Mutex::new(0),
@@ -129,7 +129,7 @@ impl PgJobs {
                                      || ' any more: fetch its client spec and submit again' END,
                             error_code = 'stale_model'
                      WHERE state = 'queued' AND id IN (SELECT job_id FROM stale)";
-        let takes_bulk = self.config.bulk_capacity > 0;
+        let takes_bulk = self.config.takes_bulk();
         let steps: [(&str, &str, &[&(dyn postgres::types::ToSql + Sync)]); 3] = [
             ("unlink ended uploads", unlink, &[]),
             ("expire finished jobs", expire, &[&seconds]),
