@@ -411,6 +411,15 @@ fn insert_job(url: &str, id: &str, kind: &str, age: &str) {
     );
 }
 
+/// Waits until `done`, asking every 100 ms, and fails with `what` after 30 s.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Claims made so far on job `id`'s image.
 fn claims(url: &str, id: &str) -> i64 {
     count(
@@ -435,18 +444,10 @@ async fn a_node_with_the_bulk_path_off_claims_no_bulk_job() {
     .await;
     insert_job(&url, "bulk", "bulk", "0 s");
     insert_job(&url, "interactive", "interactive", "0 s");
-    let until_claimed = |id: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let url = url.clone();
-        let id = id.to_owned();
-        async move {
-            while claims(&url, &id) == 0 {
-                assert!(std::time::Instant::now() < deadline, "no node claimed {id}");
-                actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    until_claimed("interactive").await;
+    eventually("no node claimed the interactive job", || {
+        claims(&url, "interactive") > 0
+    })
+    .await;
     // A worker looks for work every 250 ms: a dozen more chances to claim the bulk job.
     actix_web::rt::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -455,7 +456,7 @@ async fn a_node_with_the_bulk_path_off_claims_no_bulk_job() {
         "the node with the bulk path off claimed a bulk job"
     );
     let _on = node(&url, dirs[1].path(), "on").await;
-    until_claimed("bulk").await;
+    eventually("no node claimed the bulk job", || claims(&url, "bulk") > 0).await;
 }
 
 /// A bulk job that no node will claim, because the node sweeping has its bulk path off, fails
@@ -473,15 +474,11 @@ async fn a_bulk_job_no_node_takes_fails_after_the_retention() {
     })
     .await;
     insert_job(&url, "waited", "bulk", "1 hour");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let failed = "SELECT count(*) FROM jobs WHERE id = 'waited' AND state = 'failed' \
                   AND error_code = 'stale_model' AND error LIKE 'no node takes bulk jobs%'";
-    while count(&url, failed) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bulk job nobody takes still waits"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the bulk job nobody takes still waits", || {
+        count(&url, failed) > 0
+    })
+    .await;
     assert_eq!(claims(&url, "waited"), 0);
 }
