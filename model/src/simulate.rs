@@ -178,14 +178,31 @@ pub struct NoisySpread {
 }
 
 impl NoisySpread {
-    /// Whether every accumulator of `prediction` lies in the spread widened by `margin` on
-    /// each side.
-    pub fn contains(&self, prediction: &Prediction, margin: f64) -> bool {
+    /// Whether every accumulator of `prediction` lies in its spread widened on each side by
+    /// `slack` times the spread's width. An encrypted output is one more draw of the same
+    /// noise, so with no slack it falls outside the range of 200 draws about once in a hundred
+    /// per output; a quarter of the width on each side (about 4 standard deviations from the
+    /// mean for Gaussian noise) makes that about once in 10,000, while an output of the wrong
+    /// key, weights or encoding still lands far outside.
+    ///
+    /// ```
+    /// use hexray_model::simulate::{NoisySpread, Prediction};
+    ///
+    /// let spread = NoisySpread { runs: 200, min: vec![-10.0], max: vec![30.0], class_changes: 0 };
+    /// let at = |a: f64| Prediction { accumulators: vec![a], logits: vec![a], probabilities: vec![1.0] };
+    /// assert!(spread.contains(&at(39.0), 0.25)); // 30 + 0.25 × 40 = 40
+    /// assert!(!spread.contains(&at(41.0), 0.25));
+    /// assert!(!spread.contains(&at(31.0), 0.0));
+    /// ```
+    pub fn contains(&self, prediction: &Prediction, slack: f64) -> bool {
         prediction
             .accumulators
             .iter()
             .zip(self.min.iter().zip(&self.max))
-            .all(|(a, (lo, hi))| *a >= lo - margin && *a <= hi + margin)
+            .all(|(a, (lo, hi))| {
+                let margin = slack * (hi - lo);
+                *a >= lo - margin && *a <= hi + margin
+            })
     }
 }
 
