@@ -60,6 +60,10 @@ pub struct AdultFigures {
     /// Whether each repeat was a new full-resolution rendering of the image's file rather
     /// than the same image.
     pub renderings: bool,
+    /// How the teacher was pre-trained on PneumoniaMNIST alone first, if it was
+    /// (`--adult-pretraining`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretraining: Option<&'static str>,
     /// The float teacher's figures, then the compiled student's under TFHE's predicted noise.
     pub models: Vec<CrossValidated>,
     pub seconds: f64,
@@ -74,7 +78,7 @@ impl AdultFigures {
         format!(
             "{} adult X-rays of {} patients ({} normal, {} abnormal) from `{}`, in {} folds by \
              patient over {} seeds: each fold's model trains on PneumoniaMNIST and the other \
-             folds' adults ({}, counted {} times{}) and calls its own fold. Each cell is \
+             folds' adults ({}, counted {} times{}{}) and calls its own fold. Each cell is \
              the mean ± standard deviation over seeds, then the Wilson 95% interval over the \
              images: with this few images the intervals are wide. Cross-validation took \
              {:.0} s.\n\n{}\n",
@@ -94,6 +98,8 @@ impl AdultFigures {
                 true => ", each time as a new full-resolution rendering of its file",
                 false => "",
             },
+            self.pretraining
+                .map_or_else(String::new, |p| format!("; {p}")),
             self.seconds,
             crossval::table(&self.models)
         )

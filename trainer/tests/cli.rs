@@ -21,4 +21,8 @@ fn meaningless_counts_and_widths_are_refused() {
     refused(&["train", "--weight-bits", "1"], "--weight-bits");
     refused(&["train", "--weight-bits", "17"], "--weight-bits");
     refused(&["pareto", "--topologies", "nonsense"], "nonsense");
+    refused(
+        &["train", "--adult-pretraining", "sideways"],
+        "--adult-pretraining",
+    );
 }

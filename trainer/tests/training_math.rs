@@ -227,9 +227,13 @@ fn each_training_phase_shuffles_differently_and_repeatably() {
     }
 }
 
-/// `--weight-decay`: the same training with an L2 penalty ends with smaller weights.
-#[test]
-fn weight_decay_pulls_the_weights_towards_zero() {
+/// A `d8` teacher trained for 4 epochs on 64 random 6×6 images (the same every call), from
+/// `start` when given and with `weight_decay`: small enough to train in a test, large enough
+/// that every layer that may learn moves.
+fn small_teacher(
+    start: Option<hexray_trainer::net::Net>,
+    weight_decay: Option<f64>,
+) -> hexray_trainer::net::Net {
     use hexray_trainer::topology::Topology;
     use hexray_trainer::train::{train_teacher, Settings, Tensors};
     use rand::{Rng, SeedableRng};
@@ -240,28 +244,63 @@ fn weight_decay_pulls_the_weights_towards_zero() {
         labels: (0..64).map(|i| i % 2).collect(),
         dims: [1, 6, 6],
     };
+    let settings = Settings {
+        batch_size: 16,
+        learning_rate: 1e-2,
+        weight_decay,
+        seed: 3,
+        progress: false,
+    };
     let topology = Topology::parse("d8").unwrap();
+    train_teacher(
+        start,
+        &topology,
+        2,
+        &data,
+        &data,
+        4,
+        &settings,
+        &mut Vec::new(),
+    )
+}
+
+/// `--weight-decay`: the same training with an L2 penalty ends with smaller weights.
+#[test]
+fn weight_decay_pulls_the_weights_towards_zero() {
     let squared_weights = |weight_decay| {
-        let settings = Settings {
-            batch_size: 16,
-            learning_rate: 1e-2,
-            weight_decay,
-            seed: 3,
-            progress: false,
-        };
-        let net = train_teacher(
-            None,
-            &topology,
-            2,
-            &data,
-            &data,
-            4,
-            &settings,
-            &mut Vec::new(),
-        );
+        let net = small_teacher(None, weight_decay);
         let dense = net.hidden[0].dense.as_ref().unwrap();
         values(dense.weight.val().powf_scalar(2.0).sum().reshape([1]))[0]
     };
     let (plain, decayed) = (squared_weights(None), squared_weights(Some(0.5)));
     assert!(decayed < 0.9 * plain, "{decayed} vs {plain}");
+}
+
+/// Transfer's frozen front (`transfer`, `train --adult-pretraining frozen-front`): training a
+/// pre-trained network with its front frozen moves its output layer and leaves its hidden
+/// layer's weights exactly where pre-training put them; without the freeze, both move.
+#[test]
+fn a_frozen_front_keeps_its_weights_while_the_head_learns() {
+    use hexray_trainer::net::Net;
+
+    let front = |net: &Net| {
+        let dense = net.hidden[0].dense.as_ref().unwrap();
+        values(dense.weight.val().flatten::<1>(0, 1))
+    };
+    let head = |net: &Net| values(net.output.weight.val().flatten::<1>(0, 1));
+
+    let pretrained = small_teacher(None, None);
+    let frozen = small_teacher(
+        Some(pretrained.independent_copy().with_frozen_front()),
+        None,
+    );
+    assert_eq!(front(&frozen), front(&pretrained), "the frozen front moved");
+    assert_ne!(head(&frozen), head(&pretrained), "the head did not learn");
+
+    let fine_tuned = small_teacher(Some(pretrained.independent_copy()), None);
+    assert_ne!(
+        front(&fine_tuned),
+        front(&pretrained),
+        "fine-tuning left the front alone"
+    );
 }

@@ -25,7 +25,7 @@ use crate::ablation::ablation;
 use crate::checks::{full_resolution, stability};
 use crate::common::*;
 use crate::pareto::pareto;
-use crate::train::{train, Adults};
+use crate::train::{train, Adults, Pretraining};
 use crate::transfer::transfer;
 
 #[derive(Parser)]
@@ -86,6 +86,11 @@ enum Command {
         /// Seeds of the adult cross-validation, from --seed upward.
         #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         adult_seeds: usize,
+        /// Where the teacher starts: from scratch on both populations (`none`), or pre-trained
+        /// on PneumoniaMNIST alone and then trained on both, whole (`fine-tune`) or with its
+        /// front frozen (`frozen-front`): the "by transfer" of issue 21.
+        #[arg(long, value_enum, default_value_t = Pretraining::None)]
+        adult_pretraining: Pretraining,
         /// Test images to run through real encrypted inference.
         #[arg(long, default_value_t = 8)]
         encrypted_sample: usize,
@@ -227,6 +232,7 @@ fn main() -> Result<()> {
             adult_validation,
             adult_folds,
             adult_seeds,
+            adult_pretraining,
             encrypted_sample,
             stability_sample,
             stability_runs,
@@ -244,6 +250,7 @@ fn main() -> Result<()> {
                     validate: adult_validation,
                     folds: adult_folds,
                     seeds: adult_seeds,
+                    pretraining: adult_pretraining,
                 })
                 .as_ref(),
             &out,

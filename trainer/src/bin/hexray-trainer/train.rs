@@ -49,6 +49,46 @@ fn curves(path: &Path, epochs: &[EpochLog]) -> Result<()> {
     Ok(())
 }
 
+/// Where a screen's teacher starts (`train --adult-pretraining`).
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub(crate) enum Pretraining {
+    /// From scratch, on both populations at once (the shipped recipe).
+    None,
+    /// Pre-trained on PneumoniaMNIST alone, then trained whole on both populations.
+    FineTune,
+    /// Pre-trained on PneumoniaMNIST alone, then only its activations and output layer train
+    /// on both: the children's features, a head for both populations.
+    FrozenFront,
+}
+
+impl Pretraining {
+    /// The teacher to start from, trained on `pediatric` (PneumoniaMNIST's training and
+    /// validation splits) with `config`'s seed; `None` for a teacher from scratch.
+    fn start(self, config: &Config, [train, val]: [&Dataset; 2]) -> Option<Net> {
+        let scale = config.input.scale;
+        let pretrained = || {
+            let (tr, va) = (Tensors::new(train, scale), Tensors::new(val, scale));
+            teacher(None, config, &tr, &va, &mut Vec::new())
+        };
+        match self {
+            Pretraining::None => None,
+            Pretraining::FineTune => Some(pretrained()),
+            Pretraining::FrozenFront => Some(pretrained().with_frozen_front()),
+        }
+    }
+
+    /// How a model file's description and report say it was trained; empty for none.
+    fn phrase(self) -> &'static str {
+        match self {
+            Pretraining::None => "",
+            Pretraining::FineTune => "after pre-training on PneumoniaMNIST alone",
+            Pretraining::FrozenFront => {
+                "after pre-training on PneumoniaMNIST alone, with that front frozen"
+            }
+        }
+    }
+}
+
 /// The adult X-rays a screen also learns from (`train --adults`), and how its figures on them
 /// are cross-validated.
 pub(crate) struct Adults {
@@ -69,6 +109,7 @@ pub(crate) struct Adults {
     pub(crate) validate: bool,
     pub(crate) folds: usize,
     pub(crate) seeds: usize,
+    pub(crate) pretraining: Pretraining,
 }
 
 impl Adults {
@@ -132,18 +173,18 @@ struct Fitted {
     student: Student,
 }
 
-/// The shipped recipe on one training set, validated (checkpoints chosen) on `val`.
+/// The shipped recipe on one training set, validated (checkpoints chosen) on `val`, its
+/// teacher trained from `start` when given.
 fn fit(
     config: &Config,
-    train_set: &Dataset,
+    (start, train_set): (Option<Net>, &Dataset),
     val: &Dataset,
-    name: &str,
-    description: &str,
+    (name, description): (&str, &str),
     log: &mut Vec<EpochLog>,
 ) -> Result<Fitted> {
     let scale = config.input.scale;
     let (tr, va) = (Tensors::new(train_set, scale), Tensors::new(val, scale));
-    let teacher_net = teacher(None, config, &tr, &va, log);
+    let teacher_net = teacher(start, config, &tr, &va, log);
     let strong = strong_teacher(config, &tr, &va, log);
     let lesson = Lesson {
         teacher: &teacher_net,
@@ -185,12 +226,12 @@ fn cross_validate_adults(
         };
         let [fold_train, fold_val] =
             adults.sets([train, val], images, fit_on, (seed, &config.input))?;
+        let start = adults.pretraining.start(&config, [train, val]);
         let fitted = fit(
             &config,
-            &fold_train,
+            (start, &fold_train),
             &fold_val,
-            "fold",
-            "fold",
+            ("fold", "fold"),
             &mut Vec::new(),
         )?;
         let held = adult_set.subset(held_out);
@@ -234,13 +275,17 @@ pub(crate) fn train(
         None => "PneumoniaMNIST (children aged 1-5; CC BY 4.0)".to_owned(),
         Some((a, images)) => format!(
             "PneumoniaMNIST (children aged 1-5; CC BY 4.0) and {} adult X-rays of one site \
-             (Actualmed COVID-19 set: {}), each counted {} times{}",
+             (Actualmed COVID-19 set: {}), each counted {} times{}{}",
             images.set().len(),
             a.classes.join(", "),
             a.repeats,
             match a.renderings {
                 true => " as new full-resolution renderings of its file",
                 false => "",
+            },
+            match a.pretraining {
+                Pretraining::None => String::new(),
+                other => format!(", {}", other.phrase()),
             }
         ),
     };
@@ -266,17 +311,21 @@ pub(crate) fn train(
                 repeats: a.repeats,
                 balanced: a.balance,
                 renderings: a.renderings,
+                pretraining: Some(a.pretraining.phrase()).filter(|p| !p.is_empty()),
                 models,
                 seconds: start.elapsed().as_secs_f64(),
             })
         }
     };
     let start = Instant::now();
-    let [train_set, chosen_on] = match &adult_set {
-        None => [train, val.clone()],
+    let (pretrained, [train_set, chosen_on]) = match &adult_set {
+        None => (None, [train, val.clone()]),
         Some((a, images)) => {
             let all: Vec<usize> = (0..images.set().len()).collect();
-            a.sets([&train, &val], images, &all, (common.seed, &config.input))?
+            (
+                a.pretraining.start(&config, [&train, &val]),
+                a.sets([&train, &val], images, &all, (common.seed, &config.input))?,
+            )
         }
     };
     let mut log = Vec::new();
@@ -286,10 +335,9 @@ pub(crate) fn train(
         student,
     } = fit(
         &config,
-        &train_set,
+        (pretrained, &train_set),
         &chosen_on,
-        &name,
-        &description,
+        (&name, &description),
         &mut log,
     )?;
     let training_seconds = start.elapsed().as_secs_f64();
