@@ -1,5 +1,5 @@
 //! Models: each listed with its card's summary, its card served, and a client spec that holds
-//! no weights.
+//! no weights, with a stale fingerprint refused.
 
 use crate::support::{call, error, fresh_app, json, model, register, shared_client};
 use actix_web::http::{Method, StatusCode};

@@ -1,5 +1,6 @@
-//! Access tokens and quotas: every route needs a token, each token sees only its own keys and
-//! jobs, and quotas hold under load and races.
+//! Access tokens and quotas: the routes a client works with need a token (the health check
+//! answers anyone, with less), each token sees only its own keys and jobs, and quotas hold
+//! under load and races.
 
 use crate::support::{
     app, batch, call, call_as, client, config, error, fresh_app, job_uri, json, on_postgres,

@@ -88,7 +88,8 @@ enum Command {
         adult_seeds: usize,
         /// Where the teacher starts: from scratch on both populations (`none`), or pre-trained
         /// on PneumoniaMNIST alone and then trained on both, whole (`fine-tune`) or with its
-        /// front frozen (`frozen-front`): the "by transfer" of issue 21.
+        /// front frozen (`frozen-front`: only the output layer learns, and in the student the
+        /// quadratics too).
         #[arg(long, value_enum, default_value_t = Pretraining::None)]
         adult_pretraining: Pretraining,
         /// Test images to run through real encrypted inference.

@@ -1,5 +1,6 @@
 //! `train`: one topology with the shipped recipe; the model file, its report and curves.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -56,14 +57,16 @@ pub(crate) enum Pretraining {
     None,
     /// Pre-trained on PneumoniaMNIST alone, then trained whole on both populations.
     FineTune,
-    /// Pre-trained on PneumoniaMNIST alone, then only its activations and output layer train
-    /// on both: the children's features, a head for both populations.
+    /// Pre-trained on PneumoniaMNIST alone, then only its output layer trains on both (and, in
+    /// the student, which keeps the freeze, its quadratics): the children's features, a head
+    /// for both populations.
     FrozenFront,
 }
 
 impl Pretraining {
-    /// The teacher to start from, trained on `pediatric` (PneumoniaMNIST's training and
-    /// validation splits) with `config`'s seed; `None` for a teacher from scratch.
+    /// The teacher to start from, trained with `config`'s seed on `train`, PneumoniaMNIST's
+    /// training split, with checkpoints chosen on `val`, its validation split; `None` for a
+    /// teacher from scratch.
     fn start(self, config: &Config, [train, val]: [&Dataset; 2]) -> Option<Net> {
         let scale = config.input.scale;
         let pretrained = || {
@@ -212,6 +215,8 @@ fn cross_validate_adults(
 ) -> Result<Vec<CrossValidated>> {
     let seeds: Vec<u64> = with_seeds(common, adults.seeds).map(|c| c.seed).collect();
     let adult_set = images.set();
+    // Pre-training depends on the seed alone: once per seed, a copy for each fold.
+    let mut pretrained: BTreeMap<u64, Option<Net>> = BTreeMap::new();
     let models = cross_validate(adult_set, adults.folds, &seeds, |seed, fit_on, held_out| {
         eprintln!(
             "adult cross-validation: seed {seed}, {} held out",
@@ -226,7 +231,11 @@ fn cross_validate_adults(
         };
         let [fold_train, fold_val] =
             adults.sets([train, val], images, fit_on, (seed, &config.input))?;
-        let start = adults.pretraining.start(&config, [train, val]);
+        let start = pretrained
+            .entry(seed)
+            .or_insert_with(|| adults.pretraining.start(&config, [train, val]))
+            .as_ref()
+            .map(Net::independent_copy);
         let fitted = fit(
             &config,
             (start, &fold_train),
