@@ -80,13 +80,28 @@ impl Pretraining {
         }
     }
 
-    /// How a model file's description and report say it was trained; empty for none.
-    fn phrase(self) -> &'static str {
+    /// A copy of [`Pretraining::start`] for `config`'s seed, pre-trained the first time a seed
+    /// is asked for and kept in `made`: pre-training depends on the seed alone, so the folds of
+    /// one seed and the model file (whose seed is the first fold's) share it.
+    fn start_for_seed(
+        self,
+        made: &mut BTreeMap<u64, Option<Net>>,
+        config: &Config,
+        pediatric: [&Dataset; 2],
+    ) -> Option<Net> {
+        made.entry(config.settings.seed)
+            .or_insert_with(|| self.start(config, pediatric))
+            .as_ref()
+            .map(Net::independent_copy)
+    }
+
+    /// How a model file's description and report say it was trained, if it was pre-trained.
+    fn phrase(self) -> Option<&'static str> {
         match self {
-            Pretraining::None => "",
-            Pretraining::FineTune => "after pre-training on PneumoniaMNIST alone",
+            Pretraining::None => None,
+            Pretraining::FineTune => Some("after pre-training on PneumoniaMNIST alone"),
             Pretraining::FrozenFront => {
-                "after pre-training on PneumoniaMNIST alone, with that front frozen"
+                Some("after pre-training on PneumoniaMNIST alone, with that front frozen")
             }
         }
     }
@@ -212,11 +227,10 @@ fn cross_validate_adults(
     config: &Config,
     (adults, images): (&Adults, &AdultImages),
     [train, val]: [&Dataset; 2],
+    pretrained: &mut BTreeMap<u64, Option<Net>>,
 ) -> Result<Vec<CrossValidated>> {
     let seeds: Vec<u64> = with_seeds(common, adults.seeds).map(|c| c.seed).collect();
     let adult_set = images.set();
-    // Pre-training depends on the seed alone: once per seed, a copy for each fold.
-    let mut pretrained: BTreeMap<u64, Option<Net>> = BTreeMap::new();
     let models = cross_validate(adult_set, adults.folds, &seeds, |seed, fit_on, held_out| {
         eprintln!(
             "adult cross-validation: seed {seed}, {} held out",
@@ -231,11 +245,9 @@ fn cross_validate_adults(
         };
         let [fold_train, fold_val] =
             adults.sets([train, val], images, fit_on, (seed, &config.input))?;
-        let start = pretrained
-            .entry(seed)
-            .or_insert_with(|| adults.pretraining.start(&config, [train, val]))
-            .as_ref()
-            .map(Net::independent_copy);
+        let start = adults
+            .pretraining
+            .start_for_seed(pretrained, &config, [train, val]);
         let fitted = fit(
             &config,
             (start, &fold_train),
@@ -292,10 +304,9 @@ pub(crate) fn train(
                 true => " as new full-resolution renderings of its file",
                 false => "",
             },
-            match a.pretraining {
-                Pretraining::None => String::new(),
-                other => format!(", {}", other.phrase()),
-            }
+            a.pretraining
+                .phrase()
+                .map_or_else(String::new, |p| format!(", {p}"))
         ),
     };
     let description = format!(
@@ -310,29 +321,38 @@ pub(crate) fn train(
         || format!("pneumonia-{}", config.topology.name),
         str::to_owned,
     );
+    // Teachers pre-trained on PneumoniaMNIST, by seed (`--adult-pretraining`).
+    let mut pretrained = BTreeMap::new();
     let adult_figures = match &adult_set {
         None => None,
         Some((a, images)) => {
             let start = Instant::now();
-            let models = cross_validate_adults(common, &config, (a, images), [&train, &val])?;
+            let models = cross_validate_adults(
+                common,
+                &config,
+                (a, images),
+                [&train, &val],
+                &mut pretrained,
+            )?;
             Some(AdultFigures {
                 labels: a.labels.display().to_string(),
                 repeats: a.repeats,
                 balanced: a.balance,
                 renderings: a.renderings,
-                pretraining: Some(a.pretraining.phrase()).filter(|p| !p.is_empty()),
+                pretraining: a.pretraining.phrase(),
                 models,
                 seconds: start.elapsed().as_secs_f64(),
             })
         }
     };
     let start = Instant::now();
-    let (pretrained, [train_set, chosen_on]) = match &adult_set {
+    let (start_from, [train_set, chosen_on]) = match &adult_set {
         None => (None, [train, val.clone()]),
         Some((a, images)) => {
             let all: Vec<usize> = (0..images.set().len()).collect();
             (
-                a.pretraining.start(&config, [&train, &val]),
+                a.pretraining
+                    .start_for_seed(&mut pretrained, &config, [&train, &val]),
                 a.sets([&train, &val], images, &all, (common.seed, &config.input))?,
             )
         }
@@ -344,7 +364,7 @@ pub(crate) fn train(
         student,
     } = fit(
         &config,
-        (pretrained, &train_set),
+        (start_from, &train_set),
         &chosen_on,
         (&name, &description),
         &mut log,
