@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
@@ -22,10 +22,8 @@ use hexray_bulk::{evaluate, parameters, ClientKey, EncryptedBatch};
 use hexray_crypto::ClientKey as TfheClientKey;
 use hexray_engine::{evaluate_batch, LoadedModel};
 use hexray_model::packed::{compile, PackedCircuit};
-use hexray_model::preprocess::preprocess_luma;
 use hexray_model::simulate;
-use ndarray::{Array2, Array3, Axis};
-use ndarray_npy::NpzReader;
+use hexray_trainer::data::load_npz;
 
 use hexray_evaluator::progress::bootstrap_bar;
 
@@ -173,29 +171,20 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The test split, preprocessed for the model, with its labels.
-fn test_split(path: &PathBuf, circuit: &PackedCircuit) -> Result<(Vec<Vec<i64>>, Vec<usize>)> {
-    let mut npz = NpzReader::new(File::open(path).with_context(|| {
+/// The test split, preprocessed for the model (as the trainer reads it), with its labels.
+fn test_split(path: &Path, circuit: &PackedCircuit) -> Result<(Vec<Vec<i64>>, Vec<usize>)> {
+    let test = load_npz(path, "test", &circuit.input).with_context(|| {
         format!(
-            "opening {} (PneumoniaMNIST; --data names another copy)",
+            "reading {} (PneumoniaMNIST; --data names another copy)",
             path.display()
         )
-    })?)?;
-    let images: Array3<u8> = npz.by_name("test_images")?;
-    let labels: Array2<u8> = npz.by_name("test_labels")?;
-    let inputs = images
-        .axis_iter(Axis(0))
-        .map(|img| {
-            let (h, w) = img.dim();
-            let luma =
-                image::GrayImage::from_raw(w as u32, h as u32, img.iter().copied().collect())
-                    .expect("an h × w array has h·w pixels");
-            Ok(preprocess_luma(luma, &circuit.input)?
-                .into_raw_vec_and_offset()
-                .0)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((inputs, labels.iter().map(|&l| l as usize).collect()))
+    })?;
+    let inputs = test
+        .images
+        .into_iter()
+        .map(|image| image.into_raw_vec_and_offset().0)
+        .collect();
+    Ok((inputs, test.labels))
 }
 
 /// Interactive and bulk accuracy on the test split, and the share of images where their

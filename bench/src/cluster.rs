@@ -30,8 +30,8 @@ use hexray_model::ClientSpec;
 use indicatif::ProgressBar;
 use ndarray::Array3;
 
-use crate::keys::median_ms;
 use crate::load::sample_inputs;
+use crate::stats::median_ms;
 
 #[derive(clap::Args)]
 pub struct Args {

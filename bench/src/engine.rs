@@ -21,6 +21,8 @@ use rand_chacha::ChaCha8Rng;
 
 use hexray_evaluator::progress::bootstrap_bar;
 
+use crate::stats::median_ms;
+
 const MODELS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -182,13 +184,10 @@ fn single_bootstrap(
         circuit.stages[1].delta,
     ));
     let phase = hexray_engine::evaluate::dot_product(stage, 0, &encrypted);
-    let mut times: Vec<Duration> = (0..samples)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = server.bootstrap(phase.clone(), &lut);
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    Ok(times[samples / 2])
+    let times = (0..samples).map(|_| {
+        let t = Instant::now();
+        let _ = server.bootstrap(phase.clone(), &lut);
+        t.elapsed()
+    });
+    Ok(Duration::from_secs_f64(median_ms(times) / 1e3))
 }

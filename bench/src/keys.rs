@@ -14,6 +14,8 @@ use hexray_evaluator::server::keys::{DirectoryKeys, KeyLimits, KeyStorage};
 use hexray_evaluator::server::postgres::{Database, PgKeys};
 use hexray_evaluator::server::Config;
 
+use crate::stats::median_ms;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A PostgreSQL database to measure besides the embedded store (it gets HEXRAY's tables).
@@ -22,12 +24,6 @@ pub struct Args {
     /// Keys to register and read in each back end.
     #[arg(long, default_value_t = 3)]
     keys: usize,
-}
-
-/// Median of the times, in milliseconds.
-pub(crate) fn median_ms(mut times: Vec<Duration>) -> f64 {
-    times.sort();
-    times[times.len() / 2].as_secs_f64() * 1e3
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -24,8 +24,10 @@ use hexray_evaluator::server::jobs::JobState;
 use hexray_evaluator::server::{configure, AppState, Config};
 use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
+use hexray_test_kit::misbehaving::stalled_upload;
 use indicatif::ProgressBar;
 
+use crate::stats::percentile;
 use crate::BENCH_MODEL;
 
 #[derive(clap::Args)]
@@ -332,7 +334,7 @@ impl<'a> Session<'a> {
             // progress streams nobody reads.
             let mut held = (0..4)
                 .map(|_| stalled_upload(port, token))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<std::io::Result<Vec<_>>>()?;
             for _ in 0..25 {
                 held.push(open_stream(port, token, &job)?);
             }
@@ -392,18 +394,6 @@ fn refusal_of(stream: &mut TcpStream) -> Result<Option<String>> {
     Ok(Some(code.to_owned()))
 }
 
-/// An upload that sends its headers and a few bytes, then hangs.
-fn stalled_upload(port: u16, token: &str) -> Result<TcpStream> {
-    use std::io::Write;
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        stream,
-        "POST /api/v1/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nHXB"
-    )?;
-    Ok(stream)
-}
-
 /// Counts a refusal by its code; any other error ends the run.
 fn count(refusals: &Mutex<BTreeMap<String, usize>>, error: &ClientError) -> Result<()> {
     let code = error
@@ -415,11 +405,4 @@ fn count(refusals: &Mutex<BTreeMap<String, usize>>, error: &ClientError) -> Resu
         .entry(code.to_owned())
         .or_default() += 1;
     Ok(())
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }

@@ -18,6 +18,7 @@ mod engine;
 mod keys;
 mod load;
 mod server;
+mod stats;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

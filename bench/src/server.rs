@@ -20,6 +20,7 @@ use hexray_evaluator::server::jobs::{JobState, Status};
 use hexray_evaluator::server::{configure, AppState, Config};
 use hexray_model::preprocess::preprocess;
 
+use crate::stats::median;
 use crate::BENCH_MODEL;
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/pneumoniamnist");
@@ -105,11 +106,6 @@ pub fn run(args: Args) -> Result<()> {
         100.0 * (server / engine - 1.0)
     );
     Ok(())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The whole API in-process (routing, body checks, the job queue, polling, packing outputs),

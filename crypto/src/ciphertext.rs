@@ -150,15 +150,6 @@ impl ClientKey {
         Ok(spec.decode(&self.checked_phases(spec.output_len(), output)?))
     }
 
-    /// The unrounded logits: for measuring noise against the simulator, never for showing.
-    pub fn decrypt_exact_logits(
-        &self,
-        spec: &ClientSpec,
-        output: &EncryptedOutput,
-    ) -> Result<Vec<f64>, CryptoError> {
-        Ok(spec.exact_logits(&self.checked_phases(spec.output_len(), output)?))
-    }
-
     /// Decrypts the outputs into the model owner's accumulators, as the simulator reports
     /// them: for checking encrypted results against the simulator where the circuit is at hand
     /// (tests, the trainer's reports, `hexray run`). A client has only the spec and uses

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use hexray_test_kit::fixtures::sample_file;
+
 fn hexray(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hexray"))
         .args(args)
@@ -9,16 +11,14 @@ fn hexray(args: &[&str]) -> std::process::Output {
         .expect("hexray runs")
 }
 
-fn sample(name: &str) -> String {
-    format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[test]
 fn run_prints_a_diagnosis_costs_and_the_simulator_comparison() {
     let out = hexray(&[
         "run",
         "--image",
-        &sample("covid-cxr-actualmed/covid-1.png"),
+        &sample_file("covid-cxr-actualmed/covid-1.png")
+            .display()
+            .to_string(),
         "--noisy-runs",
         "50",
     ]);

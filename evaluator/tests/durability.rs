@@ -17,6 +17,8 @@ use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
 
+use hexray_test_kit::fixtures::sample_file;
+use hexray_test_kit::misbehaving::stalled_upload;
 use hexray_test_kit::node::{hexray, kill, port, serve, serve_with, start};
 
 fn new_token(tokens: &Path) -> String {
@@ -42,11 +44,7 @@ const BORDERLINE_IMAGES: [&str; 2] = [
     "pneumoniamnist/test-0234-normal.png",
 ];
 
-/// The path of a file under `samples/`.
-fn sample(name: &str) -> String {
-    format!("{}/../samples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
+/// Every file under `dir`, in its subfolders too.
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -104,11 +102,7 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
             .unwrap();
     let spec = api.spec("pneumonia-a").unwrap();
     assert_eq!(&spec, model.spec());
-    let image = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../samples/covid-cxr-actualmed/covid-1.png"
-    ))
-    .unwrap();
+    let image = std::fs::read(sample_file("covid-cxr-actualmed/covid-1.png")).unwrap();
     let input = preprocess(&image, &spec.input).unwrap();
     let batch = batch_body::pack(&[client
         .encrypt(&spec, input.view())
@@ -245,18 +239,6 @@ fn token_new_stores_only_a_hash_and_serve_needs_a_token() {
     kill(server);
 }
 
-/// Starts a key upload that sends its headers and a few bytes, then stalls.
-fn stalled_upload(port: u16, token: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "POST /api/v1/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nHXB"
-    )
-    .unwrap();
-    stream
-}
-
 #[test]
 fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     let dir = tempfile::tempdir().unwrap();
@@ -269,7 +251,9 @@ fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     let (_, key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 13);
     let key = key.to_bytes().unwrap();
 
-    let mut stalled: Vec<TcpStream> = (0..2).map(|_| stalled_upload(port, &slow)).collect();
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| stalled_upload(port, &slow).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     let refused = ApiClient::new(&base, Some(&slow))
         .register_key(&key)
@@ -309,24 +293,19 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
             .args(["analyze", "--server", &format!("http://127.0.0.1:{port}")])
             .arg("--keys-dir")
             .arg(dir.path().join("keys"))
-            .args([
-                "--image",
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../samples/covid-cxr-actualmed/covid-1.png"
-                ),
-            ])
-            .args([
-                "--image",
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../samples/pneumoniamnist/test-0235-normal.png"
-                ),
-            ])
             .args(
-                BORDERLINE_IMAGES
-                    .map(|name| ["--image".to_owned(), sample(name)])
-                    .concat(),
+                [
+                    "covid-cxr-actualmed/covid-1.png",
+                    "pneumoniamnist/test-0235-normal.png",
+                ]
+                .iter()
+                .chain(&BORDERLINE_IMAGES)
+                .flat_map(|name| {
+                    [
+                        "--image".to_owned(),
+                        sample_file(name).display().to_string(),
+                    ]
+                }),
             )
             .env("HEXRAY_TOKEN", &token)
             .output()
@@ -347,7 +326,7 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
         "covid-cxr-actualmed/covid-1.png",
         "pneumoniamnist/test-0235-normal.png",
     ] {
-        let path = sample(name);
+        let path = sample_file(name).display().to_string();
         let input = preprocess(&std::fs::read(&path).unwrap(), &model.spec().input).unwrap();
         let class = &model.spec().classes[simulate::exact(model.circuit(), input.view())
             .unwrap()
@@ -436,7 +415,7 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
         ),
     ];
     for (name, source) in images {
-        std::fs::copy(sample(source), folder.join(name)).unwrap();
+        std::fs::copy(sample_file(source), folder.join(name)).unwrap();
     }
     std::fs::write(folder.join("notes.txt"), "not an X-ray").unwrap();
     let port = port();

@@ -17,9 +17,14 @@ pub fn reference_model() -> LoadedModel {
     LoadedModel::from_file(&repo().join("models/reference-a.hexray")).expect("bundled model loads")
 }
 
+/// A committed sample file: `samples/<name>`.
+pub fn sample_file(name: &str) -> PathBuf {
+    repo().join("samples").join(name)
+}
+
 /// A committed sample image, preprocessed for `model`.
 pub fn sample(model: &LoadedModel, name: &str) -> Array3<i64> {
-    let bytes = std::fs::read(repo().join("samples").join(name)).expect("sample exists");
+    let bytes = std::fs::read(sample_file(name)).expect("sample exists");
     preprocess(&bytes, &model.model().network.input).expect("sample preprocesses")
 }
 

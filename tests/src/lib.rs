@@ -4,8 +4,10 @@
 //!
 //! - [`fixtures`]: the reference model, committed sample images, deterministic keys;
 //! - [`database`]: fresh databases on the test PostgreSQL that `scripts/test.sh` starts;
-//! - [`node`]: real `hexray serve` processes, started and waited for.
+//! - [`node`]: real `hexray serve` processes, started and waited for;
+//! - [`misbehaving`]: clients that misbehave on purpose (a stalled upload).
 
 pub mod database;
 pub mod fixtures;
+pub mod misbehaving;
 pub mod node;

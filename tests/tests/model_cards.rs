@@ -7,6 +7,7 @@
 use hexray_test_kit::fixtures;
 
 use hexray_evaluator::server::models::Models;
+use hexray_trainer::crossval::wilson;
 use serde_json::Value;
 
 fn read(path: &str) -> String {
@@ -30,22 +31,10 @@ fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("no row for {first}"))
 }
 
-/// The Wilson 95% interval of `k` successes in `n` trials.
-fn wilson(k: u64, n: u64) -> (f64, f64) {
-    wilson_of(k as f64 / n as f64, n)
-}
-
-/// The Wilson 95% interval of a proportion `p` observed on `n` items.
-fn wilson_of(p: f64, n: u64) -> (f64, f64) {
-    let (z, n_f) = (1.959_963_984_540_054, n as f64);
-    let centre = (p + z * z / (2.0 * n_f)) / (1.0 + z * z / n_f);
-    let half = z * (p * (1.0 - p) / n_f + z * z / (4.0 * n_f * n_f)).sqrt() / (1.0 + z * z / n_f);
-    (centre - half, centre + half)
-}
-
-/// A proportion as cards write it: `0.611 (11/18), 95% CI 0.386–0.797`.
+/// A proportion as cards write it: `0.611 (11/18), 95% CI 0.386–0.797`, with the reports'
+/// Wilson interval.
 fn proportion(k: u64, n: u64) -> String {
-    let (low, high) = wilson(k, n);
+    let (low, high) = wilson(k as f64 / n as f64, n as usize);
     format!(
         "{:.3} ({k}/{n}), 95% CI {low:.3}–{high:.3}",
         k as f64 / n as f64
@@ -74,7 +63,7 @@ fn cross_validated_cell(model: &Value, field: &str, images: &str) -> String {
     let n = shares.len() as f64;
     let mean = shares.iter().sum::<f64>() / n;
     let sd = (shares.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-    let (low, high) = wilson_of(mean, model[images].as_u64().unwrap());
+    let (low, high) = wilson(mean, model[images].as_u64().unwrap() as usize);
     format!("{mean:.3} ± {sd:.3} [{low:.2}, {high:.2}]")
 }
 

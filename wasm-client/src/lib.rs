@@ -8,7 +8,7 @@
 //! itself: only its public client spec, which has no weights.
 //!
 //! The JavaScript API:
-//! - `generate_keys(progress)`: a new key pair as bytes (run it in a Web Worker);
+//! - `generate_keys(parameterSet, progress)`: a new key pair as bytes (run it in a Web Worker);
 //! - `new Model(bytes)`: a model's client spec (JSON) fetched from the server; `model.info()`,
 //!   `model.read(imageBytes)` (PNG, JPEG or DICOM: the input integers, the image, DICOM details);
 //! - `new Client(clientKeyBytes)`: `client.encrypt(model, input)` (the integers `read` gave),

@@ -465,8 +465,8 @@ struct Follow {
 }
 
 /// Server-sent events: a `status` event at once, then whenever the state or the progress
-/// (bootstraps, or a bulk job's neurons) has changed (at most five a second), ending after the final one; a comment line every
-/// [`HEARTBEAT`] while nothing changes. Each job allows a few streams at once on each node.
+/// (bootstraps, or a bulk job's neurons) has changed (at most five a second), ending after the
+/// final one; a comment line every [`HEARTBEAT`] while nothing changes. Each job allows a few streams at once on each node.
 /// Any node can follow any job of a shared queue.
 async fn job_events(
     state: web::Data<AppState>,
@@ -489,7 +489,7 @@ async fn job_events(
 }
 
 fn progress_events(follow: Follow) -> impl Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    // The stream's state: what it follows and the (state, bootstraps done) last sent; None
+    // The stream's state: what it follows and the (state, progress) last sent; None
     // before the first event. The stream ends after a final status, or when the job can no
     // longer be read (expired, or the storage failed).
     futures_util::stream::unfold(Some((follow, None)), |state| async move {
@@ -652,17 +652,9 @@ impl Upload {
                     .map_err(spool_error)
             })
         };
-        let limit = self.limit;
-        let seconds = state.limits.body_timeout.as_secs();
         let read = async {
             let (mut file, mut buffer, mut received) = (file, web::BytesMut::new(), 0);
-            while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-                received += chunk.len();
-                if received > limit {
-                    return Err(ApiError::TooLarge { limit });
-                }
+            while let Some(chunk) = self.next_chunk(&mut payload, &mut received).await? {
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() >= SPOOL_CHUNK {
                     file = write(file, buffer.split().freeze()).await?;
@@ -670,9 +662,7 @@ impl Upload {
             }
             write(file, buffer.freeze()).await.map(drop)
         };
-        tokio::time::timeout(state.limits.body_timeout, read)
-            .await
-            .map_err(|_| ApiError::BodyTimeout { seconds })??;
+        within_body_deadline(state, read).await?;
         Ok(path)
     }
 
@@ -683,22 +673,44 @@ impl Upload {
         state: &AppState,
         mut payload: web::Payload,
     ) -> Result<web::Bytes, ApiError> {
-        let limit = self.limit;
-        let seconds = state.limits.body_timeout.as_secs();
         let read = async {
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::TooLarge { limit });
-                }
+            let (mut body, mut received) = (web::BytesMut::new(), 0);
+            while let Some(chunk) = self.next_chunk(&mut payload, &mut received).await? {
                 body.extend_from_slice(&chunk);
             }
             Ok(body.freeze())
         };
-        tokio::time::timeout(state.limits.body_timeout, read)
-            .await
-            .map_err(|_| ApiError::BodyTimeout { seconds })?
+        within_body_deadline(state, read).await
     }
+
+    /// The body's next chunk, or `None` at its end. The body is refused as soon as the bytes
+    /// received, counted in `received`, pass the limit: a client that lied in its
+    /// Content-Length (or sent none) is stopped as early as one that told the truth.
+    async fn next_chunk(
+        &self,
+        payload: &mut web::Payload,
+        received: &mut usize,
+    ) -> Result<Option<web::Bytes>, ApiError> {
+        let Some(chunk) = payload.next().await else {
+            return Ok(None);
+        };
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        *received += chunk.len();
+        if *received > self.limit {
+            return Err(ApiError::TooLarge { limit: self.limit });
+        }
+        Ok(Some(chunk))
+    }
+}
+
+/// `read`, the reading of a body, under the server's body deadline: a body that has not
+/// arrived within it is dropped, so a slow client cannot hold an upload slot for ever.
+async fn within_body_deadline<T>(
+    state: &AppState,
+    read: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let seconds = state.limits.body_timeout.as_secs();
+    tokio::time::timeout(state.limits.body_timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout { seconds })?
 }

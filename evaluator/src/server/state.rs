@@ -178,7 +178,6 @@ pub struct AppState {
     /// Bulk uploads this node is receiving or checking, under one key: each may spool and
     /// check up to a few hundred MB before its job counts in the queue.
     bulk_uploads: Slots,
-    /// How many bulk uploads this node takes at once: the queue's limit of bulk jobs.
     /// The queue's sizes: its `bulk_capacity` is this node's bulk upload slots, and says
     /// whether it takes bulk jobs at all ([`QueueConfig::takes_bulk`]).
     queue: QueueConfig,

@@ -46,7 +46,8 @@ pub(crate) fn config(data_dir: &std::path::Path, capacity: usize) -> Config {
     config
 }
 
-/// The back end under test: `Some("postgres")` from `HEXRAY_TEST_STORAGE`, or the embedded one.
+/// Whether the back end under test is PostgreSQL (`HEXRAY_TEST_STORAGE=postgres`) rather than
+/// the embedded one.
 pub(crate) fn on_postgres() -> bool {
     match std::env::var("HEXRAY_TEST_STORAGE").as_deref() {
         Ok("postgres") => true,

@@ -77,11 +77,6 @@ impl Quadratic {
 }
 
 impl PackedCircuit {
-    /// How many images one batch holds: one per slot.
-    pub fn batch_capacity(&self) -> usize {
-        self.parameters.degree as usize
-    }
-
     /// Pixels per image: one ciphertext each.
     pub fn input_len(&self) -> usize {
         self.input.shape().len()
