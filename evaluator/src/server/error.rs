@@ -346,7 +346,7 @@ mod tests {
             limit: 8,
         });
         assert_eq!(code, ErrorCode::WrongInputCount);
-        assert!(message.contains("smaller batches"), "{message}");
+        assert!(message.contains("--max-bulk-images-per-token"), "{message}");
         // A bulk upload a worker cannot read is refused as the route refuses it.
         let count = hexray_bulk::BulkError::Count {
             what: "encrypted batch",

@@ -26,8 +26,9 @@ pub enum StoreError {
     QueueFull { retry_after: u64 },
     #[error("this token already has {limit} jobs queued or running; wait for one to finish")]
     TooManyJobs { limit: usize },
-    /// A bulk batch larger than a token's whole image quota, which no wait would admit.
-    #[error("a batch of {images} images is over this token's bulk quota of {limit}: send it in smaller batches")]
+    /// A token's whole image quota is smaller than what one bulk job is charged, so no wait
+    /// would admit any.
+    #[error("a bulk job counts all {images} slots of its batch, over this token's bulk quota of {limit} images: the server's --max-bulk-images-per-token is too small for the bulk path")]
     OverQuota { images: usize, limit: usize },
     #[error("this token already has {used} images in bulk jobs kept by the server, of its {limit} per {hours} h; wait for older jobs to expire")]
     ImageQuota {

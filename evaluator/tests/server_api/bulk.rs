@@ -86,7 +86,8 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     let mut config = config(dir.path(), 4);
     // The sweeper runs every quarter of the retention: uploads are unlinked within seconds.
     config.queue.retention = Duration::from_secs(20);
-    config.queue.bulk_images_per_owner = 5;
+    // One bulk job's worth: every bulk job is charged its batch's every slot.
+    config.queue.bulk_images_per_owner = hexray_bulk::parameters::DEGREE;
     let app = app(&config).await;
     let model_id = "screen-mlp-32";
     let (status, body) = call(
@@ -214,9 +215,10 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     let decrypted = client.decrypt(&results).unwrap();
     let exact: Vec<Vec<i64>> = pixels.iter().map(|p| circuit.evaluate(p)).collect();
     assert_eq!(decrypted, exact);
-    // The token's image quota (5 here) holds the 3 images of the job the server keeps: the
-    // same batch again passes the check made before the body (3 + 1 images), and is refused
-    // once its 3 images are counted; its upload is dropped, file and large object.
+    // The token's image quota (8192 here) is spent by the job the server keeps, though it
+    // declared 3 images: the client can decrypt all 8192 slots of its results, so every bulk
+    // job is charged them all. The same batch again is refused; its upload is dropped, file
+    // and large object.
     assert_eq!(
         error(&app, Method::POST, &uri, upload).await,
         (StatusCode::TOO_MANY_REQUESTS, "image_quota".to_owned())

@@ -82,8 +82,9 @@ pub struct Args {
     #[arg(long, env = "HEXRAY_BULK_QUEUE_LIMIT", default_value_t = defaults::BULK_QUEUE_LIMIT)]
     bulk_queue_limit: usize,
     /// Images one token may have in the bulk jobs the server keeps (queued, running, or finished
-    /// within --job-retention-s), 429 beyond: it bounds how many chosen images a token can have
-    /// the model answer exactly.
+    /// within --job-retention-s), 429 beyond, each bulk job counted as its batch's 8192 slots
+    /// whatever it declares: it bounds how many chosen images a token can have the model
+    /// answer exactly.
     #[arg(long, env = "HEXRAY_MAX_BULK_IMAGES_PER_TOKEN", default_value_t = defaults::MAX_BULK_IMAGES_PER_TOKEN)]
     max_bulk_images_per_token: usize,
     /// Most images in one job.

@@ -221,7 +221,7 @@ impl JobStorage for MemoryJobs {
         // The owner's share is counted and the job entered under one lock, so that two
         // submissions at once cannot both take the last place.
         let mut table = self.jobs.table.lock().expect("job table lock");
-        self.room(&table, &job.owner, kind, (images, 0))?;
+        self.room(&table, &job.owner, kind, 0)?;
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.sender.try_send(job.clone()) {
             Ok(()) => {
@@ -240,7 +240,7 @@ impl JobStorage for MemoryJobs {
 
     fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), StoreError> {
         let table = self.jobs.table.lock().expect("job table lock");
-        self.room(&table, owner, kind, (1, pending))
+        self.room(&table, owner, kind, pending)
     }
 
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, StoreError> {
@@ -263,25 +263,22 @@ impl JobStorage for MemoryJobs {
 }
 
 impl MemoryJobs {
-    /// [`room`] for a job of `owner`'s of `images` images, counted in `table` with `pending`
-    /// bulk uploads still arriving.
+    /// [`room`] for a job of `owner`'s, counted in `table` with `pending` bulk uploads still
+    /// arriving.
     fn room(
         &self,
         table: &HashMap<String, Arc<Job>>,
         owner: &Owner,
         kind: JobKind,
-        (images, pending): (usize, usize),
+        pending: usize,
     ) -> Result<(), StoreError> {
         let owners = || table.values().filter(|job| job.owner == *owner);
         let now = QueueOccupancy {
             owner_active: owners().filter(|job| job.is_active()).count(),
             bulk_active: table.values().filter(|job| job.holds_bulk()).count() + pending,
-            owner_bulk_images: owners()
-                .filter(|job| job.kind == JobKind::Bulk)
-                .map(|job| job.images)
-                .sum(),
+            owner_bulk_jobs: owners().filter(|job| job.kind == JobKind::Bulk).count(),
         };
-        room(&self.config, kind, images, now)
+        room(&self.config, kind, now)
     }
 }
 

@@ -236,8 +236,9 @@ pub struct QueueConfig {
     /// the bulk path off at this node: it accepts and claims no bulk job.
     pub bulk_capacity: usize,
     /// Images one token may have in the bulk jobs the server keeps (queued, running, or
-    /// finished within the retention): a bound on how many chosen images a token can have the
-    /// model answer exactly, which is what fitting a copy of the model takes.
+    /// finished within the retention), each job counted as [`BULK_IMAGES_CHARGED`]: a bound on
+    /// how many chosen images a token can have the model answer exactly, which is what fitting
+    /// a copy of the model takes.
     pub bulk_images_per_owner: usize,
     /// How long a node's claim on shared work lasts unless it renews it: another node takes
     /// the work of a node that died once its lease has run out.
@@ -297,18 +298,23 @@ pub(crate) struct QueueOccupancy {
     pub owner_active: usize,
     /// Every token's bulk jobs, queued or running.
     pub bulk_active: usize,
-    /// Images in the token's bulk jobs still kept: queued, running, or finished within the
-    /// retention.
-    pub owner_bulk_images: usize,
+    /// The token's bulk jobs still kept: queued, running, or finished within the retention.
+    pub owner_bulk_jobs: usize,
 }
 
-/// The one room rule: a job of `kind` with `images` images fits below the token's share of
-/// the queue and, for a bulk job, below the server's limit of bulk jobs and the token's image
-/// quota. Routes ask with one image before they read a body, as they cannot know more yet.
+/// What a bulk job counts against its token's image quota: every slot of its batch, whatever
+/// its header declares. The server evaluates all of them, and the client, which holds the
+/// secret key, can decrypt all of them: a header declaring one image must not buy 8192
+/// answers from the model.
+pub const BULK_IMAGES_CHARGED: usize = hexray_bulk::parameters::DEGREE;
+
+/// The one room rule: a job of `kind` fits below the token's share of the queue and, for a
+/// bulk job, below the server's limit of bulk jobs and the token's image quota, each bulk job
+/// counted as [`BULK_IMAGES_CHARGED`] images. Routes ask before they read a body, and the
+/// store again when it enters the job.
 pub(crate) fn room(
     config: &QueueConfig,
     kind: JobKind,
-    images: usize,
     now: QueueOccupancy,
 ) -> Result<(), StoreError> {
     if now.owner_active >= config.per_owner {
@@ -317,19 +323,21 @@ pub(crate) fn room(
         });
     }
     if kind == JobKind::Bulk {
-        if images > config.bulk_images_per_owner {
+        let limit = config.bulk_images_per_owner;
+        if BULK_IMAGES_CHARGED > limit {
             return Err(StoreError::OverQuota {
-                images,
-                limit: config.bulk_images_per_owner,
+                images: BULK_IMAGES_CHARGED,
+                limit,
             });
         }
         if now.bulk_active >= config.bulk_capacity {
             return Err(StoreError::QueueFull { retry_after: 30 });
         }
-        if now.owner_bulk_images + images > config.bulk_images_per_owner {
+        let used = now.owner_bulk_jobs * BULK_IMAGES_CHARGED;
+        if used + BULK_IMAGES_CHARGED > limit {
             return Err(StoreError::ImageQuota {
-                limit: config.bulk_images_per_owner,
-                used: now.owner_bulk_images,
+                limit,
+                used,
                 hours: config.retention.as_secs_f64() / 3600.0,
             });
         }

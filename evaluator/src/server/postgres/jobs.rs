@@ -148,30 +148,30 @@ impl PgJobs {
 }
 
 /// What [`room`] is counted in, on every node: a token's jobs that are queued or running,
-/// every token's such bulk jobs, and the images of the token's bulk jobs still kept.
+/// every token's such bulk jobs, and the token's bulk jobs still kept.
 const OCCUPANCY: &str = "SELECT count(*) FILTER (WHERE owner = $1 AND state IN ('queued', 'running')),
                                 count(*) FILTER (WHERE kind = 'bulk' AND state IN ('queued', 'running')),
-                                coalesce(sum(images) FILTER (WHERE owner = $1 AND kind = 'bulk'), 0)::bigint
+                                count(*) FILTER (WHERE owner = $1 AND kind = 'bulk')
                          FROM jobs";
 
 impl PgJobs {
-    /// [`room`] for a job of `owner`'s of `images` images, as the database counts them now,
-    /// with `pending` bulk uploads this node is still receiving.
+    /// [`room`] for a job of `owner`'s, as the database counts it now, with `pending` bulk
+    /// uploads this node is still receiving.
     fn room_in(
         &self,
         c: &mut impl postgres::GenericClient,
         owner: &Owner,
         kind: JobKind,
-        (images, pending): (usize, usize),
+        pending: usize,
     ) -> Result<Result<(), StoreError>, postgres::Error> {
         let row = c.query_one(OCCUPANCY, &[&owner.0])?;
         let count = |i| row.get::<_, i64>(i) as usize;
         let now = QueueOccupancy {
             owner_active: count(0),
             bulk_active: count(1) + pending,
-            owner_bulk_images: count(2),
+            owner_bulk_jobs: count(2),
         };
-        Ok(room(&self.config, kind, images, now))
+        Ok(room(&self.config, kind, now))
     }
 }
 
@@ -237,7 +237,7 @@ impl JobStorage for PgJobs {
                 "SELECT pg_advisory_xact_lock(hashtext('hexray job submission'))",
                 &[],
             )?;
-            if let Err(e) = self.room_in(&mut tx, &new.owner, kind, (images, 0))? {
+            if let Err(e) = self.room_in(&mut tx, &new.owner, kind, 0)? {
                 return Ok(Err(e));
             }
             let waiting: i64 = tx
@@ -299,7 +299,7 @@ impl JobStorage for PgJobs {
 
     fn check_room(&self, owner: &Owner, kind: JobKind, pending: usize) -> Result<(), StoreError> {
         self.database
-            .with(|c| self.room_in(c, owner, kind, (1, pending)))?
+            .with(|c| self.room_in(c, owner, kind, pending))?
     }
 
     fn status(&self, owner: &Owner, id: &str) -> Result<Status, StoreError> {
