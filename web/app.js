@@ -23,6 +23,7 @@ const state = {
   busy: false,
   job: null, // the submitted job being followed: { id, batch, started }
   batchImages: 16, // the most images one job may carry: the server's limit
+  resumable: false, // an analysis stopped by an error after showing some of its results
 };
 
 /// What the page measured, for people and for the browser benchmark.
@@ -70,20 +71,30 @@ async function start() {
 
 const expected = (m) => `about ${m.expected_seconds_per_image.toFixed(1)} s per image`;
 
-/// Makes `id` the model images are read and analysed with, and remembers the choice.
+/// Makes `id` the model images are read and analysed with, and remembers the choice. Everything
+/// is fetched and loaded before anything changes, so a failure leaves the page, the picker and
+/// the worker on the model they had.
 async function chooseModel(id) {
+  try {
+    await switchModel(id);
+  } finally {
+    if (state.summary) $('model-select').value = state.summary.id;
+  }
+}
+
+async function switchModel(id) {
   const summary = state.models.find((m) => m.id === id);
   // The client spec (JSON): what the worker needs to read, encrypt and decode; no weights.
   const spec = new Uint8Array(await (await api(`/models/${encodeURIComponent(id)}`)).arrayBuffer());
-  const info = await engine.call('model', { spec }, { transfer: [spec.buffer] });
-  // The model card, fetched before anything changes: the page switches model in one step, so
-  // files added meanwhile are read once, with the new model.
   const card = summary.card_summary ? await (await api(`/models/${encodeURIComponent(id)}/card`)).text() : '';
+  // The worker keeps every spec it loaded: a batch prepared for the previous one is still
+  // decrypted with it. The page then switches in one step, so files added meanwhile are read
+  // once, with the new model.
+  const info = await engine.call('model', { spec }, { transfer: [spec.buffer] });
   state.info = info;
   state.summary = summary;
   state.generation++;
   localStorage.setItem(CHOSEN_MODEL, id);
-  $('model-select').value = id;
   $('model-info').textContent = `${info.name} v${info.version}: ${info.description} Classes: ${info.classes.join(' / ')}; `
     + `${info.width}×${info.height} grayscale input; ${info.bootstraps} bootstraps per image, ${expected(summary)}.`;
   // The model card: its summary beside the picker, the whole card one click away.
@@ -125,6 +136,7 @@ function queueRead(entry) {
 /// Decodes one file in the worker into the model's input, or says why it cannot be.
 async function readEntry(entry, generation) {
   if (generation !== state.generation || !state.entries.includes(entry)) return;
+  const { fingerprint } = state.info;
   entry.status = 'reading';
   renderEntry(entry);
   let read;
@@ -134,7 +146,7 @@ async function readEntry(entry, generation) {
     if (!sniff(bytes)) {
       problem = `${entry.path} is not a PNG, JPEG or DICOM image.`;
     } else {
-      read = await engine.call('read', { bytes }, { transfer: [bytes.buffer] });
+      read = await engine.call('read', { bytes, fingerprint }, { transfer: [bytes.buffer] });
     }
   } catch (error) {
     problem = `${entry.path}: ${error.message}`;
@@ -170,7 +182,8 @@ function renderEntry(entry) {
 }
 
 const original = (read) => ({ width: read.original.width, height: read.original.height, values: read.original.pixels });
-const seen = (read) => ({ width: state.info.width, height: state.info.height, values: read.input, max: state.info.max_input });
+/// The image as the model with `info` (the chosen one, by default) sees it.
+const seen = (read, info = state.info) => ({ width: info.width, height: info.height, values: read.input, max: info.max_input });
 
 function paragraph(className, text) {
   const p = document.createElement('p');
@@ -274,22 +287,27 @@ async function showKeyStatus(keys) {
 // ---- analysis -----------------------------------------------------------------------------
 
 /// Analyses the pending images: one job, or as many as the server's limit on images per job
-/// asks for, one after another. After a failure, Retry first follows the job already
-/// submitted, if there is one, rather than submitting it again.
-async function analyse() {
+/// asks for, one after another. After a failure, Retry (`resume`) first follows the job
+/// already submitted, if there is one, rather than submitting it again, and the analysis goes
+/// on: its results join those it showed before the failure in the table, the CSV and the
+/// report.
+async function analyse({ resume = false } = {}) {
   resetSteps();
   $('error').hidden = true;
-  let more = false; // whether a job's results join the previous job's in the table
+  // Whether a job's results join the previous job's in the table.
+  let more = resume && state.resumable;
+  const shown = () => { more = true; state.resumable = true; };
   if (state.job) {
     await analyseBatch(state.job.batch, more);
-    more = true;
+    shown();
   }
   const jobs = Math.ceil(pending().length / state.batchImages);
   if (jobs > 1) $('notice').textContent = `${pending().length} images go as ${jobs} jobs: this server takes ${state.batchImages} per job.`;
   for (let rest = pending(); rest.length; rest = pending()) {
     await analyseBatch(await prepareBatch(rest.slice(0, state.batchImages)), more);
-    more = true;
+    shown();
   }
+  state.resumable = false;
 }
 
 /// Submits a prepared batch as one job (or follows it, when it is the job already submitted),
@@ -321,40 +339,46 @@ async function analyseBatch(prepared, more) {
   step('decrypt', 0);
   const body = new Uint8Array(await (await api(`/jobs/${final.job_id}/outputs`)).arrayBuffer());
   window.hexrayTimings.downloadBytesPerImage = body.length / batch.entries.length;
-  const results = await engine.call('decrypt', { clientKey: batch.keys.clientKey, body, count: batch.entries.length },
+  const results = await engine.call('decrypt',
+    { clientKey: batch.keys.clientKey, body, count: batch.entries.length, fingerprint: batch.model.fingerprint },
     { transfer: [body.buffer] });
   state.job = null;
   step('decrypt', 1, 'done');
   const seconds = (performance.now() - started) / 1000;
   window.hexrayTimings.endToEndSeconds = seconds;
-  for (const entry of batch.entries) entry.analysedWith = batch.fingerprint;
+  for (const entry of batch.entries) entry.analysedWith = batch.model.fingerprint;
+  // Shown with the model the batch was encrypted for, and the images as they were read for it,
+  // whatever the picker says now.
   showResults({
-    model: {
-      id: state.summary.id, name: state.info.name, version: state.info.version, fingerprint: batch.fingerprint,
-      cardSummary: state.summary.card_summary,
-    },
-    classes: state.info.classes,
-    rows: batch.entries.map((entry, i) => ({
-      path: entry.path, result: results[i], dicom: entry.read.dicom, original: original(entry.read), seen: seen(entry.read),
-    })),
+    model: batch.model,
+    classes: batch.model.classes,
+    rows: batch.entries.map((entry, i) => {
+      const read = batch.reads[i];
+      return { path: entry.path, result: results[i], dicom: read.dicom, original: original(read), seen: seen(read, batch.model) };
+    }),
     seconds,
     serverSeconds: final.seconds,
   }, more);
 }
 
-/// Keys, and `entries` encrypted with them in the worker for the current model.
+/// Keys, and `entries` encrypted with them in the worker for the current model. The batch keeps
+/// that model (its client spec's info, id and card summary) and the reads it encrypted: its
+/// job is submitted, decrypted and shown with them even if the model is changed meanwhile.
 async function prepareBatch(entries) {
+  const model = { ...state.info, id: state.summary.id, cardSummary: state.summary.card_summary };
+  const reads = entries.map((e) => e.read);
   const keys = await ensureKeys();
-  const body = await engine.call('encrypt', { clientKey: keys.clientKey, inputs: entries.map((e) => e.read.input) },
+  const body = await engine.call('encrypt',
+    { clientKey: keys.clientKey, inputs: reads.map((r) => r.input), fingerprint: model.fingerprint },
     { progress: (i, n, label) => step('encrypt', i / n, label) });
   step('encrypt', 1, `${entries.length} image(s), ${(body.length / 1024).toFixed(0)} KiB to send`);
   window.hexrayTimings.uploadBytesPerImage = body.length / entries.length;
-  return { keys, entries, body, fingerprint: state.info.fingerprint };
+  return { keys, entries, reads, body, model };
 }
 
-/// Submits the batch as one job; resolves with its id.
-async function submit({ keys, body, fingerprint }) {
-  const query = new URLSearchParams({ model: state.summary.id, key: keys.keyId, fingerprint });
+/// Submits the batch as one job, for the model it was encrypted for; resolves with its id.
+async function submit({ keys, body, model }) {
+  const query = new URLSearchParams({ model: model.id, key: keys.keyId, fingerprint: model.fingerprint });
   const job = await (await api(`/jobs?${query}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/octet-stream' },
@@ -371,7 +395,7 @@ const RECOVERIES = { stale_model: refetchModel, unknown_key: reuploadKey, unknow
 /// depends on it: the images' inputs, keys (should its parameter set have changed) and
 /// ciphertexts.
 async function refetchModel(batch) {
-  await chooseModel(state.summary.id);
+  await chooseModel(batch.model.id);
   await state.reading;
   return prepareBatch(batch.entries.filter((e) => e.status === 'ready'));
 }
@@ -467,7 +491,7 @@ function setup() {
   $('clear').addEventListener('click', clearImages);
   $('retry').addEventListener('click', () => {
     $('error').hidden = true;
-    run(state.info ? analyse : start);
+    run(state.info ? () => analyse({ resume: true }) : start);
   });
   $('download').addEventListener('click', downloadCsv);
   $('report').addEventListener('click', printReport);

@@ -5,7 +5,8 @@
 // serverSeconds },
 // each row { path, result: { class, probabilities, borderline }, dicom, original, seen }:
 // `borderline` is what to say beside a borderline result (absent otherwise), and `original`
-// and `seen` draw the image as dropped and as the model saw it (see canvas.js).
+// and `seen` draw the image as dropped and as the model saw it (see canvas.js). Shown, each
+// row keeps its batch's model, so that rows of several jobs each name the model that made them.
 import { greyCanvas } from './canvas.js';
 
 const $ = (id) => document.getElementById(id);
@@ -17,14 +18,17 @@ export const DECISION_SUPPORT = 'Decision support, not a diagnosis: a statistica
 export const personName = (name) => name.split('=')[0].replace('^', ', ').replaceAll('^', ' ').trim();
 export const studyDate = (date) => (/^\d{8}$/.test(date) ? `${date.slice(0, 4)}-${date.slice(4, 6)}-${date.slice(6)}` : date);
 
-let shown = null; // the batch the table, the CSV and the report are of
+let shown = null; // what the table, the CSV and the report are of: { classes, rows }
 let order = { column: null, descending: true };
 
 /// Shows a batch's results: a card each (newest first, above earlier batches) and the table,
 /// the CSV and the report, which then hold this batch only, or follow on from the previous
-/// batch's rows when `more` (one analysis split into several jobs).
+/// batch's rows when `more` (one analysis split into several jobs) and its model has the same
+/// classes (the table has a column per class).
 export function showResults(batch, more = false) {
-  shown = more && shown ? { ...batch, rows: [...shown.rows, ...batch.rows] } : batch;
+  const rows = batch.rows.map((row) => ({ ...row, model: batch.model }));
+  const sameClasses = shown && shown.classes.join('\n') === batch.classes.join('\n');
+  shown = more && sameClasses ? { classes: shown.classes, rows: [...shown.rows, ...rows] } : { classes: batch.classes, rows };
   order = { column: null, descending: true };
   for (const row of batch.rows) $('results').prepend(card(batch, row));
   $('results-empty').hidden = true;
@@ -48,7 +52,7 @@ function card(batch, row) {
   item.append(title, verdict, ...bars(batch.classes, result.probabilities));
   if (result.borderline) item.append(paragraph('borderline', result.borderline));
   for (const warning of row.dicom?.warnings ?? []) item.append(paragraph('warning', warning));
-  item.append(paragraph('meta', `${batch.model.name} v${batch.model.version} · ${batch.seconds.toFixed(1)} s from start to result `
+  item.append(paragraph('meta', `${modelText(batch.model)} · ${batch.seconds.toFixed(1)} s from start to result `
     + `(${batch.serverSeconds.toFixed(1)} s on the server) · ${DECISION_SUPPORT}`));
   return item;
 }
@@ -83,12 +87,16 @@ function paragraph(className, text) {
 
 // ---- the table ----------------------------------------------------------------------------
 
+/// A row's model as every view names it.
+const modelText = (model) => `${model.name} v${model.version}`;
+
 /// The table's columns: how each is titled, and the value a row sorts by.
-function columns(batch) {
+function columns(results) {
   return [
     { title: 'File', key: (row) => row.path },
     { title: 'Class', key: (row) => classText(row.result) },
-    ...batch.classes.map((label, k) => ({ title: `P(${label})`, key: (row) => row.result.probabilities[k], numeric: true })),
+    ...results.classes.map((label, k) => ({ title: `P(${label})`, key: (row) => row.result.probabilities[k], numeric: true })),
+    { title: 'Model', key: (row) => modelText(row.model) },
   ];
 }
 
@@ -149,12 +157,12 @@ export function csvCell(value) {
 
 /// The results as CSV (RFC 4180): one row per image, probabilities as fractions, and the
 /// borderline note where a result is borderline.
-export function resultsCsv(batch) {
+export function resultsCsv(results) {
   const quote = csvCell;
-  const header = ['file', 'patient_name', 'study_date', 'class', ...batch.classes.map((c) => `p_${c}`), 'borderline', 'model', 'model_version'];
-  const lines = batch.rows.map((row) => [
+  const header = ['file', 'patient_name', 'study_date', 'class', ...results.classes.map((c) => `p_${c}`), 'borderline', 'model', 'model_version'];
+  const lines = results.rows.map((row) => [
     row.path, row.dicom?.patient_name ? personName(row.dicom.patient_name) : '', row.dicom?.study_date ? studyDate(row.dicom.study_date) : '',
-    row.result.class, ...row.result.probabilities.map((p) => p.toFixed(4)), row.result.borderline ?? '', batch.model.name, batch.model.version,
+    row.result.class, ...row.result.probabilities.map((p) => p.toFixed(4)), row.result.borderline ?? '', row.model.name, row.model.version,
   ]);
   return [header, ...lines].map((line) => line.map(quote).join(',')).join('\r\n') + '\r\n';
 }
@@ -195,12 +203,13 @@ export function printReport() {
     page.append(figures, paragraph('class', `Class: ${classText(row.result)}`), ...bars(shown.classes, row.result.probabilities));
     if (row.result.borderline) page.append(paragraph('borderline', row.result.borderline));
     for (const warning of row.dicom?.warnings ?? []) page.append(paragraph('warning', warning));
+    const { model } = row;
     page.append(
-      paragraph('meta', `Model: ${shown.model.name} v${shown.model.version} (fingerprint ${shown.model.fingerprint.slice(0, 16)}…). `
+      paragraph('meta', `Model: ${modelText(model)} (fingerprint ${model.fingerprint.slice(0, 16)}…). `
         + `Encrypted in the browser; the server computed on ciphertexts only. Printed ${printed}.`),
-      paragraph('model-card', shown.model.cardSummary
-        ? `Model card: ${shown.model.cardSummary} The whole card is on the page under "Model card", and in HEXray's `
-          + `docs/model-cards/${shown.model.id}.md.`
+      paragraph('model-card', model.cardSummary
+        ? `Model card: ${model.cardSummary} The whole card is on the page under "Model card", and in HEXray's `
+          + `docs/model-cards/${model.id}.md.`
         : 'This model has no model card.'),
       paragraph('statement', DECISION_SUPPORT),
     );

@@ -5,20 +5,34 @@
 import init, { Client, Model, generate_keys, memory_bytes, pack_batch, unpack_batch } from './pkg/hexray_wasm.js';
 
 const ready = init();
-let model = null; // the client spec of the model the page chose
+// The client specs the page has loaded, by fingerprint. Every request names the one it is for,
+// so that images read, encrypted and decrypted for one model can never be taken for another's,
+// whatever the page chose meanwhile; a spec that is refused leaves the others as they were.
+const models = new Map();
+
+/// The loaded model whose client spec has `fingerprint`.
+function modelFor(fingerprint) {
+  const model = models.get(fingerprint);
+  if (!model) throw new Error(`no model with fingerprint ${fingerprint} is loaded`);
+  return model;
+}
 
 const handlers = {
-  /// The chosen model's client spec (JSON bytes): what the other requests use.
+  /// A model's client spec (JSON bytes), kept for the requests that name its fingerprint; its
+  /// info, fingerprint included.
   model({ spec }) {
-    model?.free();
-    model = new Model(spec);
-    return model.info();
+    const model = new Model(spec);
+    const info = model.info();
+    if (models.has(info.fingerprint)) model.free();
+    else models.set(info.fingerprint, model);
+    return info;
   },
 
-  /// An image file's bytes → { input, original, dicom }: the integers to encrypt, the decoded
-  /// image to show, and the DICOM header fields shown locally (null for PNG or JPEG).
-  read({ bytes }) {
-    return model.read(bytes);
+  /// An image file's bytes → { input, original, dicom }: the integers to encrypt for the model
+  /// with `fingerprint`, the decoded image to show, and the DICOM header fields shown locally
+  /// (null for PNG or JPEG).
+  read({ bytes, fingerprint }) {
+    return modelFor(fingerprint).read(bytes);
   },
 
   /// A fresh key pair for `parameterSet`.
@@ -30,8 +44,10 @@ const handlers = {
     return result;
   },
 
-  /// Encrypts each input (as `read` gave it) and packs them into one job body.
-  encrypt({ clientKey, inputs }, progress) {
+  /// Encrypts each input (as `read` gave it) for the model with `fingerprint` and packs them
+  /// into one job body.
+  encrypt({ clientKey, inputs, fingerprint }, progress) {
+    const model = modelFor(fingerprint);
     const client = new Client(clientKey);
     try {
       const blobs = inputs.map((input, i) => {
@@ -44,8 +60,10 @@ const handlers = {
     }
   },
 
-  /// Decrypts a job's outputs body into one result per image.
-  decrypt({ clientKey, body, count }) {
+  /// Decrypts a job's outputs body, from the model with `fingerprint`, into one result per
+  /// image.
+  decrypt({ clientKey, body, count, fingerprint }) {
+    const model = modelFor(fingerprint);
     const client = new Client(clientKey);
     try {
       return unpack_batch(body, count).map((output) => client.decrypt(model, output));

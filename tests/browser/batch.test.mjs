@@ -251,6 +251,25 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     await page.locator('#model-select').selectOption('screen-mlp-32');
     await page.waitForFunction(() => document.getElementById('model-info').textContent.startsWith('screen-mlp-32 v'));
 
+    // A model whose client spec the client refuses leaves the page on the model it had: the
+    // picker shows that one again, images are still read for it, and its results name it.
+    const refused = (url) => url.pathname === '/api/v1/models/pneumonia-mlp-64';
+    await page.route(refused, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: '{"not":"a client spec"}' }));
+    await page.locator('#model-select').selectOption('pneumonia-mlp-64');
+    await page.waitForSelector('#error:not([hidden])');
+    await page.unroute(refused);
+    assert.equal(await page.locator('#model-select').inputValue(), 'screen-mlp-32', 'the picker shows the model in use');
+    assert.match(await page.locator('#model-info').textContent(), /^screen-mlp-32 v/);
+    await page.locator('#clear').click();
+    await page.setInputFiles('#files', SAMPLE_PNGS[1]);
+    await page.waitForSelector('.previews li[data-status=ready]');
+    const { fresh: [kept] } = await analyse(page, 1);
+    assert.match(kept.text, /screen-mlp-32 v1 ·/, 'the result names the model it was encrypted for');
+    const keptPossible = possibleClasses(SAMPLE_PNGS[1], path.join(repo, 'models/screen-mlp-32.hexray')).possible;
+    assert.ok(keptPossible.includes(kept.class), `${kept.class} not among ${keptPossible}`);
+    assert.deepEqual(await page.$$eval('#results-table tbody tr', (rows) => rows.map((r) => r.lastElementChild.textContent)),
+      ['screen-mlp-32 v1'], 'the table names each row\'s model');
+
     // A folder, chosen with "Choose a folder": every image in it, by its path.
     await page.locator('#clear').click();
     await page.setInputFiles('#folder', path.join(samples, 'covid-cxr-actualmed'));
@@ -268,6 +287,28 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     assert.ok(responses.some((r) => r.method === 'GET' && /^\/api\/v1\/jobs\/[^/]+$/.test(new URL(r.url).pathname)), 'polled');
     assert.match(await page.locator('#notice').textContent(), /polling/);
     await page.unroute(events);
+
+    // 17 images go as two jobs (16 per job); the second cannot be submitted. Retry goes on with
+    // the analysis: the table (and so the CSV and the report) keeps the first job's 16 results
+    // beside the last one's.
+    await page.locator('#clear').click();
+    await drop(page, Array.from({ length: 17 }, (_, i) => ({
+      name: `split-${i}.png`, type: 'image/png', bytes: readFileSync(SAMPLE_PNGS[i % SAMPLE_PNGS.length]),
+    })));
+    await page.waitForFunction(() => document.querySelectorAll('.previews li[data-status=ready]').length === 17);
+    let submissions = 0;
+    const jobSubmissions = (url) => url.pathname === '/api/v1/jobs';
+    await page.route(jobSubmissions, (route) => (++submissions === 2 ? route.abort('connectionrefused') : route.fallback()));
+    await page.locator('#analyse').click();
+    await page.waitForSelector('#error:not([hidden])', { timeout: minutes(5) });
+    await page.unroute(jobSubmissions);
+    const tableRows = () => page.locator('#results-table tbody tr').count();
+    assert.equal(await tableRows(), 16, "the first job's results are shown");
+    await page.locator('#retry').click();
+    await page.waitForFunction(() => document.querySelectorAll('#results-table tbody tr').length !== 16
+      || !document.getElementById('error').hidden, null, { timeout: minutes(5) });
+    assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error-text').textContent());
+    assert.equal(await tableRows(), 17, 'Retry went on with the analysis, in the same table');
 
     // Batch benchmark: drop to all results for 1, 4 and 16 images, the longest main-thread
     // task while 16 are encrypted, and the bytes downloaded per image.
