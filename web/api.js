@@ -53,6 +53,14 @@ export async function healthWithToken() {
   return health;
 }
 
+/// Whether this browser keeps an access token.
+export const hasToken = () => localStorage.getItem(TOKEN) !== null;
+
+/// Forgets the stored access token: the next request that needs one asks for it.
+export function forgetToken() {
+  localStorage.removeItem(TOKEN);
+}
+
 function authorization() {
   const token = localStorage.getItem(TOKEN);
   return token ? { Authorization: `Bearer ${token}` } : {};

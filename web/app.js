@@ -2,7 +2,7 @@
 // decrypt. Only ciphertexts, the public evaluation key and the access token are ever sent; the
 // secret key stays in IndexedDB, DICOM headers are read only here, and neither images nor
 // results leave this page unencrypted. The heavy work runs in a Web Worker (engine.js).
-import { api, healthWithToken, postWithProgress, serverSentEvents, UserError } from './api.js';
+import { api, forgetToken, hasToken, healthWithToken, postWithProgress, serverSentEvents, UserError } from './api.js';
 import { greyCanvas } from './canvas.js';
 import { Engine } from './engine.js';
 import { sniff, takeFromDrop, takeFromInput } from './intake.js';
@@ -208,6 +208,8 @@ function updateButtons() {
   $('clear').disabled = state.busy || !state.entries.length;
   $('model-select').disabled = state.busy;
   $('forget').disabled = state.busy;
+  $('forget-token').disabled = state.busy;
+  $('token-status').hidden = $('forget-token').hidden = !hasToken();
 }
 
 function clearImages() {
@@ -497,6 +499,13 @@ function setup() {
   $('report').addEventListener('click', printReport);
   $('forget').addEventListener('click', () => $('forget-dialog').showModal());
   $('forget-cancel').addEventListener('click', () => $('forget-dialog').close());
+  // A shared ward computer: the token goes, and the page starts again, asking the next person
+  // for theirs. The keys stay: they are this browser's, and the server holds no result.
+  $('forget-token').addEventListener('click', () => {
+    if (state.busy) return;
+    forgetToken();
+    window.location.reload();
+  });
   $('forget-confirm').addEventListener('click', async () => {
     $('forget-dialog').close();
     if (state.busy) return; // an analysis started meanwhile: its keys stay

@@ -197,6 +197,13 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     }
     assert.deepEqual(violations, [], 'the page keeps to its Content-Security-Policy');
 
+    // On a shared computer the token can be forgotten: the page starts again and asks the
+    // next person for theirs.
+    await page.locator('#forget-token').click();
+    await page.getByLabel('Access token', { exact: true }).waitFor();
+    assert.equal(await page.evaluate(() => localStorage.getItem('hexray.token')), null, 'the token is gone');
+    assert.equal(await page.locator('#forget-token').isVisible(), false, 'nothing to forget any more');
+
     console.log('benchmark: browser key generation %s s, wasm memory %s MiB',
       (timings.keygenMs / 1000).toFixed(1), (timings.keygenMemoryBytes / 2 ** 20).toFixed(0));
     console.log('benchmark: upload %s bytes per image (batch body of one image)', timings.uploadBytesPerImage);
