@@ -154,6 +154,7 @@ async function readEntry(entry, generation) {
   if (generation !== state.generation) return; // the model changed meanwhile: read again
   Object.assign(entry, { read, problem, status: problem ? 'problem' : 'ready' });
   renderEntry(entry);
+  updateQueued();
   updateButtons();
 }
 
@@ -195,9 +196,14 @@ function paragraph(className, text) {
 /// Images read for the current model and not yet analysed with it.
 const pending = () => state.entries.filter((e) => e.status === 'ready' && e.analysedWith !== state.info.fingerprint);
 
+/// The files' state in words, in a status region that screen readers announce: those waiting
+/// for the model, or, once every file is read, those that cannot be.
 function updateQueued() {
-  const waiting = state.entries.filter((e) => e.status === 'waiting').length;
-  $('queued').textContent = !state.info && waiting ? `${waiting} file(s) wait for the model to load.` : '';
+  const count = (status) => state.entries.filter((e) => e.status === status).length;
+  const [waiting, reading, problems] = ['waiting', 'reading', 'problem'].map(count);
+  $('queued').textContent = !state.info && waiting ? `${waiting} file(s) wait for the model to load.`
+    : problems && !waiting && !reading ? `${problems} of ${state.entries.length} file(s) cannot be read: see the list below.`
+      : '';
 }
 
 function updateButtons() {

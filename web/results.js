@@ -33,6 +33,9 @@ export function showResults(batch, more = false) {
   for (const row of batch.rows) $('results').prepend(card(batch, row));
   $('results-empty').hidden = true;
   $('results-actions').hidden = false;
+  // Said to screen readers too (a status region): results arrive long after the click.
+  $('results-status').textContent = `${batch.rows.length} new result(s), decrypted in this browser; `
+    + `${shown.rows.length} in the table.`;
   renderTable();
 }
 

@@ -95,6 +95,8 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     await page.waitForFunction(() => document.querySelectorAll('.previews li[data-status=ready], .previews li[data-status=problem]').length === 6);
     assert.equal(await page.locator('.previews li[data-status=ready]').count(), 5);
     assert.deepEqual(await page.locator('.previews .problem').allTextContents(), ['notes.txt is not a PNG, JPEG or DICOM image.']);
+    // Said in a status region, for screen readers as for everyone.
+    assert.equal(await page.locator('#queued').textContent(), '1 of 6 file(s) cannot be read: see the list below.');
     assert.equal(await page.locator('.previews li[data-status=ready] canvas').count(), 10, 'each shows as dropped and as the model sees it');
     assert.equal(await page.locator('#analyse').textContent(), 'Encrypt and analyse 5 images');
     await page.locator('#analyse').focus();
@@ -103,6 +105,7 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     assert.equal(await page.locator('#model-select').isDisabled(), true, 'no model change mid-analysis');
     const five = (await results(page, 5)).slice(0, 5);
     assert.equal(jobPosts(bodies).length, 1, 'one job carries the batch');
+    assert.equal(await page.locator('#results-status').textContent(), '5 new result(s), decrypted in this browser; 5 in the table.');
     for (const image of SAMPLE_PNGS) {
       const shown = five.find((r) => r.file === path.basename(image));
       const { possible } = possibleClasses(image);
