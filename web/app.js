@@ -7,7 +7,7 @@ import { greyCanvas } from './canvas.js';
 import { Engine } from './engine.js';
 import { sniff, takeFromDrop, takeFromInput } from './intake.js';
 import { forgetKeys, loadKeys, saveKeys } from './keystore.js';
-import { downloadCsv, personName, printReport, showResults, studyDate } from './results.js';
+import { downloadCsv, patientText, printReport, showResults } from './results.js';
 
 const $ = (id) => document.getElementById(id);
 const CHOSEN_MODEL = 'hexray.model';
@@ -176,8 +176,7 @@ function renderEntry(entry) {
     paragraph('name', path),
   );
   if (read.dicom) {
-    const { patient_name: name, study_date: date } = read.dicom;
-    item.append(paragraph('patient', `${name ? personName(name) : 'no patient name'} · ${date ? studyDate(date) : 'no study date'}`));
+    item.append(paragraph('patient', patientText(read.dicom)));
     for (const warning of read.dicom.warnings) item.append(paragraph('warning', warning));
   }
 }

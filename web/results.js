@@ -17,6 +17,9 @@ export const DECISION_SUPPORT = 'Decision support, not a diagnosis: a statistica
 /// "DOE^JANE" (DICOM's person name) as "DOE, JANE"; "20240105" as "2024-01-05".
 export const personName = (name) => name.split('=')[0].replace('^', ', ').replaceAll('^', ' ').trim();
 export const studyDate = (date) => (/^\d{8}$/.test(date) ? `${date.slice(0, 4)}-${date.slice(4, 6)}-${date.slice(6)}` : date);
+/// Whose study a DICOM file is, as the previews, cards and table show it (here only).
+export const patientText = ({ patient_name: name, study_date: date }) =>
+  `${name ? personName(name) : 'no patient name'} · ${date ? studyDate(date) : 'no study date'}`;
 
 let shown = null; // what the table, the CSV and the report are of: { classes, rows }
 let order = { column: null, descending: true };
@@ -52,7 +55,10 @@ function card(batch, row) {
   const verdict = document.createElement('p');
   verdict.className = 'class';
   verdict.textContent = classText(result);
-  item.append(title, verdict, ...bars(batch.classes, result.probabilities));
+  item.append(title);
+  // Files of one export often share names (IM0001): the patient tells their results apart.
+  if (row.dicom) item.append(paragraph('patient', patientText(row.dicom)));
+  item.append(verdict, ...bars(batch.classes, result.probabilities));
   if (result.borderline) item.append(paragraph('borderline', result.borderline));
   for (const warning of row.dicom?.warnings ?? []) item.append(paragraph('warning', warning));
   item.append(paragraph('meta', `${modelText(batch.model)} · ${batch.seconds.toFixed(1)} s from start to result `
@@ -97,6 +103,7 @@ const modelText = (model) => `${model.name} v${model.version}`;
 function columns(results) {
   return [
     { title: 'File', key: (row) => row.path },
+    { title: 'Patient', key: (row) => (row.dicom ? patientText(row.dicom) : '') },
     { title: 'Class', key: (row) => classText(row.result) },
     ...results.classes.map((label, k) => ({ title: `P(${label})`, key: (row) => row.result.probabilities[k], numeric: true })),
     { title: 'Model', key: (row) => modelText(row.model) },

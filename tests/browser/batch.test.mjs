@@ -189,6 +189,10 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     assert.deepEqual(patients, [`${PATIENT.shown} · ${PATIENT.date}`, `${PATIENT.shown} · ${PATIENT.date}`]);
     const { fresh: chest } = await analyse(page, 4);
     assert.equal(jobPosts(bodies).length, 1, 'one job for the drop');
+    // Each DICOM result names its patient, on its card and in the table's Patient column.
+    const patient = `${PATIENT.shown} · ${PATIENT.date}`;
+    assert.deepEqual(await page.locator('.result .patient').allTextContents(), [patient, patient]);
+    assert.deepEqual((await column(1)).filter(Boolean), [patient, patient]);
     const classOf = (name) => chest.find((r) => r.file === path.basename(name)).class;
     for (const [dicom, png] of [[CHEST_RLE, CHEST_PNG], [CHEST_PLAIN, OTHER_PNG]]) {
       const { possible } = possibleClasses(png);
