@@ -218,8 +218,8 @@ export function printReport() {
       paragraph('meta', `Model: ${modelText(model)} (fingerprint ${model.fingerprint.slice(0, 16)}…). `
         + `Encrypted in the browser; the server computed on ciphertexts only. Printed ${printed}.`),
       paragraph('model-card', model.cardSummary
-        ? `Model card: ${model.cardSummary} The whole card is on the page under "Model card", and in HEXray's `
-          + `docs/model-cards/${model.id}.md.`
+        ? `Model card: ${model.cardSummary} The whole card is on the page under "Model card", and the server `
+          + `gives it at /api/v1/models/${model.id}/card.`
         : 'This model has no model card.'),
       paragraph('statement', DECISION_SUPPORT),
     );
