@@ -23,7 +23,7 @@ const state = {
   busy: false,
   job: null, // the submitted job being followed: { id, batch, started }
   batchImages: 16, // the most images one job may carry: the server's limit
-  resumable: false, // an analysis stopped by an error after showing some of its results
+  resumable: false, // the analysis under way (or stopped by an error) has shown results: Retry adds to them
 };
 
 /// What the page measured, for people and for the browser benchmark.
@@ -301,18 +301,17 @@ async function showKeyStatus(keys) {
 async function analyse({ resume = false } = {}) {
   resetSteps();
   $('error').hidden = true;
-  // Whether a job's results join the previous job's in the table.
-  let more = resume && state.resumable;
-  const shown = () => { more = true; state.resumable = true; };
+  // A new analysis starts a new table; each job's results join those the analysis showed.
+  if (!resume) state.resumable = false;
   if (state.job) {
-    await analyseBatch(state.job.batch, more);
-    shown();
+    await analyseBatch(state.job.batch, state.resumable);
+    state.resumable = true;
   }
   const jobs = Math.ceil(pending().length / state.batchImages);
   if (jobs > 1) $('notice').textContent = `${pending().length} images go as ${jobs} jobs: this server takes ${state.batchImages} per job.`;
   for (let rest = pending(); rest.length; rest = pending()) {
-    await analyseBatch(await prepareBatch(rest.slice(0, state.batchImages)), more);
-    shown();
+    await analyseBatch(await prepareBatch(rest.slice(0, state.batchImages)), state.resumable);
+    state.resumable = true;
   }
   state.resumable = false;
 }
@@ -358,7 +357,6 @@ async function analyseBatch(prepared, more) {
   // whatever the picker says now.
   showResults({
     model: batch.model,
-    classes: batch.model.classes,
     rows: batch.entries.map((entry, i) => {
       const read = batch.reads[i];
       return { path: entry.path, result: results[i], dicom: read.dicom, original: original(read), seen: seen(read, batch.model) };
@@ -505,7 +503,8 @@ function setup() {
   $('forget').addEventListener('click', () => $('forget-dialog').showModal());
   $('forget-cancel').addEventListener('click', () => $('forget-dialog').close());
   // A shared ward computer: the token goes, and the page starts again, asking the next person
-  // for theirs. The keys stay: they are this browser's, and the server holds no result.
+  // for theirs. The keys stay: they are this browser's, and another token cannot reach the
+  // jobs sent with this one.
   $('forget-token').addEventListener('click', () => {
     if (state.busy) return;
     forgetToken();

@@ -1,8 +1,8 @@
 // Results, which exist only in this page: cards, a sortable table, a CSV download and a
 // printable report, all built here. Nothing computed from a decryption is ever sent.
 //
-// A batch is { model: { id, name, version, fingerprint, cardSummary }, classes, rows, seconds,
-// serverSeconds },
+// A batch is { model: { id, name, version, fingerprint, cardSummary, classes, … }, rows,
+// seconds, serverSeconds },
 // each row { path, result: { class, probabilities, borderline }, dicom, original, seen }:
 // `borderline` is what to say beside a borderline result (absent otherwise), and `original`
 // and `seen` draw the image as dropped and as the model saw it (see canvas.js). Shown, each
@@ -29,9 +29,10 @@ let order = { column: null, descending: true };
 /// batch's rows when `more` (one analysis split into several jobs) and its model has the same
 /// classes (the table has a column per class).
 export function showResults(batch, more = false) {
+  const { classes } = batch.model;
   const rows = batch.rows.map((row) => ({ ...row, model: batch.model }));
-  const sameClasses = shown && shown.classes.join('\n') === batch.classes.join('\n');
-  shown = more && sameClasses ? { classes: shown.classes, rows: [...shown.rows, ...rows] } : { classes: batch.classes, rows };
+  const sameClasses = shown && shown.classes.join('\n') === classes.join('\n');
+  shown = more && sameClasses ? { classes, rows: [...shown.rows, ...rows] } : { classes, rows };
   order = { column: null, descending: true };
   for (const row of batch.rows) $('results').prepend(card(batch, row));
   $('results-empty').hidden = true;
@@ -58,7 +59,7 @@ function card(batch, row) {
   item.append(title);
   // Files of one export often share names (IM0001): the patient tells their results apart.
   if (row.dicom) item.append(paragraph('patient', patientText(row.dicom)));
-  item.append(verdict, ...bars(batch.classes, result.probabilities));
+  item.append(verdict, ...bars(batch.model.classes, result.probabilities));
   if (result.borderline) item.append(paragraph('borderline', result.borderline));
   for (const warning of row.dicom?.warnings ?? []) item.append(paragraph('warning', warning));
   item.append(paragraph('meta', `${modelText(batch.model)} · ${batch.seconds.toFixed(1)} s from start to result `
