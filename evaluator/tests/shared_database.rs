@@ -1,7 +1,8 @@
 //! Two evaluator nodes in one process, on one PostgreSQL database, share their registered keys
 //! and their job queue: a key uploaded to one node is usable on the other, a job submitted to
 //! one is answered for by both, one key uploaded to both at once is stored once, and a node
-//! reconnects after the database restarts. `hexray-evaluator`'s `cluster` tests run nodes as
+//! reconnects after the database restarts, or when its connection drops before the reply to
+//! a submission's COMMIT. `hexray-evaluator`'s `cluster` tests run nodes as
 //! separate processes and kill one.
 //!
 //! The databases come from [`fixtures::database`].
@@ -10,6 +11,7 @@
 // runtime, so the lock orders whole tests and cannot deadlock.
 #![allow(clippy::await_holding_lock)]
 
+use hexray_test_kit::lost_reply::LostReply;
 use hexray_test_kit::{database, fixtures};
 
 use std::time::Duration;
@@ -285,6 +287,28 @@ async fn a_node_reconnects_after_the_database_restarts_between_two_jobs() {
     }
     // Its workers claim from the database again.
     run_job(&a, &a, &client, &key, &model).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
+async fn a_submission_whose_commit_reply_is_lost_is_queued_once_and_answered() {
+    let _shared = SERVER.read().unwrap_or_else(|e| e.into_inner());
+    let url = fresh("lost_reply");
+    // The database commits the job, and the node's connection drops before it hears so: the
+    // node retries on a new connection, and must find the job queued rather than insert it
+    // again (which answered 500 for a queued job).
+    let proxy = LostReply::start(&url, "INSERT INTO jobs ");
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&proxy.url(), dir.path(), "a").await;
+    let model = model();
+    let (client, key) = register(&a, 6).await;
+    run_job(&a, &a, &client, &key, &model).await;
+    assert_eq!(proxy.lost(), 1, "the reply to the job's COMMIT was lost");
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM jobs"),
+        1,
+        "the job was queued once"
+    );
 }
 
 /// Submits a two-image batch of the bundled sample to `app`; returns the job id.

@@ -4,10 +4,12 @@
 //!
 //! - [`fixtures`]: the reference model, committed sample images, deterministic keys;
 //! - [`database`]: fresh databases on the test PostgreSQL that `scripts/test.sh` starts;
+//! - [`lost_reply`]: a proxy to that database that loses the reply to one COMMIT;
 //! - [`node`]: real `hexray serve` processes, started and waited for;
 //! - [`misbehaving`]: clients that misbehave on purpose (a stalled upload).
 
 pub mod database;
 pub mod fixtures;
+pub mod lost_reply;
 pub mod misbehaving;
 pub mod node;

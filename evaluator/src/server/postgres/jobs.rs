@@ -223,6 +223,15 @@ impl JobStorage for PgJobs {
         let capacity = self.config.capacity;
         let accepted = self.database.with(|c| {
             let mut tx = c.transaction()?;
+            // [`Database::with`] runs this again on a new connection when the old one drops,
+            // and it may have dropped after the COMMIT below and before its reply: the job,
+            // whose id is this submission's own, is then queued already, and is not again.
+            if tx
+                .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])?
+                .is_some()
+            {
+                return Ok(Ok(()));
+            }
             // The upload is written before the lock below, which it would hold for seconds.
             let upload = match &new.inputs {
                 JobInputs::Bulk { file, .. } => match store_upload(&mut tx, file)? {
