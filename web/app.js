@@ -5,7 +5,7 @@
 import { api, forgetToken, hasToken, healthWithToken, postWithProgress, serverSentEvents, UserError } from './api.js';
 import { greyCanvas } from './canvas.js';
 import { Engine } from './engine.js';
-import { sniff, takeFromDrop, takeFromInput } from './intake.js';
+import { imageBytes, takeFromDrop, takeFromInput } from './intake.js';
 import { forgetKeys, loadKeys, saveKeys } from './keystore.js';
 import { downloadCsv, patientText, printReport, showResults } from './results.js';
 
@@ -24,6 +24,7 @@ const state = {
   job: null, // the submitted job being followed: { id, batch, started }
   batchImages: 16, // the most images one job may carry: the server's limit
   resumable: false, // the analysis under way (or stopped by an error) has shown results: Retry adds to them
+  chosen: [], // the entries that analysis is of: those pending when it started
 };
 
 /// What the page measured, for people and for the browser benchmark.
@@ -142,8 +143,8 @@ async function readEntry(entry, generation) {
   let read;
   let problem;
   try {
-    const bytes = new Uint8Array(await entry.file.arrayBuffer());
-    if (!sniff(bytes)) {
+    const bytes = await imageBytes(entry.file);
+    if (!bytes) {
       problem = `${entry.path} is not a PNG, JPEG or DICOM image.`;
     } else {
       read = await engine.call('read', { bytes, fingerprint }, { transfer: [bytes.buffer] });
@@ -192,8 +193,10 @@ function paragraph(className, text) {
   return p;
 }
 
-/// Images read for the current model and not yet analysed with it.
-const pending = () => state.entries.filter((e) => e.status === 'ready' && e.analysedWith !== state.info.fingerprint);
+/// Images read for the current model and not yet analysed with it, of `entries` (all, unless
+/// given) that are still on the page.
+const pending = (entries = state.entries) => entries.filter((e) => state.entries.includes(e)
+  && e.status === 'ready' && e.analysedWith !== state.info.fingerprint);
 
 /// The files' state in words, in a status region that screen readers announce: those waiting
 /// for the model, or, once every file is read, those that cannot be.
@@ -294,22 +297,28 @@ async function showKeyStatus(keys) {
 // ---- analysis -----------------------------------------------------------------------------
 
 /// Analyses the pending images: one job, or as many as the server's limit on images per job
-/// asks for, one after another. After a failure, Retry (`resume`) first follows the job
-/// already submitted, if there is one, rather than submitting it again, and the analysis goes
-/// on: its results join those it showed before the failure in the table, the CSV and the
-/// report.
+/// asks for, one after another. Files added meanwhile wait for the next analysis, so that a
+/// table, its CSV and its report hold what the clinician asked for and nothing dropped later.
+/// After a failure, Retry (`resume`) first follows the job already submitted, if there is
+/// one, rather than submitting it again, and the analysis goes on with the images it had
+/// left: their results join those it showed before the failure. When it has none left, Retry
+/// starts a new analysis.
 async function analyse({ resume = false } = {}) {
   resetSteps();
   $('error').hidden = true;
   // A new analysis starts a new table; each job's results join those the analysis showed.
-  if (!resume) state.resumable = false;
+  if (!resume || !(state.job || pending(state.chosen).length)) {
+    state.resumable = false;
+    state.chosen = pending();
+  }
   if (state.job) {
     await analyseBatch(state.job.batch, state.resumable);
     state.resumable = true;
   }
-  const jobs = Math.ceil(pending().length / state.batchImages);
-  if (jobs > 1) $('notice').textContent = `${pending().length} images go as ${jobs} jobs: this server takes ${state.batchImages} per job.`;
-  for (let rest = pending(); rest.length; rest = pending()) {
+  const left = pending(state.chosen).length;
+  const jobs = Math.ceil(left / state.batchImages);
+  if (jobs > 1) $('notice').textContent = `${left} images go as ${jobs} jobs: this server takes ${state.batchImages} per job.`;
+  for (let rest = pending(state.chosen); rest.length; rest = pending(state.chosen)) {
     await analyseBatch(await prepareBatch(rest.slice(0, state.batchImages)), state.resumable);
     state.resumable = true;
   }

@@ -2,14 +2,25 @@
 // DataTransfer is emptied once its event ends, so everything is copied out of it synchronously,
 // before the first await; only then are dropped folders walked.
 
+/// How many first bytes tell what a file holds: a DICOM file's marker ends at byte 132.
+const SNIFFED = 132;
+
 /// What a file holds, from its first bytes: 'png', 'jpeg', 'dicom' (Part 10: "DICM" after a
 /// 128-byte preamble) or null. Extensions lie, and PACS exports often have none.
-export function sniff(bytes) {
+function sniff(bytes) {
   const starts = (offset, magic) => magic.every((b, i) => bytes[offset + i] === b);
   if (starts(0, [0x89, 0x50, 0x4e, 0x47])) return 'png';
   if (starts(0, [0xff, 0xd8, 0xff])) return 'jpeg';
-  if (bytes.length > 132 && starts(128, [0x44, 0x49, 0x43, 0x4d])) return 'dicom';
+  if (bytes.length >= SNIFFED && starts(128, [0x44, 0x49, 0x43, 0x4d])) return 'dicom';
   return null;
+}
+
+/// A file's bytes when it is a PNG, JPEG or DICOM file, else null. Its first bytes are looked
+/// at first, so that a large file of another kind (a video, an archive, a disk image) dropped
+/// by mistake is refused without being read into the page.
+export async function imageBytes(file) {
+  if (!sniff(new Uint8Array(await file.slice(0, SNIFFED).arrayBuffer()))) return null;
+  return new Uint8Array(await file.arrayBuffer());
 }
 
 /// The files an input holds, copied out of its FileList; the input is then cleared, so that

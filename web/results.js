@@ -56,7 +56,10 @@ function card(batch, row) {
   const verdict = document.createElement('p');
   verdict.className = 'class';
   verdict.textContent = classText(result);
-  item.append(title);
+  // The image itself, beside its name: a result is checked against the X-ray it is about.
+  const thumbnail = greyCanvas({ ...row.original, label: `${row.path}, as dropped` });
+  thumbnail.className = 'thumbnail';
+  item.append(thumbnail, title);
   // Files of one export often share names (IM0001): the patient tells their results apart.
   if (row.dicom) item.append(paragraph('patient', patientText(row.dicom)));
   item.append(verdict, ...bars(batch.model.classes, result.probabilities));

@@ -104,6 +104,9 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     await page.waitForFunction(() => document.getElementById('forget').disabled, null, { polling: 50 });
     assert.equal(await page.locator('#model-select').isDisabled(), true, 'no model change mid-analysis');
     const five = (await results(page, 5)).slice(0, 5);
+    // Each card shows the image it is about.
+    assert.deepEqual((await page.locator('.result canvas.thumbnail').evaluateAll((all) => all.map((c) => c.getAttribute('aria-label')))).sort(),
+      SAMPLE_PNGS.map((p) => `${path.basename(p)}, as dropped`).sort());
     assert.equal(jobPosts(bodies).length, 1, 'one job carries the batch');
     assert.equal(await page.locator('#results-status').textContent(), '5 new result(s), decrypted in this browser; 5 in the table.');
     for (const image of SAMPLE_PNGS) {
@@ -307,6 +310,10 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     const jobSubmissions = (url) => url.pathname === '/api/v1/jobs';
     await page.route(jobSubmissions, (route) => (++submissions === 2 ? route.abort('connectionrefused') : route.fallback()));
     await page.locator('#analyse').click();
+    // A file dropped while the analysis runs waits for the next one: it joins neither this
+    // analysis's table nor its report.
+    await page.waitForFunction(() => document.getElementById('forget').disabled, null, { polling: 50 });
+    await drop(page, [{ name: 'late.png', type: 'image/png', bytes: readFileSync(SAMPLE_PNGS[0]) }]);
     await page.waitForSelector('#error:not([hidden])', { timeout: minutes(5) });
     await page.unroute(jobSubmissions);
     const tableRows = () => page.locator('#results-table tbody tr').count();
@@ -315,7 +322,10 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     await page.waitForFunction(() => document.querySelectorAll('#results-table tbody tr').length !== 16
       || !document.getElementById('error').hidden, null, { timeout: minutes(5) });
     assert.equal(await page.locator('#error').isHidden(), true, await page.locator('#error-text').textContent());
+    await page.waitForFunction(() => !document.getElementById('forget').disabled); // the analysis is over
     assert.equal(await tableRows(), 17, 'Retry went on with the analysis, in the same table');
+    assert.ok(!(await page.$$eval('#results-table tbody th', (cells) => cells.map((c) => c.textContent))).includes('late.png'));
+    assert.equal(await page.locator('#analyse').textContent(), 'Encrypt and analyse', 'late.png waits, alone');
 
     // Batch benchmark: drop to all results for 1, 4 and 16 images, the longest main-thread
     // task while 16 are encrypted, and the bytes downloaded per image.

@@ -4,7 +4,8 @@
 // uploaded again by the page itself, errors in words, and the browser benchmark figures.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   launch, minutes, possibleClasses, recordedPage, repo, results, Server, tinyPng, windows,
@@ -53,6 +54,15 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     const problems = await page.locator('.previews .problem').allTextContents();
     assert.match(problems[0], /notes\.txt is not a PNG, JPEG or DICOM image/);
     assert.match(problems[1], /8×8 pixels; the model needs at least 28×28/);
+    // A large file of another kind is refused from its first bytes, not read whole: 64 GiB
+    // (sparse on disk) is more than any page could hold.
+    const huge = path.join(mkdtempSync(path.join(tmpdir(), 'hexray-huge-')), 'scan.dcm');
+    writeFileSync(huge, '');
+    truncateSync(huge, 64 * 2 ** 30);
+    await page.setInputFiles('#files', huge);
+    await page.waitForFunction(() => document.querySelectorAll('.previews .problem').length >= 3);
+    assert.equal(await page.locator('.previews .problem').nth(2).textContent(), 'scan.dcm is not a PNG, JPEG or DICOM image.');
+    rmSync(path.dirname(huge), { recursive: true });
     assert.equal(await page.locator('#analyse').isDisabled(), true, 'nothing usable to analyse');
     await page.locator('#clear').click();
 
