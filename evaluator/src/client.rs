@@ -4,16 +4,21 @@
 //! Like the page, it knows a model only by its client spec: it fetches the spec, encrypts for
 //! it, and names its fingerprint when it submits a job.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hexray_model::bulk_spec::BulkSpec;
 use hexray_model::ClientSpec;
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 use crate::server::jobs::Status;
 use crate::server::keys::{key_id, KEY_ID_HEADER};
+use crate::trusted_cas::{read_cas, CaFileError, SYSTEM_CAS};
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -27,8 +32,14 @@ pub enum ClientError {
     },
     #[error("the server's answer is not what the API describes: {0}")]
     Protocol(String),
+    /// An error answered by something before the server (a proxy's error page, say), not in
+    /// the API's format: its start is shown, as the status alone rarely says what to do.
+    #[error("the answer was {status}, not from HEXray's API (a proxy in between?): {excerpt}")]
+    NotTheApi { status: u16, excerpt: String },
     #[error("job {0} did not finish in time")]
     Timeout(String),
+    #[error(transparent)]
+    Cas(#[from] CaFileError),
 }
 
 impl ClientError {
@@ -49,20 +60,38 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The body as JSON, if the status is a success; the API's error otherwise.
+    /// The body as JSON, if the status is a success; the API's error otherwise, or, when the
+    /// error is not in the API's format (a proxy answered), what it says.
+    ///
+    /// ```
+    /// use hexray_evaluator::client::{ClientError, Reply};
+    ///
+    /// let refused = br#"{"code":"image_quota","message":"this token's image quota is used up"}"#;
+    /// let api = Reply { status: 429, body: refused.to_vec() }.json().unwrap_err();
+    /// assert_eq!(api.code(), Some("image_quota"));
+    ///
+    /// let page = b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>";
+    /// let proxy = Reply { status: 413, body: page.to_vec() }.json().unwrap_err();
+    /// assert!(matches!(proxy, ClientError::NotTheApi { status: 413, .. }));
+    /// assert!(proxy.to_string().contains("<title>413 Request Entity Too Large</title>"));
+    /// ```
     pub fn json(self) -> Result<Value, ClientError> {
         let value: Result<Value, _> = serde_json::from_slice(&self.body);
         match (self.status, value) {
             (200..=299, Ok(v)) => Ok(v),
             (200..=299, Err(e)) => Err(ClientError::Protocol(e.to_string())),
-            (status, v) => {
-                let v = v.unwrap_or(Value::Null);
-                Err(ClientError::Api {
-                    status,
-                    code: v["code"].as_str().unwrap_or("").to_owned(),
-                    message: v["message"].as_str().unwrap_or("").to_owned(),
-                })
-            }
+            (status, Ok(v)) if v["code"].is_string() => Err(ClientError::Api {
+                status,
+                code: v["code"].as_str().unwrap_or_default().to_owned(),
+                message: v["message"].as_str().unwrap_or_default().to_owned(),
+            }),
+            (status, _) => Err(ClientError::NotTheApi {
+                status,
+                excerpt: String::from_utf8_lossy(&self.body[..self.body.len().min(300)])
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }),
         }
     }
 
@@ -89,11 +118,41 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client of the server at `base`, e.g. `https://hexray.hospital.example`. An `https://`
+    /// server's certificate is verified against the CAs in `ca_file` (PEM), else the system's:
+    /// hospitals often sign their servers with a CA of their own, whose file is then named.
+    pub fn connect(
+        base: &str,
+        token: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let cas = match base.starts_with("https://") {
+            true => read_cas(ca_file.unwrap_or(Path::new(SYSTEM_CAS)))?,
+            false => Vec::new(),
+        };
+        Ok(Self::trusting(base, token, cas))
+    }
+
+    /// A client of a server on plain HTTP, as the launcher, tests and benchmarks reach theirs
+    /// on loopback (e.g. `http://127.0.0.1:8080`); it trusts no CA, so it refuses `https://`.
     pub fn new(base: &str, token: Option<&str>) -> Self {
+        Self::trusting(base, token, Vec::new())
+    }
+
+    fn trusting(base: &str, token: Option<&str>, cas: Vec<CertificateDer<'static>>) -> Self {
+        let roots: Vec<_> = cas
+            .iter()
+            .map(|ca| Certificate::from_der(ca.as_ref()).to_owned())
+            .collect();
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .root_certs(RootCerts::from(roots))
+            .build();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(600)))
+            .tls_config(tls)
             .build()
             .into();
         ApiClient {

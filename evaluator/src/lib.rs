@@ -5,9 +5,11 @@
 //! - [`client`]: a blocking client of that API, knowing models only by their client specs;
 //! - [`launch`]: starting a `hexray serve` process and waiting until it answers, for the tests
 //!   and benchmarks;
-//! - [`progress`]: the progress bar the command lines show over bootstraps.
+//! - [`progress`]: the progress bar the command lines show over bootstraps;
+//! - [`trusted_cas`]: the CA files that TLS peers (the database, the server) are verified against.
 
 pub mod client;
 pub mod launch;
 pub mod progress;
 pub mod server;
+pub mod trusted_cas;

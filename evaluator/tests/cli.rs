@@ -124,6 +124,28 @@ fn client_spec_prints_the_public_part_only() {
 /// run as a non-root user with models that exist, and the readiness probe must be the
 /// unauthenticated health route.
 #[test]
+fn serve_reads_a_switch_from_the_environment_as_the_docs_write_it() {
+    // A file where the data folder should be: `serve` stops there, after reading its settings.
+    let not_a_folder = tempfile::NamedTempFile::new().unwrap();
+    let serve = |allow_open: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hexray"))
+            .args(["serve", "--data-dir"])
+            .arg(not_a_folder.path())
+            .env("HEXRAY_ALLOW_OPEN", allow_open)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The README's `HEXRAY_ALLOW_OPEN=1`, and what systemd units and manifests also write.
+    for accepted in ["1", "true", "yes", "on", "0", "off"] {
+        let stderr = serve(accepted);
+        assert!(!stderr.contains("invalid value"), "{accepted}: {stderr}");
+    }
+    assert!(serve("maybe").contains("invalid value 'maybe'"));
+}
+
+#[test]
 fn the_deployment_files_name_only_real_settings_and_routes() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let help = hexray(&["serve", "--help"]);
@@ -180,4 +202,137 @@ fn the_deployment_files_name_only_real_settings_and_routes() {
         "the readiness probe asks for {path}"
     );
     assert_eq!(path, "/api/v1/health", "the route that needs no token");
+}
+
+#[test]
+fn analyze_reaches_an_https_server_verified_against_the_hospital_ca_it_is_given() {
+    // A CA of the hospital's own, and the certificate it signs for the server (localhost).
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (name, subject) in [("ca", "/CN=Hospital CA"), ("other", "/CN=Another CA")] {
+        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-days", "2", "-subj", subject, "-keyout", &key, "-out", &crt,
+                ],
+            ]
+            .concat(),
+        );
+    }
+    openssl(
+        &[
+            &["req", "-new"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.path().join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    // A TLS server with that certificate, answering every request with a page that is not
+    // the API's: reaching it proves the handshake and the verification.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-cert",
+            "server.crt",
+            "-key",
+            "server.key",
+        ])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Stop(server);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let image = sample_file("covid-cxr-actualmed/covid-1.png");
+    let analyze = |ca: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hexray"));
+        command
+            .args(["analyze", "--server", &format!("https://localhost:{port}")])
+            .arg("--image")
+            .arg(&image)
+            .arg("--keys-dir")
+            .arg(dir.path().join("keys"));
+        if let Some(ca) = ca {
+            command.arg("--ca-file").arg(dir.path().join(ca));
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let trusted = analyze(Some("ca.crt"));
+    assert!(trusted.contains("not what the API describes"), "{trusted}");
+    // Neither another CA nor the system's vouch for the server: refused before any request.
+    for refused in [analyze(Some("other.crt")), analyze(None)] {
+        assert!(!refused.contains("not what the API describes"), "{refused}");
+        assert!(
+            refused.contains("UnknownIssuer") || refused.contains("CA file"),
+            "{refused}"
+        );
+    }
+    let not_a_ca = analyze(Some("san.ext"));
+    assert!(not_a_ca.contains("holds no certificate"), "{not_a_ca}");
 }

@@ -368,6 +368,18 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     for file in files(&data.join("keys")) {
         std::fs::remove_file(file).unwrap();
     }
+    // The secret key is its user's alone, in a folder that is too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |name: &str| {
+            let path = dir.path().join("keys").join(name);
+            std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode("client.key"), 0o600, "client.key");
+        assert_eq!(mode("server.key"), 0o600, "server.key");
+        assert_eq!(mode(""), 0o700, "the keys folder");
+    }
     kill(server);
     let server = serve(&data, &tokens, port);
     let out = analyze();

@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 pub fn analyze(args: Args) -> Result<()> {
-    let api = args.server.client();
+    let api = args.server.client()?;
     let model = match args.model {
         Some(model) => model,
         None => api
@@ -95,7 +95,7 @@ pub fn analyze(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// This client's key pair, kept in a directory only its user can read.
+/// This client's key pair, in files only its user can read.
 struct Keys {
     client: ClientKey,
     server_key: Vec<u8>,
@@ -104,13 +104,17 @@ struct Keys {
 impl Keys {
     fn load_or_create(dir: &Path, set: ParameterSet) -> Result<Self> {
         let (client_path, server_path) = (dir.join("client.key"), dir.join("server.key"));
+        let read = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        // The secret key is written last: where it is, the pair is whole.
         if client_path.exists() {
-            let client = ClientKey::from_bytes(&std::fs::read(&client_path)?)
+            let client = ClientKey::from_bytes(&read(&client_path)?)
                 .with_context(|| format!("reading {}", client_path.display()))?;
             if client.parameter_set() == set {
                 return Ok(Keys {
                     client,
-                    server_key: std::fs::read(&server_path)?,
+                    server_key: read(&server_path)?,
                 });
             }
         }
@@ -118,19 +122,37 @@ impl Keys {
         create_private_dir(dir)?;
         let client = ClientKey::generate(set);
         let server_key = client.server_key().to_bytes()?;
-        std::fs::write(&client_path, client.to_bytes()?)?;
-        std::fs::write(&server_path, &server_key)?;
+        write_private(&server_path, &server_key)?;
+        write_private(&client_path, &client.to_bytes()?)?;
         Ok(Keys { client, server_key })
     }
 }
 
-/// Creates `dir` readable by its owner only: it holds the secret key.
+/// Creates `dir`, if it is missing, readable by its owner only. A folder that exists is left
+/// as it is (it may be shared, or the user's home): the key files are private by themselves.
 fn create_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes `bytes` to `path`, readable by its owner only, whole or not at all: into a new file
+/// beside it, then renamed over it, so an interrupted run never leaves half a key.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let partial = path.with_extension("partial");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let write = || -> std::io::Result<()> {
+        let mut file = options.open(&partial)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)
+    };
+    write().with_context(|| format!("writing {}", path.display()))
 }

@@ -76,7 +76,7 @@ pub fn bulk(args: Args) -> Result<()> {
 /// Screens the folder, appending each batch's rows to `out` as soon as they are decrypted and
 /// counting them in `written`.
 fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> Result<()> {
-    let api = args.server.client();
+    let api = args.server.client()?;
     let model = match &args.model {
         Some(model) => model.clone(),
         None => bulk_model(&api)?,

@@ -95,11 +95,20 @@ pub struct ServerArgs {
     /// The access token (`hexray token new`); the environment keeps it out of shell history.
     #[arg(long, env = "HEXRAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA file (PEM) that the `https://` server's certificate is verified against, for a
+    /// hospital's own CA; without it, the system's CAs.
+    #[arg(long, env = "HEXRAY_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
-    pub fn client(&self) -> hexray_evaluator::client::ApiClient {
-        hexray_evaluator::client::ApiClient::new(&self.server, self.token.as_deref())
+    pub fn client(&self) -> Result<hexray_evaluator::client::ApiClient> {
+        hexray_evaluator::client::ApiClient::connect(
+            &self.server,
+            self.token.as_deref(),
+            self.ca_file.as_deref(),
+        )
+        .with_context(|| format!("connecting to {}", self.server))
     }
 }
 

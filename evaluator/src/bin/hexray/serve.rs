@@ -28,8 +28,9 @@ pub struct Args {
     #[arg(long, env = "HEXRAY_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
     /// Run without tokens on a non-loopback address: only behind a reverse proxy that
-    /// authenticates every request itself.
-    #[arg(long, env = "HEXRAY_ALLOW_OPEN")]
+    /// authenticates every request itself. From the environment, `1`, `true`, `yes` or `on`
+    /// (and `0`, `false`, `no` or `off`), as service managers write it.
+    #[arg(long, env = "HEXRAY_ALLOW_OPEN", value_parser = clap::builder::BoolishValueParser::new())]
     allow_open: bool,
     /// Origin allowed to call the API from a browser when the page is hosted elsewhere (the
     /// hospital's own web server), e.g. `https://pages.hospital.example`.

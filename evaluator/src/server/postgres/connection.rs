@@ -22,15 +22,10 @@ use std::sync::Arc;
 
 use postgres::config::{Host, SslMode};
 use postgres::{Client, Config, NoTls};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DatabaseError;
-
-/// Debian's bundle of the system's trusted CAs, for `sslrootcert=system` or when nothing else
-/// names a CA.
-const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+use crate::trusted_cas::{read_cas, SYSTEM_CAS};
 
 /// Where to connect, and how.
 pub struct Connection {
@@ -179,20 +174,12 @@ pub fn other_database(url: &str, name: &str) -> String {
 /// A rustls client that trusts only the CAs in the PEM file `root`, and checks the server's
 /// name as well as its chain.
 fn verified_tls(root: &Path) -> Result<MakeRustlsConnect, DatabaseError> {
-    let unreadable = |e: &dyn std::fmt::Display| {
-        DatabaseError::Settings(format!(
-            "cannot read the database CA file {}: {e}",
-            root.display()
-        ))
-    };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(root).map_err(|e| unreadable(&e))? {
-        roots
-            .add(cert.map_err(|e| unreadable(&e))?)
-            .map_err(|e| unreadable(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(unreadable(&"it holds no certificate"));
+    let cas = read_cas(root).map_err(|e| DatabaseError::Settings(format!("database: {e}")))?;
+    for ca in cas {
+        roots.add(ca).map_err(|e| {
+            DatabaseError::Settings(format!("database CA file {}: {e}", root.display()))
+        })?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
