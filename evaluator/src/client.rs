@@ -209,6 +209,16 @@ impl ApiClient {
         Ok(Reply { status, body })
     }
 
+    /// The most images the server takes in one job (`--max-batch`), from its health answer.
+    pub fn batch_images(&self) -> Result<usize, ClientError> {
+        let health = self.request("/api/v1/health", None)?.json()?;
+        health["batch_images"]
+            .as_u64()
+            .filter(|&n| n > 0)
+            .map(|n| n as usize)
+            .ok_or_else(|| ClientError::Protocol("the health answer has no batch_images".into()))
+    }
+
     /// The id of the server's default model: the first it lists.
     pub fn default_model(&self) -> Result<String, ClientError> {
         let models = self.request("/api/v1/models", None)?.json()?;

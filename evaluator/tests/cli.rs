@@ -74,6 +74,26 @@ fn bad_input_is_a_clear_error() {
     let out = hexray(&["inspect", "--model", &not_an_image]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a HEXray model"));
+
+    // A file given as the folder is refused before any server is asked (none listens here).
+    let dir = tempfile::tempdir().unwrap();
+    let out_csv = dir.path().join("results.csv").display().to_string();
+    let out = hexray(&[
+        "bulk",
+        "--server",
+        "http://127.0.0.1:9",
+        "--folder",
+        &not_an_image,
+        "--out",
+        &out_csv,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a folder"), "{stderr}");
+    assert!(
+        !dir.path().join("results.csv").exists(),
+        "no CSV is left behind"
+    );
 }
 
 #[test]

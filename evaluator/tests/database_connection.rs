@@ -1,5 +1,6 @@
-//! How a node reaches PostgreSQL: over verified TLS, never in clear by accident, and through a
-//! pool whose bounds hold however many callers wait. On the test server of
+//! How a node reaches PostgreSQL: over verified TLS, never in clear by accident, through a
+//! pool whose bounds hold however many callers wait, and never on a schema a newer release
+//! made. On the test server of
 //! [`fixtures::database`], which takes TLS only.
 
 use hexray_test_kit::database;
@@ -125,4 +126,25 @@ fn a_node_never_opens_more_connections_than_its_pool_allows_however_many_callers
     assert!(answers
         .iter()
         .any(|a| matches!(a, Err(DatabaseError::Busy))));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
+fn a_node_refuses_a_database_that_a_newer_release_migrated() {
+    let url = fresh("newer_schema");
+    let pool = Config::defaults(std::path::Path::new("."), 1).database_pool;
+    drop(Database::open(&url, None, pool).unwrap());
+    // A newer release's migration, as a rolled-back node would find it.
+    database::execute(&url, "INSERT INTO hexray_migrations (version) VALUES (99)");
+    let Err(refused) = Database::open(&url, None, pool) else {
+        panic!("a node started on a schema it does not know");
+    };
+    assert!(
+        matches!(refused, DatabaseError::NewerSchema { found: 99, .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("Run that release"),
+        "{refused}"
+    );
 }

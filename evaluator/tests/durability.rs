@@ -281,18 +281,22 @@ fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     kill(server);
 }
 
+/// `hexray analyze` against a real server with a token: more images than the server takes per
+/// job go as several jobs, each class is the simulator's, borderline results say so, the key
+/// pair stays private in the user's own folder, and a key the server lost is uploaded again.
 #[test]
 fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     let dir = tempfile::tempdir().unwrap();
     let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
     let token = new_token(&tokens);
     let port = port();
-    let server = serve(&data, &tokens, port);
+    // Three images per job: the four below go as two jobs, one after another.
+    let server = serve_with(&data, &tokens, port, &["--max-batch", "3"]);
     let analyze = || {
         hexray()
             .args(["analyze", "--server", &format!("http://127.0.0.1:{port}")])
-            .arg("--keys-dir")
-            .arg(dir.path().join("keys"))
+            // No --keys-dir: the user's own folder, under XDG_DATA_HOME.
+            .env("XDG_DATA_HOME", dir.path().join("data-home"))
             .args(
                 [
                     "covid-cxr-actualmed/covid-1.png",
@@ -313,11 +317,9 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     };
     let out = analyze();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("4 images go as 2 jobs"), "{stderr}");
     // Without --model, analyze uses the server's default, the bundled default model. Each
     // class is its plaintext simulator's: both images are far from its boundary (no noisy
     // draw of `hexray simulate` changes their class).
@@ -373,7 +375,7 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |name: &str| {
-            let path = dir.path().join("keys").join(name);
+            let path = dir.path().join("data-home/hexray/keys").join(name);
             std::fs::metadata(path).unwrap().permissions().mode() & 0o777
         };
         assert_eq!(mode("client.key"), 0o600, "client.key");

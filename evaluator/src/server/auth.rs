@@ -29,7 +29,8 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn name(self) -> &'static str {
+    /// The scope as `hexray token new --scope` and the tokens file write it.
+    pub fn name(self) -> &'static str {
         match self {
             Scope::Clinician => "clinician",
             Scope::Metrics => "metrics",

@@ -1,15 +1,17 @@
 //! `hexray analyze`: the command line as a clinician's client of a remote server, doing what
 //! the page does. It fetches the model's client spec (never the model), keeps its own key pair
 //! in a local directory (the secret key never leaves it), uploads the evaluation key once,
-//! encrypts the images, submits them as one job with the spec's fingerprint, and decrypts the
-//! answers here. A key the server lost is uploaded again.
+//! encrypts the images, submits them with the spec's fingerprint (as one job, or as several one
+//! after another when there are more than the server takes per job), and decrypts the answers
+//! here. A key the server lost is uploaded again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
-use hexray_evaluator::server::jobs::JobState;
+use hexray_evaluator::progress;
+use hexray_evaluator::server::jobs::{JobState, Progress};
 use hexray_model::client_spec::BORDERLINE_NOTE;
 
 use crate::{read_image, ServerArgs};
@@ -21,12 +23,24 @@ pub struct Args {
     /// The served model's id; without it, the server's default (the first it lists).
     #[arg(long)]
     model: Option<String>,
-    /// Chest X-rays (PNG, JPEG or DICOM); all go in one job.
+    /// Chest X-rays (PNG, JPEG or DICOM); as many per job as the server takes.
     #[arg(long, required = true)]
     image: Vec<PathBuf>,
-    /// Where this client keeps its key pair, as the browser keeps it in IndexedDB.
-    #[arg(long, env = "HEXRAY_KEYS_DIR", default_value = "hexray-keys")]
-    keys_dir: PathBuf,
+    /// Where this client keeps its key pair, as the browser keeps it in IndexedDB; without it,
+    /// `$XDG_DATA_HOME/hexray/keys` (`~/.local/share/hexray/keys`), one pair for the user
+    /// wherever the command runs, so that the server's key quota is not spent folder by folder.
+    #[arg(long, env = "HEXRAY_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+}
+
+/// The user's own keys folder, by the XDG base directory rule.
+fn user_keys_dir() -> Result<PathBuf> {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .context("neither XDG_DATA_HOME nor HOME is set: name a folder with --keys-dir")?;
+    Ok(data.join("hexray/keys"))
 }
 
 pub fn analyze(args: Args) -> Result<()> {
@@ -40,56 +54,83 @@ pub fn analyze(args: Args) -> Result<()> {
     let spec = api
         .spec(&model)
         .with_context(|| format!("fetching the client spec of `{model}`"))?;
-    let set = ParameterSet::from_name(&spec.parameter_set)?;
-    let keys = Keys::load_or_create(&args.keys_dir, set)?;
-    let mut blobs = Vec::with_capacity(args.image.len());
-    for path in &args.image {
-        let input = read_image(path, &spec.input)?;
-        blobs.push(keys.client.encrypt(&spec, input.view())?.to_bytes()?);
-    }
-    let batch = batch_body::pack(&blobs);
-    let job = api.submit_under_key(&model, &spec, &batch, &keys.server_key, |bytes| {
-        eprintln!(
-            "uploading the evaluation key ({:.1} MB)",
-            bytes as f64 / 1e6
-        )
-    })?;
-    eprintln!(
-        "job {job}: {} image(s), {} bootstraps each",
-        blobs.len(),
-        spec.bootstraps
-    );
-    let status = api.wait(&job, Duration::from_secs(3600))?;
-    anyhow::ensure!(
-        status.state == JobState::Done,
-        "the server could not evaluate the images: {}",
-        status.error.unwrap_or_default()
-    );
-    let outputs = api.outputs(&job)?;
-    for (path, blob) in args
+    // Every image is read before keys are made or anything is sent: a wrong file costs nothing.
+    let inputs = args
         .image
         .iter()
-        .zip(batch_body::unpack(&outputs, blobs.len())?)
-    {
-        let output = EncryptedOutput::from_bytes(blob, set, spec.output_len())?;
-        let diagnosis = keys.client.decrypt(&spec, &output)?;
-        let scores: Vec<String> = spec
-            .classes
-            .iter()
-            .zip(&diagnosis.probabilities)
-            .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
-            .collect();
-        let borderline = if diagnosis.is_borderline(spec.borderline_margin) {
-            format!(" {BORDERLINE_NOTE}")
-        } else {
-            String::new()
-        };
-        println!(
-            "{}: {} ({}){borderline}",
-            path.display(),
-            spec.classes[diagnosis.class],
-            scores.join(", ")
+        .map(|path| read_image(path, &spec.input))
+        .collect::<Result<Vec<_>>>()?;
+    let per_job = api
+        .batch_images()
+        .context("asking the server for its limits")?;
+    let set = ParameterSet::from_name(&spec.parameter_set)?;
+    let keys_dir = match args.keys_dir {
+        Some(dir) => dir,
+        None => user_keys_dir()?,
+    };
+    let keys = Keys::load_or_create(&keys_dir, set)?;
+    let jobs = inputs.len().div_ceil(per_job);
+    if jobs > 1 {
+        eprintln!(
+            "{} images go as {jobs} jobs: the server takes {per_job} per job",
+            inputs.len()
         );
+    }
+    for (paths, inputs) in args.image.chunks(per_job).zip(inputs.chunks(per_job)) {
+        let blobs = inputs
+            .iter()
+            .map(|input| Ok(keys.client.encrypt(&spec, input.view())?.to_bytes()?))
+            .collect::<Result<Vec<_>>>()?;
+        let job = api.submit_under_key(
+            &model,
+            &spec,
+            &batch_body::pack(&blobs),
+            &keys.server_key,
+            |bytes| {
+                eprintln!(
+                    "uploading the evaluation key ({:.1} MB)",
+                    bytes as f64 / 1e6
+                )
+            },
+        )?;
+        let bar = progress::bootstrap_bar(blobs.len() * spec.bootstraps);
+        bar.set_message(format!("job {job}, {} image(s)", blobs.len()));
+        let status = api.follow(&job, Duration::from_secs(3600), |status| {
+            if let Progress::Bootstraps {
+                bootstraps_done, ..
+            } = status.progress
+            {
+                bar.set_position(bootstraps_done as u64);
+            }
+        })?;
+        bar.finish_and_clear();
+        anyhow::ensure!(
+            status.state == JobState::Done,
+            "the server could not evaluate the images of job {job}: {}",
+            status.error.unwrap_or_default()
+        );
+        let outputs = api.outputs(&job)?;
+        for (path, blob) in paths.iter().zip(batch_body::unpack(&outputs, blobs.len())?) {
+            let output = EncryptedOutput::from_bytes(blob, set, spec.output_len())?;
+            let diagnosis = keys.client.decrypt(&spec, &output)?;
+            let scores: Vec<String> = spec
+                .classes
+                .iter()
+                .zip(&diagnosis.probabilities)
+                .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
+                .collect();
+            let borderline = if diagnosis.is_borderline(spec.borderline_margin) {
+                format!(" {BORDERLINE_NOTE}")
+            } else {
+                String::new()
+            };
+            println!(
+                "{}: {} ({}){borderline}",
+                path.display(),
+                spec.classes[diagnosis.class],
+                scores.join(", ")
+            );
+        }
     }
     eprintln!("decision support, not a diagnosis: a qualified clinician reviews every result");
     Ok(())

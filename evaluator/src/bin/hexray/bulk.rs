@@ -46,6 +46,12 @@ struct Row {
 }
 
 pub fn bulk(args: Args) -> Result<()> {
+    // Checked before anything is created or asked of the server.
+    ensure!(
+        args.folder.is_dir(),
+        "{} is not a folder",
+        args.folder.display()
+    );
     // Created first, never over an existing file: a rerun cannot lose earlier results.
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -247,7 +253,6 @@ type Unreadable = Vec<(String, String)>;
 /// Every file below `folder`, in path order, read for `spec`; and the files that could not be
 /// read.
 fn read_folder(folder: &Path, spec: &BulkSpec) -> Result<(Vec<Row>, Unreadable)> {
-    ensure!(folder.is_dir(), "{} is not a folder", folder.display());
     let (mut files, mut skipped) = (Vec::new(), Vec::new());
     collect_files(folder, &mut files, &mut skipped);
     files.sort();

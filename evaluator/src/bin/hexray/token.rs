@@ -36,8 +36,9 @@ pub fn run(command: Command) -> Result<()> {
             let token = Tokens::create(&tokens_file, &label, scope)
                 .with_context(|| format!("adding a token to {}", tokens_file.display()))?;
             eprintln!(
-                "Added a {scope:?} token for `{label}` to {}. It is shown only now; the file keeps \
+                "Added a {} token for `{label}` to {}. It is shown only now; the file keeps \
                  its hash. Restart the server to accept it.",
+                scope.name(),
                 tokens_file.display()
             );
             println!("{token}");

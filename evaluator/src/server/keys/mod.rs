@@ -120,11 +120,8 @@ pub(crate) fn validate_upload(bytes: &[u8]) -> Result<(String, ParameterSet), St
     Ok((key_id(bytes), key.parameter_set()))
 }
 
-/// What registering key `id` of `set` answers, logged when it is new.
+/// What registering key `id` of `set` answers (the route logs a new one, with its token).
 pub(crate) fn registration(id: String, set: ParameterSet, created: bool) -> (String, Registration) {
-    if created {
-        log::info!("registered server key {id} ({})", set.name());
-    }
     (
         id,
         Registration {

@@ -55,6 +55,13 @@ pub enum DatabaseError {
     /// The URL or the TLS settings are wrong.
     #[error("database settings: {0}")]
     Settings(String),
+    /// A newer release migrated the database: this one does not know its schema, and must not
+    /// write to it (a rolled-back node beside upgraded ones, say).
+    #[error(
+        "the database's schema is at version {found}, newer than this hexray's {known}: a newer \
+         release upgraded it. Run that release, or restore the backup taken before the upgrade"
+    )]
+    NewerSchema { found: i32, known: i32 },
 }
 
 impl From<DatabaseError> for StoreError {
@@ -103,6 +110,13 @@ impl Database {
                      version integer PRIMARY KEY,
                      applied timestamptz NOT NULL DEFAULT now())",
             )?;
+            let found: Option<i32> = tx
+                .query_one("SELECT max(version) FROM hexray_migrations", &[])?
+                .get(0);
+            let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+            if let Some(found) = found.filter(|&found| found > known) {
+                return Ok(Err(DatabaseError::NewerSchema { found, known }));
+            }
             for (version, sql) in MIGRATIONS {
                 let done = tx
                     .query_opt(
@@ -119,8 +133,9 @@ impl Database {
                     log::info!("database migration {version} applied");
                 }
             }
-            tx.commit()
-        })
+            tx.commit()?;
+            Ok(Ok(()))
+        })?
     }
 
     /// Runs `work` on a pooled connection ([`Pool::with`]).
