@@ -320,6 +320,12 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("4 images go as 2 jobs"), "{stderr}");
+    // Each job is named as it goes (scripts/container-test.sh follows a job by this line).
+    let jobs = stderr
+        .lines()
+        .filter(|l| l.starts_with("job ") && l.contains(": "))
+        .count();
+    assert_eq!(jobs, 2, "{stderr}");
     // Without --model, analyze uses the server's default, the bundled default model. Each
     // class is its plaintext simulator's: both images are far from its boundary (no noisy
     // draw of `hexray simulate` changes their class).

@@ -93,8 +93,13 @@ pub fn analyze(args: Args) -> Result<()> {
                 )
             },
         )?;
+        eprintln!(
+            "job {job}: {} image(s), {} bootstraps each",
+            blobs.len(),
+            spec.bootstraps
+        );
         let bar = progress::bootstrap_bar(blobs.len() * spec.bootstraps);
-        bar.set_message(format!("job {job}, {} image(s)", blobs.len()));
+        bar.set_message(format!("job {job}"));
         let status = api.follow(&job, Duration::from_secs(3600), |status| {
             if let Progress::Bootstraps {
                 bootstraps_done, ..
