@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
+use hexray_evaluator::client::ApiClient;
 use hexray_evaluator::progress;
 use hexray_evaluator::server::jobs::{JobState, Progress};
 use hexray_model::client_spec::BORDERLINE_NOTE;
+use hexray_model::{ClientSpec, Diagnosis};
+use ndarray::Array3;
 
 use crate::{read_image, ServerArgs};
 
@@ -63,12 +66,11 @@ pub fn analyze(args: Args) -> Result<()> {
     let per_job = api
         .batch_images()
         .context("asking the server for its limits")?;
-    let set = ParameterSet::from_name(&spec.parameter_set)?;
     let keys_dir = match args.keys_dir {
         Some(dir) => dir,
         None => user_keys_dir()?,
     };
-    let keys = Keys::load_or_create(&keys_dir, set)?;
+    let keys = Keys::load_or_create(&keys_dir, ParameterSet::from_name(&spec.parameter_set)?)?;
     let jobs = inputs.len().div_ceil(per_job);
     if jobs > 1 {
         eprintln!(
@@ -76,23 +78,48 @@ pub fn analyze(args: Args) -> Result<()> {
             inputs.len()
         );
     }
+    let job = Job {
+        api: &api,
+        model: &model,
+        spec: &spec,
+        keys: &keys,
+    };
     for (paths, inputs) in args.image.chunks(per_job).zip(inputs.chunks(per_job)) {
+        for (path, diagnosis) in paths.iter().zip(job.run(inputs)?) {
+            println!("{}: {}", path.display(), result_line(&spec, &diagnosis));
+        }
+    }
+    eprintln!("decision support, not a diagnosis: a qualified clinician reviews every result");
+    Ok(())
+}
+
+/// What one job needs: the server, the model and its spec, and this client's keys.
+struct Job<'a> {
+    api: &'a ApiClient,
+    model: &'a str,
+    spec: &'a ClientSpec,
+    keys: &'a Keys,
+}
+
+impl Job<'_> {
+    /// Encrypts `inputs`, submits them as one job, follows it with a progress bar, and
+    /// decrypts its answers, in order.
+    fn run(&self, inputs: &[Array3<i64>]) -> Result<Vec<Diagnosis>> {
+        let Job {
+            api, spec, keys, ..
+        } = self;
         let blobs = inputs
             .iter()
-            .map(|input| Ok(keys.client.encrypt(&spec, input.view())?.to_bytes()?))
+            .map(|input| Ok(keys.client.encrypt(spec, input.view())?.to_bytes()?))
             .collect::<Result<Vec<_>>>()?;
-        let job = api.submit_under_key(
-            &model,
-            &spec,
-            &batch_body::pack(&blobs),
-            &keys.server_key,
-            |bytes| {
-                eprintln!(
-                    "uploading the evaluation key ({:.1} MB)",
-                    bytes as f64 / 1e6
-                )
-            },
-        )?;
+        let batch = batch_body::pack(&blobs);
+        let job = api.submit_under_key(self.model, spec, &batch, &keys.server_key, |bytes| {
+            eprintln!(
+                "uploading the evaluation key ({:.1} MB)",
+                bytes as f64 / 1e6
+            )
+        })?;
+        // scripts/container-test.sh follows the job by this line.
         eprintln!(
             "job {job}: {} image(s), {} bootstraps each",
             blobs.len(),
@@ -115,30 +142,39 @@ pub fn analyze(args: Args) -> Result<()> {
             status.error.unwrap_or_default()
         );
         let outputs = api.outputs(&job)?;
-        for (path, blob) in paths.iter().zip(batch_body::unpack(&outputs, blobs.len())?) {
-            let output = EncryptedOutput::from_bytes(blob, set, spec.output_len())?;
-            let diagnosis = keys.client.decrypt(&spec, &output)?;
-            let scores: Vec<String> = spec
-                .classes
-                .iter()
-                .zip(&diagnosis.probabilities)
-                .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
-                .collect();
-            let borderline = if diagnosis.is_borderline(spec.borderline_margin) {
-                format!(" {BORDERLINE_NOTE}")
-            } else {
-                String::new()
-            };
-            println!(
-                "{}: {} ({}){borderline}",
-                path.display(),
-                spec.classes[diagnosis.class],
-                scores.join(", ")
-            );
-        }
+        batch_body::unpack(&outputs, blobs.len())?
+            .into_iter()
+            .map(|blob| {
+                let output = EncryptedOutput::from_bytes(
+                    blob,
+                    keys.client.parameter_set(),
+                    spec.output_len(),
+                )?;
+                Ok(keys.client.decrypt(spec, &output)?)
+            })
+            .collect()
     }
-    eprintln!("decision support, not a diagnosis: a qualified clinician reviews every result");
-    Ok(())
+}
+
+/// A result as `analyze` prints it: the class, each class's probability, and the borderline
+/// note where the result is borderline.
+fn result_line(spec: &ClientSpec, diagnosis: &Diagnosis) -> String {
+    let scores: Vec<String> = spec
+        .classes
+        .iter()
+        .zip(&diagnosis.probabilities)
+        .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
+        .collect();
+    let borderline = if diagnosis.is_borderline(spec.borderline_margin) {
+        format!(" {BORDERLINE_NOTE}")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} ({}){borderline}",
+        spec.classes[diagnosis.class],
+        scores.join(", ")
+    )
 }
 
 /// This client's key pair, in files only its user can read.
