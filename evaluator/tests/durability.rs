@@ -239,6 +239,64 @@ fn token_new_stores_only_a_hash_and_serve_needs_a_token() {
     kill(server);
 }
 
+/// `hexray token list` shows who each token is for by the owner id the server's log carries,
+/// never a token; `hexray token revoke` removes one, and the restarted server refuses it.
+#[test]
+fn a_token_is_listed_by_its_owner_id_and_a_revoked_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let token = |args: &[&str]| {
+        let out = hexray()
+            .arg("token")
+            .args(args)
+            .arg("--tokens-file")
+            .arg(&tokens)
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (_, ward_a, _) = token(&["new", "--label", "ward A"]);
+    let (_, ward_b, _) = token(&["new", "--label", "ward B"]);
+    let owner = |token: &str| {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(token.trim().as_bytes());
+        hexray_model::hex::encode(&digest)[..16].to_owned()
+    };
+    let (listed, list, _) = token(&["list"]);
+    assert!(listed);
+    for (t, label) in [(&ward_a, "ward A"), (&ward_b, "ward B")] {
+        assert!(!list.contains(t.trim()), "the list shows a token");
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(&owner(t)) && l.ends_with(label)),
+            "{list}"
+        );
+    }
+    let (revoked, _, said) = token(&["revoke", "--owner", &owner(&ward_a)]);
+    assert!(revoked && said.contains("`ward A`"), "{said}");
+    let (_, list, _) = token(&["list"]);
+    assert!(
+        !list.contains("ward A") && list.contains("ward B"),
+        "{list}"
+    );
+    let (refused, _, said) = token(&["revoke", "--owner", "0123456789abcdef"]);
+    assert!(
+        !refused && said.contains("no token of owner id 0123456789abcdef"),
+        "{said}"
+    );
+    let port = port();
+    let server = serve(&dir.path().join("data"), &tokens, port);
+    let status = |t: &str| {
+        ApiClient::new(&format!("http://127.0.0.1:{port}"), Some(t.trim()))
+            .request("/api/v1/models", None)
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(&ward_a), 401, "the revoked token");
+    assert_eq!(status(&ward_b), 200, "the other token");
+    kill(server);
+}
+
 #[test]
 fn slow_bodies_time_out_and_each_token_has_few_upload_slots() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,11 @@ impl Owner {
     }
 }
 
+/// The owner of the token whose SHA-256 (hex) is `hash`.
+fn owner_of(hash: &str) -> Owner {
+    Owner(hash[..16].to_owned())
+}
+
 #[derive(Debug, Error)]
 pub enum TokensError {
     #[error("cannot read the tokens file {path}: {source}")]
@@ -68,21 +73,49 @@ pub enum TokensError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "tokens file {path} has no token of owner id {owner} (`hexray token list` shows them)"
+    )]
+    Unknown { path: String, owner: String },
 }
 
 /// The tokens a server accepts, by hash.
 #[derive(Debug)]
 pub struct Tokens(HashMap<String, Scope>);
 
+/// One line of a tokens file: a token's hash, its scope and who it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub hash: String,
+    pub scope: Scope,
+    pub label: String,
+}
+
+impl TokenEntry {
+    /// The owner id that the token's keys, jobs and log lines carry (see [`Owner`]).
+    pub fn owner(&self) -> Owner {
+        owner_of(&self.hash)
+    }
+}
+
 impl Tokens {
     /// Reads a tokens file. A malformed line stops the server rather than being skipped, so a
     /// typo never silently locks someone out or lets someone in.
     pub fn load(path: &Path) -> Result<Self, TokensError> {
+        let entries = Self::entries(path)?;
+        Ok(Tokens(
+            entries.into_iter().map(|e| (e.hash, e.scope)).collect(),
+        ))
+    }
+
+    /// Every token of a tokens file, in its order (comments and blank lines left out), or the
+    /// first malformed line.
+    pub fn entries(path: &Path) -> Result<Vec<TokenEntry>, TokensError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        let mut tokens = HashMap::new();
+        let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -102,9 +135,40 @@ impl Tokens {
                 .next()
                 .and_then(Scope::from_name)
                 .ok_or_else(|| bad("the scope must be `clinician` or `metrics`"))?;
-            tokens.insert(hash.to_ascii_lowercase(), scope);
+            entries.push(TokenEntry {
+                hash: hash.to_ascii_lowercase(),
+                scope,
+                label: fields.next().unwrap_or_default().to_owned(),
+            });
         }
-        Ok(Tokens(tokens))
+        Ok(entries)
+    }
+
+    /// Removes the token whose owner id is `owner` from `path`, keeping every other line as it
+    /// was; returns what it removed. The file is rewritten whole or not at all (a new file
+    /// renamed over it), so a crash never leaves it half written.
+    pub fn revoke(path: &Path, owner: &str) -> Result<TokenEntry, TokensError> {
+        let io = |source| TokensError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let entry = Self::entries(path)?
+            .into_iter()
+            .find(|e| e.owner().0 == owner.to_ascii_lowercase())
+            .ok_or_else(|| TokensError::Unknown {
+                path: path.display().to_string(),
+                owner: owner.to_owned(),
+            })?;
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let kept: String = text
+            .lines()
+            .filter(|line| !line.trim().to_ascii_lowercase().starts_with(&entry.hash))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let partial = path.with_extension("revoking");
+        std::fs::write(&partial, kept).map_err(io)?;
+        std::fs::rename(&partial, path).map_err(io)?;
+        Ok(entry)
     }
 
     /// Creates a token, appends its hash to `path` (creating the file), and returns the token.
@@ -148,7 +212,7 @@ impl Tokens {
             .ok_or(ApiError::Unauthorized)?;
         let digest = hash(token.trim());
         match self.0.get(&digest) {
-            Some(&s) if s == scope => Ok(Owner(digest[..16].to_owned())),
+            Some(&s) if s == scope => Ok(owner_of(&digest)),
             _ => Err(ApiError::Unauthorized),
         }
     }

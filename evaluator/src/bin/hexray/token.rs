@@ -1,5 +1,6 @@
-//! `hexray token new`: creates a bearer token, appends its hash to the tokens file and prints
-//! the token once. The file never holds a token, only hashes.
+//! `hexray token`: `new` creates a bearer token, appends its hash to the tokens file and prints
+//! the token once (the file never holds a token, only hashes); `list` shows who each token is
+//! for, by the owner id that the server's log and data carry; `revoke` removes one.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,20 @@ pub enum Command {
         /// `clinician` (the inference API) or `metrics` (only `/metrics`).
         #[arg(long, default_value = "clinician", value_parser = parse_scope)]
         scope: Scope,
+    },
+    /// List the tokens of a tokens file: owner id, scope and label (never a token).
+    List {
+        #[arg(long, env = "HEXRAY_TOKENS_FILE")]
+        tokens_file: PathBuf,
+    },
+    /// Remove a token from the tokens file, by the owner id `list` and the server's log show.
+    /// The server accepts it until it is restarted.
+    Revoke {
+        /// The token's owner id (16 hex digits).
+        #[arg(long)]
+        owner: String,
+        #[arg(long, env = "HEXRAY_TOKENS_FILE")]
+        tokens_file: PathBuf,
     },
 }
 
@@ -42,6 +57,29 @@ pub fn run(command: Command) -> Result<()> {
                 tokens_file.display()
             );
             println!("{token}");
+            Ok(())
+        }
+        Command::List { tokens_file } => {
+            println!("{:<16}  {:<9}  label", "owner id", "scope");
+            for entry in Tokens::entries(&tokens_file)? {
+                println!(
+                    "{:<16}  {:<9}  {}",
+                    entry.owner().0,
+                    entry.scope.name(),
+                    entry.label
+                );
+            }
+            Ok(())
+        }
+        Command::Revoke { owner, tokens_file } => {
+            let entry = Tokens::revoke(&tokens_file, &owner)?;
+            eprintln!(
+                "Removed the {} token for `{}` from {}. Restart the server to refuse it; its \
+                 keys and jobs become unreachable.",
+                entry.scope.name(),
+                entry.label,
+                tokens_file.display()
+            );
             Ok(())
         }
     }
