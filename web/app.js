@@ -195,8 +195,8 @@ function paragraph(className, text) {
 
 /// Images read for the current model and not yet analysed with it, of `entries` (all, unless
 /// given) that are still on the page.
-const pending = (entries = state.entries) => entries.filter((e) => state.entries.includes(e)
-  && e.status === 'ready' && e.analysedWith !== state.info.fingerprint);
+const pending = (entries = state.entries) => entries.filter((e) => e.status === 'ready'
+  && e.analysedWith !== state.info.fingerprint && (entries === state.entries || state.entries.includes(e)));
 
 /// The files' state in words, in a status region that screen readers announce: those waiting
 /// for the model, or, once every file is read, those that cannot be.
@@ -315,10 +315,10 @@ async function analyse({ resume = false } = {}) {
     await analyseBatch(state.job.batch, state.resumable);
     state.resumable = true;
   }
-  const left = pending(state.chosen).length;
-  const jobs = Math.ceil(left / state.batchImages);
-  if (jobs > 1) $('notice').textContent = `${left} images go as ${jobs} jobs: this server takes ${state.batchImages} per job.`;
-  for (let rest = pending(state.chosen); rest.length; rest = pending(state.chosen)) {
+  let rest = pending(state.chosen);
+  const jobs = Math.ceil(rest.length / state.batchImages);
+  if (jobs > 1) $('notice').textContent = `${rest.length} images go as ${jobs} jobs: this server takes ${state.batchImages} per job.`;
+  for (; rest.length; rest = pending(state.chosen)) {
     await analyseBatch(await prepareBatch(rest.slice(0, state.batchImages)), state.resumable);
     state.resumable = true;
   }

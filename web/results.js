@@ -15,8 +15,8 @@ export const DECISION_SUPPORT = 'Decision support, not a diagnosis: a statistica
   + 'to be reviewed by a qualified clinician.';
 
 /// "DOE^JANE" (DICOM's person name) as "DOE, JANE"; "20240105" as "2024-01-05".
-export const personName = (name) => name.split('=')[0].replace('^', ', ').replaceAll('^', ' ').trim();
-export const studyDate = (date) => (/^\d{8}$/.test(date) ? `${date.slice(0, 4)}-${date.slice(4, 6)}-${date.slice(6)}` : date);
+const personName = (name) => name.split('=')[0].replace('^', ', ').replaceAll('^', ' ').trim();
+const studyDate = (date) => (/^\d{8}$/.test(date) ? `${date.slice(0, 4)}-${date.slice(4, 6)}-${date.slice(6)}` : date);
 /// Whose study a DICOM file is, as the previews, cards and table show it (here only).
 export const patientText = ({ patient_name: name, study_date: date }) =>
   `${name ? personName(name) : 'no patient name'} · ${date ? studyDate(date) : 'no study date'}`;

@@ -3,12 +3,14 @@
 //!
 //! - [`server`]: the actix-web server: page, API, key store and job queue;
 //! - [`client`]: a blocking client of that API, knowing models only by their client specs;
+//! - [`durable_file`]: files written whole or not at all, readable by whom they should be;
 //! - [`launch`]: starting a `hexray serve` process and waiting until it answers, for the tests
 //!   and benchmarks;
 //! - [`progress`]: the progress bar the command lines show over bootstraps;
 //! - [`trusted_cas`]: the CA files that TLS peers (the database, the server) are verified against.
 
 pub mod client;
+pub mod durable_file;
 pub mod launch;
 pub mod progress;
 pub mod server;

@@ -139,10 +139,6 @@ fn client_spec_prints_the_public_part_only() {
     }
 }
 
-/// The container image and the Kubernetes manifests configure `hexray serve` through its
-/// environment variables: every one they name must be one the server reads, the image must
-/// run as a non-root user with models that exist, and the readiness probe must be the
-/// unauthenticated health route.
 #[test]
 fn serve_reads_a_switch_from_the_environment_as_the_docs_write_it() {
     // A file where the data folder should be: `serve` stops there, after reading its settings.
@@ -165,6 +161,10 @@ fn serve_reads_a_switch_from_the_environment_as_the_docs_write_it() {
     assert!(serve("maybe").contains("invalid value 'maybe'"));
 }
 
+/// The container image and the Kubernetes manifests configure `hexray serve` through its
+/// environment variables: every one they name must be one the server reads, the image must
+/// run as a non-root user with models that exist, and the readiness probe must be the
+/// unauthenticated health route.
 #[test]
 fn the_deployment_files_name_only_real_settings_and_routes() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -292,11 +292,7 @@ fn analyze_reaches_an_https_server_verified_against_the_hospital_ca_it_is_given(
     ]);
     // A TLS server with that certificate, answering every request with a page that is not
     // the API's: reaching it proves the handshake and the verification.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = hexray_test_kit::node::port();
     let server = Command::new("openssl")
         .args([
             "s_server",

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::error::ApiError;
+use crate::durable_file::{write_durably, Readers};
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,10 +112,21 @@ impl Tokens {
     /// Every token of a tokens file, in its order (comments and blank lines left out), or the
     /// first malformed line.
     pub fn entries(path: &Path) -> Result<Vec<TokenEntry>, TokensError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io {
+        Ok(Self::parse(path, &Self::read(path)?)?
+            .into_iter()
+            .map(|(_, entry)| entry)
+            .collect())
+    }
+
+    fn read(path: &Path) -> Result<String, TokensError> {
+        std::fs::read_to_string(path).map_err(|source| TokensError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        })
+    }
+
+    /// The tokens in `text` (the file at `path`), each with the index of its line.
+    fn parse(path: &Path, text: &str) -> Result<Vec<(usize, TokenEntry)>, TokensError> {
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -135,39 +147,38 @@ impl Tokens {
                 .next()
                 .and_then(Scope::from_name)
                 .ok_or_else(|| bad("the scope must be `clinician` or `metrics`"))?;
-            entries.push(TokenEntry {
+            let entry = TokenEntry {
                 hash: hash.to_ascii_lowercase(),
                 scope,
                 label: fields.next().unwrap_or_default().to_owned(),
-            });
+            };
+            entries.push((i, entry));
         }
         Ok(entries)
     }
 
     /// Removes the token whose owner id is `owner` from `path`, keeping every other line as it
-    /// was; returns what it removed. The file is rewritten whole or not at all (a new file
-    /// renamed over it), so a crash never leaves it half written.
+    /// was; returns what it removed. The file is rewritten whole or not at all.
     pub fn revoke(path: &Path, owner: &str) -> Result<TokenEntry, TokensError> {
-        let io = |source| TokensError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let entry = Self::entries(path)?
+        let text = Self::read(path)?;
+        let (line, entry) = Self::parse(path, &text)?
             .into_iter()
-            .find(|e| e.owner().0 == owner.to_ascii_lowercase())
+            .find(|(_, e)| e.owner().0 == owner.to_ascii_lowercase())
             .ok_or_else(|| TokensError::Unknown {
                 path: path.display().to_string(),
                 owner: owner.to_owned(),
             })?;
-        let text = std::fs::read_to_string(path).map_err(io)?;
         let kept: String = text
             .lines()
-            .filter(|line| !line.trim().to_ascii_lowercase().starts_with(&entry.hash))
-            .map(|line| format!("{line}\n"))
+            .enumerate()
+            .filter(|&(i, _)| i != line)
+            .map(|(_, l)| format!("{l}\n"))
             .collect();
-        let partial = path.with_extension("revoking");
-        std::fs::write(&partial, kept).map_err(io)?;
-        std::fs::rename(&partial, path).map_err(io)?;
+        let io = |source| TokensError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        write_durably(path, kept.as_bytes(), Readers::Umask).map_err(io)?;
         Ok(entry)
     }
 

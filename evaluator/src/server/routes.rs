@@ -233,13 +233,11 @@ async fn register_key(
     let store = state.keys.clone();
     let registered_owner = owner.0.clone();
     let (id, registration) = blocking(move || store.register(&owner, &bytes)).await?;
-    if registration.created {
+    let mut response = if registration.created {
         log::info!(
             "token {registered_owner} registered server key {id} ({})",
             registration.parameter_set.name()
         );
-    }
-    let mut response = if registration.created {
         HttpResponse::Created()
     } else {
         HttpResponse::Ok()
@@ -378,17 +376,15 @@ async fn check_room(
 /// Queues a checked job, answering 202 with its status and where to follow it.
 async fn accepted(state: &AppState, job: NewJob) -> Result<HttpResponse, ApiError> {
     let jobs = state.jobs.clone();
-    let (owner, model, images) = (
-        job.owner.0.clone(),
-        job.model.id.clone(),
-        job.inputs.images(),
-    );
+    let owner = job.owner.0.clone();
     let status = blocking(move || jobs.submit(job)).await?;
     // The operator's record of who asked for what (never of the images or results): the
     // threat model's answer to a token that fits a copy of the model.
     log::info!(
-        "token {owner} queued job {}: {images} image(s), model {model}",
-        status.job_id
+        "token {owner} queued job {}: {} image(s), model {}",
+        status.job_id,
+        status.images,
+        status.model
     );
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/jobs/{}", status.job_id)))

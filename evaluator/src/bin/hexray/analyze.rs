@@ -6,13 +6,13 @@
 //! here. A key the server lost is uploaded again.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::durable_file::{write_durably, Readers};
 use hexray_evaluator::progress;
-use hexray_evaluator::server::jobs::{JobState, Progress};
+use hexray_evaluator::server::jobs::JobState;
 use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::{ClientSpec, Diagnosis};
 use ndarray::Array3;
@@ -78,14 +78,11 @@ pub fn analyze(args: Args) -> Result<()> {
             inputs.len()
         );
     }
-    let job = Job {
-        api: &api,
-        model: &model,
-        spec: &spec,
-        keys: &keys,
-    };
     for (paths, inputs) in args.image.chunks(per_job).zip(inputs.chunks(per_job)) {
-        for (path, diagnosis) in paths.iter().zip(job.run(inputs)?) {
+        for (path, diagnosis) in paths
+            .iter()
+            .zip(run_job(&api, &model, &spec, &keys, inputs)?)
+        {
             println!("{}: {}", path.display(), result_line(&spec, &diagnosis));
         }
     }
@@ -93,67 +90,47 @@ pub fn analyze(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// What one job needs: the server, the model and its spec, and this client's keys.
-struct Job<'a> {
-    api: &'a ApiClient,
-    model: &'a str,
-    spec: &'a ClientSpec,
-    keys: &'a Keys,
-}
-
-impl Job<'_> {
-    /// Encrypts `inputs`, submits them as one job, follows it with a progress bar, and
-    /// decrypts its answers, in order.
-    fn run(&self, inputs: &[Array3<i64>]) -> Result<Vec<Diagnosis>> {
-        let Job {
-            api, spec, keys, ..
-        } = self;
-        let blobs = inputs
-            .iter()
-            .map(|input| Ok(keys.client.encrypt(spec, input.view())?.to_bytes()?))
-            .collect::<Result<Vec<_>>>()?;
-        let batch = batch_body::pack(&blobs);
-        let job = api.submit_under_key(self.model, spec, &batch, &keys.server_key, |bytes| {
-            eprintln!(
-                "uploading the evaluation key ({:.1} MB)",
-                bytes as f64 / 1e6
-            )
-        })?;
-        // scripts/container-test.sh follows the job by this line.
+/// Encrypts `inputs`, submits them as one job, follows it with a progress bar, and decrypts
+/// its answers, in order.
+fn run_job(
+    api: &ApiClient,
+    model: &str,
+    spec: &ClientSpec,
+    keys: &Keys,
+    inputs: &[Array3<i64>],
+) -> Result<Vec<Diagnosis>> {
+    let blobs = inputs
+        .iter()
+        .map(|input| Ok(keys.client.encrypt(spec, input.view())?.to_bytes()?))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = batch_body::pack(&blobs);
+    let job = api.submit_under_key(model, spec, &batch, &keys.server_key, |bytes| {
         eprintln!(
-            "job {job}: {} image(s), {} bootstraps each",
-            blobs.len(),
-            spec.bootstraps
-        );
-        let bar = progress::bootstrap_bar(blobs.len() * spec.bootstraps);
-        bar.set_message(format!("job {job}"));
-        let status = api.follow(&job, Duration::from_secs(3600), |status| {
-            if let Progress::Bootstraps {
-                bootstraps_done, ..
-            } = status.progress
-            {
-                bar.set_position(bootstraps_done as u64);
-            }
-        })?;
-        bar.finish_and_clear();
-        anyhow::ensure!(
-            status.state == JobState::Done,
-            "the server could not evaluate the images of job {job}: {}",
-            status.error.unwrap_or_default()
-        );
-        let outputs = api.outputs(&job)?;
-        batch_body::unpack(&outputs, blobs.len())?
-            .into_iter()
-            .map(|blob| {
-                let output = EncryptedOutput::from_bytes(
-                    blob,
-                    keys.client.parameter_set(),
-                    spec.output_len(),
-                )?;
-                Ok(keys.client.decrypt(spec, &output)?)
-            })
-            .collect()
-    }
+            "uploading the evaluation key ({:.1} MB)",
+            bytes as f64 / 1e6
+        )
+    })?;
+    // scripts/container-test.sh follows the job by this line.
+    eprintln!(
+        "job {job}: {} image(s), {} bootstraps each",
+        blobs.len(),
+        spec.bootstraps
+    );
+    let status = progress::follow_job(api, &job, "bootstraps")?;
+    anyhow::ensure!(
+        status.state == JobState::Done,
+        "the server could not evaluate the images of job {job}: {}",
+        status.error.unwrap_or_default()
+    );
+    let outputs = api.outputs(&job)?;
+    batch_body::unpack(&outputs, blobs.len())?
+        .into_iter()
+        .map(|blob| {
+            let output =
+                EncryptedOutput::from_bytes(blob, keys.client.parameter_set(), spec.output_len())?;
+            Ok(keys.client.decrypt(spec, &output)?)
+        })
+        .collect()
 }
 
 /// A result as `analyze` prints it: the class, each class's probability, and the borderline
@@ -204,8 +181,12 @@ impl Keys {
         create_private_dir(dir)?;
         let client = ClientKey::generate(set);
         let server_key = client.server_key().to_bytes()?;
-        write_private(&server_path, &server_key)?;
-        write_private(&client_path, &client.to_bytes()?)?;
+        let write = |path: &Path, bytes: &[u8]| {
+            write_durably(path, bytes, Readers::Owner)
+                .with_context(|| format!("writing {}", path.display()))
+        };
+        write(&server_path, &server_key)?;
+        write(&client_path, &client.to_bytes()?)?;
         Ok(Keys { client, server_key })
     }
 }
@@ -220,21 +201,4 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
-}
-
-/// Writes `bytes` to `path`, readable by its owner only, whole or not at all: into a new file
-/// beside it, then renamed over it, so an interrupted run never leaves half a key.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let partial = path.with_extension("partial");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let write = || -> std::io::Result<()> {
-        let mut file = options.open(&partial)?;
-        std::io::Write::write_all(&mut file, bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, path)
-    };
-    write().with_context(|| format!("writing {}", path.display()))
 }

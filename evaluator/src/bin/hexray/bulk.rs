@@ -18,7 +18,7 @@ use hexray_bulk::parameters::DEGREE;
 use hexray_bulk::{upload, ClientKey, EncryptedOutputs, EvaluationKey};
 use hexray_evaluator::client::ApiClient;
 use hexray_evaluator::progress;
-use hexray_evaluator::server::jobs::{JobState, Progress};
+use hexray_evaluator::server::jobs::JobState;
 use hexray_model::bulk_spec::BulkSpec;
 
 use crate::{read_image_file, ImageFile, ServerArgs};
@@ -177,19 +177,7 @@ impl Batch<'_> {
             started.elapsed().as_secs_f64()
         );
         let started = Instant::now();
-        let bar = progress::bar(0, "neurons");
-        bar.set_message(format!("job {job}"));
-        let status = api.follow(&job, Duration::from_secs(3600), |status| {
-            if let Progress::Neurons {
-                neurons_done,
-                neurons_total,
-            } = status.progress
-            {
-                bar.set_length(neurons_total as u64);
-                bar.set_position(neurons_done as u64);
-            }
-        })?;
-        bar.finish_and_clear();
+        let status = progress::follow_job(api, &job, "neurons")?;
         if status.state != JobState::Done {
             bail!(
                 "the server could not evaluate job {job}: {}",

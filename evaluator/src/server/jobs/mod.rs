@@ -149,6 +149,20 @@ pub enum Progress {
 }
 
 impl Progress {
+    /// The work done and the work in all, whatever its unit.
+    pub fn counts(self) -> (usize, usize) {
+        match self {
+            Progress::Bootstraps {
+                bootstraps_done,
+                bootstraps_total,
+            } => (bootstraps_done, bootstraps_total),
+            Progress::Neurons {
+                neurons_done,
+                neurons_total,
+            } => (neurons_done, neurons_total),
+        }
+    }
+
     pub fn new(kind: JobKind, done: usize, total: usize) -> Self {
         match kind {
             JobKind::Interactive => Progress::Bootstraps {

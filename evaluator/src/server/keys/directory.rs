@@ -8,18 +8,17 @@
 //! missing or damaged file. Keys unused for longer than the expiry are deleted.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use hexray_crypto::{ParameterSet, ServerKey};
-use rand::RngCore;
 
 use super::{
     cached_or_expanded, key_id, registration, validate_upload, KeyLimits, KeyStorage, Lru,
     Occupancy, Registration, Verified,
 };
+use crate::durable_file::{write_durably, Readers};
 use crate::server::auth::Owner;
 use crate::server::store_error::StoreError;
 
@@ -217,7 +216,7 @@ impl KeyStorage for DirectoryKeys {
         if occupancy.known {
             log::warn!("repairing the stored copy of key {id} from a new upload");
         }
-        write_durably(&path, bytes)
+        store_key(&path, bytes)
             .map_err(|e| StoreError::Internal(format!("cannot store the key: {e}")))?;
         let stored = Stored {
             set,
@@ -284,39 +283,17 @@ impl KeyStorage for DirectoryKeys {
     }
 }
 
-/// Writes `bytes` to `path` so that a crash at any point leaves either no file or the whole
-/// file: a unique temporary file (concurrent uploads of one key never share one), fsynced,
-/// renamed, and the directory fsynced so the rename itself survives. An owner's first key
-/// creates the owner's directory, and its parent is fsynced too, or a crash could lose the
-/// directory with the key inside.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Stores a key at `path` ([`write_durably`]). An owner's first key creates the owner's
+/// directory, and its parent is fsynced too, or a crash could lose the directory with the key
+/// inside.
+fn store_key(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("a key path has a directory");
     if !dir.is_dir() {
         std::fs::create_dir_all(dir)?;
         let parent = dir.parent().expect("an owner's directory has a parent");
         std::fs::File::open(parent)?.sync_all()?;
     }
-    let mut nonce = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let name = path
-        .file_name()
-        .expect("a key path has a name")
-        .to_string_lossy();
-    let partial = dir.join(format!(
-        ".{name}.{:016x}.partial",
-        u64::from_le_bytes(nonce)
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
+    write_durably(path, bytes, Readers::Umask)
 }
 
 fn skip_unreadable(entry: std::io::Result<std::fs::DirEntry>) -> Option<std::fs::DirEntry> {

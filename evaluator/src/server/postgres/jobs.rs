@@ -221,14 +221,16 @@ impl JobStorage for PgJobs {
         let id = job_id();
         let work_total = kind.work(&new.model, images);
         let capacity = self.config.capacity;
+        let mut retried = false;
         let accepted = self.database.with(|c| {
             let mut tx = c.transaction()?;
             // [`Database::with`] runs this again on a new connection when the old one drops,
             // and it may have dropped after the COMMIT below and before its reply: the job,
             // whose id is this submission's own, is then queued already, and is not again.
-            if tx
-                .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])?
-                .is_some()
+            if std::mem::replace(&mut retried, true)
+                && tx
+                    .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id])?
+                    .is_some()
             {
                 return Ok(Ok(()));
             }
