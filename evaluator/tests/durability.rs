@@ -272,8 +272,18 @@ fn a_token_is_listed_by_its_owner_id_and_a_revoked_one_is_refused() {
             "{list}"
         );
     }
+    // The file keeps who may read it: here its owner and group only (the server's user).
+    #[cfg(unix)]
+    use std::os::unix::fs::PermissionsExt;
+    #[cfg(unix)]
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o640)).unwrap();
     let (revoked, _, said) = token(&["revoke", "--owner", &owner(&ward_a)]);
     assert!(revoked && said.contains("`ward A`"), "{said}");
+    #[cfg(unix)]
+    assert_eq!(
+        std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     let (_, list, _) = token(&["list"]);
     assert!(
         !list.contains("ward A") && list.contains("ward B"),

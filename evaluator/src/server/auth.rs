@@ -158,7 +158,8 @@ impl Tokens {
     }
 
     /// Removes the token whose owner id is `owner` from `path`, keeping every other line as it
-    /// was; returns what it removed. The file is rewritten whole or not at all.
+    /// was; returns what it removed. The file is rewritten whole or not at all, readable by
+    /// whoever could read it before (the server's user, say).
     pub fn revoke(path: &Path, owner: &str) -> Result<TokenEntry, TokensError> {
         let text = Self::read(path)?;
         let (line, entry) = Self::parse(path, &text)?
@@ -178,7 +179,8 @@ impl Tokens {
             path: path.display().to_string(),
             source,
         };
-        write_durably(path, kept.as_bytes(), Readers::Umask).map_err(io)?;
+        let old = std::fs::metadata(path).map_err(io)?;
+        write_durably(path, kept.as_bytes(), Readers::As(&old)).map_err(io)?;
         Ok(entry)
     }
 
