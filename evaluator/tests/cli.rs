@@ -75,6 +75,17 @@ fn bad_input_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a HEXray model"));
 
+    // One noisy run has no spread to compare with.
+    let image = sample_file("covid-cxr-actualmed/covid-1.png")
+        .display()
+        .to_string();
+    for runs in ["0", "1"] {
+        let out = hexray(&["simulate", "--image", &image, "--noisy-runs", runs]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--noisy-runs {runs}");
+        assert!(stderr.contains("not in 2.."), "{stderr}");
+    }
+
     // A file given as the folder is refused before any server is asked (none listens here).
     let dir = tempfile::tempdir().unwrap();
     let out_csv = dir.path().join("results.csv").display().to_string();

@@ -63,7 +63,7 @@ fn owner_of(hash: &str) -> Owner {
 
 #[derive(Debug, Error)]
 pub enum TokensError {
-    #[error("cannot read the tokens file {path}: {source}")]
+    #[error("cannot read or write the tokens file {path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
@@ -260,11 +260,18 @@ impl Access {
         }
     }
 
-    /// Whether `/metrics` may answer: a loopback peer, or a metrics token.
+    /// Whether `/metrics` may answer: a loopback peer that no proxy relayed, or a metrics token.
+    ///
+    /// A reverse proxy on the same machine connects from loopback too, so a request that
+    /// carries a forwarding header (which such proxies add) is taken to come from outside:
+    /// leaving `/metrics` off the proxy is then a second guard, not the only one.
     pub fn metrics(&self, request: &HttpRequest) -> Result<(), ApiError> {
         let loopback = request
             .peer_addr()
-            .is_some_and(|addr| addr.ip().is_loopback());
+            .is_some_and(|addr| addr.ip().is_loopback())
+            && !FORWARDING_HEADERS
+                .iter()
+                .any(|name| request.headers().contains_key(*name));
         match self {
             Access::Loopback { cors_origin }
                 if loopback && names_loopback(request, cors_origin) =>
@@ -284,6 +291,10 @@ impl Access {
         }
     }
 }
+
+/// The headers a reverse proxy adds to say whom it relays (nginx's `X-Real-IP` and
+/// `X-Forwarded-For`, RFC 7239's `Forwarded`).
+const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
 /// Whether the request names this server by a loopback name, and comes from a loopback page
 /// if it comes from a page at all. A page on another site that rebinds its own name to

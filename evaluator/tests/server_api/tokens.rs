@@ -76,6 +76,31 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
         test::call_service(&app, remote).await.status(),
         StatusCode::UNAUTHORIZED
     );
+    // A proxy on this machine connects from loopback: what it relays is not a local scrape.
+    for (name, value) in [
+        ("x-forwarded-for", "192.0.2.7"),
+        ("x-real-ip", "192.0.2.7"),
+        ("forwarded", "for=192.0.2.7"),
+    ] {
+        let relayed = test::TestRequest::get()
+            .uri("/metrics")
+            .peer_addr("127.0.0.1:40000".parse().unwrap())
+            .insert_header((name, value))
+            .to_request();
+        assert_eq!(
+            test::call_service(&app, relayed).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{name}"
+        );
+    }
+    let local = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("127.0.0.1:40000".parse().unwrap())
+        .to_request();
+    assert_eq!(
+        test::call_service(&app, local).await.status(),
+        StatusCode::OK
+    );
 
     let id = register(&app, key).await;
     let key_uri = format!("/api/v1/keys/{id}");

@@ -120,9 +120,10 @@ pub struct ImageArgs {
     pub image: PathBuf,
     #[command(flatten)]
     pub model: ModelArg,
-    /// Noisy simulations, each drawing TFHE's predicted noise before every table.
-    #[arg(long, default_value_t = 300)]
-    pub noisy_runs: usize,
+    /// Noisy simulations, each drawing TFHE's predicted noise before every table (at least 2,
+    /// so that they have a spread).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(2..))]
+    pub noisy_runs: u64,
 }
 
 #[derive(Parser)]

@@ -17,7 +17,7 @@ pub fn simulate(args: ImageArgs) -> Result<()> {
     let exact = simulate::exact(circuit, input.view())?;
     let classes = circuit.classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let runs = (0..args.noisy_runs.max(2))
+    let runs = (0..args.noisy_runs)
         .map(|_| simulate::noisy(circuit, input.view(), &mut rng))
         .collect::<Result<Vec<_>, _>>()?;
     let mut votes = vec![0usize; classes];
