@@ -170,6 +170,20 @@ fn serve_reads_a_switch_from_the_environment_as_the_docs_write_it() {
         assert!(!stderr.contains("invalid value"), "{accepted}: {stderr}");
     }
     assert!(serve("maybe").contains("invalid value 'maybe'"));
+
+    // A default model that is not served stops the start, naming those that are.
+    let out = Command::new(env!("CARGO_BIN_EXE_hexray"))
+        .args(["serve", "--data-dir"])
+        .arg(not_a_folder.path())
+        .env("HEXRAY_DEFAULT_MODEL", "chest")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the default model `chest` is not among the served models (screen-mlp-32, covid-19-mlp-32, pneumonia-mlp-64, pneumonia-a)"),
+        "{stderr}"
+    );
 }
 
 /// The container image and the Kubernetes manifests configure `hexray serve` through its

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
+use thiserror::Error;
 
 use hexray_crypto::{CompressedServerKey, CryptoError, EncryptedImage};
 use hexray_model::bulk_spec::BulkSpec;
@@ -145,6 +146,15 @@ impl ServedModel {
 /// The models, the default first: clients that do not choose take the first one listed.
 pub struct Models(Vec<Arc<ServedModel>>);
 
+/// The default model named at start (`--default-model`) is not among those served.
+#[derive(Debug, Error)]
+#[error("the default model `{id}` is not among the served models ({served})")]
+pub struct UnknownDefault {
+    pub id: String,
+    /// The served ids, comma-separated, so the operator sees what to name.
+    pub served: String,
+}
+
 /// The bundled default model (the first of the bundled models): what the command line reads when it
 /// is given no model file, wherever the binary was copied.
 pub fn bundled_default() -> Result<LoadedModel, LoadError> {
@@ -213,6 +223,38 @@ impl Models {
             )));
         }
         Ok(Models(models))
+    }
+
+    /// The same models with `id` first, so that clients that do not choose get it: a hospital
+    /// whose clinicians mostly read adult COVID-19 films can make that model the default
+    /// without renaming files.
+    ///
+    /// ```
+    /// use hexray_evaluator::server::models::Models;
+    ///
+    /// let models = Models::bundled()?.with_default("covid-19-mlp-32")?;
+    /// assert_eq!(models.iter().next().unwrap().id, "covid-19-mlp-32");
+    /// assert_eq!(models.len(), Models::bundled()?.len());
+    /// let unknown = Models::bundled()?.with_default("chest").err().unwrap();
+    /// assert!(unknown.to_string().contains("(screen-mlp-32, covid-19-mlp-32,"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_default(mut self, id: &str) -> Result<Self, UnknownDefault> {
+        let at = self
+            .0
+            .iter()
+            .position(|m| m.id == id)
+            .ok_or_else(|| UnknownDefault {
+                id: id.to_owned(),
+                served: self
+                    .iter()
+                    .map(|m| m.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let default = self.0.remove(at);
+        self.0.insert(0, default);
+        Ok(self)
     }
 
     /// The largest key and job bodies the served models need, for `batch_images` per job.

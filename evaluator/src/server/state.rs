@@ -25,8 +25,11 @@ use hexray_model::bulk_spec::BulkSpec;
 /// Everything a server needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `*.hexray` files to serve; `None` serves the bundled default model.
+    /// `*.hexray` files to serve; `None` serves the bundled models.
     pub models_dir: Option<PathBuf>,
+    /// The id of the model that clients get when they choose none; `None`: the first bundled
+    /// model, or the folder's first id in sort order.
+    pub default_model: Option<String>,
     /// Where registered keys are persisted by the embedded back end, and where bulk uploads are
     /// spooled (`spool/`) by either back end. One server process per directory.
     pub data_dir: PathBuf,
@@ -52,6 +55,7 @@ impl Config {
     pub fn defaults(data_dir: &Path, threads: usize) -> Self {
         Config {
             models_dir: None,
+            default_model: None,
             data_dir: data_dir.to_path_buf(),
             database_url: None,
             database_ca_file: None,
@@ -134,6 +138,8 @@ pub struct BodyLimits {
 pub enum StartError {
     #[error(transparent)]
     Models(#[from] LoadError),
+    #[error(transparent)]
+    DefaultModel(#[from] super::models::UnknownDefault),
     #[error(transparent)]
     Tokens(#[from] super::auth::TokensError),
     /// A served model's images would be larger than any client may send.
@@ -247,6 +253,10 @@ impl AppState {
         let models = match &config.models_dir {
             Some(dir) => Models::from_dir(dir)?,
             None => Models::bundled()?,
+        };
+        let models = match &config.default_model {
+            Some(id) => models.with_default(id)?,
+            None => models,
         };
         let database = config
             .database_url

@@ -40,6 +40,10 @@ pub struct Args {
     /// `<id>.card.md` where there is one; without it, the bundled models are served.
     #[arg(long, env = "HEXRAY_MODELS_DIR")]
     models_dir: Option<PathBuf>,
+    /// The id of the model that clients get when they choose none (listed first). Without it,
+    /// the first bundled model, `screen-mlp-32`, or the models folder's first id in sort order.
+    #[arg(long, env = "HEXRAY_DEFAULT_MODEL")]
+    default_model: Option<String>,
     /// Where registered server keys are stored (the embedded back end).
     #[arg(long, env = "HEXRAY_DATA_DIR", default_value = defaults::DATA_DIR)]
     data_dir: PathBuf,
@@ -132,6 +136,7 @@ pub fn serve(args: Args) -> Result<()> {
     let defaults = Config::defaults(&args.data_dir, 1);
     let config = Config {
         models_dir: args.models_dir,
+        default_model: args.default_model,
         data_dir: args.data_dir,
         database_url: args.database_url,
         database_ca_file: args.database_ca_file,
