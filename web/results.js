@@ -169,14 +169,17 @@ export function csvCell(value) {
   return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
-/// The results as CSV (RFC 4180): one row per image, probabilities as fractions, and the
-/// borderline note where a result is borderline.
+/// The results as CSV (RFC 4180): one row per image, probabilities as fractions, the
+/// borderline note where a result is borderline, and what a DICOM header warned of (another
+/// modality or body part, several frames), as on the card: a result read without them could
+/// be taken at face value.
 export function resultsCsv(results) {
   const quote = csvCell;
-  const header = ['file', 'patient_name', 'study_date', 'class', ...results.classes.map((c) => `p_${c}`), 'borderline', 'model', 'model_version'];
+  const header = ['file', 'patient_name', 'study_date', 'class', ...results.classes.map((c) => `p_${c}`), 'borderline', 'model', 'model_version', 'warnings'];
   const lines = results.rows.map((row) => [
     row.path, row.dicom?.patient_name ? personName(row.dicom.patient_name) : '', row.dicom?.study_date ? studyDate(row.dicom.study_date) : '',
     row.result.class, ...row.result.probabilities.map((p) => p.toFixed(4)), row.result.borderline ?? '', row.model.name, row.model.version,
+    (row.dicom?.warnings ?? []).join('; '),
   ]);
   return [header, ...lines].map((line) => line.map(quote).join(',')).join('\r\n') + '\r\n';
 }

@@ -479,10 +479,10 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
 }
 
 /// `hexray bulk` on a folder that mixes DICOM, PNG and a text file, against a real server: the
-/// text file is listed with its reason and left out, every image gets a row with the page's
-/// columns, each class is the packed circuit's exact class for that file, a DICOM's patient
-/// name and study date are written as the page writes them, and an existing CSV is never
-/// overwritten.
+/// text file gets a row that says why it was not screened and the run exits with status 3,
+/// every image gets a row with the page's columns, each class is the packed circuit's exact
+/// class for that file, a DICOM's patient name, study date and warnings are written as the
+/// page writes them, and an existing CSV is never overwritten.
 #[test]
 fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,6 +501,7 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
             "dicom/test-0000.dcm",
             "dicom/chest/test-0000-pneumonia.jpeg-lossless-sv1.dcm",
         ),
+        ("dicom/mr.dcm", "dicom/pydicom/MR_small_RLE.dcm"),
     ];
     for (name, source) in images {
         std::fs::copy(sample_file(source), folder.join(name)).unwrap();
@@ -522,11 +523,13 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
     };
     let out = bulk();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("skipped notes.txt: decoding"),
         "the text file is listed with its reason: {stderr}"
     );
+    assert!(stderr.contains("1 files were not screened"), "{stderr}");
+    assert!(!dir.path().join("results.csv.partial").exists());
     let csv = std::fs::read_to_string(&out_csv).unwrap();
     let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
     // Without --model: the first model the server lists for the bulk path, the bundled default.
@@ -537,7 +540,7 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
     let spec = hexray_model::bulk_spec::BulkSpec::of(model.model(), &circuit);
     let classes = &model.spec().classes;
     let header = format!(
-        "file,patient_name,study_date,class,{},borderline,model,model_version",
+        "file,patient_name,study_date,class,{},borderline,model,model_version,warnings,not_screened",
         classes
             .iter()
             .map(|c| format!("p_{c}"))
@@ -545,10 +548,18 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
             .join(",")
     );
     assert_eq!(lines[0], header);
-    assert_eq!(lines.len(), 1 + images.len(), "{csv}");
+    assert_eq!(lines.len(), 2 + images.len(), "{csv}");
+    // The file that was not screened comes first, with nothing but its name and why.
+    let skipped = csv_fields(lines[1]);
+    assert_eq!(skipped[0], "notes.txt");
+    assert!(skipped[1..skipped.len() - 1].iter().all(String::is_empty));
+    assert!(
+        skipped.last().unwrap().starts_with("decoding"),
+        "{skipped:?}"
+    );
     let mut names: Vec<&str> = images.iter().map(|(name, _)| *name).collect();
     names.sort();
-    for (line, name) in lines[1..].iter().zip(names) {
+    for (line, name) in lines[2..].iter().zip(names) {
         let cells = csv_fields(line);
         assert_eq!(cells[0], name, "{line}");
         let bytes = std::fs::read(folder.join(name)).unwrap();
@@ -562,10 +573,18 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
             .map(|p| format!("{p:.4}"))
             .collect();
         assert_eq!(cells[4..4 + classes.len()], shown, "{line}");
-        assert_eq!(cells[cells.len() - 2], model.model().name, "{line}");
-        if name.ends_with(".dcm") {
+        let [.., borderline, name_of_model, _, warnings, not_screened] = &cells[..] else {
+            panic!("{line}")
+        };
+        assert_eq!([borderline, not_screened], ["", ""], "{line}");
+        assert_eq!(name_of_model, &model.model().name, "{line}");
+        match name {
+            "dicom/mr.dcm" => assert!(warnings.starts_with("Modality MR: "), "{line}"),
+            _ => assert_eq!(warnings, "", "{line}"),
+        }
+        if name.starts_with("dicom/test-") || name.starts_with("dicom/normal-") {
             assert_eq!(cells[1..3], ["DOE, JANE", "2024-01-31"], "{line}");
-        } else {
+        } else if !name.ends_with(".dcm") {
             assert_eq!(cells[1..3], ["", ""], "{line}");
         }
     }
@@ -574,6 +593,14 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("never overwritten"));
     assert_eq!(std::fs::read_to_string(&out_csv).unwrap(), csv);
+    // Nor is what an interrupted run left: it is named, and kept.
+    std::fs::rename(&out_csv, dir.path().join("results.csv.partial")).unwrap();
+    let out = bulk();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left by an interrupted run"));
+    assert!(!out_csv.exists());
+    let partial = std::fs::read_to_string(dir.path().join("results.csv.partial")).unwrap();
+    assert_eq!(partial, csv);
     kill(server);
 }
 

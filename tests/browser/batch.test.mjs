@@ -146,7 +146,7 @@ test('a batch of X-rays and DICOM files, the model picker, the results to keep',
     const [download] = await Promise.all([page.waitForEvent('download'), page.locator('#download').click()]);
     assert.match(download.suggestedFilename(), /^hexray-results-\d{12}\.csv$/);
     const csv = readFileSync(await download.path(), 'utf8').trim().split('\r\n').map((line) => line.split(','));
-    assert.deepEqual(csv[0], ['file', 'patient_name', 'study_date', 'class', 'p_normal', `p_${abnormalClass}`, 'borderline', 'model', 'model_version']);
+    assert.deepEqual(csv[0], ['file', 'patient_name', 'study_date', 'class', 'p_normal', `p_${abnormalClass}`, 'borderline', 'model', 'model_version', 'warnings']);
     assert.equal(csv.length, 6);
     for (const row of csv.slice(1)) {
       const card = five.find((r) => r.file === row[0]);

@@ -19,13 +19,14 @@ test('a file and a patient named as formulas reach the CSV neutralised', () => {
     classes: ['normal', 'pneumonia'],
     rows: [{
       path: '=cmd|"/c calc"!A1.dcm',
-      dicom: { patient_name: '@EVIL^X', study_date: '20240105' },
+      dicom: { patient_name: '@EVIL^X', study_date: '20240105', warnings: ['the header names modality MR, not an X-ray', 'it holds 3 frames; the first is read'] },
       result: { class: 'normal', probabilities: [0.75, 0.25] },
       model: { name: 'm', version: '1' },
     }],
   });
   const row = csv.split('\r\n')[1];
-  assert.equal(row, `"'=cmd|""/c calc""!A1.dcm","'@EVIL, X",2024-01-05,normal,0.7500,0.2500,,m,1`);
+  assert.equal(row, `"'=cmd|""/c calc""!A1.dcm","'@EVIL, X",2024-01-05,normal,0.7500,0.2500,,m,1,`
+    + '"the header names modality MR, not an X-ray; it holds 3 frames; the first is read"');
 });
 
 test('a borderline result carries its note in the CSV, and a clear one an empty cell', () => {
@@ -35,9 +36,9 @@ test('a borderline result carries its note in the CSV, and a clear one an empty 
   });
   const csv = resultsCsv({ classes: ['normal', 'pneumonia'], rows: [row(note), row(undefined)] });
   const [header, marked, clear] = csv.split('\r\n');
-  assert.equal(header, 'file,patient_name,study_date,class,p_normal,p_pneumonia,borderline,model,model_version');
-  assert.equal(marked, `a.png,,,normal,0.6000,0.4000,${note},m,1`);
-  assert.equal(clear, 'a.png,,,normal,0.6000,0.4000,,m,1');
+  assert.equal(header, 'file,patient_name,study_date,class,p_normal,p_pneumonia,borderline,model,model_version,warnings');
+  assert.equal(marked, `a.png,,,normal,0.6000,0.4000,${note},m,1,`);
+  assert.equal(clear, 'a.png,,,normal,0.6000,0.4000,,m,1,');
 });
 
 test('rows of several jobs each name the model that made them', () => {
@@ -48,6 +49,6 @@ test('rows of several jobs each name the model that made them', () => {
   });
   const csv = resultsCsv({ classes: ['normal', 'pneumonia'], rows: [row('a.png', '1'), row('b.png', '2')] });
   const [, first, second] = csv.split('\r\n');
-  assert.equal(first, 'a.png,,,normal,0.9000,0.1000,,screen-mlp-32,1');
-  assert.equal(second, 'b.png,,,normal,0.9000,0.1000,,screen-mlp-32,2');
+  assert.equal(first, 'a.png,,,normal,0.9000,0.1000,,screen-mlp-32,1,');
+  assert.equal(second, 'b.png,,,normal,0.9000,0.1000,,screen-mlp-32,2,');
 });

@@ -6,8 +6,10 @@
 //! and writes them to a CSV with the page's columns, batch by batch, so that a batch that fails
 //! (a full queue that stays full, the token's image quota) loses none that came before it.
 //!
-//! A file that cannot be read (not an image, a DICOM without pixels…) is listed with the reason
-//! and left out; it never stops the batch.
+//! A file that cannot be read (not an image, a DICOM without pixels…) never stops the batch: it
+//! gets a row that says why (`not_screened`), and the command then exits with status 3 (1 is
+//! a failure, 2 a usage error), so that a script does not take the folder for screened whole. The CSV is written as
+//! `<out>.partial` and takes its name when every batch is in it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,36 +54,71 @@ pub fn bulk(args: Args) -> Result<()> {
         "{} is not a folder",
         args.folder.display()
     );
-    // Created first, never over an existing file: a rerun cannot lose earlier results.
+    ensure!(
+        !args.out.exists(),
+        "{} exists, and an existing file is never overwritten: name another with --out",
+        args.out.display()
+    );
+    // Rows go to `<out>.partial` as each batch is decrypted, and the file takes the name asked
+    // for only when every batch is in it: a file under that name is always complete.
+    let partial = partial_path(&args.out);
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&args.out)
+        .open(&partial)
         .with_context(|| {
             format!(
-                "creating {} (an existing file is never overwritten: name another with --out)",
-                args.out.display()
+                "creating {} (one is left by an interrupted run: keep or remove it)",
+                partial.display()
             )
         })?;
     let mut written = 0;
-    match screen_folder(&args, &mut out, &mut written) {
-        Ok(()) => Ok(()),
+    let not_screened = match screen_folder(&args, &mut out, &mut written) {
+        Ok(not_screened) => not_screened,
         Err(e) if written == 0 => {
             // Nothing to keep: the file this run created goes.
             drop(out);
-            let _ = std::fs::remove_file(&args.out);
-            Err(e)
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
         }
-        Err(e) => Err(e.context(format!(
-            "{written} results are in {}; the images after them were not screened",
+        Err(e) => {
+            return Err(e.context(format!(
+                "{written} results are in {}; the images after them were not screened",
+                partial.display()
+            )))
+        }
+    };
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&partial, &args.out)
+        .with_context(|| format!("naming {} {}", partial.display(), args.out.display()))?;
+    eprintln!(
+        "{written} results written to {}; decision support, not a diagnosis: a qualified \
+         clinician reviews every result",
+        args.out.display()
+    );
+    if not_screened > 0 {
+        // Scripts must not take a folder for screened whole: 3 says "done, but not all".
+        eprintln!(
+            "{not_screened} files were not screened: their rows in {} say why (not_screened)",
             args.out.display()
-        ))),
+        );
+        std::process::exit(3);
     }
+    Ok(())
 }
 
-/// Screens the folder, appending each batch's rows to `out` as soon as they are decrypted and
-/// counting them in `written`.
-fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> Result<()> {
+/// Where `hexray bulk` writes before every batch is in: `<out>.partial`.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Screens the folder: first a row for each file that could not be read, with the reason, then
+/// each batch's rows as soon as they are decrypted, counted in `written`. Returns how many
+/// files were not screened.
+fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> Result<usize> {
     let api = args.server.client()?;
     let model = match &args.model {
         Some(model) => model.clone(),
@@ -107,7 +144,13 @@ fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> R
     );
     let key = ClientKey::generate();
     let evaluation_key = key.evaluation_key()?;
-    out.write_all(csv_line(&header(&spec)).as_bytes())?;
+    let header = header(&spec);
+    out.write_all(csv_line(&header).as_bytes())?;
+    let skipped: String = unreadable
+        .iter()
+        .map(|(name, reason)| csv_line(&not_screened(header.len(), name, reason)))
+        .collect();
+    out.write_all(skipped.as_bytes())?;
     for (i, chunk) in rows.chunks(DEGREE).enumerate() {
         let batch = Batch {
             api: &api,
@@ -122,16 +165,10 @@ fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> R
             .map(|(row, output)| csv_line(&result(&spec, row, output)))
             .collect();
         out.write_all(lines.as_bytes())?;
-        out.flush()?;
+        out.sync_data()?;
         *written += chunk.len();
     }
-    eprintln!(
-        "{} results written to {}; decision support, not a diagnosis: a qualified clinician \
-         reviews every result",
-        rows.len(),
-        args.out.display()
-    );
-    Ok(())
+    Ok(unreadable.len())
 }
 
 /// Times the server's queue is asked again when it is full, 30 s apart.
@@ -302,7 +339,8 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<(Pat
 }
 
 /// The CSV's columns, the page's (`web/results.js`): the file, what its DICOM header names,
-/// the class, one probability per class, the borderline note, the model and its version.
+/// the class, one probability per class, the borderline note, the model and its version, what
+/// the DICOM header warned of; then, for a file that was not screened, why.
 fn header(spec: &BulkSpec) -> Vec<String> {
     let mut header = vec![
         "file".to_owned(),
@@ -311,8 +349,25 @@ fn header(spec: &BulkSpec) -> Vec<String> {
     ];
     header.push("class".into());
     header.extend(spec.classes.iter().map(|c| format!("p_{c}")));
-    header.extend(["borderline".into(), "model".into(), "model_version".into()]);
+    header.extend(
+        [
+            "borderline",
+            "model",
+            "model_version",
+            "warnings",
+            "not_screened",
+        ]
+        .map(String::from),
+    );
     header
+}
+
+/// The row of a file that was not screened: its name, and why, under `not_screened`.
+fn not_screened(columns: usize, name: &str, reason: &str) -> Vec<String> {
+    let mut line = vec![String::new(); columns];
+    line[0] = name.to_owned();
+    line[columns - 1] = reason.to_owned();
+    line
 }
 
 /// One image's row, as the page writes it: probabilities as fractions to four places. The
@@ -336,7 +391,13 @@ fn result(spec: &BulkSpec, row: &Row, output: &[i64]) -> Vec<String> {
         spec.classes[diagnosis.class].clone(),
     ];
     line.extend(diagnosis.probabilities.iter().map(|p| format!("{p:.4}")));
-    line.extend([String::new(), spec.name.clone(), spec.model_version.clone()]);
+    line.extend([
+        String::new(),
+        spec.name.clone(),
+        spec.model_version.clone(),
+        image.warnings.join("; "),
+        String::new(),
+    ]);
     line
 }
 

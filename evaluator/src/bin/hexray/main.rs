@@ -57,6 +57,9 @@ pub struct ImageFile {
     pub input: Array3<i64>,
     pub patient_name: Option<String>,
     pub study_date: Option<String>,
+    /// What a DICOM header warns of (another modality or body part, several frames…): a result
+    /// written without them could be taken at face value.
+    pub warnings: Vec<String>,
 }
 
 /// Reads an image file (PNG, JPEG or DICOM) and preprocesses it for `spec`, printing what a
@@ -68,9 +71,9 @@ pub fn read_image_file(path: &Path, spec: &InputSpec) -> Result<ImageFile> {
     for warning in decoded.dicom.iter().flat_map(|info| &info.warnings) {
         eprintln!("warning: {}: {warning}", path.display());
     }
-    let (patient_name, study_date) = decoded
+    let (patient_name, study_date, warnings) = decoded
         .dicom
-        .map(|info| (info.patient_name, info.study_date))
+        .map(|info| (info.patient_name, info.study_date, info.warnings))
         .unwrap_or_default();
     let input = preprocess_luma(decoded.luma, spec)
         .with_context(|| format!("preprocessing {}", path.display()))?;
@@ -78,6 +81,7 @@ pub fn read_image_file(path: &Path, spec: &InputSpec) -> Result<ImageFile> {
         input,
         patient_name,
         study_date,
+        warnings,
     })
 }
 
