@@ -32,7 +32,10 @@ FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /var/lib/hexray --create-home hexray
+ && useradd --system --uid 10001 --home-dir /var/lib/hexray --create-home hexray \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/hexray/data
+# The data folder exists, the server's own, so that a named volume mounted on it (which starts
+# as a copy of it) is writable by the server: a fresh one would otherwise be root's.
 COPY --from=artefacts /src/target/release/hexray /usr/local/bin/hexray
 COPY --from=artefacts /src/web /opt/hexray/web
 # The models are the binary's bundled ones, the default first, each with its model card; a

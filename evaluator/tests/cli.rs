@@ -170,6 +170,21 @@ fn serve_reads_a_switch_from_the_environment_as_the_docs_write_it() {
         assert!(!stderr.contains("invalid value"), "{accepted}: {stderr}");
     }
     assert!(serve("maybe").contains("invalid value 'maybe'"));
+    // A limit that would refuse everything is refused, not silently raised.
+    for (name, value, reason) in [
+        ("HEXRAY_QUEUE_LIMIT", "0", "must be at least 1"),
+        ("HEXRAY_DATABASE_CONNECTIONS", "2", "must be at least 3"),
+        ("HEXRAY_JOB_RETENTION_S", "0", "not in 60.."),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hexray"))
+            .arg("serve")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}={value}");
+        assert!(stderr.contains(reason), "{name}={value}: {stderr}");
+    }
 
     // A default model that is not served stops the start, naming those that are.
     let out = Command::new(env!("CARGO_BIN_EXE_hexray"))

@@ -1,7 +1,8 @@
 //! The real `hexray serve` process, killed with SIGKILL in the middle of a key upload and of a
 //! job, then restarted on the same data directory: no registered key is lost, a half-received
-//! key leaves nothing behind, and the server serves again. Also the start-up rules for open
-//! mode, and tokens end to end.
+//! key leaves nothing behind, and the server serves again (its data folder's lock goes with
+//! it, and a second server on that folder is refused while it runs). Also the start-up rules
+//! for open mode, and tokens end to end.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -70,6 +71,31 @@ fn sigkill_during_an_upload_and_a_job_loses_no_registered_key() {
     let server_key = server_key.to_bytes().unwrap();
 
     let server = serve(&data, &tokens, port);
+    // A second server on the same data folder would empty the first one's spool: refused.
+    let mut second_server = hexray()
+        .args(["serve", "--bind", &format!("127.0.0.1:{}", self::port())])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while second_server.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            kill(second_server);
+            panic!("a second server started on the same data folder");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second_server = second_server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&second_server.stderr);
+    assert!(!second_server.status.success());
+    assert!(
+        stderr.contains("another hexray server is using the data directory"),
+        "{stderr}"
+    );
     let id = api.register_key(&server_key).unwrap();
     // A second key, half sent when the server dies.
     let (_, second) = ClientKey::generate_deterministic(ParameterSet::Ks32, 12);

@@ -44,3 +44,6 @@ pub const LEASE_S: u64 = 30;
 pub const JOB_RETENTION_S: u64 = 3600;
 /// Threads answering HTTP requests.
 pub const HTTP_WORKERS: usize = 2;
+/// Seconds open requests get to finish after SIGTERM: under Kubernetes' default grace period
+/// of 30 s, with room for the pre-stop pause and the hand-back of claimed work.
+pub const SHUTDOWN_TIMEOUT_S: u64 = 20;

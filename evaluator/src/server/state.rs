@@ -103,13 +103,17 @@ const ANONYMOUS_BURST: f64 = 30.0;
 /// the 18–45 ms a KS-PBS takes on the hosts HEXray was tried on.
 const NOMINAL_BOOTSTRAP_SECONDS: f64 = 0.030;
 
-/// The machine's host name (a Kubernetes pod's name), or `hexray` where it cannot be read.
+/// The machine's host name (a Kubernetes pod's name), or `hexray` where it cannot be read, and
+/// a random suffix: nodes sharing a database must have different names (a stopping node hands
+/// back the work claimed under its own), and two servers on one host, or containers with the
+/// host's network and name, would otherwise share one.
 pub fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .ok()
         .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "hexray".into())
+        .unwrap_or_else(|| "hexray".into());
+    format!("{host}-{:04x}", rand::random::<u16>())
 }
 
 /// Request limits. Body sizes are not among them: they follow from the models served.
@@ -152,6 +156,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("another hexray server is using the data directory {path}: give each server its own --data-dir")]
+    DataDirInUse { path: String },
 }
 
 /// What every request handler shares.
@@ -187,6 +193,8 @@ pub struct AppState {
     /// The queue's sizes: its `bulk_capacity` is this node's bulk upload slots, and says
     /// whether it takes bulk jobs at all ([`QueueConfig::takes_bulk`]).
     queue: QueueConfig,
+    /// The data directory's lock ([`lock_data_dir`]), held while the server runs.
+    _data_dir_lock: std::fs::File,
 }
 
 /// Things in progress per key (bodies per token, progress streams per job), each key's count
@@ -232,6 +240,25 @@ impl Drop for Slot {
     }
 }
 
+/// Takes `data_dir/.lock`, held for the process's life: a second server on the same folder
+/// would empty the first one's spool at start and count the stored keys apart from it, so it is
+/// refused. The operating system drops the lock when the process ends, however it ends.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StartError> {
+    let fault = |source| StartError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(fault)?;
+    let lock = std::fs::File::create(data_dir.join(".lock")).map_err(fault)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse {
+            path: data_dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(fault(source)),
+    }
+}
+
 /// Creates `data_dir/spool`, emptied of what an earlier process left: uploads it was receiving,
 /// and the embedded queue's bulk batches, which ended with it.
 fn open_spool(data_dir: &Path) -> Result<PathBuf, StartError> {
@@ -258,6 +285,7 @@ impl AppState {
             Some(id) => models.with_default(id)?,
             None => models,
         };
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let database = config
             .database_url
             .as_deref()
@@ -326,6 +354,7 @@ impl AppState {
             limits: config.limits,
             bodies,
             spool,
+            _data_dir_lock: data_dir_lock,
             node: config.node.clone(),
             storage: if config.database_url.is_some() {
                 "postgres"

@@ -12,7 +12,7 @@ pub const BUSY_RETRY_S: u64 = 1;
 pub enum StoreError {
     #[error("no server key is registered under id `{0}`; upload it first")]
     UnknownKey(String),
-    #[error("no job has id `{0}` (finished jobs are kept for a limited time)")]
+    #[error("no job has id `{0}` (finished jobs are kept for a limited time, and a server without a database loses its jobs when it restarts)")]
     UnknownJob(String),
     #[error("job `{0}` has not finished yet")]
     NotReady(String),

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 #[actix_web::test]
 async fn every_error_path_answers_json_with_a_stable_code() {
-    let (dir, app) = fresh_app().await;
+    let (_dir, app) = fresh_app().await;
     let (client, key) = shared_client();
     /// Each case: what is sent, and the status and stable code it must be refused with.
     async fn refused<S>(app: &S, cases: Vec<(Method, String, Vec<u8>, u16, &str)>)
@@ -69,7 +69,7 @@ async fn every_error_path_answers_json_with_a_stable_code() {
 
     // A well-formed key of a parameter set no served model uses is larger than any key
     // body the server accepts.
-    let app = self::app(&config(dir.path(), 4)).await;
+    let (_other, app) = fresh_app().await;
     let (_, foreign) = ClientKey::generate_deterministic(ParameterSet::Ks64, 9);
     refused(
         &app,

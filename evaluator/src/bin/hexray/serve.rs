@@ -57,10 +57,12 @@ pub struct Args {
     /// against it; plain text needs `sslmode=disable` in the URL.
     #[arg(long, env = "HEXRAY_DATABASE_CA_FILE")]
     database_ca_file: Option<PathBuf>,
-    /// Connections this node may open to the database, all its requests and workers together.
-    #[arg(long, env = "HEXRAY_DATABASE_CONNECTIONS", default_value_t = defaults::DATABASE_CONNECTIONS)]
+    /// Connections this node may open to the database, all its requests and workers together
+    /// (at least 3: a worker and its lease renewal hold one each while a request holds another).
+    #[arg(long, env = "HEXRAY_DATABASE_CONNECTIONS", default_value_t = defaults::DATABASE_CONNECTIONS, value_parser = at_least::<3>)]
     database_connections: usize,
-    /// This node's name in `/api/v1/health`; the host name (a pod's name) by default.
+    /// This node's name in `/api/v1/health` and in the shared queue, unique among the nodes that
+    /// share a database; by default the host name (a pod's name) and a random suffix.
     #[arg(long, env = "HEXRAY_NODE_NAME")]
     node_name: Option<String>,
     /// The page and wasm client (`web/`, built by `scripts/build-web.sh`).
@@ -68,17 +70,17 @@ pub struct Args {
     web_dir: PathBuf,
     /// Threads for encrypted evaluation (default: all cores). With a shared database, a node
     /// claims at most this many images at a time.
-    #[arg(long, env = "HEXRAY_THREADS")]
+    #[arg(long, env = "HEXRAY_THREADS", value_parser = at_least::<1>)]
     threads: Option<usize>,
     /// Jobs evaluated at the same time; they share the threads.
-    #[arg(long, env = "HEXRAY_WORKERS", default_value_t = defaults::WORKERS)]
+    #[arg(long, env = "HEXRAY_WORKERS", default_value_t = defaults::WORKERS, value_parser = at_least::<1>)]
     workers: usize,
     /// Jobs that may wait (all nodes together, with a shared database); beyond this the server
     /// answers 503 with Retry-After.
-    #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = defaults::QUEUE_LIMIT)]
+    #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = defaults::QUEUE_LIMIT, value_parser = at_least::<1>)]
     queue_limit: usize,
     /// Jobs one token may have queued or running (429 beyond).
-    #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = defaults::MAX_JOBS_PER_TOKEN)]
+    #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = defaults::MAX_JOBS_PER_TOKEN, value_parser = at_least::<1>)]
     max_jobs_per_token: usize,
     /// Bulk jobs (`POST /api/v1/bulk-jobs`, up to a few hundred MB each on disk or in the
     /// database) that may be queued or running, all tokens together (503 beyond); 0 switches
@@ -93,40 +95,46 @@ pub struct Args {
     #[arg(long, env = "HEXRAY_MAX_BULK_IMAGES_PER_TOKEN", default_value_t = defaults::MAX_BULK_IMAGES_PER_TOKEN)]
     max_bulk_images_per_token: usize,
     /// Most images in one job.
-    #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = defaults::MAX_BATCH)]
+    #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = defaults::MAX_BATCH, value_parser = at_least::<1>)]
     max_batch: usize,
     /// Keys one token may have registered (429 beyond).
-    #[arg(long, env = "HEXRAY_MAX_KEYS_PER_TOKEN", default_value_t = defaults::MAX_KEYS_PER_TOKEN)]
+    #[arg(long, env = "HEXRAY_MAX_KEYS_PER_TOKEN", default_value_t = defaults::MAX_KEYS_PER_TOKEN, value_parser = at_least::<1>)]
     max_keys_per_token: usize,
     /// Disk for stored keys, all tokens together, in MiB (507 beyond).
     #[arg(long, env = "HEXRAY_MAX_KEY_STORAGE_MIB", default_value_t = defaults::MAX_KEY_STORAGE_MIB)]
     max_key_storage_mib: u64,
     /// Keys unused for this many days are deleted; the browser uploads them again.
-    #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = defaults::KEY_EXPIRY_DAYS)]
+    #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = defaults::KEY_EXPIRY_DAYS, value_parser = clap::value_parser!(u64).range(1..))]
     key_expiry_days: u64,
     /// Bodies one token may be uploading at once to this node (429 beyond). Counted per node:
     /// behind a load balancer, N nodes let a token upload N times as many.
-    #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = defaults::MAX_UPLOADS_PER_TOKEN)]
+    #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = defaults::MAX_UPLOADS_PER_TOKEN, value_parser = at_least::<1>)]
     max_uploads_per_token: usize,
     /// Seconds a request body has to arrive in full (408 beyond).
-    #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = defaults::BODY_TIMEOUT_S)]
+    #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = defaults::BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout_s: u64,
     /// Progress streams open at once on one job at this node (429 beyond). Counted per node,
     /// like the upload slots.
-    #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = defaults::MAX_STREAMS_PER_JOB)]
+    #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = defaults::MAX_STREAMS_PER_JOB, value_parser = at_least::<1>)]
     max_streams_per_job: usize,
     /// Memory for expanded server keys, in MiB (about 85 MiB each).
     #[arg(long, env = "HEXRAY_KEY_CACHE_MIB", default_value_t = defaults::KEY_CACHE_MIB)]
     key_cache_mib: usize,
     /// With a shared database: seconds a node's claim on work lasts unless renewed (about once
     /// a second); the work of a node that died is taken by another once its lease runs out.
-    #[arg(long, env = "HEXRAY_LEASE_S", default_value_t = defaults::LEASE_S)]
+    #[arg(long, env = "HEXRAY_LEASE_S", default_value_t = defaults::LEASE_S, value_parser = clap::value_parser!(u64).range(1..))]
     lease_s: u64,
-    /// How long finished jobs' outputs are kept, in seconds.
-    #[arg(long, env = "HEXRAY_JOB_RETENTION_S", default_value_t = defaults::JOB_RETENTION_S)]
+    /// How long finished jobs' outputs are kept, in seconds (at least a minute, for clients to
+    /// fetch them).
+    #[arg(long, env = "HEXRAY_JOB_RETENTION_S", default_value_t = defaults::JOB_RETENTION_S, value_parser = clap::value_parser!(u64).range(60..))]
     job_retention_s: u64,
+    /// Seconds open requests get to finish after SIGTERM before the node hands its claimed
+    /// work back and exits: keep it under the service manager's stop timeout (Kubernetes'
+    /// terminationGracePeriodSeconds, 30 s by default).
+    #[arg(long, env = "HEXRAY_SHUTDOWN_TIMEOUT_S", default_value_t = defaults::SHUTDOWN_TIMEOUT_S)]
+    shutdown_timeout_s: u64,
     /// Threads answering HTTP requests.
-    #[arg(long, env = "HEXRAY_HTTP_WORKERS", default_value_t = defaults::HTTP_WORKERS)]
+    #[arg(long, env = "HEXRAY_HTTP_WORKERS", default_value_t = defaults::HTTP_WORKERS, value_parser = at_least::<1>)]
     http_workers: usize,
 }
 
@@ -141,35 +149,31 @@ pub fn serve(args: Args) -> Result<()> {
         database_url: args.database_url,
         database_ca_file: args.database_ca_file,
         database_pool: PoolLimits {
-            // A worker and its lease renewal hold one each while a request holds another.
-            max: args.database_connections.max(3),
+            max: args.database_connections,
             ..defaults.database_pool
         },
         node: args.node_name.unwrap_or_else(node_name),
         queue: QueueConfig {
-            workers: args.workers.max(1),
-            threads: args
-                .threads
-                .unwrap_or_else(rayon::current_num_threads)
-                .max(1),
-            capacity: args.queue_limit.max(1),
+            workers: args.workers,
+            threads: args.threads.unwrap_or_else(rayon::current_num_threads),
+            capacity: args.queue_limit,
             retention: Duration::from_secs(args.job_retention_s),
-            per_owner: args.max_jobs_per_token.max(1),
+            per_owner: args.max_jobs_per_token,
             bulk_capacity: args.bulk_queue_limit,
             bulk_images_per_owner: args.max_bulk_images_per_token,
-            lease: Duration::from_secs(args.lease_s.max(1)),
+            lease: Duration::from_secs(args.lease_s),
         },
         key_cache_bytes: args.key_cache_mib << 20,
         keys: KeyLimits {
-            per_owner: args.max_keys_per_token.max(1),
+            per_owner: args.max_keys_per_token,
             storage_bytes: args.max_key_storage_mib << 20,
-            expiry: Duration::from_secs(args.key_expiry_days.max(1) * 86_400),
+            expiry: Duration::from_secs(args.key_expiry_days * 86_400),
         },
         limits: Limits {
-            batch_images: args.max_batch.max(1),
-            uploads_per_owner: args.max_uploads_per_token.max(1),
-            body_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
-            streams_per_job: args.max_streams_per_job.max(1),
+            batch_images: args.max_batch,
+            uploads_per_owner: args.max_uploads_per_token,
+            body_timeout: Duration::from_secs(args.body_timeout_s),
+            streams_per_job: args.max_streams_per_job,
         },
     };
     let state = web::Data::new(AppState::start(&config, access).context("starting the server")?);
@@ -199,10 +203,10 @@ pub fn serve(args: Args) -> Result<()> {
                 .wrap(Logger::new("%r %s %b B %D ms"))
                 .configure(routes.clone())
         })
-        .workers(args.http_workers.max(1))
-        // On SIGTERM (a pod scaled down), open requests get a few seconds to finish, then the
-        // node hands its claimed work back to the queue below.
-        .shutdown_timeout(5)
+        .workers(args.http_workers)
+        // On SIGTERM (a pod scaled down), open requests get time to finish, then the node
+        // hands its claimed work back to the queue below.
+        .shutdown_timeout(args.shutdown_timeout_s)
         .bind(&args.bind)
         .with_context(|| format!("binding {}", args.bind))?
         .run()
@@ -266,5 +270,15 @@ fn cors(origin: Option<&str>) -> Cors {
             .expose_headers([header::RETRY_AFTER, header::LOCATION])
             .max_age(3600),
         None => Cors::default(),
+    }
+}
+
+/// A count that must be at least `MIN`: a limit below it would refuse every request (or, for
+/// database connections, deadlock), so it is refused at start, never silently raised.
+fn at_least<const MIN: usize>(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        Ok(_) => Err(format!("must be at least {MIN}")),
+        Err(e) => Err(e.to_string()),
     }
 }
