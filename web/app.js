@@ -286,6 +286,27 @@ async function uploadKey(serverKey) {
   return (await response.json()).key_id;
 }
 
+/// Forgets the keys: the server's copy of the evaluation key first, so that its place under the
+/// token's key quota is free at once (else it would hold it until it expires unused), then this
+/// browser's. A server that cannot be reached keeps its copy until then; the browser forgets
+/// regardless.
+async function forgetMyKeys() {
+  const keys = await loadKeys();
+  if (keys?.keyId) {
+    try {
+      await api(`/keys/${keys.keyId}`, { method: 'DELETE' });
+    } catch (error) {
+      if (error.status !== 404) {
+        $('notice').textContent = `The server was not told to delete its copy of the evaluation key (${error.message}); `
+          + 'it deletes it by itself once it has gone unused for a while.';
+      }
+    }
+  }
+  await forgetKeys();
+  resetSteps();
+  showKeyStatus();
+}
+
 async function showKeyStatus(keys) {
   keys = keys || await loadKeys();
   $('key-status').textContent = keys
@@ -519,12 +540,9 @@ function setup() {
     forgetToken();
     window.location.reload();
   });
-  $('forget-confirm').addEventListener('click', async () => {
+  $('forget-confirm').addEventListener('click', () => {
     $('forget-dialog').close();
-    if (state.busy) return; // an analysis started meanwhile: its keys stay
-    await forgetKeys();
-    resetSteps();
-    showKeyStatus();
+    run(forgetMyKeys); // run() does nothing while an analysis runs: its keys stay
   });
   showKeyStatus();
   run(start);

@@ -184,14 +184,18 @@ test('a clinician analyses an X-ray; only ciphertexts and the evaluation key lea
     assert.ok(bodies.some((b) => b.url.endsWith('/api/v1/keys')), 'the key was uploaded again');
     assertNothingSecretSent();
 
-    // Forgetting the keys removes them from the browser, but asks first; keeping them changes
-    // nothing.
+    // Forgetting the keys removes them from the browser and the server's copy of the
+    // evaluation key (freeing its place under the token's key quota), but asks first; keeping
+    // them changes nothing.
+    const storedKeys = () => readdirSync(path.join(server.dataDir, 'keys'), { recursive: true }).filter((f) => f.endsWith('.key'));
     await page.locator('#forget').click();
     await page.locator('#forget-cancel').click();
     assert.match(await page.locator('#key-status').textContent(), /are stored in this browser/);
+    assert.equal(storedKeys().length, 1, 'kept on the server');
     await page.locator('#forget').click();
     await page.locator('#forget-confirm').click();
     await page.waitForFunction(() => document.getElementById('key-status').textContent.startsWith('No keys'));
+    assert.deepEqual(storedKeys(), [], 'the server deleted its copy');
 
     // What came back: no model internals, no model file, and a small client spec.
     const received = responses;

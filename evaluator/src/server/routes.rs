@@ -55,6 +55,7 @@ api_routes! {
     get "/api/v1/models/{id}/bulk-spec" => bulk_spec,
     post "/api/v1/keys" => register_key,
     get "/api/v1/keys/{id}" => key_status,
+    delete "/api/v1/keys/{id}" => forget_key,
     post "/api/v1/jobs" => submit_job,
     post "/api/v1/bulk-jobs" => submit_bulk_job,
     get "/api/v1/jobs/{id}" => job_status,
@@ -260,6 +261,22 @@ async fn key_status(
         .await?
         .ok_or_else(|| StoreError::UnknownKey(id.clone()))?;
     Ok(HttpResponse::Ok().json(json!({ "key_id": *id, "parameter_set": set.name() })))
+}
+
+/// Deletes the token's registration of a key: what a browser's "Forget my keys" asks, so that
+/// the key's place under the token's quota is free at once rather than after the expiry.
+async fn forget_key(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = state.access.clinician(&request)?;
+    let (store, wanted, who) = (state.keys.clone(), id.clone(), owner.clone());
+    if !blocking(move || store.remove(&who, &wanted)).await? {
+        return Err(StoreError::UnknownKey(id.into_inner()).into());
+    }
+    log::info!("token {} deleted key {id}", owner.0);
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Deserialize)]

@@ -36,7 +36,7 @@ pub enum StoreError {
         used: usize,
         hours: f64,
     },
-    #[error("this token already has {limit} keys registered; forget an old one or wait for it to expire")]
+    #[error("this token already has {limit} keys registered, one per browser (or key folder) it was used from: \"Forget my keys\" in a browser no longer used frees its place, and a key unused for the expiry period goes by itself; the administrator can raise --max-keys-per-token")]
     KeyQuota { limit: usize },
     #[error("the server's storage (keys, or the bulk spool) is full; try again later or ask the administrator")]
     StorageFull,

@@ -157,6 +157,37 @@ async fn a_token_over_its_key_quota_or_a_full_store_is_refused_and_the_server_go
     let other = Some(tokens().1[1].as_str());
     let (status, _) = call_as(&app, other, Method::POST, "/api/v1/keys", second.clone()).await;
     assert_eq!(status, StatusCode::CREATED);
+    // Forgetting a key frees its place at once. Another token cannot delete it, and a key
+    // deleted is unknown.
+    let first_id = hexray_evaluator::server::keys::key_id(first);
+    let first_uri = format!("/api/v1/keys/{first_id}");
+    let (status, _) = call_as(&app, other, Method::DELETE, &first_uri, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another token's key");
+    let (status, _) = call(&app, Method::DELETE, &first_uri, vec![]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        error(&app, Method::GET, &first_uri, vec![]).await,
+        (StatusCode::NOT_FOUND, "unknown_key".to_owned())
+    );
+    assert_eq!(
+        error(&app, Method::DELETE, &first_uri, vec![]).await,
+        (StatusCode::NOT_FOUND, "unknown_key".to_owned())
+    );
+    let (status, _) = call(&app, Method::POST, "/api/v1/keys", second.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the freed place takes a new key"
+    );
+    // The other token's copy of that key is its own, and stays.
+    let second_uri = format!(
+        "/api/v1/keys/{}",
+        hexray_evaluator::server::keys::key_id(&second)
+    );
+    let (status, _) = call(&app, Method::DELETE, &second_uri, vec![]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call_as(&app, other, Method::GET, &second_uri, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
 
     let dir = tempfile::tempdir().unwrap();
     let mut small = config(dir.path(), 4);

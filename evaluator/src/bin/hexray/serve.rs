@@ -265,7 +265,7 @@ fn cors(origin: Option<&str>) -> Cors {
     match origin {
         Some(origin) => Cors::default()
             .allowed_origin(origin)
-            .allowed_methods(["GET", "POST"])
+            .allowed_methods(["GET", "POST", "DELETE"])
             .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
             .expose_headers([header::RETRY_AFTER, header::LOCATION])
             .max_age(3600),

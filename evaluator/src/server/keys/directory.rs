@@ -253,6 +253,20 @@ impl KeyStorage for DirectoryKeys {
         cached_or_expanded(&self.cache, id, || self.read_intact(owner, id, set))
     }
 
+    fn remove(&self, owner: &Owner, id: &str) -> Result<bool, StoreError> {
+        let _registering = self.registering.lock().expect("registration lock");
+        let Some(set) = self.indexed(owner, id) else {
+            return Ok(false);
+        };
+        match std::fs::remove_file(self.path(owner, id, set)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Internal(format!("cannot delete key {id}: {e}"))),
+        }
+        self.forget(owner, id);
+        Ok(true)
+    }
+
     fn expire(&self) -> usize {
         let expiry = self.limits.expiry;
         let expired: Vec<(Owner, String, ParameterSet)> = self

@@ -68,6 +68,10 @@ pub trait KeyStorage: Send + Sync {
     fn check(&self, owner: &Owner, id: &str) -> Result<ParameterSet, StoreError>;
     /// The expanded key, from the cache or expanded from storage, marked used.
     fn server_key(&self, owner: &Owner, id: &str) -> Result<Arc<ServerKey>, StoreError>;
+    /// Deletes `owner`'s registration of key `id`, freeing its place under the owner's quota
+    /// (a browser that forgets its keys, or that its user no longer uses); false if the owner
+    /// had no such key. Jobs still waiting for the key then fail.
+    fn remove(&self, owner: &Owner, id: &str) -> Result<bool, StoreError>;
     /// Deletes keys unused for longer than the expiry. Returns how many.
     fn expire(&self) -> usize;
     /// How many expanded keys this node's cache holds, and their size in bytes.

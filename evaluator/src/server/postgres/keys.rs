@@ -171,6 +171,29 @@ impl KeyStorage for PgKeys {
         cached_or_expanded(&self.cache, id, || self.read_intact(owner, id))
     }
 
+    fn remove(&self, owner: &Owner, id: &str) -> Result<bool, StoreError> {
+        let removed = self.database.with(|c| {
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
+                "DELETE FROM key_owners WHERE owner = $1 AND id = $2",
+                &[&owner.0, &id],
+            )?;
+            // The bytes go with their last owner (one browser's key under two tokens has two).
+            tx.execute(
+                "DELETE FROM key_blobs b WHERE b.id = $1 AND NOT EXISTS
+                 (SELECT 1 FROM key_owners o WHERE o.id = b.id)",
+                &[&id],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })?;
+        if removed {
+            self.cache.lock().expect("key cache lock").remove(id);
+            self.verified.forget(id);
+        }
+        Ok(removed)
+    }
+
     fn expire(&self) -> usize {
         let seconds = self.limits.expiry.as_secs_f64();
         let expired = self.database.with(|c| {
