@@ -50,6 +50,54 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether the same request may well succeed a little later: the connection failed, broke
+    /// or timed out (a node or proxy restarting), a proxy answered 502, 503 or 504 for a server
+    /// it could not reach, or the server's database was busy. A refusal of the request itself
+    /// (401, 404, a quota) is not.
+    ///
+    /// ```
+    /// use hexray_evaluator::client::ClientError;
+    ///
+    /// let api = |status, code: &str| ClientError::Api { status, code: code.into(), message: String::new() };
+    /// assert!(api(503, "busy").is_transient());
+    /// assert!(!api(404, "unknown_job").is_transient());
+    /// let gateway = ClientError::NotTheApi { status: 502, excerpt: "Bad Gateway".into() };
+    /// assert!(gateway.is_transient());
+    /// assert!(ClientError::Http(ureq::Error::ConnectionFailed).is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http(e) => matches!(
+                e,
+                ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_)
+            ),
+            ClientError::Api { code, .. } => code == "busy",
+            ClientError::NotTheApi { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+}
+
+/// How long a client following a job keeps asking through [transient](ClientError::is_transient)
+/// errors before it gives up: long enough for a node to restart, since a job given up on is
+/// lost to its client, who holds the only key that decrypts it.
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// Asks `ask` until it succeeds or fails for good, waiting through transient errors for up to
+/// [`PATIENCE`], half a second at first and at most 15 s between tries.
+fn patiently<T>(mut ask: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match ask() {
+            Err(e) if e.is_transient() && start.elapsed() < PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(15));
+            }
+            answer => return answer,
+        }
+    }
 }
 
 /// An answer: its status and body.
@@ -329,7 +377,9 @@ impl ApiClient {
         self.follow(job, timeout, |_| {})
     }
 
-    /// [`wait`](Self::wait), showing each status polled to `seen` (for a progress bar).
+    /// [`wait`](Self::wait), showing each status polled to `seen` (for a progress bar). Errors
+    /// that may pass (the node restarting, a busy database) are waited through for a few
+    /// minutes rather than ending the wait.
     pub fn follow(
         &self,
         job: &str,
@@ -338,7 +388,7 @@ impl ApiClient {
     ) -> Result<Status, ClientError> {
         let start = Instant::now();
         loop {
-            let status = self.status(job)?;
+            let status = patiently(|| self.status(job))?;
             seen(&status);
             if status.is_final() {
                 return Ok(status);
@@ -350,10 +400,13 @@ impl ApiClient {
         }
     }
 
-    /// A finished job's packed encrypted outputs.
+    /// A finished job's packed encrypted outputs, waiting through errors that may pass as
+    /// [`follow`](Self::follow) does.
     pub fn outputs(&self, job: &str) -> Result<Vec<u8>, ClientError> {
-        self.request(&format!("/api/v1/jobs/{job}/outputs"), None)?
-            .bytes()
+        patiently(|| {
+            self.request(&format!("/api/v1/jobs/{job}/outputs"), None)?
+                .bytes()
+        })
     }
 }
 

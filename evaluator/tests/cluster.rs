@@ -1,8 +1,8 @@
 //! Two real `hexray serve` processes on one PostgreSQL database: a job submitted to a busy
 //! node is evaluated by the other, a batch is split between them by image, either node answers
 //! for any job, a node killed with SIGKILL in the middle of a job has it finished by the other
-//! once its lease runs out, exactly once, and a node stopped with SIGTERM (a pod scaled down)
-//! hands its work over at once.
+//! once its lease runs out, exactly once, a node stopped with SIGTERM (a pod scaled down)
+//! hands its work over at once, and a client following a job waits through its node's restart.
 //!
 //! Each node has one evaluation thread, so one image fills it. The databases come from
 //! the test kit (`hexray_test_kit::database`); they are ignored by a plain `cargo test`, and
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
 use hexray_engine::LoadedModel;
-use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::client::{ApiClient, ClientError};
+use hexray_evaluator::server::jobs::JobState;
 use hexray_model::preprocess::preprocess;
 use hexray_model::simulate;
 use ndarray::Array3;
@@ -360,4 +361,46 @@ fn a_node_stopped_with_sigterm_hands_its_job_over_before_its_lease_runs_out() {
         2
     );
     kill(b.process);
+}
+
+/// A client following a job rides out its node's restart: while nothing answers at the node's
+/// address, the status poll and the outputs fetch wait rather than fail, and the node back at
+/// that address (the job is in the shared database) answers them.
+#[test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs it"]
+fn a_client_following_a_job_rides_out_its_nodes_restart() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let url = database::fresh("cluster_restart");
+    let model = model();
+    let (client, server_key) = ClientKey::generate_deterministic(ParameterSet::Ks32, 23);
+    let (data, port) = (tempfile::tempdir().unwrap(), port());
+    let flags = [
+        "--database-url",
+        &url,
+        "--node-name",
+        "a",
+        "--threads",
+        "1",
+        "--lease-s",
+        LEASE_S,
+    ];
+    let first = start(data.path(), port, &flags);
+    let api = ApiClient::new(&format!("http://127.0.0.1:{port}"), None);
+    let key = api.register_key(&server_key.to_bytes().unwrap()).unwrap();
+    let inputs = [sample(&model, 0)];
+    let job = submit(&api, &client, &key, &model, &inputs);
+    kill(first);
+    let (status, outputs) = std::thread::scope(|scope| {
+        let follower = scope.spawn(|| {
+            let status = api.wait(&job, Duration::from_secs(300))?;
+            Ok::<_, ClientError>((status, api.outputs(&job)?))
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let again = start(data.path(), port, &flags);
+        let answer = follower.join().unwrap();
+        kill(again);
+        answer.expect("the follower waited for the node")
+    });
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    check(&client, &model, &inputs, &outputs);
 }
