@@ -359,12 +359,19 @@ impl ApiClient {
         spec: &BulkSpec,
         upload: &[u8],
     ) -> Result<String, ClientError> {
-        let path = format!(
-            "/api/v1/bulk-jobs?model={model}&fingerprint={}",
-            spec.fingerprint
-        );
-        let reply = self.request(&path, Some(upload))?.json()?;
+        let reply = self
+            .request(&bulk_jobs_path(model, spec), Some(upload))?
+            .json()?;
         string(&reply, "job_id")
+    }
+
+    /// Whether the server would take a bulk batch for `model` now: asked with an empty upload,
+    /// which it answers with 204, or with the refusal a batch would get (a full queue, the
+    /// token's image quota, a stale spec), so that no batch is sent in vain.
+    pub fn bulk_room(&self, model: &str, spec: &BulkSpec) -> Result<(), ClientError> {
+        self.request(&bulk_jobs_path(model, spec), Some(&[]))?
+            .bytes()
+            .map(drop)
     }
 
     /// A job's status, as the server reports it now.
@@ -408,6 +415,14 @@ impl ApiClient {
                 .bytes()
         })
     }
+}
+
+/// Where bulk batches for `model`, encrypted for `spec`, are sent.
+fn bulk_jobs_path(model: &str, spec: &BulkSpec) -> String {
+    format!(
+        "/api/v1/bulk-jobs?model={model}&fingerprint={}",
+        spec.fingerprint
+    )
 }
 
 fn string(value: &Value, field: &str) -> Result<String, ClientError> {

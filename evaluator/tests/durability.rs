@@ -630,6 +630,64 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
     kill(server);
 }
 
+/// A folder screened when the token's bulk image quota is used up (one job's 8192 places here,
+/// kept for the shortest retention, a minute) waits for the older job to pass the retention,
+/// asking with empty room checks, rather than failing, and then screens.
+#[test]
+fn bulk_waits_for_its_image_quota_to_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
+    let token = new_token(&tokens);
+    let folder = dir.path().join("export");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(
+        sample_file("covid-cxr-actualmed/covid-1.png"),
+        folder.join("covid-1.png"),
+    )
+    .unwrap();
+    let port = port();
+    let flags = [
+        "--max-bulk-images-per-token",
+        "8192",
+        "--job-retention-s",
+        "60",
+    ];
+    let server = serve_with(&data, &tokens, port, &flags);
+    let bulk = |out: &str| {
+        hexray()
+            .args(["bulk", "--server", &format!("http://127.0.0.1:{port}")])
+            .arg("--folder")
+            .arg(&folder)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .env("HEXRAY_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let first = bulk("first.csv");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let started = Instant::now();
+    let second = bulk("second.csv");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`image_quota`") && stderr.contains("asking again in 30 s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(60));
+    let rows = |out: &str| std::fs::read_to_string(dir.path().join(out)).unwrap();
+    assert_eq!(
+        rows("first.csv"),
+        rows("second.csv"),
+        "the same exact results"
+    );
+    kill(server);
+}
+
 /// One line of RFC 4180 CSV, split into its fields.
 fn csv_fields(line: &str) -> Vec<String> {
     let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);

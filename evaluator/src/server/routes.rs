@@ -441,6 +441,17 @@ async fn submit_bulk_job(
     // as bulk jobs in the room check, so uploads in flight cannot pass the limit together.
     let (_receiving, pending) = state.begin_bulk_upload()?;
     check_room(&state, &owner, JobKind::Bulk, pending).await?;
+    // An empty body is a room check: 204 when a batch would be taken now, else the refusal it
+    // would get, so that a client waiting on a full queue or its image quota asks without
+    // sending a few hundred MB each time (a refusal sent mid-upload may also reach it only as
+    // a broken connection).
+    if request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|length| length == "0")
+    {
+        return Ok(HttpResponse::NoContent().finish());
+    }
     let file = upload.spool(&state, body).await?;
     let (file, images) = blocking(move || {
         let reader = std::fs::File::open(&file).map_err(spool_error)?;

@@ -174,6 +174,14 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(spooled(dir.path()), 0, "a refused upload left its file");
 
+    // An empty body asks whether there is room now, and takes nothing.
+    let (status, _) = call(&app, Method::POST, &uri, vec![]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        error(&app, Method::POST, &stale, vec![]).await,
+        (StatusCode::CONFLICT, "stale_model".to_owned())
+    );
+
     // The server goes on serving: the real upload is accepted and evaluated.
     let (status, body) = call(&app, Method::POST, &uri, upload.clone()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
@@ -222,6 +230,11 @@ async fn a_bulk_job_round_trips_and_bad_uploads_are_refused_in_words() {
     assert_eq!(
         error(&app, Method::POST, &uri, upload).await,
         (StatusCode::TOO_MANY_REQUESTS, "image_quota".to_owned())
+    );
+    assert_eq!(
+        error(&app, Method::POST, &uri, vec![]).await,
+        (StatusCode::TOO_MANY_REQUESTS, "image_quota".to_owned()),
+        "the room check gives the refusal a batch would get"
     );
 
     assert_eq!(spooled(dir.path()), 0, "a finished job left its file");

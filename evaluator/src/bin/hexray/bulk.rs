@@ -171,8 +171,17 @@ fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> R
     Ok(unreadable.len())
 }
 
-/// Times the server's queue is asked again when it is full, 30 s apart.
-const QUEUE_FULL_RETRIES: usize = 20;
+/// Refusals that pass with time, each with how long a batch keeps asking: a full queue empties
+/// as jobs run, and a used-up image quota frees as this token's older bulk jobs pass the
+/// server's retention (`--job-retention-s`, an hour by default), so a folder of more images
+/// than the quota goes on in the next hour rather than failing.
+const PASSING_REFUSALS: [(&str, Duration); 2] = [
+    ("queue_full", Duration::from_secs(600)),
+    ("image_quota", Duration::from_secs(7200)),
+];
+
+/// The pause between two room checks while a refusal passes.
+const ROOM_CHECK_PAUSE: Duration = Duration::from_secs(30);
 
 /// One job of up to 8192 images.
 struct Batch<'a> {
@@ -237,20 +246,32 @@ impl Batch<'_> {
         Ok(key.decrypt(&results)?)
     }
 
-    /// Submits the upload, waiting while the server's queue is full.
+    /// Submits the upload once the server has room for it, waiting through the
+    /// [`PASSING_REFUSALS`] with empty room checks rather than the upload itself.
     fn submit(&self, body: &[u8]) -> Result<String> {
-        let mut attempt = 1;
+        let started = Instant::now();
         loop {
-            match self.api.submit_bulk(self.model, self.spec, body) {
-                Err(e) if e.code() == Some("queue_full") && attempt < QUEUE_FULL_RETRIES => {
+            let answer = self
+                .api
+                .bulk_room(self.model, self.spec)
+                .and_then(|()| self.api.submit_bulk(self.model, self.spec, body));
+            let refusal = match answer {
+                Ok(job) => return Ok(job),
+                Err(e) => e,
+            };
+            let passing = PASSING_REFUSALS
+                .iter()
+                .find(|(code, _)| refusal.code() == Some(code));
+            match passing {
+                Some(&(_, patience)) if started.elapsed() + ROOM_CHECK_PAUSE <= patience => {
                     eprintln!(
-                        "batch {}: the server's queue is full; retrying in 30 s",
-                        self.number
+                        "batch {}: {refusal}; asking again in {} s",
+                        self.number,
+                        ROOM_CHECK_PAUSE.as_secs()
                     );
-                    std::thread::sleep(Duration::from_secs(30));
-                    attempt += 1;
+                    std::thread::sleep(ROOM_CHECK_PAUSE);
                 }
-                other => return Ok(other?),
+                _ => return Err(refusal.into()),
             }
         }
     }
