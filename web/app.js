@@ -292,18 +292,20 @@ async function uploadKey(serverKey) {
 /// regardless.
 async function forgetMyKeys() {
   const keys = await loadKeys();
+  let notice = '';
   if (keys?.keyId) {
     try {
       await api(`/keys/${keys.keyId}`, { method: 'DELETE' });
     } catch (error) {
       if (error.status !== 404) {
-        $('notice').textContent = `The server was not told to delete its copy of the evaluation key (${error.message}); `
+        notice = `The server was not told to delete its copy of the evaluation key (${error.message}); `
           + 'it deletes it by itself once it has gone unused for a while.';
       }
     }
   }
   await forgetKeys();
   resetSteps();
+  $('notice').textContent = notice;
   showKeyStatus();
 }
 

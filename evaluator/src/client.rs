@@ -279,7 +279,7 @@ impl ApiClient {
     /// A served model's client spec.
     pub fn spec(&self, model: &str) -> Result<ClientSpec, ClientError> {
         let bytes = self
-            .request(&format!("/api/v1/models/{model}"), None)?
+            .request(&format!("/api/v1/models/{}", escaped(model)), None)?
             .bytes()?;
         ClientSpec::from_json(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
@@ -337,7 +337,8 @@ impl ApiClient {
         batch: &[u8],
     ) -> Result<String, ClientError> {
         let path = format!(
-            "/api/v1/jobs?model={model}&key={key}&fingerprint={}",
+            "/api/v1/jobs?model={}&key={key}&fingerprint={}",
+            escaped(model),
             spec.fingerprint
         );
         let reply = self.request(&path, Some(batch))?.json()?;
@@ -347,7 +348,10 @@ impl ApiClient {
     /// A served model's bulk spec; `not_found` for a model that does not take the bulk path.
     pub fn bulk_spec(&self, model: &str) -> Result<BulkSpec, ClientError> {
         let bytes = self
-            .request(&format!("/api/v1/models/{model}/bulk-spec"), None)?
+            .request(
+                &format!("/api/v1/models/{}/bulk-spec", escaped(model)),
+                None,
+            )?
             .bytes()?;
         BulkSpec::from_json(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
@@ -420,9 +424,30 @@ impl ApiClient {
 /// Where bulk batches for `model`, encrypted for `spec`, are sent.
 fn bulk_jobs_path(model: &str, spec: &BulkSpec) -> String {
     format!(
-        "/api/v1/bulk-jobs?model={model}&fingerprint={}",
+        "/api/v1/bulk-jobs?model={}&fingerprint={}",
+        escaped(model),
         spec.fingerprint
     )
+}
+
+/// `text` as one URL path segment or query value: a model's id is its file's name on the
+/// server, which may hold spaces, `&` or `#`.
+///
+/// ```
+/// # use hexray_evaluator::client::escaped;
+/// assert_eq!(escaped("screen-mlp-32"), "screen-mlp-32");
+/// assert_eq!(escaped("ward 3 & ICU#2"), "ward%203%20%26%20ICU%232");
+/// assert_eq!(escaped("ré"), "r%C3%A9");
+/// ```
+pub fn escaped(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn string(value: &Value, field: &str) -> Result<String, ClientError> {

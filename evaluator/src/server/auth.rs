@@ -249,11 +249,12 @@ pub enum Access {
 }
 
 impl Access {
-    /// The owner of a clinician request, or 401.
+    /// The owner of a clinician request; 401 without a valid token, 403 for a loopback-only
+    /// server reached otherwise.
     pub fn clinician(&self, request: &HttpRequest) -> Result<Owner, ApiError> {
         match self {
             Access::Loopback { cors_origin } if !names_loopback(request, cors_origin) => {
-                Err(ApiError::Unauthorized)
+                Err(not_local(request))
             }
             Access::Loopback { .. } | Access::Proxied => Ok(Owner::open()),
             Access::Tokens(tokens) => tokens.check(request, Scope::Clinician),
@@ -280,7 +281,8 @@ impl Access {
             }
             Access::Proxied | Access::Tokens(_) if loopback => Ok(()),
             Access::Tokens(tokens) => tokens.check(request, Scope::Metrics).map(drop),
-            Access::Loopback { .. } | Access::Proxied => Err(ApiError::Unauthorized),
+            Access::Loopback { .. } => Err(not_local(request)),
+            Access::Proxied => Err(ApiError::Unauthorized),
         }
     }
 
@@ -290,6 +292,30 @@ impl Access {
             Access::Tokens(_) => "token",
         }
     }
+}
+
+/// The refusal of a request to a loopback-only server that names it otherwise, or comes from
+/// another site's page. The first is logged with what the request named: it is what an operator
+/// who put a proxy in front of an open server sees, and needs to read about.
+fn not_local(request: &HttpRequest) -> ApiError {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned()
+        };
+        log::warn!(
+            "refused a request naming host {} from origin {}: without tokens this server answers \
+             only localhost; behind a proxy, give it --tokens-file or --allow-open (logged once)",
+            header(header::HOST),
+            header(header::ORIGIN)
+        );
+    });
+    ApiError::NotLocal
 }
 
 /// The headers a reverse proxy adds to say whom it relays (nginx's `X-Real-IP` and

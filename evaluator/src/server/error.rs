@@ -41,6 +41,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("this server needs an access token: send `Authorization: Bearer <token>` (ask your HEXray administrator for one)")]
     Unauthorized,
+    /// An open server on loopback was reached by another name or from another site's page:
+    /// no token would help, so the answer says what the operator must change instead.
+    #[error("this server runs without access tokens, so it answers only requests that name it as localhost, from its own pages; behind a reverse proxy its administrator must give it a tokens file, or --allow-open if the proxy signs users in")]
+    NotLocal,
     #[error("send the body as `Content-Type: application/octet-stream`")]
     UnsupportedMediaType,
     #[error(
@@ -114,6 +118,7 @@ error_codes! {
     NotFound = "not_found",
     Internal = "internal",
     Unauthorized = "unauthorized",
+    NotLocal = "not_local",
     UnsupportedMediaType = "unsupported_media_type",
     StaleModel = "stale_model",
     KeyQuota = "key_quota",
@@ -150,6 +155,7 @@ impl ApiError {
             ApiError::QueueFull { .. } => ErrorCode::QueueFull,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::NotLocal => ErrorCode::NotLocal,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::StaleModel(_) => ErrorCode::StaleModel,
             ApiError::TooManyUploads { .. } => ErrorCode::TooManyUploads,
@@ -266,6 +272,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::StaleModel(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotLocal => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyUploads { .. }
             | ApiError::TooManyStreams { .. }

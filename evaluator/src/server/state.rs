@@ -107,6 +107,15 @@ const NOMINAL_BOOTSTRAP_SECONDS: f64 = 0.030;
 /// a random suffix: nodes sharing a database must have different names (a stopping node hands
 /// back the work claimed under its own), and two servers on one host, or containers with the
 /// host's network and name, would otherwise share one.
+///
+/// ```
+/// use hexray_evaluator::server::node_name;
+///
+/// let names: std::collections::HashSet<String> = (0..8).map(|_| node_name()).collect();
+/// assert!(names.len() > 1, "two servers on one host get different names");
+/// let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+/// assert!(names.iter().all(|name| name.starts_with(&format!("{}-", host.trim()))));
+/// ```
 pub fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())

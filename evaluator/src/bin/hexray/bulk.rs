@@ -8,8 +8,9 @@
 //!
 //! A file that cannot be read (not an image, a DICOM without pixels…) never stops the batch: it
 //! gets a row that says why (`not_screened`), and the command then exits with status 3 (1 is
-//! a failure, 2 a usage error), so that a script does not take the folder for screened whole. The CSV is written as
-//! `<out>.partial` and takes its name when every batch is in it.
+//! a failure, 2 a usage error), so that a script does not take the folder for screened whole.
+//! The CSV is written as `<out>.partial` and takes its name when every batch is in it
+//! ([`Results`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use hexray_bulk::parameters::DEGREE;
 use hexray_bulk::{upload, ClientKey, EncryptedOutputs, EvaluationKey};
-use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::client::{ApiClient, ClientError};
 use hexray_evaluator::progress;
 use hexray_evaluator::server::jobs::JobState;
 use hexray_model::bulk_spec::BulkSpec;
@@ -54,44 +55,12 @@ pub fn bulk(args: Args) -> Result<()> {
         "{} is not a folder",
         args.folder.display()
     );
-    ensure!(
-        !args.out.exists(),
-        "{} exists, and an existing file is never overwritten: name another with --out",
-        args.out.display()
-    );
-    // Rows go to `<out>.partial` as each batch is decrypted, and the file takes the name asked
-    // for only when every batch is in it: a file under that name is always complete.
-    let partial = partial_path(&args.out);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&partial)
-        .with_context(|| {
-            format!(
-                "creating {} (one is left by an interrupted run: keep or remove it)",
-                partial.display()
-            )
-        })?;
-    let mut written = 0;
-    let not_screened = match screen_folder(&args, &mut out, &mut written) {
+    let mut out = Results::new(&args.out)?;
+    let not_screened = match screen_folder(&args, &mut out) {
         Ok(not_screened) => not_screened,
-        Err(e) if written == 0 => {
-            // Nothing to keep: the file this run created goes.
-            drop(out);
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-        Err(e) => {
-            return Err(e.context(format!(
-                "{written} results are in {}; the images after them were not screened",
-                partial.display()
-            )))
-        }
+        Err(e) => return Err(out.failed(e)),
     };
-    out.sync_all()?;
-    drop(out);
-    std::fs::rename(&partial, &args.out)
-        .with_context(|| format!("naming {} {}", partial.display(), args.out.display()))?;
+    let written = out.finish()?;
     eprintln!(
         "{written} results written to {}; decision support, not a diagnosis: a qualified \
          clinician reviews every result",
@@ -108,17 +77,89 @@ pub fn bulk(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Where `hexray bulk` writes before every batch is in: `<out>.partial`.
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
+/// The results CSV as it is written: to `<out>.partial`, created with the first batch's rows
+/// and synced after each batch, then given the name asked for when every batch is in, so that
+/// a file under that name is always complete, and never one that was there before.
+struct Results {
+    out: PathBuf,
+    partial: PathBuf,
+    file: Option<std::fs::File>,
+    /// Results written so far.
+    written: usize,
 }
 
-/// Screens the folder: first a row for each file that could not be read, with the reason, then
-/// each batch's rows as soon as they are decrypted, counted in `written`. Returns how many
-/// files were not screened.
-fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> Result<usize> {
+impl Results {
+    /// Refuses an `out`, or a `<out>.partial` an interrupted run left, that exists already.
+    fn new(out: &Path) -> Result<Self> {
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        ensure!(
+            !out.exists(),
+            "{} exists, and an existing file is never overwritten: name another with --out",
+            out.display()
+        );
+        ensure!(
+            !partial.exists(),
+            "{} exists, left by an interrupted run: keep or remove it, or name another --out",
+            partial.display()
+        );
+        Ok(Results {
+            out: out.to_owned(),
+            partial,
+            file: None,
+            written: 0,
+        })
+    }
+
+    /// Appends `text`, holding `results` results, and syncs it to disk.
+    fn append(&mut self, text: &str, results: usize) -> Result<()> {
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&self.partial)
+                    .with_context(|| format!("creating {}", self.partial.display()))?,
+            ),
+        };
+        file.write_all(text.as_bytes())?;
+        file.sync_data()?;
+        self.written += results;
+        Ok(())
+    }
+
+    /// Gives the file its name (never over a file made there meanwhile); returns how many
+    /// results it holds.
+    fn finish(self) -> Result<usize> {
+        std::fs::hard_link(&self.partial, &self.out).with_context(|| {
+            format!(
+                "naming {} {} (the results stay in the first)",
+                self.partial.display(),
+                self.out.display()
+            )
+        })?;
+        std::fs::remove_file(&self.partial)?;
+        Ok(self.written)
+    }
+
+    /// `error`, saying where the results written before it are.
+    fn failed(self, error: anyhow::Error) -> anyhow::Error {
+        match self.written {
+            0 => error,
+            written => error.context(format!(
+                "{written} results are in {}; the images after them were not screened",
+                self.partial.display()
+            )),
+        }
+    }
+}
+
+/// Screens the folder into `out`: with the first batch's rows, a row for each file that could
+/// not be read, with the reason, then each batch's rows as soon as they are decrypted. Returns
+/// how many files were not screened.
+fn screen_folder(args: &Args, out: &mut Results) -> Result<usize> {
     let api = args.server.client()?;
     let model = match &args.model {
         Some(model) => model.clone(),
@@ -145,12 +186,10 @@ fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> R
     let key = ClientKey::generate();
     let evaluation_key = key.evaluation_key()?;
     let header = header(&spec);
-    out.write_all(csv_line(&header).as_bytes())?;
-    let skipped: String = unreadable
-        .iter()
-        .map(|(name, reason)| csv_line(&not_screened(header.len(), name, reason)))
-        .collect();
-    out.write_all(skipped.as_bytes())?;
+    let mut preamble = csv_line(&header);
+    for (name, reason) in &unreadable {
+        preamble += &csv_line(&not_screened(header.len(), name, reason));
+    }
     for (i, chunk) in rows.chunks(DEGREE).enumerate() {
         let batch = Batch {
             api: &api,
@@ -164,21 +203,26 @@ fn screen_folder(args: &Args, out: &mut std::fs::File, written: &mut usize) -> R
             .zip(&outputs)
             .map(|(row, output)| csv_line(&result(&spec, row, output)))
             .collect();
-        out.write_all(lines.as_bytes())?;
-        out.sync_data()?;
-        *written += chunk.len();
+        out.append(&(std::mem::take(&mut preamble) + &lines), chunk.len())?;
     }
     Ok(unreadable.len())
 }
 
-/// Refusals that pass with time, each with how long a batch keeps asking: a full queue empties
-/// as jobs run, and a used-up image quota frees as this token's older bulk jobs pass the
-/// server's retention (`--job-retention-s`, an hour by default), so a folder of more images
-/// than the quota goes on in the next hour rather than failing.
-const PASSING_REFUSALS: [(&str, Duration); 2] = [
-    ("queue_full", Duration::from_secs(600)),
-    ("image_quota", Duration::from_secs(7200)),
-];
+/// How long a batch keeps asking through a refusal that passes with time, by its kind: a full
+/// queue empties as jobs run; a used-up image quota frees as this token's older bulk jobs pass
+/// the server's retention (`--job-retention-s`, an hour by default), so a folder of more images
+/// than the quota goes on in the next hour rather than failing; and a request that broke off
+/// (a node restarting, or a batch the server refused while it was still going out, which
+/// reaches the client only as a broken connection) is asked again, the room check then saying
+/// why. `None` for a refusal that time does not change.
+fn patience(refusal: &ClientError) -> Option<(&'static str, Duration)> {
+    match refusal.code() {
+        Some("queue_full") => Some(("queue_full", Duration::from_secs(600))),
+        Some("image_quota") => Some(("image_quota", Duration::from_secs(7200))),
+        _ if refusal.is_transient() => Some(("interrupted", Duration::from_secs(600))),
+        _ => None,
+    }
+}
 
 /// The pause between two room checks while a refusal passes.
 const ROOM_CHECK_PAUSE: Duration = Duration::from_secs(30);
@@ -246,33 +290,49 @@ impl Batch<'_> {
         Ok(key.decrypt(&results)?)
     }
 
-    /// Submits the upload once the server has room for it, waiting through the
-    /// [`PASSING_REFUSALS`] with empty room checks rather than the upload itself.
+    /// Submits the upload once the server has room for it, waiting through refusals that
+    /// pass with time ([`patience`]) with empty room checks rather than the upload itself.
+    /// Each kind of refusal gets its patience from when it began: an hour's wait for the image
+    /// quota does not use up the ten minutes a full queue gets after it. (Should a broken
+    /// connection have been an accepted job's lost reply, the batch runs twice; only this
+    /// run's copy is read.)
     fn submit(&self, body: &[u8]) -> Result<String> {
-        let started = Instant::now();
+        let mut waiting: Option<(&str, Instant)> = None;
         loop {
             let answer = self
-                .api
-                .bulk_room(self.model, self.spec)
+                .room()
                 .and_then(|()| self.api.submit_bulk(self.model, self.spec, body));
             let refusal = match answer {
                 Ok(job) => return Ok(job),
                 Err(e) => e,
             };
-            let passing = PASSING_REFUSALS
-                .iter()
-                .find(|(code, _)| refusal.code() == Some(code));
-            match passing {
-                Some(&(_, patience)) if started.elapsed() + ROOM_CHECK_PAUSE <= patience => {
-                    eprintln!(
-                        "batch {}: {refusal}; asking again in {} s",
-                        self.number,
-                        ROOM_CHECK_PAUSE.as_secs()
-                    );
-                    std::thread::sleep(ROOM_CHECK_PAUSE);
-                }
-                _ => return Err(refusal.into()),
+            let Some((kind, patience)) = patience(&refusal) else {
+                return Err(refusal.into());
+            };
+            let began = match waiting {
+                Some((since, at)) if since == kind => at,
+                _ => Instant::now(),
+            };
+            waiting = Some((kind, began));
+            if began.elapsed() + ROOM_CHECK_PAUSE > patience {
+                return Err(refusal.into());
             }
+            eprintln!(
+                "batch {}: {refusal}; asking again in {} s",
+                self.number,
+                ROOM_CHECK_PAUSE.as_secs()
+            );
+            std::thread::sleep(ROOM_CHECK_PAUSE);
+        }
+    }
+
+    /// Whether the server has room for the batch now. A server older than room checks takes
+    /// the empty upload for a batch and finds no key in it (`malformed_key`): that one is sent
+    /// the batch straight away, as before.
+    fn room(&self) -> Result<(), ClientError> {
+        match self.api.bulk_room(self.model, self.spec) {
+            Err(e) if e.code() == Some("malformed_key") => Ok(()),
+            answer => answer,
         }
     }
 }
@@ -333,9 +393,9 @@ fn read_folder(folder: &Path, spec: &BulkSpec) -> Result<(Vec<Row>, Unreadable)>
 /// Files over this size are not X-rays: they are listed, not read.
 const MAX_FILE_BYTES: u64 = 1 << 30;
 
-/// Every file below `dir`, with links to files followed; a link to a folder is not followed
-/// (it could loop), and it and a folder that cannot be listed go to `unreadable`, as a file that
-/// cannot be read does.
+/// Every regular file below `dir`, with links to files followed; a link to a folder is not
+/// followed (it could loop), and it, anything that is not a regular file and a folder that
+/// cannot be listed go to `unreadable`, as a file that cannot be read does.
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<(PathBuf, String)>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -354,6 +414,11 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, unreadable: &mut Vec<(Pat
             (path, kind) if kind.is_symlink() && path.is_dir() => {
                 unreadable.push((path, "a link to a folder, not followed".into()))
             }
+            // A pipe, socket or device would block the read, or never end it.
+            (path, _) if !path.is_file() => unreadable.push((
+                path,
+                "not a regular file (a pipe, socket, device or broken link)".into(),
+            )),
             (path, _) => files.push(path),
         }
     }

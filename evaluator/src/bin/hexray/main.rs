@@ -126,8 +126,8 @@ pub struct ImageArgs {
     pub model: ModelArg,
     /// Noisy simulations, each drawing TFHE's predicted noise before every table (at least 2,
     /// so that they have a spread).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(2..))]
-    pub noisy_runs: u64,
+    #[arg(long, default_value_t = 300, value_parser = at_least::<2, usize>)]
+    pub noisy_runs: usize,
 }
 
 #[derive(Parser)]
@@ -174,4 +174,17 @@ fn main() -> Result<()> {
         Command::Token(command) => token::run(command),
         Command::ClientSpec(model) => client_spec::print(&model.load()?),
     }
+}
+
+/// A number that must be at least `MIN`, as a command-line value parser: a server limit below
+/// it would refuse every request (or, for database connections, deadlock), and one noisy run has
+/// no spread, so it is refused in words, never silently raised.
+pub fn at_least<const MIN: u64, T: TryFrom<u64>>(value: &str) -> Result<T, String> {
+    let n: u64 = value
+        .parse()
+        .map_err(|e: std::num::ParseIntError| e.to_string())?;
+    if n < MIN {
+        return Err(format!("must be at least {MIN}"));
+    }
+    T::try_from(n).map_err(|_| format!("must be at most {}", usize::MAX))
 }

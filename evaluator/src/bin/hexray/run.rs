@@ -61,7 +61,7 @@ pub fn run(args: ImageArgs) -> Result<()> {
     let spread = simulate::spread(
         circuit,
         input.view(),
-        args.noisy_runs as usize,
+        args.noisy_runs,
         &mut ChaCha8Rng::seed_from_u64(1),
     )?;
 

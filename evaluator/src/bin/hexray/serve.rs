@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::at_least;
 use actix_cors::Cors;
 use actix_web::http::header;
 use actix_web::middleware::Logger;
@@ -59,7 +60,7 @@ pub struct Args {
     database_ca_file: Option<PathBuf>,
     /// Connections this node may open to the database, all its requests and workers together
     /// (at least 3: a worker and its lease renewal hold one each while a request holds another).
-    #[arg(long, env = "HEXRAY_DATABASE_CONNECTIONS", default_value_t = defaults::DATABASE_CONNECTIONS, value_parser = at_least::<3>)]
+    #[arg(long, env = "HEXRAY_DATABASE_CONNECTIONS", default_value_t = defaults::DATABASE_CONNECTIONS, value_parser = at_least::<3, usize>)]
     database_connections: usize,
     /// This node's name in `/api/v1/health` and in the shared queue, unique among the nodes that
     /// share a database; by default the host name (a pod's name) and a random suffix.
@@ -70,17 +71,17 @@ pub struct Args {
     web_dir: PathBuf,
     /// Threads for encrypted evaluation (default: all cores). With a shared database, a node
     /// claims at most this many images at a time.
-    #[arg(long, env = "HEXRAY_THREADS", value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_THREADS", value_parser = at_least::<1, usize>)]
     threads: Option<usize>,
     /// Jobs evaluated at the same time; they share the threads.
-    #[arg(long, env = "HEXRAY_WORKERS", default_value_t = defaults::WORKERS, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_WORKERS", default_value_t = defaults::WORKERS, value_parser = at_least::<1, usize>)]
     workers: usize,
     /// Jobs that may wait (all nodes together, with a shared database); beyond this the server
     /// answers 503 with Retry-After.
-    #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = defaults::QUEUE_LIMIT, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_QUEUE_LIMIT", default_value_t = defaults::QUEUE_LIMIT, value_parser = at_least::<1, usize>)]
     queue_limit: usize,
     /// Jobs one token may have queued or running (429 beyond).
-    #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = defaults::MAX_JOBS_PER_TOKEN, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_MAX_JOBS_PER_TOKEN", default_value_t = defaults::MAX_JOBS_PER_TOKEN, value_parser = at_least::<1, usize>)]
     max_jobs_per_token: usize,
     /// Bulk jobs (`POST /api/v1/bulk-jobs`, up to a few hundred MB each on disk or in the
     /// database) that may be queued or running, all tokens together (503 beyond); 0 switches
@@ -95,38 +96,38 @@ pub struct Args {
     #[arg(long, env = "HEXRAY_MAX_BULK_IMAGES_PER_TOKEN", default_value_t = defaults::MAX_BULK_IMAGES_PER_TOKEN)]
     max_bulk_images_per_token: usize,
     /// Most images in one job.
-    #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = defaults::MAX_BATCH, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_MAX_BATCH", default_value_t = defaults::MAX_BATCH, value_parser = at_least::<1, usize>)]
     max_batch: usize,
     /// Keys one token may have registered (429 beyond).
-    #[arg(long, env = "HEXRAY_MAX_KEYS_PER_TOKEN", default_value_t = defaults::MAX_KEYS_PER_TOKEN, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_MAX_KEYS_PER_TOKEN", default_value_t = defaults::MAX_KEYS_PER_TOKEN, value_parser = at_least::<1, usize>)]
     max_keys_per_token: usize,
     /// Disk for stored keys, all tokens together, in MiB (507 beyond).
     #[arg(long, env = "HEXRAY_MAX_KEY_STORAGE_MIB", default_value_t = defaults::MAX_KEY_STORAGE_MIB)]
     max_key_storage_mib: u64,
     /// Keys unused for this many days are deleted; the browser uploads them again.
-    #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = defaults::KEY_EXPIRY_DAYS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "HEXRAY_KEY_EXPIRY_DAYS", default_value_t = defaults::KEY_EXPIRY_DAYS, value_parser = at_least::<1, u64>)]
     key_expiry_days: u64,
     /// Bodies one token may be uploading at once to this node (429 beyond). Counted per node:
     /// behind a load balancer, N nodes let a token upload N times as many.
-    #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = defaults::MAX_UPLOADS_PER_TOKEN, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_MAX_UPLOADS_PER_TOKEN", default_value_t = defaults::MAX_UPLOADS_PER_TOKEN, value_parser = at_least::<1, usize>)]
     max_uploads_per_token: usize,
     /// Seconds a request body has to arrive in full (408 beyond).
-    #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = defaults::BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "HEXRAY_BODY_TIMEOUT_S", default_value_t = defaults::BODY_TIMEOUT_S, value_parser = at_least::<1, u64>)]
     body_timeout_s: u64,
     /// Progress streams open at once on one job at this node (429 beyond). Counted per node,
     /// like the upload slots.
-    #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = defaults::MAX_STREAMS_PER_JOB, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_MAX_STREAMS_PER_JOB", default_value_t = defaults::MAX_STREAMS_PER_JOB, value_parser = at_least::<1, usize>)]
     max_streams_per_job: usize,
     /// Memory for expanded server keys, in MiB (about 85 MiB each).
     #[arg(long, env = "HEXRAY_KEY_CACHE_MIB", default_value_t = defaults::KEY_CACHE_MIB)]
     key_cache_mib: usize,
     /// With a shared database: seconds a node's claim on work lasts unless renewed (about once
     /// a second); the work of a node that died is taken by another once its lease runs out.
-    #[arg(long, env = "HEXRAY_LEASE_S", default_value_t = defaults::LEASE_S, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "HEXRAY_LEASE_S", default_value_t = defaults::LEASE_S, value_parser = at_least::<1, u64>)]
     lease_s: u64,
     /// How long finished jobs' outputs are kept, in seconds (at least a minute, for clients to
     /// fetch them).
-    #[arg(long, env = "HEXRAY_JOB_RETENTION_S", default_value_t = defaults::JOB_RETENTION_S, value_parser = clap::value_parser!(u64).range(60..))]
+    #[arg(long, env = "HEXRAY_JOB_RETENTION_S", default_value_t = defaults::JOB_RETENTION_S, value_parser = at_least::<60, u64>)]
     job_retention_s: u64,
     /// Seconds open requests get to finish after SIGTERM before the node hands its claimed
     /// work back and exits: keep it under the service manager's stop timeout (Kubernetes'
@@ -134,7 +135,7 @@ pub struct Args {
     #[arg(long, env = "HEXRAY_SHUTDOWN_TIMEOUT_S", default_value_t = defaults::SHUTDOWN_TIMEOUT_S)]
     shutdown_timeout_s: u64,
     /// Threads answering HTTP requests.
-    #[arg(long, env = "HEXRAY_HTTP_WORKERS", default_value_t = defaults::HTTP_WORKERS, value_parser = at_least::<1>)]
+    #[arg(long, env = "HEXRAY_HTTP_WORKERS", default_value_t = defaults::HTTP_WORKERS, value_parser = at_least::<1, usize>)]
     http_workers: usize,
 }
 
@@ -270,15 +271,5 @@ fn cors(origin: Option<&str>) -> Cors {
             .expose_headers([header::RETRY_AFTER, header::LOCATION])
             .max_age(3600),
         None => Cors::default(),
-    }
-}
-
-/// A count that must be at least `MIN`: a limit below it would refuse every request (or, for
-/// database connections, deadlock), so it is refused at start, never silently raised.
-fn at_least<const MIN: usize>(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(n) if n >= MIN => Ok(n),
-        Ok(_) => Err(format!("must be at least {MIN}")),
-        Err(e) => Err(e.to_string()),
     }
 }

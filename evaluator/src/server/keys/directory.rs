@@ -186,6 +186,16 @@ impl DirectoryKeys {
         }
     }
 
+    /// Deletes `owner`'s key file (gone already is fine) and forgets the key.
+    fn delete(&self, owner: &Owner, id: &str, set: ParameterSet) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(owner, id, set)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        self.forget(owner, id);
+        Ok(())
+    }
+
     fn path(&self, owner: &Owner, id: &str, set: ParameterSet) -> PathBuf {
         self.dir
             .join(&owner.0)
@@ -258,12 +268,8 @@ impl KeyStorage for DirectoryKeys {
         let Some(set) = self.indexed(owner, id) else {
             return Ok(false);
         };
-        match std::fs::remove_file(self.path(owner, id, set)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Internal(format!("cannot delete key {id}: {e}"))),
-        }
-        self.forget(owner, id);
+        self.delete(owner, id, set)
+            .map_err(|e| StoreError::Internal(format!("cannot delete key {id}: {e}")))?;
         Ok(true)
     }
 
@@ -282,8 +288,9 @@ impl KeyStorage for DirectoryKeys {
                 "key {id} unused for over {} days: deleted",
                 expiry.as_secs() / 86_400
             );
-            let _ = std::fs::remove_file(self.path(owner, id, *set));
-            self.forget(owner, id);
+            if let Err(e) = self.delete(owner, id, *set) {
+                log::error!("cannot delete expired key {id}: {e}");
+            }
         }
         expired.len()
     }

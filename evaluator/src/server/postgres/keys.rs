@@ -62,6 +62,28 @@ impl PgKeys {
     }
 }
 
+/// Takes the cluster-wide lock on key registrations for the rest of `tx`: registering, deleting
+/// and expiring keys take turns, so that neither a token's quota nor the storage cap, which all
+/// tokens share, can be raced past, and a key's bytes are never swept as unowned while another
+/// token is registering them.
+fn lock_registrations(tx: &mut postgres::Transaction<'_>) -> Result<(), postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('hexray key registration'))",
+        &[],
+    )
+    .map(drop)
+}
+
+/// Deletes the stored bytes that no token's registration names any more.
+fn sweep_unowned(tx: &mut postgres::Transaction<'_>) -> Result<(), postgres::Error> {
+    tx.execute(
+        "DELETE FROM key_blobs b WHERE NOT EXISTS
+         (SELECT 1 FROM key_owners o WHERE o.id = b.id)",
+        &[],
+    )
+    .map(drop)
+}
+
 /// The store's occupancy for `owner`'s key `id` (the empty id names no key).
 fn occupancy(
     c: &mut impl postgres::GenericClient,
@@ -97,13 +119,9 @@ impl KeyStorage for PgKeys {
         let limits = self.limits;
         let created = self.database.with(|c| {
             let mut tx = c.transaction()?;
-            // One registration at a time across the cluster, so that neither a token's quota
-            // nor the storage cap, which all tokens share, can be raced past. Registrations
-            // are rare (one per browser and parameter set); the key was parsed before this.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('hexray key registration'))",
-                &[],
-            )?;
+            // Registrations are rare (one per browser and parameter set), and the key was
+            // parsed before this.
+            lock_registrations(&mut tx)?;
             let occupancy = occupancy(&mut tx, owner, &id)?;
             if occupancy.known {
                 // Repair a damaged copy from the new upload, as the embedded store does.
@@ -174,16 +192,13 @@ impl KeyStorage for PgKeys {
     fn remove(&self, owner: &Owner, id: &str) -> Result<bool, StoreError> {
         let removed = self.database.with(|c| {
             let mut tx = c.transaction()?;
+            lock_registrations(&mut tx)?;
             let n = tx.execute(
                 "DELETE FROM key_owners WHERE owner = $1 AND id = $2",
                 &[&owner.0, &id],
             )?;
             // The bytes go with their last owner (one browser's key under two tokens has two).
-            tx.execute(
-                "DELETE FROM key_blobs b WHERE b.id = $1 AND NOT EXISTS
-                 (SELECT 1 FROM key_owners o WHERE o.id = b.id)",
-                &[&id],
-            )?;
+            sweep_unowned(&mut tx)?;
             tx.commit()?;
             Ok(n == 1)
         })?;
@@ -198,15 +213,12 @@ impl KeyStorage for PgKeys {
         let seconds = self.limits.expiry.as_secs_f64();
         let expired = self.database.with(|c| {
             let mut tx = c.transaction()?;
+            lock_registrations(&mut tx)?;
             let n = tx.execute(
                 "DELETE FROM key_owners WHERE last_used < now() - make_interval(secs => $1)",
                 &[&seconds],
             )?;
-            tx.execute(
-                "DELETE FROM key_blobs b WHERE NOT EXISTS
-                 (SELECT 1 FROM key_owners o WHERE o.id = b.id)",
-                &[],
-            )?;
+            sweep_unowned(&mut tx)?;
             tx.commit()?;
             Ok(n as usize)
         });
