@@ -496,6 +496,62 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
     kill(server);
 }
 
+/// A server without a database loses its jobs when it restarts: `hexray analyze`, following
+/// one, waits through the restart, finds the job unknown, and submits its images again once,
+/// as the page does.
+#[test]
+fn analyze_submits_a_job_again_that_a_restarted_server_lost() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
+    let token = new_token(&tokens);
+    let port = port();
+    let server = serve(&data, &tokens, port);
+    let images = [
+        "covid-cxr-actualmed/covid-1.png",
+        "pneumoniamnist/test-0235-normal.png",
+        "pneumoniamnist/test-0000-pneumonia.png",
+        "pneumoniamnist/test-0234-normal.png",
+    ];
+    // pneumonia-a: 320 bootstraps an image, so the job is still running when the server goes.
+    let mut analyze = hexray()
+        .args(["analyze", "--server", &format!("http://127.0.0.1:{port}")])
+        .args(["--model", "pneumonia-a"])
+        .args(images.iter().flat_map(|name| {
+            [
+                "--image".to_owned(),
+                sample_file(name).display().to_string(),
+            ]
+        }))
+        .arg("--keys-dir")
+        .arg(dir.path().join("keys"))
+        .env("HEXRAY_TOKEN", &token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(analyze.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    for line in stderr.by_ref() {
+        let line = line.unwrap();
+        said += &line;
+        said.push('\n');
+        if line.starts_with("job ") {
+            break;
+        }
+    }
+    kill(server);
+    let server = serve(&data, &tokens, port);
+    let rest: Vec<String> = stderr.map(Result::unwrap).collect();
+    said += &rest.join("\n");
+    let out = analyze.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("submitting its images again"), "{said}");
+    assert_eq!(stdout.matches("%)").count(), images.len(), "{stdout}");
+    kill(server);
+}
+
 /// `hexray bulk` on a folder that mixes DICOM, PNG and a text file, against a real server: the
 /// text file gets a row that says why it was not screened and the run exits with status 3,
 /// every image gets a row with the page's columns, each class is the packed circuit's exact

@@ -3,13 +3,13 @@
 //! in a local directory (the secret key never leaves it), uploads the evaluation key once,
 //! encrypts the images, submits them with the spec's fingerprint (as one job, or as several one
 //! after another when there are more than the server takes per job), and decrypts the answers
-//! here. A key the server lost is uploaded again.
+//! here. A key the server lost is uploaded again, and a job it lost is submitted again once.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
-use hexray_evaluator::client::ApiClient;
+use hexray_evaluator::client::{ApiClient, ClientError};
 use hexray_evaluator::durable_file::{write_durably, Readers};
 use hexray_evaluator::progress;
 use hexray_evaluator::server::jobs::JobState;
@@ -91,7 +91,8 @@ pub fn analyze(args: Args) -> Result<()> {
 }
 
 /// Encrypts `inputs`, submits them as one job, follows it with a progress bar, and decrypts
-/// its answers, in order.
+/// its answers, in order. A job the server lost (one without a database loses its jobs when it
+/// restarts) is submitted once more, as the page does.
 fn run_job(
     api: &ApiClient,
     model: &str,
@@ -104,25 +105,28 @@ fn run_job(
         .map(|input| Ok(keys.client.encrypt(spec, input.view())?.to_bytes()?))
         .collect::<Result<Vec<_>>>()?;
     let batch = batch_body::pack(&blobs);
-    let job = api.submit_under_key(model, spec, &batch, &keys.server_key, |bytes| {
+    let mut resubmitted = false;
+    let outputs = loop {
+        let job = api.submit_under_key(model, spec, &batch, &keys.server_key, |bytes| {
+            eprintln!(
+                "uploading the evaluation key ({:.1} MB)",
+                bytes as f64 / 1e6
+            )
+        })?;
+        // scripts/container-test.sh follows the job by this line.
         eprintln!(
-            "uploading the evaluation key ({:.1} MB)",
-            bytes as f64 / 1e6
-        )
-    })?;
-    // scripts/container-test.sh follows the job by this line.
-    eprintln!(
-        "job {job}: {} image(s), {} bootstraps each",
-        blobs.len(),
-        spec.bootstraps
-    );
-    let status = progress::follow_job(api, &job, "bootstraps")?;
-    anyhow::ensure!(
-        status.state == JobState::Done,
-        "the server could not evaluate the images of job {job}: {}",
-        status.error.unwrap_or_default()
-    );
-    let outputs = api.outputs(&job)?;
+            "job {job}: {} image(s), {} bootstraps each",
+            blobs.len(),
+            spec.bootstraps
+        );
+        match evaluated(api, &job) {
+            Err(e) if !resubmitted && lost(&e) => {
+                eprintln!("the server lost job {job} (restarted?): submitting its images again");
+                resubmitted = true;
+            }
+            answer => break answer?,
+        }
+    };
     batch_body::unpack(&outputs, blobs.len())?
         .into_iter()
         .map(|blob| {
@@ -131,6 +135,24 @@ fn run_job(
             Ok(keys.client.decrypt(spec, &output)?)
         })
         .collect()
+}
+
+/// Follows `job` to its end and fetches its packed outputs.
+fn evaluated(api: &ApiClient, job: &str) -> Result<Vec<u8>> {
+    let status = progress::follow_job(api, job, "bootstraps")?;
+    anyhow::ensure!(
+        status.state == JobState::Done,
+        "the server could not evaluate the images of job {job}: {}",
+        status.error.unwrap_or_default()
+    );
+    Ok(api.outputs(job)?)
+}
+
+/// Whether `error` says the server no longer knows the job.
+fn lost(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<ClientError>()
+        .is_some_and(|e| e.code() == Some("unknown_job"))
 }
 
 /// A result as `analyze` prints it: the class, each class's probability, and the borderline
