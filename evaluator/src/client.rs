@@ -38,15 +38,25 @@ pub enum ClientError {
     NotTheApi { status: u16, excerpt: String },
     #[error("job {0} did not finish in time")]
     Timeout(String),
+    /// A job the server took but could not evaluate; `code` is the API's code for why, where
+    /// the client can act on it (`unknown_key`: upload the key again).
+    #[error("the server could not evaluate job {job}: {error}")]
+    Failed {
+        job: String,
+        error: String,
+        code: Option<String>,
+    },
     #[error(transparent)]
     Cas(#[from] CaFileError),
 }
 
 impl ClientError {
-    /// The API's error code, when the server refused the request.
+    /// The API's error code, when the server refused the request or failed the job for a
+    /// reason it names.
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { code, .. } => Some(code),
+            ClientError::Failed { code, .. } => code.as_deref(),
             _ => None,
         }
     }

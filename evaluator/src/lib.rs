@@ -7,11 +7,14 @@
 //! - [`launch`]: starting a `hexray serve` process and waiting until it answers, for the tests
 //!   and benchmarks;
 //! - [`progress`]: the progress bar the command lines show over bootstraps;
+//! - [`remote_job`]: a job on a remote server, from its submission to its outputs, submitted
+//!   again when the server lost it;
 //! - [`trusted_cas`]: the CA files that TLS peers (the database, the server) are verified against.
 
 pub mod client;
 pub mod durable_file;
 pub mod launch;
 pub mod progress;
+pub mod remote_job;
 pub mod server;
 pub mod trusted_cas;

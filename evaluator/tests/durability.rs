@@ -1,8 +1,9 @@
 //! The real `hexray serve` process, killed with SIGKILL in the middle of a key upload and of a
 //! job, then restarted on the same data directory: no registered key is lost, a half-received
 //! key leaves nothing behind, and the server serves again (its data folder's lock goes with
-//! it, and a second server on that folder is refused while it runs). Also the start-up rules
-//! for open mode, and tokens end to end.
+//! it, and a second server on that folder is refused while it runs); `hexray analyze` and
+//! `hexray bulk` ride out the restart, submitting again the jobs it lost. Also the start-up
+//! rules for open mode, tokens end to end, and the commands against the server's refusals.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -13,6 +14,7 @@ use hexray_crypto::{batch_body, ClientKey, ParameterSet};
 use hexray_engine::LoadedModel;
 use hexray_evaluator::client::ApiClient;
 use hexray_evaluator::server::jobs::JobState;
+use hexray_evaluator::server::keys::key_id;
 use hexray_evaluator::server::models::bundled_default;
 use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::preprocess::preprocess;
@@ -38,7 +40,6 @@ fn new_token(tokens: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Every file under `dir`.
 /// Samples near the default model's decision boundary, which `analyze` must mark borderline.
 const BORDERLINE_IMAGES: [&str; 2] = [
     "pneumoniamnist/test-0309-normal.png",
@@ -501,22 +502,94 @@ fn analyze_works_end_to_end_with_a_token_and_recovers_a_lost_key() {
 /// as the page does.
 #[test]
 fn analyze_submits_a_job_again_that_a_restarted_server_lost() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
     let token = new_token(&tokens);
     let port = port();
     let server = serve(&data, &tokens, port);
-    let images = [
-        "covid-cxr-actualmed/covid-1.png",
-        "pneumoniamnist/test-0235-normal.png",
-        "pneumoniamnist/test-0000-pneumonia.png",
-        "pneumoniamnist/test-0234-normal.png",
-    ];
-    // pneumonia-a: 320 bootstraps an image, so the job is still running when the server goes.
-    let mut analyze = hexray()
+    let keys = dir.path().join("keys");
+    let mut analyze = Running::start(analyze(port, &token, "pneumonia-a", &LONG_JOB, &keys));
+    analyze.until("job ");
+    kill(server);
+    let server = serve(&data, &tokens, port);
+    let (out, said) = analyze.finish();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the server lost it (restarted?); submitting its images again"),
+        "{said}"
+    );
+    assert_eq!(stdout.matches("%)").count(), LONG_JOB.len(), "{stdout}");
+    kill(server);
+}
+
+/// A job whose key the server no longer has when its turn comes (the key was deleted while the
+/// job waited behind another) fails with `unknown_key`; `hexray analyze` then uploads the key
+/// again and submits the images once more, as the page does.
+#[test]
+fn analyze_uploads_its_key_again_for_a_job_that_failed_for_want_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
+    let token = new_token(&tokens);
+    let port = port();
+    // One job at a time on one thread: the second job waits while the first runs.
+    let server = serve_with(&data, &tokens, port, &["--workers", "1", "--threads", "1"]);
+    let mut first = Running::start(analyze(
+        port,
+        &token,
+        "pneumonia-a",
+        &LONG_JOB,
+        &dir.path().join("first"),
+    ));
+    first.until("job ");
+    let keys = dir.path().join("second");
+    let second_images = ["pneumoniamnist/test-0000-pneumonia.png"];
+    let mut second = Running::start(analyze(port, &token, "pneumonia-a", &second_images, &keys));
+    second.until("job ");
+    // The clinician's other browser forgets this key while the job waits.
+    let key = key_id(&std::fs::read(keys.join("server.key")).unwrap());
+    let deleted = ureq::delete(&format!("http://127.0.0.1:{port}/api/v1/keys/{key}"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let (out, said) = second.finish();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the server no longer had its key; submitting its images again"),
+        "{said}"
+    );
+    assert!(said.contains("uploading the evaluation key"), "{said}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("%)").count(),
+        1
+    );
+    let (out, said) = first.finish();
+    assert!(out.status.success(), "{said}");
+    kill(server);
+}
+
+/// Four images, which `pneumonia-a` (320 bootstraps each) takes tens of seconds over: a job
+/// still running when a test restarts the server, or one another job waits behind.
+const LONG_JOB: [&str; 4] = [
+    "covid-cxr-actualmed/covid-1.png",
+    "pneumoniamnist/test-0235-normal.png",
+    "pneumoniamnist/test-0000-pneumonia.png",
+    "pneumoniamnist/test-0234-normal.png",
+];
+
+/// `hexray analyze` of `images` (sample files) with `model`, keeping its keys in `keys`.
+fn analyze(
+    port: u16,
+    token: &str,
+    model: &str,
+    images: &[&str],
+    keys: &Path,
+) -> std::process::Command {
+    let mut analyze = hexray();
+    analyze
         .args(["analyze", "--server", &format!("http://127.0.0.1:{port}")])
-        .args(["--model", "pneumonia-a"])
+        .args(["--model", model])
         .args(images.iter().flat_map(|name| {
             [
                 "--image".to_owned(),
@@ -524,32 +597,55 @@ fn analyze_submits_a_job_again_that_a_restarted_server_lost() {
             ]
         }))
         .arg("--keys-dir")
-        .arg(dir.path().join("keys"))
-        .env("HEXRAY_TOKEN", &token)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(analyze.stderr.take().unwrap()).lines();
-    let mut said = String::new();
-    for line in stderr.by_ref() {
-        let line = line.unwrap();
-        said += &line;
-        said.push('\n');
-        if line.starts_with("job ") {
-            break;
+        .arg(keys)
+        .env("HEXRAY_TOKEN", token);
+    analyze
+}
+
+/// A command running in the background, whose standard error is read as it comes.
+struct Running {
+    child: std::process::Child,
+    stderr: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    /// What it has said so far.
+    said: String,
+}
+
+impl Running {
+    fn start(mut command: std::process::Command) -> Self {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        Running {
+            child,
+            stderr,
+            said: String::new(),
         }
     }
-    kill(server);
-    let server = serve(&data, &tokens, port);
-    let rest: Vec<String> = stderr.map(Result::unwrap).collect();
-    said += &rest.join("\n");
-    let out = analyze.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}");
-    assert!(said.contains("submitting its images again"), "{said}");
-    assert_eq!(stdout.matches("%)").count(), images.len(), "{stdout}");
-    kill(server);
+
+    /// Reads what it says up to the first line that starts with `start`.
+    fn until(&mut self, start: &str) {
+        for line in self.stderr.by_ref() {
+            let line = line.unwrap();
+            self.said += &line;
+            self.said.push('\n');
+            if line.starts_with(start) {
+                return;
+            }
+        }
+        panic!("it ended without a line starting {start:?}: {}", self.said);
+    }
+
+    /// Waits for its end: its output (standard error empty) and all it said.
+    fn finish(mut self) -> (std::process::Output, String) {
+        for line in self.stderr.by_ref() {
+            self.said += &line.unwrap();
+            self.said.push('\n');
+        }
+        (self.child.wait_with_output().unwrap(), self.said)
+    }
 }
 
 /// `hexray bulk` on a folder that mixes DICOM, PNG and a text file, against a real server: the
@@ -592,14 +688,10 @@ fn bulk_screens_a_folder_of_dicom_png_and_text_into_the_pages_csv() {
     let server = serve(&data, &tokens, port);
     let out_csv = dir.path().join("results.csv");
     let bulk = || {
-        let mut bulk = hexray();
-        bulk.args(["bulk", "--server", &format!("http://127.0.0.1:{port}")])
-            .arg("--folder")
-            .arg(&folder)
-            .arg("--out")
-            .arg(&out_csv)
-            .env("HEXRAY_TOKEN", &token);
-        within(Duration::from_secs(300), bulk)
+        within(
+            Duration::from_secs(300),
+            bulk(port, &token, &folder, &out_csv),
+        )
     };
     let out = bulk();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -694,13 +786,7 @@ fn bulk_waits_for_its_image_quota_to_free() {
     let dir = tempfile::tempdir().unwrap();
     let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
     let token = new_token(&tokens);
-    let folder = dir.path().join("export");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::copy(
-        sample_file("covid-cxr-actualmed/covid-1.png"),
-        folder.join("covid-1.png"),
-    )
-    .unwrap();
+    let folder = one_xray_folder(dir.path());
     let port = port();
     let flags = [
         "--max-bulk-images-per-token",
@@ -710,13 +796,7 @@ fn bulk_waits_for_its_image_quota_to_free() {
     ];
     let server = serve_with(&data, &tokens, port, &flags);
     let bulk = |out: &str| {
-        hexray()
-            .args(["bulk", "--server", &format!("http://127.0.0.1:{port}")])
-            .arg("--folder")
-            .arg(&folder)
-            .arg("--out")
-            .arg(dir.path().join(out))
-            .env("HEXRAY_TOKEN", &token)
+        bulk(port, &token, &folder, &dir.path().join(out))
             .output()
             .unwrap()
     };
@@ -742,6 +822,63 @@ fn bulk_waits_for_its_image_quota_to_free() {
         "the same exact results"
     );
     kill(server);
+}
+
+/// A server without a database loses its bulk jobs when it restarts: `hexray bulk`, following
+/// one, waits through the restart and uploads the batch again, once, and the results come.
+#[test]
+fn bulk_uploads_a_batch_again_that_a_restarted_server_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens"));
+    let token = new_token(&tokens);
+    let folder = one_xray_folder(dir.path());
+    let port = port();
+    let server = serve(&data, &tokens, port);
+    let out_csv = dir.path().join("results.csv");
+    let mut bulk = Running::start(bulk(port, &token, &folder, &out_csv));
+    // Killed as soon as the job is accepted: reading its 176 MB upload back and evaluating it
+    // take the server longer than that.
+    bulk.until("batch 1: accepted as job");
+    kill(server);
+    let server = serve(&data, &tokens, port);
+    let (out, said) = bulk.finish();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("the server lost it (restarted?); submitting its images again"),
+        "{said}"
+    );
+    assert_eq!(said.matches("accepted as job").count(), 2, "{said}");
+    let csv = std::fs::read_to_string(&out_csv).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().starts_with("covid-1.png,"),
+        "{csv}"
+    );
+    kill(server);
+}
+
+/// `hexray bulk` of `folder` into the CSV `out`, as `token`.
+fn bulk(port: u16, token: &str, folder: &Path, out: &Path) -> std::process::Command {
+    let mut bulk = hexray();
+    bulk.args(["bulk", "--server", &format!("http://127.0.0.1:{port}")])
+        .arg("--folder")
+        .arg(folder)
+        .arg("--out")
+        .arg(out)
+        .env("HEXRAY_TOKEN", token);
+    bulk
+}
+
+/// A folder `export` in `dir` holding one adult X-ray.
+fn one_xray_folder(dir: &Path) -> std::path::PathBuf {
+    let folder = dir.join("export");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(
+        sample_file("covid-cxr-actualmed/covid-1.png"),
+        folder.join("covid-1.png"),
+    )
+    .unwrap();
+    folder
 }
 
 /// Runs `command` to its end, or kills it after `limit` and fails: what it must not do is wait

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use hexray_crypto::{batch_body, ClientKey, EncryptedOutput, ParameterSet};
-use hexray_evaluator::client::{ApiClient, ClientError};
+use hexray_evaluator::client::ApiClient;
 use hexray_evaluator::durable_file::{write_durably, Readers};
-use hexray_evaluator::progress;
-use hexray_evaluator::server::jobs::JobState;
+use hexray_evaluator::remote_job;
 use hexray_model::client_spec::BORDERLINE_NOTE;
 use hexray_model::{ClientSpec, Diagnosis};
 use ndarray::Array3;
@@ -91,8 +90,7 @@ pub fn analyze(args: Args) -> Result<()> {
 }
 
 /// Encrypts `inputs`, submits them as one job, follows it with a progress bar, and decrypts
-/// its answers, in order. A job the server lost (one without a database loses its jobs when it
-/// restarts) is submitted once more, as the page does.
+/// its answers, in order ([`remote_job::run`]: a job the server lost is submitted again).
 fn run_job(
     api: &ApiClient,
     model: &str,
@@ -105,8 +103,7 @@ fn run_job(
         .map(|input| Ok(keys.client.encrypt(spec, input.view())?.to_bytes()?))
         .collect::<Result<Vec<_>>>()?;
     let batch = batch_body::pack(&blobs);
-    let mut resubmitted = false;
-    let outputs = loop {
+    let finished = remote_job::run(api, "bootstraps", || {
         let job = api.submit_under_key(model, spec, &batch, &keys.server_key, |bytes| {
             eprintln!(
                 "uploading the evaluation key ({:.1} MB)",
@@ -119,15 +116,9 @@ fn run_job(
             blobs.len(),
             spec.bootstraps
         );
-        match evaluated(api, &job) {
-            Err(e) if !resubmitted && lost(&e) => {
-                eprintln!("the server lost job {job} (restarted?): submitting its images again");
-                resubmitted = true;
-            }
-            answer => break answer?,
-        }
-    };
-    batch_body::unpack(&outputs, blobs.len())?
+        Ok(job)
+    })?;
+    batch_body::unpack(&finished.outputs, blobs.len())?
         .into_iter()
         .map(|blob| {
             let output =
@@ -135,24 +126,6 @@ fn run_job(
             Ok(keys.client.decrypt(spec, &output)?)
         })
         .collect()
-}
-
-/// Follows `job` to its end and fetches its packed outputs.
-fn evaluated(api: &ApiClient, job: &str) -> Result<Vec<u8>> {
-    let status = progress::follow_job(api, job, "bootstraps")?;
-    anyhow::ensure!(
-        status.state == JobState::Done,
-        "the server could not evaluate the images of job {job}: {}",
-        status.error.unwrap_or_default()
-    );
-    Ok(api.outputs(job)?)
-}
-
-/// Whether `error` says the server no longer knows the job.
-fn lost(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<ClientError>()
-        .is_some_and(|e| e.code() == Some("unknown_job"))
 }
 
 /// A result as `analyze` prints it: the class, each class's probability, and the borderline

@@ -2,9 +2,10 @@
 //! (`docs/bulk.md`). It fetches the model's bulk spec (never the model), reads every file in
 //! the folder with the page's decoder and preprocessing, packs and encrypts up to 8192 images
 //! per job under a secret key generated for this run, which never leaves this process, uploads
-//! each job with its evaluation key, follows it with a progress bar, decrypts the results here
-//! and writes them to a CSV with the page's columns, batch by batch, so that a batch that fails
-//! (a full queue that stays full, the token's image quota) loses none that came before it.
+//! each job with its evaluation key (again, once, should the server lose the job), follows it
+//! with a progress bar, decrypts the results here and writes them to a CSV with the page's
+//! columns, batch by batch, so that a batch that fails (a full queue that stays full, the
+//! token's image quota) loses none that came before it.
 //!
 //! A file that cannot be read (not an image, a DICOM without pixels…) never stops the batch: it
 //! gets a row that says why (`not_screened`), and the command then exits with status 3 (1 is
@@ -16,12 +17,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use hexray_bulk::parameters::DEGREE;
 use hexray_bulk::{upload, ClientKey, EncryptedOutputs, EvaluationKey};
 use hexray_evaluator::client::{ApiClient, ClientError};
-use hexray_evaluator::progress;
-use hexray_evaluator::server::jobs::JobState;
+use hexray_evaluator::remote_job;
 use hexray_model::bulk_spec::BulkSpec;
 
 use crate::{read_image_file, ImageFile, ServerArgs};
@@ -259,28 +259,25 @@ impl Batch<'_> {
             started.elapsed().as_secs_f64(),
             body.len() as f64 / 1e6
         );
+        // The upload is kept until the job is done: a job the server lost (a restart, without
+        // a database) is uploaded again, once.
         let started = Instant::now();
-        let job = self.submit(&body)?;
-        drop(body);
-        eprintln!(
-            "batch {number}: accepted as job {job} in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        let started = Instant::now();
-        let status = progress::follow_job(api, &job, "neurons")?;
-        if status.state != JobState::Done {
-            bail!(
-                "the server could not evaluate job {job}: {}",
-                status.error.unwrap_or_default()
+        let finished = remote_job::run(api, "neurons", || {
+            let job = self.submit(&body)?;
+            eprintln!(
+                "batch {number}: accepted as job {job} {:.1} s after its upload began",
+                started.elapsed().as_secs_f64()
             );
-        }
+            Ok(job)
+        })?;
+        drop(body);
+        let job = &finished.status.job_id;
         eprintln!(
-            "job {job}: done after {:.1} s ({:.1} s evaluating on the server)",
+            "job {job}: done {:.1} s after its upload began ({:.1} s evaluating on the server)",
             started.elapsed().as_secs_f64(),
-            status.seconds.unwrap_or_default()
+            finished.status.seconds.unwrap_or_default()
         );
-        let results =
-            EncryptedOutputs::read_from(&api.outputs(&job)?[..], self.spec.classes.len())?;
+        let results = EncryptedOutputs::read_from(&finished.outputs[..], self.spec.classes.len())?;
         ensure!(
             results.images() == rows.len(),
             "job {job} returned {} results for {} images",
@@ -296,7 +293,7 @@ impl Batch<'_> {
     /// quota does not use up the ten minutes a full queue gets after it. (Should a broken
     /// connection have been an accepted job's lost reply, the batch runs twice; only this
     /// run's copy is read.)
-    fn submit(&self, body: &[u8]) -> Result<String> {
+    fn submit(&self, body: &[u8]) -> Result<String, ClientError> {
         let mut waiting: Option<(&str, Instant)> = None;
         loop {
             let answer = self
@@ -307,7 +304,7 @@ impl Batch<'_> {
                 Err(e) => e,
             };
             let Some((kind, patience)) = patience(&refusal) else {
-                return Err(refusal.into());
+                return Err(refusal);
             };
             let began = match waiting {
                 Some((since, at)) if since == kind => at,
@@ -315,7 +312,7 @@ impl Batch<'_> {
             };
             waiting = Some((kind, began));
             if began.elapsed() + ROOM_CHECK_PAUSE > patience {
-                return Err(refusal.into());
+                return Err(refusal);
             }
             eprintln!(
                 "batch {}: {refusal}; asking again in {} s",
