@@ -170,11 +170,17 @@ fn serve_reads_a_switch_from_the_environment_as_the_docs_write_it() {
         assert!(!stderr.contains("invalid value"), "{accepted}: {stderr}");
     }
     assert!(serve("maybe").contains("invalid value 'maybe'"));
-    // A limit that would refuse everything is refused, not silently raised.
+    // A limit that would refuse everything is refused, not silently raised; so is a proxy
+    // that is not an address.
     for (name, value, reason) in [
         ("HEXRAY_QUEUE_LIMIT", "0", "must be at least 1"),
         ("HEXRAY_DATABASE_CONNECTIONS", "2", "must be at least 3"),
         ("HEXRAY_JOB_RETENTION_S", "0", "must be at least 60"),
+        (
+            "HEXRAY_TRUSTED_PROXIES",
+            "127.0.0.1,nginx",
+            "`nginx` is not an IP address or a CIDR range",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_hexray"))
             .arg("serve")

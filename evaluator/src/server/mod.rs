@@ -14,12 +14,14 @@
 //! - [`store_error`]: what storage and its workers report, with no HTTP in it;
 //! - [`routes`]: the API; [`error`]: its JSON errors, and the one mapping of storage's errors
 //!   to them; [`metrics`]: Prometheus counters;
-//!   [`rate_limit`]: the per-address limit on the routes that need no token.
+//!   [`rate_limit`]: the per-address limit on the routes that need no token, and
+//!   [`client_address`]: whose address that is behind a trusted reverse proxy.
 //!
 //! The server only ever holds server keys (which cannot decrypt), encrypted images and
 //! encrypted outputs. Its logs hold request lines and ids, never a body.
 
 pub mod auth;
+pub mod client_address;
 pub mod defaults;
 pub mod error;
 pub mod evaluation;

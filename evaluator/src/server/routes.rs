@@ -105,7 +105,7 @@ async fn health(
 ) -> Result<HttpResponse, ApiError> {
     let insider = state.access.clinician(&request).is_ok();
     if !insider {
-        state.anonymous.take(request.peer_addr().map(|a| a.ip()))?;
+        limit_anonymous(&state, &request)?;
     }
     let depth = queue_depth(&state).await?;
     let mut health = json!({
@@ -124,11 +124,24 @@ async fn health(
     Ok(HttpResponse::Ok().json(health))
 }
 
+/// Takes one request without a token from its client's bucket: the peer's address, or, from a
+/// trusted reverse proxy, the caller's it relays for ([`client_address`](super::client_address)).
+fn limit_anonymous(state: &AppState, request: &HttpRequest) -> Result<(), ApiError> {
+    let forwarded_for = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|value| value.to_str().ok());
+    let client = state
+        .proxies
+        .client(request.peer_addr().map(|a| a.ip()), forwarded_for);
+    state.anonymous.take(client)
+}
+
 async fn openapi(
     state: web::Data<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    state.anonymous.take(request.peer_addr().map(|a| a.ip()))?;
+    limit_anonymous(&state, &request)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI))

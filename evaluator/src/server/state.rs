@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::auth::{Access, Owner};
+use super::client_address::TrustedProxies;
 use super::defaults;
 use super::error::ApiError;
 use super::evaluation::Evaluator;
@@ -47,6 +48,8 @@ pub struct Config {
     pub key_cache_bytes: usize,
     pub keys: KeyLimits,
     pub limits: Limits,
+    /// The reverse proxies whose `X-Forwarded-For` names the client for the per-address limit.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
                 body_timeout: Duration::from_secs(defaults::BODY_TIMEOUT_S),
                 streams_per_job: defaults::MAX_STREAMS_PER_JOB,
             },
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct AppState {
     pub storage: &'static str,
     /// Requests without a token, per client address: health and the OpenAPI document.
     pub anonymous: RateLimit,
+    /// Whose `X-Forwarded-For` names that address.
+    pub proxies: TrustedProxies,
     /// The queue depth last read from storage, and when: health and metrics read storage at
     /// most once per [`DEPTH_MAX_AGE`], however often they are asked.
     depth: Mutex<Option<(Instant, Depth)>>,
@@ -371,6 +377,7 @@ impl AppState {
                 "embedded"
             },
             anonymous: RateLimit::new(ANONYMOUS_PER_SECOND, ANONYMOUS_BURST),
+            proxies: config.trusted_proxies.clone(),
             depth: Mutex::new(None),
             uploads: Slots::default(),
             streams: Slots::default(),

@@ -8,6 +8,7 @@ use crate::support::{
 };
 use actix_web::http::{Method, StatusCode};
 use actix_web::test;
+use hexray_evaluator::server::client_address::TrustedProxies;
 
 #[actix_web::test]
 async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
@@ -128,6 +129,58 @@ async fn tokens_are_required_and_each_token_sees_only_its_own_keys_and_jobs() {
         );
     }
     assert_eq!(wait(&app, &job).await["state"], "done");
+}
+
+/// Behind a reverse proxy every request comes from the proxy's address. With the proxy named
+/// trusted, requests without a token are limited per caller it relays for (the last address
+/// in `X-Forwarded-For`, the one the proxy appended), so one caller spending its burst leaves
+/// the others theirs; what the caller wrote in the header itself, and the header from a peer
+/// that is not trusted, change nothing.
+#[actix_web::test]
+async fn behind_a_trusted_proxy_anonymous_requests_are_limited_per_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 4);
+    config.trusted_proxies = TrustedProxies::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    let app = app(&config).await;
+    let health = |peer: &str, forwarded_for: &str| {
+        test::TestRequest::get()
+            .uri("/api/v1/health")
+            .peer_addr(format!("{peer}:40000").parse().unwrap())
+            .insert_header(("x-forwarded-for", forwarded_for.to_owned()))
+            .to_request()
+    };
+    // One caller, forging a new first entry each time, spends its own burst.
+    let mut answers = Vec::new();
+    for i in 0..40 {
+        let forged = format!("203.0.113.{i}, 198.51.100.4");
+        answers.push(
+            test::call_service(&app, health("127.0.0.1", &forged))
+                .await
+                .status(),
+        );
+    }
+    assert_eq!(answers[0], StatusCode::OK);
+    assert!(
+        answers.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{answers:?}"
+    );
+    // Another caller through the same proxy still has its own.
+    let other = test::call_service(&app, health("127.0.0.1", "198.51.100.5")).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    // A peer that is no trusted proxy is limited as itself, whatever its header says.
+    let mut answers = Vec::new();
+    for i in 0..40 {
+        let claimed = format!("198.51.100.{}", 100 + i);
+        answers.push(
+            test::call_service(&app, health("192.0.2.7", &claimed))
+                .await
+                .status(),
+        );
+    }
+    assert!(
+        answers.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{answers:?}"
+    );
 }
 
 #[actix_web::test]

@@ -12,6 +12,7 @@ use actix_web::middleware::Logger;
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context, Result};
 use hexray_evaluator::server::auth::{Access, Tokens};
+use hexray_evaluator::server::client_address::{AddressRange, TrustedProxies};
 use hexray_evaluator::server::jobs::QueueConfig;
 use hexray_evaluator::server::keys::KeyLimits;
 use hexray_evaluator::server::postgres::PoolLimits;
@@ -134,6 +135,17 @@ pub struct Args {
     /// terminationGracePeriodSeconds, 30 s by default).
     #[arg(long, env = "HEXRAY_SHUTDOWN_TIMEOUT_S", default_value_t = defaults::SHUTDOWN_TIMEOUT_S)]
     shutdown_timeout_s: u64,
+    /// Reverse proxies (addresses or CIDR ranges, comma-separated) whose `X-Forwarded-For`
+    /// names the caller, so that requests without a token are rate-limited per caller rather
+    /// than all at the proxy's address: the proxy on this machine (127.0.0.1, ::1), or an
+    /// ingress controller's pod range. Name only proxies that append the address they were
+    /// reached from; any other peer's header is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "HEXRAY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<AddressRange>,
     /// Threads answering HTTP requests.
     #[arg(long, env = "HEXRAY_HTTP_WORKERS", default_value_t = defaults::HTTP_WORKERS, value_parser = at_least::<1, usize>)]
     http_workers: usize,
@@ -176,6 +188,7 @@ pub fn serve(args: Args) -> Result<()> {
             body_timeout: Duration::from_secs(args.body_timeout_s),
             streams_per_job: args.max_streams_per_job,
         },
+        trusted_proxies: TrustedProxies::new(args.trusted_proxies),
     };
     let state = web::Data::new(AppState::start(&config, access).context("starting the server")?);
     for model in state.models.iter() {
