@@ -125,7 +125,7 @@ for node in a b; do
   healthy "$p" "hexray-test-$node"
 done
 analyze "${ports[0]}" 2>"$work/a.err" | tee "$work/a.txt"
-job=$(sed -n 's/^job \([0-9a-f]*\):.*/\1/p' "$work/a.err")
+job=$(sed -n 's/^job \([0-9a-f]*\): [0-9]* image.*/\1/p' "$work/a.err" | tail -n1)
 [[ -n $job ]] || { cat "$work/a.err" >&2; exit 1; }
 answer() { curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$1/api/v1/jobs/$job$2"; }
 status=$(answer "${ports[1]}" "")

@@ -4,10 +4,11 @@
 //! The client holds the only key that decrypts a job, so a job given up on is lost for good. A
 //! server without a database loses its jobs when it restarts; the client, which waits through
 //! the restart ([`ApiClient::follow`]), then finds the job unknown and submits it once more, as
-//! the page does. So too for a job that failed because the server no longer had its key
-//! (expired or deleted between the submission and the evaluation): `submit` uploads the key
-//! again when the server lacks it ([`ApiClient::submit_under_key`]). Once each: a job lost
-//! twice says something is wrong with the server.
+//! the page does. So too for a job under a registered key (`hexray analyze`'s; a bulk upload
+//! carries its own) that failed because the server no longer had that key, expired or deleted
+//! between the submission and the evaluation: `submit` uploads the key again when the server
+//! lacks it ([`ApiClient::submit_under_key`]). Once for each: a job lost twice says something
+//! is wrong with the server.
 
 use crate::client::{ApiClient, ClientError};
 use crate::progress;
@@ -30,7 +31,7 @@ pub fn run(
     unit: &str,
     mut submit: impl FnMut() -> Result<String, ClientError>,
 ) -> Result<Finished, ClientError> {
-    let mut recovered = Vec::new();
+    let mut recovered: Vec<String> = Vec::new();
     loop {
         let job = submit()?;
         let error = match finish(api, &job, unit) {
@@ -42,11 +43,13 @@ pub fn run(
             Some("unknown_key") => "the server no longer had its key",
             _ => return Err(error),
         };
-        if recovered.contains(&why) {
+        let code = error.code().unwrap_or_default().to_owned();
+        if recovered.contains(&code) {
+            eprintln!("job {job}: {why}, after it was submitted again once: giving up");
             return Err(error);
         }
         eprintln!("job {job}: {why}; submitting its images again");
-        recovered.push(why);
+        recovered.push(code);
     }
 }
 
@@ -56,7 +59,7 @@ fn finish(api: &ApiClient, job: &str, unit: &str) -> Result<Finished, ClientErro
     if status.state != JobState::Done {
         return Err(ClientError::Failed {
             job: job.to_owned(),
-            error: status.error.unwrap_or_default(),
+            error: status.error.unwrap_or_else(|| "no reason given".into()),
             code: status.error_code,
         });
     }

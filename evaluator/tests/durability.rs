@@ -545,7 +545,14 @@ fn analyze_uploads_its_key_again_for_a_job_that_failed_for_want_of_it() {
     let keys = dir.path().join("second");
     let second_images = ["pneumoniamnist/test-0000-pneumonia.png"];
     let mut second = Running::start(analyze(port, &token, "pneumonia-a", &second_images, &keys));
-    second.until("job ");
+    let submitted = second.until("job ");
+    let job = submitted["job ".len()..].split(':').next().unwrap();
+    let api = ApiClient::new(&format!("http://127.0.0.1:{port}"), Some(&token));
+    assert_eq!(
+        api.status(job).unwrap().state,
+        JobState::Queued,
+        "the second job must wait behind the first for this test to mean anything"
+    );
     // The clinician's other browser forgets this key while the job waits.
     let key = key_id(&std::fs::read(keys.join("server.key")).unwrap());
     let deleted = ureq::delete(&format!("http://127.0.0.1:{port}/api/v1/keys/{key}"))
@@ -625,14 +632,14 @@ impl Running {
         }
     }
 
-    /// Reads what it says up to the first line that starts with `start`.
-    fn until(&mut self, start: &str) {
+    /// Reads what it says up to the first line that starts with `start`; returns that line.
+    fn until(&mut self, start: &str) -> String {
         for line in self.stderr.by_ref() {
             let line = line.unwrap();
             self.said += &line;
             self.said.push('\n');
             if line.starts_with(start) {
-                return;
+                return line;
             }
         }
         panic!("it ended without a line starting {start:?}: {}", self.said);

@@ -32,23 +32,32 @@ pub struct AddressRange {
     prefix: u32,
 }
 
+/// Why a text is not a range of trusted proxies.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("`{0}` is not an IP address or a CIDR range (such as 10.0.0.0/8 or fd00::/8)")]
-pub struct NotARange(String);
+pub enum BadRange {
+    #[error("`{0}` is not an IP address or a CIDR range (such as 10.0.0.0/8 or fd00::/8)")]
+    NotARange(String),
+    /// `::ffff:10.0.0.0/104` and the like: which IPv4 range is meant is better written plainly.
+    #[error("`{0}` is an IPv4 range written as IPv6: write it as IPv4 (such as 10.0.0.0/8)")]
+    Mapped(String),
+    /// Trusting every peer would let anyone write the address they are limited as.
+    #[error("`{0}` trusts every address, so any caller could name itself in X-Forwarded-For: name the proxies' own addresses")]
+    Everyone(String),
+}
 
 impl FromStr for AddressRange {
-    type Err = NotARange;
+    type Err = BadRange;
 
-    fn from_str(text: &str) -> Result<Self, NotARange> {
-        let wrong = || NotARange(text.to_owned());
+    fn from_str(text: &str) -> Result<Self, BadRange> {
+        let wrong = || BadRange::NotARange(text.to_owned());
         let (address, prefix) = match text.trim().split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text.trim(), None),
         };
-        let network = address
-            .parse::<IpAddr>()
-            .map_err(|_| wrong())?
-            .to_canonical();
+        let network: IpAddr = address.parse().map_err(|_| wrong())?;
+        if network.to_canonical() != network {
+            return Err(BadRange::Mapped(text.to_owned()));
+        }
         let bits = bits(network);
         let prefix = match prefix {
             Some(prefix) => prefix
@@ -58,7 +67,20 @@ impl FromStr for AddressRange {
                 .ok_or_else(wrong)?,
             None => bits,
         };
+        if prefix == 0 {
+            return Err(BadRange::Everyone(text.to_owned()));
+        }
         Ok(AddressRange { network, prefix })
+    }
+}
+
+/// As it was written, for the log: `10.0.0.0/8`, or `127.0.0.1` for a single address.
+impl std::fmt::Display for AddressRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix == bits(self.network) {
+            true => write!(f, "{}", self.network),
+            false => write!(f, "{}/{}", self.network, self.prefix),
+        }
     }
 }
 
@@ -81,9 +103,9 @@ impl AddressRange {
     }
 }
 
-/// Whether two `width`-bit numbers share their first `prefix` bits.
+/// Whether two `width`-bit numbers share their first `prefix` bits (1 to `width`).
 fn same_prefix(a: u128, b: u128, width: u32, prefix: u32) -> bool {
-    prefix == 0 || (a ^ b) >> (width - prefix) == 0
+    (a ^ b) >> (width - prefix) == 0
 }
 
 /// The bits in an address of `address`'s family.
@@ -202,12 +224,14 @@ mod tests {
 
     #[test]
     fn ranges_are_read_as_written_or_refused() {
-        let zero: AddressRange = "0.0.0.0/0".parse().unwrap();
-        assert!(zero.contains("203.0.113.1".parse().unwrap()));
-        assert!(!zero.contains("::1".parse().unwrap()));
+        let v4: AddressRange = "10.1.2.3/8".parse().unwrap();
+        assert!(v4.contains("10.200.0.1".parse().unwrap()));
+        assert!(!v4.contains("::1".parse().unwrap()));
+        assert_eq!(v4.to_string(), "10.1.2.3/8");
         let v6: AddressRange = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert_eq!("::1".parse::<AddressRange>().unwrap().to_string(), "::1");
         for wrong in [
             "",
             "10.0.0/8",
@@ -218,8 +242,20 @@ mod tests {
         ] {
             assert_eq!(
                 wrong.parse::<AddressRange>(),
-                Err(NotARange(wrong.into())),
+                Err(BadRange::NotARange(wrong.into())),
                 "{wrong}"
+            );
+        }
+        for mapped in ["::ffff:10.0.0.0/104", "::ffff:127.0.0.1"] {
+            assert_eq!(
+                mapped.parse::<AddressRange>(),
+                Err(BadRange::Mapped(mapped.into()))
+            );
+        }
+        for everyone in ["0.0.0.0/0", "::/0"] {
+            assert_eq!(
+                everyone.parse::<AddressRange>(),
+                Err(BadRange::Everyone(everyone.into()))
             );
         }
     }

@@ -3,7 +3,9 @@
 //!
 //! Each client address has a bucket of `burst` requests that refills at `per_second`; a
 //! request finding it empty gets 429 with Retry-After. A Kubernetes probe (one request every
-//! few seconds) or a page loading never comes near it.
+//! few seconds) or a page loading never comes near it. An IPv6 client is counted by its /64,
+//! the block one host or site is given: it could otherwise take a fresh address, and a fresh
+//! bucket, for every request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,6 +36,7 @@ impl RateLimit {
 
     /// Takes one request from `address`'s bucket, or refuses with 429.
     pub fn take(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
+        let address = address.map(bucket_of);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("rate limit lock");
         if buckets.len() >= MAX_ADDRESSES {
@@ -55,6 +58,15 @@ impl RateLimit {
     }
 }
 
+/// The address a bucket is kept under: an IPv4 address (mapped ones too) as it is, an IPv6
+/// address as its /64.
+fn bucket_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & (u128::MAX << 64)).into()),
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +83,21 @@ mod tests {
             Err(ApiError::RateLimited { retry_after: 1 })
         ));
         limit.take(b).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_block() {
+        let limit = RateLimit::new(1.0, 3.0);
+        for host in 1..=3u16 {
+            limit
+                .take(Some([0x2001, 0xdb8, 0, 1, 0, 0, 0, host].into()))
+                .unwrap();
+        }
+        assert!(limit
+            .take(Some([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 4].into()))
+            .is_err());
+        limit
+            .take(Some([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1].into()))
+            .unwrap();
     }
 }

@@ -127,13 +127,17 @@ async fn health(
 /// Takes one request without a token from its client's bucket: the peer's address, or, from a
 /// trusted reverse proxy, the caller's it relays for ([`client_address`](super::client_address)).
 fn limit_anonymous(state: &AppState, request: &HttpRequest) -> Result<(), ApiError> {
-    let forwarded_for = request
+    // Read lossily: a byte the caller wrote that is not ASCII spoils its own entry only, not
+    // the address the proxy appended to the same line.
+    let forwarded_for: Vec<_> = request
         .headers()
         .get_all("x-forwarded-for")
-        .filter_map(|value| value.to_str().ok());
-    let client = state
-        .proxies
-        .client(request.peer_addr().map(|a| a.ip()), forwarded_for);
+        .map(|value| String::from_utf8_lossy(value.as_bytes()))
+        .collect();
+    let client = state.proxies.client(
+        request.peer_addr().map(|a| a.ip()),
+        forwarded_for.iter().map(|line| line.as_ref()),
+    );
     state.anonymous.take(client)
 }
 

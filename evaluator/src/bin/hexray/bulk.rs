@@ -261,20 +261,22 @@ impl Batch<'_> {
         );
         // The upload is kept until the job is done: a job the server lost (a restart, without
         // a database) is uploaded again, once.
-        let started = Instant::now();
+        let first_sent = Instant::now();
         let finished = remote_job::run(api, "neurons", || {
+            let sent = Instant::now();
             let job = self.submit(&body)?;
             eprintln!(
-                "batch {number}: accepted as job {job} {:.1} s after its upload began",
-                started.elapsed().as_secs_f64()
+                "batch {number}: accepted as job {job} in {:.1} s",
+                sent.elapsed().as_secs_f64()
             );
             Ok(job)
         })?;
         drop(body);
         let job = &finished.status.job_id;
         eprintln!(
-            "job {job}: done {:.1} s after its upload began ({:.1} s evaluating on the server)",
-            started.elapsed().as_secs_f64(),
+            "job {job}: done {:.1} s after the batch was first sent ({:.1} s evaluating on the \
+             server)",
+            first_sent.elapsed().as_secs_f64(),
             finished.status.seconds.unwrap_or_default()
         );
         let results = EncryptedOutputs::read_from(&finished.outputs[..], self.spec.classes.len())?;

@@ -188,8 +188,15 @@ pub fn serve(args: Args) -> Result<()> {
             body_timeout: Duration::from_secs(args.body_timeout_s),
             streams_per_job: args.max_streams_per_job,
         },
-        trusted_proxies: TrustedProxies::new(args.trusted_proxies),
+        trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
     };
+    if !args.trusted_proxies.is_empty() {
+        let ranges: Vec<String> = args.trusted_proxies.iter().map(|r| r.to_string()).collect();
+        log::info!(
+            "believing X-Forwarded-For from the trusted proxies {}",
+            ranges.join(", ")
+        );
+    }
     let state = web::Data::new(AppState::start(&config, access).context("starting the server")?);
     for model in state.models.iter() {
         log::info!(
