@@ -137,9 +137,10 @@ pub struct Args {
     shutdown_timeout_s: u64,
     /// Reverse proxies (addresses or CIDR ranges, comma-separated) whose `X-Forwarded-For`
     /// names the caller, so that requests without a token are rate-limited per caller rather
-    /// than all at the proxy's address: the proxy on this machine (127.0.0.1, ::1), or an
-    /// ingress controller's pod range. Name only proxies that append the address they were
-    /// reached from; any other peer's header is ignored.
+    /// than all at the proxy's address: the proxy on this machine (127.0.0.1, ::1), or the
+    /// addresses an ingress controller connects from. Name only proxies that append the address
+    /// they were reached from, and no range callers come from; any other peer's header is
+    /// ignored.
     #[arg(
         long = "trusted-proxy",
         env = "HEXRAY_TRUSTED_PROXIES",
