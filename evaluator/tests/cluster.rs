@@ -9,7 +9,6 @@
 //! `scripts/test.sh` runs them on its PostgreSQL.
 
 use std::path::Path;
-use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use rand::SeedableRng;
 use serde_json::Value;
 
 use hexray_test_kit::database;
-use hexray_test_kit::node::{kill, port, start};
+use hexray_test_kit::node::{kill, port, start, Server};
 
 /// The tests share two cores: one runs at a time, so each node has its core.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -34,7 +33,7 @@ const LEASE_S: &str = "3";
 
 /// A node: a `hexray serve` process on the shared database, with one evaluation thread.
 struct Node {
-    process: Child,
+    process: Server,
     api: ApiClient,
     _data: tempfile::TempDir,
 }

@@ -899,7 +899,8 @@ fn within(limit: Duration, mut command: std::process::Command) -> std::process::
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > limit {
-            kill(child);
+            child.kill().unwrap();
+            child.wait().unwrap();
             panic!("{command:?} still runs after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(50));

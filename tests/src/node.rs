@@ -4,7 +4,7 @@
 //! evaluator's integration tests, which use this module, have it built before they run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 
 use hexray_evaluator::launch;
 
@@ -35,30 +35,55 @@ pub fn port() -> u16 {
     launch::free_port().expect("a free loopback port")
 }
 
+/// A running `hexray serve`, killed (SIGKILL) and reaped when dropped: a test that fails
+/// midway leaves no server behind it, holding a port and a core.
+pub struct Server(Child);
+
+impl Server {
+    /// Its process id, for a signal of the test's choosing.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits for it to exit by itself (after a signal).
+    pub fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // It may have exited already; either way it is gone after this.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `hexray serve` with tokens on `data`, and waits until it answers.
-pub fn serve(data: &Path, tokens: &Path, port: u16) -> Child {
+pub fn serve(data: &Path, tokens: &Path, port: u16) -> Server {
     serve_with(data, tokens, port, &[])
 }
 
 /// [`serve`] with more flags.
-pub fn serve_with(data: &Path, tokens: &Path, port: u16, flags: &[&str]) -> Child {
+pub fn serve_with(data: &Path, tokens: &Path, port: u16, flags: &[&str]) -> Server {
     let tokens = ["--tokens-file", tokens.to_str().expect("a UTF-8 path")];
     start(data, port, &[&tokens[..], flags].concat())
 }
 
 /// Starts this build's `hexray serve` ([`launch::start`]) with `flags` (2 evaluation threads
 /// unless they say otherwise), and waits until it answers.
-pub fn start(data: &Path, port: u16, flags: &[&str]) -> Child {
+pub fn start(data: &Path, port: u16, flags: &[&str]) -> Server {
     let threads: &[&str] = if flags.contains(&"--threads") {
         &[]
     } else {
         &["--threads", "2"]
     };
-    launch::start(&binary(), data, port, &[threads, flags].concat()).expect("hexray serve starts")
+    let server = launch::start(&binary(), data, port, &[threads, flags].concat())
+        .expect("hexray serve starts");
+    Server(server)
 }
 
-/// SIGKILL: the server gets no chance to tidy up.
-pub fn kill(mut server: Child) {
-    server.kill().unwrap();
-    server.wait().unwrap();
+/// SIGKILL, now: the server gets no chance to tidy up.
+pub fn kill(server: Server) {
+    drop(server);
 }
