@@ -31,19 +31,18 @@ pub fn run(
     unit: &str,
     mut submit: impl FnMut() -> Result<String, ClientError>,
 ) -> Result<Finished, ClientError> {
-    let mut recovered: Vec<String> = Vec::new();
+    let mut recovered = Vec::new();
     loop {
         let job = submit()?;
         let error = match finish(api, &job, unit) {
             Err(e) => e,
             finished => return finished,
         };
-        let why = match error.code() {
-            Some("unknown_job") => "the server lost it (restarted?)",
-            Some("unknown_key") => "the server no longer had its key",
+        let (code, why) = match error.code() {
+            Some("unknown_job") => ("unknown_job", "the server lost it (restarted?)"),
+            Some("unknown_key") => ("unknown_key", "the server no longer had its key"),
             _ => return Err(error),
         };
-        let code = error.code().unwrap_or_default().to_owned();
         if recovered.contains(&code) {
             eprintln!("job {job}: {why}, after it was submitted again once: giving up");
             return Err(error);

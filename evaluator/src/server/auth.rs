@@ -250,11 +250,20 @@ pub enum Access {
 
 impl Access {
     /// The owner of a clinician request; 401 without a valid token, 403 for a loopback-only
-    /// server reached otherwise.
+    /// server reached otherwise (logged the first time: [`not_local`]).
     pub fn clinician(&self, request: &HttpRequest) -> Result<Owner, ApiError> {
+        self.owner(request).map_err(|e| match e {
+            ApiError::NotLocal => not_local(request),
+            e => e,
+        })
+    }
+
+    /// [`clinician`](Self::clinician) without logging a refusal: for a route that answers
+    /// anyone and only shows a clinician more (health), where nothing is refused.
+    pub fn owner(&self, request: &HttpRequest) -> Result<Owner, ApiError> {
         match self {
             Access::Loopback { cors_origin } if !names_loopback(request, cors_origin) => {
-                Err(not_local(request))
+                Err(ApiError::NotLocal)
             }
             Access::Loopback { .. } | Access::Proxied => Ok(Owner::open()),
             Access::Tokens(tokens) => tokens.check(request, Scope::Clinician),

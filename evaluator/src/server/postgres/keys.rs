@@ -32,6 +32,12 @@ impl PgKeys {
         }
     }
 
+    /// Drops this node's expanded copy of key `id` and its verification: its bytes are gone.
+    fn evict(&self, id: &str) {
+        self.cache.lock().expect("key cache lock").remove(id);
+        self.verified.forget(id);
+    }
+
     /// The stored bytes of `owner`'s key `id`, if they still match their id; a damaged row is
     /// deleted (logged) and the key reported unknown, so its client uploads it again.
     fn read_intact(&self, owner: &Owner, id: &str) -> Result<Vec<u8>, StoreError> {
@@ -50,8 +56,7 @@ impl PgKeys {
                 );
                 self.database
                     .with(|c| c.execute("DELETE FROM key_blobs WHERE id = $1", &[&id]))?;
-                self.cache.lock().expect("key cache lock").remove(id);
-                self.verified.forget(id);
+                self.evict(id);
                 Err(StoreError::UnknownKey(id.into()))
             }
             None => {
@@ -203,8 +208,7 @@ impl KeyStorage for PgKeys {
             Ok(n == 1)
         })?;
         if removed {
-            self.cache.lock().expect("key cache lock").remove(id);
-            self.verified.forget(id);
+            self.evict(id);
         }
         Ok(removed)
     }
